@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class TaskstateConfig(AppConfig):
+    name = "taskstate"
+    label = "taskstate"
+    verbose_name = _("Task state")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from taskstate import checks  # noqa: F401  (registers the system checks)

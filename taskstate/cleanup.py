@@ -1,0 +1,52 @@
+"""Cleanup: old and stale tasks deleted, abandoned running tasks failed.
+
+Used by the ``cleanup_tasks`` actor and the APScheduler job alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+from taskstate.conf import get_settings
+from taskstate.models import Status, Task
+
+logger = logging.getLogger("taskstate")
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    seen_deleted: int
+    unseen_deleted: int
+    stale_deleted: int
+    abandoned_failed: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def cleanup() -> CleanupReport:
+    """Apply the retention settings once; return what was done."""
+    from taskstate.notify import task_written
+
+    settings = get_settings()
+    tasks = Task.objects.all()
+    abandoned_pks = list(
+        tasks.filter(status=Status.RUNNING)
+        .fail_abandoned_candidates(settings.RUNNING_TIMEOUT)
+        .values_list("pk", flat=True)
+    )
+    failed = Task.objects.filter(pk__in=abandoned_pks).fail_abandoned(settings.RUNNING_TIMEOUT)
+    if failed:
+        # Tell the owners, like any other change: the row turns failed on their page.
+        for task in Task.objects.filter(pk__in=abandoned_pks, status=Status.FAILED):
+            task_written(task, status_changed=True)
+    report = CleanupReport(
+        seen_deleted=tasks.delete_old(settings.DELETE_SEEN_AFTER, only_if_seen=True),
+        unseen_deleted=tasks.delete_old(settings.DELETE_UNSEEN_AFTER, only_if_seen=False),
+        stale_deleted=tasks.delete_stale(settings.STALE_ENQUEUED_AFTER),
+        abandoned_failed=failed,
+    )
+    if any(report.as_dict().values()):
+        logger.info("taskstate cleanup: %s", report.as_dict())
+    return report

@@ -1,0 +1,175 @@
+"""Reading the ``for_state`` keyword argument that asks for a message to be tracked.
+
+Whatever a caller passes, nothing here raises: bad values are logged and dropped, so
+tracking can never fail a ``send()`` or an actor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import models
+
+logger = logging.getLogger("taskstate")
+
+#: The keys ``for_state`` may hold; all optional.
+KNOWN_KEYS = frozenset({"user_pk", "description", "app_name", "model_name"})
+_MAX_LENGTHS = {"description": 255, "app_name": 100, "model_name": 100}
+
+
+@dataclass(frozen=True)
+class TaskIdentity:
+    """What ``for_state`` says about a task: who owns it and how to describe it."""
+
+    user_pk: Any
+    description: str
+    app_name: str
+    model_name: str
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What the message itself says about a task: enough to create its row anywhere."""
+
+    message_id: str
+    actor_name: str
+    queue_name: str
+    sent_at: datetime
+    identity: TaskIdentity
+
+
+def tracked_for_state(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``for_state`` dict of a message's kwargs, or None when it is not tracked."""
+    if not kwargs:
+        return None
+    value = kwargs.get("for_state")
+    return value if isinstance(value, dict) else None
+
+
+def make_encodable(kwargs: dict[str, Any], message_id: str) -> None:
+    """Make ``kwargs["for_state"]`` JSON-encodable in place, before the broker encodes it.
+
+    A model instance becomes its primary key, any other value its ``str()``; a
+    ``for_state`` that is not a dict and cannot be encoded becomes None.
+    """
+    value = kwargs.get("for_state")
+    if value is None:
+        return
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        if not isinstance(value, dict):
+            logger.warning(
+                "taskstate: for_state of message %s is a %s, not a dict; not tracking it.",
+                message_id,
+                type(value).__name__,
+            )
+        return
+    if not isinstance(value, dict):
+        logger.warning(
+            "taskstate: for_state of message %s is a %s, not a dict, and cannot be "
+            "encoded; sending None instead.",
+            message_id,
+            type(value).__name__,
+        )
+        kwargs["for_state"] = None
+        return
+    kwargs["for_state"] = {
+        str(key): _encodable(str(key), item, message_id) for key, item in value.items()
+    }
+
+
+def _encodable(key: str, value: Any, message_id: str) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    if isinstance(value, models.Model):
+        logger.warning(
+            "taskstate: for_state[%r] of message %s is a %s instance; using its pk. "
+            "Pass the pk itself.",
+            key,
+            message_id,
+            type(value).__name__,
+        )
+        return value.pk if _is_plain(value.pk) else str(value.pk)
+    logger.warning(
+        "taskstate: for_state[%r] of message %s is not JSON-serialisable (%s); using str().",
+        key,
+        message_id,
+        type(value).__name__,
+    )
+    return str(value)
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def parse_for_state(for_state: dict[str, Any], message_id: str, *, warn: bool) -> TaskIdentity:
+    """The identity a tracked message's ``for_state`` describes.
+
+    Unknown keys are ignored, over-long strings cut, a malformed ``user_pk`` dropped.
+    ``warn`` logs each problem; the worker passes False, the sender already warned.
+    """
+    log = logger.warning if warn else logger.debug
+    unknown = set(for_state) - KNOWN_KEYS
+    if unknown:
+        log(
+            "taskstate: for_state of message %s has unknown keys %s; known keys are %s.",
+            message_id,
+            sorted(map(str, unknown)),
+            sorted(KNOWN_KEYS),
+        )
+    texts = {}
+    for key, limit in _MAX_LENGTHS.items():
+        value = for_state.get(key)
+        if value is None:
+            texts[key] = ""
+            continue
+        text = value if isinstance(value, str) else str(value)
+        if len(text) > limit:
+            log(
+                "taskstate: for_state[%r] of message %s is %d characters long; keeping %d.",
+                key,
+                message_id,
+                len(text),
+                limit,
+            )
+            text = text[: limit - 1] + "\u2026"
+        texts[key] = text
+    return TaskIdentity(
+        user_pk=_user_pk(for_state.get("user_pk"), message_id, log),
+        description=texts["description"],
+        app_name=texts["app_name"],
+        model_name=texts["model_name"],
+    )
+
+
+def _user_pk(value: Any, message_id: str, log: Any) -> Any:
+    if value is None:
+        return None
+    pk_field = get_user_model()._meta.pk
+    assert pk_field is not None
+    try:
+        if isinstance(value, (bool, float, dict, list)):
+            raise ValidationError("not a primary key")
+        return pk_field.to_python(value)
+    except (ValidationError, TypeError, ValueError):
+        log(
+            "taskstate: for_state['user_pk'] of message %s is not a valid user pk (%r); "
+            "the task gets no user.",
+            message_id,
+            value,
+        )
+        return None

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from taskstate.conf import get_settings
+from taskstate.scheduler import add_cleanup_job, run_cleanup_job
+
+
+class Command(BaseCommand):
+    help = "Run the taskstate cleanup every TASKSTATE['CLEANUP_INTERVAL'] seconds (APScheduler)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--interval", type=float, help="Seconds between runs.")
+        parser.add_argument("--once", action="store_true", help="Run the cleanup once and exit.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["once"]:
+            run_cleanup_job()
+            self.stdout.write("taskstate cleanup done.")
+            return
+        from apscheduler.schedulers.blocking import BlockingScheduler
+
+        interval = options["interval"] or get_settings().CLEANUP_INTERVAL
+        scheduler = BlockingScheduler()
+        add_cleanup_job(scheduler, seconds=interval)
+        self.stdout.write(f"taskstate cleanup every {interval} s; Ctrl+C to stop.")
+        try:
+            scheduler.start()
+        except (KeyboardInterrupt, SystemExit):
+            scheduler.shutdown(wait=False)

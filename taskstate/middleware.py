@@ -1,0 +1,305 @@
+"""``StateMiddleware``: Dramatiq hooks turned into task state transitions, nothing else.
+
+Only messages whose kwargs hold a ``for_state`` dict are tracked; for any other message
+each hook is a dictionary lookup and no query. Every hook catches its own errors: a
+tracking problem is logged and never reaches the sender or the actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+import weakref
+from collections.abc import Callable
+from datetime import datetime, timezone
+from functools import wraps
+from typing import Any, TypeVar
+
+import dramatiq
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware, Retries
+
+from taskstate.conf import get_settings
+from taskstate.for_state import Origin, make_encodable, parse_for_state, tracked_for_state
+from taskstate.progress import MessageRun, _current, held_back
+
+# django_dramatiq builds the middleware while apps load, before models may be imported:
+# the modules that touch models are imported on first use (see _transitions()).
+
+logger = logging.getLogger("taskstate")
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _transitions() -> Any:
+    from taskstate import transitions
+
+    return transitions
+
+
+def _never_raises(hook: F) -> F:
+    @wraps(hook)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            hook(*args, **kwargs)
+        except Exception:
+            logger.exception("taskstate: %s failed; the message goes on untracked", hook.__name__)
+
+    return guarded  # type: ignore[return-value]
+
+
+class StateMiddleware(Middleware):  # type: ignore[misc]
+    """Record the life of messages sent with ``for_state={...}`` in ``taskstate.models.Task``.
+
+    Add ``"taskstate.middleware.StateMiddleware"`` to ``DRAMATIQ_BROKER["MIDDLEWARE"]``;
+    where it stands in the list does not change what it records.
+    """
+
+    def __init__(self) -> None:
+        # Attempts in flight in this process, by message proxy: the hooks of one
+        # message may run in different threads (ack in the consumer thread on older
+        # Dramatiq), so a context variable alone would not reach them all.
+        self._runs: dict[int, tuple[weakref.ref[Any], MessageRun]] = {}
+        self._lock = threading.Lock()
+
+    # --- sender side -------------------------------------------------------------------
+
+    @_never_raises
+    def before_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
+        if message.kwargs and "for_state" in message.kwargs:
+            make_encodable(message.kwargs, message.message_id)
+
+    @_never_raises
+    def after_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
+        for_state = tracked_for_state(message.kwargs)
+        if for_state is None or message.options.get("retries"):
+            # A retry's re-enqueue: the worker records it as retrying when it acks.
+            return
+        t = _transitions()
+        origin = _origin(message, for_state, warn=True)
+        if delay is not None or "eta" in message.options:
+            status, order = t.Status.DELAYED, t.DELAYED_ORDER
+        else:
+            status, order = t.Status.ENQUEUED, t.ENQUEUED_ORDER
+        _on_commit(lambda: t.write(origin, status, order, {}))
+
+    # --- worker side -------------------------------------------------------------------
+
+    @_never_raises
+    def before_process_message(
+        self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy
+    ) -> None:
+        for_state = tracked_for_state(message.kwargs)
+        if for_state is None:
+            return
+        settings = get_settings()
+        attempt = int(message.options.get("retries") or 0) + 1
+        run = MessageRun(
+            origin=_origin(message, for_state, warn=False),
+            attempt=attempt,
+            interval=float(settings.PROGRESS_INTERVAL),
+        )
+        self._remember(message, run)
+        _current.set(run)
+        t = _transitions()
+        task = t.write(
+            run.origin,
+            t.Status.RUNNING,
+            t.running_order(attempt),
+            {
+                "attempts": attempt,
+                "started_at": _now(),
+                "finished_at": None,
+                "progress": 0,
+                "progress_message": "",
+            },
+            same_order_wins=True,
+            keep=("started_at",),
+        )
+        if task is not None:
+            run.task_pk, run.user_pk = task.pk, task.user_id
+
+    @_never_raises
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.broker.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        run = self._run_of(message)
+        if run is None:
+            return
+        _current.set(None)
+        if exception is None and not message.failed:
+            run.finished = True
+            values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
+            values.update(progress=100, **_no_error())
+            t = _transitions()
+            t.write(run.origin, t.Status.DONE, t.TERMINAL_ORDER, values)
+            return
+        # Whether Dramatiq retries this attempt is known only once every middleware
+        # has run (Retries may come before or after us): decided in after_ack/after_nack.
+        run.exception = exception
+
+    @_never_raises
+    def after_skip_message(
+        self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy
+    ) -> None:
+        for_state = tracked_for_state(message.kwargs)
+        if for_state is None:
+            return
+        _current.set(None)
+        run = self._run_of(message)
+        origin = run.origin if run else _origin(message, for_state, warn=False)
+        values = {**_finished(), **(held_back(run) if run else {})}
+        if run is not None:
+            run.finished = True
+        t = _transitions()
+        t.write(origin, t.Status.SKIPPED, t.TERMINAL_ORDER, values)
+
+    @_never_raises
+    def after_ack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
+        run = self._forget(message)
+        if run is None or run.finished:
+            return
+        # Acked after an exception: Retries has enqueued the next attempt, or there is no
+        # Retries middleware at all and the message is simply over.
+        retried = any(isinstance(m, Retries) for m in broker.middleware)
+        if retried:
+            values = {**_error(run.exception, message), **held_back(run)}
+            t = _transitions()
+            t.write(run.origin, t.Status.RETRYING, t.retrying_order(run.attempt), values)
+        else:
+            self._fail(run.origin, run, message)
+
+    @_never_raises
+    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
+        run = self._forget(message)
+        if run is not None and run.finished:
+            return
+        if run is None:
+            # Rejected before any of our worker hooks ran (unknown actor, an earlier
+            # middleware failed it): still a tracked task that will never run.
+            for_state = tracked_for_state(message.kwargs)
+            if for_state is None:
+                return
+            self._fail(_origin(message, for_state, warn=False), None, message)
+            return
+        self._fail(run.origin, run, message)
+
+    def _fail(
+        self, origin: Origin, run: MessageRun | None, message: dramatiq.broker.MessageProxy
+    ) -> None:
+        exception = run.exception if run else None
+        values = {**_error(exception, message), **_finished(), **(held_back(run) if run else {})}
+        t = _transitions()
+        t.write(origin, t.Status.FAILED, t.TERMINAL_ORDER, values)
+
+    # --- per-message bookkeeping -------------------------------------------------------
+
+    def _remember(self, message: Any, run: MessageRun) -> None:
+        with self._lock:
+            if len(self._runs) > 10_000:
+                # Entries whose message never reached an ack (a lost broker connection).
+                self._runs = {k: v for k, v in self._runs.items() if v[0]() is not None}
+            self._runs[id(message)] = (weakref.ref(message), run)
+
+    def _run_of(self, message: Any) -> MessageRun | None:
+        entry = self._runs.get(id(message))
+        if entry is None or entry[0]() is not message:
+            return None
+        return entry[1]
+
+    def _forget(self, message: Any) -> MessageRun | None:
+        with self._lock:
+            entry = self._runs.pop(id(message), None)
+        if entry is None or entry[0]() is not message:
+            return None
+        return entry[1]
+
+
+def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
+    return Origin(
+        message_id=message.message_id,
+        actor_name=message.actor_name,
+        queue_name=q_name(message.queue_name),
+        sent_at=datetime.fromtimestamp(message.message_timestamp / 1000, tz=timezone.utc),
+        identity=parse_for_state(for_state, message.message_id, warn=warn),
+    )
+
+
+def _on_commit(write: Callable[[], object]) -> None:
+    """Write after the sender's transaction commits, outside it, or now without one.
+
+    A failure can then never break the caller's transaction, and a worker that starts
+    the message first is never blocked by the sender's uncommitted row.
+    """
+    from django.db import transaction
+
+    alias = get_settings().DATABASE
+    transaction.on_commit(write, using=alias, robust=True)
+
+
+def _now() -> datetime:
+    from django.utils import timezone as dj_timezone
+
+    return dj_timezone.now()
+
+
+def _finished() -> dict[str, Any]:
+    return {"finished_at": _now()}
+
+
+def _no_error() -> dict[str, Any]:
+    return {"error_type": "", "error_message": "", "traceback": ""}
+
+
+def _error(exception: BaseException | None, message: Any) -> dict[str, Any]:
+    exception = exception or getattr(message, "_exception", None)
+    if exception is None:
+        return {"error_type": "", "error_message": "", "traceback": ""}
+    limit = get_settings().TRACEBACK_MAX_CHARS
+    text = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
+    kind = type(exception)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    return {
+        "error_type": name[:255],
+        "error_message": str(exception)[:2000],
+        "traceback": text[-limit:] if limit else "",
+    }
+
+
+def _storable_result(result: Any, run: MessageRun) -> Any:
+    settings = get_settings()
+    if result is None or not settings.STORE_RESULT:
+        return None
+    import json
+
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    try:
+        encoded = json.dumps(result, cls=DjangoJSONEncoder)
+    except (TypeError, ValueError):
+        logger.warning(
+            "taskstate: result of message %s is not JSON-serialisable; not stored.",
+            run.origin.message_id,
+        )
+        return None
+    if settings.RESULT_MAX_BYTES and len(encoded.encode()) > settings.RESULT_MAX_BYTES:
+        logger.warning(
+            "taskstate: result of message %s is %d bytes, over RESULT_MAX_BYTES; not stored.",
+            run.origin.message_id,
+            len(encoded.encode()),
+        )
+        return None
+    return json.loads(encoded)

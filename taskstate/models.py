@@ -1,0 +1,199 @@
+"""The ``Task`` row that follows one tracked Dramatiq message through its life."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+
+class Status(models.TextChoices):
+    ENQUEUED = "enqueued", _("Queued")
+    DELAYED = "delayed", _("Scheduled")
+    RUNNING = "running", _("Running")
+    RETRYING = "retrying", _("Retrying")
+    FAILED = "failed", _("Failed")
+    DONE = "done", _("Done")
+    SKIPPED = "skipped", _("Skipped")
+
+
+#: Statuses after which nothing changes any more.
+COMPLETE_STATUSES = (Status.DONE, Status.FAILED, Status.SKIPPED)
+#: Statuses of a task that is still under way.
+ACTIVE_STATUSES = (Status.ENQUEUED, Status.DELAYED, Status.RUNNING, Status.RETRYING)
+
+
+class TaskQuerySet(models.QuerySet["Task"]):
+    def completed(self) -> TaskQuerySet:
+        """Tasks that are done, failed or skipped."""
+        return self.filter(status__in=COMPLETE_STATUSES)
+
+    def active(self) -> TaskQuerySet:
+        """Tasks that are queued, scheduled, running or waiting for a retry."""
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+    def for_user(self, user: AbstractBaseUser | AnonymousUser | None) -> TaskQuerySet:
+        """The tasks of ``user``; none for anonymous users."""
+        if user is None or not user.is_authenticated or user.pk is None:
+            return self.none()
+        return self.filter(user_id=user.pk)
+
+    def for_display(self, seconds_since_seen: int | None = None) -> TaskQuerySet:
+        """Tasks to show in a list: unseen ones, and ones seen in the last few seconds.
+
+        ``seconds_since_seen`` defaults to ``TASKSTATE["DISPLAY_SECONDS_SINCE_SEEN"]``.
+        Newest first.
+        """
+        if seconds_since_seen is None:
+            from taskstate.conf import get_settings
+
+            seconds_since_seen = get_settings().DISPLAY_SECONDS_SINCE_SEEN
+        since = timezone.now() - timedelta(seconds=seconds_since_seen)
+        return self.filter(models.Q(seen=False) | models.Q(seen_at__gte=since)).order_by(
+            "-created_at", "-id"
+        )
+
+    def delete_old(self, max_task_age: int, only_if_seen: bool = True) -> int:
+        """Delete completed tasks that finished more than ``max_task_age`` seconds ago.
+
+        With ``only_if_seen`` (the default) only tasks a user has seen are deleted, and
+        their age counts from when they were seen. Returns the number of rows deleted.
+        """
+        cutoff = timezone.now() - timedelta(seconds=max_task_age)
+        if only_if_seen:
+            old = self.filter(seen=True, seen_at__lt=cutoff)
+        else:
+            old = self.completed().filter(finished_at__lt=cutoff)
+        return _delete_in_batches(old)
+
+    def delete_stale(self, max_age: int = 1200) -> int:
+        """Delete tasks still queued ``max_age`` seconds after their last change.
+
+        Such a message was most likely lost (a purged queue, a broker without
+        persistence). If it does run after all, the worker writes the row again.
+        """
+        cutoff = timezone.now() - timedelta(seconds=max_age)
+        return _delete_in_batches(self.filter(status=Status.ENQUEUED, updated_at__lt=cutoff))
+
+    def fail_abandoned_candidates(self, max_age: int) -> TaskQuerySet:
+        """Running tasks with no change for ``max_age`` seconds: their worker most likely died."""
+        return self.filter(
+            status=Status.RUNNING, updated_at__lt=timezone.now() - timedelta(seconds=max_age)
+        )
+
+    def fail_abandoned(self, max_age: int) -> int:
+        """Mark failed the running tasks with no change for ``max_age`` seconds.
+
+        A late write from a worker that was only slow cannot undo this: failed is
+        terminal. Returns the number of tasks marked.
+        """
+        from taskstate.transitions import ABANDONED_ERROR, TERMINAL_ORDER
+
+        now = timezone.now()
+        return self.fail_abandoned_candidates(max_age).update(
+            status=Status.FAILED,
+            state_order=TERMINAL_ORDER,
+            error_type=ABANDONED_ERROR,
+            error_message=_abandoned_message(max_age),
+            finished_at=now,
+            updated_at=now,
+        )
+
+    def mark_seen(self) -> int:
+        """Mark these tasks seen (completed ones only). Returns the number marked."""
+        now = timezone.now()
+        return self.completed().filter(seen=False).update(seen=True, seen_at=now, updated_at=now)
+
+
+def _abandoned_message(max_age: int) -> str:
+    return (
+        f"No update for {max_age} seconds while running: the worker most likely stopped. "
+        "Raise TASKSTATE['RUNNING_TIMEOUT'] if your actors run longer without progress."
+    )
+
+
+_DELETE_BATCH = 5_000
+
+
+def _delete_in_batches(queryset: TaskQuerySet) -> int:
+    """Delete in primary-key batches, so a large cleanup never holds one huge lock."""
+    deleted = 0
+    while True:
+        batch = list(queryset.values_list("pk", flat=True)[:_DELETE_BATCH])
+        if not batch:
+            return deleted
+        count, _ = Task.objects.filter(pk__in=batch).delete()
+        deleted += count
+
+
+class Task(models.Model):
+    message_id = models.CharField(_("message id"), max_length=64, unique=True)
+    actor_name = models.CharField(_("actor"), max_length=255)
+    queue_name = models.CharField(_("queue"), max_length=255, default="default")
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.ENQUEUED
+    )
+    # Orders transitions so a late hook never moves a task backwards: see transitions.py.
+    state_order = models.PositiveIntegerField(default=0, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="taskstate_tasks",
+    )
+    description = models.CharField(_("description"), max_length=255, blank=True)
+    app_name = models.CharField(_("app name"), max_length=100, blank=True)
+    model_name = models.CharField(_("model name"), max_length=100, blank=True)
+    progress = models.PositiveSmallIntegerField(_("progress"), default=0)
+    progress_message = models.CharField(_("progress message"), max_length=255, blank=True)
+    result = models.JSONField(_("result"), null=True, blank=True)
+    error_type = models.CharField(_("error type"), max_length=255, blank=True)
+    error_message = models.TextField(_("error message"), blank=True)
+    traceback = models.TextField(_("traceback"), blank=True)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    seen = models.BooleanField(_("seen"), default=False)
+    seen_at = models.DateTimeField(_("seen at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated"), default=timezone.now)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("task")
+        verbose_name_plural = _("tasks")
+        ordering = ("-created_at", "-id")
+        indexes = (
+            # A user's display list: WHERE user_id = ? AND (seen = false OR seen_at >= ?).
+            models.Index(fields=("user", "seen", "created_at"), name="taskstate_user_seen_idx"),
+            # Cleanup: completed by finished_at, seen by seen_at, stuck by updated_at.
+            models.Index(fields=("status", "finished_at"), name="taskstate_status_fin_idx"),
+            models.Index(fields=("status", "updated_at"), name="taskstate_status_upd_idx"),
+            models.Index(fields=("seen", "seen_at"), name="taskstate_seen_idx"),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.description or self.actor_name} ({self.get_status_display()})"
+
+    @property
+    def is_complete(self) -> bool:
+        return self.status in COMPLETE_STATUSES
+
+    @property
+    def duration(self) -> timedelta | None:
+        """Time from the first start to the end (or to now while still running)."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return end - self.started_at

@@ -1,0 +1,125 @@
+"""Progress reports from inside an actor: ``progress()`` and ``track()``.
+
+The middleware puts a small record of the running message in a context variable, so an
+actor reports progress without knowing its task. Writes are throttled per message: at
+most one per ``PROGRESS_INTERVAL`` and only when the value changed; the value held back
+last is written with the final status, so it is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from django.utils.translation import gettext
+
+if TYPE_CHECKING:
+    from taskstate.for_state import Origin
+
+logger = logging.getLogger("taskstate")
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class MessageRun:
+    """One attempt of one tracked message in this worker thread."""
+
+    origin: Origin
+    attempt: int
+    interval: float
+    task_pk: int | None = None
+    user_pk: Any = None
+    # Last value written and the value held back by the throttle (percent, message).
+    written: tuple[int, str | None] = (0, None)
+    pending: tuple[int, str | None] | None = None
+    next_write_at: float = 0.0
+    exception: BaseException | None = None
+    finished: bool = False
+
+
+_current: ContextVar[MessageRun | None] = ContextVar("taskstate_run", default=None)
+
+
+def current_run() -> MessageRun | None:
+    return _current.get()
+
+
+def progress(done: float, total: float | None = None, message: str | None = None) -> None:
+    """Report the progress of the tracked message this actor is running.
+
+    ``progress(40)`` reads as 40 %; ``progress(4, 10)`` as 4 of 10 (40 %). ``message``
+    replaces the progress message; None keeps the previous one. Outside a tracked
+    message this does nothing. Never raises: bad values are logged and ignored.
+    """
+    run = _current.get()
+    if run is None:
+        return
+    try:
+        percent = int(done * 100 / total) if total is not None else int(done)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        logger.warning("taskstate: progress(%r, %r) ignored: not numbers", done, total)
+        return
+    if percent < 0:
+        percent = 0
+    elif percent > 100:
+        percent = 100
+    base = run.written if run.pending is None else run.pending
+    value = (percent, base[1] if message is None else str(message))
+    if value == base:
+        return
+    now = time.monotonic()
+    if now < run.next_write_at:
+        run.pending = value
+        return
+    _write(run, value, now)
+
+
+def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
+    """Yield from ``iterable``, reporting progress after each item.
+
+    ``total`` defaults to ``len(iterable)`` when it has one; without a total the
+    progress message counts the items done.
+    """
+    if total is None:
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    for count, item in enumerate(iterable, start=1):
+        yield item
+        if total:
+            progress(count, total)
+        else:
+            progress(0, message=gettext("%(count)d done") % {"count": count})
+
+
+def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
+    from taskstate.transitions import update_progress
+
+    run.pending = None
+    run.next_write_at = now + run.interval
+    percent, message = value
+    if update_progress(run.origin.message_id, run.attempt, percent, message):
+        run.written = value
+        from taskstate.publish import publish_progress
+
+        try:
+            publish_progress(run, percent, message)
+        except Exception:
+            logger.exception("taskstate: could not publish progress of %s", run.origin.message_id)
+
+
+def held_back(run: MessageRun) -> dict[str, Any]:
+    """Columns for the value the throttle held back, to go with the final write."""
+    if run.pending is None:
+        return {}
+    percent, message = run.pending
+    run.pending = None
+    values: dict[str, Any] = {"progress": percent}
+    if message is not None:
+        values["progress_message"] = message[:255]
+    return values

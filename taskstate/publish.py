@@ -1,0 +1,101 @@
+"""Push task changes to their owner's browser: render a partial, send it on the channel.
+
+Messages are sent with an empty event type, which htmx 4's ``hx-sse`` swaps (named
+events would only be dispatched as DOM events). Rows go in ``<hx-upsert>`` so one
+message both updates a row shown and inserts a new one; progress goes out-of-band to the
+bar alone. Publishing is a notification: when it fails the database is still right and
+the page resyncs from it on reconnect, so errors are logged once per outage and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from django.template.loader import render_to_string
+
+from taskstate.channels import user_channel
+from taskstate.models import Status, Task
+
+if TYPE_CHECKING:
+    from taskstate.progress import MessageRun
+
+logger = logging.getLogger("taskstate")
+
+#: The SSE event type of every message: empty, so htmx swaps it.
+EVENT_TYPE = ""
+
+
+def publish_task(task: Task) -> None:
+    """Send ``task``'s row to its owner: upserted while unseen, removed once seen."""
+    if task.user_id is None:
+        return
+    if task.seen:
+        publish_removed(task.user_id, [task.pk])
+        return
+    row = render_to_string("taskstate/_task_row.html", {"task": task})
+    _send(
+        user_channel(task.user_id),
+        f'<hx-upsert hx-target="#taskstate-rows" sort="desc">{row}</hx-upsert>',
+    )
+
+
+def publish_progress(run: MessageRun, percent: int, message: str | None) -> None:
+    """Send the progress bar of a running attempt, built from what the worker knows."""
+    if run.task_pk is None or run.user_pk is None:
+        return
+    task = Task(
+        pk=run.task_pk, status=Status.RUNNING, progress=percent, progress_message=message or ""
+    )
+    bar = render_to_string("taskstate/_progress.html", {"task": task, "oob": True})
+    _send(user_channel(run.user_pk), bar)
+
+
+def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:
+    """Remove rows from every page of the user (another tab dismissed them)."""
+    parts = [
+        f'<hx-partial hx-target="#taskstate-task-{int(pk)}" hx-swap="delete"></hx-partial>'
+        for pk in task_pks
+    ]
+    if parts:
+        _send(user_channel(user_pk), "".join(parts))
+
+
+class _SendFailures:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.down = False
+
+    def failed(self) -> None:
+        with self._lock:
+            first, self.down = not self.down, True
+        if first:
+            logger.error(
+                "taskstate: cannot publish task events; pages catch up when they "
+                "reconnect. Further failures are logged at DEBUG.",
+                exc_info=True,
+            )
+        else:
+            logger.debug("taskstate: publishing still fails", exc_info=True)
+
+    def sent(self) -> None:
+        if self.down:
+            with self._lock:
+                self.down = False
+            logger.warning("taskstate: publishing task events works again.")
+
+
+_failures = _SendFailures()
+
+
+def _send(channel: str, html: str) -> None:
+    from django_eventstream import send_event
+
+    try:
+        send_event(channel, EVENT_TYPE, html, json_encode=False)
+    except Exception:
+        _failures.failed()
+    else:
+        _failures.sent()

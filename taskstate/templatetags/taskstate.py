@@ -1,0 +1,60 @@
+"""``{% taskstate_list %}`` and ``{% taskstate_scripts %}``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django import template
+from django.templatetags.static import static
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext
+
+from taskstate.rendering import display_tasks
+
+register = template.Library()
+
+_SCRIPTS = (
+    "taskstate/vendor/htmx.min.js",
+    "taskstate/vendor/hx-sse.js",
+    "taskstate/vendor/hx-upsert.js",
+)
+
+
+@register.inclusion_tag("taskstate/task_list.html", takes_context=True)
+def taskstate_list(context: template.Context) -> dict[str, Any]:
+    """The live task list of ``request.user`` (one query), connected to its event stream."""
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    return {
+        "request": request,
+        "user": user,
+        "tasks": display_tasks(user) if user is not None else [],
+        "csrf_token": context.get("csrf_token"),
+    }
+
+
+@register.simple_tag
+def taskstate_scripts() -> SafeString:
+    """The vendored htmx 4, its SSE and upsert extensions, and the app's stylesheet."""
+    css = format_html('<link rel="stylesheet" href="{}">', static("taskstate/taskstate.css"))
+    scripts = format_html_join(
+        "\n", '<script src="{}" defer></script>', ((static(p),) for p in _SCRIPTS)
+    )
+    return format_html("{}\n{}", css, scripts)
+
+
+@register.filter
+def taskstate_duration(value: timedelta | None) -> str:
+    """A short, human duration: "4 s", "2 min 5 s", "1 h 3 min"."""
+    if value is None:
+        return ""
+    seconds = max(int(value.total_seconds()), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return gettext("%(h)d h %(m)d min") % {"h": hours, "m": minutes}
+    if minutes:
+        return gettext("%(m)d min %(s)d s") % {"m": minutes, "s": secs}
+    return gettext("%(s)d s") % {"s": secs}

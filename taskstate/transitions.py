@@ -1,0 +1,296 @@
+"""The state machine: which status may follow which, and the one-statement writes.
+
+Every transition is a single upsert keyed by the message id and guarded by
+``state_order``: a write lands only when it moves the task forwards. Hooks may run in
+any order, in any process, before or after the sender's transaction commits; the row
+always ends at the furthest state any of them reached.
+
+Order of states (attempt ``n`` counts from 1)::
+
+    delayed 0 < enqueued 1 < running(n) 10n+5 < retrying(n) 10n+7 < done | failed | skipped
+
+A second ``running`` at the same attempt (a message redelivered after its worker died)
+is accepted; nothing is accepted after a terminal state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import DatabaseError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field
+from django.db.models.expressions import Col
+from django.utils import timezone
+
+from taskstate.for_state import Origin
+from taskstate.models import Status, Task
+
+__all__ = ["Origin", "Status", "update_progress", "write"]
+
+logger = logging.getLogger("taskstate")
+
+DELAYED_ORDER = 0
+ENQUEUED_ORDER = 1
+TERMINAL_ORDER = 1_000_000
+#: ``error_type`` of a running task given up by the cleanup because its worker died.
+ABANDONED_ERROR = "taskstate.WorkerLost"
+
+
+def running_order(attempt: int) -> int:
+    return 10 * attempt + 5
+
+
+def retrying_order(attempt: int) -> int:
+    return 10 * attempt + 7
+
+
+def _defaults() -> dict[str, Any]:
+    """Every column's default, for the insert branch of an upsert (no DB defaults exist)."""
+    return {
+        f.column: f.get_default()
+        for f in Task._meta.concrete_fields
+        if not f.primary_key
+    }
+
+
+def write(
+    origin: Origin,
+    status: Status,
+    order: int,
+    values: dict[str, Any],
+    *,
+    same_order_wins: bool = False,
+    keep: Sequence[str] = (),
+) -> Task | None:
+    """Move the task of ``origin`` to ``status`` in one statement, if that is forwards.
+
+    ``values`` are further columns to set. Columns in ``keep`` keep a value the row
+    already has (``COALESCE``). Returns the row as written, or None when the write was
+    refused as a step backwards or failed (failures are logged, never raised).
+    """
+    alias = _alias()
+    try:
+        connection = connections[alias]
+        now = timezone.now()
+        updated: dict[str, Any] = {
+            "status": status.value,
+            "state_order": order,
+            "updated_at": now,
+            **values,
+        }
+        columns: dict[str, Any] = {
+            **_defaults(),
+            "message_id": origin.message_id,
+            "actor_name": origin.actor_name[:255],
+            "queue_name": origin.queue_name[:255],
+            "description": origin.identity.description,
+            "app_name": origin.identity.app_name,
+            "model_name": origin.identity.model_name,
+            "created_at": origin.sent_at,
+            "user_id": origin.identity.user_pk,
+            **updated,
+        }
+        sql, params = _upsert_sql(
+            connection, columns, list(updated), same_order_wins=same_order_wins, keep=keep
+        )
+        task = _execute_returning(connection, alias, sql, params, origin.message_id)
+    except DatabaseError as exc:
+        _outage.failed(alias, exc)
+        return None
+    _outage.recovered(alias)
+    if task is not None:
+        _written(task, alias, status_changed=True)
+    return task
+
+
+def update_progress(message_id: str, attempt: int, progress: int, message: str | None) -> bool:
+    """Set the progress of a running attempt; one UPDATE, no read. True if a row changed."""
+    alias = _alias()
+    values: dict[str, Any] = {"progress": progress, "updated_at": timezone.now()}
+    if message is not None:
+        values["progress_message"] = message[:255]
+    try:
+        changed = (
+            Task.objects.using(alias)
+            .filter(message_id=message_id, status=Status.RUNNING, attempts=attempt)
+            .update(**values)
+        )
+    except DatabaseError as exc:
+        _outage.failed(alias, exc)
+        return False
+    _outage.recovered(alias)
+    return bool(changed)
+
+
+def _alias() -> str:
+    from taskstate.conf import get_settings
+
+    return get_settings().DATABASE
+
+
+def _written(task: Task, alias: str, *, status_changed: bool) -> None:
+    """Tell the rest of the app about a write, once it is committed."""
+    from taskstate.notify import task_written
+
+    connection = connections[alias]
+    if connection.in_atomic_block:
+        transaction.on_commit(
+            lambda: task_written(task, status_changed=status_changed), using=alias, robust=True
+        )
+    else:
+        task_written(task, status_changed=status_changed)
+
+
+# --- SQL -------------------------------------------------------------------------------
+
+
+def _quote(connection: BaseDatabaseWrapper, name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _field(column: str) -> Field[Any, Any]:
+    for field in Task._meta.concrete_fields:
+        if field.column == column:
+            return field
+    raise LookupError(column)
+
+
+def _upsert_sql(
+    connection: BaseDatabaseWrapper,
+    columns: dict[str, Any],
+    updated: list[str],
+    *,
+    same_order_wins: bool,
+    keep: Sequence[str],
+) -> tuple[str, list[Any]]:
+    q = lambda name: _quote(connection, name)  # noqa: E731
+    table = q(Task._meta.db_table)
+    user_model = get_user_model()
+    user_table = q(user_model._meta.db_table)
+    user_pk_field = user_model._meta.pk
+    assert user_pk_field is not None
+    user_pk_column = q(user_pk_field.column)
+
+    placeholders: list[str] = []
+    params: list[Any] = []
+    for column, value in columns.items():
+        if column == "user_id":
+            if value is None:
+                placeholders.append("NULL")
+            else:
+                # A user_pk that names no user leaves the task without one, in the same
+                # statement, so a bad pk can neither fail the write nor need a lookup.
+                placeholders.append(
+                    f"(SELECT {user_pk_column} FROM {user_table} WHERE {user_pk_column} = %s)"
+                )
+                params.append(user_pk_field.get_db_prep_value(value, connection))
+            continue
+        placeholders.append("%s")
+        params.append(_field(column).get_db_prep_save(value, connection))
+
+    names = ", ".join(q(c) for c in columns)
+    op = "<=" if same_order_wins else "<"
+    if connection.vendor in ("postgresql", "sqlite"):
+        sets = ", ".join(
+            f"{q(c)} = COALESCE({table}.{q(c)}, EXCLUDED.{q(c)})"
+            if c in keep
+            else f"{q(c)} = EXCLUDED.{q(c)}"
+            for c in updated
+        )
+        sql = (
+            f"INSERT INTO {table} ({names}) VALUES ({', '.join(placeholders)}) "
+            f"ON CONFLICT ({q('message_id')}) DO UPDATE SET {sets} "
+            f"WHERE {table}.{q('state_order')} {op} EXCLUDED.{q('state_order')}"
+        )
+        if connection.features.can_return_rows_from_bulk_insert:
+            sql += " RETURNING " + ", ".join(f"{table}.{q(c)}" for c in _returned_columns())
+        return sql, params
+    if connection.vendor == "mysql":
+        # MySQL applies the assignments left to right: the guard column goes last.
+        cond = f"{q('state_order')} {op} VALUES({q('state_order')})"
+        assignments = []
+        for c in [c for c in updated if c != "state_order"] + ["state_order"]:
+            new = f"VALUES({q(c)})"
+            if c in keep:
+                new = f"COALESCE({q(c)}, {new})"
+            assignments.append(f"{q(c)} = IF({cond}, {new}, {q(c)})")
+        sql = (
+            f"INSERT INTO {table} ({names}) VALUES ({', '.join(placeholders)}) "
+            f"ON DUPLICATE KEY UPDATE {', '.join(assignments)}"
+        )
+        return sql, params
+    raise NotImplementedError(f"taskstate does not support the {connection.vendor} backend")
+
+
+def _returned_columns() -> list[str]:
+    return [f.column for f in Task._meta.concrete_fields]
+
+
+def _execute_returning(
+    connection: BaseDatabaseWrapper, alias: str, sql: str, params: list[Any], message_id: str
+) -> Task | None:
+    returning = " RETURNING " in sql
+    # Inside a caller's transaction, a savepoint keeps a failed write from breaking it.
+    guard = transaction.atomic(using=alias) if connection.in_atomic_block else nullcontext()
+    with guard, connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if returning:
+            row = cursor.fetchone()
+            return None if row is None else _task_from_row(connection, alias, row)
+        changed = cursor.rowcount
+    if not changed:
+        return None
+    # Backends without RETURNING after an upsert: one read to publish what was written.
+    return Task.objects.using(alias).filter(message_id=message_id).first()
+
+
+def _task_from_row(connection: BaseDatabaseWrapper, alias: str, row: Sequence[Any]) -> Task:
+    values = []
+    for field, value in zip(Task._meta.concrete_fields, row, strict=True):
+        col = Col(Task._meta.db_table, field)
+        for converter in connection.ops.get_db_converters(col) + field.get_db_converters(
+            connection
+        ):
+            value = converter(value, col, connection)
+        values.append(value)
+    return Task.from_db(alias, [f.attname for f in Task._meta.concrete_fields], values)
+
+
+class _OutageLog:
+    """Log a database failure once per outage, not once per message."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down: set[str] = set()
+
+    def failed(self, alias: str, exc: BaseException) -> None:
+        with self._lock:
+            first = alias not in self._down
+            self._down.add(alias)
+        if first:
+            logger.error(
+                "taskstate: cannot write task state to database %r (%s); tasks run on, "
+                "their state is not recorded until the database answers again.",
+                alias,
+                exc,
+                exc_info=True,
+            )
+        else:
+            logger.debug("taskstate: database %r still failing: %s", alias, exc)
+
+    def recovered(self, alias: str) -> None:
+        if alias in self._down:
+            with self._lock:
+                if alias not in self._down:
+                    return
+                self._down.discard(alias)
+            logger.warning("taskstate: database %r answers again; recording task state.", alias)
+
+
+_outage = _OutageLog()

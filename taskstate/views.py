@@ -1,0 +1,86 @@
+"""Thin views: the event stream, the list partial, and marking tasks seen."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseForbidden,
+    HttpResponseRedirect,
+)
+from django.shortcuts import get_object_or_404, render, resolve_url
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from taskstate.channels import user_channel
+from taskstate.models import Task
+from taskstate.publish import publish_removed
+from taskstate.rendering import display_tasks
+
+
+@require_GET
+def events(request: HttpRequest) -> HttpResponseBase:
+    """The SSE stream of the logged-in user's own channel, and no other.
+
+    The channel comes from the session, never from the request: query parameters
+    such as ``channel`` are ignored.
+    """
+    if not request.user.is_authenticated:
+        return HttpResponseForbidden("Log in to follow your tasks.")
+    from django_eventstream.views import events as eventstream_events
+
+    response: HttpResponseBase = eventstream_events(
+        request, channels=[user_channel(request.user.pk)]
+    )
+    return response
+
+
+@require_GET
+@vary_on_headers("HX-Request")
+def task_list(request: HttpRequest) -> HttpResponse:
+    """The user's task list: the rows alone for htmx (a resync), else the whole list."""
+    tasks = display_tasks(request.user)
+    if getattr(request, "htmx", False):
+        return render(request, "taskstate/_task_rows.html", {"tasks": tasks})
+    return render(request, "taskstate/task_list.html", {"tasks": tasks})
+
+
+@require_POST
+@login_required
+def seen(request: HttpRequest, pk: int) -> HttpResponse:
+    """Mark one of the user's completed tasks seen; 404 for anyone else's."""
+    task = get_object_or_404(Task.objects.for_user(request.user).completed(), pk=pk)
+    if Task.objects.filter(pk=task.pk).mark_seen():
+        publish_removed(request.user.pk, [task.pk])
+    return _done(request)
+
+
+@require_POST
+@login_required
+def seen_all(request: HttpRequest) -> HttpResponse:
+    """Mark all of the user's completed, unseen tasks seen."""
+    mine = Task.objects.for_user(request.user).completed().filter(seen=False)
+    pks = list(mine.values_list("pk", flat=True))
+    if pks and Task.objects.filter(pk__in=pks).mark_seen():
+        publish_removed(request.user.pk, pks)
+    return _done(request)
+
+
+def _done(request: HttpRequest) -> HttpResponse:
+    # htmx removes the row itself (hx-swap="delete" needs a 200, not a 204); a plain
+    # form post goes back where it came from.
+    if getattr(request, "htmx", False):
+        return HttpResponse("")
+    return HttpResponseRedirect(_back_url(request))
+
+
+def _back_url(request: HttpRequest) -> str:
+    for candidate in (request.POST.get("next"), request.META.get("HTTP_REFERER")):
+        if candidate and url_has_allowed_host_and_scheme(
+            candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            return candidate
+    return str(resolve_url("taskstate:list"))

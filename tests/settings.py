@@ -1,0 +1,124 @@
+"""Settings for the test suite.
+
+Without services (a fresh clone): SQLite in a file and Dramatiq's StubBroker with an
+in-process worker. With ``TASKSTATE_TEST_SERVICES=1`` (CI): PostgreSQL and Redis on
+loopback, and the integration tests start real ``rundramatiq`` and uvicorn processes.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+SERVICES = os.environ.get("TASKSTATE_TEST_SERVICES") == "1"
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = "taskstate-tests-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "/static/"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_dramatiq",
+    "django_eventstream",
+    "django_htmx",
+    "taskstate",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+if SERVICES:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ.get("TASKSTATE_TEST_DB_NAME", "test"),
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+            "TEST": {"NAME": "test_taskstate"},
+        }
+    }
+    if os.environ.get("TASKSTATE_TEST_DB_NAME"):
+        # A worker or server process started by a test: use the test database as is.
+        DATABASES["default"]["TEST"] = {"NAME": os.environ["TASKSTATE_TEST_DB_NAME"]}
+    REDIS_URL = os.environ.get("TASKSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.redis.RedisBroker",
+        "OPTIONS": {"url": REDIS_URL},
+        "MIDDLEWARE": [
+            "dramatiq.middleware.AgeLimit",
+            "dramatiq.middleware.TimeLimit",
+            "dramatiq.middleware.Callbacks",
+            "dramatiq.middleware.Retries",
+            "django_dramatiq.middleware.DbConnectionsMiddleware",
+            "taskstate.middleware.StateMiddleware",
+        ],
+    }
+    EVENTSTREAM_REDIS = {"host": "127.0.0.1", "port": 6379, "db": 15}
+else:
+    _db_dir = Path(os.environ.get("TASKSTATE_TEST_SQLITE_DIR", tempfile.gettempdir()))
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(_db_dir / "taskstate-tests.sqlite3"),
+            # A file, not memory: the in-process worker's threads have connections of
+            # their own and must see what the test committed.
+            "TEST": {"NAME": str(_db_dir / f"taskstate-test-{os.getpid()}.sqlite3")},
+            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.stub.StubBroker",
+        "OPTIONS": {},
+        "MIDDLEWARE": [
+            "dramatiq.middleware.AgeLimit",
+            "dramatiq.middleware.TimeLimit",
+            "dramatiq.middleware.Callbacks",
+            "dramatiq.middleware.Retries",
+            "django_dramatiq.middleware.DbConnectionsMiddleware",
+            "taskstate.middleware.StateMiddleware",
+        ],
+    }
+
+TASKSTATE = {"PROGRESS_INTERVAL": 0.5}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"taskstate": {"handlers": ["console"], "level": "WARNING"}},
+}

@@ -1,0 +1,172 @@
+"""StateMiddleware through a real Dramatiq worker (StubBroker, or Redis in CI)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import transaction
+
+from taskstate.middleware import StateMiddleware
+from taskstate.models import Status, Task
+from taskstate.signals import task_changed
+from tests.testapp import tasks as actors
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def statuses() -> Iterator[list[tuple[str, str]]]:
+    """Every (message id, status) announced by task_changed, in order."""
+    seen: list[tuple[str, str]] = []
+
+    def receiver(sender: Any, task: Task, **kwargs: Any) -> None:
+        assert sender is StateMiddleware
+        seen.append((task.message_id, task.status))
+
+    task_changed.connect(receiver)
+    yield seen
+    task_changed.disconnect(receiver)
+
+
+def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, statuses):
+    message = actors.returns.send({"rows": 3}, for_state={"user_pk": user.pk, "description": "Export"})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DONE
+    assert task.user == user
+    assert task.description == "Export"
+    assert task.actor_name == "returns"
+    assert task.result == {"rows": 3}
+    assert task.progress == 100
+    assert task.attempts == 1
+    assert task.started_at is not None and task.finished_at is not None
+    assert task.created_at <= task.started_at <= task.finished_at
+    assert [s for _, s in statuses] == ["enqueued", "running", "done"]
+
+
+def test_untracked_message_makes_no_queries(run_all, count_queries):
+    actors.untracked_noop.send()
+    actors.noop.send()  # no for_state at all
+    run_all()
+    assert count_queries.statements == []
+    assert Task.objects.count() == 0
+
+
+def test_tracked_lifecycle_costs_one_statement_per_transition(run_all, user, count_queries):
+    actors.noop.send(for_state={"user_pk": user.pk, "description": "cheap"})
+    run_all()
+    # enqueued, running, done: one upsert each, and nothing else at all (no reads,
+    # no transaction statements), whatever thread ran it.
+    assert len(count_queries.statements) == 3, count_queries.statements
+    assert len(count_queries.starting("INSERT")) == 3
+
+
+def test_progress_is_throttled_and_final_value_written(run_all, user, count_queries, settings):
+    settings.TASKSTATE = {"PROGRESS_INTERVAL": 60}
+    message = actors.with_progress.send(500, for_state={"user_pk": user.pk})
+    run_all()
+    updates = count_queries.starting("UPDATE")
+    # The first report is written at once; the 499 after it fall inside the interval
+    # and only the last one travels with the final status.
+    assert len(updates) == 1, updates
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DONE
+    assert task.progress == 100
+    assert task.progress_message == "step 500"
+
+
+def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, statuses):
+    message = actors.always_fails.send(for_state={"user_pk": user.pk})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.FAILED
+    assert task.attempts == 3
+    assert task.error_type == "ValueError"
+    assert task.error_message == "broken on purpose"
+    assert "broken on purpose" in task.traceback
+    assert [s for _, s in statuses] == [
+        "enqueued", "running", "retrying", "running", "retrying", "running", "failed",
+    ]
+
+
+def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses):
+    message = actors.fails_once.send("retry-ok", for_state={"user_pk": user.pk})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DONE
+    assert task.attempts == 2
+    assert task.error_type == "" and task.traceback == ""
+    assert task.result == "ok"
+    assert [s for _, s in statuses] == ["enqueued", "running", "retrying", "running", "done"]
+
+
+def test_exception_listed_in_throws_fails_at_once(run_all, user):
+    message = actors.throws_expected.send(for_state={"user_pk": user.pk})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.FAILED
+    assert task.attempts == 1
+    assert task.error_type == "KeyError"
+
+
+def test_skipped_message_reads_skipped(run_all, user):
+    message = actors.skips.send(for_state={"user_pk": user.pk})
+    run_all()
+    assert Task.objects.get(message_id=message.message_id).status == Status.SKIPPED
+
+
+def test_delayed_message_reads_delayed_then_runs(broker, user):
+    message = actors.noop.send_with_options(kwargs={"for_state": {"user_pk": user.pk}}, delay=60_000)
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DELAYED
+    assert task.queue_name == "default"
+
+
+def test_result_that_is_not_json_is_dropped_with_a_warning(run_all, user, caplog):
+    caplog.set_level(logging.WARNING, logger="taskstate")
+    message = actors.returns_object.send(for_state={"user_pk": user.pk})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DONE
+    assert task.result is None
+    assert "not JSON-serialisable" in caplog.text
+
+
+def test_result_over_the_size_cap_is_not_stored(run_all, user, settings, caplog):
+    settings.TASKSTATE = {"RESULT_MAX_BYTES": 100}
+    message = actors.returns.send("x" * 500, for_state={"user_pk": user.pk})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DONE
+    assert task.result is None
+    assert "over RESULT_MAX_BYTES" in caplog.text
+
+
+def test_results_can_be_turned_off(run_all, user, settings):
+    settings.TASKSTATE = {"STORE_RESULT": False}
+    message = actors.returns.send(42, for_state={"user_pk": user.pk})
+    run_all()
+    assert Task.objects.get(message_id=message.message_id).result is None
+
+
+def test_send_inside_a_transaction_writes_after_commit_and_queries_nothing_inside(
+    broker, user, count_queries
+):
+    with transaction.atomic():
+        message = actors.noop.send(for_state={"user_pk": user.pk})
+        assert count_queries.matching("taskstate_task") == []
+    assert Task.objects.get(message_id=message.message_id).status == Status.ENQUEUED
+
+
+def test_rolled_back_sender_still_gets_a_row_when_the_worker_runs(run_all, user):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        message = actors.noop.send(for_state={"user_pk": user.pk, "description": "orphan"})
+        raise RuntimeError("view failed after send")
+    assert not Task.objects.filter(message_id=message.message_id).exists()
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DONE
+    assert task.description == "orphan"

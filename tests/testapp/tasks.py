@@ -1,0 +1,71 @@
+"""Actors the tests send; ``rundramatiq`` finds them in this module too."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import dramatiq
+
+import taskstate
+
+
+@dramatiq.actor(max_retries=0)
+def noop(for_state: dict[str, Any] | None = None) -> None:
+    return None
+
+
+@dramatiq.actor(max_retries=0)
+def untracked_noop() -> None:
+    return None
+
+
+@dramatiq.actor(max_retries=0)
+def returns(value: Any, for_state: dict[str, Any] | None = None) -> Any:
+    return value
+
+
+@dramatiq.actor(max_retries=0)
+def with_progress(steps: int, for_state: dict[str, Any] | None = None) -> int:
+    for i in range(steps):
+        taskstate.progress(i + 1, steps, message=f"step {i + 1}")
+    return steps
+
+
+@dramatiq.actor(max_retries=2, min_backoff=10, max_backoff=20)
+def always_fails(for_state: dict[str, Any] | None = None) -> None:
+    raise ValueError("broken on purpose")
+
+
+FLAKY_CALLS: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+@dramatiq.actor(max_retries=3, min_backoff=10, max_backoff=20)
+def fails_once(key: str, for_state: dict[str, Any] | None = None) -> str:
+    with _lock:
+        FLAKY_CALLS[key] = FLAKY_CALLS.get(key, 0) + 1
+        calls = FLAKY_CALLS[key]
+    if calls == 1:
+        raise RuntimeError("first attempt fails")
+    return "ok"
+
+
+@dramatiq.actor(max_retries=0, throws=(KeyError,))
+def throws_expected(for_state: dict[str, Any] | None = None) -> None:
+    raise KeyError("expected")
+
+
+@dramatiq.actor(max_retries=0)
+def skips(for_state: dict[str, Any] | None = None) -> None:
+    raise dramatiq.middleware.SkipMessage("not today")
+
+
+@dramatiq.actor(max_retries=0)
+def echo_description(for_state: dict[str, Any] | None = None) -> str:
+    return str((for_state or {}).get("description"))
+
+
+@dramatiq.actor(max_retries=0)
+def returns_object(for_state: dict[str, Any] | None = None) -> object:
+    return object()
