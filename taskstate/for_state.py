@@ -14,7 +14,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import connection, models
 
 logger = logging.getLogger("taskstate")
 
@@ -164,7 +164,12 @@ def _user_pk(value: Any, message_id: str, log: Any) -> Any:
     try:
         if isinstance(value, (bool, float, dict, list)):
             raise ValidationError("not a primary key")
-        return pk_field.to_python(value)
+        pk = pk_field.to_python(value)
+        if isinstance(pk, int):
+            low, high = connection.ops.integer_field_range(pk_field.get_internal_type())
+            if (low is not None and pk < low) or (high is not None and pk > high):
+                raise ValidationError("out of range")
+        return pk
     except (ValidationError, TypeError, ValueError):
         log(
             "taskstate: for_state['user_pk'] of message %s is not a valid user pk (%r); "

@@ -102,6 +102,7 @@ class StateMiddleware(Middleware):  # type: ignore[misc]
             origin=_origin(message, for_state, warn=False),
             attempt=attempt,
             interval=float(settings.PROGRESS_INTERVAL),
+            started_at=_now(),
         )
         self._remember(message, run)
         _current.set(run)
@@ -110,15 +111,9 @@ class StateMiddleware(Middleware):  # type: ignore[misc]
             run.origin,
             t.Status.RUNNING,
             t.running_order(attempt),
-            {
-                "attempts": attempt,
-                "started_at": _now(),
-                "finished_at": None,
-                "progress": 0,
-                "progress_message": "",
-            },
+            {**_attempt(run), "finished_at": None, "progress": 0, "progress_message": ""},
             same_order_wins=True,
-            keep=("started_at",),
+            keep=_KEEP,
         )
         if task is not None:
             run.task_pk, run.user_pk = task.pk, task.user_id
@@ -139,9 +134,9 @@ class StateMiddleware(Middleware):  # type: ignore[misc]
         if exception is None and not message.failed:
             run.finished = True
             values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
-            values.update(progress=100, **_no_error())
+            values.update(progress=100, **_no_error(), **_attempt(run))
             t = _transitions()
-            t.write(run.origin, t.Status.DONE, t.TERMINAL_ORDER, values)
+            t.write(run.origin, t.Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
             return
         # Whether Dramatiq retries this attempt is known only once every middleware
         # has run (Retries may come before or after us): decided in after_ack/after_nack.
@@ -157,11 +152,11 @@ class StateMiddleware(Middleware):  # type: ignore[misc]
         _current.set(None)
         run = self._run_of(message)
         origin = run.origin if run else _origin(message, for_state, warn=False)
-        values = {**_finished(), **(held_back(run) if run else {})}
+        values = {**_finished(), **(held_back(run) if run else {}), **_attempt(run)}
         if run is not None:
             run.finished = True
         t = _transitions()
-        t.write(origin, t.Status.SKIPPED, t.TERMINAL_ORDER, values)
+        t.write(origin, t.Status.SKIPPED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
     @_never_raises
     def after_ack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
@@ -172,9 +167,10 @@ class StateMiddleware(Middleware):  # type: ignore[misc]
         # Retries middleware at all and the message is simply over.
         retried = any(isinstance(m, Retries) for m in broker.middleware)
         if retried:
-            values = {**_error(run.exception, message), **held_back(run)}
+            values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
             t = _transitions()
-            t.write(run.origin, t.Status.RETRYING, t.retrying_order(run.attempt), values)
+            t.write(run.origin, t.Status.RETRYING, t.retrying_order(run.attempt), values,
+                    keep=_KEEP)
         else:
             self._fail(run.origin, run, message)
 
@@ -197,9 +193,14 @@ class StateMiddleware(Middleware):  # type: ignore[misc]
         self, origin: Origin, run: MessageRun | None, message: dramatiq.broker.MessageProxy
     ) -> None:
         exception = run.exception if run else None
-        values = {**_error(exception, message), **_finished(), **(held_back(run) if run else {})}
+        values = {
+            **_error(exception, message),
+            **_finished(),
+            **(held_back(run) if run else {}),
+            **_attempt(run),
+        }
         t = _transitions()
-        t.write(origin, t.Status.FAILED, t.TERMINAL_ORDER, values)
+        t.write(origin, t.Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
     # --- per-message bookkeeping -------------------------------------------------------
 
@@ -250,6 +251,17 @@ def _now() -> datetime:
     from django.utils import timezone as dj_timezone
 
     return dj_timezone.now()
+
+
+# The first start of a task stays its start, whichever write lands first.
+_KEEP = ("started_at",)
+
+
+def _attempt(run: MessageRun | None) -> dict[str, Any]:
+    """The attempt's own facts, sent with every worker write so any order ends right."""
+    if run is None:
+        return {}
+    return {"attempts": run.attempt, "started_at": run.started_at}
 
 
 def _finished() -> dict[str, Any]:

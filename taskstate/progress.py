@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.utils.translation import gettext
@@ -31,6 +32,7 @@ class MessageRun:
     origin: Origin
     attempt: int
     interval: float
+    started_at: datetime | None = None
     task_pk: int | None = None
     user_pk: Any = None
     # Last value written and the value held back by the throttle (percent, message).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -54,7 +55,7 @@ def seen(request: HttpRequest, pk: int) -> HttpResponse:
     """Mark one of the user's completed tasks seen; 404 for anyone else's."""
     task = get_object_or_404(Task.objects.for_user(request.user).completed(), pk=pk)
     if Task.objects.filter(pk=task.pk).mark_seen():
-        publish_removed(request.user.pk, [task.pk])
+        _publish_removed_on_commit(request.user.pk, [task.pk])
     return _done(request)
 
 
@@ -65,8 +66,12 @@ def seen_all(request: HttpRequest) -> HttpResponse:
     mine = Task.objects.for_user(request.user).completed().filter(seen=False)
     pks = list(mine.values_list("pk", flat=True))
     if pks and Task.objects.filter(pk__in=pks).mark_seen():
-        publish_removed(request.user.pk, pks)
+        _publish_removed_on_commit(request.user.pk, pks)
     return _done(request)
+
+
+def _publish_removed_on_commit(user_pk: object, pks: list[int]) -> None:
+    transaction.on_commit(lambda: publish_removed(user_pk, pks), robust=True)
 
 
 def _done(request: HttpRequest) -> HttpResponse:

@@ -114,3 +114,78 @@ def user(django_user_model: Any) -> Any:
 @pytest.fixture
 def other_user(django_user_model: Any) -> Any:
     return django_user_model.objects.create_user("bob", password="pw")
+
+
+class EventCapture:
+    """What django-eventstream delivered on some channels, captured where it really goes.
+
+    In-process mode: a real listener registered with django-eventstream's listener
+    manager. Redis mode: a real subscription to django-eventstream's pub/sub channel.
+    """
+
+    def __init__(self, channels: set[str]) -> None:
+        from django.conf import settings
+
+        self.channels = channels
+        self._redis = getattr(settings, "EVENTSTREAM_REDIS", None)
+        if self._redis:
+            import redis
+
+            self._client = redis.Redis(**self._redis)
+            self._pubsub = self._client.pubsub()
+            self._pubsub.subscribe("events_channel")
+            self._pubsub.get_message(timeout=1)  # the subscribe confirmation
+        else:
+            import asyncio
+
+            from django_eventstream.views import Listener, get_listener_manager
+
+            self._loop = asyncio.new_event_loop()
+            self._listener = Listener()
+            self._listener.loop = self._loop
+            self._listener.channels = set(channels)
+            get_listener_manager().add_listener(self._listener)
+
+    def events(self, wait: float = 0.5) -> list[tuple[str, str, str]]:
+        """(channel, event type, data) of everything delivered so far, in order."""
+        import json
+        import time
+
+        out: list[tuple[str, str, str]] = []
+        if self._redis:
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                message = self._pubsub.get_message(timeout=0.05)
+                if message and message["type"] == "message":
+                    item = json.loads(message["data"])
+                    if item["channel"] in self.channels:
+                        out.append((item["channel"], item["event_type"], item["data"]))
+            return out
+        for channel, items in self._listener.channel_items.items():
+            out.extend((channel, e.type, e.data) for e in items)
+        self._listener.channel_items = {}
+        return out
+
+    def close(self) -> None:
+        if self._redis:
+            self._pubsub.close()
+            self._client.close()
+        else:
+            from django_eventstream.views import get_listener_manager
+
+            get_listener_manager().remove_listener(self._listener)
+            self._loop.close()
+
+
+@pytest.fixture
+def capture_events() -> Iterator[Callable[..., EventCapture]]:
+    made: list[EventCapture] = []
+
+    def start(*channels: str) -> EventCapture:
+        capture = EventCapture(set(channels))
+        made.append(capture)
+        return capture
+
+    yield start
+    for capture in made:
+        capture.close()

@@ -170,3 +170,66 @@ def test_rolled_back_sender_still_gets_a_row_when_the_worker_runs(run_all, user)
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.DONE
     assert task.description == "orphan"
+
+
+def test_eight_threads_never_mix_up_messages(run_all, django_user_model):
+    users = [django_user_model.objects.create_user(f"u{i}") for i in range(3)]
+    sent = {}
+    for i in range(240):
+        if i % 3 == 0:
+            actors.untracked_noop.send()
+            continue
+        owner = users[i % len(users)]
+        message = actors.labelled.send(for_state={"user_pk": owner.pk, "description": f"job-{i}"})
+        sent[message.message_id] = (owner.pk, f"job-{i}")
+    run_all()
+    tasks = {t.message_id: t for t in Task.objects.all()}
+    assert set(tasks) == set(sent)
+    for message_id, (owner_pk, label) in sent.items():
+        task = tasks[message_id]
+        assert task.status == Status.DONE, (label, task.status)
+        assert (task.user_id, task.description, task.result) == (owner_pk, label, label)
+        assert task.progress_message == label
+
+
+@pytest.mark.parametrize("state_first", [True, False], ids=["state-before-retries", "state-after-retries"])
+def test_recorded_states_do_not_depend_on_middleware_order(state_first, django_user_model):
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+    from dramatiq.middleware import Retries
+
+    user = django_user_model.objects.create_user("order")
+    from django_dramatiq.middleware import DbConnectionsMiddleware
+
+    middleware = [StateMiddleware(), Retries(min_backoff=10, max_backoff=20)]
+    if not state_first:
+        middleware.reverse()
+    broker = StubBroker(middleware=[*middleware, DbConnectionsMiddleware()])
+    broker.emit_after("process_boot")
+
+    calls = {"n": 0}
+
+    def flaky(for_state=None):
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise RuntimeError(f"attempt {calls['n']}")
+
+    def doomed(for_state=None):
+        raise RuntimeError("never works")
+
+    flaky_actor = dramatiq.actor(flaky, broker=broker, max_retries=5)
+    doomed_actor = dramatiq.actor(doomed, broker=broker, max_retries=1)
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
+    worker.start()
+    try:
+        ok = flaky_actor.send(for_state={"user_pk": user.pk})
+        bad = doomed_actor.send(for_state={"user_pk": user.pk})
+        broker.join("default", fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+    ok_task = Task.objects.get(message_id=ok.message_id)
+    bad_task = Task.objects.get(message_id=bad.message_id)
+    assert (ok_task.status, ok_task.attempts) == (Status.DONE, 3)
+    assert (bad_task.status, bad_task.attempts) == (Status.FAILED, 2)
+    assert bad_task.error_message == "never works"

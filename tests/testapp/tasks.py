@@ -69,3 +69,12 @@ def echo_description(for_state: dict[str, Any] | None = None) -> str:
 @dramatiq.actor(max_retries=0)
 def returns_object(for_state: dict[str, Any] | None = None) -> object:
     return object()
+
+
+@dramatiq.actor(max_retries=0)
+def labelled(for_state: dict[str, Any] | None = None) -> str:
+    """Reports its own description as progress: a crossed wire would show."""
+    label = str((for_state or {}).get("description"))
+    for step in range(1, 4):
+        taskstate.progress(step * 30, message=label)
+    return label

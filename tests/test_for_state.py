@@ -1,0 +1,97 @@
+"""Bad ``for_state`` values: a warning and a sensible row (or none), never an exception."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from taskstate.models import Status, Task
+from tests.testapp import tasks as actors
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _warnings(caplog):
+    caplog.set_level(logging.WARNING, logger="taskstate")
+
+
+def test_for_state_that_is_not_a_dict_is_not_tracked_and_the_actor_runs(run_all, caplog):
+    message = actors.echo_description.send(for_state="export")
+    run_all()
+    assert not Task.objects.filter(message_id=message.message_id).exists()
+    assert "not a dict" in caplog.text
+
+
+def test_for_state_that_cannot_be_encoded_is_replaced_and_send_succeeds(run_all, caplog):
+    message = actors.noop.send(for_state=object())
+    run_all()
+    assert Task.objects.count() == 0
+    assert "cannot be encoded" in caplog.text
+    assert message.kwargs["for_state"] is None
+
+
+@pytest.mark.parametrize("bad_pk", ["abc", 12.5, True, [1], 10**30, {"pk": 1}])
+def test_malformed_user_pk_gives_a_row_without_user(run_all, caplog, bad_pk):
+    message = actors.noop.send(for_state={"user_pk": bad_pk, "description": "bad pk"})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DONE
+    assert task.user_id is None
+    assert task.description == "bad pk"
+    assert "not a valid user pk" in caplog.text
+
+
+def test_unknown_user_pk_gives_a_row_without_user(run_all):
+    message = actors.noop.send(for_state={"user_pk": 424_242})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DONE
+    assert task.user_id is None
+
+
+def test_user_pk_given_as_a_string_is_accepted(run_all, user):
+    message = actors.noop.send(for_state={"user_pk": str(user.pk)})
+    run_all()
+    assert Task.objects.get(message_id=message.message_id).user_id == user.pk
+
+
+def test_user_instance_instead_of_pk_is_turned_into_its_pk(run_all, user, caplog):
+    message = actors.noop.send(for_state={"user_pk": user, "description": "instance"})
+    run_all()
+    assert Task.objects.get(message_id=message.message_id).user_id == user.pk
+    assert "Pass the pk itself" in caplog.text
+
+
+def test_values_that_are_not_json_become_text(run_all, user, caplog):
+    message = actors.noop.send(for_state={"user_pk": user.pk, "description": {1, 2}})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.description in ("{1, 2}", "{2, 1}")
+    assert "not JSON-serialisable" in caplog.text
+
+
+def test_over_long_strings_are_cut_to_the_column(run_all, user, caplog):
+    message = actors.noop.send(
+        for_state={"user_pk": user.pk, "description": "d" * 5000, "app_name": "a" * 500,
+                   "model_name": "m" * 500}
+    )
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert len(task.description) == 255 and task.description.endswith("\u2026")
+    assert len(task.app_name) == 100 and len(task.model_name) == 100
+    assert "characters long" in caplog.text
+
+
+def test_unknown_keys_are_ignored_with_a_warning(run_all, user, caplog):
+    message = actors.noop.send(for_state={"user_pk": user.pk, "colour": "red"})
+    run_all()
+    assert Task.objects.get(message_id=message.message_id).status == Status.DONE
+    assert "unknown keys ['colour']" in caplog.text
+
+
+def test_html_in_description_is_stored_as_text(run_all, user):
+    message = actors.noop.send(for_state={"user_pk": user.pk, "description": "<b>x</b>"})
+    run_all()
+    assert Task.objects.get(message_id=message.message_id).description == "<b>x</b>"

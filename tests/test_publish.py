@@ -1,0 +1,101 @@
+"""What a task change sends to its owner's channel, through django-eventstream for real."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from taskstate import transitions as t
+from taskstate.channels import may_read, user_channel
+from taskstate.for_state import Origin, TaskIdentity
+from taskstate.models import Status, Task
+from tests.testapp import tasks as actors
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_user_channel_uses_the_configured_prefix(settings):
+    assert user_channel(7) == "taskstate-user-7"
+    settings.TASKSTATE = {"CHANNEL_PREFIX": "ts-"}
+    assert user_channel(7) == "ts-7"
+
+
+def test_only_the_owner_may_read_a_taskstate_channel(user, other_user):
+    from django.contrib.auth.models import AnonymousUser
+
+    mine = user_channel(user.pk)
+    assert may_read(user, mine)
+    assert not may_read(other_user, mine)
+    assert not may_read(AnonymousUser(), mine)
+    assert not may_read(None, mine)
+    assert may_read(other_user, "someone-elses-app-channel")
+
+
+def test_every_status_change_reaches_the_owner_as_an_unnamed_upsert(run_all, user, other_user,
+                                                                    capture_events):
+    capture = capture_events(user_channel(user.pk), user_channel(other_user.pk))
+    message = actors.returns.send(3, for_state={"user_pk": user.pk, "description": "Report <b>"})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    events = capture.events()
+    assert {channel for channel, _, _ in events} == {user_channel(user.pk)}
+    assert all(event_type == "" for _, event_type, _ in events)
+    rows = [data for _, _, data in events if "<hx-upsert" in data]
+    assert len(rows) == 3  # enqueued, running, done
+    assert f'id="taskstate-task-{task.pk}"' in rows[-1]
+    assert 'data-status="done"' in rows[-1]
+    assert "Report &lt;b&gt;" in rows[-1] and "Report <b>" not in rows[-1]
+
+
+def test_progress_goes_out_of_band_to_the_bar_only(run_all, user, capture_events, settings):
+    settings.TASKSTATE = {"PROGRESS_INTERVAL": 0}
+    capture = capture_events(user_channel(user.pk))
+    message = actors.with_progress.send(3, for_state={"user_pk": user.pk})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    bars = [d for _, _, d in capture.events() if "hx-swap-oob" in d]
+    assert len(bars) == 3
+    assert all(d.lstrip().startswith(f'<div id="taskstate-progress-{task.pk}"') for d in bars)
+    assert 'aria-valuenow="33"' in bars[0] and 'aria-valuenow="100"' in bars[-1]
+    assert "step 3" in bars[-1]
+
+
+def test_tasks_without_user_publish_nothing(run_all, capture_events, user):
+    capture = capture_events(user_channel(user.pk))
+    actors.noop.send(for_state={"description": "system job"})
+    run_all()
+    assert capture.events() == []
+
+
+def test_seen_task_is_removed_from_the_page(user, capture_events):
+    from taskstate.publish import publish_task
+
+    task = t.write(
+        Origin("m-seen", "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
+        Status.DONE, t.TERMINAL_ORDER, {},
+    )
+    assert task is not None
+    capture = capture_events(user_channel(user.pk))
+    task.seen = True
+    publish_task(task)
+    [(_, _, data)] = capture.events()
+    assert data == f'<hx-partial hx-target="#taskstate-task-{task.pk}" hx-swap="delete"></hx-partial>'
+
+
+def test_publishing_failure_is_logged_once_and_never_raises(user, monkeypatch, caplog):
+    import django_eventstream
+
+    from taskstate import publish
+
+    def down(*args, **kwargs):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(django_eventstream, "send_event", down)
+    publish._failures.down = False
+    for _ in range(3):
+        publish.publish_removed(user.pk, [1])
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    monkeypatch.undo()
+    publish.publish_removed(user.pk, [1])
+    assert "works again" in caplog.text

@@ -1,0 +1,141 @@
+"""The state machine on its own: guarded writes, in any order, without a broker."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timezone
+
+import pytest
+
+from taskstate import transitions as t
+from taskstate.for_state import Origin, TaskIdentity
+from taskstate.models import Status, Task
+
+pytestmark = pytest.mark.django_db
+
+
+def origin(message_id: str = "m-1", user_pk=None, description: str = "Export") -> Origin:
+    return Origin(
+        message_id=message_id,
+        actor_name="export",
+        queue_name="default",
+        sent_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        identity=TaskIdentity(user_pk=user_pk, description=description, app_name="", model_name=""),
+    )
+
+
+# Each step: (status, order, values, same_order_wins)
+STEPS = {
+    "enqueued": (Status.ENQUEUED, t.ENQUEUED_ORDER, {}, False),
+    "running": (Status.RUNNING, t.running_order(1), {"attempts": 1}, True),
+    "done": (Status.DONE, t.TERMINAL_ORDER, {"progress": 100, "attempts": 1}, False),
+}
+
+
+def apply(name: str, o: Origin | None = None) -> Task | None:
+    status, order, values, same = STEPS[name]
+    return t.write(o or origin(), status, order, values, same_order_wins=same)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["enqueued", "running", "done"])))
+def test_any_hook_order_ends_done_in_one_row(order):
+    for name in order:
+        apply(name)
+    task = Task.objects.get()
+    assert task.status == Status.DONE
+    assert task.progress == 100
+    assert task.attempts == 1
+
+
+def test_late_enqueue_never_overwrites_running():
+    apply("running")
+    assert apply("enqueued") is None
+    assert Task.objects.get().status == Status.RUNNING
+
+
+def test_running_after_done_is_refused():
+    apply("done")
+    assert apply("running") is None
+    assert Task.objects.get().status == Status.DONE
+
+
+def test_terminal_state_is_final_even_for_another_terminal_write():
+    apply("done")
+    assert t.write(origin(), Status.FAILED, t.TERMINAL_ORDER, {}) is None
+    assert Task.objects.get().status == Status.DONE
+
+
+def test_redelivered_attempt_may_run_again_but_keeps_first_start():
+    first = t.write(origin(), Status.RUNNING, t.running_order(1),
+                    {"attempts": 1, "started_at": datetime(2029, 1, 1, tzinfo=timezone.utc)},
+                    same_order_wins=True, keep=("started_at",))
+    assert first is not None
+    again = t.write(origin(), Status.RUNNING, t.running_order(1),
+                    {"attempts": 1, "started_at": datetime(2030, 1, 1, tzinfo=timezone.utc)},
+                    same_order_wins=True, keep=("started_at",))
+    assert again is not None
+    assert again.started_at == first.started_at
+
+
+def test_retrying_sits_between_two_attempts():
+    t.write(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1}, same_order_wins=True)
+    t.write(origin(), Status.RETRYING, t.retrying_order(1), {"error_type": "ValueError"})
+    # A stale "running" of attempt 1 (a duplicate delivery) cannot undo the retry...
+    assert t.write(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1},
+                   same_order_wins=True) is None
+    # ...but attempt 2 starts.
+    task = t.write(origin(), Status.RUNNING, t.running_order(2), {"attempts": 2},
+                   same_order_wins=True)
+    assert task is not None and task.status == Status.RUNNING and task.attempts == 2
+    assert task.error_type == "ValueError"
+
+
+def test_write_returns_the_row_with_identity_from_the_message(django_user_model):
+    user = django_user_model.objects.create_user("carol")
+    task = apply("enqueued", origin(user_pk=user.pk, description="Invoice run"))
+    assert task is not None
+    assert task.pk is not None
+    assert task.user_id == user.pk
+    assert task.description == "Invoice run"
+    assert task.created_at == datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def test_unknown_user_pk_gives_a_row_without_user():
+    task = apply("enqueued", origin(user_pk=987_654))
+    assert task is not None
+    assert task.user_id is None
+    assert Task.objects.get().user_id is None
+
+
+def test_identity_is_written_once_and_never_changed_by_later_writes():
+    apply("enqueued", origin(description="first"))
+    apply("running", origin(description="second"))
+    assert Task.objects.get().description == "first"
+
+
+def test_a_failed_write_is_logged_and_returns_none(caplog, monkeypatch):
+    from django.db import DatabaseError
+
+    def broken(*args, **kwargs):
+        raise DatabaseError("server closed the connection")
+
+    monkeypatch.setattr(t, "_execute_returning", broken)
+    assert apply("enqueued") is None
+    assert apply("running") is None
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    # One error per outage, not one per message.
+    assert len(errors) == 1
+    assert "cannot write task state" in errors[0].getMessage()
+    monkeypatch.undo()
+    assert apply("enqueued", origin("m-2")) is not None
+    assert "answers again" in caplog.text
+
+
+def test_progress_update_touches_only_the_running_attempt():
+    t.write(origin(), Status.RUNNING, t.running_order(2), {"attempts": 2}, same_order_wins=True)
+    assert not t.update_progress("m-1", 1, 50, "old attempt")
+    assert t.update_progress("m-1", 2, 60, "now")
+    task = Task.objects.get()
+    assert (task.progress, task.progress_message) == (60, "now")
+    apply("done")
+    assert not t.update_progress("m-1", 2, 70, None)
