@@ -169,8 +169,9 @@ class StateMiddleware(Middleware):  # type: ignore[misc]
         if retried:
             values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
             t = _transitions()
-            t.write(run.origin, t.Status.RETRYING, t.retrying_order(run.attempt), values,
-                    keep=_KEEP)
+            t.write(
+                run.origin, t.Status.RETRYING, t.retrying_order(run.attempt), values, keep=_KEEP
+            )
         else:
             self._fail(run.origin, run, message)
 

@@ -52,11 +52,7 @@ def retrying_order(attempt: int) -> int:
 
 def _defaults() -> dict[str, Any]:
     """Every column's default, for the insert branch of an upsert (no DB defaults exist)."""
-    return {
-        f.column: f.get_default()
-        for f in Task._meta.concrete_fields
-        if not f.primary_key
-    }
+    return {f.column: f.get_default() for f in Task._meta.concrete_fields if not f.primary_key}
 
 
 def write(

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dramatiq
 import pytest
-from dramatiq.brokers.stub import StubBroker
 from django.db.backends.signals import connection_created
+from dramatiq.brokers.stub import StubBroker
 
 
 class QueryCounter:
@@ -42,8 +44,7 @@ class QueryCounter:
     def starting(self, verb: str, table: str = "taskstate_task") -> list[str]:
         """Statements of one kind (INSERT, UPDATE, SELECT, ...) that touch ``table``."""
         return [
-            s for s in self.statements
-            if s.lstrip().upper().startswith(verb.upper()) and table in s
+            s for s in self.statements if s.lstrip().upper().startswith(verb.upper()) and table in s
         ]
 
 
@@ -189,3 +190,44 @@ def capture_events() -> Iterator[Callable[..., EventCapture]]:
     yield start
     for capture in made:
         capture.close()
+
+
+# --- selection: what runs where -------------------------------------------------------
+#
+# Integration tests need PostgreSQL and Redis (TASKSTATE_TEST_SERVICES=1). On a user's
+# machine without them they are skipped, saying why. In CI (CI=true) the first pass is
+# the README's command without services: there they are deselected, not skipped, since
+# the second pass of .ci/run runs them against the real services.
+
+SERVICES = os.environ.get("TASKSTATE_TEST_SERVICES") == "1"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    deselected = []
+    kept = []
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        if "browser" in parts:
+            item.add_marker(pytest.mark.browser)
+        if item.get_closest_marker("integration") and not SERVICES:
+            if IN_CI:
+                deselected.append(item)
+                continue
+            item.add_marker(
+                pytest.mark.skip(
+                    reason="needs PostgreSQL and Redis on 127.0.0.1: run with TASKSTATE_TEST_SERVICES=1 "
+                    "(.ci/run does)"
+                )
+            )
+        kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    mode = "PostgreSQL + Redis (TASKSTATE_TEST_SERVICES=1)" if SERVICES else "SQLite + StubBroker"
+    return [f"taskstate test mode: {mode}; CI={IN_CI}"]

@@ -69,7 +69,7 @@ if SERVICES:
             "USER": os.environ.get("PGUSER", "postgres"),
             "HOST": os.environ.get("PGHOST", "127.0.0.1"),
             "PORT": os.environ.get("PGPORT", "5432"),
-            "TEST": {"NAME": "test_taskstate"},
+            "TEST": {"NAME": f"test_taskstate_{os.getpid()}"},
         }
     }
     if os.environ.get("TASKSTATE_TEST_DB_NAME"):

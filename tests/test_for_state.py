@@ -74,8 +74,12 @@ def test_values_that_are_not_json_become_text(run_all, user, caplog):
 
 def test_over_long_strings_are_cut_to_the_column(run_all, user, caplog):
     message = actors.noop.send(
-        for_state={"user_pk": user.pk, "description": "d" * 5000, "app_name": "a" * 500,
-                   "model_name": "m" * 500}
+        for_state={
+            "user_pk": user.pk,
+            "description": "d" * 5000,
+            "app_name": "a" * 500,
+            "model_name": "m" * 500,
+        }
     )
     run_all()
     task = Task.objects.get(message_id=message.message_id)

@@ -32,7 +32,9 @@ def statuses() -> Iterator[list[tuple[str, str]]]:
 
 
 def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, statuses):
-    message = actors.returns.send({"rows": 3}, for_state={"user_pk": user.pk, "description": "Export"})
+    message = actors.returns.send(
+        {"rows": 3}, for_state={"user_pk": user.pk, "description": "Export"}
+    )
     run_all()
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.DONE
@@ -88,7 +90,13 @@ def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, status
     assert task.error_message == "broken on purpose"
     assert "broken on purpose" in task.traceback
     assert [s for _, s in statuses] == [
-        "enqueued", "running", "retrying", "running", "retrying", "running", "failed",
+        "enqueued",
+        "running",
+        "retrying",
+        "running",
+        "retrying",
+        "running",
+        "failed",
     ]
 
 
@@ -119,7 +127,9 @@ def test_skipped_message_reads_skipped(run_all, user):
 
 
 def test_delayed_message_reads_delayed_then_runs(broker, user):
-    message = actors.noop.send_with_options(kwargs={"for_state": {"user_pk": user.pk}}, delay=60_000)
+    message = actors.noop.send_with_options(
+        kwargs={"for_state": {"user_pk": user.pk}}, delay=60_000
+    )
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.DELAYED
     assert task.queue_name == "default"
@@ -192,7 +202,9 @@ def test_eight_threads_never_mix_up_messages(run_all, django_user_model):
         assert task.progress_message == label
 
 
-@pytest.mark.parametrize("state_first", [True, False], ids=["state-before-retries", "state-after-retries"])
+@pytest.mark.parametrize(
+    "state_first", [True, False], ids=["state-before-retries", "state-after-retries"]
+)
 def test_recorded_states_do_not_depend_on_middleware_order(state_first, django_user_model):
     import dramatiq
     from dramatiq.brokers.stub import StubBroker

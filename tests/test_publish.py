@@ -31,8 +31,9 @@ def test_only_the_owner_may_read_a_taskstate_channel(user, other_user):
     assert may_read(other_user, "someone-elses-app-channel")
 
 
-def test_every_status_change_reaches_the_owner_as_an_unnamed_upsert(run_all, user, other_user,
-                                                                    capture_events):
+def test_every_status_change_reaches_the_owner_as_an_unnamed_upsert(
+    run_all, user, other_user, capture_events
+):
     capture = capture_events(user_channel(user.pk), user_channel(other_user.pk))
     message = actors.returns.send(3, for_state={"user_pk": user.pk, "description": "Report <b>"})
     run_all()
@@ -72,14 +73,18 @@ def test_seen_task_is_removed_from_the_page(user, capture_events):
 
     task = t.write(
         Origin("m-seen", "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
-        Status.DONE, t.TERMINAL_ORDER, {},
+        Status.DONE,
+        t.TERMINAL_ORDER,
+        {},
     )
     assert task is not None
     capture = capture_events(user_channel(user.pk))
     task.seen = True
     publish_task(task)
     [(_, _, data)] = capture.events()
-    assert data == f'<hx-partial hx-target="#taskstate-task-{task.pk}" hx-swap="delete"></hx-partial>'
+    assert (
+        data == f'<hx-partial hx-target="#taskstate-task-{task.pk}" hx-swap="delete"></hx-partial>'
+    )
 
 
 def test_publishing_failure_is_logged_once_and_never_raises(user, monkeypatch, caplog):

@@ -66,13 +66,23 @@ def test_terminal_state_is_final_even_for_another_terminal_write():
 
 
 def test_redelivered_attempt_may_run_again_but_keeps_first_start():
-    first = t.write(origin(), Status.RUNNING, t.running_order(1),
-                    {"attempts": 1, "started_at": datetime(2029, 1, 1, tzinfo=timezone.utc)},
-                    same_order_wins=True, keep=("started_at",))
+    first = t.write(
+        origin(),
+        Status.RUNNING,
+        t.running_order(1),
+        {"attempts": 1, "started_at": datetime(2029, 1, 1, tzinfo=timezone.utc)},
+        same_order_wins=True,
+        keep=("started_at",),
+    )
     assert first is not None
-    again = t.write(origin(), Status.RUNNING, t.running_order(1),
-                    {"attempts": 1, "started_at": datetime(2030, 1, 1, tzinfo=timezone.utc)},
-                    same_order_wins=True, keep=("started_at",))
+    again = t.write(
+        origin(),
+        Status.RUNNING,
+        t.running_order(1),
+        {"attempts": 1, "started_at": datetime(2030, 1, 1, tzinfo=timezone.utc)},
+        same_order_wins=True,
+        keep=("started_at",),
+    )
     assert again is not None
     assert again.started_at == first.started_at
 
@@ -81,11 +91,14 @@ def test_retrying_sits_between_two_attempts():
     t.write(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1}, same_order_wins=True)
     t.write(origin(), Status.RETRYING, t.retrying_order(1), {"error_type": "ValueError"})
     # A stale "running" of attempt 1 (a duplicate delivery) cannot undo the retry...
-    assert t.write(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1},
-                   same_order_wins=True) is None
+    assert (
+        t.write(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1}, same_order_wins=True)
+        is None
+    )
     # ...but attempt 2 starts.
-    task = t.write(origin(), Status.RUNNING, t.running_order(2), {"attempts": 2},
-                   same_order_wins=True)
+    task = t.write(
+        origin(), Status.RUNNING, t.running_order(2), {"attempts": 2}, same_order_wins=True
+    )
     assert task is not None and task.status == Status.RUNNING and task.attempts == 2
     assert task.error_type == "ValueError"
 

@@ -18,8 +18,12 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 def make_task(user, status=Status.DONE, **fields) -> Task:
     n = Task.objects.count() + 1
     return Task.objects.create(
-        message_id=f"m-{n}-{status}", actor_name="export", status=status, user=user,
-        description=fields.pop("description", f"task {n}"), **fields,
+        message_id=f"m-{n}-{status}",
+        actor_name="export",
+        status=status,
+        user=user,
+        description=fields.pop("description", f"task {n}"),
+        **fields,
     )
 
 
@@ -79,8 +83,13 @@ def test_list_for_anonymous_is_empty(client, user):
 
 
 def test_row_escapes_html_everywhere(alice, user):
-    make_task(user, status=Status.FAILED, description="<script>alert(1)</script>",
-              progress_message="<img src=x onerror=alert(2)>", error_message="<svg onload=alert(3)>")
+    make_task(
+        user,
+        status=Status.FAILED,
+        description="<script>alert(1)</script>",
+        progress_message="<img src=x onerror=alert(2)>",
+        error_message="<svg onload=alert(3)>",
+    )
     body = alice.get(reverse("taskstate:list")).content.decode()
     assert "<script>alert(1)" not in body and "&lt;script&gt;alert(1)" in body
     assert "<img src=x" not in body and "<svg onload" not in body
@@ -104,8 +113,9 @@ def test_dismiss_with_htmx_marks_seen_and_answers_empty_200(alice, user):
     assert task.seen and task.seen_at is not None
 
 
-def test_dismiss_tells_my_other_tabs_after_commit(alice, user, capture_events,
-                                                  django_capture_on_commit_callbacks):
+def test_dismiss_tells_my_other_tabs_after_commit(
+    alice, user, capture_events, django_capture_on_commit_callbacks
+):
     task = make_task(user)
     capture = capture_events(user_channel(user.pk))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -126,8 +136,11 @@ def test_dismiss_without_javascript_redirects_back(alice, user):
 
 def test_dismiss_never_redirects_off_site(alice, user):
     task = make_task(user)
-    response = alice.post(reverse("taskstate:seen", args=[task.pk]), {"next": "https://evil.example/"},
-                          HTTP_REFERER="https://evil.example/x")
+    response = alice.post(
+        reverse("taskstate:seen", args=[task.pk]),
+        {"next": "https://evil.example/"},
+        HTTP_REFERER="https://evil.example/x",
+    )
     assert response["Location"] == reverse("taskstate:list")
 
 
@@ -170,7 +183,9 @@ def test_posts_need_a_csrf_token(user):
     assert client.post(reverse("taskstate:seen-all")).status_code == 403
     token_page = client.get(reverse("taskstate:list")).content.decode()
     token = token_page.split('"X-CSRFToken": "')[1].split('"')[0]
-    response = client.post(reverse("taskstate:seen", args=[task.pk]), HTTP_X_CSRFTOKEN=token, **HTMX)
+    response = client.post(
+        reverse("taskstate:seen", args=[task.pk]), HTTP_X_CSRFTOKEN=token, **HTMX
+    )
     assert response.status_code == 200
 
 

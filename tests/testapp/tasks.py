@@ -78,3 +78,13 @@ def labelled(for_state: dict[str, Any] | None = None) -> str:
     for step in range(1, 4):
         taskstate.progress(step * 30, message=label)
     return label
+
+
+@dramatiq.actor(max_retries=0, time_limit=120_000)
+def sleeps(seconds: float, for_state: dict[str, Any] | None = None) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        taskstate.progress(0, message="sleeping")
+        time.sleep(0.05)

@@ -1,0 +1,41 @@
+"""Real processes on loopback: a ``rundramatiq`` worker and a uvicorn server.
+
+These tests need PostgreSQL and Redis (``TASKSTATE_TEST_SERVICES=1``); see the root
+conftest for how they are selected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.db import connection
+
+from tests.processes import Process, child_env, free_port, start_uvicorn, start_worker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def process_env(transactional_db) -> dict[str, str]:
+    """Environment for a child process: same settings, same test database."""
+    return child_env(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        TASKSTATE_TEST_SERVICES="1",
+        TASKSTATE_TEST_DB_NAME=connection.settings_dict["NAME"],
+    )
+
+
+@pytest.fixture
+def worker_process(process_env, broker) -> Iterator[Process]:
+    worker = start_worker(process_env)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def server(process_env) -> Iterator[tuple[Process, str]]:
+    port = free_port()
+    proc = start_uvicorn("tests.asgi:application", process_env, port)
+    yield proc, f"http://127.0.0.1:{port}"
+    proc.stop()

@@ -1,0 +1,75 @@
+"""The event stream served by uvicorn, fed by a separate worker through Redis pub/sub."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from taskstate.channels import user_channel
+from taskstate.models import Task
+from tests.sse import SSEClient
+from tests.testapp import tasks as actors
+
+
+def session_cookie(user) -> dict[str, str]:
+    client = Client()
+    client.force_login(user)
+    return {"sessionid": client.cookies["sessionid"].value}
+
+
+@pytest.fixture
+def streams():
+    opened: list[SSEClient] = []
+
+    def open_stream(url: str, user=None) -> SSEClient:
+        stream = SSEClient(url, cookies=session_cookie(user) if user else {})
+        opened.append(stream)
+        return stream
+
+    yield open_stream
+    for stream in opened:
+        stream.close()
+
+
+def test_anonymous_stream_is_forbidden(server, streams):
+    _, base = server
+    assert streams(f"{base}/taskstate/events/").status == 403
+
+
+def test_owner_receives_every_change_of_a_task_run_by_the_worker_process(
+    server, worker_process, streams, user
+):
+    _, base = server
+    stream = streams(f"{base}/taskstate/events/", user)
+    assert stream.status == 200
+    stream.wait_for(lambda f: f.event == "stream-open")
+    message = actors.with_progress.send(
+        3, for_state={"user_pk": user.pk, "description": "via redis"}
+    )
+    done = stream.wait_for(lambda f: 'data-status="done"' in f.data)
+    task = Task.objects.get(message_id=message.message_id)
+    assert done.event == "" and f'id="taskstate-task-{task.pk}"' in done.data
+    assert "via redis" in done.data
+    statuses = [
+        s
+        for s in ("enqueued", "running", "done")
+        if any(f'data-status="{s}"' in f.data for f in stream.frames)
+    ]
+    assert statuses == ["enqueued", "running", "done"]
+
+
+def test_asking_for_another_users_channel_gets_only_your_own(
+    server, worker_process, streams, user, other_user
+):
+    _, base = server
+    victim = user_channel(user.pk)
+    snoop = streams(f"{base}/taskstate/events/?channel={victim}&channels={victim}", other_user)
+    mine = streams(f"{base}/taskstate/events/", user)
+    snoop.wait_for(lambda f: f.event == "stream-open")
+    mine.wait_for(lambda f: f.event == "stream-open")
+    actors.noop.send(for_state={"user_pk": user.pk, "description": "private export"})
+    actors.noop.send(for_state={"user_pk": other_user.pk, "description": "bobs own"})
+    mine.wait_for(lambda f: "private export" in f.data and 'data-status="done"' in f.data)
+    snoop.wait_for(lambda f: "bobs own" in f.data and 'data-status="done"' in f.data)
+    assert not any("private export" in f.data for f in snoop.frames)
+    assert not any("bobs own" in f.data for f in mine.frames)

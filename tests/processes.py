@@ -1,0 +1,136 @@
+"""Start and stop the real processes the integration and browser tests talk to."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Process:
+    """A child process in its own process group; its output is kept for failures."""
+
+    def __init__(
+        self, name: str, args: Sequence[str], env: dict[str, str], cwd: Path = REPO
+    ) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self._ready = threading.Condition()
+        self.proc = subprocess.Popen(
+            list(args),
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._ready:
+                self.lines.append(line.rstrip("\n"))
+                self._ready.notify_all()
+
+    def wait_for_output(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while not any(text in line for line in self.lines):
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.name} exited ({self.proc.returncode}):\n{self.output()}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{self.name} never printed {text!r}:\n{self.output()}")
+                self._ready.wait(remaining)
+
+    def output(self) -> str:
+        return "\n".join(self.lines[-200:])
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._reader.join(5)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def start_worker(env: dict[str, str], threads: int = 4) -> Process:
+    """``manage.py rundramatiq`` for the test settings, once it is ready for work."""
+    worker = Process(
+        "rundramatiq",
+        [
+            sys.executable,
+            "-m",
+            "django",
+            "rundramatiq",
+            "--settings",
+            env["DJANGO_SETTINGS_MODULE"],
+            "--processes",
+            "1",
+            "--threads",
+            str(threads),
+        ],
+        env,
+    )
+    worker.wait_for_output("is ready for action", timeout=60)
+    return worker
+
+
+def start_uvicorn(app: str, env: dict[str, str], port: int, app_dir: Path = REPO) -> Process:
+    server = Process(
+        "uvicorn",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--app-dir",
+            str(app_dir),
+            "--log-level",
+            "info",
+            "--timeout-graceful-shutdown",
+            "2",
+        ],
+        env,
+    )
+    server.wait_for_output("Uvicorn running on", timeout=60)
+    return server

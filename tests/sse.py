@@ -1,0 +1,86 @@
+"""A small SSE client for tests: reads frames from a real HTTP stream in a thread."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Frame:
+    event: str | None
+    data: str
+
+
+@dataclass
+class SSEClient:
+    url: str
+    cookies: dict[str, str] = field(default_factory=dict)
+    frames: list[Frame] = field(default_factory=list)
+    status: int | None = None
+
+    def __post_init__(self) -> None:
+        self._changed = threading.Condition()
+        self._closed = False
+        parts = urlsplit(self.url)
+        self._conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        headers = {"Accept": "text/event-stream"}
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        self._conn.request("GET", path, headers=headers)
+        self._response = self._conn.getresponse()
+        self.status = self._response.status
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        if self.status == 200:
+            self._thread.start()
+
+    def _read(self) -> None:
+        event: str | None = None
+        data: list[str] = []
+        try:
+            while not self._closed:
+                raw = self._response.readline()
+                if not raw:
+                    break
+                line = raw.decode().rstrip("\r\n")
+                if line == "":
+                    if event is not None or data:
+                        with self._changed:
+                            self.frames.append(Frame(event, "\n".join(data)))
+                            self._changed.notify_all()
+                    event, data = None, []
+                elif line.startswith(":"):
+                    continue
+                elif line.startswith("event:"):
+                    event = line[6:].removeprefix(" ")
+                elif line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+        except (OSError, ValueError, AttributeError, http.client.HTTPException):
+            pass
+
+    def wait_for(self, predicate, timeout: float = 30.0) -> Frame:
+        """The first frame matching ``predicate``, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for frame in self.frames:
+                    if predicate(frame):
+                        return frame
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"no matching SSE frame in {timeout}s; got {self.frames!r}"
+                    )
+                self._changed.wait(remaining)
+
+    def close(self) -> None:
+        self._closed = True
+        try:
+            self._conn.sock and self._conn.sock.shutdown(2)
+        except OSError:
+            pass
+        self._conn.close()
