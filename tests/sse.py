@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import threading
 import time
@@ -79,8 +80,6 @@ class SSEClient:
 
     def close(self) -> None:
         self._closed = True
-        try:
+        with contextlib.suppress(OSError):
             self._conn.sock and self._conn.sock.shutdown(2)
-        except OSError:
-            pass
         self._conn.close()
