@@ -48,7 +48,7 @@ def _never_raises(hook: F) -> F:
     return guarded  # type: ignore[return-value]
 
 
-class StateMiddleware(Middleware):  # type: ignore[misc]
+class StateMiddleware(Middleware):
     """Record the life of messages sent with ``for_state={...}`` in ``taskstate.models.Task``.
 
     Add ``"taskstate.middleware.StateMiddleware"`` to ``DRAMATIQ_BROKER["MIDDLEWARE"]``;

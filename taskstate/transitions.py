@@ -52,7 +52,7 @@ def retrying_order(attempt: int) -> int:
 
 def _defaults() -> dict[str, Any]:
     """Every column's default, for the insert branch of an upsert (no DB defaults exist)."""
-    return {f.column: f.get_default() for f in Task._meta.concrete_fields if not f.primary_key}
+    return {f.attname: f.get_default() for f in Task._meta.concrete_fields if not f.primary_key}
 
 
 def write(
@@ -152,7 +152,7 @@ def _quote(connection: BaseDatabaseWrapper, name: str) -> str:
 
 def _field(column: str) -> Field[Any, Any]:
     for field in Task._meta.concrete_fields:
-        if field.column == column:
+        if field.attname == column:
             return field
     raise LookupError(column)
 
@@ -165,13 +165,15 @@ def _upsert_sql(
     same_order_wins: bool,
     keep: Sequence[str],
 ) -> tuple[str, list[Any]]:
-    q = lambda name: _quote(connection, name)  # noqa: E731
+    def q(name: str) -> str:
+        return _quote(connection, name)
+
     table = q(Task._meta.db_table)
     user_model = get_user_model()
     user_table = q(user_model._meta.db_table)
     user_pk_field = user_model._meta.pk
     assert user_pk_field is not None
-    user_pk_column = q(user_pk_field.column)
+    user_pk_column = q(user_pk_field.column or user_pk_field.attname)
 
     placeholders: list[str] = []
     params: list[Any] = []
@@ -225,7 +227,8 @@ def _upsert_sql(
 
 
 def _returned_columns() -> list[str]:
-    return [f.column for f in Task._meta.concrete_fields]
+    # Task has no db_column overrides: its column names are its attribute names.
+    return [f.attname for f in Task._meta.concrete_fields]
 
 
 def _execute_returning(
