@@ -3,7 +3,7 @@
 Public API for actors: :func:`progress` and :func:`track`.
 """
 
-from taskstate.progress import progress, track
+from taskstate.tracking import progress, track
 
 __all__ = ["progress", "track"]
 __version__ = "1.0.0.dev0"

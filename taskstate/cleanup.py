@@ -43,7 +43,9 @@ def cleanup() -> CleanupReport:
             task_written(task, status_changed=True)
     report = CleanupReport(
         seen_deleted=tasks.delete_old(settings.DELETE_SEEN_AFTER, only_if_seen=True),
-        unseen_deleted=tasks.delete_old(settings.DELETE_UNSEEN_AFTER, only_if_seen=False),
+        unseen_deleted=tasks.filter(seen=False).delete_old(
+            settings.DELETE_UNSEEN_AFTER, only_if_seen=False
+        ),
         stale_deleted=tasks.delete_stale(settings.STALE_ENQUEUED_AFTER),
         abandoned_failed=failed,
     )

@@ -75,6 +75,11 @@ def get_settings() -> TaskstateSettings:
     return TaskstateSettings(**{f.name: merged[f.name] for f in fields(TaskstateSettings)})
 
 
+#: Settings that must be above zero: zero would fail every running task, delete every
+#: queued one, or spin the scheduler.
+_POSITIVE = frozenset({"RUNNING_TIMEOUT", "STALE_ENQUEUED_AFTER", "CLEANUP_INTERVAL"})
+
+
 def setting_problem(key: str, value: Any) -> str | None:
     """Why ``value`` is not acceptable for ``key``, or None when it is."""
     default = DEFAULTS[key]
@@ -88,4 +93,6 @@ def setting_problem(key: str, value: Any) -> str | None:
         return "must be a whole number"
     if value < 0:
         return "must not be negative"
+    if value == 0 and key in _POSITIVE:
+        return "must be above zero"
     return None

@@ -22,7 +22,7 @@ from dramatiq.middleware import Middleware, Retries
 
 from taskstate.conf import get_settings
 from taskstate.for_state import Origin, make_encodable, parse_for_state, tracked_for_state
-from taskstate.progress import MessageRun, _current, held_back
+from taskstate.tracking import MessageRun, _current, held_back
 
 # django_dramatiq builds the middleware while apps load, before models may be imported:
 # the modules that touch models are imported on first use (see _transitions()).

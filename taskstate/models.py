@@ -69,7 +69,7 @@ class TaskQuerySet(models.QuerySet["Task"]):
         """
         cutoff = timezone.now() - timedelta(seconds=max_task_age)
         if only_if_seen:
-            old = self.filter(seen=True, seen_at__lt=cutoff)
+            old = self.completed().filter(seen=True, seen_at__lt=cutoff)
         else:
             old = self.completed().filter(finished_at__lt=cutoff)
         return _delete_in_batches(old)

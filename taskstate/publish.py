@@ -20,7 +20,7 @@ from taskstate.channels import user_channel
 from taskstate.models import Status, Task
 
 if TYPE_CHECKING:
-    from taskstate.progress import MessageRun
+    from taskstate.tracking import MessageRun
 
 logger = logging.getLogger("taskstate")
 

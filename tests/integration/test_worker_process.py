@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
 from taskstate.models import Status, Task
 from tests.testapp import tasks as actors
@@ -109,8 +111,11 @@ def test_killed_worker_leaves_running_and_cleanup_fails_it(
     finally:
         worker.stop()
     assert Task.objects.get(message_id=message.message_id).status == Status.RUNNING
-    settings.TASKSTATE = {"RUNNING_TIMEOUT": 0}
-    time.sleep(0.01)
+    settings.TASKSTATE = {"RUNNING_TIMEOUT": 60}
+    # A minute passes without a word from the dead worker.
+    Task.objects.filter(message_id=message.message_id).update(
+        updated_at=timezone.now() - timedelta(seconds=61)
+    )
     assert cleanup().abandoned_failed == 1
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.FAILED and task.error_type == "taskstate.WorkerLost"

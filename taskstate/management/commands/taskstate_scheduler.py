@@ -4,8 +4,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from taskstate.cleanup import cleanup
 from taskstate.conf import get_settings
-from taskstate.scheduler import add_cleanup_job, run_cleanup_job
+from taskstate.scheduler import add_cleanup_job
 
 
 class Command(BaseCommand):
@@ -17,7 +18,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["once"]:
-            run_cleanup_job()
+            # This thread's connection is the caller's: no close_old_connections() here.
+            cleanup()
             self.stdout.write("taskstate cleanup done.")
             return
         from apscheduler.schedulers.blocking import BlockingScheduler

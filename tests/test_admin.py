@@ -1,0 +1,208 @@
+"""The Django admin for ``Task``: a read-only list that reads well and costs little."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from taskstate.models import ACTIVE_STATUSES, COMPLETE_STATUSES, Status, Task
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "admin:taskstate_task_changelist"
+_ids = itertools.count(1)
+
+
+def make_task(**fields: Any) -> Task:
+    values: dict[str, Any] = {
+        "message_id": f"admin-{next(_ids)}",
+        "actor_name": "export",
+        "status": Status.DONE,
+    }
+    values.update(fields)
+    return Task.objects.create(**values)
+
+
+def make_owned_tasks(django_user_model: Any, count: int) -> None:
+    """``count`` tasks, each of its own user, started and finished: every column filled."""
+    now = timezone.now()
+    for _ in range(count):
+        n = next(_ids)
+        owner = django_user_model.objects.create_user(f"owner{n}")
+        make_task(
+            user=owner,
+            description=f"Report {n}",
+            progress=n % 101,
+            attempts=1,
+            started_at=now - timedelta(seconds=90),
+            finished_at=now,
+        )
+
+
+def changelist_queries(client: Any) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(reverse(CHANGELIST))
+    assert response.status_code == 200
+    return len(queries)
+
+
+def cells(html: str, column: str) -> list[str]:
+    """The contents of one column's cells in a changelist, in row order."""
+    return re.findall(rf'class="field-{column}[^"]*">(.*?)</t[dh]>', html, re.DOTALL)
+
+
+def listed(response: Any) -> set[int]:
+    return {task.pk for task in response.context["cl"].result_list}
+
+
+def test_changelist_shows_task_columns(admin_client, user):
+    make_task(
+        user=user,
+        description="Monthly export",
+        progress=42,
+        started_at=timezone.now() - timedelta(seconds=125),
+        finished_at=timezone.now(),
+    )
+    response = admin_client.get(reverse(CHANGELIST))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert re.sub("<[^>]+>", "", cells(html, "description_or_actor")[0]) == "Monthly export"
+    assert cells(html, "status") == ["Done"]
+    assert cells(html, "user") == ["alice"]
+    assert cells(html, "progress_bar")[0].startswith('<progress max="100" value="42"')
+    assert cells(html, "duration_display") == ["2 min 5 s"]
+
+
+def test_changelist_shows_actor_when_a_task_has_no_description(admin_client):
+    make_task(actor_name="rebuild_index", description="")
+    html = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert re.sub("<[^>]+>", "", cells(html, "description_or_actor")[0]) == "rebuild_index"
+
+
+def test_changelist_query_count_does_not_grow_with_the_number_of_tasks(
+    admin_client, django_user_model
+):
+    make_owned_tasks(django_user_model, 5)
+    with_5 = changelist_queries(admin_client)
+    make_owned_tasks(django_user_model, 25)
+    with_30 = changelist_queries(admin_client)
+    assert with_30 == with_5
+
+
+def test_search_finds_tasks_by_description(admin_client):
+    wanted = make_task(description="Quarterly invoices")
+    make_task(description="Nightly backup")
+    response = admin_client.get(reverse(CHANGELIST), {"q": "invoices"})
+    assert listed(response) == {wanted.pk}
+
+
+def test_search_finds_tasks_by_owner_username(admin_client, user, other_user):
+    mine = make_task(user=user)
+    make_task(user=other_user)
+    response = admin_client.get(reverse(CHANGELIST), {"q": "alice"})
+    assert listed(response) == {mine.pk}
+
+
+def test_status_filter_lists_only_that_status(admin_client):
+    failed = make_task(status=Status.FAILED)
+    make_task(status=Status.DONE)
+    make_task(status=Status.RUNNING)
+    response = admin_client.get(reverse(CHANGELIST), {"status__exact": "failed"})
+    assert listed(response) == {failed.pk}
+
+
+def test_change_page_shows_the_task_read_only(admin_client):
+    task = make_task(description="Monthly export", error_message="disk full")
+    response = admin_client.get(reverse("admin:taskstate_task_change", args=[task.pk]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Monthly export" in html
+    assert "disk full" in html
+    assert 'name="_save"' not in html
+    assert 'name="_continue"' not in html
+    # Values are shown as text, not as form fields.
+    assert 'name="description"' not in html
+    assert 'name="status"' not in html
+
+
+def test_change_page_refuses_a_post(admin_client):
+    task = make_task(description="Monthly export", status=Status.DONE)
+    response = admin_client.post(
+        reverse("admin:taskstate_task_change", args=[task.pk]),
+        {"description": "tampered", "status": "failed"},
+    )
+    assert response.status_code == 403
+    task.refresh_from_db()
+    assert (task.description, task.status) == ("Monthly export", Status.DONE)
+
+
+def test_add_page_is_forbidden(admin_client):
+    assert admin_client.get(reverse("admin:taskstate_task_add")).status_code == 403
+    response = admin_client.post(
+        reverse("admin:taskstate_task_add"), {"message_id": "forged", "actor_name": "x"}
+    )
+    assert response.status_code == 403
+    assert not Task.objects.filter(message_id="forged").exists()
+
+
+def test_mark_seen_action_marks_the_selected_completed_tasks(admin_client):
+    completed = [make_task(status=s) for s in COMPLETE_STATUSES]
+    running = make_task(status=Status.RUNNING)
+    not_selected = make_task(status=Status.DONE)
+
+    response = admin_client.post(
+        reverse(CHANGELIST),
+        {"action": "mark_seen", "_selected_action": [t.pk for t in [*completed, running]]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert "3 tasks marked seen." in response.content.decode()
+    assert set(Task.objects.filter(seen=True).values_list("pk", flat=True)) == {
+        t.pk for t in completed
+    }
+    running.refresh_from_db()
+    not_selected.refresh_from_db()
+    assert not running.seen
+    assert not not_selected.seen
+
+
+def test_delete_completed_action_keeps_active_tasks(admin_client):
+    completed = [make_task(status=s) for s in COMPLETE_STATUSES]
+    active = [make_task(status=s) for s in ACTIVE_STATUSES]
+    not_selected = make_task(status=Status.DONE)
+
+    response = admin_client.post(
+        reverse(CHANGELIST),
+        {"action": "delete_completed", "_selected_action": [t.pk for t in completed + active]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert "3 completed tasks deleted." in response.content.decode()
+    assert set(Task.objects.values_list("pk", flat=True)) == {t.pk for t in [*active, not_selected]}
+
+
+def test_description_html_is_escaped_in_the_changelist(admin_client):
+    make_task(description='<script>alert("x")</script>')
+    html = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert '<script>alert("x")' not in html
+    assert (
+        "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;"
+        in cells(html, "description_or_actor")[0]
+    )
+
+
+def test_changelist_needs_staff(client, user):
+    client.force_login(user)
+    response = client.get(reverse(CHANGELIST))
+    assert response.status_code == 302
+    assert "/login/" in response["Location"]

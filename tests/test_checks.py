@@ -1,0 +1,153 @@
+"""System checks for the ``TASKSTATE`` setting and the Dramatiq middleware, and the
+settings accessor's fallback for values the checks reject."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core import checks
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+from taskstate.checks import check_middleware, check_settings
+from taskstate.conf import DEFAULTS, get_settings
+
+
+def ids(messages: list[checks.CheckMessage]) -> list[str]:
+    return [m.id for m in messages if m.id is not None]
+
+
+def test_valid_settings_pass(settings):
+    settings.TASKSTATE = {
+        "PROGRESS_INTERVAL": 1,
+        "STORE_RESULT": False,
+        "RUNNING_TIMEOUT": 600,
+        "CHANNEL_PREFIX": "tasks-",
+        "DATABASE": "default",
+    }
+    assert check_settings() == []
+
+
+def test_missing_taskstate_setting_passes(settings):
+    del settings.TASKSTATE
+    assert check_settings() == []
+
+
+def test_every_default_passes_its_own_check(settings):
+    settings.TASKSTATE = dict(DEFAULTS)
+    assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", [[("PROGRESS_INTERVAL", 1)], "PROGRESS_INTERVAL=1", 1])
+def test_taskstate_that_is_not_a_dict_is_e001(settings, value):
+    settings.TASKSTATE = value
+    messages = check_settings()
+    assert ids(messages) == ["taskstate.E001"]
+    assert messages[0].level == checks.ERROR
+
+
+def test_unknown_key_is_e002_and_lists_the_known_ones(settings):
+    settings.TASKSTATE = {"PROGRES_INTERVAL": 1}
+    messages = check_settings()
+    assert ids(messages) == ["taskstate.E002"]
+    assert "'PROGRES_INTERVAL'" in messages[0].msg
+    assert "PROGRESS_INTERVAL" in messages[0].hint
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("PROGRESS_INTERVAL", "fast", "must be a number"),
+        ("PROGRESS_INTERVAL", True, "must be a number"),
+        ("RUNNING_TIMEOUT", -1, "must not be negative"),
+        ("DELETE_SEEN_AFTER", 1.5, "must be a whole number"),
+        ("STORE_RESULT", "yes", "must be True or False"),
+        ("STORE_RESULT", 1, "must be True or False"),
+        ("CHANNEL_PREFIX", "", "must be a non-empty string"),
+        ("DATABASE", None, "must be a non-empty string"),
+    ],
+)
+def test_value_of_the_wrong_type_is_e003_naming_the_key(settings, key, value, problem):
+    settings.TASKSTATE = {key: value}
+    messages = check_settings()
+    assert ids(messages) == ["taskstate.E003"]
+    assert f"TASKSTATE[{key!r}]" in messages[0].msg
+    assert problem in messages[0].msg
+    assert repr(DEFAULTS[key]) in messages[0].hint
+
+
+def test_every_bad_key_is_reported_at_once(settings):
+    settings.TASKSTATE = {"PROGRESS_INTERVAL": "fast", "NOPE": 1, "RUNNING_TIMEOUT": -5}
+    assert sorted(ids(check_settings())) == ["taskstate.E002", "taskstate.E003", "taskstate.E003"]
+
+
+def test_database_naming_an_unknown_alias_is_e004(settings):
+    settings.TASKSTATE = {"DATABASE": "tasks"}
+    messages = check_settings()
+    assert ids(messages) == ["taskstate.E004"]
+    assert "'tasks'" in messages[0].msg
+
+
+def test_missing_state_middleware_is_w001(settings):
+    settings.DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.stub.StubBroker",
+        "OPTIONS": {},
+        "MIDDLEWARE": ["dramatiq.middleware.Retries"],
+    }
+    messages = check_middleware()
+    assert ids(messages) == ["taskstate.W001"]
+    assert messages[0].level == checks.WARNING
+    assert "taskstate.middleware.StateMiddleware" in messages[0].hint
+
+
+def test_broker_without_middleware_list_is_w001(settings):
+    settings.DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.stub.StubBroker"}
+    assert ids(check_middleware()) == ["taskstate.W001"]
+
+
+def test_configured_state_middleware_passes():
+    # tests/settings.py lists it, as the installation docs say.
+    assert check_middleware() == []
+
+
+def test_checks_are_registered_and_fail_manage_py_check(settings):
+    settings.TASKSTATE = {"NOPE": 1}
+    with pytest.raises(SystemCheckError, match=r"taskstate\.E002"):
+        call_command("check")
+
+
+# --- get_settings() --------------------------------------------------------------------
+
+
+def test_get_settings_uses_valid_project_values(settings):
+    settings.TASKSTATE = {"PROGRESS_INTERVAL": 2, "STORE_RESULT": False}
+    current = get_settings()
+    assert current.PROGRESS_INTERVAL == 2
+    assert current.STORE_RESULT is False
+    assert current.RUNNING_TIMEOUT == 3600  # the default
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("PROGRESS_INTERVAL", "fast"),
+        ("RUNNING_TIMEOUT", -1),
+        ("STORE_RESULT", "yes"),
+        ("CHANNEL_PREFIX", ""),
+    ],
+)
+def test_get_settings_falls_back_to_the_default_for_a_bad_value(settings, key, value):
+    settings.TASKSTATE = {key: value}
+    assert getattr(get_settings(), key) == DEFAULTS[key]
+
+
+@pytest.mark.parametrize("value", [None, "fast", ["PROGRESS_INTERVAL"]])
+def test_get_settings_ignores_a_taskstate_that_is_not_a_dict(settings, value: Any):
+    settings.TASKSTATE = value
+    assert get_settings().PROGRESS_INTERVAL == 0.5  # the default
+
+
+def test_get_settings_ignores_unknown_keys(settings):
+    settings.TASKSTATE = {"NOPE": 1}
+    assert not hasattr(get_settings(), "NOPE")
