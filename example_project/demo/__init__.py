@@ -1,0 +1,1 @@
+"""The demo app: a page with buttons that start sample actors, and the live task list."""

@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class DemoConfig(AppConfig):
+    name = "demo"
+    verbose_name = "taskstate demo"
+
+    def ready(self) -> None:
+        # Declare the actors on the broker django_dramatiq has just configured, in every
+        # process (web, embedded worker, rundramatiq), before any worker starts.
+        from demo import tasks  # noqa: F401

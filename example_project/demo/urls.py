@@ -1,0 +1,10 @@
+from django.urls import path
+
+from demo import views
+
+app_name = "demo"
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("start/<slug:key>/", views.start, name="start"),
+]

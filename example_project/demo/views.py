@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from demo.actions import ACTIONS
+
+
+@require_GET
+@login_required
+def index(request: HttpRequest) -> HttpResponse:
+    return render(request, "demo/index.html", {"actions": ACTIONS.values()})
+
+
+@require_POST
+@login_required
+def start(request: HttpRequest, key: str) -> HttpResponseRedirect:
+    """Start one of the sample actors for the logged-in user, then go back to the page."""
+    action = ACTIONS.get(key)
+    if action is None:
+        raise Http404("No such demo action.")
+    action.start(request.user.pk)
+    messages.success(request, f"Started “{action.label}”.")
+    return redirect("demo:index")
