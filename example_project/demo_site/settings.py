@@ -120,7 +120,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": BASE_DIR / "db.sqlite3",
+            "NAME": os.environ.get("DEMO_SQLITE_PATH") or BASE_DIR / "db.sqlite3",
             # The embedded worker's threads write while web requests read and write:
             # WAL lets readers go on during a write, IMMEDIATE takes the write lock at
             # BEGIN (no lock upgrade deadlock) and the timeout waits for it.
@@ -193,5 +193,6 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {"taskstate": {"level": "INFO"}},
+    # dramatiq at INFO: boot, shutdown and retries, not one line per message.
+    "loggers": {"taskstate": {"level": "INFO"}, "dramatiq": {"level": "INFO"}},
 }

@@ -19,6 +19,7 @@ _SCRIPTS = (
     "taskstate/vendor/htmx.min.js",
     "taskstate/vendor/hx-sse.js",
     "taskstate/vendor/hx-upsert.js",
+    "taskstate/taskstate.js",
 )
 
 
@@ -37,11 +38,13 @@ def taskstate_list(context: template.Context) -> dict[str, Any]:
 
 @register.simple_tag
 def taskstate_scripts() -> SafeString:
-    """The vendored htmx 4, its SSE and upsert extensions, and the app's stylesheet."""
+    """The vendored htmx 4, its SSE and upsert extensions, and the app's stylesheet.
+
+    Plain blocking scripts, in this order: with ``defer`` htmx may start processing the
+    page before the extensions have registered, and the list would never connect.
+    """
     css = format_html('<link rel="stylesheet" href="{}">', static("taskstate/taskstate.css"))
-    scripts = format_html_join(
-        "\n", '<script src="{}" defer></script>', ((static(p),) for p in _SCRIPTS)
-    )
+    scripts = format_html_join("\n", '<script src="{}"></script>', ((static(p),) for p in _SCRIPTS))
     return format_html("{}\n{}", css, scripts)
 
 

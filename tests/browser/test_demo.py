@@ -1,0 +1,201 @@
+"""The demo in a real browser: rows appear, move and finish live, per user, and recover."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from tests.browser.conftest import INIT_SCRIPT, screenshot, wait_open
+
+ROWS = "li.taskstate-task"
+
+
+def row_ids(page: Any) -> set[str]:
+    return set(page.eval_on_selector_all(ROWS, "els => els.map(e => e.id)"))
+
+
+def start(page: Any, label: str) -> str:
+    """Click a demo button and return the id of the row it created."""
+    before = row_ids(page)
+    page.click(f"button:has-text('{label}')")
+    page.wait_for_load_state()
+    page.wait_for_function(
+        """([before, label]) => [...document.querySelectorAll('li.taskstate-task')].some(
+               e => !before.includes(e.id)
+                    && e.querySelector('.taskstate-description').textContent.trim() === label)""",
+        arg=[sorted(before), label],
+    )
+    new = [
+        i
+        for i in row_ids(page) - before
+        if page.text_content(f"#{i} .taskstate-description").strip() == label
+    ]
+    assert len(new) == 1, new
+    return new[0]
+
+
+def status(page: Any, row_id: str) -> str | None:
+    return page.get_attribute(f"#{row_id}", "data-status")
+
+
+def wait_status(page: Any, row_id: str, wanted: str, timeout: float = 40_000) -> None:
+    page.wait_for_function(
+        "([id, wanted]) => document.getElementById(id)?.dataset.status === wanted",
+        arg=[row_id, wanted],
+        timeout=timeout,
+    )
+
+
+def mark_no_reload(page: Any) -> None:
+    page.evaluate("window.__taskstateNoReload = true")
+
+
+def assert_not_reloaded(page: Any) -> None:
+    assert page.evaluate("window.__taskstateNoReload === true"), "the page was reloaded"
+
+
+def test_report_row_moves_and_finishes_without_reload(new_page):
+    page = new_page("demo")
+    row = start(page, "Build a report")
+    mark_no_reload(page)
+    seen: list[int] = []
+    deadline = time.monotonic() + 40
+    while status(page, row) != "done" and time.monotonic() < deadline:
+        value = page.get_attribute(f"#{row} [role=progressbar]", "aria-valuenow")
+        if value is not None and (not seen or int(value) != seen[-1]):
+            seen.append(int(value))
+            if len(seen) == 3:
+                screenshot(page, "report-running")
+        time.sleep(0.1)
+    assert status(page, row) == "done"
+    assert_not_reloaded(page)
+    # The bar moved through several values on the way, never backwards, and ended full.
+    assert len([v for v in seen if 0 < v < 100]) >= 3, seen
+    assert seen == sorted(seen), seen
+    assert page.get_attribute(f"#{row} [role=progressbar]", "aria-valuenow") == "100"
+    assert page.is_visible(f"#{row} button:has-text('Dismiss')")
+    screenshot(page, "report-done")
+
+
+def test_failing_task_shows_retrying_then_failed(new_page):
+    page = new_page("demo")
+    row = start(page, "Flaky import")
+    mark_no_reload(page)
+    wait_status(page, row, "retrying")
+    assert "retrying" in page.text_content(f"#{row} .taskstate-error").lower()
+    wait_status(page, row, "failed")
+    assert page.text_content(f"#{row} .taskstate-badge").strip() == "Failed"
+    assert_not_reloaded(page)
+
+
+def test_dismissed_row_leaves_every_tab_and_stays_gone(new_page, demo):
+    page = new_page("demo")
+    row = start(page, "Quick ping")
+    wait_status(page, row, "done")
+    other_tab = page.context.new_page()
+    other_tab.goto(f"{demo}/")
+    other_tab.wait_for_selector(f"#{row}")
+    # The second tab's stream must be open to hear about the dismissal.
+    wait_open(other_tab)
+    page.click(f"#{row} button:has-text('Dismiss')")
+    page.wait_for_selector(f"#{row}", state="detached")
+    other_tab.wait_for_selector(f"#{row}", state="detached")
+    page.reload()
+    page.wait_for_selector("#taskstate-rows", state="attached")
+    assert page.query_selector(f"#{row}") is None
+
+
+def test_another_user_never_sees_my_task(new_page, demo):
+    stranger = new_page("admin")
+    mark_no_reload(stranger)
+    inserted: list[str] = []
+    stranger.expose_function("taskstateInserted", lambda i: inserted.append(i))
+    stranger.evaluate(
+        """() => new MutationObserver(ms => ms.forEach(m => m.addedNodes.forEach(
+               n => n.id && window.taskstateInserted(n.id)))).observe(
+               document.body, {childList: true, subtree: true})"""
+    )
+    mine = new_page("demo")
+    row = start(mine, "Quick ping")
+    wait_status(mine, row, "done")
+    time.sleep(1)
+    assert row not in inserted
+    assert stranger.query_selector(f"#{row}") is None
+    stranger.reload()
+    assert stranger.query_selector(f"#{row}") is None
+
+
+def test_dropped_stream_resyncs_from_the_server(new_page, demo):
+    from urllib.parse import urlsplit
+
+    from tests.tcp_proxy import CuttableProxy
+
+    proxy = CuttableProxy(urlsplit(demo).port)
+    try:
+        # This page reaches the server through a connection the test can cut.
+        page = new_page("demo", base_url=f"http://127.0.0.1:{proxy.port}")
+        # A stream cut while it connects is a different case; wait until it is open.
+        wait_open(page)
+        mark_no_reload(page)
+        proxy.cut()
+        # While it is cut off, the same user starts a task elsewhere and it finishes.
+        elsewhere = new_page("demo")
+        row = start(elsewhere, "Quick ping")
+        wait_status(elsewhere, row, "done")
+        assert page.query_selector(f"#{row}") is None
+        proxy.open()
+        # hx-sse reconnects by itself; the list re-reads its rows from the server.
+        wait_status(page, row, "done", timeout=30_000)
+        assert_not_reloaded(page)
+        screenshot(page, "after-reconnect")
+    finally:
+        proxy.close()
+
+
+def test_list_works_without_javascript(new_page, demo):
+    page = new_page("demo", javascript=False)
+    page.click("button:has-text('Quick ping')")
+    page.wait_for_url(f"{demo}/")
+    deadline = time.monotonic() + 30
+    row = None
+    while time.monotonic() < deadline:
+        done = page.query_selector_all(
+            f"{ROWS}[data-status=done]:has(.taskstate-description:text-is('Quick ping'))"
+        )
+        if done:
+            row = done[0].get_attribute("id")
+            break
+        time.sleep(0.5)
+        page.reload()
+    assert row is not None
+    assert re.fullmatch(r"taskstate-task-\d+", row)
+    page.click(f"#{row} button:has-text('Dismiss')")
+    page.wait_for_url(f"{demo}/")
+    assert page.query_selector(f"#{row}") is None
+
+
+def test_failed_first_stream_connection_is_tried_again(browser, demo):
+    context = browser.new_context()
+    try:
+        refused: list[str] = []
+
+        def refuse_first(route: Any) -> None:
+            if not refused:
+                refused.append(route.request.url)
+                route.abort("connectionrefused")
+            else:
+                route.continue_()
+
+        context.route("**/taskstate/events/**", refuse_first)
+        context.add_init_script(INIT_SCRIPT)
+        page = context.new_page()
+        page.goto(f"{demo}/accounts/login/")
+        page.fill("input[name=username]", "demo")
+        page.fill("input[name=password]", "demo")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{demo}/")
+        wait_open(page, timeout=20_000)
+        assert len(refused) == 1
+    finally:
+        context.close()
