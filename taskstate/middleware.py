@@ -203,6 +203,12 @@ class StateMiddleware(Middleware):
         t = _transitions()
         t.write(origin, t.Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        from taskstate.courier import courier
+
+        # Let the last changes reach the browsers before the process goes.
+        courier.flush(5.0)
+
     # --- per-message bookkeeping -------------------------------------------------------
 
     def _remember(self, message: Any, run: MessageRun) -> None:

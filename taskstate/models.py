@@ -150,6 +150,8 @@ class Task(models.Model):
         null=True,
         blank=True,
         related_name="taskstate_tasks",
+        # taskstate_user_seen_idx starts with user_id and serves the same lookups.
+        db_index=False,
     )
     description = models.CharField(_("description"), max_length=255, blank=True)
     app_name = models.CharField(_("app name"), max_length=100, blank=True)
@@ -174,13 +176,21 @@ class Task(models.Model):
         verbose_name = _("task")
         verbose_name_plural = _("tasks")
         ordering = ("-created_at", "-id")
+        # Few indexes, on columns that rarely change: every index is work on each of the
+        # worker's writes, and progress writes (progress, updated_at) touch none of them.
         indexes = (
             # A user's display list: WHERE user_id = ? AND (seen = false OR seen_at >= ?).
             models.Index(fields=("user", "seen", "created_at"), name="taskstate_user_seen_idx"),
-            # Cleanup: completed by finished_at, seen by seen_at, stuck by updated_at.
-            models.Index(fields=("status", "finished_at"), name="taskstate_status_fin_idx"),
-            models.Index(fields=("status", "updated_at"), name="taskstate_status_upd_idx"),
-            models.Index(fields=("seen", "seen_at"), name="taskstate_seen_idx"),
+            # Cleanup of stale queued and abandoned running tasks: few rows, filtered by status
+            # and then by updated_at.
+            models.Index(
+                fields=("status",),
+                name="taskstate_active_idx",
+                condition=models.Q(status__in=("enqueued", "running")),
+            ),
+            # Cleanup of finished tasks by age, and of seen tasks by when they were seen.
+            models.Index(fields=("finished_at",), name="taskstate_finished_idx"),
+            models.Index(fields=("seen_at",), name="taskstate_seen_at_idx"),
         )
 
     def __str__(self) -> str:

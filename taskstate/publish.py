@@ -1,6 +1,7 @@
 """Push task changes to their owner's browser: render a partial, send it on the channel.
 
-Messages are sent with an empty event type, which htmx 4's ``hx-sse`` swaps (named
+Sending happens in the background (``taskstate.courier``): a worker or a view only hands
+the job over. Messages are sent with an empty event type, which htmx 4's ``hx-sse`` swaps (named
 events would only be dispatched as DOM events). Rows go in ``<hx-upsert>`` so one
 message both updates a row shown and inserts a new one; progress goes out-of-band to the
 bar alone. Publishing is a notification: when it fails the database is still right and
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from django.template.loader import render_to_string
 
 from taskstate.channels import user_channel
+from taskstate.courier import courier
 from taskstate.models import Status, Task
 
 if TYPE_CHECKING:
@@ -35,11 +37,7 @@ def publish_task(task: Task) -> None:
     if task.seen:
         publish_removed(task.user_id, [task.pk])
         return
-    row = render_to_string("taskstate/_task_row.html", {"task": task})
-    _send(
-        user_channel(task.user_id),
-        f'<hx-upsert hx-target="#taskstate-rows" sort="desc">{row}</hx-upsert>',
-    )
+    courier.submit(lambda: _send_row(task), supersedes=("progress", task.pk))
 
 
 def publish_progress(run: MessageRun, percent: int, message: str | None) -> None:
@@ -49,8 +47,7 @@ def publish_progress(run: MessageRun, percent: int, message: str | None) -> None
     task = Task(
         pk=run.task_pk, status=Status.RUNNING, progress=percent, progress_message=message or ""
     )
-    bar = render_to_string("taskstate/_progress.html", {"task": task, "oob": True})
-    _send(user_channel(run.user_pk), bar)
+    courier.submit(lambda: _send_bar(task, run.user_pk), replaces=("progress", task.pk))
 
 
 def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:
@@ -60,7 +57,26 @@ def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:
         for pk in task_pks
     ]
     if parts:
-        _send(user_channel(user_pk), "".join(parts))
+        channel = user_channel(user_pk)
+        courier.submit(lambda: _send(channel, "".join(parts)))
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until every event handed over so far has been sent (tests, shutdown)."""
+    return courier.flush(timeout)
+
+
+def _send_row(task: Task) -> None:
+    row = render_to_string("taskstate/_task_row.html", {"task": task})
+    _send(
+        user_channel(task.user_id),
+        f'<hx-upsert hx-target="#taskstate-rows" sort="desc">{row}</hx-upsert>',
+    )
+
+
+def _send_bar(task: Task, user_pk: Any) -> None:
+    bar = render_to_string("taskstate/_progress.html", {"task": task, "oob": True})
+    _send(user_channel(user_pk), bar)
 
 
 class _SendFailures:

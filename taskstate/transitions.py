@@ -24,8 +24,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Field
-from django.db.models.expressions import Col
+from django.db.models import CharField, Field
+from django.db.models.expressions import Col, RawSQL
 from django.utils import timezone
 
 from taskstate.for_state import Origin
@@ -112,16 +112,30 @@ def update_progress(message_id: str, attempt: int, progress: int, message: str |
     if message is not None:
         values["progress_message"] = message[:255]
     try:
-        changed = (
-            Task.objects.using(alias)
-            .filter(message_id=message_id, status=Status.RUNNING, attempts=attempt)
-            .update(**values)
-        )
+        rows = Task.objects.using(alias)
+        if not _synchronous_commit() and connections[alias].vendor == "postgresql":
+            rows = rows.alias(_async=_ASYNC_COMMIT).filter(_async="off")
+        changed = rows.filter(
+            message_id=message_id, status=Status.RUNNING, attempts=attempt
+        ).update(**values)
     except DatabaseError as exc:
         _outage.failed(alias, exc)
         return False
     _outage.recovered(alias)
     return bool(changed)
+
+
+# In the UPDATE's WHERE clause: its commit skips the WAL flush wait (local to that statement's
+# transaction, so the connection's own setting is untouched).
+_ASYNC_COMMIT = RawSQL(
+    "set_config('synchronous_commit', 'off', true)", [], output_field=CharField()
+)
+
+
+def _synchronous_commit() -> bool:
+    from taskstate.conf import get_settings
+
+    return get_settings().SYNCHRONOUS_COMMIT
 
 
 def _alias() -> str:
@@ -201,8 +215,17 @@ def _upsert_sql(
             else f"{q(c)} = EXCLUDED.{q(c)}"
             for c in updated
         )
+        if connection.vendor == "postgresql" and not _synchronous_commit():
+            # Same statement, but its commit does not wait for the WAL flush: the setting is
+            # made local to this statement's own transaction, which is all of it.
+            source = (
+                f"SELECT {', '.join(placeholders)} FROM "
+                f"(SELECT set_config('synchronous_commit', 'off', true)) AS _taskstate WHERE true"
+            )
+        else:
+            source = f"VALUES ({', '.join(placeholders)})"
         sql = (
-            f"INSERT INTO {table} ({names}) VALUES ({', '.join(placeholders)}) "
+            f"INSERT INTO {table} ({names}) {source} "
             f"ON CONFLICT ({q('message_id')}) DO UPDATE SET {sets} "
             f"WHERE {table}.{q('state_order')} {op} EXCLUDED.{q('state_order')}"
         )

@@ -152,6 +152,9 @@ class EventCapture:
         import json
         import time
 
+        from taskstate.publish import flush
+
+        flush()
         out: list[tuple[str, str, str]] = []
         if self._redis:
             deadline = time.monotonic() + wait

@@ -17,6 +17,17 @@ from tests.testapp import tasks as actors
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def announced(statuses: list[tuple[str, str]]) -> list[str]:
+    """The statuses announced, without a leading "enqueued".
+
+    The sender writes "enqueued" after the broker has the message, so a quick worker may
+    have written "running" first; the late "enqueued" is then refused (it would move
+    the task backwards) and never announced. Both orders are right.
+    """
+    names = [status for _, status in statuses]
+    return names[1:] if names[:1] == ["enqueued"] else names
+
+
 @pytest.fixture
 def statuses() -> Iterator[list[tuple[str, str]]]:
     """Every (message id, status) announced by task_changed, in order."""
@@ -46,7 +57,7 @@ def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, status
     assert task.attempts == 1
     assert task.started_at is not None and task.finished_at is not None
     assert task.created_at <= task.started_at <= task.finished_at
-    assert [s for _, s in statuses] == ["enqueued", "running", "done"]
+    assert announced(statuses) == ["running", "done"]
 
 
 def test_untracked_message_makes_no_queries(run_all, count_queries):
@@ -89,8 +100,7 @@ def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, status
     assert task.error_type == "ValueError"
     assert task.error_message == "broken on purpose"
     assert "broken on purpose" in task.traceback
-    assert [s for _, s in statuses] == [
-        "enqueued",
+    assert announced(statuses) == [
         "running",
         "retrying",
         "running",
@@ -108,7 +118,7 @@ def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses):
     assert task.attempts == 2
     assert task.error_type == "" and task.traceback == ""
     assert task.result == "ok"
-    assert [s for _, s in statuses] == ["enqueued", "running", "retrying", "running", "done"]
+    assert announced(statuses) == ["running", "retrying", "running", "done"]
 
 
 def test_exception_listed_in_throws_fails_at_once(run_all, user):

@@ -152,3 +152,26 @@ def test_progress_update_touches_only_the_running_attempt():
     assert (task.progress, task.progress_message) == (60, "now")
     apply("done")
     assert not t.update_progress("m-1", 2, 70, None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_asynchronous_commit_writes_the_same_and_leaves_the_connection_alone(
+    settings, count_queries
+):
+    from django.db import connection
+
+    settings.TASKSTATE = {"SYNCHRONOUS_COMMIT": False}
+    t.write(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1}, same_order_wins=True)
+    assert t.update_progress("m-1", 1, 30, "a third")
+    apply("done")
+    task = Task.objects.get()
+    assert (task.status, task.progress, task.attempts) == (Status.DONE, 100, 1)
+    writes = count_queries.starting("INSERT") + count_queries.starting("UPDATE")
+    assert len(writes) == 3
+    if connection.vendor == "postgresql":
+        assert all("set_config('synchronous_commit', 'off', true)" in w for w in writes)
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on"
+    else:
+        assert not any("set_config" in w for w in writes)

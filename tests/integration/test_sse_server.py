@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.test import Client
 
@@ -50,12 +52,11 @@ def test_owner_receives_every_change_of_a_task_run_by_the_worker_process(
     task = Task.objects.get(message_id=message.message_id)
     assert done.event == "" and f'id="taskstate-task-{task.pk}"' in done.data
     assert "via redis" in done.data
-    statuses = [
-        s
-        for s in ("enqueued", "running", "done")
-        if any(f'data-status="{s}"' in f.data for f in stream.frames)
+    arrived = [
+        m.group(1) for f in stream.frames if (m := re.search(r'data-status="(\w+)"', f.data))
     ]
-    assert statuses == ["enqueued", "running", "done"]
+    # In the order they happened; "enqueued" is missing when the worker beat the sender.
+    assert arrived in (["enqueued", "running", "done"], ["running", "done"])
 
 
 def test_asking_for_another_users_channel_gets_only_your_own(
