@@ -8,6 +8,7 @@ tracking problem is logged and never reaches the sender or the actor.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import traceback
 import weakref
@@ -314,6 +315,9 @@ def _storable_result(result: Any, run: MessageRun) -> Any:
             run.origin.message_id,
         )
         return None
+    if "\\u0000" in encoded:
+        # PostgreSQL's jsonb refuses NUL characters in strings: drop them.
+        encoded = re.sub(r"(?<!\\)((?:\\\\)*)\\u0000", r"\1", encoded)
     if settings.RESULT_MAX_BYTES and len(encoded.encode()) > settings.RESULT_MAX_BYTES:
         logger.warning(
             "taskstate: result of message %s is %d bytes, over RESULT_MAX_BYTES; not stored.",

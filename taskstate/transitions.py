@@ -92,6 +92,7 @@ def write(
             "user_id": origin.identity.user_pk,
             **updated,
         }
+        columns = {name: _no_nul(value) for name, value in columns.items()}
         sql, params = _upsert_sql(
             connection, columns, list(updated), same_order_wins=same_order_wins, keep=keep
         )
@@ -110,7 +111,7 @@ def update_progress(message_id: str, attempt: int, progress: int, message: str |
     alias = _alias()
     values: dict[str, Any] = {"progress": progress, "updated_at": timezone.now()}
     if message is not None:
-        values["progress_message"] = message[:255]
+        values["progress_message"] = _no_nul(message[:255])
     try:
         rows = Task.objects.using(alias)
         if not _synchronous_commit() and connections[alias].vendor == "postgresql":
@@ -136,6 +137,14 @@ def _synchronous_commit() -> bool:
     from taskstate.conf import get_settings
 
     return get_settings().SYNCHRONOUS_COMMIT
+
+
+def _no_nul(value: Any) -> Any:
+    # PostgreSQL text cannot hold NUL characters; one in a description or an exception
+    # message must not cost the whole row.
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "")
+    return value
 
 
 def _alias() -> str:

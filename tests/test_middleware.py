@@ -255,3 +255,37 @@ def test_recorded_states_do_not_depend_on_middleware_order(state_first, django_u
     assert (ok_task.status, ok_task.attempts) == (Status.DONE, 3)
     assert (bad_task.status, bad_task.attempts) == (Status.FAILED, 2)
     assert bad_task.error_message == "never works"
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["done", "failed"])
+def test_nul_characters_anywhere_still_leave_a_right_row(run_all, user, fail):
+    message = actors.nul_everywhere.send(
+        fail, for_state={"user_pk": user.pk, "description": "nul\x00here"}
+    )
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == (Status.FAILED if fail else Status.DONE)
+    assert task.description == "nulhere"
+    if fail:
+        assert task.error_message == "badbyte"
+    else:
+        assert task.result == {"text": "withnul", "kept": "\\u0000 is text here"}
+
+
+def test_the_same_message_delivered_twice_gives_one_row_that_never_goes_back(
+    broker, run_all, user, statuses
+):
+    message = actors.labelled.message(for_state={"user_pk": user.pk, "description": "twice"})
+    broker.enqueue(message)
+    broker.enqueue(message)  # a broker redelivering: same message id
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert Task.objects.count() == 1
+    assert task.status == Status.DONE
+    assert task.result == "twice"
+    seen = [status for _, status in statuses]
+    # Nothing is announced after "done", and nothing before it goes backwards.
+    assert seen[-1] == "done"
+    assert seen.count("done") == 1
+    rank = {"enqueued": 0, "running": 1, "done": 2}
+    assert [rank[s] for s in seen] == sorted(rank[s] for s in seen)

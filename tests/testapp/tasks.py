@@ -88,3 +88,11 @@ def sleeps(seconds: float, for_state: dict[str, Any] | None = None) -> None:
     while time.monotonic() < deadline:
         taskstate.progress(0, message="sleeping")
         time.sleep(0.05)
+
+
+@dramatiq.actor(max_retries=0)
+def nul_everywhere(fail: bool, for_state: dict[str, Any] | None = None) -> dict[str, str]:
+    taskstate.progress(50, message="half\x00way")
+    if fail:
+        raise ValueError("bad\x00byte")
+    return {"text": "with\x00nul", "kept": "\\u0000 is text here"}

@@ -1,0 +1,140 @@
+"""Worker overhead per message: untracked vs taskstate-tracked vs django_dramatiq's AdminMiddleware.
+
+Same broker class (StubBroker), same no-op actor, same in-process worker (one thread),
+same PostgreSQL, same run. Counts every statement of every connection and times whole
+lifecycles (send + process), then prints ratios against the untracked baseline.
+
+    python benchmarks/worker_overhead.py            # 2,000 messages per variant
+    python benchmarks/worker_overhead.py --smoke    # 50, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _setup import django_on_postgres, table
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        with self.lock:
+            self.count += 1
+        return execute(sql, params, many, context)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    n = 50 if args.smoke else args.messages
+    rounds = 1 if args.smoke else args.rounds
+
+    django_on_postgres("taskstate_bench_worker")
+    import dramatiq
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+    from django.db.backends.signals import connection_created
+    from django_dramatiq.middleware import AdminMiddleware, DbConnectionsMiddleware
+    from django_dramatiq.models import Task as AdminTask
+    from dramatiq.brokers.stub import StubBroker
+
+    from taskstate.middleware import StateMiddleware
+    from taskstate.models import Task
+
+    counter = Counter()
+
+    def install(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
+        # connection_created fires again on every reconnect of the same wrapper object.
+        if counter not in connection.execute_wrappers:
+            connection.execute_wrappers.append(counter)
+
+    connection_created.connect(install, weak=False)
+    for conn in connections.all(initialized_only=True):
+        install(connection=conn)
+
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+
+    def run_variant(
+        name: str, middleware: list[Any], kwargs: dict[str, Any]
+    ) -> tuple[float, float]:
+        broker = StubBroker(middleware=[*middleware, DbConnectionsMiddleware()])
+        broker.emit_after("process_boot")
+
+        def noop(**_: Any) -> None:
+            return None
+
+        actor = dramatiq.actor(noop, broker=broker, actor_name=f"noop_{name}")
+        worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=10)
+        worker.start()
+        try:
+            # warm-up: connections, template cache
+            for _ in range(20):
+                actor.send(**kwargs)
+            broker.join(actor.queue_name)
+            worker.join()
+            per_message: list[float] = []
+            statements: list[float] = []
+            for _ in range(rounds):
+                Task.objects.all().delete()
+                AdminTask.tasks.all().delete()
+                before = counter.count
+                start = time.perf_counter()
+                for _ in range(n):
+                    actor.send(**kwargs)
+                broker.join(actor.queue_name)
+                worker.join()
+                elapsed = time.perf_counter() - start
+                per_message.append(elapsed / n)
+                statements.append((counter.count - before) / n)
+        finally:
+            worker.stop()
+        return statistics.median(per_message), statistics.median(statements)
+
+    variants = [
+        ("untracked", [StateMiddleware()], {}),
+        (
+            "taskstate",
+            [StateMiddleware()],
+            {"for_state": {"user_pk": user.pk, "description": "bench"}},
+        ),
+        ("AdminMiddleware", [AdminMiddleware()], {}),
+    ]
+    results = {name: run_variant(name, mw, kw) for name, mw, kw in variants}
+    base = results["untracked"][0]
+    admin = results["AdminMiddleware"][0]
+    rows = [
+        [name, f"{stmts:.2f}", f"{secs * 1e6:,.0f}", f"{secs / base:.1f}x", f"{secs / admin:.2f}"]
+        for name, (secs, stmts) in results.items()
+    ]
+    print(
+        f"Worker overhead, {n} messages x {rounds} rounds (median), PostgreSQL, 1 worker thread\n"
+    )
+    print(
+        table(
+            [
+                "variant",
+                "statements / message",
+                "µs / message",
+                "vs untracked",
+                "vs AdminMiddleware",
+            ],
+            rows,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
