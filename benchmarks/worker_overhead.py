@@ -44,6 +44,7 @@ def main() -> None:
 
     django_on_postgres("taskstate_bench_worker")
     import dramatiq
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.db import connections
     from django.db.backends.signals import connection_created
@@ -68,15 +69,16 @@ def main() -> None:
     user, _ = get_user_model().objects.get_or_create(username="bench")
 
     def run_variant(
-        name: str, middleware: list[Any], kwargs: dict[str, Any]
+        name: str, middleware: list[Any], kwargs: dict[str, Any], synchronous: bool
     ) -> tuple[float, float]:
+        settings.TASKSTATE = {"SYNCHRONOUS_COMMIT": synchronous}
         broker = StubBroker(middleware=[*middleware, DbConnectionsMiddleware()])
         broker.emit_after("process_boot")
 
         def noop(**_: Any) -> None:
             return None
 
-        actor = dramatiq.actor(noop, broker=broker, actor_name=f"noop_{name}")
+        actor = dramatiq.actor(noop, broker=broker, actor_name=f"noop_{len(broker.actors)}_{id(broker)}")
         worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=10)
         worker.start()
         try:
@@ -103,37 +105,37 @@ def main() -> None:
             worker.stop()
         return statistics.median(per_message), statistics.median(statements)
 
+    tracked = {"for_state": {"user_pk": user.pk, "description": "bench"}}
     variants = [
-        ("untracked", [StateMiddleware()], {}),
-        (
-            "taskstate",
-            [StateMiddleware()],
-            {"for_state": {"user_pk": user.pk, "description": "bench"}},
-        ),
-        ("AdminMiddleware", [AdminMiddleware()], {}),
-    ]
-    results = {name: run_variant(name, mw, kw) for name, mw, kw in variants}
-    base = results["untracked"][0]
-    admin = results["AdminMiddleware"][0]
-    rows = [
-        [name, f"{stmts:.2f}", f"{secs * 1e6:,.0f}", f"{secs / base:.1f}x", f"{secs / admin:.2f}"]
-        for name, (secs, stmts) in results.items()
+        ("untracked", [StateMiddleware()], {}, True),
+        ("taskstate", [StateMiddleware()], tracked, True),
+        ("taskstate, SYNCHRONOUS_COMMIT=False", [StateMiddleware()], tracked, False),
+        ("AdminMiddleware", [AdminMiddleware()], {}, True),
     ]
     print(
-        f"Worker overhead, {n} messages x {rounds} rounds (median), PostgreSQL, 1 worker thread\n"
+        f"Worker overhead per message: {n} messages x {rounds} rounds (median), PostgreSQL, "
+        "StubBroker, 1 worker thread, events published to Redis\n"
     )
-    print(
-        table(
-            [
-                "variant",
-                "statements / message",
-                "µs / message",
-                "vs untracked",
-                "vs AdminMiddleware",
-            ],
-            rows,
-        )
-    )
+    for conn_max_age, label in (
+        (0, "CONN_MAX_AGE=0 (a new database connection per message)"),
+        (None, "persistent database connections (CONN_MAX_AGE=None)"),
+    ):
+        for conn in connections.all():
+            conn.settings_dict["CONN_MAX_AGE"] = conn_max_age
+            conn.close()
+        results = {name: run_variant(name, mw, kw, sync) for name, mw, kw, sync in variants}
+        base = results["untracked"][0]
+        admin = results["AdminMiddleware"][0]
+        rows = [
+            [name, f"{stmts:.2f}", f"{secs * 1e6:,.0f}", f"{secs / base:.1f}x",
+             f"{secs / admin:.2f}"]
+            for name, (secs, stmts) in results.items()
+        ]
+        print(f"{label}\n")
+        headers = ["variant", "statements / message", "µs / message", "vs untracked",
+                   "vs AdminMiddleware"]
+        print(table(headers, rows))
+        print()
 
 
 if __name__ == "__main__":
