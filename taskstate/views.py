@@ -27,12 +27,19 @@ def events(request: HttpRequest) -> HttpResponseBase:
     """The SSE stream of the logged-in user's own channel, and no other.
 
     The channel comes from the session, never from the request: query parameters
-    such as ``channel`` are ignored.
+    such as ``channel`` are ignored. One exception: behind a GRIP proxy (Pushpin), the
+    proxy refreshes each held stream through the "next" link django-eventstream gave it,
+    without the browser's cookies; that request carries the proxy's verified signature
+    and django-eventstream's own signed token naming the user and channels.
     """
-    if not request.user.is_authenticated:
-        return HttpResponseForbidden("Log in to follow your tasks.")
     from django_eventstream.views import events as eventstream_events
 
+    grip = getattr(request, "grip", None)
+    if grip is not None and grip.proxied and "es-meta" in request.GET:
+        refreshed: HttpResponseBase = eventstream_events(request)
+        return refreshed
+    if not request.user.is_authenticated:
+        return HttpResponseForbidden("Log in to follow your tasks.")
     response: HttpResponseBase = eventstream_events(
         request, channels=[user_channel(request.user.pk)]
     )

@@ -122,3 +122,19 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"taskstate": {"handlers": ["console"], "level": "WARNING"}},
 }
+
+# --- GRIP (Pushpin) ---
+# With TASKSTATE_TEST_GRIP_URL (tests/integration/test_pushpin.py sets it for the uvicorn
+# and rundramatiq processes it starts), django-eventstream answers proxied stream requests
+# with GRIP hold instructions and publishes every event to Pushpin's control port. The
+# URL carries ``key`` (Pushpin's sig_key) and ``verify-iss`` so that only requests Pushpin
+# signed count as proxied. EVENTSTREAM_REDIS stays: send_event publishes to Redis *and* to
+# Pushpin, so a stream opened straight on uvicorn (not through Pushpin) still gets worker
+# events.
+if os.environ.get("TASKSTATE_TEST_GRIP_URL"):
+    GRIP_URL = os.environ["TASKSTATE_TEST_GRIP_URL"]
+    # First: its process_response then runs last, after every other middleware.
+    MIDDLEWARE = ["django_grip.GripMiddleware"] + [
+        m for m in MIDDLEWARE if m != "django_grip.GripMiddleware"
+    ]
+# --- end GRIP ---
