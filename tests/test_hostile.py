@@ -195,3 +195,18 @@ def test_fuzzed_for_state_always_gets_a_row(for_state, caplog):
     assert task is not None, caplog.text
     stored = Task.objects.get(message_id=message_id)
     assert "\x00" not in stored.description
+
+
+def test_a_signed_looking_refresh_without_a_grip_signature_is_still_refused(user):
+    import jwt
+    from django.conf import settings
+
+    token = jwt.encode(
+        {"user": user.pk, "channels": [user_channel(user.pk)], "exp": 2**40},
+        settings.SECRET_KEY,
+        algorithm="HS256",
+    )
+    # Even a valid django-eventstream token only counts behind a GRIP proxy that signed
+    # the request; from anyone else, with no session, it is refused.
+    response = Client().get(reverse("taskstate:events"), {"es-meta": token, "link": "next"})
+    assert response.status_code == 403
