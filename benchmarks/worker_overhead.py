@@ -78,7 +78,9 @@ def main() -> None:
         def noop(**_: Any) -> None:
             return None
 
-        actor = dramatiq.actor(noop, broker=broker, actor_name=f"noop_{len(broker.actors)}_{id(broker)}")
+        actor = dramatiq.actor(
+            noop, broker=broker, actor_name=f"noop_{len(broker.actors)}_{id(broker)}"
+        )
         worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=10)
         worker.start()
         try:
@@ -127,13 +129,23 @@ def main() -> None:
         base = results["untracked"][0]
         admin = results["AdminMiddleware"][0]
         rows = [
-            [name, f"{stmts:.2f}", f"{secs * 1e6:,.0f}", f"{secs / base:.1f}x",
-             f"{secs / admin:.2f}"]
+            [
+                name,
+                f"{stmts:.2f}",
+                f"{secs * 1e6:,.0f}",
+                f"{secs / base:.1f}x",
+                f"{secs / admin:.2f}",
+            ]
             for name, (secs, stmts) in results.items()
         ]
         print(f"{label}\n")
-        headers = ["variant", "statements / message", "µs / message", "vs untracked",
-                   "vs AdminMiddleware"]
+        headers = [
+            "variant",
+            "statements / message",
+            "µs / message",
+            "vs untracked",
+            "vs AdminMiddleware",
+        ]
         print(table(headers, rows))
         print()
 

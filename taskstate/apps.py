@@ -9,4 +9,11 @@ class TaskstateConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.apps import apps
+
         from taskstate import checks  # noqa: F401  (registers the system checks)
+
+        if apps.is_installed("django_eventstream"):
+            from taskstate.eventstream import install
+
+            install()

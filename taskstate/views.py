@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
+from django.db import connections, transaction
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -23,6 +23,7 @@ from taskstate.rendering import display_tasks
 
 
 @require_GET
+@transaction.non_atomic_requests
 def events(request: HttpRequest) -> HttpResponseBase:
     """The SSE stream of the logged-in user's own channel, and no other.
 
@@ -43,7 +44,17 @@ def events(request: HttpRequest) -> HttpResponseBase:
     response: HttpResponseBase = eventstream_events(
         request, channels=[user_channel(request.user.pk)]
     )
+    # Under ASGI this request keeps its own thread, and with it the database connection
+    # the session and user were read through, until the stream ends: one connection per
+    # open page, for hours. The stream itself reads nothing, so give the connection back.
+    _release_connections()
     return response
+
+
+def _release_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 @require_GET

@@ -5,14 +5,16 @@ in-process worker. With ``TASKSTATE_TEST_SERVICES=1`` (CI): PostgreSQL and Redis
 loopback, and the integration tests start real ``rundramatiq`` and uvicorn processes.
 """
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 SERVICES = os.environ.get("TASKSTATE_TEST_SERVICES") == "1"
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = "taskstate-tests-not-secret"
+SECRET_KEY = "taskstate-tests-not-secret-but-long-enough-for-hs256"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
@@ -78,7 +80,11 @@ if SERVICES:
     REDIS_URL = os.environ.get("TASKSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     DRAMATIQ_BROKER = {
         "BROKER": "dramatiq.brokers.redis.RedisBroker",
-        "OPTIONS": {"url": REDIS_URL},
+        # TASKSTATE_TEST_BROKER_OPTIONS: more RedisBroker options, as JSON (fault tests).
+        "OPTIONS": {
+            "url": REDIS_URL,
+            **json.loads(os.environ.get("TASKSTATE_TEST_BROKER_OPTIONS") or "{}"),
+        },
         "MIDDLEWARE": [
             "dramatiq.middleware.AgeLimit",
             "dramatiq.middleware.TimeLimit",
@@ -88,7 +94,12 @@ if SERVICES:
             "taskstate.middleware.StateMiddleware",
         ],
     }
-    EVENTSTREAM_REDIS = {"host": "127.0.0.1", "port": 6379, "db": 15}
+    _redis = urlsplit(REDIS_URL)
+    EVENTSTREAM_REDIS = {
+        "host": _redis.hostname or "127.0.0.1",
+        "port": _redis.port or 6379,
+        "db": int(_redis.path.lstrip("/") or 0),
+    }
 else:
     _db_dir = Path(os.environ.get("TASKSTATE_TEST_SQLITE_DIR", tempfile.gettempdir()))
     DATABASES = {

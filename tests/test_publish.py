@@ -111,3 +111,32 @@ def test_publishing_failure_is_logged_once_and_never_raises(user, monkeypatch, c
     publish.publish_removed(user.pk, [1])
     publish.flush()
     assert "works again" in caplog.text
+
+
+def test_a_stream_that_falls_behind_is_told_to_resync_instead_of_losing_events():
+    import asyncio
+
+    from django_eventstream.event import Event
+    from django_eventstream.views import MAX_PENDING, Listener, get_listener_manager
+
+    manager = get_listener_manager()
+    loop = asyncio.new_event_loop()
+    listener = Listener()
+    listener.loop = loop
+    listener.channels = {"taskstate-user-behind"}
+    manager.add_listener(listener)
+    try:
+        for number in range(MAX_PENDING + 5):
+            manager.add_to_queues(
+                "taskstate-user-behind", Event("taskstate-user-behind", "", f"e{number}")
+            )
+        items = listener.channel_items["taskstate-user-behind"]
+        # The overflow replaced the queue with one reset (the page re-reads its list);
+        # the events after it still follow. Nothing was dropped without a reset.
+        assert items[0].type == "stream-reset"
+        assert [item.data for item in items[1:]] == [
+            f"e{n}" for n in range(MAX_PENDING + 1, MAX_PENDING + 5)
+        ]
+    finally:
+        manager.remove_listener(listener)
+        loop.close()
