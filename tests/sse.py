@@ -7,6 +7,7 @@ import http.client
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -83,3 +84,12 @@ class SSEClient:
         with contextlib.suppress(OSError):
             self._conn.sock and self._conn.sock.shutdown(2)
         self._conn.close()
+
+
+def session_cookie(user: Any) -> dict[str, str]:
+    """The session cookie of ``user`` logged in, for a client that is not a browser."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return {"sessionid": client.cookies["sessionid"].value}

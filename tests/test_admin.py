@@ -14,21 +14,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from taskstate.models import ACTIVE_STATUSES, COMPLETE_STATUSES, Status, Task
+from tests.factories import make_task
 
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = "admin:taskstate_task_changelist"
 _ids = itertools.count(1)
-
-
-def make_task(**fields: Any) -> Task:
-    values: dict[str, Any] = {
-        "message_id": f"admin-{next(_ids)}",
-        "actor_name": "export",
-        "status": Status.DONE,
-    }
-    values.update(fields)
-    return Task.objects.create(**values)
 
 
 def make_owned_tasks(django_user_model: Any, count: int) -> None:

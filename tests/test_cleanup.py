@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,10 +14,10 @@ from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.signals import task_changed
 from taskstate.tasks import cleanup_tasks
+from tests.factories import ago, make_task
 
 pytestmark = pytest.mark.django_db
 
-_ids = itertools.count(1)
 
 RETENTION = {
     "DELETE_SEEN_AFTER": 100,
@@ -27,20 +25,6 @@ RETENTION = {
     "STALE_ENQUEUED_AFTER": 500,
     "RUNNING_TIMEOUT": 300,
 }
-
-
-def make_task(**fields: Any) -> Task:
-    values: dict[str, Any] = {
-        "message_id": f"cleanup-{next(_ids)}",
-        "actor_name": "export",
-        "status": Status.DONE,
-    }
-    values.update(fields)
-    return Task.objects.create(**values)
-
-
-def ago(seconds: float) -> Any:
-    return timezone.now() - timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -11,26 +10,9 @@ from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 
 from taskstate.models import ACTIVE_STATUSES, COMPLETE_STATUSES, Status, Task
+from tests.factories import ago, make_task
 
 pytestmark = pytest.mark.django_db
-
-_ids = itertools.count(1)
-
-
-def make_task(**fields: Any) -> Task:
-    """A task row with a unique message id; every field can be overridden."""
-    n = next(_ids)
-    values: dict[str, Any] = {
-        "message_id": f"msg-{n}",
-        "actor_name": "export",
-        "status": Status.DONE,
-    }
-    values.update(fields)
-    return Task.objects.create(**values)
-
-
-def ago(seconds: float) -> Any:
-    return timezone.now() - timedelta(seconds=seconds)
 
 
 def pks(queryset: Any) -> set[int]:

@@ -6,12 +6,14 @@ conftest for how they are selected.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from django.db import connection
 
 from tests.processes import Process, child_env, free_port, start_uvicorn, start_worker
+from tests.sse import SSEClient, session_cookie
 
 pytestmark = pytest.mark.integration
 
@@ -39,3 +41,18 @@ def server(process_env) -> Iterator[tuple[Process, str]]:
     proc = start_uvicorn("tests.asgi:application", process_env, port)
     yield proc, f"http://127.0.0.1:{port}"
     proc.stop()
+
+
+@pytest.fixture
+def streams() -> Iterator[Callable[..., SSEClient]]:
+    """Open SSE streams (as a logged-in user, or anonymous); all closed after the test."""
+    opened: list[SSEClient] = []
+
+    def open_stream(url: str, user: Any = None) -> SSEClient:
+        stream = SSEClient(url, cookies=session_cookie(user) if user else {})
+        opened.append(stream)
+        return stream
+
+    yield open_stream
+    for stream in opened:
+        stream.close()

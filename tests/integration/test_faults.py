@@ -16,7 +16,6 @@ from datetime import timedelta
 
 import pytest
 import redis
-from django.test import Client
 from django.utils import timezone
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
@@ -34,6 +33,7 @@ from tests.faults import (
     wait_for,
 )
 from tests.processes import REPO, Process, child_env, free_port, start_uvicorn, start_worker
+from tests.sse import session_cookie
 from tests.testapp import tasks as actors
 
 #: RedisBroker options for the tests that wait for a dead worker's message to come back:
@@ -44,12 +44,6 @@ FAST_REQUEUE = json.dumps({"heartbeat_timeout": 3000, "maintenance_chance": 1_00
 
 def figure(text: str) -> None:
     print(f"\nFIGURE {text}")
-
-
-def session_cookie(user) -> dict[str, str]:
-    client = Client()
-    client.force_login(user)
-    return {"sessionid": client.cookies["sessionid"].value}
 
 
 class Children:

@@ -32,14 +32,13 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 from django.db import connections
-from django.test import Client
 
 from taskstate import publish
 from taskstate.channels import user_channel
 from taskstate.models import Task
 from tests.processes import Process, free_port, start_uvicorn, start_worker
 from tests.pushpin import SIG_ISS, PushpinProcess, start_pushpin
-from tests.sse import Frame, SSEClient
+from tests.sse import Frame, session_cookie
 from tests.testapp import tasks as actors
 
 # On a machine without Pushpin these are skipped, saying why; CI installs it (.ci/run)
@@ -148,12 +147,6 @@ class Stack:
             raise NextLinkRefused("Pushpin could not refresh a stream:\n" + "\n".join(failed))
 
 
-def session_cookie(user) -> dict[str, str]:
-    client = Client()
-    client.force_login(user)
-    return {"sessionid": client.cookies["sessionid"].value}
-
-
 def statuses(frames: list[Frame], marker: str) -> set[str]:
     """The row statuses seen in frames that mention ``marker``."""
     return {
@@ -198,20 +191,6 @@ def stack(process_env, broker, settings, monkeypatch) -> Iterator[Stack]:
         # Shown by pytest only when the test failed.
         for proc in [pushpin, *s.web, *([s.worker] if s.worker else [])]:
             print(f"--- {proc.name} ---\n{proc.output()}")
-
-
-@pytest.fixture
-def streams():
-    opened: list[SSEClient] = []
-
-    def open_stream(url: str, user=None) -> SSEClient:
-        stream = SSEClient(url, cookies=session_cookie(user) if user else {})
-        opened.append(stream)
-        return stream
-
-    yield open_stream
-    for stream in opened:
-        stream.close()
 
 
 def test_anonymous_through_pushpin_is_forbidden(stack, streams):

@@ -4,33 +4,9 @@ from __future__ import annotations
 
 import re
 
-import pytest
-from django.test import Client
-
 from taskstate.channels import user_channel
 from taskstate.models import Task
-from tests.sse import SSEClient
 from tests.testapp import tasks as actors
-
-
-def session_cookie(user) -> dict[str, str]:
-    client = Client()
-    client.force_login(user)
-    return {"sessionid": client.cookies["sessionid"].value}
-
-
-@pytest.fixture
-def streams():
-    opened: list[SSEClient] = []
-
-    def open_stream(url: str, user=None) -> SSEClient:
-        stream = SSEClient(url, cookies=session_cookie(user) if user else {})
-        opened.append(stream)
-        return stream
-
-    yield open_stream
-    for stream in opened:
-        stream.close()
 
 
 def test_anonymous_stream_is_forbidden(server, streams):
