@@ -169,6 +169,8 @@ def _user_pk(value: Any, message_id: str, log: Any) -> Any:
             low, high = connection.ops.integer_field_range(pk_field.get_internal_type())
             if (low is not None and pk < low) or (high is not None and pk > high):
                 raise ValidationError("out of range")
+        # What the database will be given: some backends refuse values here (MySQL: 0).
+        pk_field.get_db_prep_value(pk, connection)
         return pk
     except (ValidationError, TypeError, ValueError):
         log(

@@ -96,7 +96,7 @@ def write(
         sql, params = _upsert_sql(
             connection, columns, list(updated), same_order_wins=same_order_wins, keep=keep
         )
-        task = _execute_returning(connection, alias, sql, params, origin.message_id)
+        task = _execute_returning(connection, alias, sql, params, origin.message_id, now)
     except DatabaseError as exc:
         _outage.failed(alias, exc)
         return None
@@ -264,7 +264,12 @@ def _returned_columns() -> list[str]:
 
 
 def _execute_returning(
-    connection: BaseDatabaseWrapper, alias: str, sql: str, params: list[Any], message_id: str
+    connection: BaseDatabaseWrapper,
+    alias: str,
+    sql: str,
+    params: list[Any],
+    message_id: str,
+    written_at: Any,
 ) -> Task | None:
     returning = " RETURNING " in sql
     # Inside a caller's transaction, a savepoint keeps a failed write from breaking it.
@@ -277,8 +282,11 @@ def _execute_returning(
         changed = cursor.rowcount
     if not changed:
         return None
-    # Backends without RETURNING after an upsert: one read to publish what was written.
-    return Task.objects.using(alias).filter(message_id=message_id).first()
+    # Backends without RETURNING after an upsert (MySQL, MariaDB): one read to publish
+    # what was written. Their row count cannot tell a refused write from an insert
+    # (both count 1), the row's updated_at can: only a write that landed set it to ours.
+    task = Task.objects.using(alias).filter(message_id=message_id).first()
+    return task if task is not None and task.updated_at == written_at else None
 
 
 def _task_from_row(connection: BaseDatabaseWrapper, alias: str, row: Sequence[Any]) -> Task:

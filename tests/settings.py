@@ -100,6 +100,31 @@ if SERVICES:
         "port": _redis.port or 6379,
         "db": int(_redis.path.lstrip("/") or 0),
     }
+elif os.environ.get("TASKSTATE_TEST_DB") == "mariadb":
+    # The portability pass: MariaDB on loopback, StubBroker as for SQLite.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": "test",
+            "USER": "root",
+            "HOST": "127.0.0.1",
+            "PORT": "3306",
+            "OPTIONS": {"charset": "utf8mb4"},
+            "TEST": {"NAME": f"test_taskstate_{os.getpid()}", "CHARSET": "utf8mb4"},
+        }
+    }
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.stub.StubBroker",
+        "OPTIONS": {},
+        "MIDDLEWARE": [
+            "dramatiq.middleware.AgeLimit",
+            "dramatiq.middleware.TimeLimit",
+            "dramatiq.middleware.Callbacks",
+            "dramatiq.middleware.Retries",
+            "django_dramatiq.middleware.DbConnectionsMiddleware",
+            "taskstate.middleware.StateMiddleware",
+        ],
+    }
 else:
     _db_dir = Path(os.environ.get("TASKSTATE_TEST_SQLITE_DIR", tempfile.gettempdir()))
     DATABASES = {

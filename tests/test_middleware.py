@@ -73,8 +73,12 @@ def test_tracked_lifecycle_costs_one_statement_per_transition(run_all, user, cou
     actors.noop.send(for_state={"user_pk": user.pk, "description": "cheap"})
     run_all()
     # enqueued, running, done: one upsert each, and nothing else at all (no reads,
-    # no transaction statements), whatever thread ran it.
-    assert len(count_queries.statements) == 3, count_queries.statements
+    # no transaction statements), whatever thread ran it. MySQL and MariaDB cannot
+    # return the row from an upsert: there each write is followed by one read.
+    from django.db import connection
+
+    per_write = 2 if connection.vendor == "mysql" else 1
+    assert len(count_queries.statements) == 3 * per_write, count_queries.statements
     assert len(count_queries.starting("INSERT")) == 3
 
 
