@@ -63,6 +63,21 @@ TEMPLATES = [
     }
 ]
 
+DRAMATIQ_MIDDLEWARE = [
+    "dramatiq.middleware.AgeLimit",
+    "dramatiq.middleware.TimeLimit",
+    "dramatiq.middleware.Callbacks",
+    "dramatiq.middleware.Retries",
+    "django_dramatiq.middleware.DbConnectionsMiddleware",
+    "taskstate.middleware.StateMiddleware",
+]
+# Without services: Dramatiq's in-memory broker, worked by an in-process worker.
+STUB_BROKER = {
+    "BROKER": "dramatiq.brokers.stub.StubBroker",
+    "OPTIONS": {},
+    "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
+}
+
 if SERVICES:
     DATABASES = {
         "default": {
@@ -85,14 +100,7 @@ if SERVICES:
             "url": REDIS_URL,
             **json.loads(os.environ.get("TASKSTATE_TEST_BROKER_OPTIONS") or "{}"),
         },
-        "MIDDLEWARE": [
-            "dramatiq.middleware.AgeLimit",
-            "dramatiq.middleware.TimeLimit",
-            "dramatiq.middleware.Callbacks",
-            "dramatiq.middleware.Retries",
-            "django_dramatiq.middleware.DbConnectionsMiddleware",
-            "taskstate.middleware.StateMiddleware",
-        ],
+        "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
     }
     _redis = urlsplit(REDIS_URL)
     EVENTSTREAM_REDIS = {
@@ -113,18 +121,7 @@ elif os.environ.get("TASKSTATE_TEST_DB") == "mariadb":
             "TEST": {"NAME": f"test_taskstate_{os.getpid()}", "CHARSET": "utf8mb4"},
         }
     }
-    DRAMATIQ_BROKER = {
-        "BROKER": "dramatiq.brokers.stub.StubBroker",
-        "OPTIONS": {},
-        "MIDDLEWARE": [
-            "dramatiq.middleware.AgeLimit",
-            "dramatiq.middleware.TimeLimit",
-            "dramatiq.middleware.Callbacks",
-            "dramatiq.middleware.Retries",
-            "django_dramatiq.middleware.DbConnectionsMiddleware",
-            "taskstate.middleware.StateMiddleware",
-        ],
-    }
+    DRAMATIQ_BROKER = STUB_BROKER
 else:
     _db_dir = Path(os.environ.get("TASKSTATE_TEST_SQLITE_DIR", tempfile.gettempdir()))
     DATABASES = {
@@ -137,18 +134,7 @@ else:
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
         }
     }
-    DRAMATIQ_BROKER = {
-        "BROKER": "dramatiq.brokers.stub.StubBroker",
-        "OPTIONS": {},
-        "MIDDLEWARE": [
-            "dramatiq.middleware.AgeLimit",
-            "dramatiq.middleware.TimeLimit",
-            "dramatiq.middleware.Callbacks",
-            "dramatiq.middleware.Retries",
-            "django_dramatiq.middleware.DbConnectionsMiddleware",
-            "taskstate.middleware.StateMiddleware",
-        ],
-    }
+    DRAMATIQ_BROKER = STUB_BROKER
 
 TASKSTATE = {"PROGRESS_INTERVAL": 0.5}
 

@@ -93,3 +93,15 @@ def session_cookie(user: Any) -> dict[str, str]:
     client = Client()
     client.force_login(user)
     return {"sessionid": client.cookies["sessionid"].value}
+
+
+def assert_each_hears_only_their_own(
+    mine: SSEClient, theirs: SSEClient, send: Any, me: Any, them: Any
+) -> None:
+    """Each user runs a task; each stream gets its owner's row and never the other's."""
+    send(for_state={"user_pk": me.pk, "description": "private export"})
+    send(for_state={"user_pk": them.pk, "description": "bobs own"})
+    mine.wait_for(lambda f: "private export" in f.data and 'data-status="done"' in f.data)
+    theirs.wait_for(lambda f: "bobs own" in f.data and 'data-status="done"' in f.data)
+    assert not any("private export" in f.data for f in theirs.frames)
+    assert not any("bobs own" in f.data for f in mine.frames)

@@ -38,7 +38,7 @@ from taskstate.channels import user_channel
 from taskstate.models import Task
 from tests.processes import Process, free_port, start_uvicorn, start_worker
 from tests.pushpin import SIG_ISS, PushpinProcess, start_pushpin
-from tests.sse import Frame, session_cookie
+from tests.sse import Frame, assert_each_hears_only_their_own, session_cookie
 from tests.testapp import tasks as actors
 
 # On a machine without Pushpin these are skipped, saying why; CI installs it (.ci/run)
@@ -246,12 +246,7 @@ def test_asking_for_another_users_channel_through_pushpin_gets_only_your_own(
     mine.wait_for(lambda f: f.event == "stream-open")
     # Each got a hold on their own channel only.
     assert stack.held(user_channel(other_user.pk)) == 1 and stack.held(victim) == 1
-    actors.noop.send(for_state={"user_pk": user.pk, "description": "private export"})
-    actors.noop.send(for_state={"user_pk": other_user.pk, "description": "bobs own"})
-    mine.wait_for(lambda f: "private export" in f.data and 'data-status="done"' in f.data)
-    snoop.wait_for(lambda f: "bobs own" in f.data and 'data-status="done"' in f.data)
-    assert not any("private export" in f.data for f in snoop.frames)
-    assert not any("bobs own" in f.data for f in mine.frames)
+    assert_each_hears_only_their_own(mine, snoop, actors.noop.send, user, other_user)
 
 
 def _get(port: int, path: str, headers: dict[str, str]) -> http.client.HTTPResponse:

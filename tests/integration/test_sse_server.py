@@ -6,6 +6,7 @@ import re
 
 from taskstate.channels import user_channel
 from taskstate.models import Task
+from tests.sse import assert_each_hears_only_their_own
 from tests.testapp import tasks as actors
 
 
@@ -44,9 +45,4 @@ def test_asking_for_another_users_channel_gets_only_your_own(
     mine = streams(f"{base}/taskstate/events/", user)
     snoop.wait_for(lambda f: f.event == "stream-open")
     mine.wait_for(lambda f: f.event == "stream-open")
-    actors.noop.send(for_state={"user_pk": user.pk, "description": "private export"})
-    actors.noop.send(for_state={"user_pk": other_user.pk, "description": "bobs own"})
-    mine.wait_for(lambda f: "private export" in f.data and 'data-status="done"' in f.data)
-    snoop.wait_for(lambda f: "bobs own" in f.data and 'data-status="done"' in f.data)
-    assert not any("private export" in f.data for f in snoop.frames)
-    assert not any("bobs own" in f.data for f in mine.frames)
+    assert_each_hears_only_their_own(mine, snoop, actors.noop.send, user, other_user)
