@@ -15,6 +15,7 @@ is accepted; nothing is accepted after a terminal state.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -173,7 +174,9 @@ def _quote(connection: BaseDatabaseWrapper, name: str) -> str:
     return connection.ops.quote_name(name)
 
 
+@functools.cache
 def _field(column: str) -> Field[Any, Any]:
+    # Called for every column of every write: looked up once per column, then cached.
     for field in Task._meta.concrete_fields:
         if field.attname == column:
             return field
