@@ -14,6 +14,6 @@ class TaskstateConfig(AppConfig):
         from taskstate import checks  # noqa: F401  (registers the system checks)
 
         if apps.is_installed("django_eventstream"):
-            from taskstate.eventstream import install
+            from taskstate.eventstream_repair import install
 
             install()
