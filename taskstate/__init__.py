@@ -3,7 +3,22 @@
 Public API for actors: :func:`progress` and :func:`track`.
 """
 
-from taskstate.tracking import progress, track
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskstate.tracking import progress, track
 
 __all__ = ["progress", "track"]
 __version__ = "1.0.0.dev0"
+
+
+def __getattr__(name: str) -> Any:
+    # Django imports this package before its models can be: the actor API, which writes
+    # through them, is imported on first use.
+    if name in __all__:
+        from taskstate import tracking
+
+        return getattr(tracking, name)
+    raise AttributeError(f"module 'taskstate' has no attribute {name!r}")

@@ -11,7 +11,19 @@ class TaskstateConfig(AppConfig):
     def ready(self) -> None:
         from django.apps import apps
 
-        from taskstate import checks  # noqa: F401  (registers the system checks)
+        from taskstate import (
+            checks,  # noqa: F401  (registers the system checks)
+            publish,
+            signals,
+        )
+
+        # The live page follows every committed change; dispatch_uid keeps it to one.
+        signals.task_committed.connect(
+            publish.on_task_committed, dispatch_uid="taskstate.publish.task"
+        )
+        signals.progress_committed.connect(
+            publish.on_progress_committed, dispatch_uid="taskstate.publish.progress"
+        )
 
         if apps.is_installed("django_eventstream"):
             from taskstate.eventstream_repair import install

@@ -9,7 +9,10 @@ import logging
 from dataclasses import asdict, dataclass
 
 from taskstate.conf import get_settings
-from taskstate.models import Status, Task
+from taskstate.middleware import StateMiddleware
+from taskstate.models import Task
+from taskstate.signals import announce
+from taskstate.states import Status
 
 logger = logging.getLogger("taskstate")
 
@@ -27,8 +30,6 @@ class CleanupReport:
 
 def cleanup() -> CleanupReport:
     """Apply the retention settings once; return what was done."""
-    from taskstate.notify import task_written
-
     settings = get_settings()
     tasks = Task.objects.all()
     abandoned_pks = list(
@@ -40,7 +41,7 @@ def cleanup() -> CleanupReport:
     if failed:
         # Tell the owners, like any other change: the row turns failed on their page.
         for task in Task.objects.filter(pk__in=abandoned_pks, status=Status.FAILED):
-            task_written(task, status_changed=True)
+            announce(task, sender=StateMiddleware, committed=True)
     report = CleanupReport(
         seen_deleted=tasks.delete_old(settings.DELETE_SEEN_AFTER, only_if_seen=True),
         unseen_deleted=tasks.filter(seen=False).delete_old(

@@ -1,88 +1,96 @@
-"""The ``TASKSTATE`` settings dict: defaults, validation and one accessor.
+"""The ``TASKSTATE`` settings dict: every key, its default and its rule, in one place.
 
-Settings are read at call time (``get_settings()``), so ``override_settings`` works in
-tests. Hot paths read what they need once per message, not once per call.
+``get_settings()`` merges the project's ``TASKSTATE`` over the defaults once and caches
+the result; Django's ``setting_changed`` signal (``override_settings`` in tests) clears
+the cache. A bad value falls back to its default here, and ``taskstate.checks`` reports
+it at startup from the same definitions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import functools
+import math
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
-#: Every key a project may set in ``settings.TASKSTATE``, with its default.
-DEFAULTS: dict[str, Any] = {
-    # Seconds between two progress writes of one message; the last value is always written.
-    "PROGRESS_INTERVAL": 0.5,
-    # Store the actor's return value on the task when it is JSON-serialisable.
-    "STORE_RESULT": True,
-    # Results whose JSON is larger than this many bytes are not stored (a warning is logged).
-    "RESULT_MAX_BYTES": 16_384,
-    # Tracebacks are cut to their last this many characters.
-    "TRACEBACK_MAX_CHARS": 16_000,
-    # Seen tasks are deleted this many seconds after they were seen.
-    "DELETE_SEEN_AFTER": 86_400,
-    # Completed tasks nobody saw are deleted this many seconds after they finished.
-    "DELETE_UNSEEN_AFTER": 7 * 86_400,
-    # Tasks still enqueued this many seconds after their last change are deleted as stale.
-    "STALE_ENQUEUED_AFTER": 1_200,
-    # Running tasks with no change for this many seconds are marked failed (worker died).
-    "RUNNING_TIMEOUT": 3_600,
-    # SSE channel of a user is CHANNEL_PREFIX + str(user.pk).
-    "CHANNEL_PREFIX": "taskstate-user-",
-    # Seen tasks stay in the display list this many seconds after they were seen.
-    "DISPLAY_SECONDS_SINCE_SEEN": 0,
-    # Seconds between two runs of the cleanup job started by ``taskstate_scheduler``.
-    "CLEANUP_INTERVAL": 300,
-    # Database alias the middleware writes through (see docs/deployment.md).
-    "DATABASE": "default",
-    # PostgreSQL only: False lets task-state commits skip waiting for the WAL flush
-    # (synchronous_commit=off for those statements alone). Much cheaper per message; a
-    # database crash may lose the last fraction of a second of task state.
-    "SYNCHRONOUS_COMMIT": True,
-}
+#: Rules a number may have to meet besides its type.
+_ABOVE_ZERO = {"rule": "above zero"}
 
 
 @dataclass(frozen=True)
 class TaskstateSettings:
-    PROGRESS_INTERVAL: float
-    STORE_RESULT: bool
-    RESULT_MAX_BYTES: int
-    TRACEBACK_MAX_CHARS: int
-    DELETE_SEEN_AFTER: int
-    DELETE_UNSEEN_AFTER: int
-    STALE_ENQUEUED_AFTER: int
-    RUNNING_TIMEOUT: int
-    CHANNEL_PREFIX: str
-    DISPLAY_SECONDS_SINCE_SEEN: int
-    CLEANUP_INTERVAL: int
-    DATABASE: str
-    SYNCHRONOUS_COMMIT: bool
+    """The effective settings; each field's default is the documented default."""
+
+    #: Seconds between two progress writes of one message; the last value is always written.
+    PROGRESS_INTERVAL: float = 0.5
+    #: Store the actor's return value on the task when it is JSON-serialisable.
+    STORE_RESULT: bool = True
+    #: Results whose JSON is larger than this many bytes are not stored (a warning is logged).
+    RESULT_MAX_BYTES: int = 16_384
+    #: Tracebacks are cut to their last this many characters.
+    TRACEBACK_MAX_CHARS: int = 16_000
+    #: Seen tasks are deleted this many seconds after they were seen.
+    DELETE_SEEN_AFTER: int = 86_400
+    #: Completed tasks nobody saw are deleted this many seconds after they finished.
+    DELETE_UNSEEN_AFTER: int = 7 * 86_400
+    #: Tasks still enqueued this many seconds after their last change are deleted as stale.
+    STALE_ENQUEUED_AFTER: int = field(default=1_200, metadata=_ABOVE_ZERO)
+    #: Running tasks with no change for this many seconds are marked failed (worker died).
+    RUNNING_TIMEOUT: int = field(default=3_600, metadata=_ABOVE_ZERO)
+    #: SSE channel of a user is CHANNEL_PREFIX + str(user.pk).
+    CHANNEL_PREFIX: str = "taskstate-user-"
+    #: Seen tasks stay in the display list this many seconds after they were seen.
+    DISPLAY_SECONDS_SINCE_SEEN: int = 0
+    #: Seconds between two runs of the cleanup job started by ``taskstate_scheduler``.
+    CLEANUP_INTERVAL: int = field(default=300, metadata=_ABOVE_ZERO)
+    #: Database alias the middleware writes through (see docs/deployment.md).
+    DATABASE: str = "default"
+    #: PostgreSQL only: False lets task-state commits skip waiting for the WAL flush
+    #: (synchronous_commit=off for those statements alone). Much cheaper per message; a
+    #: database crash may lose the last fraction of a second of task state.
+    SYNCHRONOUS_COMMIT: bool = True
+
+
+def _defaults() -> dict[str, Any]:
+    values = {}
+    for f in fields(TaskstateSettings):
+        assert f.default is not MISSING
+        values[f.name] = f.default
+    return values
+
+
+#: Every key a project may set in ``settings.TASKSTATE``, with its default.
+DEFAULTS: dict[str, Any] = _defaults()
+_ABOVE_ZERO_KEYS = frozenset(
+    f.name for f in fields(TaskstateSettings) if f.metadata.get("rule") == "above zero"
+)
 
 
 def user_settings() -> dict[str, Any]:
-    """The project's raw ``TASKSTATE`` dict (empty when unset)."""
+    """The project's raw ``TASKSTATE`` dict (empty when unset or not a dict)."""
     value = getattr(django_settings, "TASKSTATE", None)
     return value if isinstance(value, dict) else {}
 
 
+@functools.cache
 def get_settings() -> TaskstateSettings:
-    """The effective settings: the project's ``TASKSTATE`` over :data:`DEFAULTS`.
-
-    Unknown keys and bad values are reported by the system checks in
-    ``taskstate.checks``; here a bad value falls back to its default.
-    """
-    merged = dict(DEFAULTS)
-    for key, value in user_settings().items():
-        if key in DEFAULTS and not setting_problem(key, value):
-            merged[key] = value
-    return TaskstateSettings(**{f.name: merged[f.name] for f in fields(TaskstateSettings)})
+    """The effective settings: the project's valid ``TASKSTATE`` values over the defaults."""
+    chosen = {
+        key: value
+        for key, value in user_settings().items()
+        if key in DEFAULTS and setting_problem(key, value) is None
+    }
+    return TaskstateSettings(**chosen)
 
 
-#: Settings that must be above zero: zero would fail every running task, delete every
-#: queued one, or spin the scheduler.
-_POSITIVE = frozenset({"RUNNING_TIMEOUT", "STALE_ENQUEUED_AFTER", "CLEANUP_INTERVAL"})
+@receiver(setting_changed)
+def _forget_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting == "TASKSTATE":
+        get_settings.cache_clear()
 
 
 def setting_problem(key: str, value: Any) -> str | None:
@@ -96,8 +104,10 @@ def setting_problem(key: str, value: Any) -> str | None:
         return "must be a number"
     if isinstance(default, int) and not isinstance(value, int):
         return "must be a whole number"
+    if not math.isfinite(value):
+        return "must be a finite number"
     if value < 0:
         return "must not be negative"
-    if value == 0 and key in _POSITIVE:
+    if value == 0 and key in _ABOVE_ZERO_KEYS:
         return "must be above zero"
     return None

@@ -7,6 +7,7 @@ tracking problem is logged and never reaches the sender or the actor.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -15,27 +16,28 @@ import weakref
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dramatiq
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.utils import timezone as dj_timezone
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, Retries
 
+from taskstate import transitions as t
 from taskstate.conf import get_settings
+from taskstate.courier import courier
 from taskstate.for_state import Origin, make_encodable, parse_for_state, tracked_for_state
+from taskstate.signals import announce
+from taskstate.states import Status
 from taskstate.tracking import MessageRun, _current, held_back
 
-# django_dramatiq builds the middleware while apps load, before models may be imported:
-# the modules that touch models are imported on first use (see _transitions()).
+if TYPE_CHECKING:
+    from taskstate.models import Task
 
 logger = logging.getLogger("taskstate")
 F = TypeVar("F", bound=Callable[..., None])
-
-
-def _transitions() -> Any:
-    from taskstate import transitions
-
-    return transitions
 
 
 def _never_raises(hook: F) -> F:
@@ -80,13 +82,12 @@ class StateMiddleware(Middleware):
         if for_state is None or message.options.get("retries"):
             # A retry's re-enqueue: the worker records it as retrying when it acks.
             return
-        t = _transitions()
         origin = _origin(message, for_state, warn=True)
         if delay is not None or "eta" in message.options:
-            status, order = t.Status.DELAYED, t.DELAYED_ORDER
+            status, order = Status.DELAYED, t.DELAYED_ORDER
         else:
-            status, order = t.Status.ENQUEUED, t.ENQUEUED_ORDER
-        _on_commit(lambda: t.write(origin, status, order, {}))
+            status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
+        _on_commit(lambda: _write(origin, status, order, {}))
 
     # --- worker side -------------------------------------------------------------------
 
@@ -107,10 +108,9 @@ class StateMiddleware(Middleware):
         )
         self._remember(message, run)
         _current.set(run)
-        t = _transitions()
-        task = t.write(
+        task = _write(
             run.origin,
-            t.Status.RUNNING,
+            Status.RUNNING,
             t.running_order(attempt),
             {**_attempt(run), "finished_at": None, "progress": 0, "progress_message": ""},
             same_order_wins=True,
@@ -136,8 +136,7 @@ class StateMiddleware(Middleware):
             run.finished = True
             values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
             values.update(progress=100, **_no_error(), **_attempt(run))
-            t = _transitions()
-            t.write(run.origin, t.Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
+            _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
             return
         # Whether Dramatiq retries this attempt is known only once every middleware
         # has run (Retries may come before or after us): decided in after_ack/after_nack.
@@ -156,8 +155,7 @@ class StateMiddleware(Middleware):
         values = {**_finished(), **(held_back(run) if run else {}), **_attempt(run)}
         if run is not None:
             run.finished = True
-        t = _transitions()
-        t.write(origin, t.Status.SKIPPED, t.TERMINAL_ORDER, values, keep=_KEEP)
+        _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
     @_never_raises
     def after_ack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
@@ -169,10 +167,7 @@ class StateMiddleware(Middleware):
         retried = any(isinstance(m, Retries) for m in broker.middleware)
         if retried:
             values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
-            t = _transitions()
-            t.write(
-                run.origin, t.Status.RETRYING, t.retrying_order(run.attempt), values, keep=_KEEP
-            )
+            _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values, keep=_KEEP)
         else:
             self._fail(run.origin, run, message)
 
@@ -201,12 +196,9 @@ class StateMiddleware(Middleware):
             **(held_back(run) if run else {}),
             **_attempt(run),
         }
-        t = _transitions()
-        t.write(origin, t.Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
+        _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        from taskstate.courier import courier
-
         # Let the last changes reach the browsers before the process goes.
         courier.flush(5.0)
 
@@ -243,21 +235,33 @@ def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
     )
 
 
+def _write(
+    origin: Origin,
+    status: Status,
+    order: int,
+    values: dict[str, Any],
+    *,
+    same_order_wins: bool = False,
+    keep: tuple[str, ...] = (),
+) -> Task | None:
+    """One transition, announced once committed when it landed."""
+    task = t.write(origin, status, order, values, same_order_wins=same_order_wins, keep=keep)
+    if task is not None:
+        announce(task, sender=StateMiddleware)
+    return task
+
+
 def _on_commit(write: Callable[[], object]) -> None:
     """Write after the sender's transaction commits, outside it, or now without one.
 
     A failure can then never break the caller's transaction, and a worker that starts
     the message first is never blocked by the sender's uncommitted row.
     """
-    from django.db import transaction
-
     alias = get_settings().DATABASE
     transaction.on_commit(write, using=alias, robust=True)
 
 
 def _now() -> datetime:
-    from django.utils import timezone as dj_timezone
-
     return dj_timezone.now()
 
 
@@ -303,10 +307,6 @@ def _storable_result(result: Any, run: MessageRun) -> Any:
     settings = get_settings()
     if result is None or not settings.STORE_RESULT:
         return None
-    import json
-
-    from django.core.serializers.json import DjangoJSONEncoder
-
     try:
         encoded = json.dumps(result, cls=DjangoJSONEncoder)
     except (TypeError, ValueError):

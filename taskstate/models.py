@@ -10,25 +10,20 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from taskstate.conf import get_settings
+from taskstate.states import (
+    ABANDONED_ERROR,
+    ACTIVE_STATUSES,
+    COMPLETE_STATUSES,
+    TERMINAL_ORDER,
+    Status,
+)
+
+__all__ = ["ACTIVE_STATUSES", "COMPLETE_STATUSES", "Status", "Task", "TaskQuerySet"]
+
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
     from django.contrib.auth.models import AnonymousUser
-
-
-class Status(models.TextChoices):
-    ENQUEUED = "enqueued", _("Queued")
-    DELAYED = "delayed", _("Scheduled")
-    RUNNING = "running", _("Running")
-    RETRYING = "retrying", _("Retrying")
-    FAILED = "failed", _("Failed")
-    DONE = "done", _("Done")
-    SKIPPED = "skipped", _("Skipped")
-
-
-#: Statuses after which nothing changes any more.
-COMPLETE_STATUSES = (Status.DONE, Status.FAILED, Status.SKIPPED)
-#: Statuses of a task that is still under way.
-ACTIVE_STATUSES = (Status.ENQUEUED, Status.DELAYED, Status.RUNNING, Status.RETRYING)
 
 
 class TaskQuerySet(models.QuerySet["Task"]):
@@ -53,8 +48,6 @@ class TaskQuerySet(models.QuerySet["Task"]):
         Newest first.
         """
         if seconds_since_seen is None:
-            from taskstate.conf import get_settings
-
             seconds_since_seen = get_settings().DISPLAY_SECONDS_SINCE_SEEN
         since = timezone.now() - timedelta(seconds=seconds_since_seen)
         return self.filter(models.Q(seen=False) | models.Q(seen_at__gte=since)).order_by(
@@ -95,8 +88,6 @@ class TaskQuerySet(models.QuerySet["Task"]):
         A late write from a worker that was only slow cannot undo this: failed is
         terminal. Returns the number of tasks marked.
         """
-        from taskstate.transitions import ABANDONED_ERROR, TERMINAL_ORDER
-
         now = timezone.now()
         return self.fail_abandoned_candidates(max_age).update(
             status=Status.FAILED,

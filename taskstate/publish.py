@@ -1,5 +1,8 @@
 """Push task changes to their owner's browser: render a partial, send it on the channel.
 
+A receiver of the committed-change signals in ``taskstate.signals`` (connected in
+``TaskstateConfig.ready``); views call :func:`publish_removed` for dismissed rows.
+
 Sending happens in the background (``taskstate.courier``): a worker or a view only hands
 the job over. Messages are sent with an empty event type, which htmx 4's ``hx-sse`` swaps (named
 events would only be dispatched as DOM events). Rows go in ``<hx-upsert>`` so one
@@ -13,16 +16,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.template.loader import render_to_string
 
 from taskstate.channels import user_channel
 from taskstate.courier import courier
-from taskstate.models import Status, Task
-
-if TYPE_CHECKING:
-    from taskstate.tracking import MessageRun
+from taskstate.models import Task
+from taskstate.states import Status
 
 logger = logging.getLogger("taskstate")
 
@@ -40,14 +41,24 @@ def publish_task(task: Task) -> None:
     courier.submit(lambda: _send_row(task), supersedes=("progress", task.pk))
 
 
-def publish_progress(run: MessageRun, percent: int, message: str | None) -> None:
+def publish_progress(task_pk: int, user_pk: Any, percent: int, message: str | None) -> None:
     """Send the progress bar of a running attempt, built from what the worker knows."""
-    if run.task_pk is None or run.user_pk is None:
+    if user_pk is None:
         return
-    task = Task(
-        pk=run.task_pk, status=Status.RUNNING, progress=percent, progress_message=message or ""
-    )
-    courier.submit(lambda: _send_bar(task, run.user_pk), replaces=("progress", task.pk))
+    task = Task(pk=task_pk, status=Status.RUNNING, progress=percent, progress_message=message or "")
+    courier.submit(lambda: _send_bar(task, user_pk), replaces=("progress", task_pk))
+
+
+def on_task_committed(sender: Any, *, task: Task, **kwargs: Any) -> None:
+    """Receiver of ``taskstate.signals.task_committed``."""
+    publish_task(task)
+
+
+def on_progress_committed(
+    sender: Any, *, task_pk: int, user_pk: Any, percent: int, message: str | None, **kwargs: Any
+) -> None:
+    """Receiver of ``taskstate.signals.progress_committed``."""
+    publish_progress(task_pk, user_pk, percent, message)
 
 
 def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:

@@ -1,8 +1,76 @@
-"""Signals sent by taskstate."""
+"""Signals, and the one function that announces a committed write.
 
+The state machine (``taskstate.transitions``) writes and tells no one; whoever made the
+write announces it here, and listeners (``taskstate.publish`` among them, connected in
+``TaskstateConfig.ready``) react. Announcing waits for the writer's transaction to commit,
+and a listener's failure is logged, never raised into a worker or a view.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from django.db import connections, transaction
 from django.dispatch import Signal
 
-#: Sent after a task's status changed and the change is committed.
+from taskstate.conf import get_settings
+
+if TYPE_CHECKING:
+    from taskstate.models import Task
+
+logger = logging.getLogger("taskstate")
+
+#: Public. Sent after a task's status changed and the change is committed.
 #: ``sender`` is :class:`taskstate.middleware.StateMiddleware`; ``task`` is the
 #: :class:`taskstate.models.Task` as written. Receivers' exceptions are logged, not raised.
 task_changed = Signal()
+
+#: Internal. Sent after every committed write of a task row (status or not), with
+#: ``task``: what the live page shows is rendered from it.
+task_committed = Signal()
+
+#: Internal. Sent after a committed progress write of a running attempt, with
+#: ``task_pk``, ``user_pk``, ``percent`` and ``message`` (None: unchanged). Carries keys,
+#: not a row, so reporting progress reads nothing.
+progress_committed = Signal()
+
+
+def announce(
+    task: Task, *, sender: Any, status_changed: bool = True, committed: bool = False
+) -> None:
+    """Announce a write of ``task`` once the writer's transaction commits. Never raises.
+
+    ``committed``: the caller knows the write is committed already (announce now).
+    """
+    alias = get_settings().DATABASE
+    if not committed and connections[alias].in_atomic_block:
+        transaction.on_commit(lambda: _send(task, sender, status_changed), using=alias, robust=True)
+    else:
+        _send(task, sender, status_changed)
+
+
+def announce_progress(
+    *, sender: Any, task_pk: int, user_pk: Any, percent: int, message: str | None
+) -> None:
+    """Announce a committed progress write (progress writes are autocommit). Never raises."""
+    _send_robust(
+        progress_committed,
+        sender,
+        task_pk=task_pk,
+        user_pk=user_pk,
+        percent=percent,
+        message=message,
+    )
+
+
+def _send(task: Task, sender: Any, status_changed: bool) -> None:
+    if status_changed:
+        _send_robust(task_changed, sender, task=task)
+    _send_robust(task_committed, sender, task=task)
+
+
+def _send_robust(signal: Signal, sender: Any, **kwargs: Any) -> None:
+    for receiver, response in signal.send_robust(sender=sender, **kwargs):
+        if isinstance(response, Exception):
+            logger.error("taskstate: receiver %r failed", receiver, exc_info=response)

@@ -14,12 +14,13 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from django.utils.translation import gettext
 
-if TYPE_CHECKING:
-    from taskstate.for_state import Origin
+from taskstate.for_state import Origin
+from taskstate.signals import announce_progress
+from taskstate.transitions import update_progress
 
 logger = logging.getLogger("taskstate")
 T = TypeVar("T")
@@ -100,19 +101,19 @@ def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
 
 
 def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
-    from taskstate.transitions import update_progress
-
     run.pending = None
     run.next_write_at = now + run.interval
     percent, message = value
     if update_progress(run.origin.message_id, run.attempt, percent, message):
         run.written = value
-        from taskstate.publish import publish_progress
-
-        try:
-            publish_progress(run, percent, message)
-        except Exception:
-            logger.exception("taskstate: could not publish progress of %s", run.origin.message_id)
+        if run.task_pk is not None:
+            announce_progress(
+                sender=MessageRun,
+                task_pk=run.task_pk,
+                user_pk=run.user_pk,
+                percent=percent,
+                message=message,
+            )
 
 
 def held_back(run: MessageRun) -> dict[str, Any]:

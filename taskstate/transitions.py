@@ -1,16 +1,12 @@
-"""The state machine: which status may follow which, and the one-statement writes.
+"""The state machine's writes: one guarded upsert per change, which tells no one.
 
 Every transition is a single upsert keyed by the message id and guarded by
-``state_order``: a write lands only when it moves the task forwards. Hooks may run in
-any order, in any process, before or after the sender's transaction commits; the row
-always ends at the furthest state any of them reached.
+``state_order`` (see ``taskstate.states``): a write lands only when it moves the task
+forwards. Hooks may run in any order, in any process, before or after the sender's
+transaction commits; the row always ends at the furthest state any of them reached.
 
-Order of states (attempt ``n`` counts from 1)::
-
-    delayed 0 < enqueued 1 < running(n) 10n+5 < retrying(n) 10n+7 < done | failed | skipped
-
-A second ``running`` at the same attempt (a message redelivered after its worker died)
-is accepted; nothing is accepted after a terminal state.
+A write returns the row as written; announcing it (``taskstate.signals``) is the
+caller's business, so this module knows nothing of who listens.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, connections, transaction
@@ -29,31 +25,48 @@ from django.db.models import CharField, Field
 from django.db.models.expressions import Col, RawSQL
 from django.utils import timezone
 
+from taskstate.conf import get_settings
 from taskstate.for_state import Origin
-from taskstate.models import Status, Task
+from taskstate.states import (
+    ABANDONED_ERROR,
+    DELAYED_ORDER,
+    ENQUEUED_ORDER,
+    TERMINAL_ORDER,
+    Status,
+    retrying_order,
+    running_order,
+)
 
-__all__ = ["Origin", "Status", "update_progress", "write"]
+if TYPE_CHECKING:
+    from taskstate.models import Task
+
+__all__ = [
+    "ABANDONED_ERROR",
+    "DELAYED_ORDER",
+    "ENQUEUED_ORDER",
+    "TERMINAL_ORDER",
+    "Origin",
+    "Status",
+    "retrying_order",
+    "running_order",
+    "update_progress",
+    "write",
+]
 
 logger = logging.getLogger("taskstate")
 
-DELAYED_ORDER = 0
-ENQUEUED_ORDER = 1
-TERMINAL_ORDER = 1_000_000
-#: ``error_type`` of a running task given up by the cleanup because its worker died.
-ABANDONED_ERROR = "taskstate.WorkerLost"
 
+def _model() -> type[Task]:
+    # django_dramatiq imports the middleware, and with it this module, while Django is
+    # still creating app configs: the model can only be imported once a write happens.
+    from taskstate.models import Task
 
-def running_order(attempt: int) -> int:
-    return 10 * attempt + 5
-
-
-def retrying_order(attempt: int) -> int:
-    return 10 * attempt + 7
+    return Task
 
 
 def _defaults() -> dict[str, Any]:
     """Every column's default, for the insert branch of an upsert (no DB defaults exist)."""
-    return {f.attname: f.get_default() for f in Task._meta.concrete_fields if not f.primary_key}
+    return {f.attname: f.get_default() for f in _model()._meta.concrete_fields if not f.primary_key}
 
 
 def write(
@@ -102,8 +115,6 @@ def write(
         _outage.failed(alias, exc)
         return None
     _outage.recovered(alias)
-    if task is not None:
-        _written(task, alias, status_changed=True)
     return task
 
 
@@ -114,7 +125,7 @@ def update_progress(message_id: str, attempt: int, progress: int, message: str |
     if message is not None:
         values["progress_message"] = _no_nul(message[:255])
     try:
-        rows = Task.objects.using(alias)
+        rows = _model().objects.using(alias)
         if not _synchronous_commit() and connections[alias].vendor == "postgresql":
             rows = rows.alias(_async=_ASYNC_COMMIT).filter(_async="off")
         changed = rows.filter(
@@ -135,8 +146,6 @@ _ASYNC_COMMIT = RawSQL(
 
 
 def _synchronous_commit() -> bool:
-    from taskstate.conf import get_settings
-
     return get_settings().SYNCHRONOUS_COMMIT
 
 
@@ -149,22 +158,7 @@ def _no_nul(value: Any) -> Any:
 
 
 def _alias() -> str:
-    from taskstate.conf import get_settings
-
     return get_settings().DATABASE
-
-
-def _written(task: Task, alias: str, *, status_changed: bool) -> None:
-    """Tell the rest of the app about a write, once it is committed."""
-    from taskstate.notify import task_written
-
-    connection = connections[alias]
-    if connection.in_atomic_block:
-        transaction.on_commit(
-            lambda: task_written(task, status_changed=status_changed), using=alias, robust=True
-        )
-    else:
-        task_written(task, status_changed=status_changed)
 
 
 # --- SQL -------------------------------------------------------------------------------
@@ -177,7 +171,7 @@ def _quote(connection: BaseDatabaseWrapper, name: str) -> str:
 @functools.cache
 def _field(column: str) -> Field[Any, Any]:
     # Called for every column of every write: looked up once per column, then cached.
-    for field in Task._meta.concrete_fields:
+    for field in _model()._meta.concrete_fields:
         if field.attname == column:
             return field
     raise LookupError(column)
@@ -194,7 +188,7 @@ def _upsert_sql(
     def q(name: str) -> str:
         return _quote(connection, name)
 
-    table = q(Task._meta.db_table)
+    table = q(_model()._meta.db_table)
     user_model = get_user_model()
     user_table = q(user_model._meta.db_table)
     user_pk_field = user_model._meta.pk
@@ -263,7 +257,7 @@ def _upsert_sql(
 
 def _returned_columns() -> list[str]:
     # Task has no db_column overrides: its column names are its attribute names.
-    return [f.attname for f in Task._meta.concrete_fields]
+    return [f.attname for f in _model()._meta.concrete_fields]
 
 
 def _execute_returning(
@@ -288,20 +282,20 @@ def _execute_returning(
     # Backends without RETURNING after an upsert (MySQL, MariaDB): one read to publish
     # what was written. Their row count cannot tell a refused write from an insert
     # (both count 1), the row's updated_at can: only a write that landed set it to ours.
-    task = Task.objects.using(alias).filter(message_id=message_id).first()
+    task = _model().objects.using(alias).filter(message_id=message_id).first()
     return task if task is not None and task.updated_at == written_at else None
 
 
 def _task_from_row(connection: BaseDatabaseWrapper, alias: str, row: Sequence[Any]) -> Task:
     values = []
-    for field, value in zip(Task._meta.concrete_fields, row, strict=True):
-        col = Col(Task._meta.db_table, field)
+    for field, value in zip(_model()._meta.concrete_fields, row, strict=True):
+        col = Col(_model()._meta.db_table, field)
         for converter in connection.ops.get_db_converters(col) + field.get_db_converters(
             connection
         ):
             value = converter(value, col, connection)
         values.append(value)
-    return Task.from_db(alias, [f.attname for f in Task._meta.concrete_fields], values)
+    return _model().from_db(alias, [f.attname for f in _model()._meta.concrete_fields], values)
 
 
 class _OutageLog:

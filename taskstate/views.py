@@ -19,7 +19,6 @@ from django.views.decorators.vary import vary_on_headers
 from taskstate.channels import user_channel
 from taskstate.models import Task
 from taskstate.publish import publish_removed
-from taskstate.rendering import display_tasks
 
 
 @require_GET
@@ -61,7 +60,7 @@ def _release_connections() -> None:
 @vary_on_headers("HX-Request")
 def task_list(request: HttpRequest) -> HttpResponse:
     """The user's task list: the rows alone for htmx (a resync), else the whole list."""
-    tasks = display_tasks(request.user)
+    tasks = list(Task.objects.for_user(request.user).for_display())
     if getattr(request, "htmx", False):
         return render(request, "taskstate/_task_rows.html", {"tasks": tasks})
     return render(request, "taskstate/task_list.html", {"tasks": tasks})

@@ -11,7 +11,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 
-from taskstate.rendering import display_tasks
+from taskstate.models import Task
 
 register = template.Library()
 
@@ -31,7 +31,7 @@ def taskstate_list(context: template.Context) -> dict[str, Any]:
     return {
         "request": request,
         "user": user,
-        "tasks": display_tasks(user) if user is not None else [],
+        "tasks": list(Task.objects.for_user(user).for_display()),
         "csrf_token": context.get("csrf_token"),
     }
 

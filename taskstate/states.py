@@ -1,0 +1,48 @@
+"""Statuses and the order they follow: the bottom layer, which imports no model.
+
+Every write of a task carries an order key (``state_order``); a write lands only when it
+moves the task forwards, so hooks may run in any order, in any process::
+
+    delayed 0 < enqueued 1 < running(n) 10n+5 < retrying(n) 10n+7 < done | failed | skipped
+
+``n`` counts attempts from 1. A second ``running`` at the same attempt (a message
+redelivered after its worker died) is accepted; nothing is accepted after a terminal state.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class Status(models.TextChoices):
+    ENQUEUED = "enqueued", _("Queued")
+    DELAYED = "delayed", _("Scheduled")
+    RUNNING = "running", _("Running")
+    RETRYING = "retrying", _("Retrying")
+    FAILED = "failed", _("Failed")
+    DONE = "done", _("Done")
+    SKIPPED = "skipped", _("Skipped")
+
+
+#: Statuses after which nothing changes any more.
+COMPLETE_STATUSES = (Status.DONE, Status.FAILED, Status.SKIPPED)
+#: Statuses of a task that is still under way.
+ACTIVE_STATUSES = (Status.ENQUEUED, Status.DELAYED, Status.RUNNING, Status.RETRYING)
+
+DELAYED_ORDER = 0
+ENQUEUED_ORDER = 1
+TERMINAL_ORDER = 1_000_000
+
+#: ``error_type`` of a running task given up by the cleanup because its worker died.
+ABANDONED_ERROR = "taskstate.WorkerLost"
+
+
+def running_order(attempt: int) -> int:
+    """Order key of attempt ``attempt`` (from 1) while it runs."""
+    return 10 * attempt + 5
+
+
+def retrying_order(attempt: int) -> int:
+    """Order key of the wait for a retry after attempt ``attempt`` failed."""
+    return 10 * attempt + 7
