@@ -36,15 +36,27 @@ def taskstate_list(context: template.Context) -> dict[str, Any]:
     }
 
 
-@register.simple_tag
-def taskstate_scripts() -> SafeString:
+@register.simple_tag(takes_context=True)
+def taskstate_scripts(context: template.Context, nonce: str | None = None) -> SafeString:
     """The vendored htmx 4, its SSE and upsert extensions, and the app's stylesheet.
 
     Plain blocking scripts, in this order: with ``defer`` htmx may start processing the
     page before the extensions have registered, and the list would never connect.
+
+    Under a Content Security Policy each tag carries a nonce: ``nonce`` when given (for
+    example ``{% taskstate_scripts nonce=request.csp_nonce %}``), else the request's
+    ``csp_nonce``, which Django 6's ``ContentSecurityPolicyMiddleware`` and django-csp
+    both set. Reading it tells those middlewares to put the nonce in the header.
     """
-    css = format_html('<link rel="stylesheet" href="{}">', static("taskstate/taskstate.css"))
-    scripts = format_html_join("\n", '<script src="{}"></script>', ((static(p),) for p in _SCRIPTS))
+    if nonce is None:
+        nonce = context.get("csp_nonce") or getattr(context.get("request"), "csp_nonce", None)
+    nonce_attr = format_html(' nonce="{}"', nonce) if nonce else ""
+    css = format_html(
+        '<link rel="stylesheet" href="{}"{}>', static("taskstate/taskstate.css"), nonce_attr
+    )
+    scripts = format_html_join(
+        "\n", '<script src="{}"{}></script>', ((static(p), nonce_attr) for p in _SCRIPTS)
+    )
     return format_html("{}\n{}", css, scripts)
 
 
