@@ -58,7 +58,10 @@ def test_django_6_csp_middleware_puts_the_tags_nonce_in_its_header(rf: RequestFa
         return HttpResponse(render("{% taskstate_scripts %}", request=request))
 
     response = ContentSecurityPolicyMiddleware(page)(rf.get("/"))
-    nonce = re.search(r"'nonce-([^']+)'", response["Content-Security-Policy"]).group(1)
+    header = response["Content-Security-Policy"]
+    match = re.search(r"'nonce-([^']+)'", header)
+    assert match, (header, response.content)
+    nonce = match.group(1)
     html = response.content.decode()
     assert len(tags(html)) == 5
     assert all(f'nonce="{nonce}"' in tag for tag in tags(html))
