@@ -40,6 +40,20 @@ def events(request: HttpRequest) -> HttpResponseBase:
         return refreshed
     if not request.user.is_authenticated:
         return HttpResponseForbidden("Log in to follow your tasks.")
+    if "wsgi.version" in request.META and not (grip is not None and grip.proxied):
+        # WSGI (runserver, gunicorn) cannot stream: the response would hold a thread and
+        # never send a byte. Say so in the stream and in the log, and end it.
+        import logging
+
+        from django_eventstream.utils import sse_error_response
+
+        text = (
+            "The task stream needs an ASGI server (uvicorn, daphne) or a GRIP proxy; "
+            "this request was served over WSGI (runserver, gunicorn), which cannot stream."
+        )
+        logging.getLogger("taskstate").error("%s Path: %s", text, request.path)
+        refused: HttpResponseBase = sse_error_response("stream-unavailable", text)
+        return refused
     response: HttpResponseBase = eventstream_events(
         request, channels=[user_channel(request.user.pk)]
     )

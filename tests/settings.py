@@ -137,6 +137,7 @@ else:
     DRAMATIQ_BROKER = STUB_BROKER
 
 TASKSTATE = {"PROGRESS_INTERVAL": 0.5}
+EVENTSTREAM_CHANNELMANAGER_CLASS = "taskstate.channels.TaskstateChannelManager"
 
 LOGGING = {
     "version": 1,

@@ -10,7 +10,13 @@ from django.core import checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from taskstate.checks import check_middleware, check_settings
+from taskstate.checks import (
+    check_channel_manager,
+    check_event_bus,
+    check_htmx_middleware,
+    check_middleware,
+    check_settings,
+)
 from taskstate.conf import DEFAULTS, get_settings
 
 
@@ -151,3 +157,71 @@ def test_get_settings_ignores_a_taskstate_that_is_not_a_dict(settings, value: An
 def test_get_settings_ignores_unknown_keys(settings):
     settings.TASKSTATE = {"NOPE": 1}
     assert not hasattr(get_settings(), "NOPE")
+
+
+# --- silent misconfigurations of the stack (W002-W004) ---------------------------------
+
+
+def test_real_broker_without_eventstream_redis_is_w002(settings):
+    settings.DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.redis.RedisBroker",
+        "OPTIONS": {"url": "redis://127.0.0.1:6379/0"},
+        "MIDDLEWARE": ["taskstate.middleware.StateMiddleware"],
+    }
+    if hasattr(settings, "EVENTSTREAM_REDIS"):
+        del settings.EVENTSTREAM_REDIS
+    messages = check_event_bus()
+    assert ids(messages) == ["taskstate.W002"]
+    assert "RedisBroker" in messages[0].msg
+    assert "EVENTSTREAM_REDIS" in messages[0].hint
+
+    settings.EVENTSTREAM_REDIS = {"host": "127.0.0.1", "port": 6379, "db": 0}
+    assert check_event_bus() == []
+
+
+def test_stub_broker_needs_no_event_bus(settings):
+    settings.DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.stub.StubBroker"}
+    if hasattr(settings, "EVENTSTREAM_REDIS"):
+        del settings.EVENTSTREAM_REDIS
+    assert check_event_bus() == []
+
+
+def test_missing_channel_manager_is_w003(settings):
+    del settings.EVENTSTREAM_CHANNELMANAGER_CLASS
+    messages = check_channel_manager()
+    assert ids(messages) == ["taskstate.W003"]
+    assert "taskstate.channels.TaskstateChannelManager" in messages[0].hint
+
+
+def test_a_channel_manager_that_does_not_guard_taskstate_channels_is_w003(settings):
+    settings.EVENTSTREAM_CHANNELMANAGER_CLASS = (
+        "django_eventstream.channelmanager.DefaultChannelManager"
+    )
+    messages = check_channel_manager()
+    assert ids(messages) == ["taskstate.W003"]
+    assert "DefaultChannelManager" in messages[0].msg
+
+
+def test_the_taskstate_channel_manager_passes():
+    # tests/settings.py sets it, as the Quickstart says.
+    assert check_channel_manager() == []
+
+
+def test_missing_htmx_middleware_is_w004(settings):
+    settings.MIDDLEWARE = [
+        m for m in settings.MIDDLEWARE if m != "django_htmx.middleware.HtmxMiddleware"
+    ]
+    messages = check_htmx_middleware()
+    assert ids(messages) == ["taskstate.W004"]
+    assert "django_htmx.middleware.HtmxMiddleware" in messages[0].hint
+
+
+def test_the_stack_checks_show_in_manage_py_check(settings, capsys):
+    del settings.EVENTSTREAM_CHANNELMANAGER_CLASS
+    settings.MIDDLEWARE = [
+        m for m in settings.MIDDLEWARE if m != "django_htmx.middleware.HtmxMiddleware"
+    ]
+    call_command("check")
+    err = capsys.readouterr().err
+    assert "taskstate.W003" in err
+    assert "taskstate.W004" in err

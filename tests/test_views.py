@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from asgiref.sync import async_to_sync, sync_to_async
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -38,11 +39,33 @@ def test_events_refuses_anonymous_users(client):
     assert response.status_code == 403
 
 
-def test_events_streams_for_a_logged_in_user(alice):
-    response = alice.get(reverse("taskstate:events"))
+def test_events_streams_for_a_logged_in_user_under_asgi(async_client, user):
+    async def open_stream():
+        await async_client.aforce_login(user)
+        response = await async_client.get(reverse("taskstate:events"))
+        await sync_to_async(response.close)()
+        return response
+
+    response = async_to_sync(open_stream)()
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/event-stream")
     assert response.streaming
+
+
+def test_events_under_wsgi_answer_an_error_event_and_log_it(alice, caplog):
+    # runserver and gunicorn are WSGI: the stream would hang, sending nothing.
+    with caplog.at_level("ERROR", logger="taskstate"):
+        response = alice.get(reverse("taskstate:events"))
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/event-stream")
+    assert not response.streaming
+    body = response.content.decode()
+    assert body.startswith("event: stream-error")
+    assert "stream-unavailable" in body
+    assert "ASGI" in body
+    lines = [r.getMessage() for r in caplog.records if r.name == "taskstate"]
+    assert len(lines) == 1
+    assert "needs an ASGI server" in lines[0]
 
 
 def test_events_rejects_post(alice):

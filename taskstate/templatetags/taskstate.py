@@ -36,16 +36,42 @@ def taskstate_list(context: template.Context) -> dict[str, Any]:
     }
 
 
-@register.simple_tag
-def taskstate_scripts() -> SafeString:
+@register.simple_tag(takes_context=True)
+def taskstate_scripts(context: template.Context, nonce: str | None = None) -> SafeString:
     """The vendored htmx 4, its SSE and upsert extensions, and the app's stylesheet.
 
     Plain blocking scripts, in this order: with ``defer`` htmx may start processing the
     page before the extensions have registered, and the list would never connect.
+
+    Under a Content Security Policy each tag carries a nonce: ``nonce`` when given (for
+    example ``{% taskstate_scripts nonce=request.csp_nonce %}``), else the template's
+    ``csp_nonce`` (Django 6's context processor), else the request's: django-csp's
+    ``request.csp_nonce`` or Django 6's ``ContentSecurityPolicyMiddleware``. Reading it
+    tells those middlewares to put the nonce in the header.
     """
-    css = format_html('<link rel="stylesheet" href="{}">', static("taskstate/taskstate.css"))
-    scripts = format_html_join("\n", '<script src="{}"></script>', ((static(p),) for p in _SCRIPTS))
+    if nonce is None:
+        nonce = context.get("csp_nonce") or _request_nonce(context.get("request"))
+    nonce_attr = format_html(' nonce="{}"', nonce) if nonce else ""
+    css = format_html(
+        '<link rel="stylesheet" href="{}"{}>', static("taskstate/taskstate.css"), nonce_attr
+    )
+    scripts = format_html_join(
+        "\n", '<script src="{}"{}></script>', ((static(p), nonce_attr) for p in _SCRIPTS)
+    )
     return format_html("{}\n{}", css, scripts)
+
+
+def _request_nonce(request: Any) -> str | None:
+    if request is None:
+        return None
+    nonce = getattr(request, "csp_nonce", None)  # django-csp
+    if nonce is None:
+        try:  # Django >= 6.0
+            from django.middleware.csp import get_nonce  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            return None
+        nonce = get_nonce(request)
+    return str(nonce) if nonce is not None else None
 
 
 @register.filter

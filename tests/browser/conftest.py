@@ -34,7 +34,7 @@ def _missing_browser() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "Python Playwright is not installed (pip install -e '.[test]')"
+        return "Python Playwright is not installed (pip install -e . --group test)"
     return None
 
 

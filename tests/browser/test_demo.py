@@ -6,6 +6,9 @@ import re
 import time
 from typing import Any
 
+import django
+import pytest
+
 from tests.browser.conftest import INIT_SCRIPT, screenshot, wait_open
 
 ROWS = "li.taskstate-task"
@@ -199,3 +202,35 @@ def test_failed_first_stream_connection_is_tried_again(browser, demo):
         assert len(refused) == 1
     finally:
         context.close()
+
+
+CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener('securitypolicyviolation', e => window.__cspViolations.push(
+  e.violatedDirective + ' ' + e.blockedURI));
+"""
+
+
+def test_strict_csp_page_goes_live_without_violations(new_page, demo):
+    if django.VERSION < (6, 0):
+        pytest.skip("the demo sends its strict CSP with Django 6's middleware")
+    page = new_page(None)
+    page.context.add_init_script(CSP_WATCH)
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    page.goto(f"{demo}/accounts/login/")
+    page.fill("input[name=username]", "demo")
+    page.fill("input[name=password]", "demo")
+    page.click("button[type=submit], input[type=submit]")
+    page.wait_for_url(f"{demo}/")
+    response = page.reload()
+    header = response.headers["content-security-policy"]
+    assert "unsafe-inline" not in header and "unsafe-eval" not in header, header
+    nonce = re.search(r"'nonce-([^']+)'", header).group(1)
+    nonces = page.eval_on_selector_all("script[src]", "els => els.map(e => e.nonce)")
+    assert nonces and set(nonces) == {nonce}
+    wait_open(page)
+    row = start(page, "Build a report")
+    wait_status(page, row, "done")
+    assert page.evaluate("window.__cspViolations") == []
+    assert not [line for line in console if "Content Security Policy" in line], console

@@ -17,7 +17,7 @@ import dramatiq
 import uvicorn
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from dramatiq.brokers.stub import StubBroker
 
 LOGINS = (("demo", "demo", False), ("admin", "admin", True))
@@ -72,6 +72,16 @@ class Command(BaseCommand):
         from demo import tasks  # noqa: F401  (actors declared before the worker starts)
         from taskstate.scheduler import add_cleanup_job
 
+        host, port = options["host"], options["port"]
+        # Before anything is printed: a banner and logins followed by "address already
+        # in use" reads as if the demo were serving.
+        problem = _bind_problem(host, port)
+        if problem:
+            raise CommandError(
+                f"Cannot listen on {host}:{port}: {problem}. Another server is probably "
+                f"running there; pick another port, e.g. --port {port + 1}."
+            )
+
         call_command("migrate", interactive=False, verbosity=0)
         self._create_logins()
 
@@ -86,7 +96,6 @@ class Command(BaseCommand):
                 )
             )
 
-        host, port = options["host"], options["port"]
         server = _Server(
             uvicorn.Config(
                 "demo_site.asgi:application",
@@ -160,3 +169,19 @@ class Command(BaseCommand):
             "",
         ]
         self.stdout.write("\n".join(lines))
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why uvicorn could not listen on ``host:port`` (as it binds it), or None."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return str(exc)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None

@@ -1,0 +1,87 @@
+"""The version matrix: ``nox`` (from the ``dev`` dependency group) runs it.
+
+Every cell runs the unit suite (SQLite, StubBroker, the in-process demo in Chromium; no
+services). The oldest and the newest cell also run the whole suite against PostgreSQL,
+Redis, a ``rundramatiq`` worker, uvicorn and Chromium (``TASKSTATE_TEST_SERVICES=1``).
+
+Six cells cover every Python (3.10-3.13) and every Django x Dramatiq pair at least once;
+Django 6.x needs Python >= 3.12. The full cross product (16 cells) would take more than
+the half hour CI may spend on a 2-core machine. Interpreters come from PATH, and from
+pyenv (``/root/.pyenv/versions``) when it is there; nothing is downloaded.
+
+    nox -l                      # the sessions
+    nox -s unit                 # every cell, unit suite
+    nox -s "services"           # oldest and newest cell, with services
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import nox
+
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+nox.options.sessions = ["unit", "services"]
+
+# pyenv's interpreters, found by their versioned names (python3.10, ...).
+_PYENV = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.1[0-9]*/bin")))
+if _PYENV:
+    os.environ["PATH"] = os.pathsep.join([*_PYENV, os.environ.get("PATH", "")])
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+DJANGO = {"5.2": "Django==5.2.*", "6.0": "Django==6.0.*", "6.1": "Django==6.1.*"}
+DRAMATIQ = {"1.17": "dramatiq[redis]==1.17.*", "2": "dramatiq[redis]>=2,<3"}
+
+# (python, django, dramatiq), oldest first. Keep README.md's table in step.
+CELLS = [
+    ("3.10", "5.2", "1.17"),
+    ("3.11", "5.2", "2"),
+    ("3.12", "6.0", "1.17"),
+    ("3.12", "6.1", "1.17"),
+    ("3.13", "6.0", "2"),
+    ("3.13", "6.1", "2"),
+]
+EDGES = [CELLS[0], CELLS[-1]]
+
+
+def _ids(cells: list[tuple[str, str, str]]) -> list[str]:
+    return [f"py{p}-django{d}-dramatiq{q}" for p, d, q in cells]
+
+
+def _install(session: nox.Session, django: str, dramatiq: str) -> None:
+    session.install(
+        "-e",
+        ".",
+        *nox.project.dependency_groups(PYPROJECT, "test"),
+        DJANGO[django],
+        DRAMATIQ[dramatiq],
+    )
+    session.run(
+        "python",
+        "-c",
+        "import django, dramatiq, sys; print(sys.version.split()[0], "
+        "'Django', django.get_version(), 'Dramatiq', dramatiq.__version__)",
+    )
+
+
+def _pytest(session: nox.Session, **env: str) -> None:
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *session.posargs, env=env)
+
+
+@nox.session(reuse_venv=True)
+@nox.parametrize(("python", "django", "dramatiq"), CELLS, ids=_ids(CELLS))
+def unit(session: nox.Session, django: str, dramatiq: str) -> None:
+    """The suite without services: SQLite, StubBroker, in-process worker."""
+    _install(session, django, dramatiq)
+    _pytest(session, TASKSTATE_TEST_SERVICES="0")
+
+
+@nox.session(reuse_venv=True)
+@nox.parametrize(("python", "django", "dramatiq"), EDGES, ids=_ids(EDGES))
+def services(session: nox.Session, django: str, dramatiq: str) -> None:
+    """The whole suite against PostgreSQL, Redis, real worker and server processes."""
+    _install(session, django, dramatiq)
+    _pytest(session, TASKSTATE_TEST_SERVICES="1")
