@@ -117,6 +117,8 @@ def test_configured_state_middleware_passes():
     assert check_middleware() == []
 
 
+# Django 6.1's model checks ask the database about JSON support (a query on SQLite).
+@pytest.mark.django_db
 def test_checks_are_registered_and_fail_manage_py_check(settings):
     settings.TASKSTATE = {"NOPE": 1}
     with pytest.raises(SystemCheckError, match=r"taskstate\.E002"):
