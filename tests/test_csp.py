@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-import django
 import pytest
 from django.template import Context, Template
 from django.test import RequestFactory
@@ -46,7 +45,7 @@ def test_a_nonce_is_escaped(rf: RequestFactory):
     assert "&quot;&gt;&lt;script&gt;" in html
 
 
-@pytest.mark.skipif(django.VERSION < (6, 0), reason="Django 6's built-in CSP middleware")
+@pytest.mark.django6
 def test_django_6_csp_middleware_puts_the_tags_nonce_in_its_header(rf: RequestFactory, settings):
     from django.http import HttpResponse
     from django.middleware.csp import ContentSecurityPolicyMiddleware  # type: ignore[import-not-found]

@@ -6,7 +6,6 @@ import re
 import time
 from typing import Any
 
-import django
 import pytest
 
 from tests.browser.conftest import INIT_SCRIPT, screenshot, wait_open
@@ -211,9 +210,8 @@ document.addEventListener('securitypolicyviolation', e => window.__cspViolations
 """
 
 
+@pytest.mark.django6
 def test_strict_csp_page_goes_live_without_violations(new_page, demo):
-    if django.VERSION < (6, 0):
-        pytest.skip("the demo sends its strict CSP with Django 6's middleware")
     page = new_page(None)
     page.context.add_init_script(CSP_WATCH)
     console: list[str] = []

@@ -323,11 +323,13 @@ def test_browser_page_through_pushpin_updates_without_reload(stack, user):
             pytest.fail(f"needs Debian's {CHROMIUM}, which CI installs")
         pytest.skip(f"needs Debian's {CHROMIUM}")
     sync_api = pytest.importorskip("playwright.sync_api")
+    from django.template import Context
+
     from taskstate.templatetags.taskstate import taskstate_scripts
 
     stack.require_next_link(user)
     cookie = session_cookie(user)["sessionid"]
-    head = str(taskstate_scripts())
+    head = str(taskstate_scripts(Context({})))
     host = urlsplit(stack.url).hostname
 
     def with_scripts(route) -> None:
