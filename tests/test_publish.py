@@ -58,11 +58,17 @@ def test_progress_goes_out_of_band_to_the_bar_only(run_all, user, capture_events
     message = actors.with_progress.send(3, for_state={"user_pk": user.pk})
     run_all()
     task = Task.objects.get(message_id=message.message_id)
-    bars = [d for _, _, d in capture.events() if "hx-swap-oob" in d]
-    assert len(bars) == 3
+    events = capture.events()
+    bars = [d for _, _, d in events if "hx-swap-oob" in d]
+    # One bar per write, except that the background sender coalesces a task's pending bars
+    # (and its final row makes a pending bar moot) when it runs behind, as under load.
+    assert 1 <= len(bars) <= 3
     assert all(d.lstrip().startswith(f'<div id="taskstate-progress-{task.pk}"') for d in bars)
-    assert 'aria-valuenow="33"' in bars[0] and 'aria-valuenow="100"' in bars[-1]
-    assert "step 3" in bars[-1]
+    values = [int(re.search(r'aria-valuenow="(\d+)"', d).group(1)) for d in bars]
+    assert values == sorted(values) and set(values) <= {33, 66, 100}
+    rows = [d for _, _, d in events if "<hx-upsert" in d]
+    assert 'data-status="done"' in rows[-1] and 'aria-valuenow="100"' in rows[-1]
+    assert "step 3" in rows[-1]
 
 
 def test_tasks_without_user_publish_nothing(run_all, capture_events, user):
