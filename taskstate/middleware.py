@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import dramatiq
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone as dj_timezone
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, Retries
@@ -258,6 +258,11 @@ def _on_commit(write: Callable[[], object]) -> None:
     the message first is never blocked by the sender's uncommitted row.
     """
     alias = get_settings().DATABASE
+    if connections[alias].connection is None:
+        # No connection, so no transaction: write now, and let the write open the
+        # connection within its bounds (on_commit would open it without any).
+        write()
+        return
     transaction.on_commit(write, using=alias, robust=True)
 
 

@@ -96,3 +96,11 @@ def nul_everywhere(fail: bool, for_state: dict[str, Any] | None = None) -> dict[
     if fail:
         raise ValueError("bad\x00byte")
     return {"text": "with\x00nul", "kept": "\\u0000 is text here"}
+
+
+@dramatiq.actor(max_retries=0)
+def leaves_file(path: str, for_state: dict[str, Any] | None = None) -> str:
+    """Leaves a trace that needs no database: it ran even if its state was not recorded."""
+    with open(path, "w") as file:
+        file.write("ran")
+    return path
