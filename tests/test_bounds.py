@@ -26,9 +26,7 @@ def _dsn() -> str:
     return " ".join(f"{k}={params[k]}" for k in keys if params.get(k))
 
 
-def test_write_waiting_for_a_locked_row_gives_up_and_leaves_the_connection_usable(
-    settings, caplog
-):
+def test_write_waiting_for_a_locked_row_gives_up_and_leaves_the_connection_usable(settings, caplog):
     if connection.vendor != "postgresql":
         pytest.skip("lock_timeout and statement_timeout are PostgreSQL settings")
     settings.TASKSTATE = {"DB_LOCK_TIMEOUT": 0.2, "DB_STATEMENT_TIMEOUT": 30}
