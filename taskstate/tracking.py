@@ -21,6 +21,7 @@ from django.utils.translation import gettext
 from taskstate.for_state import Origin
 from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce_progress
+from taskstate.states import running_order
 from taskstate.transitions import update_progress
 
 logger = logging.getLogger("taskstate")
@@ -127,6 +128,7 @@ def _store(run: MessageRun, value: tuple[int, str | None]) -> None:
                 user_pk=run.user_pk,
                 percent=percent,
                 message=message,
+                order=running_order(run.attempt),
             )
 
 
