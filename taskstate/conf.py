@@ -53,6 +53,16 @@ class TaskstateSettings:
     #: (synchronous_commit=off for those statements alone). Much cheaper per message; a
     #: database crash may lose the last fraction of a second of task state.
     SYNCHRONOUS_COMMIT: bool = True
+    #: PostgreSQL: seconds a tracking write may wait to open a connection it needs
+    #: (libpq ``connect_timeout``, whole seconds, at least 2). 0: the project's own setting.
+    DB_CONNECT_TIMEOUT: float = 5.0
+    #: PostgreSQL: seconds one tracking write may run (``statement_timeout``, local to our
+    #: statement); a server that stops answering is cut off one second later by the client.
+    #: 0: unbounded.
+    DB_STATEMENT_TIMEOUT: float = 5.0
+    #: PostgreSQL: seconds one tracking write may wait for a row lock (``lock_timeout``,
+    #: local to our statement). 0: unbounded.
+    DB_LOCK_TIMEOUT: float = 2.0
 
 
 def _defaults() -> dict[str, Any]:

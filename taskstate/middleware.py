@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import dramatiq
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone as dj_timezone
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, Retries
@@ -29,6 +29,7 @@ from taskstate import transitions as t
 from taskstate.conf import get_settings
 from taskstate.courier import courier
 from taskstate.for_state import Origin, make_encodable, parse_for_state, tracked_for_state
+from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce
 from taskstate.states import Status
 from taskstate.tracking import MessageRun, _current, held_back
@@ -257,7 +258,18 @@ def _on_commit(write: Callable[[], object]) -> None:
     A failure can then never break the caller's transaction, and a worker that starts
     the message first is never blocked by the sender's uncommitted row.
     """
+    if in_event_loop():
+        # Async code (an async view): the loop must not wait and Django refuses database
+        # calls here; a thread writes it, in order, moments later. No transaction to wait
+        # for: Django runs none in a thread with an event loop.
+        handoff.submit(write)
+        return
     alias = get_settings().DATABASE
+    if connections[alias].connection is None:
+        # No connection, so no transaction: write now, and let the write open the
+        # connection within its bounds (on_commit would open it without any).
+        write()
+        return
     transaction.on_commit(write, using=alias, robust=True)
 
 

@@ -41,11 +41,18 @@ def publish_task(task: Task) -> None:
     courier.submit(lambda: _send_row(task), supersedes=("progress", task.pk))
 
 
-def publish_progress(task_pk: int, user_pk: Any, percent: int, message: str | None) -> None:
-    """Send the progress bar of a running attempt, built from what the worker knows."""
+def publish_progress(
+    task_pk: int, user_pk: Any, percent: int, message: str | None, order: int | None = None
+) -> None:
+    """Send the progress bar of a running attempt, built from what the worker knows.
+
+    ``order`` (the attempt's order key) goes with the bar, so that a page showing a
+    newer state of the row keeps it (taskstate.js).
+    """
     if user_pk is None:
         return
     task = Task(pk=task_pk, status=Status.RUNNING, progress=percent, progress_message=message or "")
+    task.state_order = order  # type: ignore[assignment]
     courier.submit(lambda: _send_bar(task, user_pk), replaces=("progress", task_pk))
 
 
@@ -55,10 +62,17 @@ def on_task_committed(sender: Any, *, task: Task, **kwargs: Any) -> None:
 
 
 def on_progress_committed(
-    sender: Any, *, task_pk: int, user_pk: Any, percent: int, message: str | None, **kwargs: Any
+    sender: Any,
+    *,
+    task_pk: int,
+    user_pk: Any,
+    percent: int,
+    message: str | None,
+    order: int | None = None,
+    **kwargs: Any,
 ) -> None:
     """Receiver of ``taskstate.signals.progress_committed``."""
-    publish_progress(task_pk, user_pk, percent, message)
+    publish_progress(task_pk, user_pk, percent, message, order)
 
 
 def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:

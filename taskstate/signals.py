@@ -31,8 +31,9 @@ task_changed = Signal()
 task_committed = Signal()
 
 #: Internal. Sent after a committed progress write of a running attempt, with
-#: ``task_pk``, ``user_pk``, ``percent`` and ``message`` (None: unchanged). Carries keys,
-#: not a row, so reporting progress reads nothing.
+#: ``task_pk``, ``user_pk``, ``percent``, ``message`` (None: unchanged) and ``order`` (the
+#: attempt's order key, so a page can refuse a bar older than the row it shows). Carries
+#: keys, not a row, so reporting progress reads nothing.
 progress_committed = Signal()
 
 
@@ -51,7 +52,13 @@ def announce(
 
 
 def announce_progress(
-    *, sender: Any, task_pk: int, user_pk: Any, percent: int, message: str | None
+    *,
+    sender: Any,
+    task_pk: int,
+    user_pk: Any,
+    percent: int,
+    message: str | None,
+    order: int | None = None,
 ) -> None:
     """Announce a committed progress write (progress writes are autocommit). Never raises."""
     _send_robust(
@@ -61,6 +68,7 @@ def announce_progress(
         user_pk=user_pk,
         percent=percent,
         message=message,
+        order=order,
     )
 
 

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 from django.utils.translation import gettext
 
 from taskstate.for_state import Origin
+from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce_progress
+from taskstate.states import running_order
 from taskstate.transitions import update_progress
 
 logger = logging.getLogger("taskstate")
@@ -42,6 +44,8 @@ class MessageRun:
     next_write_at: float = 0.0
     exception: BaseException | None = None
     finished: bool = False
+    # Handed to a thread from an event loop, not known to be written yet.
+    unconfirmed: tuple[int, str | None] | None = None
 
 
 _current: ContextVar[MessageRun | None] = ContextVar("taskstate_run", default=None)
@@ -103,9 +107,20 @@ def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
 def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
     run.pending = None
     run.next_write_at = now + run.interval
+    if in_event_loop():
+        # An async actor, in Dramatiq's event loop thread: never block the loop.
+        run.unconfirmed = value
+        handoff.submit(lambda: _store(run, value))
+    else:
+        _store(run, value)
+
+
+def _store(run: MessageRun, value: tuple[int, str | None]) -> None:
     percent, message = value
     if update_progress(run.origin.message_id, run.attempt, percent, message):
         run.written = value
+        if run.unconfirmed == value:
+            run.unconfirmed = None
         if run.task_pk is not None:
             announce_progress(
                 sender=MessageRun,
@@ -113,15 +128,17 @@ def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
                 user_pk=run.user_pk,
                 percent=percent,
                 message=message,
+                order=running_order(run.attempt),
             )
 
 
 def held_back(run: MessageRun) -> dict[str, Any]:
     """Columns for the value the throttle held back, to go with the final write."""
-    if run.pending is None:
+    pending = run.pending or run.unconfirmed
+    if pending is None:
         return {}
-    percent, message = run.pending
-    run.pending = None
+    percent, message = pending
+    run.pending = run.unconfirmed = None
     values: dict[str, Any] = {"progress": percent}
     if message is not None:
         values["progress_message"] = message[:255]

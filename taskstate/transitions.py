@@ -25,6 +25,7 @@ from django.db.models import CharField, Field
 from django.db.models.expressions import Col, RawSQL
 from django.utils import timezone
 
+from taskstate.bounds import bounded, server_bounds
 from taskstate.conf import get_settings
 from taskstate.for_state import Origin
 from taskstate.states import (
@@ -125,17 +126,22 @@ def update_progress(message_id: str, attempt: int, progress: int, message: str |
     if message is not None:
         values["progress_message"] = _no_nul(message[:255])
     try:
-        rows = _model().objects.using(alias)
-        if not _synchronous_commit() and connections[alias].vendor == "postgresql":
-            rows = rows.alias(_async=_ASYNC_COMMIT).filter(_async="off")
-        changed = rows.filter(
-            message_id=message_id, status=Status.RUNNING, attempts=attempt
-        ).update(**values)
+        with bounded(connections[alias]):
+            changed = _update_progress(alias, message_id, attempt, values)
     except DatabaseError as exc:
         _outage.failed(alias, exc)
         return False
     _outage.recovered(alias)
     return bool(changed)
+
+
+def _update_progress(alias: str, message_id: str, attempt: int, values: dict[str, Any]) -> int:
+    rows = _model().objects.using(alias)
+    if not _synchronous_commit() and connections[alias].vendor == "postgresql":
+        rows = rows.alias(_async=_ASYNC_COMMIT).filter(_async="off")
+    return rows.filter(message_id=message_id, status=Status.RUNNING, attempts=attempt).update(
+        **values
+    )
 
 
 # In the UPDATE's WHERE clause: its commit skips the WAL flush wait (local to that statement's
@@ -269,10 +275,18 @@ def _execute_returning(
     written_at: Any,
 ) -> Task | None:
     returning = " RETURNING " in sql
-    # Inside a caller's transaction, a savepoint keeps a failed write from breaking it.
-    guard = transaction.atomic(using=alias) if connection.in_atomic_block else nullcontext()
-    with guard, connection.cursor() as cursor:
+    # Inside a caller's transaction, a savepoint keeps a failed write from breaking it;
+    # its own statement timeouts would outlive the savepoint, so there only the client's
+    # bound applies (taskstate.bounds).
+    in_caller = connection.in_atomic_block
+    guard = transaction.atomic(using=alias) if in_caller else nullcontext()
+    with bounded(connection), guard, connection.cursor() as cursor:
+        bounds = [] if in_caller else _statement_bounds(connection)
+        if bounds:
+            sql, params = _with_bounds(bounds, sql, params)
         cursor.execute(sql, params)
+        if bounds and _is_psycopg3(connection):
+            cursor.nextset()  # past the set_config row, to the upsert's own result
         if returning:
             row = cursor.fetchone()
             return None if row is None else _task_from_row(connection, alias, row)
@@ -284,6 +298,30 @@ def _execute_returning(
     # (both count 1), the row's updated_at can: only a write that landed set it to ours.
     task = _model().objects.using(alias).filter(message_id=message_id).first()
     return task if task is not None and task.updated_at == written_at else None
+
+
+def _statement_bounds(connection: BaseDatabaseWrapper) -> list[tuple[str, str]]:
+    # Server-side binding (OPTIONS server_side_binding) cannot send two statements at once.
+    if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding") is True:
+        return []
+    return server_bounds(connection)
+
+
+def _with_bounds(
+    bounds: list[tuple[str, str]], sql: str, params: list[Any]
+) -> tuple[str, list[Any]]:
+    """Prefix the upsert with its own timeouts, in the same round trip and transaction.
+
+    A statement_timeout set inside a statement does not bound that statement, so the
+    set_config runs as a statement of its own, first, in the same implicit transaction.
+    """
+    calls = ", ".join("set_config(%s, %s, true)" for _ in bounds)
+    prefix = [value for pair in bounds for value in pair]
+    return f"SELECT {calls}; {sql}", prefix + params
+
+
+def _is_psycopg3(connection: BaseDatabaseWrapper) -> bool:
+    return getattr(getattr(connection, "Database", None), "__name__", "") == "psycopg"
 
 
 def _task_from_row(connection: BaseDatabaseWrapper, alias: str, row: Sequence[Any]) -> Task:

@@ -43,10 +43,23 @@ class QueryCounter:
         return [s for s in self.statements if all(w.lower() in s.lower() for w in words)]
 
     def starting(self, verb: str, table: str = "taskstate_task") -> list[str]:
-        """Statements of one kind (INSERT, UPDATE, SELECT, ...) that touch ``table``."""
+        """Statements of one kind (INSERT, UPDATE, SELECT, ...) that touch ``table``.
+
+        A write sent with its own timeouts first (``SELECT set_config(...); INSERT ...``,
+        see taskstate.bounds) counts as the write it carries.
+        """
         return [
-            s for s in self.statements if s.lstrip().upper().startswith(verb.upper()) and table in s
+            s
+            for s in self.statements
+            if _carried(s).upper().startswith(verb.upper()) and table in s
         ]
+
+
+def _carried(sql: str) -> str:
+    sql = sql.lstrip()
+    if sql.startswith("SELECT set_config(") and "; " in sql:
+        return sql.split("; ", 1)[1].lstrip()
+    return sql
 
 
 COUNTER = QueryCounter()

@@ -12,6 +12,7 @@ import http.client
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -170,6 +171,28 @@ class PostgresServer:
     def stop(self, mode: str = "fast") -> None:
         self._ctl("-m", mode, "stop")
         self.running = False
+
+    def _pids(self) -> list[int]:
+        """The postmaster first, then every process it forked."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == postmaster:
+                    children.append(int(Path(stat).parent.name))
+        return [postmaster, *children]
+
+    def pause(self) -> None:
+        """SIGSTOP the whole cluster: connections stay open, the kernel still ACKs, nobody
+        answers (a hung server, not a refused or reset one)."""
+        for pid in self._pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in reversed(self._pids()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"

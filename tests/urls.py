@@ -1,7 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from tests.testapp.views import send_from_async_view
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("taskstate/", include("taskstate.urls")),
+    path("send-async/", send_from_async_view),
 ]

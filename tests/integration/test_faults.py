@@ -7,6 +7,7 @@ Figures for docs/reliability.md are printed with ``-s`` (lines starting with ``F
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -423,3 +424,127 @@ def test_restarted_web_process_tab_reconnects_and_shows_a_task_that_ended_while_
         f"uvicorn was back (streams opened: {tab.opened}, resyncs: {tab.resyncs})"
     )
     assert tab.opened == 2 and tab.resyncs >= 2
+
+
+# --- 5. PostgreSQL hangs (SIGSTOP): nothing waits for it forever ------------------------------
+
+#: A sender process: ``send(for_state=...)`` through StateMiddleware onto the hung
+#: database; prints how long each call took, as JSON.
+_TIMED_SENDS = """
+import faulthandler, json, sys, time
+import django
+faulthandler.dump_traceback_later(float(sys.argv[2]), exit=True)  # where it hangs, if it does
+django.setup()
+from tests.testapp import tasks
+took = []
+for i in range(3):
+    start = time.monotonic()
+    tasks.leaves_file.send(sys.argv[1] + f"/sent-{i}", for_state={"description": f"sent {i}"})
+    took.append(time.monotonic() - start)
+print(json.dumps(took))
+"""
+
+
+def test_hung_postgres_neither_stops_the_worker_nor_blocks_send(
+    private_redis, sender, children, tmp_path
+):
+    if reason := postgres_unavailable():
+        pytest.skip(reason)
+    pg = PostgresServer()
+    hang = 30.0
+    try:
+        env = fault_env(
+            child_env(),
+            tmp_path,
+            private_redis,
+            PGHOST="127.0.0.1",
+            PGPORT=str(pg.port),
+            PGUSER="postgres",
+            TASKSTATE_TEST_DB_NAME="postgres",
+        )
+        migrate = subprocess.run(
+            [sys.executable, "-m", "django", "migrate", "-v", "0"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        worker = children.worker(env)
+        warm = [send(sender, actors.returns, i) for i in range(4)]
+        wait_for(
+            lambda: len(pg.query("SELECT 1 FROM taskstate_task WHERE status = 'done'")) == 4,
+            30,
+            "the worker's connections to open",
+        )
+
+        pg.pause()
+        stopped = time.monotonic()
+        try:
+            # More tracked messages than worker threads first, then untracked ones.
+            tracked = [
+                send(sender, actors.leaves_file, str(tmp_path / f"tracked-{i}"), description="t")
+                for i in range(8)
+            ]
+            untracked = [
+                sender.enqueue(actors.leaves_file.message(str(tmp_path / f"untracked-{i}")))
+                for i in range(10)
+            ]
+            sending = subprocess.Popen(
+                [sys.executable, "-c", _TIMED_SENDS, str(tmp_path), str(hang - 5)],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                out, err = sending.communicate(timeout=hang - 3)
+            except subprocess.TimeoutExpired:
+                sending.kill()
+                out, err = sending.communicate()
+                pytest.fail(f"send() still blocked after {hang - 3:.0f}s of the hang:\n{err}")
+            assert sending.returncode == 0, err
+            took = json.loads(out)
+            ran = lambda prefix, n: sum(  # noqa: E731
+                (tmp_path / f"{prefix}-{i}").exists() for i in range(n)
+            )
+            wait_for(
+                lambda: ran("untracked", 10) == 10 and ran("tracked", 8) == 8,
+                max(1.0, hang - (time.monotonic() - stopped)),
+                "every actor to run while PostgreSQL hangs",
+            )
+            ran_in = time.monotonic() - stopped
+        finally:
+            remaining = hang - (time.monotonic() - stopped)
+            if remaining > 0:
+                time.sleep(remaining)  # the hang lasts its full length, whatever happened
+            pg.resume()
+        resumed = time.monotonic()
+        after = send(sender, actors.returns, 7, description="after the hang")
+        wait_for(
+            lambda: pg.query(
+                "SELECT 1 FROM taskstate_task WHERE message_id = %s AND status = 'done'",
+                (after.message_id,),
+            ),
+            30,
+            "tracking to come back",
+        )
+        back = time.monotonic() - resumed
+        cannot = count_lines(worker, "[ERROR] taskstate: cannot write task state")
+        again = count_lines(worker, "[WARNING] taskstate: database 'default' answers again")
+        figure(
+            f"case 5 PostgreSQL hung {hang:.0f}s: 10/10 untracked and 8/8 tracked actors ran "
+            f"within {ran_in:.1f}s; send() took {max(took):.1f}s at most "
+            f"({', '.join(f'{s:.1f}' for s in took)}); tracking back {back:.1f}s after; "
+            f"'cannot write task state' logged {cannot}x, 'answers again' {again}x"
+        )
+        assert len(warm) == 4 and len(tracked) == 8 and len(untracked) == 10
+        assert 1 <= cannot <= 2, worker.output()
+        assert "Failed to process message" not in worker.output()
+    finally:
+        with contextlib.suppress(Exception):
+            pg.resume()
+        children.stop_all()
+        pg.close()

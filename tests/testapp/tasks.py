@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -96,3 +97,26 @@ def nul_everywhere(fail: bool, for_state: dict[str, Any] | None = None) -> dict[
     if fail:
         raise ValueError("bad\x00byte")
     return {"text": "with\x00nul", "kept": "\\u0000 is text here"}
+
+
+@dramatiq.actor(max_retries=0)
+def leaves_file(path: str, for_state: dict[str, Any] | None = None) -> str:
+    """Leaves a trace that needs no database: it ran even if its state was not recorded."""
+    with open(path, "w") as file:
+        file.write("ran")
+    return path
+
+
+@dramatiq.actor(max_retries=0)
+async def async_steps(steps: int, for_state: dict[str, Any] | None = None) -> int:
+    """An ``async def`` actor (Dramatiq's AsyncIO middleware) reporting progress.
+
+    Each step waits, off the loop, until its progress write is done, so the test sees
+    every step land while the task runs.
+    """
+    from taskstate.handoff import handoff
+
+    for step in range(1, steps + 1):
+        taskstate.progress(step, steps, message=f"async step {step}")
+        await asyncio.to_thread(handoff.flush, 10)
+    return steps

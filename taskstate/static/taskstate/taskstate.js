@@ -7,6 +7,12 @@
  * just came back online, or a failed first connection (after a growing pause) gets a
  * fresh connection. Every new connection starts with a "stream-open" event, on which the
  * list re-reads its rows from the server.
+ *
+ * It also keeps the page from going backwards. Rows and progress bars carry their task's
+ * order key (data-taskstate-order: each state of a task has a higher one than the state
+ * before). Events from the sender and from workers travel different roads and may arrive
+ * out of order; before htmx swaps anything, an incoming row or bar older than the one
+ * shown is replaced by a copy of the one shown, so the swap leaves it as it is.
  */
 (function () {
   "use strict";
@@ -53,6 +59,28 @@
       var pause = Math.min(Math.max((stream.taskstatePause || 0) * 2, 1000), MAX_PAUSE_MS);
       window.setTimeout(function () { restart(stream, pause); }, pause);
     });
+  });
+  function orderOf(element) {
+    var value = element.getAttribute("data-taskstate-order");
+    return value === null || value === "" ? NaN : Number(value);
+  }
+
+  // Swap tasks (htmx 4: the detail of htmx:before:swap) each carry a fragment to insert.
+  function keepNewer(fragment) {
+    if (!fragment || !fragment.querySelectorAll) return;
+    var incoming = fragment.querySelectorAll("[id][data-taskstate-order]");
+    Array.prototype.forEach.call(incoming, function (element) {
+      if (!fragment.contains(element)) return; // inside a row already replaced
+      var shown = document.getElementById(element.id);
+      if (!shown || !shown.hasAttribute("data-taskstate-order")) return;
+      if (orderOf(shown) > orderOf(element)) element.replaceWith(shown.cloneNode(true));
+    });
+  }
+
+  document.addEventListener("htmx:before:swap", function (event) {
+    var tasks = event.detail && event.detail.tasks;
+    if (!tasks) return;
+    tasks.forEach(function (task) { keepNewer(task.fragment); });
   });
   document.addEventListener("DOMContentLoaded", function () { each(heard); });
   window.addEventListener("online", function () { each(function (s) { restart(s); }); });

@@ -1,0 +1,59 @@
+"""The page never goes backwards: a row or bar older than the one shown is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.browser.conftest import wait_open
+from tests.browser.test_demo import start, wait_status
+
+# The same path as a message of the task stream: htmx.swap with the stream element as
+# source (hx-sse hands each unnamed message to htmx.swap the same way).
+INJECT = """async ([html]) => {
+  const stream = document.querySelector('[data-taskstate-stream]');
+  await htmx.swap({sourceElement: stream, target: stream, swap: 'none swapEmpty:false',
+                   text: html});
+}"""
+
+
+def older_copy(page: Any, row_id: str, order: int, status: str, percent: int) -> str:
+    """The row ``row_id`` as an earlier state would have rendered it, plus its bar."""
+    return page.evaluate(
+        """([id, order, status, percent]) => {
+          const row = document.getElementById(id).cloneNode(true);
+          row.dataset.status = status;
+          row.dataset.taskstateOrder = String(order);
+          row.className = 'taskstate-task taskstate-status-' + status;
+          row.querySelector('.taskstate-badge').textContent = 'OLD ' + status;
+          const bar = row.querySelector('.taskstate-progress');
+          bar.dataset.taskstateOrder = String(order);
+          bar.querySelector('progress').setAttribute('aria-valuenow', String(percent));
+          const oob = bar.cloneNode(true);
+          oob.setAttribute('hx-swap-oob', 'true');
+          return '<hx-upsert hx-target="#taskstate-rows" sort="desc">' + row.outerHTML
+                 + '</hx-upsert>' + oob.outerHTML;
+        }""",
+        [row_id, order, status, percent],
+    )
+
+
+def test_an_older_row_or_bar_arriving_after_the_final_one_leaves_the_row_final(new_page):
+    page = new_page("demo")
+    wait_open(page)
+    row = start(page, "Quick ping")
+    wait_status(page, row, "done")
+    final = page.get_attribute(f"#{row}", "data-taskstate-order")
+    assert final is not None and int(final) > 15
+
+    # Out of order: the sender's "enqueued" and a "running" row with a bar at 40 %.
+    for order, status in ((1, "enqueued"), (15, "running")):
+        page.evaluate(INJECT, [older_copy(page, row, order, status, 40)])
+    # A newer state still lands (the control: the same path does swap).
+    newer = older_copy(page, row, int(final) + 1, "done", 100).replace("OLD done", "NEWER")
+
+    assert page.get_attribute(f"#{row}", "data-status") == "done"
+    assert page.get_attribute(f"#{row}", "data-taskstate-order") == final
+    assert "OLD" not in page.text_content(f"#{row}")
+    assert page.get_attribute(f"#{row} progress", "aria-valuenow") == "100"
+    page.evaluate(INJECT, [newer])
+    assert "NEWER" in page.text_content(f"#{row} .taskstate-badge")

@@ -1,0 +1,83 @@
+"""Async code: send() from an async view, and Dramatiq's ``async def`` actors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient
+from dramatiq.middleware.asyncio import AsyncIO
+
+from taskstate.handoff import handoff
+from taskstate.models import Status, Task
+from taskstate.signals import progress_committed
+from tests.testapp import tasks
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_send_from_an_async_view_writes_the_enqueued_row_without_a_database_call_in_the_loop(
+    broker, user, caplog
+):
+    client = AsyncClient()
+    client.force_login(user)
+    caplog.set_level(logging.WARNING, logger="taskstate")
+
+    response = async_to_sync(client.get)("/send-async/")
+
+    assert response.status_code == 200
+    assert handoff.flush(10)
+    task = Task.objects.get(message_id=response.content.decode())
+    assert task.status == Status.ENQUEUED
+    assert task.user_id == user.pk
+    assert task.description == "from async"
+    assert "SynchronousOnlyOperation" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+def async_worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
+    asyncio_middleware = AsyncIO()
+    broker.add_middleware(asyncio_middleware)
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        broker.middleware[:] = [
+            m
+            for m in broker.middleware
+            if m is not asyncio_middleware and getattr(m, "worker", None) is not worker
+        ]
+
+
+def test_async_actor_is_tracked_and_its_progress_reaches_the_row(
+    broker, async_worker, user, settings, caplog
+):
+    settings.TASKSTATE = {"PROGRESS_INTERVAL": 0}
+    reported: list[tuple[int, str | None]] = []
+
+    def on_progress(sender, *, percent, message, **kwargs):
+        reported.append((percent, message))
+
+    progress_committed.connect(on_progress)
+    try:
+        message = tasks.async_steps.send(4, for_state={"user_pk": user.pk, "description": "a"})
+        broker.join(tasks.async_steps.queue_name)
+        async_worker.join()
+        assert handoff.flush(10)
+    finally:
+        progress_committed.disconnect(on_progress)
+
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DONE
+    assert task.result == 4
+    assert task.attempts == 1
+    assert (task.progress, task.progress_message) == (100, "async step 4")
+    # Progress written while the coroutine ran, not only with the final state.
+    assert (25, "async step 1") in reported
+    assert "SynchronousOnlyOperation" not in caplog.text
