@@ -96,3 +96,24 @@ def nul_everywhere(fail: bool, for_state: dict[str, Any] | None = None) -> dict[
     if fail:
         raise ValueError("bad\x00byte")
     return {"text": "with\x00nul", "kept": "\\u0000 is text here"}
+
+
+# --- hostile outcomes (tests/test_values.py) -------------------------------------------
+#
+# The outcome an actor has is looked up by key in this process (the in-process worker
+# shares it), so a test can hand any Python object to an actor: values the broker's JSON
+# could not carry (a list 3,000 deep, an exception whose __str__ raises).
+OUTCOMES: dict[str, dict[str, Any]] = {}
+#: Keys of actors that got past every progress() call: progress never raised into them.
+REACHED: set[str] = set()
+
+
+@dramatiq.actor(max_retries=0)
+def acts_out(key: str, for_state: dict[str, Any] | None = None) -> Any:
+    outcome = OUTCOMES[key]
+    for message in outcome.get("progress", ()):
+        taskstate.progress(50, message=message)
+    REACHED.add(key)
+    if outcome.get("raises") is not None:
+        raise outcome["raises"]
+    return outcome.get("result")
