@@ -7,9 +7,7 @@ tracking problem is logged and never reaches the sender or the actor.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import traceback
 import weakref
@@ -19,7 +17,6 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dramatiq
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone as dj_timezone
 from dramatiq.common import q_name
@@ -32,6 +29,13 @@ from taskstate.for_state import Origin, make_encodable, parse_for_state, tracked
 from taskstate.signals import announce
 from taskstate.states import Status
 from taskstate.tracking import MessageRun, _current, held_back
+from taskstate.values import (
+    UNPRINTABLE,
+    NotStorable,
+    clean_text,
+    exception_facts,
+    json_value,
+)
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -289,18 +293,21 @@ def _error(exception: BaseException | None, message: Any) -> dict[str, Any]:
     if exception is None:
         return {"error_type": "", "error_message": "", "traceback": ""}
     limit = get_settings().TRACEBACK_MAX_CHARS
-    text = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
-    kind = type(exception)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    return {
-        "error_type": name[:255],
-        "error_message": str(exception)[:2000],
-        "traceback": text[-limit:] if limit else "",
-    }
+    name, text = exception_facts(exception, 2000)
+    return {"error_type": name, "error_message": text, "traceback": _traceback(exception, limit)}
+
+
+def _traceback(exception: BaseException, limit: int) -> str:
+    if not limit:
+        return ""
+    try:
+        text = "".join(
+            traceback.format_exception(type(exception), exception, exception.__traceback__)
+        )
+    except Exception:
+        # A hostile exception can break even the traceback module; its type still tells.
+        text = UNPRINTABLE.format("traceback")
+    return clean_text(text[-limit:])
 
 
 def _storable_result(result: Any, run: MessageRun) -> Any:
@@ -308,21 +315,9 @@ def _storable_result(result: Any, run: MessageRun) -> Any:
     if result is None or not settings.STORE_RESULT:
         return None
     try:
-        encoded = json.dumps(result, cls=DjangoJSONEncoder)
-    except (TypeError, ValueError):
+        return json_value(result, settings.RESULT_MAX_BYTES)
+    except NotStorable as exc:
         logger.warning(
-            "taskstate: result of message %s is not JSON-serialisable; not stored.",
-            run.origin.message_id,
+            "taskstate: result of message %s not stored: %s.", run.origin.message_id, exc
         )
         return None
-    if "\\u0000" in encoded:
-        # PostgreSQL's jsonb refuses NUL characters in strings: drop them.
-        encoded = re.sub(r"(?<!\\)((?:\\\\)*)\\u0000", r"\1", encoded)
-    if settings.RESULT_MAX_BYTES and len(encoded.encode()) > settings.RESULT_MAX_BYTES:
-        logger.warning(
-            "taskstate: result of message %s is %d bytes, over RESULT_MAX_BYTES; not stored.",
-            run.origin.message_id,
-            len(encoded.encode()),
-        )
-        return None
-    return json.loads(encoded)
