@@ -193,3 +193,45 @@ def test_progress_message_with_a_lone_surrogate_is_stored_cleaned(user):
     assert t.update_progress("progress", 1, 40, "bad \udcff") is True
     row = Task.objects.get(message_id="progress")
     assert (row.progress, row.progress_message) == (40, "bad \ufffd")
+
+
+# --- the preparation itself ---------------------------------------------------------
+
+
+def test_clean_text_replaces_lone_surrogates_joins_pairs_drops_nul_and_cuts():
+    from taskstate.values import clean_text
+
+    assert clean_text("a\udcffb\ud83d\ude00\x00c") == "a\ufffdb\U0001f600c"
+    assert clean_text("x" * 10, 5) == "xxxx\u2026"
+    assert clean_text("plain", 5) == "plain"
+
+
+def test_text_of_never_raises():
+    from taskstate.values import text_of
+
+    assert text_of(StrRaises("x")) == "StrRaises('x')"  # repr when str() fails
+    assert text_of(StrAndReprRaise()) == "<unprintable tests.test_values.StrAndReprRaise>"
+    assert text_of(42) == "42"
+
+
+def test_json_value_turns_nan_to_null_and_refuses_what_cannot_be_stored():
+    from taskstate.values import MAX_DEPTH, NotStorable, json_value
+
+    assert json_value({"a": float("nan"), float("inf"): [float("-inf")]}) == {
+        "a": None,
+        "inf": [None],
+    }
+    with pytest.raises(NotStorable, match="nested deeper"):
+        json_value(_nested(MAX_DEPTH + 1))
+    assert json_value(_nested(MAX_DEPTH - 1)) == _nested(MAX_DEPTH - 1)
+    with pytest.raises(NotStorable, match="not JSON-serialisable"):
+        json_value(object())
+    with pytest.raises(NotStorable, match="over RESULT_MAX_BYTES"):
+        json_value("x" * 100, max_bytes=50)
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
