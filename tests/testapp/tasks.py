@@ -117,3 +117,8 @@ def acts_out(key: str, for_state: dict[str, Any] | None = None) -> Any:
     if outcome.get("raises") is not None:
         raise outcome["raises"]
     return outcome.get("result")
+
+
+@dramatiq.actor(max_retries=1, min_backoff=60_000, max_backoff=60_000)
+def fails_then_waits_a_minute(for_state: dict[str, Any] | None = None) -> None:
+    raise RuntimeError("first attempt fails; the retry is a minute away")
