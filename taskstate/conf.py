@@ -41,6 +41,9 @@ class TaskstateSettings:
     STALE_ENQUEUED_AFTER: int = field(default=1_200, metadata=_ABOVE_ZERO)
     #: Running tasks with no change for this many seconds are marked failed (worker died).
     RUNNING_TIMEOUT: int = field(default=3_600, metadata=_ABOVE_ZERO)
+    #: Retrying or delayed tasks still waiting this many seconds after their message was
+    #: due (its eta, or its next retry) are marked failed (message lost).
+    OVERDUE_AFTER: int = field(default=3_600, metadata=_ABOVE_ZERO)
     #: SSE channel of a user is CHANNEL_PREFIX + str(user.pk).
     CHANNEL_PREFIX: str = "taskstate-user-"
     #: Seen tasks stay in the display list this many seconds after they were seen.

@@ -68,6 +68,9 @@ class StateMiddleware(Middleware):
         # Dramatiq), so a context variable alone would not reach them all.
         self._runs: dict[int, tuple[weakref.ref[Any], MessageRun]] = {}
         self._lock = threading.Lock()
+        # When the next attempt of a message being retried is due, by message id: known
+        # when Retries re-enqueues it, written with the retrying status at the ack.
+        self._retry_due: dict[str, datetime | None] = {}
 
     # --- sender side -------------------------------------------------------------------
 
@@ -83,15 +86,20 @@ class StateMiddleware(Middleware):
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
     ) -> None:
         for_state = tracked_for_state(message.kwargs)
-        if for_state is None or message.options.get("retries"):
+        if for_state is None:
+            return
+        if message.options.get("retries"):
             # A retry's re-enqueue: the worker records it as retrying when it acks.
+            self._note_retry_due(message)
             return
         origin = _origin(message, for_state, warn=True)
+        values: dict[str, Any] = {}
         if delay is not None or "eta" in message.options:
             status, order = Status.DELAYED, t.DELAYED_ORDER
+            values["due_at"] = _due(message)
         else:
             status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
-        _on_commit(lambda: _write(origin, status, order, {}))
+        _on_commit(lambda: _write(origin, status, order, values))
 
     # --- worker side -------------------------------------------------------------------
 
@@ -116,7 +124,13 @@ class StateMiddleware(Middleware):
             run.origin,
             Status.RUNNING,
             t.running_order(attempt),
-            {**_attempt(run), "finished_at": None, "progress": 0, "progress_message": ""},
+            {
+                **_attempt(run),
+                "finished_at": None,
+                "due_at": None,
+                "progress": 0,
+                "progress_message": "",
+            },
             same_order_wins=True,
             keep=_KEEP,
         )
@@ -169,8 +183,10 @@ class StateMiddleware(Middleware):
         # Acked after an exception: Retries has enqueued the next attempt, or there is no
         # Retries middleware at all and the message is simply over.
         retried = any(isinstance(m, Retries) for m in broker.middleware)
+        due_at = self._retry_due.pop(message.message_id, None)
         if retried:
             values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
+            values["due_at"] = due_at
             _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values, keep=_KEEP)
         else:
             self._fail(run.origin, run, message)
@@ -208,6 +224,13 @@ class StateMiddleware(Middleware):
 
     # --- per-message bookkeeping -------------------------------------------------------
 
+    def _note_retry_due(self, message: Any) -> None:
+        with self._lock:
+            if len(self._retry_due) > 10_000:
+                # Retries whose ack never came (a lost broker connection): forget them.
+                self._retry_due.clear()
+            self._retry_due[message.message_id] = _due(message)
+
     def _remember(self, message: Any, run: MessageRun) -> None:
         with self._lock:
             if len(self._runs) > 10_000:
@@ -237,6 +260,17 @@ def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
         sent_at=datetime.fromtimestamp(message.message_timestamp / 1000, tz=timezone.utc),
         identity=parse_for_state(for_state, message.message_id, warn=warn),
     )
+
+
+def _due(message: Any) -> datetime | None:
+    """When a delayed message is due to run: its ``eta`` option (milliseconds)."""
+    eta = message.options.get("eta")
+    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        try:
+            return datetime.fromtimestamp(eta / 1000, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
 
 
 def _write(

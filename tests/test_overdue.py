@@ -40,8 +40,8 @@ def test_delayed_message_records_when_it_is_due(broker, user):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_retrying_task_records_when_its_next_attempt_is_due(broker, worker, user):
-    message = actors.fails_then_waits_a_minute.send(for_state={"user_pk": user.pk})
+def test_retrying_task_records_when_its_next_attempt_is_due(run_all, user):
+    message = actors.fails_then_waits.send(for_state={"user_pk": user.pk})
     rows = Task.objects.filter(message_id=message.message_id, status=Status.RETRYING)
     deadline = time.monotonic() + 20
     while not rows.exists():  # the worker's first attempt, then its retrying write
@@ -49,7 +49,11 @@ def test_retrying_task_records_when_its_next_attempt_is_due(broker, worker, user
         time.sleep(0.02)
     task = rows.get()
     assert task.due_at is not None
-    assert _later(55) <= task.due_at <= _later(61)
+    # Dramatiq's backoff: half the 3 s, plus up to half again of jitter.
+    assert _later(0.5) <= task.due_at <= _later(3.1)
+    run_all()  # the retry runs (and fails for good): nothing left in the queues
+    task.refresh_from_db()
+    assert task.status == Status.FAILED
 
 
 def _overdue_rows() -> dict[str, Task]:

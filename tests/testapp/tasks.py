@@ -119,6 +119,6 @@ def acts_out(key: str, for_state: dict[str, Any] | None = None) -> Any:
     return outcome.get("result")
 
 
-@dramatiq.actor(max_retries=1, min_backoff=60_000, max_backoff=60_000)
-def fails_then_waits_a_minute(for_state: dict[str, Any] | None = None) -> None:
-    raise RuntimeError("first attempt fails; the retry is a minute away")
+@dramatiq.actor(max_retries=1, min_backoff=3_000, max_backoff=3_000)
+def fails_then_waits(for_state: dict[str, Any] | None = None) -> None:
+    raise RuntimeError("fails; its retry is 1.5 to 3 seconds away")
