@@ -122,3 +122,14 @@ def acts_out(key: str, for_state: dict[str, Any] | None = None) -> Any:
 @dramatiq.actor(max_retries=1, min_backoff=3_000, max_backoff=3_000)
 def fails_then_waits(for_state: dict[str, Any] | None = None) -> None:
     raise RuntimeError("fails; its retry is 1.5 to 3 seconds away")
+
+
+#: Set by a test once it has seen what it waits for; actors that wait on it then end.
+RELEASE = threading.Event()
+
+
+@dramatiq.actor(max_retries=0)
+def reports_huge_progress(size: int, for_state: dict[str, Any] | None = None) -> None:
+    taskstate.progress(50, message="m" * size)
+    # Stay running until the test has the bar: the final row would make it moot.
+    RELEASE.wait(timeout=20)
