@@ -48,6 +48,9 @@ class TaskstateSettings:
     CHANNEL_PREFIX: str = "taskstate-user-"
     #: Seen tasks stay in the display list this many seconds after they were seen.
     DISPLAY_SECONDS_SINCE_SEEN: int = 0
+    #: The list (and its resync) shows at most this many tasks, newest first, then
+    #: "and N more".
+    LIST_MAX_ROWS: int = field(default=50, metadata=_ABOVE_ZERO)
     #: Seconds between two runs of the cleanup job started by ``taskstate_scheduler``.
     CLEANUP_INTERVAL: int = field(default=300, metadata=_ABOVE_ZERO)
     #: Database alias the middleware writes through (see docs/deployment.md).

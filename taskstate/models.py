@@ -55,6 +55,16 @@ class TaskQuerySet(models.QuerySet["Task"]):
             "-created_at", "-id"
         )
 
+    def first_rows(self, limit: int) -> tuple[list[Task], int]:
+        """At most ``limit`` of these tasks, and how many more there are.
+
+        One query; a second (a count) only when the tasks do not all fit.
+        """
+        rows = list(self[: limit + 1])
+        if len(rows) <= limit:
+            return rows, 0
+        return rows[:limit], self.count() - limit
+
     def delete_old(self, max_task_age: int, only_if_seen: bool = True) -> int:
         """Delete completed tasks that finished more than ``max_task_age`` seconds ago.
 
