@@ -23,6 +23,7 @@ class CleanupReport:
     unseen_deleted: int
     stale_deleted: int
     abandoned_failed: int
+    lost_failed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -39,9 +40,13 @@ def cleanup() -> CleanupReport:
     )
     failed = Task.objects.filter(pk__in=abandoned_pks).fail_abandoned(settings.RUNNING_TIMEOUT)
     if failed:
-        # Tell the owners, like any other change: the row turns failed on their page.
-        for task in Task.objects.filter(pk__in=abandoned_pks, status=Status.FAILED):
-            announce(task, sender=StateMiddleware, committed=True)
+        _announce_failed(abandoned_pks)
+    lost_pks = list(
+        tasks.fail_overdue_candidates(settings.OVERDUE_AFTER).values_list("pk", flat=True)
+    )
+    lost = Task.objects.filter(pk__in=lost_pks).fail_overdue(settings.OVERDUE_AFTER)
+    if lost:
+        _announce_failed(lost_pks)
     report = CleanupReport(
         seen_deleted=tasks.delete_old(settings.DELETE_SEEN_AFTER, only_if_seen=True),
         unseen_deleted=tasks.filter(seen=False).delete_old(
@@ -49,7 +54,14 @@ def cleanup() -> CleanupReport:
         ),
         stale_deleted=tasks.delete_stale(settings.STALE_ENQUEUED_AFTER),
         abandoned_failed=failed,
+        lost_failed=lost,
     )
     if any(report.as_dict().values()):
         logger.info("taskstate cleanup: %s", report.as_dict())
     return report
+
+
+def _announce_failed(pks: list[int]) -> None:
+    # Tell the owners, like any other change: the row turns failed on their page.
+    for task in Task.objects.filter(pk__in=pks, status=Status.FAILED):
+        announce(task, sender=StateMiddleware, committed=True)

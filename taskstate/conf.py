@@ -41,10 +41,16 @@ class TaskstateSettings:
     STALE_ENQUEUED_AFTER: int = field(default=1_200, metadata=_ABOVE_ZERO)
     #: Running tasks with no change for this many seconds are marked failed (worker died).
     RUNNING_TIMEOUT: int = field(default=3_600, metadata=_ABOVE_ZERO)
+    #: Retrying or delayed tasks still waiting this many seconds after their message was
+    #: due (its eta, or its next retry) are marked failed (message lost).
+    OVERDUE_AFTER: int = field(default=3_600, metadata=_ABOVE_ZERO)
     #: SSE channel of a user is CHANNEL_PREFIX + str(user.pk).
     CHANNEL_PREFIX: str = "taskstate-user-"
     #: Seen tasks stay in the display list this many seconds after they were seen.
     DISPLAY_SECONDS_SINCE_SEEN: int = 0
+    #: The list (and its resync) shows at most this many tasks, newest first, then
+    #: "and N more".
+    LIST_MAX_ROWS: int = field(default=50, metadata=_ABOVE_ZERO)
     #: Seconds between two runs of the cleanup job started by ``taskstate_scheduler``.
     CLEANUP_INTERVAL: int = field(default=300, metadata=_ABOVE_ZERO)
     #: Database alias the middleware writes through (see docs/deployment.md).

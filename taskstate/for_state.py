@@ -16,6 +16,8 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, models
 
+from taskstate.values import text_of
+
 logger = logging.getLogger("taskstate")
 
 #: The keys ``for_state`` may hold; all optional.
@@ -83,7 +85,7 @@ def make_encodable(kwargs: dict[str, Any], message_id: str) -> None:
         kwargs["for_state"] = None
         return
     kwargs["for_state"] = {
-        str(key): _encodable(str(key), item, message_id) for key, item in value.items()
+        text_of(key): _encodable(text_of(key), item, message_id) for key, item in value.items()
     }
 
 
@@ -109,7 +111,7 @@ def _encodable(key: str, value: Any, message_id: str) -> Any:
         message_id,
         type(value).__name__,
     )
-    return str(value)
+    return text_of(value)
 
 
 def _is_plain(value: Any) -> bool:
@@ -137,7 +139,8 @@ def parse_for_state(for_state: dict[str, Any], message_id: str, *, warn: bool) -
         if value is None:
             texts[key] = ""
             continue
-        text = value if isinstance(value, str) else str(value)
+        # Cleaned of what no database stores (lone surrogates, NUL).
+        text = text_of(value)
         if len(text) > limit:
             log(
                 "taskstate: for_state[%r] of message %s is %d characters long; keeping %d.",

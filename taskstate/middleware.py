@@ -7,9 +7,7 @@ tracking problem is logged and never reaches the sender or the actor.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import traceback
 import weakref
@@ -19,7 +17,6 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import dramatiq
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, transaction
 from django.utils import timezone as dj_timezone
 from dramatiq.common import q_name
@@ -33,6 +30,13 @@ from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce
 from taskstate.states import Status
 from taskstate.tracking import MessageRun, _current, held_back
+from taskstate.values import (
+    UNPRINTABLE,
+    NotStorable,
+    clean_text,
+    exception_facts,
+    json_value,
+)
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -65,6 +69,9 @@ class StateMiddleware(Middleware):
         # Dramatiq), so a context variable alone would not reach them all.
         self._runs: dict[int, tuple[weakref.ref[Any], MessageRun]] = {}
         self._lock = threading.Lock()
+        # When the next attempt of a message being retried is due, by message id: known
+        # when Retries re-enqueues it, written with the retrying status at the ack.
+        self._retry_due: dict[str, datetime | None] = {}
 
     # --- sender side -------------------------------------------------------------------
 
@@ -80,15 +87,20 @@ class StateMiddleware(Middleware):
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
     ) -> None:
         for_state = tracked_for_state(message.kwargs)
-        if for_state is None or message.options.get("retries"):
+        if for_state is None:
+            return
+        if message.options.get("retries"):
             # A retry's re-enqueue: the worker records it as retrying when it acks.
+            self._note_retry_due(message)
             return
         origin = _origin(message, for_state, warn=True)
+        values: dict[str, Any] = {}
         if delay is not None or "eta" in message.options:
             status, order = Status.DELAYED, t.DELAYED_ORDER
+            values["due_at"] = _due(message)
         else:
             status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
-        _on_commit(lambda: _write(origin, status, order, {}))
+        _on_commit(lambda: _write(origin, status, order, values))
 
     # --- worker side -------------------------------------------------------------------
 
@@ -113,7 +125,13 @@ class StateMiddleware(Middleware):
             run.origin,
             Status.RUNNING,
             t.running_order(attempt),
-            {**_attempt(run), "finished_at": None, "progress": 0, "progress_message": ""},
+            {
+                **_attempt(run),
+                "finished_at": None,
+                "due_at": None,
+                "progress": 0,
+                "progress_message": "",
+            },
             same_order_wins=True,
             keep=_KEEP,
         )
@@ -166,8 +184,10 @@ class StateMiddleware(Middleware):
         # Acked after an exception: Retries has enqueued the next attempt, or there is no
         # Retries middleware at all and the message is simply over.
         retried = any(isinstance(m, Retries) for m in broker.middleware)
+        due_at = self._retry_due.pop(message.message_id, None)
         if retried:
             values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
+            values["due_at"] = due_at
             _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values, keep=_KEEP)
         else:
             self._fail(run.origin, run, message)
@@ -205,6 +225,13 @@ class StateMiddleware(Middleware):
 
     # --- per-message bookkeeping -------------------------------------------------------
 
+    def _note_retry_due(self, message: Any) -> None:
+        with self._lock:
+            if len(self._retry_due) > 10_000:
+                # Retries whose ack never came (a lost broker connection): forget them.
+                self._retry_due.clear()
+            self._retry_due[message.message_id] = _due(message)
+
     def _remember(self, message: Any, run: MessageRun) -> None:
         with self._lock:
             if len(self._runs) > 10_000:
@@ -234,6 +261,17 @@ def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
         sent_at=datetime.fromtimestamp(message.message_timestamp / 1000, tz=timezone.utc),
         identity=parse_for_state(for_state, message.message_id, warn=warn),
     )
+
+
+def _due(message: Any) -> datetime | None:
+    """When a delayed message is due to run: its ``eta`` option (milliseconds)."""
+    eta = message.options.get("eta")
+    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        try:
+            return datetime.fromtimestamp(eta / 1000, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
 
 
 def _write(
@@ -301,18 +339,21 @@ def _error(exception: BaseException | None, message: Any) -> dict[str, Any]:
     if exception is None:
         return {"error_type": "", "error_message": "", "traceback": ""}
     limit = get_settings().TRACEBACK_MAX_CHARS
-    text = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
-    kind = type(exception)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    return {
-        "error_type": name[:255],
-        "error_message": str(exception)[:2000],
-        "traceback": text[-limit:] if limit else "",
-    }
+    name, text = exception_facts(exception, 2000)
+    return {"error_type": name, "error_message": text, "traceback": _traceback(exception, limit)}
+
+
+def _traceback(exception: BaseException, limit: int) -> str:
+    if not limit:
+        return ""
+    try:
+        text = "".join(
+            traceback.format_exception(type(exception), exception, exception.__traceback__)
+        )
+    except Exception:
+        # A hostile exception can break even the traceback module; its type still tells.
+        text = UNPRINTABLE.format("traceback")
+    return clean_text(text[-limit:])
 
 
 def _storable_result(result: Any, run: MessageRun) -> Any:
@@ -320,21 +361,9 @@ def _storable_result(result: Any, run: MessageRun) -> Any:
     if result is None or not settings.STORE_RESULT:
         return None
     try:
-        encoded = json.dumps(result, cls=DjangoJSONEncoder)
-    except (TypeError, ValueError):
+        return json_value(result, settings.RESULT_MAX_BYTES)
+    except NotStorable as exc:
         logger.warning(
-            "taskstate: result of message %s is not JSON-serialisable; not stored.",
-            run.origin.message_id,
+            "taskstate: result of message %s not stored: %s.", run.origin.message_id, exc
         )
         return None
-    if "\\u0000" in encoded:
-        # PostgreSQL's jsonb refuses NUL characters in strings: drop them.
-        encoded = re.sub(r"(?<!\\)((?:\\\\)*)\\u0000", r"\1", encoded)
-    if settings.RESULT_MAX_BYTES and len(encoded.encode()) > settings.RESULT_MAX_BYTES:
-        logger.warning(
-            "taskstate: result of message %s is %d bytes, over RESULT_MAX_BYTES; not stored.",
-            run.origin.message_id,
-            len(encoded.encode()),
-        )
-        return None
-    return json.loads(encoded)

@@ -15,6 +15,7 @@ from taskstate.states import (
     ABANDONED_ERROR,
     ACTIVE_STATUSES,
     COMPLETE_STATUSES,
+    LOST_ERROR,
     TERMINAL_ORDER,
     Status,
 )
@@ -53,6 +54,16 @@ class TaskQuerySet(models.QuerySet["Task"]):
         return self.filter(models.Q(seen=False) | models.Q(seen_at__gte=since)).order_by(
             "-created_at", "-id"
         )
+
+    def first_rows(self, limit: int) -> tuple[list[Task], int]:
+        """At most ``limit`` of these tasks, and how many more there are.
+
+        One query; a second (a count) only when the tasks do not all fit.
+        """
+        rows = list(self[: limit + 1])
+        if len(rows) <= limit:
+            return rows, 0
+        return rows[:limit], self.count() - limit
 
     def delete_old(self, max_task_age: int, only_if_seen: bool = True) -> int:
         """Delete completed tasks that finished more than ``max_task_age`` seconds ago.
@@ -98,6 +109,33 @@ class TaskQuerySet(models.QuerySet["Task"]):
             updated_at=now,
         )
 
+    def fail_overdue_candidates(self, max_overdue: int) -> TaskQuerySet:
+        """Retrying or delayed tasks due more than ``max_overdue`` seconds ago.
+
+        Their message should have run by then: most likely it was lost. Rows without a
+        due time (written before ``due_at`` existed) are never candidates.
+        """
+        return self.filter(
+            status__in=(Status.RETRYING, Status.DELAYED),
+            due_at__lt=timezone.now() - timedelta(seconds=max_overdue),
+        )
+
+    def fail_overdue(self, max_overdue: int) -> int:
+        """Mark failed the retrying or delayed tasks overdue by ``max_overdue`` seconds.
+
+        If the message does run after all, its writes are refused: failed is terminal.
+        Returns the number of tasks marked.
+        """
+        now = timezone.now()
+        return self.fail_overdue_candidates(max_overdue).update(
+            status=Status.FAILED,
+            state_order=TERMINAL_ORDER,
+            error_type=LOST_ERROR,
+            error_message=_lost_message(max_overdue),
+            finished_at=now,
+            updated_at=now,
+        )
+
     def mark_seen(self) -> int:
         """Mark these tasks seen (completed ones only). Returns the number marked."""
         now = timezone.now()
@@ -108,6 +146,14 @@ def _abandoned_message(max_age: int) -> str:
     return (
         f"No update for {max_age} seconds while running: the worker most likely stopped. "
         "Raise TASKSTATE['RUNNING_TIMEOUT'] if your actors run longer without progress."
+    )
+
+
+def _lost_message(max_overdue: int) -> str:
+    return (
+        f"Still waiting {max_overdue} seconds after its message was due: the message was "
+        "most likely lost (a purged queue, a broker restarted without persistence). Raise "
+        "TASKSTATE['OVERDUE_AFTER'] if your queues are often that far behind."
     )
 
 
@@ -159,6 +205,9 @@ class Task(models.Model):
     created_at = models.DateTimeField(_("created"), default=timezone.now)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    # When a delayed message's eta is, or a retrying task's next attempt: the cleanup fails
+    # the rows whose message never came (OVERDUE_AFTER).
+    due_at = models.DateTimeField(_("due"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated"), default=timezone.now)
 
     objects = TaskQuerySet.as_manager()
@@ -172,12 +221,17 @@ class Task(models.Model):
         indexes = (
             # A user's display list: WHERE user_id = ? AND (seen = false OR seen_at >= ?).
             models.Index(fields=("user", "seen", "created_at"), name="taskstate_user_seen_idx"),
-            # Cleanup of stale queued and abandoned running tasks: few rows, filtered by status
-            # and then by updated_at.
+            # Cleanup of stale queued, abandoned running and lost waiting tasks: few rows,
+            # filtered by status and then by updated_at or due_at.
             models.Index(
                 fields=("status",),
                 name="taskstate_active_idx",
                 condition=models.Q(status__in=("enqueued", "running")),
+            ),
+            models.Index(
+                fields=("due_at",),
+                name="taskstate_waiting_idx",
+                condition=models.Q(status__in=("retrying", "delayed")),
             ),
             # Cleanup of finished tasks by age, and of seen tasks by when they were seen.
             models.Index(fields=("finished_at",), name="taskstate_finished_idx"),

@@ -36,6 +36,9 @@ TERMINAL_ORDER = 1_000_000
 
 #: ``error_type`` of a running task given up by the cleanup because its worker died.
 ABANDONED_ERROR = "taskstate.WorkerLost"
+#: ``error_type`` of a retrying or delayed task given up by the cleanup: its message
+#: was due long ago and never ran (a purged queue, a broker that lost it).
+LOST_ERROR = "taskstate.MessageLost"
 
 
 def running_order(attempt: int) -> int:

@@ -23,9 +23,12 @@ from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce_progress
 from taskstate.states import running_order
 from taskstate.transitions import update_progress
+from taskstate.values import text_of
 
 logger = logging.getLogger("taskstate")
 T = TypeVar("T")
+#: Characters of a progress message kept: the column's length.
+PROGRESS_MESSAGE_MAX = 255
 
 
 @dataclass(eq=False)
@@ -67,15 +70,20 @@ def progress(done: float, total: float | None = None, message: str | None = None
         return
     try:
         percent = int(done * 100 / total) if total is not None else int(done)
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
-        logger.warning("taskstate: progress(%r, %r) ignored: not numbers", done, total)
+    except Exception:
+        logger.warning(
+            "taskstate: progress(%s, %s) ignored: not numbers",
+            text_of(done, 80),
+            text_of(total, 80),
+        )
         return
     if percent < 0:
         percent = 0
     elif percent > 100:
         percent = 100
     base = run.written if run.pending is None else run.pending
-    value = (percent, base[1] if message is None else str(message))
+    # Cut and cleaned here, so the page is sent exactly what the row holds.
+    value = (percent, base[1] if message is None else text_of(message, PROGRESS_MESSAGE_MAX))
     if value == base:
         return
     now = time.monotonic()
@@ -141,5 +149,5 @@ def held_back(run: MessageRun) -> dict[str, Any]:
     run.pending = run.unconfirmed = None
     values: dict[str, Any] = {"progress": percent}
     if message is not None:
-        values["progress_message"] = message[:255]
+        values["progress_message"] = message
     return values

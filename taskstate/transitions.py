@@ -16,10 +16,11 @@ import logging
 import threading
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import CharField, Field
 from django.db.models.expressions import Col, RawSQL
@@ -37,6 +38,7 @@ from taskstate.states import (
     retrying_order,
     running_order,
 )
+from taskstate.values import clean_text, text_of
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -87,34 +89,116 @@ def write(
     """
     alias = _alias()
     try:
-        connection = connections[alias]
-        now = timezone.now()
-        updated: dict[str, Any] = {
-            "status": status.value,
-            "state_order": order,
-            "updated_at": now,
-            **values,
-        }
-        columns: dict[str, Any] = {
-            **_defaults(),
-            "message_id": origin.message_id,
-            "actor_name": origin.actor_name[:255],
-            "queue_name": origin.queue_name[:255],
-            "description": origin.identity.description,
-            "app_name": origin.identity.app_name,
-            "model_name": origin.identity.model_name,
-            "created_at": origin.sent_at,
-            "user_id": origin.identity.user_pk,
-            **updated,
-        }
-        columns = {name: _no_nul(value) for name, value in columns.items()}
-        sql, params = _upsert_sql(
-            connection, columns, list(updated), same_order_wins=same_order_wins, keep=keep
-        )
-        task = _execute_returning(connection, alias, sql, params, origin.message_id, now)
-    except DatabaseError as exc:
+        return _write_once(alias, origin, status, order, values, same_order_wins, keep)
+    except _OUTAGES as exc:
         _outage.failed(alias, exc)
         return None
+    except _BAD_VALUES as exc:
+        problem: BaseException = exc
+    # The database answered but refused a value (or a value could not even be sent): the
+    # status still matters more than the value, so write it without the values at fault.
+    logger.warning(
+        "taskstate: task %s could not be written as %s with its values (%s: %s); writing "
+        "the status without result, progress message and error text.",
+        origin.message_id,
+        status.value,
+        type(problem).__name__,
+        text_of(problem, 500),
+    )
+    try:
+        return _write_once(
+            alias,
+            _plain_origin(origin),
+            status,
+            order,
+            _without_values(values),
+            same_order_wins,
+            keep,
+        )
+    except Exception as exc:
+        _outage.failed(alias, exc)
+        return None
+
+
+# A database that cannot be reached (or timed out): an outage, logged once.
+_OUTAGES = (OperationalError, InterfaceError)
+# A database that answered but refused a value, or a value that could not be sent.
+_BAD_VALUES = (DatabaseError, ValueError, TypeError, RecursionError, OverflowError)
+
+#: What the error text becomes when the write with it failed.
+DROPPED_TEXT = "[not stored: taskstate could not write this text, see the worker log]"
+
+
+def _without_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every column an actor fills replaced by something surely storable."""
+    safe = dict(values)
+    if "result" in safe:
+        safe["result"] = None
+    if safe.get("progress_message"):
+        safe["progress_message"] = ""
+    for column in ("error_message", "traceback"):
+        if safe.get(column):
+            safe[column] = DROPPED_TEXT
+    if safe.get("error_type"):
+        safe["error_type"] = _ascii(safe["error_type"], 255)
+    return safe
+
+
+def _plain_origin(origin: Origin) -> Origin:
+    identity = origin.identity
+    return replace(
+        origin,
+        actor_name=_ascii(origin.actor_name, 255),
+        queue_name=_ascii(origin.queue_name, 255),
+        identity=replace(
+            identity,
+            description=_ascii(identity.description, 255),
+            app_name=_ascii(identity.app_name, 100),
+            model_name=_ascii(identity.model_name, 100),
+        ),
+    )
+
+
+def _ascii(value: Any, limit: int) -> str:
+    # ASCII with escapes: storable by every backend and charset, and still readable.
+    text = text_of(value).encode("ascii", "backslashreplace").decode("ascii")
+    return clean_text(text, limit)
+
+
+def _write_once(
+    alias: str,
+    origin: Origin,
+    status: Status,
+    order: int,
+    values: dict[str, Any],
+    same_order_wins: bool,
+    keep: Sequence[str],
+) -> Task | None:
+    connection = connections[alias]
+    now = timezone.now()
+    updated: dict[str, Any] = {
+        "status": status.value,
+        "state_order": order,
+        "updated_at": now,
+        **values,
+    }
+    columns: dict[str, Any] = {
+        **_defaults(),
+        "message_id": origin.message_id,
+        "actor_name": origin.actor_name,
+        "queue_name": origin.queue_name,
+        "description": origin.identity.description,
+        "app_name": origin.identity.app_name,
+        "model_name": origin.identity.model_name,
+        "created_at": origin.sent_at,
+        "user_id": origin.identity.user_pk,
+        **updated,
+    }
+    columns = {name: _storable(name, value) for name, value in columns.items()}
+    sql, params = _upsert_sql(
+        connection, columns, list(updated), same_order_wins=same_order_wins, keep=keep
+    )
+    task = _execute_returning(connection, alias, sql, params, origin.message_id, now)
     _outage.recovered(alias)
     return task
 
@@ -124,11 +208,25 @@ def update_progress(message_id: str, attempt: int, progress: int, message: str |
     alias = _alias()
     values: dict[str, Any] = {"progress": progress, "updated_at": timezone.now()}
     if message is not None:
-        values["progress_message"] = _no_nul(message[:255])
+        values["progress_message"] = _storable("progress_message", message)
     try:
         with bounded(connections[alias]):
-            changed = _update_progress(alias, message_id, attempt, values)
-    except DatabaseError as exc:
+            try:
+                changed = _update_progress(alias, message_id, attempt, values)
+            except _OUTAGES:
+                raise
+            except _BAD_VALUES as exc:
+                if "progress_message" not in values:
+                    raise
+                logger.warning(
+                    "taskstate: progress message of task %s not stored (%s: %s).",
+                    message_id,
+                    type(exc).__name__,
+                    text_of(exc, 500),
+                )
+                values.pop("progress_message")
+                changed = _update_progress(alias, message_id, attempt, values)
+    except Exception as exc:
         _outage.failed(alias, exc)
         return False
     _outage.recovered(alias)
@@ -155,11 +253,11 @@ def _synchronous_commit() -> bool:
     return get_settings().SYNCHRONOUS_COMMIT
 
 
-def _no_nul(value: Any) -> Any:
-    # PostgreSQL text cannot hold NUL characters; one in a description or an exception
-    # message must not cost the whole row.
-    if isinstance(value, str) and "\x00" in value:
-        return value.replace("\x00", "")
+def _storable(column: str, value: Any) -> Any:
+    # Text from actors and senders: no lone surrogates, no NUL (PostgreSQL refuses both),
+    # cut to the column, so one odd character never costs the row.
+    if isinstance(value, str):
+        return clean_text(value, getattr(_field(column), "max_length", None))
     return value
 
 

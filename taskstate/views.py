@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from taskstate.channels import user_channel
+from taskstate.conf import get_settings
 from taskstate.models import Task
 from taskstate.publish import publish_removed
 
@@ -74,10 +75,13 @@ def _release_connections() -> None:
 @vary_on_headers("HX-Request")
 def task_list(request: HttpRequest) -> HttpResponse:
     """The user's task list: the rows alone for htmx (a resync), else the whole list."""
-    tasks = list(Task.objects.for_user(request.user).for_display())
+    tasks, more = (
+        Task.objects.for_user(request.user).for_display().first_rows(get_settings().LIST_MAX_ROWS)
+    )
+    context = {"tasks": tasks, "more": more}
     if getattr(request, "htmx", False):
-        return render(request, "taskstate/_task_rows.html", {"tasks": tasks})
-    return render(request, "taskstate/task_list.html", {"tasks": tasks})
+        return render(request, "taskstate/_task_rows.html", context)
+    return render(request, "taskstate/task_list.html", context)
 
 
 @require_POST

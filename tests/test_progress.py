@@ -195,7 +195,7 @@ def test_message_none_keeps_a_message_that_was_held_back(run, clock):
 
 def test_long_message_is_cut_to_the_column_length(run):
     progress(10, message="x" * 300)
-    assert row() == (10, "x" * 255)
+    assert row() == (10, "x" * 254 + "\u2026")
 
 
 def test_report_for_another_attempt_changes_nothing(task, clock):

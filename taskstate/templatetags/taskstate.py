@@ -11,6 +11,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 
+from taskstate.conf import get_settings
 from taskstate.models import Task
 
 register = template.Library()
@@ -25,13 +26,18 @@ _SCRIPTS = (
 
 @register.inclusion_tag("taskstate/task_list.html", takes_context=True)
 def taskstate_list(context: template.Context) -> dict[str, Any]:
-    """The live task list of ``request.user`` (one query), connected to its event stream."""
+    """The live task list of ``request.user``, connected to its event stream.
+
+    At most ``LIST_MAX_ROWS`` tasks (one query), then "and N more" (one count).
+    """
     request = context.get("request")
     user = getattr(request, "user", None)
+    tasks, more = Task.objects.for_user(user).for_display().first_rows(get_settings().LIST_MAX_ROWS)
     return {
         "request": request,
         "user": user,
-        "tasks": list(Task.objects.for_user(user).for_display()),
+        "tasks": tasks,
+        "more": more,
         "csrf_token": context.get("csrf_token"),
     }
 

@@ -120,3 +120,40 @@ async def async_steps(steps: int, for_state: dict[str, Any] | None = None) -> in
         taskstate.progress(step, steps, message=f"async step {step}")
         await asyncio.to_thread(handoff.flush, 10)
     return steps
+
+
+# --- hostile outcomes (tests/test_values.py) -------------------------------------------
+#
+# The outcome an actor has is looked up by key in this process (the in-process worker
+# shares it), so a test can hand any Python object to an actor: values the broker's JSON
+# could not carry (a list 3,000 deep, an exception whose __str__ raises).
+OUTCOMES: dict[str, dict[str, Any]] = {}
+#: Keys of actors that got past every progress() call: progress never raised into them.
+REACHED: set[str] = set()
+
+
+@dramatiq.actor(max_retries=0)
+def acts_out(key: str, for_state: dict[str, Any] | None = None) -> Any:
+    outcome = OUTCOMES[key]
+    for message in outcome.get("progress", ()):
+        taskstate.progress(50, message=message)
+    REACHED.add(key)
+    if outcome.get("raises") is not None:
+        raise outcome["raises"]
+    return outcome.get("result")
+
+
+@dramatiq.actor(max_retries=1, min_backoff=3_000, max_backoff=3_000)
+def fails_then_waits(for_state: dict[str, Any] | None = None) -> None:
+    raise RuntimeError("fails; its retry is 1.5 to 3 seconds away")
+
+
+#: Set by a test once it has seen what it waits for; actors that wait on it then end.
+RELEASE = threading.Event()
+
+
+@dramatiq.actor(max_retries=0)
+def reports_huge_progress(size: int, for_state: dict[str, Any] | None = None) -> None:
+    taskstate.progress(50, message="m" * size)
+    # Stay running until the test has the bar: the final row would make it moot.
+    RELEASE.wait(timeout=20)
