@@ -239,6 +239,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     "(.ci/run does)"
                 )
             )
+        if item.get_closest_marker("postgresql") and not SERVICES:
+            # PostgreSQL settings (lock and statement timeouts): the services pass runs them.
+            if IN_CI:
+                deselected.append(item)
+                continue
+            item.add_marker(pytest.mark.skip(reason="needs PostgreSQL (TASKSTATE_TEST_SERVICES=1)"))
         if item.get_closest_marker("django6") and django.VERSION < (6, 0):
             # Django 6 features (its CSP middleware): run in the matrix's Django 6 cells.
             if IN_CI:

@@ -26,9 +26,8 @@ def _dsn() -> str:
     return " ".join(f"{k}={params[k]}" for k in keys if params.get(k))
 
 
+@pytest.mark.postgresql
 def test_write_waiting_for_a_locked_row_gives_up_and_leaves_the_connection_usable(settings, caplog):
-    if connection.vendor != "postgresql":
-        pytest.skip("lock_timeout and statement_timeout are PostgreSQL settings")
     settings.TASKSTATE = {"DB_LOCK_TIMEOUT": 0.2, "DB_STATEMENT_TIMEOUT": 30}
     apply("enqueued")
     locked, release = threading.Event(), threading.Event()
@@ -58,9 +57,8 @@ def test_write_waiting_for_a_locked_row_gives_up_and_leaves_the_connection_usabl
     assert Task.objects.get().status == Status.RUNNING
 
 
+@pytest.mark.postgresql
 def test_statement_timeout_bounds_our_statement_only(settings):
-    if connection.vendor != "postgresql":
-        pytest.skip("statement_timeout is a PostgreSQL setting")
     settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 0.05}
     # The project's own slow query on the same connection is not bound by our setting.
     t.write(origin(), Status.ENQUEUED, t.ENQUEUED_ORDER, {})
