@@ -31,6 +31,7 @@ class CuttableProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
         self._flowing: asyncio.Event | None = None
+        self._pairs: dict[_Pair, tuple[asyncio.StreamReader, ...]] = {}
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
@@ -83,6 +84,9 @@ class CuttableProxy:
             # now: let the loop read it (a few turns), so that its pair is forgotten.
             for _ in range(5):
                 await asyncio.sleep(0)
+            for pair, readers in self._pairs.items():
+                if any(reader.at_eof() for reader in readers):
+                    pair.forgotten = True  # even if its pipe holds data it read before
             self._flowing.set()
 
         self._call(start())
@@ -95,6 +99,7 @@ class CuttableProxy:
             return
         self._writers.update({writer, up_writer})
         pair = _Pair()
+        self._pairs[pair] = (reader, up_reader)
         flowing = self._flowing
         assert flowing is not None
 
@@ -116,6 +121,7 @@ class CuttableProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.difference_update({writer, up_writer})
+        self._pairs.pop(pair, None)
 
     def close(self) -> None:
         self.cut()

@@ -9,6 +9,7 @@ breaks) need the ``redis-server`` binary, not the shared services.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -40,9 +41,43 @@ class WatchedEvent(asyncio.Event):
         return await super().wait()
 
 
+class LoopThread:
+    """An event loop on a thread of its own, as a web server runs one. (The test's main
+    thread may already run one: Playwright's, for the whole session.)"""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Keep the loop busy elsewhere (as a loaded server is) for the ``with`` body."""
+        entered, done = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            entered.set()
+            done.wait(30)
+
+        self.loop.call_soon_threadsafe(hold)
+        assert entered.wait(10)
+        try:
+            yield
+        finally:
+            done.set()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
 @pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    made = asyncio.new_event_loop()
+def loop() -> Iterator[LoopThread]:
+    made = LoopThread()
     yield made
     made.close()
 
@@ -55,7 +90,7 @@ def listen(loop):
 
     def start(*channels: str) -> Listener:
         listener = Listener()
-        listener.loop = loop
+        listener.loop = loop.loop
         listener.channels = set(channels)
         manager.add_listener(listener)
         made.append(listener)
@@ -201,23 +236,24 @@ def test_a_stored_project_channel_keeps_exact_replay_on_overflow_while_ours_rese
     body = stream(request, listener)
     received: list[tuple[str, str]] = []
     try:
-        received += parse_sse(loop.run_until_complete(body.__anext__()))
+        received += parse_sse(loop.run(body.__anext__()))
         assert received == [("stream-open", "")]
-        waiting = loop.create_task(body.__anext__())
-        loop.run_until_complete(watched.waiting.wait())  # the stream is caught up, waiting
+        waiting = asyncio.run_coroutine_threadsafe(body.__anext__(), loop.loop)
+        loop.run(watched.waiting.wait())  # the stream is caught up, waiting
 
         sent = MAX_PENDING + 5
-        for n in range(sent):
-            send_event(PROJECT, "news", f"p{n}", json_encode=False)
-            send_event(ours, "", f"o{n}", json_encode=False)
+        with loop.busy():  # all 15 arrive before the stream's next turn
+            for n in range(sent):
+                send_event(PROJECT, "news", f"p{n}", json_encode=False)
+                send_event(ours, "", f"o{n}", json_encode=False)
 
-        received += parse_sse(loop.run_until_complete(waiting))
+        received += parse_sse(waiting.result(30))
         # The overflow makes the loop re-read stored events before it waits again.
-        received += parse_sse(loop.run_until_complete(body.__anext__()))
+        received += parse_sse(loop.run(body.__anext__()))
     finally:
-        loop.run_until_complete(body.aclose())
+        loop.run(body.aclose())
         # The stream read the database from asgiref's thread: close that connection.
-        loop.run_until_complete(sync_to_async(connections.close_all)())
+        loop.run(sync_to_async(connections.close_all)())
 
     project = [data for kind, data in received if kind == "news"]
     assert project == [f"p{n}" for n in range(sent)], "exact replay, in order, once each"
@@ -324,7 +360,7 @@ def test_a_silent_subscription_is_pinged_then_given_up(loop, fast_health):
             await repair._listen(pubsub, delivered.append, lambda: confirmed.append(True))
         return asyncio.get_running_loop().time() - began
 
-    took = loop.run_until_complete(run())
+    took = loop.run(run())
     assert delivered == [b"a"] and confirmed == [True]
     assert len(pubsub.pings) == 1, "one ping, then given up"
     assert took >= repair.HEALTH_CHECK_INTERVAL + repair.REPLY_TIMEOUT
@@ -343,7 +379,7 @@ def test_a_reply_to_the_ping_keeps_the_subscription(loop, fast_health):
 
     pubsub.ping = ping  # type: ignore[method-assign]
     with pytest.raises(repair.SubscriptionSilent):
-        loop.run_until_complete(repair._listen(pubsub, lambda data: None, lambda: None))
+        loop.run(repair._listen(pubsub, lambda data: None, lambda: None))
     assert len(pubsub.pings) == 3, "two answered pings kept it, the third was not answered"
 
 
