@@ -161,8 +161,8 @@ async def supervise(manager: Any) -> None:
             await _listen(pubsub, lambda data: _deliver(manager, data), outage.end)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            outage.begin()
+        except Exception as error:
+            outage.begin(error)
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -179,13 +179,16 @@ class _Outage:
         self.lost = False
         self.pause = FIRST_PAUSE
 
-    def begin(self) -> None:
+    def begin(self, error: Exception) -> None:
         if not self.lost:
             self.lost = True
+            # A silent connection has no traceback worth showing: one line says it all.
+            silent = isinstance(error, SubscriptionSilent)
             logger.error(
-                "taskstate: lost the event pub/sub; subscribing again until Redis "
+                "taskstate: lost the event pub/sub (%s); subscribing again until Redis "
                 "answers. Pages resync once it is back.",
-                exc_info=True,
+                error if silent else type(error).__name__,
+                exc_info=None if silent else error,
             )
 
     def end(self) -> None:
