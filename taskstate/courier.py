@@ -3,14 +3,22 @@
 The worker's path only hands a job over (a lock and a dict insert); one thread per
 process renders and sends, in order. Progress jobs are coalesced per task: a bar that
 changed three times while Redis was slow is sent once, with its latest value, and a
-task's row makes its older pending bar moot. A full queue drops new jobs (logged):
-the database is the truth and pages resync from it.
+task's row makes its older pending bar moot.
+
+Nothing is dropped silently. A full queue (:data:`MAX_PENDING` jobs) drops new jobs,
+but remembers the channel each was for; so does a send that failed
+(:meth:`Courier.lost`). Once the queue has drained, each such channel gets one
+``stream-reset``, on which its pages re-read the database (the truth). A reset that
+cannot be sent is tried again after a pause growing to :data:`MAX_RETRY_PAUSE`, so it
+goes out once sending works again. At most :data:`MAX_LOST_CHANNELS` channels are
+remembered; past that, the pages of the others resync only when they reconnect (logged).
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import logging
 import os
 import threading
@@ -22,17 +30,40 @@ logger = logging.getLogger("taskstate")
 
 #: Jobs waiting beyond this are dropped: a stuck event backend must not eat memory.
 MAX_PENDING = 10_000
+#: Channels remembered for a ``stream-reset`` at most (one string each).
+MAX_LOST_CHANNELS = 10_000
+#: Pauses between two attempts to send the resets, growing from the first to the last.
+FIRST_RETRY_PAUSE = 0.5
+MAX_RETRY_PAUSE = 5.0
+#: The event that makes a page re-read its list.
+RESET = "stream-reset"
+
+
+def send_reset(channel: str) -> None:
+    """Tell the pages on ``channel`` to re-read their list (raises when it cannot)."""
+    from django_eventstream import send_event
+
+    send_event(channel, RESET, json.dumps({"channels": [channel]}), json_encode=False)
 
 
 class Courier:
-    def __init__(self) -> None:
+    def __init__(self, reset: Callable[[str], None] = send_reset) -> None:
+        self._reset = reset
+        self._init_state()
+
+    def _init_state(self) -> None:
         self._cond = threading.Condition()
         self._jobs: OrderedDict[Hashable, Callable[[], None]] = OrderedDict()
+        self._lost: dict[str, None] = {}  # insertion-ordered set
         self._busy = False
+        self._retry_at = 0.0  # monotonic time before which resets are not tried again
+        self._pause = 0.0  # after the next failed reset; 0: the first pause
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._order = itertools.count()
         self._dropping = False
+        self._forgetting = False
+        self._losses = 0  # channels remembered so far: a job that adds none sent fine
 
     def submit(
         self,
@@ -40,9 +71,11 @@ class Courier:
         *,
         replaces: Hashable | None = None,
         supersedes: Hashable | None = None,
+        channel: str | None = None,
     ) -> None:
         """Queue ``job``. ``replaces``: a key; a pending job with it is swapped for this one.
-        ``supersedes``: a key whose pending job this one makes moot (it is dropped)."""
+        ``supersedes``: a key whose pending job this one makes moot (it is dropped).
+        ``channel``: where the job sends, reset when the job has to be dropped."""
         with self._cond:
             if supersedes is not None:
                 self._jobs.pop(supersedes, None)
@@ -53,21 +86,47 @@ class Courier:
                 if not self._dropping:
                     self._dropping = True
                     logger.error(
-                        "taskstate: %d events waiting to be sent; dropping new ones "
-                        "until the queue drains (pages resync on reconnect).",
+                        "taskstate: %d events waiting to be sent; dropping new ones until "
+                        "the queue drains, then their pages are told to resync.",
                         MAX_PENDING,
                     )
+                if channel is not None:
+                    self._remember(channel)
                 return
             self._dropping = False
             self._jobs[replaces if replaces is not None else next(self._order)] = job
             self._start()
             self._cond.notify()
 
+    def lost(self, channel: str) -> None:
+        """An event for ``channel`` was lost: reset its pages once the queue drains."""
+        with self._cond:
+            self._remember(channel)
+            self._start()
+            self._cond.notify()
+
+    def _remember(self, channel: str) -> None:
+        # Called with the lock held.
+        self._losses += 1
+        if channel in self._lost:
+            return
+        if len(self._lost) >= MAX_LOST_CHANNELS:
+            if not self._forgetting:
+                self._forgetting = True
+                logger.error(
+                    "taskstate: events of more than %d channels were lost; the pages of "
+                    "the others resync only when they reconnect.",
+                    MAX_LOST_CHANNELS,
+                )
+            return
+        self._lost[channel] = None
+
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every queued job has been sent; False if ``timeout`` ran out."""
+        """Wait until every queued job, and every reset that can be sent now, is sent;
+        False if ``timeout`` ran out."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._jobs or self._busy:
+            while self._jobs or self._busy or (self._lost and not self._waiting_to_retry()):
                 if self._thread is None or not self._thread.is_alive():
                     return not self._jobs
                 remaining = deadline - time.monotonic()
@@ -76,28 +135,66 @@ class Courier:
                 self._cond.wait(remaining)
         return True
 
+    def _waiting_to_retry(self) -> bool:
+        return time.monotonic() < self._retry_at
+
     def _start(self) -> None:
-        # Called with the lock held. A forked child inherits the state, not the thread.
+        # Called with the lock held. A forked child starts over (see _after_fork).
         if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
             return
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="taskstate-courier", daemon=True)
         self._thread.start()
 
+    def _after_fork(self) -> None:
+        # The parent's jobs are the parent's to send, and its lock may have been held by
+        # a thread the child does not have.
+        self._init_state()
+
     def _run(self) -> None:
         while True:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-                while not self._jobs:
-                    self._cond.wait()
-                _, job = self._jobs.popitem(last=False)
+                while not self._jobs and not (self._lost and not self._waiting_to_retry()):
+                    self._cond.wait(self._retry_at - time.monotonic() if self._lost else None)
+                losses = self._losses
+                if self._jobs:
+                    _, job = self._jobs.popitem(last=False)
+                else:
+                    channel = next(iter(self._lost))
+                    del self._lost[channel]  # an event lost from now on needs a new reset
+                    job = self._reset_job(channel)
                 self._busy = True
             try:
                 job()
             except Exception:
                 logger.exception("taskstate: sending an event failed")
+            else:
+                with self._cond:
+                    if self._losses == losses:
+                        self._retry_at = 0.0  # sending works: try the resets now
+
+    def _reset_job(self, channel: str) -> Callable[[], None]:
+        def reset() -> None:
+            try:
+                self._reset(channel)
+            except Exception:
+                logger.debug("taskstate: cannot send stream-reset yet", exc_info=True)
+                with self._cond:
+                    self._remember(channel)
+                    pause = self._pause or FIRST_RETRY_PAUSE
+                    self._retry_at = time.monotonic() + pause
+                    self._pause = min(pause * 2, MAX_RETRY_PAUSE)
+                return
+            with self._cond:
+                self._pause = 0.0
+                if not self._lost:
+                    self._forgetting = False
+
+        return reset
 
 
 courier = Courier()
 atexit.register(courier.flush, 2.0)
+os.register_at_fork(after_in_child=courier._after_fork)

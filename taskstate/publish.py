@@ -8,7 +8,8 @@ the job over. Messages are sent with an empty event type, which htmx 4's ``hx-ss
 events would only be dispatched as DOM events). Rows go in ``<hx-upsert>`` so one
 message both updates a row shown and inserts a new one; progress goes out-of-band to the
 bar alone. Publishing is a notification: when it fails the database is still right and
-the page resyncs from it on reconnect, so errors are logged once per outage and dropped.
+the page resyncs from it, so errors are logged once per outage and the channel is handed
+to the courier, which sends it ``stream-reset`` once sending works again.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ def publish_task(task: Task) -> None:
     if task.seen:
         publish_removed(task.user_id, [task.pk])
         return
-    courier.submit(lambda: _send_row(task), supersedes=("progress", task.pk))
+    courier.submit(
+        lambda: _send_row(task),
+        supersedes=("progress", task.pk),
+        channel=user_channel(task.user_id),
+    )
 
 
 def publish_progress(
@@ -53,7 +58,11 @@ def publish_progress(
         return
     task = Task(pk=task_pk, status=Status.RUNNING, progress=percent, progress_message=message or "")
     task.state_order = order  # type: ignore[assignment]
-    courier.submit(lambda: _send_bar(task, user_pk), replaces=("progress", task_pk))
+    courier.submit(
+        lambda: _send_bar(task, user_pk),
+        replaces=("progress", task_pk),
+        channel=user_channel(user_pk),
+    )
 
 
 def on_task_committed(sender: Any, *, task: Task, **kwargs: Any) -> None:
@@ -83,7 +92,7 @@ def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:
     ]
     if parts:
         channel = user_channel(user_pk)
-        courier.submit(lambda: _send(channel, "".join(parts)))
+        courier.submit(lambda: _send(channel, "".join(parts)), channel=channel)
 
 
 def flush(timeout: float = 5.0) -> bool:
@@ -138,5 +147,6 @@ def _send(channel: str, html: str) -> None:
         send_event(channel, EVENT_TYPE, html, json_encode=False)
     except Exception:
         _failures.failed()
+        courier.lost(channel)  # its pages get stream-reset once sending works again
     else:
         _failures.sent()

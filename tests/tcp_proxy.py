@@ -1,4 +1,4 @@
-"""A loopback TCP proxy a test can cut: a real dropped connection, on demand."""
+"""A loopback TCP proxy a test can cut or blackhole: real network faults, on demand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,20 @@ import socket
 import threading
 
 
+class _Pair:
+    """One proxied connection; ``forgotten`` once an end closed during a blackhole."""
+
+    forgotten = False
+
+
 class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to an upstream port until told to cut."""
+    """Forwards 127.0.0.1:<port> to an upstream port until told to cut or blackhole.
+
+    :meth:`cut` drops every connection (both ends see it). :meth:`blackhole` stops
+    forwarding without closing anything, as a partition does; :meth:`heal` resumes.
+    A connection whose other end closed during the blackhole is forgotten, as by a
+    firewall that lost the flow: its open end is never told and what it sends vanishes.
+    """
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -18,6 +30,8 @@ class CuttableProxy:
         self._thread.start()
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.AbstractServer | None = None
+        self._flowing: asyncio.Event | None = None
+        self._pairs: dict[_Pair, tuple[asyncio.StreamReader, ...]] = {}
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
@@ -30,6 +44,9 @@ class CuttableProxy:
         """Accept connections (again)."""
 
         async def start() -> None:
+            if self._flowing is None:
+                self._flowing = asyncio.Event()
+                self._flowing.set()
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
         self._call(start())
@@ -49,6 +66,31 @@ class CuttableProxy:
 
         self._call(stop())
 
+    def blackhole(self) -> None:
+        """Stop forwarding, both ways, without closing or refusing anything."""
+
+        async def stop() -> None:
+            assert self._flowing is not None
+            self._flowing.clear()
+
+        self._call(stop())
+
+    def heal(self) -> None:
+        """Forward again (what was held goes through, unless its connection is forgotten)."""
+
+        async def start() -> None:
+            assert self._flowing is not None
+            # A far end that closed during the blackhole has its FIN in the kernel by
+            # now: let the loop read it (a few turns), so that its pair is forgotten.
+            for _ in range(5):
+                await asyncio.sleep(0)
+            for pair, readers in self._pairs.items():
+                if any(reader.at_eof() for reader in readers):
+                    pair.forgotten = True  # even if its pipe holds data it read before
+            self._flowing.set()
+
+        self._call(start())
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
@@ -56,20 +98,30 @@ class CuttableProxy:
             writer.transport.abort()
             return
         self._writers.update({writer, up_writer})
+        pair = _Pair()
+        self._pairs[pair] = (reader, up_reader)
+        flowing = self._flowing
+        assert flowing is not None
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
+                    await flowing.wait()
+                    if not pair.forgotten:
+                        dst.write(data)
+                        await dst.drain()
             except Exception:
                 pass
             finally:
-                with contextlib.suppress(Exception):
-                    dst.transport.abort()
+                if pair.forgotten or not flowing.is_set():
+                    pair.forgotten = True  # the other end never hears of it
+                else:
+                    with contextlib.suppress(Exception):
+                        dst.transport.abort()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.difference_update({writer, up_writer})
+        self._pairs.pop(pair, None)
 
     def close(self) -> None:
         self.cut()

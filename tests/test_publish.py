@@ -146,3 +146,57 @@ def test_a_stream_that_falls_behind_is_told_to_resync_instead_of_losing_events()
     finally:
         manager.remove_listener(listener)
         loop.close()
+
+
+def test_events_dropped_by_a_full_courier_end_in_a_stream_reset_to_their_user(
+    user, other_user, capture_events, monkeypatch, caplog
+):
+    import threading
+
+    from taskstate import courier as courier_module
+    from taskstate import publish
+
+    mine, theirs = user_channel(user.pk), user_channel(other_user.pk)
+    capture = capture_events(mine, theirs)
+    monkeypatch.setattr(courier_module, "MAX_PENDING", 2)
+    entered, opened = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        opened.wait(10)
+
+    courier_module.courier.submit(hold)
+    assert entered.wait(5)
+    for pk in range(5):
+        publish.publish_removed(user.pk, [pk])  # 2 fit, 3 are dropped
+    opened.set()
+    events = capture.events()
+    assert [kind for channel, kind, _ in events if channel == mine] == ["", "", "stream-reset"]
+    assert not [e for e in events if e[0] == theirs], "only the user who lost events"
+    assert "dropping new ones" in caplog.text
+
+
+def test_a_failed_publish_ends_in_a_stream_reset_once_sending_works(
+    user, capture_events, monkeypatch
+):
+    import django_eventstream
+
+    from taskstate import courier as courier_module
+    from taskstate import publish
+
+    mine = user_channel(user.pk)
+    capture = capture_events(mine)
+    monkeypatch.setattr(courier_module, "FIRST_RETRY_PAUSE", 60.0)
+
+    def down(*args, **kwargs):
+        raise ConnectionError("redis is down")
+
+    real = django_eventstream.send_event
+    monkeypatch.setattr(django_eventstream, "send_event", down)
+    publish.publish_removed(user.pk, [1])
+    assert capture.events() == []
+    monkeypatch.setattr(django_eventstream, "send_event", real)
+    publish.publish_removed(user.pk, [2])
+    events = capture.events()
+    assert [kind for _, kind, _ in events] == ["", "stream-reset"]
+    assert "taskstate-task-2" in events[0][2]

@@ -21,6 +21,7 @@ from django.utils import timezone
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
+from taskstate import eventstream_repair
 from taskstate.models import Status, Task
 from taskstate.transitions import ABANDONED_ERROR
 from tests.faults import (
@@ -35,6 +36,7 @@ from tests.faults import (
 )
 from tests.processes import REPO, Process, child_env, free_port, start_uvicorn, start_worker
 from tests.sse import session_cookie
+from tests.tcp_proxy import CuttableProxy
 from tests.testapp import tasks as actors
 
 #: RedisBroker options for the tests that wait for a dead worker's message to come back:
@@ -310,6 +312,66 @@ def test_redis_outage_longer_than_the_listeners_retries_still_reaches_every_owne
                 said = [line for line in web.lines if "redis_listener" in line]
                 raise StaleTab(f"{exc}; the web process said at shutdown: {said}") from None
     figure(f"case 2 long outage: every tab right {time.monotonic() - back:.1f}s after the tasks")
+
+
+def test_half_open_event_subscription_is_noticed_and_every_page_resyncs_within_the_bound(
+    process_env, private_redis, sender, children, tabs, tmp_path, user
+):
+    """The web process's subscription goes through a proxy that blackholes it while Redis
+    restarts: its connection is left half-open (no reset ever reaches it)."""
+    proxy = CuttableProxy(private_redis.port)
+    try:
+        env = fault_env(process_env, tmp_path, private_redis)
+        web_env = {**env, "TASKSTATE_TEST_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/0"}
+        children.worker(env)
+        web, base = children.web(web_env)
+        old = open_tab(tabs, base, user)
+        before = send(sender, actors.noop, user_pk=user.pk, description="before")
+        pk_before = finished(before).pk
+        old.wait(lambda t: t.shows([pk_before]), 15, "delivery before the fault")
+        resyncs = old.resyncs
+
+        proxy.blackhole()
+        began = time.monotonic()
+        private_redis.restart()
+        proxy.heal()
+        healed = time.monotonic()
+        during = send(sender, actors.noop, user_pk=user.pk, description="after the heal")
+        pk_during = finished(during).pk
+
+        bound = eventstream_repair.HEALTH_CHECK_INTERVAL + eventstream_repair.REPLY_TIMEOUT
+        old.wait(
+            lambda t: t.resyncs > resyncs and t.shows([pk_before, pk_during]),
+            bound + 10,
+            "the open page to be told to resync",
+        )
+        reset_at = time.monotonic()
+        assert old.opened == 1, "the stream stayed open: a stream-reset, not a reconnect"
+
+        new = open_tab(tabs, base, user)
+        after = send(sender, actors.noop, user_pk=user.pk, description="after the reset")
+        pk_after = finished(after).pk
+        for tab in (old, new):
+            tab.wait(lambda t: t.shows([pk_after]), 15, "events to flow again")
+        delivered = time.monotonic()
+
+        client = redis.Redis.from_url(private_redis.url)
+        try:
+            assert client.pubsub_numsub(eventstream_repair.PUBSUB_CHANNEL)[0][1] == 1
+        finally:
+            client.close()
+        lost = count_lines(web, "taskstate: lost the event pub/sub")
+        back = count_lines(web, "taskstate: event pub/sub is back")
+        figure(
+            f"case 2 half-open subscription: blackholed, Redis restarted in "
+            f"{healed - began:.2f}s, healed; open page reset {reset_at - began:.1f}s after "
+            f"the blackhole (bound {bound:g}s after the last thing heard); new and old pages "
+            f"got the next event {delivered - reset_at:.1f}s later; 'lost' logged {lost}x, "
+            f"'back' {back}x"
+        )
+        assert (lost, back) == (1, 1), web.output()
+    finally:
+        proxy.close()
 
 
 # --- 3. PostgreSQL restarted under a running worker -----------------------------------------

@@ -1,0 +1,288 @@
+"""taskstate.courier: the background sender. Jobs run on its own thread, in order;
+progress is coalesced; nothing is dropped without a ``stream-reset`` for its channel."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from taskstate import courier as courier_module
+from taskstate.courier import Courier
+from tests.processes import REPO, child_env
+
+
+class Recorder:
+    """What a courier sent: job labels in order, and the channels it reset."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.threads: set[str] = set()
+        self.resets: list[str] = []
+        self.reset_fails = 0
+        self.reset_done = threading.Event()
+
+    def job(self, label: str) -> Callable[[], None]:
+        def run() -> None:
+            self.threads.add(threading.current_thread().name)
+            self.sent.append(label)
+
+        return run
+
+    def reset(self, channel: str) -> None:
+        if self.reset_fails:
+            self.reset_fails -= 1
+            raise ConnectionError("redis is down")
+        self.resets.append(channel)
+        self.reset_done.set()
+
+
+class Gate:
+    """A job that holds the courier's thread until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self) -> None:
+        self.entered.set()
+        assert self.opened.wait(10), "the test never opened the gate"
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def courier(recorder) -> Iterator[Courier]:
+    made = Courier(reset=recorder.reset)
+    yield made
+    assert made.flush(5), "the courier did not drain"
+
+
+def held(courier: Courier) -> Gate:
+    gate = Gate()
+    courier.submit(gate)
+    assert gate.entered.wait(5)
+    return gate
+
+
+def test_jobs_run_in_order_on_the_couriers_own_thread(courier, recorder):
+    for n in range(5):
+        courier.submit(recorder.job(f"j{n}"))
+    assert courier.flush()
+    assert recorder.sent == [f"j{n}" for n in range(5)]
+    assert recorder.threads == {"taskstate-courier"}
+
+
+def test_progress_of_one_task_is_coalesced_to_its_latest_value(courier, recorder):
+    gate = held(courier)
+    for percent in (10, 20, 30):
+        courier.submit(recorder.job(f"bar 7 {percent}"), replaces=("progress", 7))
+    courier.submit(recorder.job("bar 8 50"), replaces=("progress", 8))
+    gate.opened.set()
+    assert courier.flush()
+    assert recorder.sent == ["bar 7 30", "bar 8 50"], "the latest value, in the first's place"
+
+
+def test_a_row_supersedes_the_pending_bar_of_its_task(courier, recorder):
+    gate = held(courier)
+    courier.submit(recorder.job("bar 7"), replaces=("progress", 7))
+    courier.submit(recorder.job("bar 8"), replaces=("progress", 8))
+    courier.submit(recorder.job("row 7"), supersedes=("progress", 7))
+    gate.opened.set()
+    assert courier.flush()
+    assert recorder.sent == ["bar 8", "row 7"]
+
+
+def test_a_full_queue_drops_new_jobs_and_resets_their_channels_once_drained(
+    courier, recorder, monkeypatch, caplog
+):
+    monkeypatch.setattr(courier_module, "MAX_PENDING", 3)
+    gate = held(courier)
+    for n in range(3):
+        courier.submit(recorder.job(f"a{n}"), channel="ch-a")
+    for label, channel in [("b0", "ch-b"), ("c0", "ch-c"), ("b1", "ch-b"), ("x", None)]:
+        courier.submit(recorder.job(label), channel=channel)
+    assert recorder.resets == []
+    gate.opened.set()
+    assert courier.flush()
+    assert recorder.sent == ["a0", "a1", "a2"]
+    assert recorder.resets == ["ch-b", "ch-c"], "one reset per channel that lost an event"
+    assert caplog.text.count("events waiting to be sent; dropping new ones") == 1
+    courier.submit(recorder.job("later"), channel="ch-b")
+    assert courier.flush()
+    assert recorder.sent[-1] == "later" and recorder.resets == ["ch-b", "ch-c"]
+
+
+def test_a_reset_that_cannot_be_sent_is_tried_again_once_sending_works(
+    courier, recorder, monkeypatch
+):
+    monkeypatch.setattr(courier_module, "FIRST_RETRY_PAUSE", 60.0)
+    recorder.reset_fails = 1
+    courier.lost("ch-a")
+    # Waiting to retry counts as drained: a flush does not wait for Redis to come back.
+    assert courier.flush()
+    assert recorder.resets == []
+    # A job that sends fine shows sending works: the reset goes at once, not in 60 s.
+    courier.submit(recorder.job("fine"))
+    assert recorder.reset_done.wait(5)
+    assert recorder.resets == ["ch-a"]
+
+
+def test_a_failed_reset_is_retried_after_a_pause(courier, recorder, monkeypatch):
+    monkeypatch.setattr(courier_module, "FIRST_RETRY_PAUSE", 0.01)
+    recorder.reset_fails = 3
+    courier.lost("ch-a")
+    assert recorder.reset_done.wait(5)
+    assert recorder.resets == ["ch-a"]
+
+
+def test_an_event_lost_while_its_reset_is_sent_gets_a_reset_of_its_own(courier, recorder):
+    sending = threading.Event()
+    proceed = threading.Event()
+
+    def slow_reset(channel: str) -> None:
+        sending.set()
+        assert proceed.wait(5)
+        recorder.resets.append(channel)
+
+    courier._reset = slow_reset
+    courier.lost("ch-a")
+    assert sending.wait(5)
+    courier.lost("ch-a")  # lost after the first reset left: it does not cover this one
+    proceed.set()
+    assert courier.flush()
+    assert recorder.resets == ["ch-a", "ch-a"]
+
+
+def test_lost_channels_are_bounded(courier, recorder, monkeypatch, caplog):
+    monkeypatch.setattr(courier_module, "MAX_LOST_CHANNELS", 2)
+    gate = held(courier)
+    for channel in ("ch-a", "ch-b", "ch-c", "ch-d"):
+        courier.lost(channel)
+    gate.opened.set()
+    assert courier.flush()
+    assert recorder.resets == ["ch-a", "ch-b"]
+    assert caplog.text.count("events of more than 2 channels were lost") == 1
+
+
+def test_a_failing_job_is_logged_and_the_next_one_still_runs(courier, recorder, caplog):
+    def broken() -> None:
+        raise RuntimeError("template error")
+
+    courier.submit(broken)
+    courier.submit(recorder.job("next"))
+    assert courier.flush()
+    assert recorder.sent == ["next"]
+    assert "sending an event failed" in caplog.text
+
+
+def test_flush_gives_up_after_its_timeout(courier, recorder):
+    gate = held(courier)
+    courier.submit(recorder.job("waits"))
+    assert courier.flush(timeout=0.05) is False
+    gate.opened.set()
+    assert courier.flush()
+    assert recorder.sent == ["waits"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_thread_is_replaced_by_the_next_submit(courier, recorder):
+    def dies() -> None:
+        raise SystemExit  # ends the thread, as nothing but Exception is caught
+
+    courier.submit(dies)
+    first = courier._thread
+    assert first is not None
+    first.join(5)
+    assert not first.is_alive()
+    assert courier.flush(), "nothing queued: a dead thread has nothing to flush"
+    courier.submit(recorder.job("after"))
+    assert courier.flush()
+    assert recorder.sent == ["after"] and courier._thread is not first
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_courier_without_the_parents_jobs(recorder):
+    from taskstate.courier import courier as shared
+
+    gate = held(shared)
+    shared.submit(recorder.job("parent's"))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own thread, none of the parent's jobs
+        code = 1
+        try:
+            sent: list[str] = []
+            shared.submit(lambda: sent.append("child's"))
+            flushed = shared.flush(5)
+            if flushed and sent == ["child's"] and recorder.sent == []:
+                code = 0
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(code)
+    os.close(write_end)
+    try:
+        answer = os.read(read_end, 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(read_end)
+        gate.opened.set()
+    assert answer == b"\x00" and os.waitstatus_to_exitcode(status) == 0
+    assert shared.flush()
+    assert recorder.sent == ["parent's"]
+
+
+def test_pending_events_are_sent_when_the_process_exits(tmp_path):
+    sent = tmp_path / "sent"
+    script = (
+        "import threading\n"
+        "from taskstate.courier import courier\n"
+        "gate = threading.Event()\n"
+        "courier.submit(gate.wait)\n"  # the thread is busy when the interpreter exits
+        f"courier.submit(lambda: open({str(sent)!r}, 'w').write('sent'))\n"
+        "threading.Timer(0.2, gate.set).start()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sent.read_text() == "sent", "the exit flushed the queue"
+
+
+def test_the_default_reset_is_a_stream_reset_event_on_the_channel(monkeypatch):
+    import django_eventstream
+
+    calls = []
+    monkeypatch.setattr(django_eventstream, "send_event", lambda *a, **k: calls.append((a, k)))
+    courier_module.send_reset("taskstate-user-3")
+    assert calls == [
+        (
+            ("taskstate-user-3", "stream-reset", '{"channels": ["taskstate-user-3"]}'),
+            {"json_encode": False},
+        )
+    ]
+
+
+def test_no_log_noise_while_resets_keep_failing(courier, recorder, monkeypatch, caplog):
+    monkeypatch.setattr(courier_module, "FIRST_RETRY_PAUSE", 60.0)
+    recorder.reset_fails = 100
+    with caplog.at_level(logging.INFO, logger="taskstate"):
+        courier.lost("ch-a")
+        assert courier.flush()
+    assert not caplog.records, "the publishing outage is logged by publish, once"
+    recorder.reset_fails = 0
+    courier.submit(recorder.job("fine"))
+    assert recorder.reset_done.wait(5)
