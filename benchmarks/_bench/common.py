@@ -117,7 +117,7 @@ def service_env(db_name: str, redis_url: str, role: str) -> dict[str, str]:
         "PGUSER": role,
     }
     os.environ.update(values)
-    from tests.processes import child_env
+    from tests.support.processes import child_env
 
     return child_env(**values)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.processes import REPO, Process, child_env, free_port
+from tests.support.processes import REPO, Process, child_env, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

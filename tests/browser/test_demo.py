@@ -129,7 +129,7 @@ def test_another_user_never_sees_my_task(new_page, demo):
 def test_dropped_stream_resyncs_from_the_server(new_page, demo):
     from urllib.parse import urlsplit
 
-    from tests.tcp_proxy import CuttableProxy
+    from tests.support.tcp_proxy import CuttableProxy
 
     proxy = CuttableProxy(urlsplit(demo).port)
     try:

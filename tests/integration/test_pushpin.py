@@ -36,9 +36,9 @@ from django.db import connections
 from taskstate import publish
 from taskstate.channels import user_channel
 from taskstate.models import Task
-from tests.processes import Process, free_port, start_uvicorn, start_worker
-from tests.pushpin import SIG_ISS, PushpinProcess, start_pushpin
-from tests.sse import Frame, assert_each_hears_only_their_own, session_cookie
+from tests.support.processes import Process, free_port, start_uvicorn, start_worker
+from tests.support.pushpin import SIG_ISS, PushpinProcess, start_pushpin
+from tests.support.sse import Frame, assert_each_hears_only_their_own, session_cookie
 from tests.testapp import tasks as actors
 
 # On a machine without Pushpin these are skipped, saying why; CI installs it (.ci/run)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.processes import Process, free_port
+from tests.support.processes import Process, free_port
 
 T = TypeVar("T")
 
