@@ -1,70 +1,59 @@
-"""A small SSE client for tests: reads frames from a real HTTP stream in a thread."""
+"""An SSE client for tests: httpx-sse reads a real HTTP stream in a thread, frames are kept."""
 
 from __future__ import annotations
 
 import contextlib
-import http.client
+import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+
+import httpx
+from httpx_sse import SSEError, connect_sse
 
 
 @dataclass
 class Frame:
-    event: str | None
+    #: The event's name; "" for an unnamed message (httpx-sse calls those "message").
+    event: str
     data: str
 
 
-@dataclass
 class SSEClient:
-    url: str
-    cookies: dict[str, str] = field(default_factory=dict)
-    frames: list[Frame] = field(default_factory=list)
-    status: int | None = None
+    """Opens ``url`` at once; :attr:`status` is the answer's status code. A 200 answer is
+    read in a thread until :meth:`close`; every frame lands in :attr:`frames`."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, url: str, cookies: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.frames: list[Frame] = []
         self._changed = threading.Condition()
-        self._closed = False
-        parts = urlsplit(self.url)
-        self._conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        headers = {"Accept": "text/event-stream"}
-        if self.cookies:
-            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        self._conn.request("GET", path, headers=headers)
-        self._response = self._conn.getresponse()
-        self.status = self._response.status
-        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._open = contextlib.ExitStack()
+        try:
+            client = self._open.enter_context(
+                httpx.Client(cookies=cookies, timeout=httpx.Timeout(60, connect=10))
+            )
+            self._source = self._open.enter_context(connect_sse(client, "GET", url))
+        except BaseException:
+            self._open.close()
+            raise
+        self.status = self._source.response.status_code
+        self._thread = threading.Thread(target=self._read, name="sse-client", daemon=True)
         if self.status == 200:
             self._thread.start()
 
     def _read(self) -> None:
-        event: str | None = None
-        data: list[str] = []
         try:
-            while not self._closed:
-                raw = self._response.readline()
-                if not raw:
-                    break
-                line = raw.decode().rstrip("\r\n")
-                if line == "":
-                    if event is not None or data:
-                        with self._changed:
-                            self.frames.append(Frame(event, "\n".join(data)))
-                            self._changed.notify_all()
-                    event, data = None, []
-                elif line.startswith(":"):
-                    continue
-                elif line.startswith("event:"):
-                    event = line[6:].removeprefix(" ")
-                elif line.startswith("data:"):
-                    data.append(line[5:].removeprefix(" "))
-        except (OSError, ValueError, AttributeError, http.client.HTTPException):
-            pass
+            for sse in self._source.iter_sse():
+                event = "" if sse.event == "message" else sse.event
+                with self._changed:
+                    self.frames.append(Frame(event, sse.data))
+                    self._changed.notify_all()
+        except (httpx.HTTPError, SSEError, OSError, ValueError):
+            pass  # the stream ended or was closed under the reader
 
-    def wait_for(self, predicate, timeout: float = 30.0) -> Frame:
+    def wait_for(self, predicate: Callable[[Frame], bool], timeout: float = 30.0) -> Frame:
         """The first frame matching ``predicate``, waiting up to ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -80,10 +69,16 @@ class SSEClient:
                 self._changed.wait(remaining)
 
     def close(self) -> None:
-        self._closed = True
-        with contextlib.suppress(OSError):
-            self._conn.sock and self._conn.sock.shutdown(2)
-        self._conn.close()
+        # The reader blocks in a socket read: shut the socket down to wake it up.
+        stream = self._source.response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread.is_alive():
+            self._thread.join(5)
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            self._open.close()
 
 
 def session_cookie(user: Any) -> dict[str, str]:
