@@ -157,6 +157,13 @@ def new_page(browser: Any, demo: str) -> Iterator[Any]:
         context.close()
 
 
+def expect(actual: Any, message: str | None = None) -> Any:
+    """Playwright's ``expect`` (assertions that wait), imported only once a browser runs."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(actual, message)
+
+
 def screenshot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}-{'services' if SERVICES else 'embedded'}.png"
