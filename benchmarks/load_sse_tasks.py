@@ -280,7 +280,7 @@ def analyse(token: str, sender: Sender, frames_path: Path, resync_path: Path) ->
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     import dramatiq
 
-    from tests.processes import free_port, start_uvicorn, start_worker
+    from tests.support.processes import free_port, start_uvicorn, start_worker
 
     url, moved = choose_broker_url(cfg.redis_url or DEFAULT_REDIS, bool(cfg.redis_url))
     setup = setup_django(DB_NAME, url, cfg.pg_connections)

@@ -416,7 +416,7 @@ def run_n(
     token: str,
     workdir: Path,
 ) -> dict[str, Any]:
-    from tests.processes import free_port, start_uvicorn
+    from tests.support.processes import free_port, start_uvicorn
 
     clear_tasks()
     port = free_port()

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from taskstate.models import ACTIVE_STATUSES, COMPLETE_STATUSES, Status, Task
-from tests.factories import make_task
+from tests.support.factories import make_task
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.signals import task_changed
 from taskstate.tasks import cleanup_tasks
-from tests.factories import ago, make_task
+from tests.support.factories import ago, make_task
 
 pytestmark = pytest.mark.django_db
 

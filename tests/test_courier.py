@@ -14,7 +14,7 @@ import pytest
 
 from taskstate import courier as courier_module
 from taskstate.courier import Courier
-from tests.processes import REPO, child_env
+from tests.support.processes import REPO, child_env
 
 
 class Recorder:

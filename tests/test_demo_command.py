@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from tests.processes import REPO, child_env
+from tests.support.processes import REPO, child_env
 
 
 def test_demo_on_a_taken_port_says_so_and_suggests_another(tmp_path):

@@ -419,8 +419,8 @@ class Supervised:
 
 @pytest.fixture
 def proxied_redis(settings) -> Iterator[tuple[Any, Any]]:
-    from tests.faults import RedisServer
-    from tests.tcp_proxy import CuttableProxy
+    from tests.support.faults import RedisServer
+    from tests.support.tcp_proxy import CuttableProxy
 
     server = RedisServer()
     proxy = CuttableProxy(server.port)
@@ -452,7 +452,7 @@ def items(listener: Listener, channel: str) -> list[tuple[str, str]]:
 def test_supervised_subscription_delivers_every_channel_and_resets_ours_after_an_outage(
     proxied_redis, caplog
 ):
-    from tests.faults import wait_for
+    from tests.support.faults import wait_for
 
     server, proxy = proxied_redis
     supervised = Supervised()
@@ -484,7 +484,7 @@ def test_supervised_subscription_delivers_every_channel_and_resets_ours_after_an
 def test_supervised_subscription_notices_a_blackholed_connection(
     proxied_redis, caplog, monkeypatch
 ):
-    from tests.faults import wait_for
+    from tests.support.faults import wait_for
 
     monkeypatch.setattr(repair, "HEALTH_CHECK_INTERVAL", 1.0)
     monkeypatch.setattr(repair, "REPLY_TIMEOUT", 1.0)

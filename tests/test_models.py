@@ -10,7 +10,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 
 from taskstate.models import ACTIVE_STATUSES, COMPLETE_STATUSES, Status, Task
-from tests.factories import ago, make_task
+from tests.support.factories import ago, make_task
 
 pytestmark = pytest.mark.django_db
 

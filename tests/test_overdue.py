@@ -19,7 +19,7 @@ from django.utils import timezone
 from taskstate.cleanup import cleanup
 from taskstate.models import Status, Task
 from taskstate.signals import task_changed
-from tests.factories import ago, make_task
+from tests.support.factories import ago, make_task
 from tests.testapp import tasks as actors
 
 

@@ -23,14 +23,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 PG_DSN = "host={host} port={port} user={user} dbname={db}"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 # --- database and Django -------------------------------------------------------------
@@ -117,7 +117,7 @@ def service_env(db_name: str, redis_url: str, role: str) -> dict[str, str]:
         "PGUSER": role,
     }
     os.environ.update(values)
-    from tests.processes import child_env
+    from tests.support.processes import child_env
 
     return child_env(**values)
 
@@ -240,47 +240,29 @@ def run_token() -> str:
 def group_pids(pgid: int) -> list[int]:
     """Every live process of a process group (a worker forks its own children)."""
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = _stat_fields(int(entry))
-        except OSError:
-            continue
-        if int(fields[4]) == pgid:
-            pids.append(int(entry))
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == pgid:
+                pids.append(process.pid)
     return pids
 
 
-def _stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    # The command name is in parentheses and may hold spaces: split after it.
-    rest = text[text.rindex(")") + 2 :].split()
-    return ["pid", "comm", *rest]
-
-
 def cpu_seconds(pids: Iterable[int]) -> float:
-    total = 0
+    """User and system CPU time the live processes ``pids`` have used so far."""
+    total = 0.0
     for pid in pids:
-        try:
-            fields = _stat_fields(pid)
-        except OSError:
-            continue
-        total += int(fields[13]) + int(fields[14])  # utime + stime
-    return total / CLK_TCK
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def rss_kb(pids: Iterable[int]) -> int:
+    """Resident memory of the live processes ``pids``, in KiB."""
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            continue
+        with contextlib.suppress(psutil.Error):
+            total += psutil.Process(pid).memory_info().rss // 1024
     return total
 
 
@@ -304,8 +286,7 @@ class CpuMeter:
 
 
 def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
+    return " ".join(f"{load:.2f}" for load in psutil.getloadavg())
 
 
 class ClientProcess:

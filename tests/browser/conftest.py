@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.processes import REPO, Process, child_env, free_port
+from tests.support.processes import REPO, Process, child_env, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -155,6 +155,13 @@ def new_page(browser: Any, demo: str) -> Iterator[Any]:
     yield open_page
     for context in contexts:
         context.close()
+
+
+def expect(actual: Any, message: str | None = None) -> Any:
+    """Playwright's ``expect`` (assertions that wait), imported only once a browser runs."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(actual, message)
 
 
 def screenshot(page: Any, name: str) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import INIT_SCRIPT, screenshot, wait_open
+from tests.browser.conftest import INIT_SCRIPT, expect, screenshot, wait_open
 
 ROWS = "li.taskstate-task"
 
@@ -22,12 +22,13 @@ def start(page: Any, label: str) -> str:
     before = row_ids(page)
     page.click(f"button:has-text('{label}')")
     page.wait_for_load_state()
-    page.wait_for_function(
-        """([before, label]) => [...document.querySelectorAll('li.taskstate-task')].some(
-               e => !before.includes(e.id)
-                    && e.querySelector('.taskstate-description').textContent.trim() === label)""",
-        arg=[sorted(before), label],
+    others = "".join(f":not(#{i})" for i in sorted(before))
+    created = page.locator(f"{ROWS}{others}").filter(
+        has=page.locator(
+            ".taskstate-description", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$")
+        )
     )
+    expect(created).to_have_count(1)
     new = [
         i
         for i in row_ids(page) - before
@@ -42,11 +43,7 @@ def status(page: Any, row_id: str) -> str | None:
 
 
 def wait_status(page: Any, row_id: str, wanted: str, timeout: float = 40_000) -> None:
-    page.wait_for_function(
-        "([id, wanted]) => document.getElementById(id)?.dataset.status === wanted",
-        arg=[row_id, wanted],
-        timeout=timeout,
-    )
+    expect(page.locator(f"#{row_id}")).to_have_attribute("data-status", wanted, timeout=timeout)
 
 
 def mark_no_reload(page: Any) -> None:
@@ -57,19 +54,34 @@ def assert_not_reloaded(page: Any) -> None:
     assert page.evaluate("window.__taskstateNoReload === true"), "the page was reloaded"
 
 
+# Records every value the row's progress bar shows, as the page changes (rows are
+# swapped whole, so the observer watches the document, not one element).
+RECORD_PROGRESS = """rowId => {
+    window.__progressSeen = [];
+    const record = () => {
+        const value = document.querySelector(`#${rowId} [role=progressbar]`)
+            ?.getAttribute('aria-valuenow');
+        const seen = window.__progressSeen;
+        if (value != null && (!seen.length || Number(value) !== seen[seen.length - 1])) {
+            seen.push(Number(value));
+        }
+    };
+    record();
+    new MutationObserver(record).observe(
+        document.body, {childList: true, subtree: true, attributes: true});
+}"""
+
+
 def test_report_row_moves_and_finishes_without_reload(new_page):
     page = new_page("demo")
     row = start(page, "Build a report")
     mark_no_reload(page)
-    seen: list[int] = []
-    deadline = time.monotonic() + 40
-    while status(page, row) != "done" and time.monotonic() < deadline:
-        value = page.get_attribute(f"#{row} [role=progressbar]", "aria-valuenow")
-        if value is not None and (not seen or int(value) != seen[-1]):
-            seen.append(int(value))
-            if len(seen) == 3:
-                screenshot(page, "report-running")
-        time.sleep(0.1)
+    page.evaluate(RECORD_PROGRESS, row)
+    bar = page.locator(f"#{row} [role=progressbar]")
+    expect(bar).to_have_attribute("aria-valuenow", re.compile(r"^[1-9][0-9]?$"), timeout=40_000)
+    screenshot(page, "report-running")
+    wait_status(page, row, "done")
+    seen: list[int] = page.evaluate("window.__progressSeen")
     assert status(page, row) == "done"
     assert_not_reloaded(page)
     # The bar moved through several values on the way, never backwards, and ended full.
@@ -101,8 +113,8 @@ def test_dismissed_row_leaves_every_tab_and_stays_gone(new_page, demo):
     # The second tab's stream must be open to hear about the dismissal.
     wait_open(other_tab)
     page.click(f"#{row} button:has-text('Dismiss')")
-    page.wait_for_selector(f"#{row}", state="detached")
-    other_tab.wait_for_selector(f"#{row}", state="detached")
+    expect(page.locator(f"#{row}")).to_have_count(0)
+    expect(other_tab.locator(f"#{row}")).to_have_count(0)
     page.reload()
     page.wait_for_selector("#taskstate-rows", state="attached")
     assert page.query_selector(f"#{row}") is None
@@ -131,7 +143,7 @@ def test_another_user_never_sees_my_task(new_page, demo):
 def test_dropped_stream_resyncs_from_the_server(new_page, demo):
     from urllib.parse import urlsplit
 
-    from tests.tcp_proxy import CuttableProxy
+    from tests.support.tcp_proxy import CuttableProxy
 
     proxy = CuttableProxy(urlsplit(demo).port)
     try:

@@ -20,7 +20,7 @@ from urllib.request import urlopen
 
 import pytest
 
-from tests.processes import Process, child_env, free_port
+from tests.support.processes import Process, child_env, free_port
 from tests.support.quickstart import commands, quickstart_blocks
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from tests.processes import Process, child_env, free_port, start_uvicorn, start_worker
-from tests.sse import SSEClient, session_cookie
+from tests.support.processes import Process, child_env, free_port, start_uvicorn, start_worker
+from tests.support.sse import SSEClient, session_cookie
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Faults under real processes: a worker killed mid-task, Redis and PostgreSQL restarted,
-the web process restarted. Services that a test breaks are private ones (tests/faults.py);
+the web process restarted. Services that a test breaks are private ones (tests/support/faults.py);
 the shared PostgreSQL keeps the test database of the tests that read rows through the ORM.
 
 Figures for docs/reliability.md are printed with ``-s`` (lines starting with ``FIGURE``).
@@ -24,7 +24,7 @@ from dramatiq.brokers.redis import RedisBroker
 from taskstate import eventstream_repair
 from taskstate.models import Status, Task
 from taskstate.transitions import ABANDONED_ERROR
-from tests.faults import (
+from tests.support.faults import (
     PostgresServer,
     RedisServer,
     ResyncingStream,
@@ -34,9 +34,9 @@ from tests.faults import (
     postgres_unavailable,
     wait_for,
 )
-from tests.processes import REPO, Process, child_env, free_port, start_uvicorn, start_worker
-from tests.sse import session_cookie
-from tests.tcp_proxy import CuttableProxy
+from tests.support.processes import REPO, Process, child_env, free_port, start_uvicorn, start_worker
+from tests.support.sse import session_cookie
+from tests.support.tcp_proxy import CuttableProxy
 from tests.testapp import tasks as actors
 
 #: RedisBroker options for the tests that wait for a dead worker's message to come back:

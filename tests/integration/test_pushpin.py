@@ -9,9 +9,10 @@ Pushpin also refreshes each held stream: it GETs the ``Grip-Link: rel=next`` tha
 django-eventstream set, without the browser's cookies, every 120 s (Pushpin 1.36 also
 about a second after some streams open). While that request fails, Pushpin holds back
 everything published to the stream, and after five failures it closes the stream.
-``taskstate:events`` answers it 403 today: the tests that need a stream to outlive that
-refresh call ``stack.require_next_link(user)``, which marks them xfail until the view
-accepts it (the patch is in docs/pushpin.md).
+``taskstate:events`` answers it when Pushpin's signature is verified (docs/pushpin.md,
+"Refreshing a held stream"); the tests that need a stream to outlive that refresh call
+``stack.require_next_link(user)`` first, which fails with ``NextLinkRefused`` saying so
+if the view refuses it.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from django.db import connections
 from taskstate import publish
 from taskstate.channels import user_channel
 from taskstate.models import Task
-from tests.processes import Process, free_port, start_uvicorn, start_worker
-from tests.pushpin import SIG_ISS, PushpinProcess, start_pushpin
-from tests.sse import Frame, assert_each_hears_only_their_own, session_cookie
+from tests.support.processes import Process, free_port, start_uvicorn, start_worker
+from tests.support.pushpin import SIG_ISS, PushpinProcess, start_pushpin
+from tests.support.sse import Frame, assert_each_hears_only_their_own, session_cookie
 from tests.testapp import tasks as actors
 
 # On a machine without Pushpin these are skipped, saying why; CI installs it (.ci/run)
@@ -59,8 +60,8 @@ class NextLinkRefused(AssertionError):
 
 
 NEXT_LINK_REFUSED = (
-    "taskstate:events answers Pushpin's cookie-less next-link request with 403, so "
-    "Pushpin holds back a stream's events from its first refresh on (docs/pushpin.md)"
+    "taskstate:events refused Pushpin's cookie-less next-link request, so Pushpin would "
+    "hold back a stream's events from its first refresh on (docs/pushpin.md)"
 )
 
 

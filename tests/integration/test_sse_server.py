@@ -6,7 +6,7 @@ import re
 
 from taskstate.channels import user_channel
 from taskstate.models import Task
-from tests.sse import assert_each_hears_only_their_own
+from tests.support.sse import assert_each_hears_only_their_own
 from tests.testapp import tasks as actors
 
 

@@ -98,7 +98,7 @@ def test_killed_worker_leaves_running_and_cleanup_fails_it(
 ):
     """SIGKILL mid-task: the row stays running until the cleanup's dead-worker rule."""
     from taskstate.cleanup import cleanup
-    from tests.processes import start_worker
+    from tests.support.processes import start_worker
 
     worker = start_worker(process_env)
     try:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.processes import Process, child_env, free_port
+from tests.support.processes import Process, child_env, free_port
 
 PUSHPIN = "pushpin"
 

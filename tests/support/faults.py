@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import http.client
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -21,7 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.processes import Process, free_port
+import httpx
+from httpx_sse import SSEError, connect_sse
+
+from tests.support.processes import Process, free_port
 
 T = TypeVar("T")
 
@@ -253,14 +256,14 @@ class ResyncingStream:
 
     def __init__(self, base_url: str, cookies: dict[str, str]) -> None:
         self.base_url = base_url
-        self.cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+        self.cookies = cookies
         self.statuses: dict[int, str] = {}
         self.opened = 0
         self.resyncs = 0
         self.pushed_rows = 0
         self._changed = threading.Condition()
         self._closed = False
-        self._conn: http.client.HTTPConnection | None = None
+        self._response: httpx.Response | None = None
         self._thread = threading.Thread(target=self._run, name="resyncing-stream", daemon=True)
         self._thread.start()
 
@@ -272,43 +275,30 @@ class ResyncingStream:
             try:
                 self._stream()
                 pause = 0.25
-            except (OSError, http.client.HTTPException, ValueError):
+            except (OSError, httpx.HTTPError, SSEError, ValueError):
                 pass
             if self._closed:
                 return
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
 
+    def _client(self, timeout: float) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url,
+            cookies=self.cookies,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10)),
+        )
+
     def _stream(self) -> None:
-        host, port = self._hostport()
-        conn = http.client.HTTPConnection(host, port, timeout=60)
-        self._conn = conn
-        try:
-            conn.request(
-                "GET",
-                "/taskstate/events/",
-                headers={"Accept": "text/event-stream", "Cookie": self.cookie},
-            )
-            response = conn.getresponse()
-            if response.status != 200:
+        with self._client(60) as client, connect_sse(client, "GET", "/taskstate/events/") as source:
+            self._response = source.response
+            if source.response.status_code != 200:
                 return
-            event: str | None = None
-            data: list[str] = []
-            while not self._closed:
-                raw = response.readline()
-                if not raw:
+            for sse in source.iter_sse():
+                if self._closed:
                     return
-                line = raw.decode().rstrip("\r\n")
-                if line == "":
-                    if event is not None or data:
-                        self._on_event(event or "", "\n".join(data))
-                    event, data = None, []
-                elif line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].removeprefix(" "))
-        finally:
-            conn.close()
+                # httpx-sse names an unnamed message "message"; the page swaps those in.
+                self._on_event("" if sse.event == "message" else sse.event, sse.data)
 
     def _on_event(self, event: str, data: str) -> None:
         if event in ("stream-open", "stream-reset"):
@@ -322,31 +312,19 @@ class ResyncingStream:
             self._apply(rows)
 
     def _resync(self) -> None:
-        host, port = self._hostport()
-        conn = http.client.HTTPConnection(host, port, timeout=15)
-        try:
-            conn.request(
-                "GET", "/taskstate/list/", headers={"HX-Request": "true", "Cookie": self.cookie}
-            )
-            response = conn.getresponse()
-            body = response.read().decode()
-        finally:
-            conn.close()
-        if response.status == 200:
+        with self._client(15) as client:
+            response = client.get("/taskstate/list/", headers={"HX-Request": "true"})
+        if response.status_code == 200:
             with self._changed:
                 self.resyncs += 1
                 self.statuses = {}  # the list's innerHTML is replaced
-            self._apply(_ROW.findall(body))
+            self._apply(_ROW.findall(response.text))
 
     def _apply(self, rows: list[tuple[str, str]]) -> None:
         with self._changed:
             for pk, status in rows:
                 self.statuses[int(pk)] = status  # upserted: the latest row wins
             self._changed.notify_all()
-
-    def _hostport(self) -> tuple[str, int]:
-        host, _, port = self.base_url.removeprefix("http://").partition(":")
-        return host, int(port)
 
     # The test -------------------------------------------------------------------------
 
@@ -367,8 +345,11 @@ class ResyncingStream:
 
     def close(self) -> None:
         self._closed = True
-        conn = self._conn
-        if conn is not None and conn.sock is not None:
+        # The stream thread blocks in a socket read: shut the socket down to wake it up.
+        response = self._response
+        stream = response.extensions.get("network_stream") if response is not None else None
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
             with contextlib.suppress(OSError):
-                conn.sock.shutdown(2)
+                sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import threading
 
@@ -32,6 +33,7 @@ class CuttableProxy:
         self._server: asyncio.AbstractServer | None = None
         self._flowing: asyncio.Event | None = None
         self._pairs: dict[_Pair, tuple[asyncio.StreamReader, ...]] = {}
+        self._cuts = 0
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
@@ -47,7 +49,10 @@ class CuttableProxy:
             if self._flowing is None:
                 self._flowing = asyncio.Event()
                 self._flowing.set()
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+            # A connection remembers which opening accepted it: one that a cut overtook
+            # before its handler ran is dropped by the handler.
+            handle = functools.partial(self._handle, self._cuts)
+            self._server = await asyncio.start_server(handle, "127.0.0.1", self.port)
 
         self._call(start())
 
@@ -55,14 +60,18 @@ class CuttableProxy:
         """Stop accepting and drop every connection, both ways."""
 
         async def stop() -> None:
-            if self._server is not None:
-                self._server.close()
-                await self._server.wait_closed()
-                self._server = None
+            server, self._server = self._server, None
+            self._cuts += 1
+            if server is not None:
+                server.close()
+            # Drop the connections before waiting for the server: since Python 3.12.1
+            # Server.wait_closed() also waits until every connection it accepted is gone.
             for writer in list(self._writers):
                 with contextlib.suppress(Exception):
                     writer.transport.abort()
             self._writers.clear()
+            if server is not None:
+                await server.wait_closed()
 
         self._call(stop())
 
@@ -91,11 +100,20 @@ class CuttableProxy:
 
         self._call(start())
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, accepted_at: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if accepted_at != self._cuts:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
             writer.transport.abort()
+            return
+        if accepted_at != self._cuts:  # cut while the upstream connection opened
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._writers.update({writer, up_writer})
         pair = _Pair()
