@@ -45,6 +45,10 @@ CELLS = [
     ("3.13", "6.1", "2"),
 ]
 EDGES = [CELLS[0], CELLS[-1]]
+# .ci/run's first passes already run the default cell (the README's venv: Python 3.11,
+# Django 5.2, Dramatiq 2.x) without and with services: CI leaves it out here.
+if os.environ.get("TASKSTATE_MATRIX_SKIP_DEFAULT") == "1":
+    CELLS = [cell for cell in CELLS if cell != ("3.11", "5.2", "2")]
 
 
 def _ids(cells: list[tuple[str, str, str]]) -> list[str]:
