@@ -10,12 +10,14 @@ from django.http import (
     HttpResponseBase,
     HttpResponseForbidden,
     HttpResponseRedirect,
+    StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, render, resolve_url
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from taskstate import streams
 from taskstate.channels import user_channel
 from taskstate.models import Task
 from taskstate.publish import publish_removed
@@ -29,20 +31,39 @@ def events(request: HttpRequest) -> HttpResponseBase:
     The channel comes from the session, never from the request: query parameters
     such as ``channel`` are ignored. One exception: behind a GRIP proxy (Pushpin), the
     proxy refreshes each held stream through the "next" link django-eventstream gave it,
-    without the browser's cookies; that request carries the proxy's verified signature
-    and django-eventstream's own signed token naming the user and channels.
+    without the browser's cookies; that request must carry the proxy's verified
+    signature, and the session the stream was opened with must still be valid
+    (``taskstate.streams``). A stream served here ends when its session does.
     """
     from django_eventstream.views import events as eventstream_events
 
-    grip = getattr(request, "grip", None)
-    if grip is not None and grip.proxied and "es-meta" in request.GET:
+    refused = streams.refuse_unsigned_grip_parameters(request)
+    if refused is not None:
+        return refused
+    if streams.grip_signed(request) and "es-meta" in request.GET:
+        refused = streams.check_refresh(request)
+        if refused is not None:
+            return refused
         refreshed: HttpResponseBase = eventstream_events(request)
         return refreshed
     if not request.user.is_authenticated:
         return HttpResponseForbidden("Log in to follow your tasks.")
+    if streams.grip_signed(request):
+        streams.add_session_reference(request)
+        held: HttpResponseBase = eventstream_events(
+            request, channels=[user_channel(request.user.pk)]
+        )
+        return held
+    stream = streams.registry.admit(request.user.pk, request.session.session_key)
+    if stream is None:
+        return streams.too_many_streams()
     response: HttpResponseBase = eventstream_events(
         request, channels=[user_channel(request.user.pk)]
     )
+    if isinstance(response, StreamingHttpResponse):
+        streams.guard(response, stream)
+    else:
+        streams.registry.remove(stream)
     # Under ASGI this request keeps its own thread, and with it the database connection
     # the session and user were read through, until the stream ends: one connection per
     # open page, for hours. The stream itself reads nothing, so give the connection back.

@@ -271,11 +271,22 @@ def test_the_next_link_pushpin_follows_is_answered_without_cookies(stack, user):
     assert f"events-{user_channel(user.pk)}" in response.getheader("Grip-Channel", "")
 
 
-def test_a_next_link_without_pushpins_signature_opens_nothing(stack, user):
-    """The link alone (its es-meta token names the user) is not a way in for a client."""
+def test_a_next_link_without_pushpins_signature_opens_nothing(stack, user, other_user):
+    """The link alone (its es-meta token names the user) is not a way in for a client,
+    not even with a session of their own (issue 10, case 3): a bad request."""
     _, link = stack.refresh(user)
-    assert _get(stack.web_ports[0], link, {}).status == 403
-    assert _get(stack.web_ports[0], link, {"Grip-Sig": "forged"}).status == 403
+    assert _get(stack.web_ports[0], link, {}).status == 400
+    assert _get(stack.web_ports[0], link, {"Grip-Sig": "forged"}).status == 400
+    cookie = "; ".join(f"{k}={v}" for k, v in session_cookie(other_user).items())
+    assert _get(stack.web_ports[0], link, {"Cookie": cookie}).status == 400
+
+
+def test_a_refresh_after_the_user_is_deactivated_is_refused(stack, user):
+    """Issue 10, case 2 under Pushpin: the refresh answered 200 with a fresh token."""
+    response, link = stack.refresh(user)
+    assert response.status == 200
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    assert _get(stack.web_ports[0], link, {"Grip-Sig": stack.grip_sig()}).status == 403
 
 
 def test_a_forged_grip_signature_is_not_trusted(stack, user):

@@ -1,0 +1,348 @@
+"""The event streams of this web process: opened by whom, with which session, for how long.
+
+Three rules, applied by ``taskstate.views.events``:
+
+1. **GRIP parameters need the proxy's signature.** ``es-meta`` (django-eventstream's
+   token naming a user and channels) and ``recover`` are for the proxy's refresh of a
+   held stream. Without a verified ``Grip-Sig`` they are refused with 400; with one, a
+   malformed token is a 400 too, never a 500.
+2. **A stream lives only as long as its session.** A stream served by this process is
+   registered with the session it was opened with; every ``STREAM_CHECK_INTERVAL``
+   seconds one task per process re-reads those sessions and closes, with a
+   ``stream-error`` event, every stream whose session is gone (logout), expired, no
+   longer matches the user's password (``update_session_auth_hash`` not called) or whose
+   user is inactive. Under GRIP the proxy holds the stream, so the check happens on each
+   refresh: the next link carries a reference to the session (never the session key)
+   and a refresh whose session fails is refused with 403.
+3. **At most ``STREAMS_PER_USER`` open streams per user and process**; one more is
+   answered 429 and the open ones are left alone. Other users are never affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import (
+    BACKEND_SESSION_KEY,
+    HASH_SESSION_KEY,
+    SESSION_KEY,
+    get_user_model,
+    load_backend,
+)
+from django.db import connections
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseForbidden,
+    StreamingHttpResponse,
+)
+from django.utils.crypto import constant_time_compare
+
+from taskstate.channels import user_channel
+from taskstate.conf import get_settings
+
+logger = logging.getLogger("taskstate")
+
+#: Query parameter of the next link naming the stream's session reference.
+SESSION_REF_PARAM = "ts-stream"
+#: Key, in the reference record, of the session the stream was opened with.
+_REF_KEY = "_taskstate_stream_session"
+#: Query parameters only the GRIP proxy may send.
+_GRIP_ONLY = ("es-meta", "recover")
+
+
+# --- GRIP ---------------------------------------------------------------------------
+
+
+def grip_signed(request: HttpRequest) -> bool:
+    """Whether the request carries a GRIP proxy signature django_grip verified."""
+    grip = getattr(request, "grip", None)
+    return bool(grip is not None and grip.proxied and grip.signed)
+
+
+def refuse_unsigned_grip_parameters(request: HttpRequest) -> HttpResponse | None:
+    """400 for ``es-meta`` or ``recover`` on a request the proxy did not sign."""
+    if grip_signed(request) or not any(name in request.GET for name in _GRIP_ONLY):
+        return None
+    return HttpResponseBadRequest(
+        "es-meta and recover are accepted only from the GRIP proxy.\n",
+        content_type="text/plain",
+    )
+
+
+def check_refresh(request: HttpRequest) -> HttpResponse | None:
+    """For the proxy's refresh of a held stream (signed, with ``es-meta``): 400 for a
+    malformed token, 403 when the stream's session is no longer valid; None to serve it.
+    """
+    import jwt
+
+    try:
+        claims = jwt.decode(
+            request.GET.get("es-meta", ""),
+            settings.SECRET_KEY.encode(),
+            algorithms=["HS256"],
+            options={"require": ["exp"]},
+        )
+    except jwt.InvalidTokenError:
+        return HttpResponseBadRequest("Invalid es-meta.\n", content_type="text/plain")
+    user_id, channels = claims.get("user"), claims.get("channels")
+    if (
+        not isinstance(user_id, str)
+        or not isinstance(channels, list)
+        or channels != [user_channel(user_id)]
+    ):
+        return HttpResponseBadRequest("Invalid es-meta.\n", content_type="text/plain")
+    user = _referenced_session_user(request.GET.get(SESSION_REF_PARAM))
+    if user is None or str(user.pk) != user_id:
+        return HttpResponseForbidden("The session of this stream has ended.\n")
+    return None
+
+
+def add_session_reference(request: HttpRequest) -> None:
+    """Put a reference to the request's session into the query string, which
+    django-eventstream copies into the next link the proxy refreshes through.
+
+    The reference is the key of a record in the session store that names the session;
+    the session key itself never appears in a URL (it would be in access logs). With
+    the signed-cookies engine there is no server-side record to point to: the refresh
+    then checks the user only (active), see docs/pushpin.md.
+    """
+    session = getattr(request, "session", None)
+    if session is None or session.session_key is None or _cookie_sessions():
+        return
+    store = _session_store()()
+    store[_REF_KEY] = session.session_key
+    store.set_expiry(session.get_expiry_date())
+    store.save()
+    params = request.GET.copy()
+    params[SESSION_REF_PARAM] = store.session_key
+    request.GET = params  # type: ignore[assignment]
+
+
+def _referenced_session_user(reference: str | None) -> Any:
+    if not reference:
+        return None
+    record = _session_store()(reference)
+    session_key = record.get(_REF_KEY)
+    if not isinstance(session_key, str):
+        return None
+    return session_user(session_key)
+
+
+# --- sessions -------------------------------------------------------------------------
+
+
+def _session_store() -> Any:
+    return import_module(settings.SESSION_ENGINE).SessionStore
+
+
+def _cookie_sessions() -> bool:
+    return str(settings.SESSION_ENGINE).endswith("signed_cookies")
+
+
+def session_user(session_key: str) -> Any:
+    """The active user logged in with session ``session_key``, or None.
+
+    What ``django.contrib.auth.get_user`` checks (session exists and has not expired, its
+    backend is configured, the user exists, the stored hash matches the user's session
+    auth hash or one of its fallbacks), without its side effects (it would flush or
+    cycle the session), and the user must be active.
+    """
+    data = _session_store()(session_key).load()
+    try:
+        user_id = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
+        backend_path = data[BACKEND_SESSION_KEY]
+    except Exception:
+        return None
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    user = load_backend(backend_path).get_user(user_id)
+    if user is None or not getattr(user, "is_active", True):
+        return None
+    if hasattr(user, "get_session_auth_hash"):
+        stored = data.get(HASH_SESSION_KEY)
+        if not stored:
+            return None
+        candidates = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+        if not any(constant_time_compare(stored, c) for c in candidates):
+            return None
+    return user
+
+
+def _user_active(user_pk: Any) -> bool:
+    user = get_user_model()._default_manager.filter(pk=user_pk).first()
+    return user is not None and bool(getattr(user, "is_active", True))
+
+
+# --- streams served by this process ---------------------------------------------------
+
+
+@dataclass(eq=False)
+class LocalStream:
+    """One open stream: whose, with which session, and why it was closed (if it was)."""
+
+    user_pk: Any
+    session_key: str | None
+    opened: float = field(default_factory=time.monotonic)
+    reason: str | None = None
+    _wake: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def close(self, reason: str) -> None:
+        """Ask the stream to end (from any thread)."""
+        self.reason = reason
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: set[LocalStream] = set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    def admit(self, user_pk: Any, session_key: str | None) -> LocalStream | None:
+        """Register a new stream of ``user_pk``; None when the user is at the cap."""
+        cap = get_settings().STREAMS_PER_USER
+        with self._lock:
+            if sum(1 for s in self._streams if s.user_pk == user_pk) >= cap:
+                return None
+            stream = LocalStream(user_pk, session_key)
+            self._streams.add(stream)
+            return stream
+
+    def remove(self, stream: LocalStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def open_streams(self) -> list[LocalStream]:
+        with self._lock:
+            return list(self._streams)
+
+    def watch(self) -> None:
+        """Make sure this event loop runs the session check (called from a stream)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            task = self._watcher
+            if task is not None and not task.done() and task.get_loop() is loop:
+                return
+            self._watcher = loop.create_task(self._watch(), name="taskstate-stream-check")
+
+    async def _watch(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(get_settings().STREAM_CHECK_INTERVAL)
+            streams = [s for s in self.open_streams() if s.reason is None]
+            if not streams:
+                continue
+            try:
+                ended = await sync_to_async(_ended_sessions, thread_sensitive=False)(
+                    {(s.user_pk, s.session_key) for s in streams}
+                )
+            except Exception:
+                if not failing:
+                    logger.error(
+                        "taskstate: cannot check the sessions of open streams; they stay "
+                        "open until the check works again.",
+                        exc_info=True,
+                    )
+                failing = True
+                continue
+            if failing:
+                logger.warning("taskstate: checking the sessions of open streams works again.")
+                failing = False
+            for stream in streams:
+                if (stream.user_pk, stream.session_key) in ended:
+                    stream.close("The session of this stream has ended.")
+
+
+def _ended_sessions(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
+    """The (user pk, session key) pairs whose session no longer holds that active user."""
+    try:
+        ended = set()
+        for user_pk, session_key in pairs:
+            if session_key is None:
+                valid = _user_active(user_pk)
+            else:
+                user = session_user(session_key)
+                valid = user is not None and user.pk == user_pk
+            if not valid:
+                ended.add((user_pk, session_key))
+        return ended
+    finally:
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:
+                connection.close()
+
+
+registry = Registry()
+
+
+def too_many_streams() -> HttpResponse:
+    response = HttpResponse(
+        f"Too many open streams for this user (at most {get_settings().STREAMS_PER_USER} "
+        "per web process). Close a tab and try again.\n",
+        status=429,
+        content_type="text/plain",
+    )
+    response["Retry-After"] = "30"
+    return response
+
+
+def guard(response: StreamingHttpResponse, stream: LocalStream) -> None:
+    """Make ``response`` end when ``stream`` is closed, and forget ``stream`` when the
+    response ends, however it ends."""
+    if not response.is_async:
+        registry.remove(stream)
+        return
+    content = _guarded(response.streaming_content, stream)  # type: ignore[arg-type]
+    weakref.finalize(content, registry.remove, stream)
+    response.streaming_content = content
+
+
+async def _guarded(inner: AsyncIterator[bytes], stream: LocalStream) -> AsyncIterator[bytes]:
+    from django_eventstream.utils import sse_encode_error
+
+    stream._loop = asyncio.get_running_loop()
+    stream._wake = asyncio.Event()
+    registry.watch()
+    closed = asyncio.ensure_future(stream._wake.wait())
+    step: asyncio.Future[bytes] | None = None
+    try:
+        while stream.reason is None:
+            step = asyncio.ensure_future(inner.__anext__())
+            await asyncio.wait({step, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                break
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                return
+            step = None
+            yield chunk
+        if stream.reason is not None:
+            yield sse_encode_error("forbidden", stream.reason).encode()
+    finally:
+        closed.cancel()
+        registry.remove(stream)
+        if step is not None and not step.done():
+            # django-eventstream's loop ends (and drops its listener) on cancellation.
+            step.cancel()
+        else:
+            aclose = getattr(inner, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
