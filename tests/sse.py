@@ -79,6 +79,11 @@ class SSEClient:
                     )
                 self._changed.wait(remaining)
 
+    def wait_ended(self, timeout: float = 30.0) -> bool:
+        """Wait until the server ended the stream; whether it did within ``timeout``."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def close(self) -> None:
         self._closed = True
         with contextlib.suppress(OSError):
