@@ -13,9 +13,13 @@ class TaskstateConfig(AppConfig):
 
         from taskstate import (
             checks,  # noqa: F401  (registers the system checks)
+            logfilters,
             publish,
             signals,
         )
+
+        # GRIP refresh links carry tokens in their query string: not in access logs.
+        logfilters.install()
 
         # The live page follows every committed change; dispatch_uid keeps it to one.
         signals.task_committed.connect(

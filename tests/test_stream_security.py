@@ -176,3 +176,25 @@ def test_signed_refresh_for_a_token_of_another_users_stream_reference_is_refused
     params["es-meta"] = es_meta(other_user)
     query = "&".join(f"{k}={v}" for k, v in params.items())
     assert refresh(f"{parts.path}?{query}").status_code == 403
+
+
+def test_access_log_lines_of_a_refresh_carry_no_token():
+    """uvicorn's access record: (client, method, path with query, http version, status)."""
+    import logging
+
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VyIjoiMSJ9.c2lnbmF0dXJl"
+    path = f"{EVENTS}?link=next&recover=true&es-meta={token}&ts-stream=abc123secret"
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", path, "1.1", 200),
+        None,
+    )
+    for f in logging.getLogger("uvicorn.access").filters:
+        f.filter(record)
+    line = record.getMessage()
+    assert token not in line and "abc123secret" not in line
+    assert "link=next&recover=true&es-meta=[redacted]&ts-stream=[redacted]" in line

@@ -269,6 +269,12 @@ def test_the_next_link_pushpin_follows_is_answered_without_cookies(stack, user):
         raise NextLinkRefused(f"GET {link.split('?')[0]}?link=next&... -> {response.status}")
     assert response.getheader("Grip-Hold") == "stream"
     assert f"events-{user_channel(user.pk)}" in response.getheader("Grip-Channel", "")
+    # uvicorn logged the refresh, without its tokens (taskstate.logfilters).
+    token = re.search(r"es-meta=([^&]+)", link).group(1)
+    stack.web[0].wait_for_output("link=next", timeout=10)
+    logged = [line for line in stack.web[0].lines if "link=next" in line]
+    assert logged and all("es-meta=[redacted]" in line for line in logged)
+    assert not any(token in line for line in stack.web[0].lines)
 
 
 def test_a_next_link_without_pushpins_signature_opens_nothing(stack, user, other_user):
