@@ -48,9 +48,9 @@ from django.http import (
     HttpResponseForbidden,
     StreamingHttpResponse,
 )
-from django.utils.crypto import constant_time_compare
+from django.utils.crypto import constant_time_compare, salted_hmac
 
-from taskstate.channels import user_channel
+from taskstate.channels import site_namespace, user_channel
 from taskstate.conf import get_settings
 
 logger = logging.getLogger("taskstate")
@@ -59,6 +59,7 @@ logger = logging.getLogger("taskstate")
 SESSION_REF_PARAM = "ts-stream"
 #: Key, in the reference record, of the session the stream was opened with.
 _REF_KEY = "_taskstate_stream_session"
+_SESSION_CHANNEL_SALT = "taskstate.streams.grip_session_channel"
 #: Query parameters only the GRIP proxy may send.
 _GRIP_ONLY = ("es-meta", "recover")
 
@@ -84,7 +85,8 @@ def refuse_unsigned_grip_parameters(request: HttpRequest) -> HttpResponse | None
 
 def check_refresh(request: HttpRequest) -> HttpResponse | None:
     """For the proxy's refresh of a held stream (signed, with ``es-meta``): 400 for a
-    malformed token, 403 when the stream's session is no longer valid; None to serve it.
+    malformed token, 403 when the stream's session is no longer valid; None to serve it
+    (and the response to it should get :func:`add_close_channels`).
     """
     import jwt
 
@@ -104,9 +106,11 @@ def check_refresh(request: HttpRequest) -> HttpResponse | None:
         or channels != [user_channel(user_id)]
     ):
         return HttpResponseBadRequest("Invalid es-meta.\n", content_type="text/plain")
-    user = _referenced_session_user(request.GET.get(SESSION_REF_PARAM))
+    session_key = _referenced_session_key(request.GET.get(SESSION_REF_PARAM))
+    user = session_user(session_key) if session_key else None
     if user is None or str(user.pk) != user_id:
         return HttpResponseForbidden("The session of this stream has ended.\n")
+    request._taskstate_stream = (session_key, user.pk)  # type: ignore[attr-defined]
     return None
 
 
@@ -131,14 +135,84 @@ def add_session_reference(request: HttpRequest) -> None:
     request.GET = params  # type: ignore[assignment]
 
 
-def _referenced_session_user(reference: str | None) -> Any:
+def _referenced_session_key(reference: str | None) -> str | None:
     if not reference:
         return None
-    record = _session_store()(reference)
-    session_key = record.get(_REF_KEY)
-    if not isinstance(session_key, str):
-        return None
-    return session_user(session_key)
+    session_key = _session_store()(reference).get(_REF_KEY)
+    return session_key if isinstance(session_key, str) else None
+
+
+def add_close_channels(request: HttpRequest) -> None:
+    """Subscribe the stream Pushpin is about to hold to two more GRIP channels, on which
+    taskstate publishes a close: one for its session (logout), one for its user
+    (deactivation). A password change is caught at the next refresh."""
+    instruct = getattr(getattr(request, "grip", None), "instruct", None)
+    if instruct is None:
+        return
+    from gripcontrol import Channel
+
+    refreshed = getattr(request, "_taskstate_stream", None)
+    if refreshed is not None:
+        session_key, user_pk = refreshed
+    else:
+        session = getattr(request, "session", None)
+        session_key = session.session_key if session is not None else None
+        user_pk = request.user.pk
+    if session_key:
+        instruct.add_channel(Channel(grip_session_channel(session_key)))
+    instruct.add_channel(Channel(grip_user_channel(user_pk)))
+
+
+def grip_session_channel(session_key: str) -> str:
+    """The GRIP channel of the streams of one session (an HMAC: no session key in it)."""
+    return "taskstate-session-" + salted_hmac(_SESSION_CHANNEL_SALT, session_key).hexdigest()
+
+
+def grip_user_channel(user_pk: Any) -> str:
+    return f"taskstate-close-{site_namespace()}-{user_pk}"
+
+
+def _grip_configured() -> bool:
+    return bool(getattr(settings, "GRIP_URL", None) or getattr(settings, "GRIP_PROXIES", None))
+
+
+def _close_held_streams(channel: str) -> None:
+    """Send a stream-error and close every stream the proxy holds on ``channel``."""
+    from django_eventstream.utils import sse_encode_error
+    from django_grip import publish
+    from gripcontrol import HttpStreamFormat
+
+    content = sse_encode_error("forbidden", "The session of this stream has ended.")
+    try:
+        publish(channel, HttpStreamFormat(content), id="taskstate-close-1")
+        publish(
+            channel,
+            HttpStreamFormat(close=True),
+            id="taskstate-close-2",
+            prev_id="taskstate-close-1",
+        )
+    except Exception:
+        logger.warning("taskstate: could not tell the GRIP proxy to close streams", exc_info=True)
+
+
+def on_logged_out(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    """Receiver of ``user_logged_out``: end the streams of that session now, those this
+    process serves and those the GRIP proxy holds (other processes: next check)."""
+    session = getattr(request, "session", None)
+    session_key = session.session_key if session is not None else None
+    if not session_key:
+        return
+    for stream in registry.open_streams():
+        if stream.session_key == session_key:
+            stream.close("The session of this stream has ended.")
+    if _grip_configured():
+        _close_held_streams(grip_session_channel(session_key))
+
+
+def on_user_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Receiver of the user model's ``post_save``: a deactivated user's held streams end."""
+    if getattr(instance, "is_active", True) is False and _grip_configured():
+        _close_held_streams(grip_user_channel(instance.pk))
 
 
 # --- sessions -------------------------------------------------------------------------

@@ -45,6 +45,7 @@ def events(request: HttpRequest) -> HttpResponseBase:
         if refused is not None:
             return refused
         refreshed: HttpResponseBase = eventstream_events(request)
+        streams.add_close_channels(request)
         return refreshed
     if not request.user.is_authenticated:
         return HttpResponseForbidden("Log in to follow your tasks.")
@@ -53,6 +54,7 @@ def events(request: HttpRequest) -> HttpResponseBase:
         held: HttpResponseBase = eventstream_events(
             request, channels=[user_channel(request.user.pk)]
         )
+        streams.add_close_channels(request)
         return held
     stream = streams.registry.admit(request.user.pk, request.session.session_key)
     if stream is None:

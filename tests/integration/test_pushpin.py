@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 from django.db import connections
+from django.test import Client
 
 from taskstate import publish
 from taskstate.channels import user_channel
@@ -396,3 +397,51 @@ def test_browser_page_through_pushpin_updates_without_reload(stack, user):
         finally:
             browser.close()
     assert stack.served_by(EVENTS, 1) == [stack.web_ports[0]]
+
+
+def _pushpin_sent_everything() -> None:
+    import django_grip  # type: ignore[import-untyped]
+
+    django_grip.get_pubcontrol().wait_all_sent()
+
+
+def test_logout_closes_the_streams_pushpin_holds_for_that_session(stack, streams, user):
+    """Issue 10, case 2 under Pushpin: logging out ends that session's held streams at
+    once (taskstate publishes a close on the session's GRIP channel); another session of
+    the same user keeps its stream."""
+    stack.require_next_link(user)
+    doomed = streams(f"{stack.url}{EVENTS}", user)
+    kept = streams(f"{stack.url}{EVENTS}", user)
+    doomed.wait_for(lambda f: f.event == "stream-open")
+    kept.wait_for(lambda f: f.event == "stream-open")
+    assert stack.held(user_channel(user.pk), count=2) == 2
+    client = Client()
+    client.cookies["sessionid"] = doomed.cookies["sessionid"]
+    since = time.monotonic()
+    assert client.post("/accounts/logout/").status_code in (200, 302)
+    _pushpin_sent_everything()
+    doomed.wait_for(lambda f: f.event == "stream-error", timeout=10)
+    assert doomed.wait_ended(10)
+    print(f"FIGURE logout closed the held stream {time.monotonic() - since:.2f} s later")
+    actors.noop.send(for_state={"user_pk": user.pk, "description": "after logout"})
+    kept.wait_for(lambda f: "after logout" in f.data and 'data-status="done"' in f.data)
+    assert not any("after logout" in f.data for f in doomed.frames)
+
+
+def test_deactivation_closes_the_streams_pushpin_holds_for_that_user(
+    stack, streams, user, other_user
+):
+    stack.require_next_link(user)
+    theirs = streams(f"{stack.url}{EVENTS}", user)
+    bystander = streams(f"{stack.url}{EVENTS}", other_user)
+    theirs.wait_for(lambda f: f.event == "stream-open")
+    bystander.wait_for(lambda f: f.event == "stream-open")
+    stack.held(user_channel(user.pk))
+    stack.held(user_channel(other_user.pk))
+    user.is_active = False
+    user.save()
+    _pushpin_sent_everything()
+    theirs.wait_for(lambda f: f.event == "stream-error", timeout=10)
+    assert theirs.wait_ended(10)
+    actors.noop.send(for_state={"user_pk": other_user.pk, "description": "bystander"})
+    bystander.wait_for(lambda f: "bystander" in f.data and 'data-status="done"' in f.data)
