@@ -106,6 +106,13 @@ def check_refresh(request: HttpRequest) -> HttpResponse | None:
         or channels != [user_channel(user_id)]
     ):
         return HttpResponseBadRequest("Invalid es-meta.\n", content_type="text/plain")
+    if _cookie_sessions():
+        # No server-side session to refer to: the user must still exist and be active.
+        user = get_user_model()._default_manager.filter(pk=user_id).first()
+        if user is None or not getattr(user, "is_active", True):
+            return HttpResponseForbidden("The user of this stream is inactive.\n")
+        request._taskstate_stream = (None, user.pk)  # type: ignore[attr-defined]
+        return None
     session_key = _referenced_session_key(request.GET.get(SESSION_REF_PARAM))
     user = session_user(session_key) if session_key else None
     if user is None or str(user.pk) != user_id:

@@ -56,7 +56,8 @@ def events(request: HttpRequest) -> HttpResponseBase:
         )
         streams.add_close_channels(request)
         return held
-    stream = streams.registry.admit(request.user.pk, request.session.session_key)
+    session = getattr(request, "session", None)
+    stream = streams.registry.admit(request.user.pk, getattr(session, "session_key", None))
     if stream is None:
         return streams.too_many_streams()
     response: HttpResponseBase = eventstream_events(

@@ -198,3 +198,16 @@ def test_access_log_lines_of_a_refresh_carry_no_token():
     line = record.getMessage()
     assert token not in line and "abc123secret" not in line
     assert "link=next&recover=true&es-meta=[redacted]&ts-stream=[redacted]" in line
+
+
+@pytest.fixture
+def cookie_sessions(settings):
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+
+
+def test_with_cookie_sessions_a_refresh_checks_that_the_user_is_active(grip, cookie_sessions, user):
+    link = open_through_grip(user)
+    assert "ts-stream=" not in link
+    assert refresh(link).status_code == 200
+    get_user_model().objects.filter(pk=user.pk).update(is_active=False)
+    assert refresh(link).status_code == 403
