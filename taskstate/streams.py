@@ -242,29 +242,53 @@ def session_user(session_key: str) -> Any:
     cycle the session), and the user must be active.
     """
     data = _session_store()(session_key).load()
+    user_id, backend_path = _session_login(data)
+    if user_id is None or backend_path is None:
+        return None
+    user = load_backend(backend_path).get_user(user_id)
+    return user if _session_holds(data, user) else None
+
+
+def _session_login(data: dict[str, Any]) -> tuple[Any, str | None]:
+    """The user pk and backend a session's data names, or (None, None)."""
     try:
         user_id = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
         backend_path = data[BACKEND_SESSION_KEY]
     except Exception:
-        return None
+        return None, None
     if backend_path not in settings.AUTHENTICATION_BACKENDS:
-        return None
-    user = load_backend(backend_path).get_user(user_id)
+        return None, None
+    return user_id, backend_path
+
+
+def _session_holds(data: dict[str, Any], user: Any) -> bool:
+    """Whether ``user`` is active and the session's auth hash still matches theirs."""
     if user is None or not getattr(user, "is_active", True):
-        return None
+        return False
     if hasattr(user, "get_session_auth_hash"):
         stored = data.get(HASH_SESSION_KEY)
         if not stored:
-            return None
+            return False
         candidates = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
-        if not any(constant_time_compare(stored, c) for c in candidates):
-            return None
-    return user
+        return any(constant_time_compare(stored, c) for c in candidates)
+    return True
 
 
-def _user_active(user_pk: Any) -> bool:
-    user = get_user_model()._default_manager.filter(pk=user_pk).first()
-    return user is not None and bool(getattr(user, "is_active", True))
+def _load_sessions(keys: set[str]) -> dict[str, dict[str, Any]]:
+    """The data of every live session among ``keys``: one query for database-backed
+    engines, one load per key for the others."""
+    store_class = _session_store()
+    if not hasattr(store_class, "get_model_class"):
+        return {key: data for key in keys if (data := store_class(key).load())}
+    from django.utils import timezone
+
+    rows = store_class.get_model_class()._default_manager.filter(
+        session_key__in=keys, expire_date__gt=timezone.now()
+    )
+    decoder = store_class()
+    return {
+        key: decoder.decode(raw) for key, raw in rows.values_list("session_key", "session_data")
+    }
 
 
 # --- streams served by this process ---------------------------------------------------
@@ -351,15 +375,29 @@ class Registry:
 
 
 def _ended_sessions(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
-    """The (user pk, session key) pairs whose session no longer holds that active user."""
+    """The (user pk, session key) pairs whose session no longer holds that active user.
+
+    Two queries for any number of streams with database-backed sessions: the sessions,
+    then their users (by the user model's default manager).
+    """
     try:
+        sessions = _load_sessions({key for _, key in pairs if key})
+        logins = {key: _session_login(data) for key, data in sessions.items()}
+        wanted = {pk for pk, _ in pairs} | {uid for uid, _ in logins.values() if uid is not None}
+        users = {u.pk: u for u in get_user_model()._default_manager.filter(pk__in=wanted)}
         ended = set()
         for user_pk, session_key in pairs:
             if session_key is None:
-                valid = _user_active(user_pk)
+                user = users.get(user_pk)
+                valid = user is not None and bool(getattr(user, "is_active", True))
             else:
-                user = session_user(session_key)
-                valid = user is not None and user.pk == user_pk
+                data = sessions.get(session_key)
+                user_id, _ = logins.get(session_key, (None, None))
+                valid = (
+                    data is not None
+                    and user_id == user_pk
+                    and _session_holds(data, users.get(user_id))
+                )
             if not valid:
                 ended.add((user_pk, session_key))
         return ended

@@ -211,3 +211,35 @@ def test_with_cookie_sessions_a_refresh_checks_that_the_user_is_active(grip, coo
     assert refresh(link).status_code == 200
     get_user_model().objects.filter(pk=user.pk).update(is_active=False)
     assert refresh(link).status_code == 403
+
+
+def session_of(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def test_the_session_check_finds_each_ended_session_in_two_queries(
+    django_user_model, django_assert_max_num_queries
+):
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from taskstate.streams import _ended_sessions
+
+    users = [django_user_model.objects.create_user(f"u{n}", password="pw") for n in range(40)]
+    live = {(u.pk, session_of(u)) for u in users[:30]}
+    logged_out = (users[30].pk, session_of(users[30]))
+    SessionStore(logged_out[1]).delete()
+    password = (users[31].pk, session_of(users[31]))
+    users[31].set_password("changed")
+    users[31].save()
+    inactive = (users[32].pk, session_of(users[32]))
+    django_user_model.objects.filter(pk=users[32].pk).update(is_active=False)
+    expired = (users[33].pk, session_of(users[33]))
+    store = SessionStore(expired[1])
+    store.set_expiry(-1)
+    store.save()
+    borrowed = (users[34].pk, session_of(users[35]))  # someone else's session
+    ended = {logged_out, password, inactive, expired, borrowed}
+    with django_assert_max_num_queries(2):
+        assert _ended_sessions(live | ended) == ended
