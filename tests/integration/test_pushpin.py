@@ -133,14 +133,26 @@ class Stack:
         response, _ = self.refresh(user)
         assert response.status == 200, f"{NEXT_LINK_REFUSED} (refresh answered {response.status})"
 
-    def settle(self, streams: int, since: float, timeout: float = 3) -> None:
-        """Wait until Pushpin refreshed ``streams`` streams, or ``timeout`` seconds after
-        ``since``; every refresh so far must have worked. Call it before stopping Django:
-        a refresh that fails holds back the stream's events."""
+    def settle(self, streams: int, since: float, timeout: float = 3, quiet: float = 1.0) -> None:
+        """Wait until Pushpin refreshed ``streams`` streams and then made no refresh for
+        ``quiet`` seconds, or ``timeout`` seconds after ``since``; every refresh so far
+        must have worked. Call it before stopping Django: a refresh that fails holds back
+        the stream's events.
+
+        Each stream's next link is its own (it names the stream's session reference),
+        so Pushpin refreshes streams one by one, and one may be refreshed twice in a
+        row right after it opened: a fixed count is not enough, wait for quiet too.
+        """
         pattern = re.compile(r"\[handler\] GET \S+[?&]link=next\S* ")
+        seen, last_change = 0, time.monotonic()
         while True:
             done = [line for line in self.lines() if pattern.search(line)]
-            if len(done) >= streams or time.monotonic() > since + timeout:
+            now = time.monotonic()
+            if len(done) != seen:
+                seen, last_change = len(done), now
+            if now > since + timeout + quiet:
+                break
+            if len(done) >= streams and now - last_change >= quiet:
                 break
             time.sleep(0.05)
         failed = [line for line in done if line.rstrip().endswith(" error")]
