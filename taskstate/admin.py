@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import functools
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -10,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from taskstate.models import Task
+from taskstate.publish import publish_removed
 from taskstate.templatetags.taskstate import taskstate_duration
 
 if TYPE_CHECKING:
@@ -104,9 +109,28 @@ class TaskAdmin(_TaskAdminBase):
     def duration_display(self, task: Task) -> str:
         return taskstate_duration(task.duration) or "-"
 
-    @admin.action(description=_("Mark selected completed tasks seen"), permissions=("view",))
+    def has_mark_seen_permission(self, request: HttpRequest) -> bool:
+        """The model's change permission: marking seen starts a task's deletion clock.
+
+        ``has_change_permission`` stays False (the change form is read-only for all), so
+        the action checks the permission itself rather than through it.
+        """
+        opts = self.opts
+        codename = get_permission_codename("change", opts)
+        return bool(request.user.has_perm(f"{opts.app_label}.{codename}"))
+
+    @admin.action(description=_("Mark selected completed tasks seen"), permissions=("mark_seen",))
     def mark_seen(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        count = queryset.mark_seen()  # type: ignore[attr-defined]
+        unseen = queryset.completed().filter(seen=False)  # type: ignore[attr-defined]
+        owners: dict[Any, list[int]] = defaultdict(list)
+        for pk, user_pk in unseen.values_list("pk", "user_id"):
+            owners[user_pk].append(pk)
+        marked = [pk for pks in owners.values() for pk in pks]
+        count = Task.objects.filter(pk__in=marked).mark_seen() if marked else 0
+        # Like the dismiss button: every open page of each owner drops those rows.
+        for user_pk, pks in owners.items():
+            if user_pk is not None:
+                transaction.on_commit(functools.partial(publish_removed, user_pk, pks), robust=True)
         self.message_user(
             request,
             ngettext("%d task marked seen.", "%d tasks marked seen.", count) % count,

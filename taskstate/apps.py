@@ -13,8 +13,27 @@ class TaskstateConfig(AppConfig):
 
         from taskstate import (
             checks,  # noqa: F401  (registers the system checks)
+            logfilters,
             publish,
             signals,
+        )
+
+        # GRIP refresh links carry tokens in their query string: not in access logs.
+        logfilters.install()
+
+        # Streams end with their session: at once on logout (this process, the GRIP
+        # proxy) and on deactivation (GRIP proxy); the periodic check covers the rest.
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.signals import user_logged_out
+        from django.db.models.signals import post_save
+
+        from taskstate import streams
+
+        user_logged_out.connect(streams.on_logged_out, dispatch_uid="taskstate.streams.logout")
+        post_save.connect(
+            streams.on_user_saved,
+            sender=get_user_model(),
+            dispatch_uid="taskstate.streams.user_saved",
         )
 
         # The live page follows every committed change; dispatch_uid keeps it to one.

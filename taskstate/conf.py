@@ -19,6 +19,8 @@ from django.dispatch import receiver
 
 #: Rules a number may have to meet besides its type.
 _ABOVE_ZERO = {"rule": "above zero"}
+#: A string whose empty value means "work it out".
+_MAY_BE_EMPTY = {"rule": "may be empty"}
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,19 @@ class TaskstateSettings:
     #: Retrying or delayed tasks still waiting this many seconds after their message was
     #: due (its eta, or its next retry) are marked failed (message lost).
     OVERDUE_AFTER: int = field(default=3_600, metadata=_ABOVE_ZERO)
-    #: SSE channel of a user is CHANNEL_PREFIX + str(user.pk).
+    #: SSE channel of a user is CHANNEL_PREFIX + namespace + "-" + str(user.pk).
     CHANNEL_PREFIX: str = "taskstate-user-"
+    #: The site's part of every channel name, so that two sites sharing a Redis (or a
+    #: Pushpin) never read each other's events. Empty: derived from SECRET_KEY and the
+    #: NAME of the DATABASE alias (taskstate.channels.site_namespace). Set it when the web
+    #: and worker processes of one site differ in either.
+    CHANNEL_NAMESPACE: str = field(default="", metadata=_MAY_BE_EMPTY)
+    #: Open streams one user may have on one web process; one more is answered 429.
+    STREAMS_PER_USER: int = field(default=20, metadata=_ABOVE_ZERO)
+    #: Seconds between two checks that each open stream's session is still valid (not
+    #: logged out, password unchanged, user active). A stream whose session fails is
+    #: closed within this plus the time the check takes.
+    STREAM_CHECK_INTERVAL: float = field(default=2.0, metadata=_ABOVE_ZERO)
     #: Seen tasks stay in the display list this many seconds after they were seen.
     DISPLAY_SECONDS_SINCE_SEEN: int = 0
     #: The list (and its resync) shows at most this many tasks, newest first, then
@@ -84,6 +97,9 @@ DEFAULTS: dict[str, Any] = _defaults()
 _ABOVE_ZERO_KEYS = frozenset(
     f.name for f in fields(TaskstateSettings) if f.metadata.get("rule") == "above zero"
 )
+_MAY_BE_EMPTY_KEYS = frozenset(
+    f.name for f in fields(TaskstateSettings) if f.metadata.get("rule") == "may be empty"
+)
 
 
 def user_settings() -> dict[str, Any]:
@@ -115,6 +131,8 @@ def setting_problem(key: str, value: Any) -> str | None:
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be True or False"
     if isinstance(default, str):
+        if key in _MAY_BE_EMPTY_KEYS:
+            return None if isinstance(value, str) else "must be a string"
         return None if isinstance(value, str) and value else "must be a non-empty string"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "must be a number"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -165,9 +167,7 @@ def _user_pk(value: Any, message_id: str, log: Any) -> Any:
     pk_field = get_user_model()._meta.pk
     assert pk_field is not None
     try:
-        if isinstance(value, (bool, float, dict, list)):
-            raise ValidationError("not a primary key")
-        pk = pk_field.to_python(value)
+        pk = _canonical_pk(pk_field, value)
         if isinstance(pk, int):
             low, high = connection.ops.integer_field_range(pk_field.get_internal_type())
             if (low is not None and pk < low) or (high is not None and pk > high):
@@ -183,3 +183,38 @@ def _user_pk(value: Any, message_id: str, log: Any) -> Any:
             value,
         )
         return None
+
+
+_DIGITS = re.compile(r"-?[1-9][0-9]*|0", re.ASCII)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.I)
+
+
+def _canonical_pk(pk_field: models.Field[Any, Any], value: Any) -> Any:
+    """``value`` as the pk field's Python value, when it is written canonically.
+
+    Integer keys: an int, or ASCII digits without sign, spaces, underscores or leading
+    zeros; above zero for auto fields (the database never hands out 0 or less), any
+    sign for a plain integer field. UUID keys: a UUID, or its 36-character hyphenated
+    form. Other keys: whatever the field accepts, from a str or an int.
+    """
+    if isinstance(value, (bool, float, dict, list)):
+        raise ValidationError("not a primary key")
+    if isinstance(pk_field, models.IntegerField):  # AutoField and BigAutoField too
+        if isinstance(value, str):
+            if _DIGITS.fullmatch(value) is None:
+                raise ValidationError("not ASCII digits")
+            value = int(value)
+        if not isinstance(value, int):
+            raise ValidationError("not an integer")
+        if isinstance(pk_field, models.fields.AutoFieldMixin) and value <= 0:
+            raise ValidationError("auto fields are above zero")
+        return value
+    if isinstance(pk_field, models.UUIDField):
+        if isinstance(value, uuid.UUID):
+            return value
+        if not isinstance(value, str) or _UUID.fullmatch(value) is None:
+            raise ValidationError("not a hyphenated UUID")
+        return uuid.UUID(value)
+    if not isinstance(value, (str, int)) or value == "":
+        raise ValidationError("not a primary key")
+    return pk_field.to_python(value)

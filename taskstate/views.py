@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.contrib.auth.decorators import login_required
 from django.db import connections, transaction
 from django.http import (
@@ -10,16 +12,20 @@ from django.http import (
     HttpResponseBase,
     HttpResponseForbidden,
     HttpResponseRedirect,
+    StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, render, resolve_url
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from taskstate import streams
 from taskstate.channels import user_channel
 from taskstate.conf import get_settings
 from taskstate.models import Task
 from taskstate.publish import publish_removed
+
+logger = logging.getLogger("taskstate")
 
 
 @require_GET
@@ -30,39 +36,63 @@ def events(request: HttpRequest) -> HttpResponseBase:
     The channel comes from the session, never from the request: query parameters
     such as ``channel`` are ignored. One exception: behind a GRIP proxy (Pushpin), the
     proxy refreshes each held stream through the "next" link django-eventstream gave it,
-    without the browser's cookies; that request carries the proxy's verified signature
-    and django-eventstream's own signed token naming the user and channels.
+    without the browser's cookies; that request must carry the proxy's verified
+    signature, and the session the stream was opened with must still be valid
+    (``taskstate.streams``). A stream served here ends when its session does.
     """
     from django_eventstream.views import events as eventstream_events
 
-    grip = getattr(request, "grip", None)
-    if grip is not None and grip.proxied and "es-meta" in request.GET:
+    refused = streams.refuse_unsigned_grip_parameters(request)
+    if refused is not None:
+        return refused
+    if streams.grip_signed(request) and "es-meta" in request.GET:
+        refused = streams.check_refresh(request)
+        if refused is not None:
+            return refused
         refreshed: HttpResponseBase = eventstream_events(request)
+        streams.add_close_channels(request)
         return refreshed
     if not request.user.is_authenticated:
         return HttpResponseForbidden("Log in to follow your tasks.")
-    if "wsgi.version" in request.META and not (grip is not None and grip.proxied):
-        # WSGI (runserver, gunicorn) cannot stream: the response would hold a thread and
-        # never send a byte. Say so in the stream and in the log, and end it.
-        import logging
-
-        from django_eventstream.utils import sse_error_response
-
-        text = (
-            "The task stream needs an ASGI server (uvicorn, daphne) or a GRIP proxy; "
-            "this request was served over WSGI (runserver, gunicorn), which cannot stream."
+    if "wsgi.version" in request.META and not streams.grip_signed(request):
+        return _cannot_stream(request)
+    if streams.grip_signed(request):
+        streams.add_session_reference(request)
+        held: HttpResponseBase = eventstream_events(
+            request, channels=[user_channel(request.user.pk)]
         )
-        logging.getLogger("taskstate").error("%s Path: %s", text, request.path)
-        refused: HttpResponseBase = sse_error_response("stream-unavailable", text)
-        return refused
+        streams.add_close_channels(request)
+        return held
+    session = getattr(request, "session", None)
+    stream = streams.registry.admit(request.user.pk, getattr(session, "session_key", None))
+    if stream is None:
+        return streams.too_many_streams()
     response: HttpResponseBase = eventstream_events(
         request, channels=[user_channel(request.user.pk)]
     )
+    if isinstance(response, StreamingHttpResponse):
+        streams.guard(response, stream)
+    else:
+        streams.registry.remove(stream)
     # Under ASGI this request keeps its own thread, and with it the database connection
     # the session and user were read through, until the stream ends: one connection per
     # open page, for hours. The stream itself reads nothing, so give the connection back.
     _release_connections()
     return response
+
+
+def _cannot_stream(request: HttpRequest) -> HttpResponseBase:
+    # WSGI (runserver, gunicorn) cannot stream: the response would hold a thread and never
+    # send a byte. Say so in the stream and in the log, and end it.
+    from django_eventstream.utils import sse_error_response
+
+    text = (
+        "The task stream needs an ASGI server (uvicorn, daphne) or a GRIP proxy; "
+        "this request was served over WSGI (runserver, gunicorn), which cannot stream."
+    )
+    logger.error("%s Path: %s", text, request.path)
+    refused: HttpResponseBase = sse_error_response("stream-unavailable", text)
+    return refused
 
 
 def _release_connections() -> None:

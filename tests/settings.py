@@ -14,7 +14,10 @@ from urllib.parse import urlsplit
 SERVICES = os.environ.get("TASKSTATE_TEST_SERVICES") == "1"
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = "taskstate-tests-not-secret-but-long-enough-for-hs256"
+# TASKSTATE_TEST_SECRET_KEY: a second site in tests/integration/test_two_sites.py.
+SECRET_KEY = os.environ.get(
+    "TASKSTATE_TEST_SECRET_KEY", "taskstate-tests-not-secret-but-long-enough-for-hs256"
+)
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True

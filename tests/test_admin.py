@@ -197,3 +197,64 @@ def test_changelist_needs_staff(client, user):
     response = client.get(reverse(CHANGELIST))
     assert response.status_code == 302
     assert "/login/" in response["Location"]
+
+
+def staff_with(django_user_model: Any, *codenames: str) -> Any:
+    from django.contrib.auth.models import Permission
+
+    staff = django_user_model.objects.create_user(f"staff{next(_ids)}", is_staff=True)
+    staff.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="taskstate", codename__in=codenames)
+    )
+    return staff
+
+
+def test_mark_seen_action_needs_the_change_permission(client, django_user_model, user):
+    """Security II, case 5: view_task alone ran the action on someone else's task."""
+    task = make_task(user=user, status=Status.DONE)
+    client.force_login(staff_with(django_user_model, "view_task"))
+    page = client.get(reverse(CHANGELIST))
+    assert page.status_code == 200
+    assert "mark_seen" not in page.content.decode()
+    response = client.post(
+        reverse(CHANGELIST), {"action": "mark_seen", "_selected_action": [task.pk]}
+    )
+    assert response.status_code in (200, 302, 403)
+    task.refresh_from_db()
+    assert not task.seen
+
+
+def test_mark_seen_action_with_the_change_permission_works(client, django_user_model, user):
+    task = make_task(user=user, status=Status.DONE)
+    client.force_login(staff_with(django_user_model, "view_task", "change_task"))
+    assert "mark_seen" in client.get(reverse(CHANGELIST)).content.decode()
+    client.post(reverse(CHANGELIST), {"action": "mark_seen", "_selected_action": [task.pk]})
+    task.refresh_from_db()
+    assert task.seen
+
+
+def test_mark_seen_action_removes_the_rows_from_their_owners_pages(
+    admin_client, user, other_user, capture_events, django_capture_on_commit_callbacks
+):
+    from taskstate.channels import user_channel
+
+    mine = make_task(user=user, status=Status.DONE)
+    theirs = make_task(user=other_user, status=Status.FAILED)
+    already = make_task(user=user, status=Status.DONE, seen=True)
+    running = make_task(user=user, status=Status.RUNNING)
+    alice = capture_events(user_channel(user.pk))
+    bob = capture_events(user_channel(other_user.pk))
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            reverse(CHANGELIST),
+            {
+                "action": "mark_seen",
+                "_selected_action": [t.pk for t in (mine, theirs, already, running)],
+            },
+        )
+    assert [d for _, _, d in alice.events()] == [
+        f'<hx-partial hx-target="#taskstate-task-{mine.pk}" hx-swap="delete"></hx-partial>'
+    ]
+    assert [d for _, _, d in bob.events()] == [
+        f'<hx-partial hx-target="#taskstate-task-{theirs.pk}" hx-swap="delete"></hx-partial>'
+    ]

@@ -99,3 +99,30 @@ def test_html_in_description_is_stored_as_text(run_all, user):
     message = actors.noop.send(for_state={"user_pk": user.pk, "description": "<b>x</b>"})
     run_all()
     assert Task.objects.get(message_id=message.message_id).description == "<b>x</b>"
+
+
+# Security II, case 6: only what the user model's pk field takes as a canonical value.
+NOT_CANONICAL_INT_PKS = [" 1 ", "1 ", "\u0661", "+2", "1_0", "01", "0x1", "1.0", "1e2", "", "-0"]
+
+
+@pytest.mark.parametrize("bad_pk", NOT_CANONICAL_INT_PKS)
+def test_user_pk_that_is_not_a_canonical_integer_is_dropped(caplog, bad_pk):
+    from taskstate.for_state import parse_for_state
+
+    identity = parse_for_state({"user_pk": bad_pk}, "m1", warn=True)
+    assert identity.user_pk is None
+    assert "not a valid user pk" in caplog.text
+
+
+@pytest.mark.parametrize(("given", "expected"), [(7, 7), ("7", 7), ("123456789", 123456789)])
+def test_canonical_integer_user_pks_are_kept_as_ints(given, expected):
+    from taskstate.for_state import parse_for_state
+
+    assert parse_for_state({"user_pk": given}, "m1", warn=True).user_pk == expected
+
+
+@pytest.mark.parametrize("bad_pk", [-1, "-1", 0])
+def test_user_pk_outside_what_an_auto_field_hands_out_is_dropped(caplog, bad_pk):
+    from taskstate.for_state import parse_for_state
+
+    assert parse_for_state({"user_pk": bad_pk}, "m1", warn=True).user_pk is None

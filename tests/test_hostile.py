@@ -207,6 +207,6 @@ def test_a_signed_looking_refresh_without_a_grip_signature_is_still_refused(user
         algorithm="HS256",
     )
     # Even a valid django-eventstream token only counts behind a GRIP proxy that signed
-    # the request; from anyone else, with no session, it is refused.
+    # the request; from anyone else it is a bad request (tests/test_stream_security.py).
     response = Client().get(reverse("taskstate:events"), {"es-meta": token, "link": "next"})
-    assert response.status_code == 403
+    assert response.status_code == 400

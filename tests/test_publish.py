@@ -16,10 +16,41 @@ from tests.testapp import tasks as actors
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_user_channel_uses_the_configured_prefix(settings):
-    assert user_channel(7) == "taskstate-user-7"
-    settings.TASKSTATE = {"CHANNEL_PREFIX": "ts-"}
-    assert user_channel(7) == "ts-7"
+def test_user_channel_uses_the_configured_prefix_and_namespace(settings):
+    settings.TASKSTATE = {"CHANNEL_NAMESPACE": "site-a"}
+    assert user_channel(7) == "taskstate-user-site-a-7"
+    settings.TASKSTATE = {"CHANNEL_PREFIX": "ts-", "CHANNEL_NAMESPACE": "b"}
+    assert user_channel(7) == "ts-b-7"
+
+
+def test_the_default_namespace_differs_by_secret_key_and_database_name(settings):
+    from django.db import connections
+
+    from taskstate.channels import site_namespace
+
+    first = site_namespace()
+    assert re.fullmatch(r"[0-9a-f]{12}", first)
+    assert user_channel(7) == f"taskstate-user-{first}-7"
+    settings.SECRET_KEY = "another-site-another-secret-key-long-enough"
+    second = site_namespace()
+    assert second != first
+    db = connections["default"].settings_dict
+    name = db["NAME"]
+    try:
+        db["NAME"] = f"{name}-other"
+        assert site_namespace() not in (first, second)
+    finally:
+        db["NAME"] = name
+    assert site_namespace() == second
+
+
+def test_another_sites_channel_for_the_same_pk_is_not_readable(user, settings):
+    mine = user_channel(user.pk)
+    settings.TASKSTATE = {"CHANNEL_NAMESPACE": "elsewhere"}
+    theirs = user_channel(user.pk)
+    settings.TASKSTATE = {}
+    assert mine != theirs
+    assert may_read(user, mine) and not may_read(user, theirs)
 
 
 def test_only_the_owner_may_read_a_taskstate_channel(user, other_user):

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 from django.db import connections
+from django.test import Client
 
 from taskstate import publish
 from taskstate.channels import user_channel
@@ -133,14 +134,26 @@ class Stack:
         response, _ = self.refresh(user)
         assert response.status == 200, f"{NEXT_LINK_REFUSED} (refresh answered {response.status})"
 
-    def settle(self, streams: int, since: float, timeout: float = 3) -> None:
-        """Wait until Pushpin refreshed ``streams`` streams, or ``timeout`` seconds after
-        ``since``; every refresh so far must have worked. Call it before stopping Django:
-        a refresh that fails holds back the stream's events."""
+    def settle(self, streams: int, since: float, timeout: float = 3, quiet: float = 1.0) -> None:
+        """Wait until Pushpin refreshed ``streams`` streams and then made no refresh for
+        ``quiet`` seconds, or ``timeout`` seconds after ``since``; every refresh so far
+        must have worked. Call it before stopping Django: a refresh that fails holds back
+        the stream's events.
+
+        Each stream's next link is its own (it names the stream's session reference),
+        so Pushpin refreshes streams one by one, and one may be refreshed twice in a
+        row right after it opened: a fixed count is not enough, wait for quiet too.
+        """
         pattern = re.compile(r"\[handler\] GET \S+[?&]link=next\S* ")
+        seen, last_change = 0, time.monotonic()
         while True:
             done = [line for line in self.lines() if pattern.search(line)]
-            if len(done) >= streams or time.monotonic() > since + timeout:
+            now = time.monotonic()
+            if len(done) != seen:
+                seen, last_change = len(done), now
+            if now > since + timeout + quiet:
+                break
+            if len(done) >= streams and now - last_change >= quiet:
                 break
             time.sleep(0.05)
         failed = [line for line in done if line.rstrip().endswith(" error")]
@@ -270,13 +283,30 @@ def test_the_next_link_pushpin_follows_is_answered_without_cookies(stack, user):
         raise NextLinkRefused(f"GET {link.split('?')[0]}?link=next&... -> {response.status}")
     assert response.getheader("Grip-Hold") == "stream"
     assert f"events-{user_channel(user.pk)}" in response.getheader("Grip-Channel", "")
+    # uvicorn logged the refresh, without its tokens (taskstate.logfilters).
+    token = re.search(r"es-meta=([^&]+)", link).group(1)
+    stack.web[0].wait_for_output("link=next", timeout=10)
+    logged = [line for line in stack.web[0].lines if "link=next" in line]
+    assert logged and all("es-meta=[redacted]" in line for line in logged)
+    assert not any(token in line for line in stack.web[0].lines)
 
 
-def test_a_next_link_without_pushpins_signature_opens_nothing(stack, user):
-    """The link alone (its es-meta token names the user) is not a way in for a client."""
+def test_a_next_link_without_pushpins_signature_opens_nothing(stack, user, other_user):
+    """The link alone (its es-meta token names the user) is not a way in for a client,
+    not even with a session of their own (issue 10, case 3): a bad request."""
     _, link = stack.refresh(user)
-    assert _get(stack.web_ports[0], link, {}).status == 403
-    assert _get(stack.web_ports[0], link, {"Grip-Sig": "forged"}).status == 403
+    assert _get(stack.web_ports[0], link, {}).status == 400
+    assert _get(stack.web_ports[0], link, {"Grip-Sig": "forged"}).status == 400
+    cookie = "; ".join(f"{k}={v}" for k, v in session_cookie(other_user).items())
+    assert _get(stack.web_ports[0], link, {"Cookie": cookie}).status == 400
+
+
+def test_a_refresh_after_the_user_is_deactivated_is_refused(stack, user):
+    """Issue 10, case 2 under Pushpin: the refresh answered 200 with a fresh token."""
+    response, link = stack.refresh(user)
+    assert response.status == 200
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    assert _get(stack.web_ports[0], link, {"Grip-Sig": stack.grip_sig()}).status == 403
 
 
 def test_a_forged_grip_signature_is_not_trusted(stack, user):
@@ -382,3 +412,51 @@ def test_browser_page_through_pushpin_updates_without_reload(stack, user):
         finally:
             browser.close()
     assert stack.served_by(EVENTS, 1) == [stack.web_ports[0]]
+
+
+def _pushpin_sent_everything() -> None:
+    import django_grip  # type: ignore[import-untyped]
+
+    django_grip.get_pubcontrol().wait_all_sent()
+
+
+def test_logout_closes_the_streams_pushpin_holds_for_that_session(stack, streams, user):
+    """Issue 10, case 2 under Pushpin: logging out ends that session's held streams at
+    once (taskstate publishes a close on the session's GRIP channel); another session of
+    the same user keeps its stream."""
+    stack.require_next_link(user)
+    doomed = streams(f"{stack.url}{EVENTS}", user)
+    kept = streams(f"{stack.url}{EVENTS}", user)
+    doomed.wait_for(lambda f: f.event == "stream-open")
+    kept.wait_for(lambda f: f.event == "stream-open")
+    assert stack.held(user_channel(user.pk), count=2) == 2
+    client = Client()
+    client.cookies["sessionid"] = doomed.cookies["sessionid"]
+    since = time.monotonic()
+    assert client.post("/accounts/logout/").status_code in (200, 302)
+    _pushpin_sent_everything()
+    doomed.wait_for(lambda f: f.event == "stream-error", timeout=10)
+    assert doomed.wait_ended(10)
+    print(f"FIGURE logout closed the held stream {time.monotonic() - since:.2f} s later")
+    actors.noop.send(for_state={"user_pk": user.pk, "description": "after logout"})
+    kept.wait_for(lambda f: "after logout" in f.data and 'data-status="done"' in f.data)
+    assert not any("after logout" in f.data for f in doomed.frames)
+
+
+def test_deactivation_closes_the_streams_pushpin_holds_for_that_user(
+    stack, streams, user, other_user
+):
+    stack.require_next_link(user)
+    theirs = streams(f"{stack.url}{EVENTS}", user)
+    bystander = streams(f"{stack.url}{EVENTS}", other_user)
+    theirs.wait_for(lambda f: f.event == "stream-open")
+    bystander.wait_for(lambda f: f.event == "stream-open")
+    stack.held(user_channel(user.pk))
+    stack.held(user_channel(other_user.pk))
+    user.is_active = False
+    user.save()
+    _pushpin_sent_everything()
+    theirs.wait_for(lambda f: f.event == "stream-error", timeout=10)
+    assert theirs.wait_ended(10)
+    actors.noop.send(for_state={"user_pk": other_user.pk, "description": "bystander"})
+    bystander.wait_for(lambda f: "bystander" in f.data and 'data-status="done"' in f.data)

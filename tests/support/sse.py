@@ -68,6 +68,13 @@ class SSEClient:
                     )
                 self._changed.wait(remaining)
 
+    def wait_ended(self, timeout: float = 30.0) -> bool:
+        """Wait until the server ended the stream; whether it did within ``timeout``."""
+        if self._thread.ident is None:
+            return True  # refused: there was never a stream to read
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def close(self) -> None:
         # The reader blocks in a socket read: shut the socket down to wake it up.
         stream = self._source.response.extensions.get("network_stream")

@@ -1,0 +1,46 @@
+"""Keep GRIP refresh tokens out of access logs.
+
+The proxy's refresh link carries django-eventstream's ``es-meta`` token and taskstate's
+``ts-stream`` session reference in its query string. Neither opens anything without the
+proxy's signature, but neither belongs in a log either. :class:`RedactStreamTokens`
+replaces their values; ``TaskstateConfig.ready`` adds it to the access loggers of the
+servers that run Django in-process (uvicorn, gunicorn, daphne, hypercorn). Logs written
+outside this process (Pushpin's, a reverse proxy's) are the operator's to configure
+(docs/pushpin.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+#: Loggers whose records carry request paths with query strings.
+ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access", "daphne.access", "hypercorn.access")
+_TOKEN = re.compile(r"((?:^|[?&;])(?:es-meta|ts-stream)=)[^&;\s\"']*")
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of ``es-meta`` and ``ts-stream`` parameters redacted."""
+    return _TOKEN.sub(rf"\g<1>{REDACTED}", text)
+
+
+class RedactStreamTokens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {
+                k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()
+            }
+        return True
+
+
+def install() -> None:
+    """Add the filter to every access logger (idempotent)."""
+    for name in ACCESS_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactStreamTokens) for f in logger.filters):
+            logger.addFilter(RedactStreamTokens())

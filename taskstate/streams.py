@@ -1,0 +1,467 @@
+"""The event streams of this web process: opened by whom, with which session, for how long.
+
+Three rules, applied by ``taskstate.views.events``:
+
+1. **GRIP parameters need the proxy's signature.** ``es-meta`` (django-eventstream's
+   token naming a user and channels) and ``recover`` are for the proxy's refresh of a
+   held stream. Without a verified ``Grip-Sig`` they are refused with 400; with one, a
+   malformed token is a 400 too, never a 500.
+2. **A stream lives only as long as its session.** A stream served by this process is
+   registered with the session it was opened with; every ``STREAM_CHECK_INTERVAL``
+   seconds one task per process re-reads those sessions and closes, with a
+   ``stream-error`` event, every stream whose session is gone (logout), expired, no
+   longer matches the user's password (``update_session_auth_hash`` not called) or whose
+   user is inactive. Under GRIP the proxy holds the stream, so the check happens on each
+   refresh: the next link carries a reference to the session (never the session key)
+   and a refresh whose session fails is refused with 403.
+3. **At most ``STREAMS_PER_USER`` open streams per user and process**; one more is
+   answered 429 and the open ones are left alone. Other users are never affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import (
+    BACKEND_SESSION_KEY,
+    HASH_SESSION_KEY,
+    SESSION_KEY,
+    get_user_model,
+    load_backend,
+)
+from django.db import connections
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseForbidden,
+    StreamingHttpResponse,
+)
+from django.utils.crypto import constant_time_compare, salted_hmac
+
+from taskstate.channels import site_namespace, user_channel
+from taskstate.conf import get_settings
+
+logger = logging.getLogger("taskstate")
+
+#: Query parameter of the next link naming the stream's session reference.
+SESSION_REF_PARAM = "ts-stream"
+#: Key, in the reference record, of the session the stream was opened with.
+_REF_KEY = "_taskstate_stream_session"
+_SESSION_CHANNEL_SALT = "taskstate.streams.grip_session_channel"
+#: Query parameters only the GRIP proxy may send.
+_GRIP_ONLY = ("es-meta", "recover")
+
+
+# --- GRIP ---------------------------------------------------------------------------
+
+
+def grip_signed(request: HttpRequest) -> bool:
+    """Whether the request carries a GRIP proxy signature django_grip verified."""
+    grip = getattr(request, "grip", None)
+    return bool(grip is not None and grip.proxied and grip.signed)
+
+
+def refuse_unsigned_grip_parameters(request: HttpRequest) -> HttpResponse | None:
+    """400 for ``es-meta`` or ``recover`` on a request the proxy did not sign."""
+    if grip_signed(request) or not any(name in request.GET for name in _GRIP_ONLY):
+        return None
+    return HttpResponseBadRequest(
+        "es-meta and recover are accepted only from the GRIP proxy.\n",
+        content_type="text/plain",
+    )
+
+
+def check_refresh(request: HttpRequest) -> HttpResponse | None:
+    """For the proxy's refresh of a held stream (signed, with ``es-meta``): 400 for a
+    malformed token, 403 when the stream's session is no longer valid; None to serve it
+    (and the response to it should get :func:`add_close_channels`).
+    """
+    import jwt
+
+    try:
+        claims = jwt.decode(
+            request.GET.get("es-meta", ""),
+            settings.SECRET_KEY.encode(),
+            algorithms=["HS256"],
+            options={"require": ["exp"]},
+        )
+    except jwt.InvalidTokenError:
+        return HttpResponseBadRequest("Invalid es-meta.\n", content_type="text/plain")
+    user_id, channels = claims.get("user"), claims.get("channels")
+    if (
+        not isinstance(user_id, str)
+        or not isinstance(channels, list)
+        or channels != [user_channel(user_id)]
+    ):
+        return HttpResponseBadRequest("Invalid es-meta.\n", content_type="text/plain")
+    if _cookie_sessions():
+        # No server-side session to refer to: the user must still exist and be active.
+        user = get_user_model()._default_manager.filter(pk=user_id).first()
+        if user is None or not getattr(user, "is_active", True):
+            return HttpResponseForbidden("The user of this stream is inactive.\n")
+        request._taskstate_stream = (None, user.pk)  # type: ignore[attr-defined]
+        return None
+    session_key = _referenced_session_key(request.GET.get(SESSION_REF_PARAM))
+    user = session_user(session_key) if session_key else None
+    if user is None or str(user.pk) != user_id:
+        return HttpResponseForbidden("The session of this stream has ended.\n")
+    request._taskstate_stream = (session_key, user.pk)  # type: ignore[attr-defined]
+    return None
+
+
+def add_session_reference(request: HttpRequest) -> None:
+    """Put a reference to the request's session into the query string, which
+    django-eventstream copies into the next link the proxy refreshes through.
+
+    The reference is the key of a record in the session store that names the session;
+    the session key itself never appears in a URL (it would be in access logs). With
+    the signed-cookies engine there is no server-side record to point to: the refresh
+    then checks the user only (active), see docs/pushpin.md.
+    """
+    session = getattr(request, "session", None)
+    if session is None or session.session_key is None or _cookie_sessions():
+        return
+    store = _session_store()()
+    store[_REF_KEY] = session.session_key
+    store.set_expiry(session.get_expiry_date())
+    store.save()
+    params = request.GET.copy()
+    params[SESSION_REF_PARAM] = store.session_key
+    request.GET = params  # type: ignore[assignment]
+
+
+def _referenced_session_key(reference: str | None) -> str | None:
+    if not reference:
+        return None
+    session_key = _session_store()(reference).get(_REF_KEY)
+    return session_key if isinstance(session_key, str) else None
+
+
+def add_close_channels(request: HttpRequest) -> None:
+    """Subscribe the stream Pushpin is about to hold to two more GRIP channels, on which
+    taskstate publishes a close: one for its session (logout), one for its user
+    (deactivation). A password change is caught at the next refresh."""
+    instruct = getattr(getattr(request, "grip", None), "instruct", None)
+    if instruct is None:
+        return
+    from gripcontrol import Channel
+
+    refreshed = getattr(request, "_taskstate_stream", None)
+    if refreshed is not None:
+        session_key, user_pk = refreshed
+    else:
+        session = getattr(request, "session", None)
+        session_key = session.session_key if session is not None else None
+        user_pk = request.user.pk
+    if session_key:
+        instruct.add_channel(Channel(grip_session_channel(session_key)))
+    instruct.add_channel(Channel(grip_user_channel(user_pk)))
+
+
+def grip_session_channel(session_key: str) -> str:
+    """The GRIP channel of the streams of one session (an HMAC: no session key in it)."""
+    return "taskstate-session-" + salted_hmac(_SESSION_CHANNEL_SALT, session_key).hexdigest()
+
+
+def grip_user_channel(user_pk: Any) -> str:
+    return f"taskstate-close-{site_namespace()}-{user_pk}"
+
+
+def _grip_configured() -> bool:
+    return bool(getattr(settings, "GRIP_URL", None) or getattr(settings, "GRIP_PROXIES", None))
+
+
+def _close_held_streams(channel: str) -> None:
+    """Send a stream-error and close every stream the proxy holds on ``channel``."""
+    from django_eventstream.utils import sse_encode_error
+    from django_grip import publish
+    from gripcontrol import HttpStreamFormat
+
+    content = sse_encode_error("forbidden", "The session of this stream has ended.")
+    try:
+        publish(channel, HttpStreamFormat(content), id="taskstate-close-1")
+        publish(
+            channel,
+            HttpStreamFormat(close=True),
+            id="taskstate-close-2",
+            prev_id="taskstate-close-1",
+        )
+    except Exception:
+        logger.warning("taskstate: could not tell the GRIP proxy to close streams", exc_info=True)
+
+
+def on_logged_out(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
+    """Receiver of ``user_logged_out``: end the streams of that session now, those this
+    process serves and those the GRIP proxy holds (other processes: next check)."""
+    session = getattr(request, "session", None)
+    session_key = session.session_key if session is not None else None
+    if not session_key:
+        return
+    for stream in registry.open_streams():
+        if stream.session_key == session_key:
+            stream.close("The session of this stream has ended.")
+    if _grip_configured():
+        _close_held_streams(grip_session_channel(session_key))
+
+
+def on_user_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Receiver of the user model's ``post_save``: a deactivated user's held streams end."""
+    if getattr(instance, "is_active", True) is False and _grip_configured():
+        _close_held_streams(grip_user_channel(instance.pk))
+
+
+# --- sessions -------------------------------------------------------------------------
+
+
+def _session_store() -> Any:
+    return import_module(settings.SESSION_ENGINE).SessionStore
+
+
+def _cookie_sessions() -> bool:
+    return str(settings.SESSION_ENGINE).endswith("signed_cookies")
+
+
+def session_user(session_key: str) -> Any:
+    """The active user logged in with session ``session_key``, or None.
+
+    What ``django.contrib.auth.get_user`` checks (session exists and has not expired, its
+    backend is configured, the user exists, the stored hash matches the user's session
+    auth hash or one of its fallbacks), without its side effects (it would flush or
+    cycle the session), and the user must be active.
+    """
+    data = _session_store()(session_key).load()
+    user_id, backend_path = _session_login(data)
+    if user_id is None or backend_path is None:
+        return None
+    user = load_backend(backend_path).get_user(user_id)
+    return user if _session_holds(data, user) else None
+
+
+def _session_login(data: dict[str, Any]) -> tuple[Any, str | None]:
+    """The user pk and backend a session's data names, or (None, None)."""
+    try:
+        user_id = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
+        backend_path = data[BACKEND_SESSION_KEY]
+    except Exception:
+        return None, None
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None, None
+    return user_id, backend_path
+
+
+def _session_holds(data: dict[str, Any], user: Any) -> bool:
+    """Whether ``user`` is active and the session's auth hash still matches theirs."""
+    if user is None or not getattr(user, "is_active", True):
+        return False
+    if hasattr(user, "get_session_auth_hash"):
+        stored = data.get(HASH_SESSION_KEY)
+        if not stored:
+            return False
+        candidates = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+        return any(constant_time_compare(stored, c) for c in candidates)
+    return True
+
+
+def _load_sessions(keys: set[str]) -> dict[str, dict[str, Any]]:
+    """The data of every live session among ``keys``: one query for database-backed
+    engines, one load per key for the others."""
+    store_class = _session_store()
+    if not hasattr(store_class, "get_model_class"):
+        return {key: data for key in keys if (data := store_class(key).load())}
+    from django.utils import timezone
+
+    rows = store_class.get_model_class()._default_manager.filter(
+        session_key__in=keys, expire_date__gt=timezone.now()
+    )
+    decoder = store_class()
+    return {
+        key: decoder.decode(raw) for key, raw in rows.values_list("session_key", "session_data")
+    }
+
+
+# --- streams served by this process ---------------------------------------------------
+
+
+@dataclass(eq=False)
+class LocalStream:
+    """One open stream: whose, with which session, and why it was closed (if it was)."""
+
+    user_pk: Any
+    session_key: str | None
+    opened: float = field(default_factory=time.monotonic)
+    reason: str | None = None
+    _wake: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def close(self, reason: str) -> None:
+        """Ask the stream to end (from any thread)."""
+        self.reason = reason
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: set[LocalStream] = set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    def admit(self, user_pk: Any, session_key: str | None) -> LocalStream | None:
+        """Register a new stream of ``user_pk``; None when the user is at the cap."""
+        cap = get_settings().STREAMS_PER_USER
+        with self._lock:
+            if sum(1 for s in self._streams if s.user_pk == user_pk) >= cap:
+                return None
+            stream = LocalStream(user_pk, session_key)
+            self._streams.add(stream)
+            return stream
+
+    def remove(self, stream: LocalStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def open_streams(self) -> list[LocalStream]:
+        with self._lock:
+            return list(self._streams)
+
+    def watch(self) -> None:
+        """Make sure this event loop runs the session check (called from a stream)."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            task = self._watcher
+            if task is not None and not task.done() and task.get_loop() is loop:
+                return
+            self._watcher = loop.create_task(self._watch(), name="taskstate-stream-check")
+
+    async def _watch(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(get_settings().STREAM_CHECK_INTERVAL)
+            streams = [s for s in self.open_streams() if s.reason is None]
+            if not streams:
+                continue
+            try:
+                ended = await sync_to_async(_ended_sessions, thread_sensitive=False)(
+                    {(s.user_pk, s.session_key) for s in streams}
+                )
+            except Exception:
+                if not failing:
+                    logger.error(
+                        "taskstate: cannot check the sessions of open streams; they stay "
+                        "open until the check works again.",
+                        exc_info=True,
+                    )
+                failing = True
+                continue
+            if failing:
+                logger.warning("taskstate: checking the sessions of open streams works again.")
+                failing = False
+            for stream in streams:
+                if (stream.user_pk, stream.session_key) in ended:
+                    stream.close("The session of this stream has ended.")
+
+
+def _ended_sessions(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
+    """The (user pk, session key) pairs whose session no longer holds that active user.
+
+    Two queries for any number of streams with database-backed sessions: the sessions,
+    then their users (by the user model's default manager).
+    """
+    try:
+        sessions = _load_sessions({key for _, key in pairs if key})
+        logins = {key: _session_login(data) for key, data in sessions.items()}
+        wanted = {pk for pk, _ in pairs} | {uid for uid, _ in logins.values() if uid is not None}
+        users = {u.pk: u for u in get_user_model()._default_manager.filter(pk__in=wanted)}
+        ended = set()
+        for user_pk, session_key in pairs:
+            if session_key is None:
+                user = users.get(user_pk)
+                valid = user is not None and bool(getattr(user, "is_active", True))
+            else:
+                data = sessions.get(session_key)
+                user_id, _ = logins.get(session_key, (None, None))
+                valid = (
+                    data is not None
+                    and user_id == user_pk
+                    and _session_holds(data, users.get(user_id))
+                )
+            if not valid:
+                ended.add((user_pk, session_key))
+        return ended
+    finally:
+        for connection in connections.all(initialized_only=True):
+            if not connection.in_atomic_block:
+                connection.close()
+
+
+registry = Registry()
+
+
+def too_many_streams() -> HttpResponse:
+    response = HttpResponse(
+        f"Too many open streams for this user (at most {get_settings().STREAMS_PER_USER} "
+        "per web process). Close a tab and try again.\n",
+        status=429,
+        content_type="text/plain",
+    )
+    response["Retry-After"] = "30"
+    return response
+
+
+def guard(response: StreamingHttpResponse, stream: LocalStream) -> None:
+    """Make ``response`` end when ``stream`` is closed, and forget ``stream`` when the
+    response ends, however it ends."""
+    if not response.is_async:
+        registry.remove(stream)
+        return
+    content = _guarded(response.streaming_content, stream)  # type: ignore[arg-type]
+    weakref.finalize(content, registry.remove, stream)
+    response.streaming_content = content
+
+
+async def _guarded(inner: AsyncIterator[bytes], stream: LocalStream) -> AsyncIterator[bytes]:
+    from django_eventstream.utils import sse_encode_error
+
+    stream._loop = asyncio.get_running_loop()
+    stream._wake = asyncio.Event()
+    registry.watch()
+    closed = asyncio.ensure_future(stream._wake.wait())
+    step: asyncio.Future[bytes] | None = None
+    try:
+        while stream.reason is None:
+            step = asyncio.ensure_future(inner.__anext__())
+            await asyncio.wait({step, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                break
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                return
+            step = None
+            yield chunk
+        if stream.reason is not None:
+            yield sse_encode_error("forbidden", stream.reason).encode()
+    finally:
+        closed.cancel()
+        registry.remove(stream)
+        if step is not None and not step.done():
+            # django-eventstream's loop ends (and drops its listener) on cancellation.
+            step.cancel()
+        else:
+            aclose = getattr(inner, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()

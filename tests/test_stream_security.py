@@ -1,0 +1,245 @@
+"""Security II: what the events view takes from a request, and from whom.
+
+``es-meta`` (django-eventstream's signed token naming a user and channels) and
+``recover`` are GRIP refresh parameters: only a request carrying the proxy's verified
+signature may use them, and even then the session the stream was opened with must
+still be valid. Hostile query strings get a 400, never a 500.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+import pytest
+from django.conf import settings as django_settings
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from taskstate.channels import user_channel
+
+pytestmark = pytest.mark.django_db
+
+EVENTS = "/taskstate/events/"
+GRIP_KEY = "grip-test-key-long-enough-for-hs256-signatures"
+GRIP_ISS = "pushpin"
+
+
+def es_meta(user, channels=None, exp=None) -> str:
+    claim = {
+        "iss": "es",
+        "exp": exp or int(time.time()) + 3600,
+        "channels": channels or [user_channel(user.pk)],
+        "user": str(user.pk),
+    }
+    return jwt.encode(claim, django_settings.SECRET_KEY.encode())
+
+
+def grip_sig() -> str:
+    return jwt.encode({"iss": GRIP_ISS, "exp": int(time.time()) + 300}, GRIP_KEY)
+
+
+@pytest.fixture
+def grip(settings):
+    """GripMiddleware in front, trusting only requests signed with GRIP_KEY."""
+    settings.GRIP_URL = f"http://127.0.0.1:9/?key={GRIP_KEY}&verify-iss={GRIP_ISS}"
+    settings.MIDDLEWARE = ["django_grip.GripMiddleware", *settings.MIDDLEWARE]
+
+
+def logged_in(user) -> Client:
+    client = Client(raise_request_exception=False)
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "recover=true",
+        "es-meta=garbage",
+        "link=next&recover=true&es-meta=garbage",
+        "es-meta=a.b.c",
+    ],
+)
+def test_hostile_grip_parameters_without_gripmiddleware_get_400(user, query):
+    response = logged_in(user).get(f"{EVENTS}?{query}")
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("query", ["recover=true", "es-meta=garbage", "es-meta="])
+def test_hostile_grip_parameters_without_a_signature_get_400(grip, user, query):
+    response = logged_in(user).get(f"{EVENTS}?{query}")
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage",
+        "a.b.c",
+        jwt.encode({"iss": "es"}, "not-the-secret-key-but-long-enough-for-hs256"),
+        jwt.encode({"iss": "es", "exp": "soon"}, django_settings.SECRET_KEY.encode()),
+        jwt.encode({"iss": "es", "exp": 1}, django_settings.SECRET_KEY.encode()),
+        jwt.encode(
+            {"iss": "es", "exp": int(time.time()) + 60, "user": "x", "channels": "y"},
+            django_settings.SECRET_KEY.encode(),
+        ),
+        jwt.encode(
+            {"iss": "es", "exp": int(time.time()) + 60, "user": "999999", "channels": ["a"]},
+            django_settings.SECRET_KEY.encode(),
+        ),
+    ],
+)
+def test_signed_refresh_with_a_bad_es_meta_gets_400(grip, token):
+    client = Client(raise_request_exception=False)
+    response = client.get(
+        f"{EVENTS}?link=next&recover=true&es-meta={token}", HTTP_GRIP_SIG=grip_sig()
+    )
+    assert response.status_code == 400
+
+
+def test_someone_elses_leaked_link_opens_nothing_for_a_logged_in_user(grip, user, other_user):
+    """Issue 10, case 3: Alice, her own session and no Grip-Sig, requested Bob's link."""
+    link = f"{EVENTS}?link=next&recover=true&es-meta={es_meta(other_user)}"
+    response = logged_in(user).get(link)
+    assert response.status_code == 400
+    assert not getattr(response, "streaming", False)
+
+
+def open_through_grip(user) -> str:
+    """Open a stream as Pushpin does (cookies and signature); the next link it gets."""
+    response = logged_in(user).get(EVENTS, HTTP_GRIP_SIG=grip_sig())
+    assert response.status_code == 200 and response["Grip-Hold"] == "stream"
+    link = response["Grip-Link"].split(">")[0].lstrip("<")
+    assert "es-meta=" in link
+    return link
+
+
+def refresh(link: str):
+    return Client(raise_request_exception=False).get(link, HTTP_GRIP_SIG=grip_sig())
+
+
+def test_the_next_link_names_no_session_key(grip, user):
+    client = logged_in(user)
+    response = client.get(EVENTS, HTTP_GRIP_SIG=grip_sig())
+    link = response["Grip-Link"]
+    assert client.cookies["sessionid"].value not in link
+
+
+def test_signed_refresh_of_a_live_session_is_held(grip, user):
+    response = refresh(open_through_grip(user))
+    assert response.status_code == 200 and response["Grip-Hold"] == "stream"
+    assert f"events-{user_channel(user.pk)}" in response["Grip-Channel"]
+
+
+def test_signed_refresh_without_the_stream_reference_is_refused(grip, user):
+    link = open_through_grip(user)
+    parts = urlsplit(link)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items() if k == "es-meta" or k == "link"}
+    response = refresh(f"{parts.path}?link=next&recover=true&es-meta={query['es-meta']}")
+    assert response.status_code == 403
+
+
+def test_signed_refresh_after_deactivation_is_refused(grip, user):
+    """Issue 10, case 2 under Pushpin: a refresh returned 200 with a fresh token."""
+    link = open_through_grip(user)
+    get_user_model().objects.filter(pk=user.pk).update(is_active=False)
+    response = refresh(link)
+    assert response.status_code == 403
+    assert "Grip-Hold" not in response
+
+
+def test_signed_refresh_after_logout_is_refused(grip, user):
+    client = logged_in(user)
+    opened = client.get(EVENTS, HTTP_GRIP_SIG=grip_sig())
+    link = opened["Grip-Link"].split(">")[0].lstrip("<")
+    client.post("/logout/")
+    client.logout()
+    assert refresh(link).status_code == 403
+
+
+def test_signed_refresh_after_a_password_change_is_refused(grip, user):
+    link = open_through_grip(user)
+    user.set_password("new password")
+    user.save()
+    assert refresh(link).status_code == 403
+
+
+def test_signed_refresh_for_a_token_of_another_users_stream_reference_is_refused(
+    grip, user, other_user
+):
+    """The stream reference of Alice's stream with a token naming Bob: refused."""
+    link = open_through_grip(user)
+    parts = urlsplit(link)
+    params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    params["es-meta"] = es_meta(other_user)
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    assert refresh(f"{parts.path}?{query}").status_code == 403
+
+
+def test_access_log_lines_of_a_refresh_carry_no_token():
+    """uvicorn's access record: (client, method, path with query, http version, status)."""
+    import logging
+
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VyIjoiMSJ9.c2lnbmF0dXJl"
+    path = f"{EVENTS}?link=next&recover=true&es-meta={token}&ts-stream=abc123secret"
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", path, "1.1", 200),
+        None,
+    )
+    for f in logging.getLogger("uvicorn.access").filters:
+        f.filter(record)
+    line = record.getMessage()
+    assert token not in line and "abc123secret" not in line
+    assert "link=next&recover=true&es-meta=[redacted]&ts-stream=[redacted]" in line
+
+
+@pytest.fixture
+def cookie_sessions(settings):
+    settings.SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+
+
+def test_with_cookie_sessions_a_refresh_checks_that_the_user_is_active(grip, cookie_sessions, user):
+    link = open_through_grip(user)
+    assert "ts-stream=" not in link
+    assert refresh(link).status_code == 200
+    get_user_model().objects.filter(pk=user.pk).update(is_active=False)
+    assert refresh(link).status_code == 403
+
+
+def session_of(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def test_the_session_check_finds_each_ended_session_in_two_queries(
+    django_user_model, django_assert_max_num_queries
+):
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from taskstate.streams import _ended_sessions
+
+    users = [django_user_model.objects.create_user(f"u{n}", password="pw") for n in range(40)]
+    live = {(u.pk, session_of(u)) for u in users[:30]}
+    logged_out = (users[30].pk, session_of(users[30]))
+    SessionStore(logged_out[1]).delete()
+    password = (users[31].pk, session_of(users[31]))
+    users[31].set_password("changed")
+    users[31].save()
+    inactive = (users[32].pk, session_of(users[32]))
+    django_user_model.objects.filter(pk=users[32].pk).update(is_active=False)
+    expired = (users[33].pk, session_of(users[33]))
+    store = SessionStore(expired[1])
+    store.set_expiry(-1)
+    store.save()
+    borrowed = (users[34].pk, session_of(users[35]))  # someone else's session
+    ended = {logged_out, password, inactive, expired, borrowed}
+    with django_assert_max_num_queries(2):
+        assert _ended_sessions(live | ended) == ended
