@@ -218,6 +218,7 @@ def test_missing_htmx_middleware_is_w004(settings):
     assert "django_htmx.middleware.HtmxMiddleware" in messages[0].hint
 
 
+@pytest.mark.django_db  # Django 6.1's JSONField model check asks the database
 def test_the_stack_checks_show_in_manage_py_check(settings, capsys):
     del settings.EVENTSTREAM_CHANNELMANAGER_CLASS
     settings.MIDDLEWARE = [

@@ -27,6 +27,7 @@ class SSEClient:
 
     def __init__(self, url: str, cookies: dict[str, str] | None = None) -> None:
         self.url = url
+        self.cookies = dict(cookies or {})
         self.frames: list[Frame] = []
         self._changed = threading.Condition()
         self._open = contextlib.ExitStack()
