@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import dramatiq
 from django.db import connections, transaction
 from django.utils import timezone as dj_timezone
+from django.utils.translation import get_language
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, Retries
 
@@ -94,7 +95,7 @@ class StateMiddleware(Middleware):
             self._note_retry_due(message)
             return
         origin = _origin(message, for_state, warn=True)
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"language": _sender_language()}
         if delay is not None or "eta" in message.options:
             status, order = Status.DELAYED, t.DELAYED_ORDER
             values["due_at"] = _due(message)
@@ -261,6 +262,11 @@ def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
         sent_at=datetime.fromtimestamp(message.message_timestamp / 1000, tz=timezone.utc),
         identity=parse_for_state(for_state, message.message_id, warn=warn),
     )
+
+
+def _sender_language() -> str:
+    """The language active where the message is sent (a view: the request's), or ""."""
+    return (get_language() or "")[:16]
 
 
 def _due(message: Any) -> datetime | None:
