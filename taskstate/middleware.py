@@ -82,6 +82,11 @@ class StateMiddleware(Middleware):
     ) -> None:
         if message.kwargs and "for_state" in message.kwargs:
             make_encodable(message.kwargs, message.message_id)
+            # The sender's language travels with the message, so that whichever write
+            # creates the row (the sender's or a quicker worker's) records it.
+            language = _sender_language()
+            if language and LANGUAGE_OPTION not in message.options:
+                message.options[LANGUAGE_OPTION] = language
 
     @_never_raises
     def after_enqueue(
@@ -95,7 +100,7 @@ class StateMiddleware(Middleware):
             self._note_retry_due(message)
             return
         origin = _origin(message, for_state, warn=True)
-        values: dict[str, Any] = {"language": _sender_language()}
+        values: dict[str, Any] = {}
         if delay is not None or "eta" in message.options:
             status, order = Status.DELAYED, t.DELAYED_ORDER
             values["due_at"] = _due(message)
@@ -255,13 +260,19 @@ class StateMiddleware(Middleware):
 
 
 def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
+    language = message.options.get(LANGUAGE_OPTION)
     return Origin(
         message_id=message.message_id,
         actor_name=message.actor_name,
         queue_name=q_name(message.queue_name),
         sent_at=datetime.fromtimestamp(message.message_timestamp / 1000, tz=timezone.utc),
         identity=parse_for_state(for_state, message.message_id, warn=warn),
+        language=language[:16] if isinstance(language, str) else "",
     )
+
+
+#: The message option that carries the sender's active language (``Task.language``).
+LANGUAGE_OPTION = "taskstate_language"
 
 
 def _sender_language() -> str:
