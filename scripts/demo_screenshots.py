@@ -3,8 +3,8 @@
     python example_project/manage.py demo --port 8123 &
     python scripts/demo_screenshots.py http://127.0.0.1:8123 docs/screenshots
 
-Logs in as ``demo``, starts every kind of task, waits until the list shows running,
-retrying and finished rows, and writes demo-light.png, demo-dark.png (1280 px wide) and
+Logs in as ``demo``, starts every kind of task, waits until the list shows a running,
+a failed and finished rows, and writes demo-light.png, demo-dark.png (1280 px wide) and
 demo-mobile.png (390 px, right after starting a task). Uses /usr/bin/chromium.
 """
 
@@ -42,9 +42,12 @@ def main(base: str, out: Path, prefix: str = "demo") -> None:
         # Clear what an earlier run left.
         if page.is_visible("button:has-text('Dismiss finished')"):
             page.click("button:has-text('Dismiss finished')")
-        for label in ("Quick ping", "Batch of 20", "Flaky import", "Build a report"):
+        for label in ("Batch of 20", "Flaky import", "Build a report", "Quick ping"):
             _start(page, label)
-        page.wait_for_selector("li.taskstate-task[data-status=retrying]", timeout=30_000)
+        # A finished report (with its Open link), a failed import, then a report running.
+        page.wait_for_selector("li.taskstate-task[data-status=failed]", timeout=60_000)
+        page.wait_for_selector("li.taskstate-task[data-status=done] a[href]", timeout=60_000)
+        _start(page, "Build a report")
         time.sleep(3)
         for scheme in ("light", "dark"):
             page.emulate_media(color_scheme=scheme)

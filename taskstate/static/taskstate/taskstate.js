@@ -139,7 +139,8 @@
         return format.format(-Math.floor(seconds / UNITS[i][1]), UNITS[i][0]);
       }
     }
-    return format.format(0, "second"); // "now"
+    if (seconds < 10) return format.format(0, "second"); // "now"
+    return format.format(-Math.floor(seconds / 10) * 10, "second");
   }
 
   function showTimes(root) {
@@ -264,7 +265,7 @@
     });
     Array.prototype.forEach.call(
       document.querySelectorAll("[data-taskstate-notify-button]"), setUpNotifyButton);
-    window.setInterval(showTimes, 30000);
+    window.setInterval(showTimes, 10000);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
