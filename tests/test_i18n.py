@@ -79,9 +79,7 @@ def test_compiled_catalog_matches_its_source(language, tmp_path):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("language", sorted(FINISHED))
-def test_row_pushed_over_sse_reads_in_the_senders_language(
-    language, run_all, user, capture_events
-):
+def test_row_pushed_over_sse_reads_in_the_senders_language(language, run_all, user, capture_events):
     capture = capture_events(user_channel(user.pk))
     # As in a view under LocaleMiddleware: the request's language is active at send time.
     with translation.override(language):

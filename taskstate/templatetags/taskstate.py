@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import template
 from django.templatetags.static import static
-from django.utils.html import format_html, format_html_join
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.utils.translation import gettext
@@ -122,7 +122,7 @@ def taskstate_result_url(task: Task) -> str:
     or anything a browser could run.
     """
     result = task.result
-    if not isinstance(result, dict) or not task.status == Status.DONE:
+    if not isinstance(result, dict) or task.status != Status.DONE:
         return ""
     url = result.get("url")
     if not isinstance(url, str) or not url or len(url) > 2048:

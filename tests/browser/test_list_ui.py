@@ -78,7 +78,9 @@ def test_keyboard_focus_is_visible_and_follows_the_rows(new_page):
     wait_status(page, row, "done")
     dismiss = page.locator(f"#{row} button:has-text('Dismiss')")
     dismiss.focus()
-    outline = dismiss.evaluate("el => getComputedStyle(el).outlineStyle + ' ' + getComputedStyle(el).outlineWidth")
+    outline = dismiss.evaluate(
+        "el => getComputedStyle(el).outlineStyle + ' ' + getComputedStyle(el).outlineWidth"
+    )
     assert outline.startswith("solid") and not outline.endswith(" 0px"), outline
     # Tab order is the order of the page: from "Dismiss finished" into the rows, top down.
     page.focus("button:has-text('Dismiss finished')")
@@ -127,9 +129,7 @@ def test_a_task_ending_in_a_hidden_tab_notifies_and_counts_in_the_title(browser,
         page.evaluate("window.__setHidden(true)")
         wait_status(page, row, "done")
         expect(page).to_have_title(re.compile(r"^\(\d+\) " + re.escape(title) + "$"))
-        page.wait_for_function(
-            "() => window.__notifications.some(n => n[0] === 'Build a report')"
-        )
+        page.wait_for_function("() => window.__notifications.some(n => n[0] === 'Build a report')")
         notes = page.evaluate("window.__notifications")
         assert ["Build a report", "Done"] in notes
         assert notes.count(["Build a report", "Done"]) == 1
@@ -200,7 +200,7 @@ def test_on_a_phone_a_started_task_is_in_sight_and_the_top_bar_is_one_line(brows
         _login(page, demo)
         row = start(page, "Build a report")
         box = page.locator(f"#{row}").bounding_box()
-        assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= 844, box
+        assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 844, box
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         heights = page.evaluate(
             """() => ['.demo-brand', '.demo-user', '.demo-logout'].map(
