@@ -64,6 +64,10 @@ class TaskstateSettings:
     #: The list (and its resync) shows at most this many tasks, newest first, then
     #: "and N more".
     LIST_MAX_ROWS: int = field(default=50, metadata=_ABOVE_ZERO)
+    #: Tell users about tasks that end while their tab is hidden: a count in the page
+    #: title and, once they opt in with the list's bell button, a browser notification.
+    #: False: neither, no button, and the stream pauses while the tab is hidden.
+    NOTIFY_WHEN_HIDDEN: bool = True
     #: Seconds between two runs of the cleanup job started by ``taskstate_scheduler``.
     CLEANUP_INTERVAL: int = field(default=300, metadata=_ABOVE_ZERO)
     #: Database alias the middleware writes through (see docs/deployment.md).

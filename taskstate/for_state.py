@@ -46,6 +46,8 @@ class Origin:
     queue_name: str
     sent_at: datetime
     identity: TaskIdentity
+    #: The sender's active language (rows are rendered in it), or "" for the site's.
+    language: str = ""
 
 
 def tracked_for_state(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:

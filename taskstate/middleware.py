@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import dramatiq
 from django.db import connections, transaction
 from django.utils import timezone as dj_timezone
+from django.utils.translation import get_language
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, Retries
 
@@ -81,6 +82,11 @@ class StateMiddleware(Middleware):
     ) -> None:
         if message.kwargs and "for_state" in message.kwargs:
             make_encodable(message.kwargs, message.message_id)
+            # The sender's language travels with the message, so that whichever write
+            # creates the row (the sender's or a quicker worker's) records it.
+            language = _sender_language()
+            if language and LANGUAGE_OPTION not in message.options:
+                message.options[LANGUAGE_OPTION] = language
 
     @_never_raises
     def after_enqueue(
@@ -254,13 +260,24 @@ class StateMiddleware(Middleware):
 
 
 def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
+    language = message.options.get(LANGUAGE_OPTION)
     return Origin(
         message_id=message.message_id,
         actor_name=message.actor_name,
         queue_name=q_name(message.queue_name),
         sent_at=datetime.fromtimestamp(message.message_timestamp / 1000, tz=timezone.utc),
         identity=parse_for_state(for_state, message.message_id, warn=warn),
+        language=language[:16] if isinstance(language, str) else "",
     )
+
+
+#: The message option that carries the sender's active language (``Task.language``).
+LANGUAGE_OPTION = "taskstate_language"
+
+
+def _sender_language() -> str:
+    """The language active where the message is sent (a view: the request's), or ""."""
+    return (get_language() or "")[:16]
 
 
 def _due(message: Any) -> datetime | None:

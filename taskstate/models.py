@@ -209,6 +209,9 @@ class Task(models.Model):
     # the rows whose message never came (OVERDUE_AFTER).
     due_at = models.DateTimeField(_("due"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated"), default=timezone.now)
+    # The sender's active language when the message was sent: rows pushed to the owner's
+    # page are rendered in it (no request there to say which). Empty: the site's default.
+    language = models.CharField(_("language"), max_length=16, blank=True, default="")
 
     objects = TaskQuerySet.as_manager()
 

@@ -19,7 +19,9 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.template.loader import render_to_string
+from django.utils import translation
 
 from taskstate.channels import user_channel
 from taskstate.courier import courier
@@ -101,11 +103,33 @@ def flush(timeout: float = 5.0) -> bool:
 
 
 def _send_row(task: Task) -> None:
-    row = render_to_string("taskstate/_task_row.html", {"task": task})
+    row = render_row(task)
     _send(
         user_channel(task.user_id),
         f'<hx-upsert hx-target="#taskstate-rows" sort="desc">{row}</hx-upsert>',
     )
+
+
+def render_row(task: Task) -> str:
+    """``task``'s row as its owner's page shows it, without a request.
+
+    In the language the task was sent in (``Task.language``), and with the traceback of a
+    failed task only when its owner is staff (one query, for failed rows alone).
+    """
+    context = {"task": task, "show_traceback": _owner_is_staff(task)}
+    if task.language and translation.check_for_language(task.language):
+        with translation.override(task.language):
+            return render_to_string("taskstate/_task_row.html", context)
+    return render_to_string("taskstate/_task_row.html", context)
+
+
+def _owner_is_staff(task: Task) -> bool:
+    if task.status != Status.FAILED or not task.traceback or task.user_id is None:
+        return False
+    users = get_user_model()
+    if not any(f.name == "is_staff" for f in users._meta.get_fields()):
+        return False  # a custom user model without staff: nobody sees tracebacks
+    return users._default_manager.filter(pk=task.user_id, is_staff=True).exists()
 
 
 def _send_bar(task: Task, user_pk: Any) -> None:

@@ -150,6 +150,7 @@ def _plain_origin(origin: Origin) -> Origin:
         origin,
         actor_name=_ascii(origin.actor_name, 255),
         queue_name=_ascii(origin.queue_name, 255),
+        language=_ascii(origin.language, 16),
         identity=replace(
             identity,
             description=_ascii(identity.description, 255),
@@ -192,6 +193,7 @@ def _write_once(
         "model_name": origin.identity.model_name,
         "created_at": origin.sent_at,
         "user_id": origin.identity.user_pk,
+        "language": origin.language,
         **updated,
     }
     columns = {name: _storable(name, value) for name, value in columns.items()}

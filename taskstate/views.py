@@ -108,7 +108,12 @@ def task_list(request: HttpRequest) -> HttpResponse:
     tasks, more = (
         Task.objects.for_user(request.user).for_display().first_rows(get_settings().LIST_MAX_ROWS)
     )
-    context = {"tasks": tasks, "more": more}
+    context = {
+        "tasks": tasks,
+        "more": more,
+        "show_traceback": bool(getattr(request.user, "is_staff", False)),
+        "notify": get_settings().NOTIFY_WHEN_HIDDEN,
+    }
     if getattr(request, "htmx", False):
         return render(request, "taskstate/_task_rows.html", context)
     return render(request, "taskstate/task_list.html", context)

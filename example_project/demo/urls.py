@@ -7,4 +7,5 @@ app_name = "demo"
 urlpatterns = [
     path("", views.index, name="index"),
     path("start/<slug:key>/", views.start, name="start"),
+    path("reports/<int:number>.csv", views.report, name="report"),
 ]

@@ -25,3 +25,12 @@ def start(request: HttpRequest, key: str) -> HttpResponseRedirect:
     action.start(request.user.pk)
     messages.success(request, f"Started “{action.label}”.")
     return redirect("demo:index")
+
+
+@require_GET
+@login_required
+def report(request: HttpRequest, number: int) -> HttpResponse:
+    """What a finished "Build a report" links to (its result's ``url``): a small CSV."""
+    response = HttpResponse(f"report,number\ndemo,{number}\n", content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="report-{number}.csv"'
+    return response

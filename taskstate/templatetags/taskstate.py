@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import template
 from django.templatetags.static import static
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.timesince import timesince
 from django.utils.translation import gettext
 
 from taskstate.conf import get_settings
 from taskstate.models import Task
+from taskstate.states import Status
 
 register = template.Library()
 
@@ -39,6 +43,8 @@ def taskstate_list(context: template.Context) -> dict[str, Any]:
         "tasks": tasks,
         "more": more,
         "csrf_token": context.get("csrf_token"),
+        "show_traceback": bool(getattr(user, "is_staff", False)),
+        "notify": get_settings().NOTIFY_WHEN_HIDDEN,
     }
 
 
@@ -85,7 +91,9 @@ def taskstate_duration(value: timedelta | None) -> str:
     """A short, human duration: "4 s", "2 min 5 s", "1 h 3 min"."""
     if value is None:
         return ""
-    seconds = max(int(value.total_seconds()), 0)
+    if value.total_seconds() < 1:
+        return gettext("under 1 s")
+    seconds = int(value.total_seconds())
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
@@ -93,3 +101,37 @@ def taskstate_duration(value: timedelta | None) -> str:
     if minutes:
         return gettext("%(m)d min %(s)d s") % {"m": minutes, "s": secs}
     return gettext("%(s)d s") % {"s": secs}
+
+
+@register.filter
+def taskstate_ago(value: datetime | None) -> str:
+    """How long ago ``value`` was, for pages without JavaScript (taskstate.js rewrites it
+    in the browser's language and time zone, and keeps it current)."""
+    if value is None:
+        return ""
+    if timezone.now() - value < timedelta(minutes=1):
+        return gettext("just now")
+    return gettext("%(time)s ago") % {"time": timesince(value, depth=1)}
+
+
+@register.filter
+def taskstate_result_url(task: Task) -> str:
+    """The ``url`` of the task's result when it is a link to follow, else "".
+
+    Only ``http``/``https`` URLs and paths on this site: never ``javascript:``, ``data:``
+    or anything a browser could run.
+    """
+    result = task.result
+    if not isinstance(result, dict) or task.status != Status.DONE:
+        return ""
+    url = result.get("url")
+    if not isinstance(url, str) or not url or len(url) > 2048:
+        return ""
+    if any(ord(c) <= 0x20 or c == "\\" or ord(c) == 0x7F for c in url):
+        return ""  # browsers ignore some of these inside a scheme ("java\tscript:")
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return url
+    if not parts.scheme and not parts.netloc and not url.startswith("//"):
+        return url
+    return ""

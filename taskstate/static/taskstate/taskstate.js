@@ -13,11 +13,20 @@
  * before). Events from the sender and from workers travel different roads and may arrive
  * out of order; before htmx swaps anything, an incoming row or bar older than the one
  * shown is replaced by a copy of the one shown, so the swap leaves it as it is.
+ *
+ * While a stream is down the list says "Reconnecting…" and marks its rows as possibly out
+ * of date (data-taskstate-stale); the resync that follows a new connection clears both.
+ * Times (<time data-taskstate-relative>) read "2 minutes ago" in the list's language, with
+ * the date and time in the browser's time zone on hover. A task seen to finish is announced
+ * once in the list's live region; while the tab is hidden, the page title counts finished
+ * tasks and, if the user opted in with the list's "Notify me" button, the browser shows a
+ * notification (lists with data-taskstate-notify only; the permission prompt comes from
+ * that button alone, never on page load).
  */
 (function () {
   "use strict";
   var SILENT_MS = 50000;
-  var MAX_PAUSE_MS = 60000;
+  var MAX_PAUSE_MS = 5000;
   var SELECTOR = "[data-taskstate-stream]";
 
   function isStream(element) {
@@ -30,12 +39,43 @@
 
   function restart(stream, pause) {
     if (!stream.isConnected) return;
+    markStale(stream, true);
     var fresh = stream.cloneNode(false);
     fresh.taskstatePause = pause || 0;
     heard(fresh);
     stream.replaceWith(fresh);
     window.htmx.process(fresh);
   }
+
+  // --- connection state -----------------------------------------------------------------
+  function listOf(element) {
+    return element && element.closest ? element.closest(".taskstate") : null;
+  }
+
+  function markStale(element, stale) {
+    var list = listOf(element);
+    if (!list) return;
+    var rows = list.querySelector(".taskstate-rows");
+    var indicator = list.querySelector("[data-taskstate-connection]");
+    if (rows) rows.toggleAttribute("data-taskstate-stale", stale);
+    if (indicator) {
+      var text = stale ? indicator.getAttribute("data-taskstate-reconnecting") : "";
+      if (indicator.textContent !== text) indicator.textContent = text;
+    }
+  }
+
+  document.addEventListener("htmx:sse:before:connection", function (event) {
+    var connection = event.detail && event.detail.connection;
+    if (isStream(event.target) && connection && connection.attempt > 0) markStale(event.target, true);
+  });
+  document.addEventListener("htmx:sse:error", function (event) {
+    if (isStream(event.target)) markStale(event.target, true);
+  });
+  // The resync after a (re)connection brought the rows up to date.
+  document.addEventListener("htmx:after:swap", function (event) {
+    var target = event.target;
+    if (target && target.matches && target.matches(".taskstate-rows")) markStale(target, false);
+  });
 
   function each(fn) {
     Array.prototype.forEach.call(document.querySelectorAll(SELECTOR), fn);
@@ -55,6 +95,7 @@
     document.addEventListener(name, function (event) {
       var stream = event.target;
       if (!isStream(stream) || stream.taskstateRetrying) return;
+      markStale(stream, true);
       stream.taskstateRetrying = true;
       var pause = Math.min(Math.max((stream.taskstatePause || 0) * 2, 1000), MAX_PAUSE_MS);
       window.setTimeout(function () { restart(stream, pause); }, pause);
@@ -82,7 +123,153 @@
     if (!tasks) return;
     tasks.forEach(function (task) { keepNewer(task.fragment); });
   });
-  document.addEventListener("DOMContentLoaded", function () { each(heard); });
+  // --- times ---------------------------------------------------------------------------
+  var UNITS = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400],
+               ["hour", 3600], ["minute", 60]];
+
+  function languageOf(element) {
+    var owner = element.closest("[lang]");
+    return (owner && owner.getAttribute("lang")) || undefined;
+  }
+
+  function relative(seconds, lang) {
+    var format = new Intl.RelativeTimeFormat(lang, {numeric: "auto"});
+    for (var i = 0; i < UNITS.length; i++) {
+      if (Math.abs(seconds) >= UNITS[i][1]) {
+        return format.format(-Math.floor(seconds / UNITS[i][1]), UNITS[i][0]);
+      }
+    }
+    if (seconds < 10) return format.format(0, "second"); // "now"
+    return format.format(-Math.floor(seconds / 10) * 10, "second");
+  }
+
+  function showTimes(root) {
+    if (!window.Intl || !Intl.RelativeTimeFormat) return;
+    var times = (root || document).querySelectorAll("time[data-taskstate-relative]");
+    Array.prototype.forEach.call(times, function (time) {
+      var when = new Date(time.getAttribute("datetime"));
+      if (isNaN(when.getTime())) return;
+      var lang = languageOf(time);
+      try {
+        var text = relative((Date.now() - when.getTime()) / 1000, lang);
+        if (time.textContent !== text) time.textContent = text;
+        if (!time.title) {
+          time.title = new Intl.DateTimeFormat(lang, {dateStyle: "medium", timeStyle: "long"})
+            .format(when);
+        }
+      } catch (e) { /* an unknown language tag: keep the server's text */ }
+    });
+  }
+
+  // --- finished tasks: announced once, counted in the title, notified --------------------
+  var COMPLETE = {done: true, failed: true, skipped: true, cancelled: true};
+  var known = {};
+  var hiddenFinished = 0;
+  var plainTitle = null;
+  var NOTIFY_KEY = "taskstate-notify";
+
+  function rows() {
+    return document.querySelectorAll(".taskstate li.taskstate-task[id]");
+  }
+
+  function remember() {
+    Array.prototype.forEach.call(rows(), function (row) { known[row.id] = row.dataset.status; });
+  }
+
+  function textOf(row, selector) {
+    var element = row.querySelector(selector);
+    return element ? element.textContent.trim() : "";
+  }
+
+  function notifyWanted() {
+    try {
+      return window.Notification && Notification.permission === "granted" &&
+        window.localStorage.getItem(NOTIFY_KEY) === "on";
+    } catch (e) { return false; }
+  }
+
+  function finished(row, list) {
+    var name = textOf(row, ".taskstate-description");
+    var state = textOf(row, ".taskstate-status-text") || row.dataset.status;
+    var announcer = list.querySelector("[data-taskstate-announcer]");
+    if (announcer) {
+      var line = document.createElement("p");
+      line.textContent = name + ": " + state;
+      announcer.appendChild(line);
+      while (announcer.childNodes.length > 3) announcer.removeChild(announcer.firstChild);
+    }
+    if (!list.hasAttribute("data-taskstate-notify") || document.visibilityState === "visible") return;
+    if (plainTitle === null) plainTitle = document.title;
+    hiddenFinished += 1;
+    document.title = "(" + hiddenFinished + ") " + plainTitle;
+    if (notifyWanted()) {
+      try {
+        new Notification(name, {body: state, tag: row.id, lang: languageOf(row) || ""});
+      } catch (e) { /* some mobile browsers allow notifications from a service worker only */ }
+    }
+  }
+
+  function look() {
+    Array.prototype.forEach.call(rows(), function (row) {
+      var before = known[row.id];
+      var now = row.dataset.status;
+      known[row.id] = now;
+      if (COMPLETE[now] && before !== now && !COMPLETE[before]) {
+        var list = listOf(row);
+        if (list) finished(row, list);
+      }
+    });
+    showTimes();
+  }
+
+  var looking = false;
+  function lookSoon() {
+    if (looking) return;
+    looking = true;
+    window.setTimeout(function () { looking = false; look(); }, 0);
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible" && plainTitle !== null) {
+      document.title = plainTitle;
+      plainTitle = null;
+      hiddenFinished = 0;
+    }
+  });
+
+  function setUpNotifyButton(button) {
+    if (!window.Notification || Notification.permission === "denied") return;
+    var update = function () { button.setAttribute("aria-pressed", notifyWanted() ? "true" : "false"); };
+    update();
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      if (notifyWanted()) {
+        window.localStorage.setItem(NOTIFY_KEY, "off");
+        update();
+        return;
+      }
+      Promise.resolve(Notification.requestPermission()).then(function (permission) {
+        if (permission === "granted") window.localStorage.setItem(NOTIFY_KEY, "on");
+        if (permission === "denied") button.hidden = true;
+        update();
+      });
+    });
+  }
+
+  function start() {
+    each(heard);
+    remember();
+    showTimes();
+    new MutationObserver(lookSoon).observe(document.body, {
+      childList: true, subtree: true, attributes: true, attributeFilter: ["data-status"]
+    });
+    Array.prototype.forEach.call(
+      document.querySelectorAll("[data-taskstate-notify-button]"), setUpNotifyButton);
+    window.setInterval(showTimes, 10000);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
   window.addEventListener("online", function () { each(function (s) { restart(s); }); });
   window.setInterval(function () {
     each(function (stream) {

@@ -1,0 +1,213 @@
+"""The list people use: accessible (axe, both colour schemes), honest about its connection,
+in the user's language, notifying when a task ends in a hidden tab, usable on a phone."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import INIT_SCRIPT, expect, screenshot, wait_open
+from tests.browser.test_demo import assert_not_reloaded, mark_no_reload, start, wait_status
+
+# axe-core rules: WCAG 2.0/2.1/2.2 A and AA, and axe's best practices.
+AXE_OPTIONS = {
+    "runOnly": {
+        "type": "tag",
+        "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa", "best-practice"],
+    },
+    "resultTypes": ["violations"],
+}
+
+
+def _login(page: Any, base: str) -> None:
+    page.goto(f"{base}/accounts/login/")
+    page.fill("input[name=username]", "demo")
+    page.fill("input[name=password]", "demo")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
+def _context(browser: Any, **options: Any) -> Any:
+    context = browser.new_context(**{"viewport": {"width": 1280, "height": 900}, **options})
+    context.add_init_script(INIT_SCRIPT)
+    return context
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_demo_has_no_accessibility_violations(browser, demo, scheme):
+    from axe_playwright_python.sync_playwright import Axe
+
+    context = _context(browser, color_scheme=scheme, reduced_motion="reduce")
+    try:
+        page = context.new_page()
+        _login(page, demo)
+        wait_open(page)
+        done = start(page, "Quick ping")
+        failing = start(page, "Flaky import")
+        running = start(page, "Build a report")
+        wait_status(page, done, "done")
+        wait_status(page, failing, "retrying")
+        expect(page.locator(f"#{running} [role=progressbar]")).to_have_attribute(
+            "aria-valuenow", re.compile(r"^[1-9][0-9]?$"), timeout=40_000
+        )
+        # Each bar is named after its task.
+        name = page.evaluate(
+            """id => { const bar = document.querySelector(`#${id} [role=progressbar]`);
+                       return document.getElementById(bar.getAttribute('aria-labelledby'))
+                              .textContent.trim(); }""",
+            running,
+        )
+        assert name == "Build a report"
+        results = Axe().run(page, options=AXE_OPTIONS)
+        assert results.violations_count == 0, results.generate_report()
+        wait_status(page, failing, "failed")
+        page.click(f"#{failing} summary")
+        page.keyboard.press("Tab")  # a visible focus ring in the list, checked by axe too
+        results = Axe().run(page, options=AXE_OPTIONS)
+        assert results.violations_count == 0, results.generate_report()
+        screenshot(page, f"axe-{scheme}")
+    finally:
+        context.close()
+
+
+def test_keyboard_focus_is_visible_and_follows_the_rows(new_page):
+    page = new_page("demo")
+    row = start(page, "Quick ping")
+    wait_status(page, row, "done")
+    dismiss = page.locator(f"#{row} button:has-text('Dismiss')")
+    dismiss.focus()
+    outline = dismiss.evaluate(
+        "el => getComputedStyle(el).outlineStyle + ' ' + getComputedStyle(el).outlineWidth"
+    )
+    assert outline.startswith("solid") and not outline.endswith(" 0px"), outline
+    # Tab order is the order of the page: from "Dismiss finished" into the rows, top down.
+    page.focus("button:has-text('Dismiss finished')")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.closest('li.taskstate-task')?.id")
+    first_with_button = page.evaluate(
+        "document.querySelector('li.taskstate-task:has(button, a[href], summary)').id"
+    )
+    assert focused == first_with_button
+
+
+RECORD_NOTIFICATIONS = """
+window.__notifications = [];
+const Real = window.Notification;
+function Recording(title, options) {
+  window.__notifications.push([title, (options || {}).body || '']);
+  return new Real(title, options);
+}
+Object.defineProperty(Recording, 'permission', {get: () => Real.permission});
+Recording.requestPermission = (...args) => Real.requestPermission(...args);
+window.Notification = Recording;
+let hidden = false;
+Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});
+Object.defineProperty(document, 'visibilityState', {
+  configurable: true, get: () => (hidden ? 'hidden' : 'visible')});
+window.__setHidden = value => { hidden = value; document.dispatchEvent(new Event('visibilitychange')); };
+"""
+
+
+def test_a_task_ending_in_a_hidden_tab_notifies_and_counts_in_the_title(browser, demo):
+    context = _context(browser, permissions=["notifications"])
+    context.add_init_script(RECORD_NOTIFICATIONS)
+    try:
+        page = context.new_page()
+        _login(page, demo)
+        # No prompt on page load: the user opts in with the list's button.
+        button = page.locator("[data-taskstate-notify-button]")
+        expect(button).to_be_visible()
+        expect(button).to_have_attribute("aria-pressed", "false")
+        button.click()
+        expect(button).to_have_attribute("aria-pressed", "true")
+        row = start(page, "Build a report")
+        wait_open(page)
+        mark_no_reload(page)
+        title = page.title()
+        page.evaluate("window.__setHidden(true)")
+        wait_status(page, row, "done")
+        expect(page).to_have_title(re.compile(r"^\(\d+\) " + re.escape(title) + "$"))
+        page.wait_for_function("() => window.__notifications.some(n => n[0] === 'Build a report')")
+        notes = page.evaluate("window.__notifications")
+        assert ["Build a report", "Done"] in notes
+        assert notes.count(["Build a report", "Done"]) == 1
+        # Announced once in the live region.
+        announced = page.locator("[data-taskstate-announcer]").text_content()
+        assert announced.count("Build a report: Done") == 1
+        page.evaluate("window.__setHidden(false)")
+        expect(page).to_have_title(title)
+        assert_not_reloaded(page)
+    finally:
+        context.close()
+
+
+def test_a_dropped_stream_says_reconnecting_until_the_resync(new_page, demo):
+    from urllib.parse import urlsplit
+
+    from tests.support.tcp_proxy import CuttableProxy
+
+    proxy = CuttableProxy(urlsplit(demo).port)
+    try:
+        page = new_page("demo", base_url=f"http://127.0.0.1:{proxy.port}")
+        wait_open(page)
+        mark_no_reload(page)
+        indicator = page.locator("[data-taskstate-connection]")
+        expect(indicator).to_have_text("")
+        proxy.cut()
+        expect(indicator).to_have_text("Reconnecting…")
+        expect(page.locator("#taskstate-rows")).to_have_attribute("data-taskstate-stale", "")
+        screenshot(page, "reconnecting")
+        proxy.open()
+        expect(indicator).to_have_text("", timeout=30_000)
+        expect(page.locator("#taskstate-rows")).not_to_have_attribute("data-taskstate-stale", "")
+        assert_not_reloaded(page)
+    finally:
+        proxy.close()
+
+
+def test_rows_pushed_over_the_stream_read_in_the_users_language(browser, demo):
+    context = _context(browser, locale="fr-FR")
+    try:
+        page = context.new_page()
+        _login(page, demo)
+        expect(page.locator("#taskstate-heading")).to_have_text("Vos tâches")
+        wait_open(page)
+        row = start(page, "Build a report")
+        mark_no_reload(page)
+        # Running, then done: both rows came over the stream, rendered by the worker.
+        wait_status(page, row, "running")
+        expect(page.locator(f"#{row} .taskstate-status-text")).to_have_text("En cours")
+        wait_status(page, row, "done")
+        expect(page.locator(f"#{row} .taskstate-status-text")).to_have_text("Terminée")
+        expect(page.locator(f"#{row} .taskstate-meta")).to_contain_text("a duré")
+        link = page.locator(f"#{row} a.taskstate-open")
+        expect(link).to_have_text("Ouvrir")
+        assert re.fullmatch(r"/reports/\d+\.csv", link.get_attribute("href"))
+        expect(page.locator(f"#{row} button.taskstate-button")).to_have_text("Masquer")
+        assert_not_reloaded(page)
+    finally:
+        context.close()
+
+
+def test_on_a_phone_a_started_task_is_in_sight_and_the_top_bar_is_one_line(browser, demo):
+    context = _context(
+        browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    try:
+        page = context.new_page()
+        _login(page, demo)
+        row = start(page, "Build a report")
+        box = page.locator(f"#{row}").bounding_box()
+        assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 844, box
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        heights = page.evaluate(
+            """() => ['.demo-brand', '.demo-user', '.demo-logout'].map(
+                 s => document.querySelector(s).getBoundingClientRect().height)"""
+        )
+        line = page.evaluate("parseFloat(getComputedStyle(document.body).lineHeight)")
+        assert all(h <= line * 1.5 for h in heights), (heights, line)
+        screenshot(page, "mobile")
+    finally:
+        context.close()

@@ -1,0 +1,127 @@
+"""The row's words and links: durations, result links, error details, tracebacks."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.template.loader import render_to_string
+
+from taskstate.models import Status
+from taskstate.publish import render_row
+from taskstate.templatetags.taskstate import taskstate_duration, taskstate_result_url
+from tests.support.factories import ago, make_task
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "under 1 s"), (0.4, "under 1 s"), (1, "1 s"), (65, "1 min 5 s"), (3_720, "1 h 2 min")],
+)
+def test_duration_reads_short_and_says_under_1_s_for_fast_tasks(seconds, text):
+    assert taskstate_duration(timedelta(seconds=seconds)) == text
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/reports/12.csv", "reports/12.csv", "https://example.com/r?id=1", "http://example.com/"],
+)
+def test_a_done_result_with_a_web_url_gets_an_open_link(url):
+    task = make_task(result={"url": url}, started_at=ago(3), finished_at=ago(1))
+    assert taskstate_result_url(task) == url
+    row = render_to_string("taskstate/_task_row.html", {"task": task})
+    assert 'class="taskstate-button taskstate-open"' in row and ">Open</a>" in row
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "javascript:alert(1)",
+        "JavaScript:alert(1)",
+        " javascript:alert(1)",
+        "java\tscript:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "vbscript:x",
+        "//evil.example/x",
+        "\\\\evil.example\\x",
+        "https:/x",
+        "",
+        42,
+    ],
+)
+def test_a_result_url_a_browser_could_run_gets_no_link(url):
+    task = make_task(result={"url": url})
+    assert taskstate_result_url(task) == ""
+    assert "taskstate-open" not in render_to_string("taskstate/_task_row.html", {"task": task})
+
+
+def test_a_running_task_gets_no_open_link_yet():
+    task = make_task(status=Status.RUNNING, result={"url": "/r.csv"})
+    assert taskstate_result_url(task) == ""
+
+
+def test_a_finished_row_is_one_line_with_its_duration_and_time():
+    task = make_task(started_at=ago(0.3), finished_at=ago(0.1))
+    row = render_to_string("taskstate/_task_row.html", {"task": task})
+    assert "took under 1 s" in row
+    assert 'class="taskstate-task taskstate-status-done taskstate-complete"' in row
+    assert f'datetime="{task.finished_at.isoformat()}"' in row
+    # The bar is kept (hidden by the stylesheet) and named after the task.
+    assert f'aria-labelledby="taskstate-description-{task.pk}"' in row
+    assert f'id="taskstate-description-{task.pk}"' in row
+
+
+def _failed(user, attempts=3):
+    return make_task(
+        status=Status.FAILED,
+        user=user,
+        attempts=attempts,
+        error_type="FeedUnavailable",
+        error_message="The feed answered 503",
+        traceback='Traceback (most recent call last):\n  File "secret_path.py"',
+        started_at=ago(10),
+        finished_at=ago(1),
+    )
+
+
+def test_a_failed_row_says_how_many_attempts_and_opens_its_error(user):
+    row = render_row(_failed(user))
+    assert "failed after 3 attempts" in row
+    assert "<details" in row and "FeedUnavailable" in row and "The feed answered 503" in row
+
+
+def test_the_traceback_is_pushed_to_a_staff_owner_only(user, django_user_model):
+    assert "secret_path.py" not in render_row(_failed(user))
+    staff = django_user_model.objects.create_user("staffer", password="x", is_staff=True)
+    assert "secret_path.py" in render_row(_failed(staff))
+
+
+def test_the_page_shows_the_traceback_to_staff_only(client, user, django_user_model):
+    _failed(user)
+    client.force_login(user)
+    assert "secret_path.py" not in client.get("/taskstate/list/", HTTP_HX_REQUEST="true").text
+    staff = django_user_model.objects.create_user("staffer", password="x", is_staff=True)
+    _failed(staff)
+    client.force_login(staff)
+    assert "secret_path.py" in client.get("/taskstate/list/", HTTP_HX_REQUEST="true").text
+
+
+def test_a_retrying_row_reads_its_error_as_a_retry_not_a_failure(user):
+    task = make_task(
+        status=Status.RETRYING, user=user, attempts=1, error_message="Timeout", started_at=ago(2)
+    )
+    row = render_row(task)
+    assert "Attempt 1 failed, retrying: Timeout" in row
+    assert "<details" not in row
+
+
+def test_notifications_can_be_turned_off(client, user, settings):
+    client.force_login(user)
+    page = client.get("/taskstate/list/").text
+    assert "data-taskstate-notify-button" in page
+    assert '"pauseOnBackground": false' in page
+    settings.TASKSTATE = {"NOTIFY_WHEN_HIDDEN": False}
+    page = client.get("/taskstate/list/").text
+    assert "data-taskstate-notify" not in page
+    assert '"pauseOnBackground": true' in page
