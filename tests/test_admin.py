@@ -156,7 +156,7 @@ def test_mark_seen_action_marks_the_selected_completed_tasks(admin_client):
     )
 
     assert response.status_code == 200
-    assert "3 tasks marked seen." in response.content.decode()
+    assert "4 tasks marked seen." in response.content.decode()
     assert set(Task.objects.filter(seen=True).values_list("pk", flat=True)) == {
         t.pk for t in completed
     }
@@ -178,7 +178,7 @@ def test_delete_completed_action_keeps_active_tasks(admin_client):
     )
 
     assert response.status_code == 200
-    assert "3 completed tasks deleted." in response.content.decode()
+    assert "4 completed tasks deleted." in response.content.decode()
     assert set(Task.objects.values_list("pk", flat=True)) == {t.pk for t in [*active, not_selected]}
 
 

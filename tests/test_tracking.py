@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import taskstate
@@ -131,12 +133,22 @@ def test_report_after_the_interval_is_written(run, clock):
 
 def test_unchanged_value_writes_nothing(run, clock, django_assert_num_queries):
     progress(10, message="copying")
-    clock.advance(5)
+    clock.advance(0.9)
     with django_assert_num_queries(0):
         progress(10)
         progress(10, message="copying")
         progress(1, 10)
     assert run.pending is None
+
+
+def test_unchanged_values_look_for_a_cancel_once_per_check_interval(run, clock):
+    progress(10, message="copying")
+    clock.advance(5)
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(50):
+            progress(10)
+    # No write; one read: the look for a cancel request (CANCEL_CHECK_INTERVAL, 1 s).
+    assert [q["sql"].split()[0] for q in queries] == ["SELECT"]
 
 
 def test_done_of_total_is_a_percentage(run):

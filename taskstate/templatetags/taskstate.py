@@ -13,6 +13,7 @@ from django.utils.translation import gettext
 
 from taskstate.conf import get_settings
 from taskstate.models import Task
+from taskstate.policy import allowed
 
 register = template.Library()
 
@@ -93,3 +94,16 @@ def taskstate_duration(value: timedelta | None) -> str:
     if minutes:
         return gettext("%(m)d min %(s)d s") % {"m": minutes, "s": secs}
     return gettext("%(s)d s") % {"s": secs}
+
+
+@register.simple_tag(takes_context=True)
+def taskstate_may(context: template.Context, task: Task, action: str) -> bool:
+    """Whether the page's user may ``action`` ("cancel", "retry") ``task``: shows a button.
+
+    A row pushed to its owner's channel has no request: its user is the task's owner.
+    """
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None:
+        return allowed(None, task, action, owner=True)
+    return allowed(user, task, action)
