@@ -49,11 +49,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _never_raises(hook: F) -> F:
     @wraps(hook)
-    def guarded(*args: Any, **kwargs: Any) -> None:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
         try:
-            hook(*args, **kwargs)
+            return hook(*args, **kwargs)
         except Exception:
             logger.exception("taskstate: %s failed; the message goes on untracked", hook.__name__)
+            return None
 
     return guarded  # type: ignore[return-value]
 

@@ -115,6 +115,8 @@ def progress(done: float, total: float | None = None, message: str | None = None
         run.pending = value
         return
     _write(run, value, now)
+    if run.cancel_requested:
+        raise Cancelled(gettext("Cancelled by its owner."))
 
 
 def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
@@ -194,9 +196,9 @@ def _store(run: MessageRun, value: tuple[int, str | None]) -> None:
                 message=message,
                 order=running_order(run.attempt),
             )
-    else:
-        # Refused: maybe a cancel request; the next call looks.
-        run.next_cancel_check = 0.0
+    elif cancel_was_requested(run.origin.message_id):
+        # Refused: a row asked to cancel takes no progress (one read, only then).
+        mark_cancelled(run)
 
 
 def held_back(run: MessageRun) -> dict[str, Any]:
