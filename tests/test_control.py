@@ -151,9 +151,12 @@ def test_a_late_worker_start_after_a_cancel_is_refused_and_costs_one_read(
     cancel(owner, row(message))
     count_queries.statements = []
     join(broker, start_worker(broker, stopped_worker))
+    from django.db import connection
+
     # The refused running upsert, one read that finds the cancel, the refused end.
-    verbs = [sql.split()[0] for sql in count_queries.statements if "taskstate_task" in sql]
-    assert verbs.count("SELECT") == 1
+    # (MySQL and MariaDB read the row after each of those two upserts anyway.)
+    writes_read = 2 if connection.vendor == "mysql" else 0
+    assert len(count_queries.starting("SELECT")) == 1 + writes_read
 
 
 # --- cancel while running ---------------------------------------------------------------

@@ -227,3 +227,14 @@ def fails_on_first_run(key: str, items: list[int], for_state: dict[str, Any] | N
         raise RuntimeError("the first run fails")
     FINISHED.add(key)
     return sum(items)
+
+
+@dramatiq.actor(max_retries=3, min_backoff=10, max_backoff=20, time_limit=120_000)
+def never_reports(key: str, for_state: dict[str, Any] | None = None) -> str:
+    """Runs for up to 60 s without a single progress report: only a hard cancel stops it."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return key
