@@ -301,34 +301,38 @@ def test_done_after_a_cancel_request_of_a_running_task_lands(user):
     assert task.status == Status.DONE
 
 
-def test_a_cancel_racing_a_finishing_task_in_threads_ends_in_one_final_state(user):
+def _race_once(n: int, user: Any) -> None:
     from django.db import close_old_connections
 
+    origin = _origin(f"race-threads-{n}", user)
+    t.write(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
+    pk = Task.objects.get(message_id=origin.message_id).pk
+    barrier = threading.Barrier(2)
+    outcome: dict[str, Any] = {}
+
+    def cancels() -> None:
+        barrier.wait()
+        outcome["cancel"] = t.request_cancel(pk)
+        close_old_connections()
+
+    def finishes() -> None:
+        barrier.wait()
+        outcome["done"] = t.write(origin, Status.DONE, TERMINAL_ORDER, {}) is not None
+        close_old_connections()
+
+    threads = [threading.Thread(target=cancels), threading.Thread(target=finishes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    task = Task.objects.get(pk=pk)
+    assert outcome["cancel"] != outcome["done"], outcome
+    assert task.status == (Status.CANCELLED if outcome["cancel"] else Status.DONE)
+
+
+def test_a_cancel_racing_a_finishing_task_in_threads_ends_in_one_final_state(user):
     for n in range(10):
-        origin = _origin(f"race-threads-{n}", user)
-        t.write(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
-        pk = Task.objects.get(message_id=origin.message_id).pk
-        barrier = threading.Barrier(2)
-        outcome: dict[str, Any] = {}
-
-        def cancels(pk: int = pk) -> None:
-            barrier.wait()
-            outcome["cancel"] = t.request_cancel(pk)
-            close_old_connections()
-
-        def finishes(origin: Any = origin) -> None:
-            barrier.wait()
-            outcome["done"] = t.write(origin, Status.DONE, TERMINAL_ORDER, {}) is not None
-            close_old_connections()
-
-        threads = [threading.Thread(target=cancels), threading.Thread(target=finishes)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        task = Task.objects.get(pk=pk)
-        assert outcome["cancel"] != outcome["done"], outcome
-        assert task.status == (Status.CANCELLED if outcome["cancel"] else Status.DONE)
+        _race_once(n, user)
 
 
 # --- who may ------------------------------------------------------------------------------

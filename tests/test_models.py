@@ -331,9 +331,7 @@ def test_mark_seen_keeps_the_first_seen_time_of_an_already_seen_task():
 
 @pytest.mark.parametrize("status", list(Status))
 def test_is_complete_is_true_exactly_for_done_failed_skipped_and_cancelled(status):
-    assert Task(status=status).is_complete is (
-        status in ("done", "failed", "skipped", "cancelled")
-    )
+    assert Task(status=status).is_complete is (status in ("done", "failed", "skipped", "cancelled"))
 
 
 def test_duration_is_none_before_the_task_started():

@@ -32,12 +32,8 @@ def owner(client, user):
     return client
 
 
-def test_cancel_on_a_worker_process_stops_a_task_reporting_progress(
-    worker_process, owner, user
-):
-    message = actors.counts_until_cancelled.send(
-        f"w{next(_keys)}", for_state={"user_pk": user.pk}
-    )
+def test_cancel_on_a_worker_process_stops_a_task_reporting_progress(worker_process, owner, user):
+    message = actors.counts_until_cancelled.send(f"w{next(_keys)}", for_state={"user_pk": user.pk})
     task = row_when(message, "progress", status=Status.RUNNING, progress__gt=0)
     assert owner.post(reverse("taskstate:cancel", args=[task.pk])).status_code == 302
     task = row_when(message, "the cancel", status=Status.CANCELLED)
