@@ -172,6 +172,12 @@ class StateMiddleware(Middleware):
         _current.set(None)
         if exception is not None and _is_cancel(exception):
             mark_cancelled(run)
+        if exception is not None and run.cancel_requested:
+            # Final now, whatever the other middleware do: Retries leaves it alone (see
+            # mark_cancelled), or its retry is skipped; no need to wait for the ack.
+            run.finished = True
+            _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
+            return
         if exception is None and not message.failed:
             run.finished = True
             values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}

@@ -238,3 +238,14 @@ def never_reports(key: str, for_state: dict[str, Any] | None = None) -> str:
     while time.monotonic() < deadline:
         time.sleep(0.05)
     return key
+
+
+@dramatiq.actor(max_retries=3, min_backoff=10, max_backoff=20, time_limit=120_000)
+def reports_every(seconds: float, for_state: dict[str, Any] | None = None) -> str:
+    """Reports progress every ``seconds`` for up to 60 s (benchmarks/cancel_latency.py)."""
+    import time
+
+    for step in range(1, int(60 / seconds) + 1):
+        taskstate.progress(step % 100, message=f"step {step}")
+        time.sleep(seconds)
+    return "finished"
