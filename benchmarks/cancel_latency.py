@@ -1,7 +1,7 @@
 """Time from a click on Cancel to the row reading ``cancelled``.
 
     TASKSTATE_TEST_REDIS_URL=redis://127.0.0.1:6379/2 python benchmarks/cancel_latency.py
-    python benchmarks/cancel_latency.py --tries 3     # quick
+    python benchmarks/cancel_latency.py --smoke       # 3 + 1 tries, for CI
 
 A real ``rundramatiq`` process (Redis broker, PostgreSQL) runs an actor that reports
 progress every 0.5 s; once it runs, the owner's POST to ``taskstate:cancel`` is made
@@ -60,9 +60,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tries", type=int, default=20)
     parser.add_argument("--hard-tries", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
+    if args.smoke:
+        args.tries, args.hard_tries = 3, 1
 
     django_on_postgres("taskstate_bench_cancel")
+    import dramatiq
     from django.contrib.auth import get_user_model
     from django.test import Client, override_settings
 
@@ -70,8 +74,6 @@ def main() -> None:
     from tests.support.processes import child_env, start_worker
     from tests.testapp import tasks as actors
     from tests.testapp.abort import TestAbortable
-
-    import dramatiq
 
     Task.objects.all().delete()
     user, _ = get_user_model().objects.get_or_create(username="bench-cancel")
