@@ -321,3 +321,44 @@ def test_progress_never_raises_even_when_the_row_is_gone(run, task):
     Task.objects.filter(pk=task.pk).delete()
     progress(50)
     assert not Task.objects.filter(message_id=MESSAGE_ID).exists()
+
+
+# --- cancel requests ---------------------------------------------------------------------
+
+
+def test_progress_raises_cancelled_once_the_row_is_asked_to_cancel(run, task, clock):
+    run.options = {}
+    progress(10)
+    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())
+    clock.advance(1)
+    with pytest.raises(taskstate.Cancelled):
+        progress(20)
+    # The write did not land, and the attempt is marked so that Retries leaves it alone.
+    assert row()[0] == 10
+    assert run.options["throws"] == (BaseException,)
+    with pytest.raises(taskstate.Cancelled):
+        progress(30)
+
+
+def test_track_raises_cancelled_between_items(run, task, clock):
+    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())
+    clock.advance(5)
+    seen = []
+    with pytest.raises(taskstate.Cancelled):
+        for item in track(range(10)):
+            seen.append(item)
+    assert seen == [0]
+
+
+def test_cancel_requested_asks_at_most_once_per_interval(run, task, clock, count_queries):
+    assert not taskstate.cancel_requested()  # first look
+    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())
+    count_queries.statements = []
+    assert not taskstate.cancel_requested()  # within the interval: not looked again
+    assert count_queries.statements == []
+    clock.advance(1)
+    assert taskstate.cancel_requested()
+
+
+def test_cancel_requested_outside_a_tracked_message_is_false():
+    assert taskstate.cancel_requested() is False
