@@ -1,6 +1,7 @@
 """Track the state of Dramatiq tasks that ask for it, and show each user their own tasks live.
 
-Public API for actors: :func:`progress` and :func:`track`.
+Public API for actors: :func:`progress`, :func:`track`, :func:`cancel_requested` and the
+exception :class:`Cancelled`.
 """
 
 from __future__ import annotations
@@ -8,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from taskstate.tracking import progress, track
+    from taskstate.tracking import Cancelled, cancel_requested, progress, track
 
-__all__ = ["progress", "track"]
+__all__ = ["Cancelled", "cancel_requested", "progress", "track"]
 __version__ = "1.0.0.dev0"
 
 

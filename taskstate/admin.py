@@ -13,7 +13,9 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from taskstate import control
 from taskstate.models import Task
+from taskstate.policy import CANCEL, RETRY, allowed
 from taskstate.publish import publish_removed
 from taskstate.templatetags.taskstate import taskstate_duration
 
@@ -49,7 +51,7 @@ class TaskAdmin(_TaskAdminBase):
     list_select_related = ("user",)
     date_hierarchy = "created_at"
     ordering = ("-created_at", "-id")
-    actions = ("mark_seen", "delete_completed")
+    actions = ("mark_seen", "delete_completed", "cancel_tasks", "retry_tasks")
     readonly_fields = [f.name for f in Task._meta.fields] + ["duration_display"]
     fieldsets = (
         (
@@ -64,6 +66,8 @@ class TaskAdmin(_TaskAdminBase):
                     "attempts",
                     "seen",
                     "seen_at",
+                    "cancel_requested_at",
+                    "retry_of",
                 )
             },
         ),
@@ -72,6 +76,7 @@ class TaskAdmin(_TaskAdminBase):
             {"fields": ("message_id", "actor_name", "queue_name", "app_name", "model_name")},
         ),
         (_("Outcome"), {"fields": ("result", "error_type", "error_message", "traceback")}),
+        (_("Retry"), {"fields": ("retry_message",), "classes": ("collapse",)}),
         (
             _("Times"),
             {
@@ -91,6 +96,11 @@ class TaskAdmin(_TaskAdminBase):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_control_permission(self, request: HttpRequest) -> bool:
+        """Cancel and retry (admin actions): the change permission, which edits nothing
+        here (every field is read-only) but acts on the task."""
+        return request.user.has_perm("taskstate.change_task")
 
     @admin.display(description=_("task"), ordering="description")
     def description_or_actor(self, task: Task) -> str:
@@ -143,5 +153,35 @@ class TaskAdmin(_TaskAdminBase):
         self.message_user(
             request,
             ngettext("%d completed task deleted.", "%d completed tasks deleted.", count) % count,
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Cancel selected tasks"), permissions=("control",))
+    def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        count = sum(
+            1
+            for task in queryset
+            if allowed(request.user, task, CANCEL) and control.cancel(task) is not None
+        )
+        self.message_user(
+            request,
+            ngettext("%d task asked to cancel.", "%d tasks asked to cancel.", count) % count,
+            messages.SUCCESS,
+        )
+
+    @admin.action(description=_("Retry selected tasks"), permissions=("control",))
+    def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        count = 0
+        for task in queryset:
+            if not allowed(request.user, task, RETRY):
+                continue
+            try:
+                control.retry(task)
+            except control.RetryRefused:
+                continue
+            count += 1
+        self.message_user(
+            request,
+            ngettext("%d task sent again.", "%d tasks sent again.", count) % count,
             messages.SUCCESS,
         )

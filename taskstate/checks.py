@@ -54,6 +54,17 @@ def check_settings(
                     id="taskstate.E003",
                 )
             )
+    policy = value.get("CONTROL_POLICY")
+    if isinstance(policy, str) and policy and not _is_callable_path(policy):
+        messages.append(
+            Error(
+                f"TASKSTATE['CONTROL_POLICY'] names {policy!r}, which is not an importable "
+                "callable.",
+                hint="Give the dotted path of a function (user, task, action) -> bool, or "
+                f"leave it out for the default {DEFAULTS['CONTROL_POLICY']!r}.",
+                id="taskstate.E005",
+            )
+        )
     alias = value.get("DATABASE")
     if isinstance(alias, str) and alias not in settings.DATABASES:
         messages.append(
@@ -162,3 +173,10 @@ def check_htmx_middleware(
             id="taskstate.W004",
         )
     ]
+
+
+def _is_callable_path(path: str) -> bool:
+    try:
+        return callable(import_string(path))
+    except ImportError:
+        return False

@@ -86,6 +86,20 @@ class TaskstateSettings:
     #: PostgreSQL: seconds one tracking write may wait for a row lock (``lock_timeout``,
     #: local to our statement). 0: unbounded.
     DB_LOCK_TIMEOUT: float = 2.0
+    #: Dotted path to ``policy(user, task, action) -> bool``: who may cancel (action
+    #: "cancel") or retry ("retry") a task. The default lets the owner act on their own
+    #: tasks and staff with the change permission act from the admin.
+    CONTROL_POLICY: str = "taskstate.policy.owner_or_staff"
+    #: Seconds between two looks at the row, from progress()/track()/cancel_requested(),
+    #: for a cancel request; a progress write that lands counts as one.
+    CANCEL_CHECK_INTERVAL: float = field(default=1.0, metadata=_ABOVE_ZERO)
+    #: What a retry needs (actor, args, kwargs, options) is kept only when its JSON is at
+    #: most this many bytes; a larger message is not retryable (a warning is logged).
+    RETRY_MESSAGE_MAX_BYTES: int = 65_536
+    #: With dramatiq-abort's Abortable middleware on the broker: seconds a running task
+    #: that was asked to cancel gets to stop on its own before it is interrupted.
+    #: 0: never interrupt (cooperative cancel only).
+    HARD_CANCEL_AFTER: float = 0.0
 
 
 def _defaults() -> dict[str, Any]:

@@ -23,7 +23,7 @@ from taskstate.values import text_of
 logger = logging.getLogger("taskstate")
 
 #: The keys ``for_state`` may hold; all optional.
-KNOWN_KEYS = frozenset({"user_pk", "description", "app_name", "model_name"})
+KNOWN_KEYS = frozenset({"user_pk", "description", "app_name", "model_name", "retryable"})
 _MAX_LENGTHS = {"description": 255, "app_name": 100, "model_name": 100}
 
 
@@ -35,6 +35,9 @@ class TaskIdentity:
     description: str
     app_name: str
     model_name: str
+    #: ``for_state={"retryable": True}``: keep what a retry needs (the message's
+    #: arguments and options) on the row.
+    retryable: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ def parse_for_state(for_state: dict[str, Any], message_id: str, *, warn: bool) -
         description=texts["description"],
         app_name=texts["app_name"],
         model_name=texts["model_name"],
+        retryable=for_state.get("retryable") is True,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 import weakref
 from collections.abc import Callable
@@ -21,16 +22,17 @@ from django.db import connections, transaction
 from django.utils import timezone as dj_timezone
 from django.utils.translation import get_language
 from dramatiq.common import q_name
-from dramatiq.middleware import Middleware, Retries
+from dramatiq.middleware import Middleware, Retries, SkipMessage
 
 from taskstate import transitions as t
 from taskstate.conf import get_settings
+from taskstate.control import RETRY_OF_OPTION
 from taskstate.courier import courier
 from taskstate.for_state import Origin, make_encodable, parse_for_state, tracked_for_state
 from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce
-from taskstate.states import Status
-from taskstate.tracking import MessageRun, _current, held_back
+from taskstate.states import TERMINAL_ORDER, Status
+from taskstate.tracking import Cancelled, MessageRun, _current, held_back, mark_cancelled
 from taskstate.values import (
     UNPRINTABLE,
     NotStorable,
@@ -43,16 +45,17 @@ if TYPE_CHECKING:
     from taskstate.models import Task
 
 logger = logging.getLogger("taskstate")
-F = TypeVar("F", bound=Callable[..., None])
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _never_raises(hook: F) -> F:
     @wraps(hook)
-    def guarded(*args: Any, **kwargs: Any) -> None:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
         try:
-            hook(*args, **kwargs)
+            return hook(*args, **kwargs)
         except Exception:
             logger.exception("taskstate: %s failed; the message goes on untracked", hook.__name__)
+            return None
 
     return guarded  # type: ignore[return-value]
 
@@ -100,23 +103,30 @@ class StateMiddleware(Middleware):
             self._note_retry_due(message)
             return
         origin = _origin(message, for_state, warn=True)
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = _control_columns(message, origin)
         if delay is not None or "eta" in message.options:
             status, order = Status.DELAYED, t.DELAYED_ORDER
             values["due_at"] = _due(message)
         else:
             status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
-        _on_commit(lambda: _write(origin, status, order, values))
+        _on_commit(lambda: _write(origin, status, order, values, keep=_CONTROL_KEEP))
 
     # --- worker side -------------------------------------------------------------------
 
-    @_never_raises
     def before_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy
     ) -> None:
+        if self._start(message):
+            # Outside _never_raises: Dramatiq skips the message (the body never runs) and
+            # calls after_skip_message, which records it cancelled.
+            raise SkipMessage("taskstate: cancelled by its owner")
+
+    @_never_raises
+    def _start(self, message: dramatiq.broker.MessageProxy) -> bool | None:
+        """Record the attempt as running; True when it was cancelled before it started."""
         for_state = tracked_for_state(message.kwargs)
         if for_state is None:
-            return
+            return None
         settings = get_settings()
         attempt = int(message.options.get("retries") or 0) + 1
         run = MessageRun(
@@ -124,6 +134,10 @@ class StateMiddleware(Middleware):
             attempt=attempt,
             interval=float(settings.PROGRESS_INTERVAL),
             started_at=_now(),
+            options=message.options,
+            check_interval=float(settings.CANCEL_CHECK_INTERVAL),
+            # The running write below looks for a cancel request: the next look can wait.
+            next_cancel_check=time.monotonic() + float(settings.CANCEL_CHECK_INTERVAL),
         )
         self._remember(message, run)
         _current.set(run)
@@ -137,12 +151,17 @@ class StateMiddleware(Middleware):
                 "due_at": None,
                 "progress": 0,
                 "progress_message": "",
+                **_control_columns(message, run.origin),
             },
             same_order_wins=True,
-            keep=_KEEP,
+            keep=_KEEP + _CONTROL_KEEP,
         )
         if task is not None:
             run.task_pk, run.user_pk = task.pk, task.user_id
+        if _cancelled_before_start(run.origin.message_id, task):
+            mark_cancelled(run)
+            return True
+        return False
 
     @_never_raises
     def after_process_message(
@@ -157,6 +176,14 @@ class StateMiddleware(Middleware):
         if run is None:
             return
         _current.set(None)
+        if exception is not None and _is_cancel(exception):
+            mark_cancelled(run)
+        if exception is not None and run.cancel_requested:
+            # Final now, whatever the other middleware do: Retries leaves it alone (see
+            # mark_cancelled), or its retry is skipped; no need to wait for the ack.
+            run.finished = True
+            _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
+            return
         if exception is None and not message.failed:
             run.finished = True
             values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
@@ -180,12 +207,18 @@ class StateMiddleware(Middleware):
         values = {**_finished(), **(held_back(run) if run else {}), **_attempt(run)}
         if run is not None:
             run.finished = True
+            if run.cancel_requested:
+                _write_cancelled(origin, run, values)
+                return
         _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
     @_never_raises
     def after_ack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
         run = self._forget(message)
         if run is None or run.finished:
+            return
+        if run.cancel_requested:
+            _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
             return
         # Acked after an exception: Retries has enqueued the next attempt, or there is no
         # Retries middleware at all and the message is simply over.
@@ -210,6 +243,9 @@ class StateMiddleware(Middleware):
             if for_state is None:
                 return
             self._fail(_origin(message, for_state, warn=False), None, message)
+            return
+        if run.cancel_requested:
+            _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
             return
         self._fail(run.origin, run, message)
 
@@ -384,3 +420,87 @@ def _storable_result(result: Any, run: MessageRun) -> Any:
             "taskstate: result of message %s not stored: %s.", run.origin.message_id, exc
         )
         return None
+
+
+# --- owner control: what a cancel or a retry decides and needs -----------------------
+
+#: Options Dramatiq or a broker sets on a message in flight: a retry sends none of them.
+_IN_FLIGHT_OPTIONS = frozenset(
+    {"eta", "retries", "traceback", "requeue_timestamp", "redis_message_id", "throws"}
+)
+# Kept as first written, whichever of the sender's and the worker's writes lands first.
+_CONTROL_KEEP = ("retry_message", "retry_of_id")
+
+
+def _control_columns(message: Any, origin: Origin) -> dict[str, Any]:
+    """What a retry of this task needs (opted in) and which task it retries, if any."""
+    values: dict[str, Any] = {}
+    retry_of = message.options.get(RETRY_OF_OPTION)
+    if isinstance(retry_of, int) and not isinstance(retry_of, bool) and retry_of > 0:
+        values["retry_of_id"] = retry_of
+    if origin.identity.retryable:
+        values["retry_message"] = _retry_message(message)
+    return values
+
+
+def _retry_message(message: Any) -> dict[str, Any] | None:
+    """The actor, arguments and options a retry sends again; None when over the cap."""
+    options = {
+        key: value
+        for key, value in message.options.items()
+        # Our own options: the retry's sender sets its language and the task it retries.
+        if key not in _IN_FLIGHT_OPTIONS and key not in (RETRY_OF_OPTION, LANGUAGE_OPTION)
+    }
+    stored = {
+        "actor_name": message.actor_name,
+        "args": list(message.args),
+        "kwargs": message.kwargs,
+        "options": options,
+    }
+    try:
+        return dict(json_value(stored, get_settings().RETRY_MESSAGE_MAX_BYTES))
+    except NotStorable as exc:
+        logger.warning(
+            "taskstate: message %s is not kept for a retry: %s (RETRY_MESSAGE_MAX_BYTES).",
+            message.message_id,
+            exc,
+        )
+        return None
+
+
+def _cancelled_before_start(message_id: str, task: Task | None) -> bool:
+    """Whether the attempt about to start was asked to cancel.
+
+    Free when the running write landed (its row comes back with the request); a write
+    that was refused (the row is terminal: a cancel, or a redelivery) costs one read.
+    """
+    if task is not None:
+        return task.cancel_requested_at is not None
+    return t.cancel_requested(message_id)
+
+
+def _is_cancel(exception: BaseException) -> bool:
+    """Our cooperative cancel, or dramatiq-abort's interrupt (a hard cancel)."""
+    if isinstance(exception, Cancelled):
+        return True
+    cls = type(exception)
+    return cls.__name__ == "Abort" and cls.__module__.startswith("dramatiq_abort")
+
+
+def _write_cancelled(origin: Origin, run: MessageRun, values: dict[str, Any]) -> None:
+    """The attempt ended after a cancel request: the task is ``cancelled``, for good."""
+    values = {
+        **values,
+        **_no_error(),
+        **_attempt(run),
+        # Also when the cancel came from elsewhere (dramatiq-abort called directly): a
+        # redelivered or retried copy of the message then finds it and is skipped.
+        "cancel_requested_at": _now(),
+    }
+    _write(
+        origin,
+        Status.CANCELLED,
+        TERMINAL_ORDER,
+        values,
+        keep=(*_KEEP, "cancel_requested_at"),
+    )

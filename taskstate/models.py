@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 class TaskQuerySet(models.QuerySet["Task"]):
     def completed(self) -> TaskQuerySet:
-        """Tasks that are done, failed or skipped."""
+        """Tasks that are done, failed, skipped or cancelled."""
         return self.filter(status__in=COMPLETE_STATUSES)
 
     def active(self) -> TaskQuerySet:
@@ -212,6 +212,20 @@ class Task(models.Model):
     # The sender's active language when the message was sent: rows pushed to the owner's
     # page are rendered in it (no request there to say which). Empty: the site's default.
     language = models.CharField(_("language"), max_length=16, blank=True, default="")
+    # Owner control (taskstate.control): when the owner asked to cancel the task; what a
+    # retry sends again (only for_state={"retryable": True}); the task this one retries.
+    cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
+    retry_message = models.JSONField(_("message to retry"), null=True, blank=True)
+    retry_of = models.ForeignKey(
+        "self",
+        verbose_name=_("retry of"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="retries",
+        # Indexed only where set (taskstate_retry_of_idx): most tasks are no retry.
+        db_index=False,
+    )
 
     objects = TaskQuerySet.as_manager()
 
@@ -239,6 +253,12 @@ class Task(models.Model):
             # Cleanup of finished tasks by age, and of seen tasks by when they were seen.
             models.Index(fields=("finished_at",), name="taskstate_finished_idx"),
             models.Index(fields=("seen_at",), name="taskstate_seen_at_idx"),
+            # Deleting a task clears retry_of on its retries (SET_NULL): a lookup by it.
+            models.Index(
+                fields=("retry_of",),
+                name="taskstate_retry_of_idx",
+                condition=models.Q(retry_of__isnull=False),
+            ),
         )
 
     def __str__(self) -> str:
@@ -247,6 +267,11 @@ class Task(models.Model):
     @property
     def is_complete(self) -> bool:
         return self.status in COMPLETE_STATUSES
+
+    @property
+    def is_cancelling(self) -> bool:
+        """A cancel was requested and the task has not ended yet."""
+        return self.cancel_requested_at is not None and not self.is_complete
 
     @property
     def duration(self) -> timedelta | None:

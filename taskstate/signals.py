@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("taskstate")
 
 #: Public. Sent after a task's status changed and the change is committed.
-#: ``sender`` is :class:`taskstate.middleware.StateMiddleware`; ``task`` is the
-#: :class:`taskstate.models.Task` as written. Receivers' exceptions are logged, not raised.
+#: ``sender`` is :class:`taskstate.middleware.StateMiddleware` for a worker's or sender's
+#: write, :class:`taskstate.models.Task` for a cancel made by a view or the admin;
+#: ``task`` is the :class:`taskstate.models.Task` as written. Receivers' exceptions are
+#: logged, not raised.
 task_changed = Signal()
 
 #: Internal. Sent after every committed write of a task row (status or not), with

@@ -3,10 +3,14 @@
 Every write of a task carries an order key (``state_order``); a write lands only when it
 moves the task forwards, so hooks may run in any order, in any process::
 
-    delayed 0 < enqueued 1 < running(n) 10n+5 < retrying(n) 10n+7 < done | failed | skipped
+    delayed 0 < enqueued 1 < running(n) 10n+5 < cancelling(n) 10n+6 < retrying(n) 10n+7
+        < done | failed | skipped | cancelled
 
 ``n`` counts attempts from 1. A second ``running`` at the same attempt (a message
 redelivered after its worker died) is accepted; nothing is accepted after a terminal state.
+``cancelling`` is a running attempt whose owner asked for a cancel: its status still reads
+``running`` (with ``cancel_requested_at`` set), and its higher key keeps a late ``running``
+row or bar of the same attempt from hiding the request.
 """
 
 from __future__ import annotations
@@ -23,12 +27,17 @@ class Status(models.TextChoices):
     FAILED = "failed", _("Failed")
     DONE = "done", _("Done")
     SKIPPED = "skipped", _("Skipped")
+    CANCELLED = "cancelled", _("Cancelled")
 
 
 #: Statuses after which nothing changes any more.
-COMPLETE_STATUSES = (Status.DONE, Status.FAILED, Status.SKIPPED)
+COMPLETE_STATUSES = (Status.DONE, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
 #: Statuses of a task that is still under way.
 ACTIVE_STATUSES = (Status.ENQUEUED, Status.DELAYED, Status.RUNNING, Status.RETRYING)
+#: Active statuses of a task whose actor is not running now: a cancel ends it at once.
+WAITING_STATUSES = (Status.ENQUEUED, Status.DELAYED, Status.RETRYING)
+#: Statuses from which a task may be sent again (``taskstate:retry``).
+RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)
 
 DELAYED_ORDER = 0
 ENQUEUED_ORDER = 1
@@ -40,6 +49,10 @@ ABANDONED_ERROR = "taskstate.WorkerLost"
 #: was due long ago and never ran (a purged queue, a broker that lost it).
 LOST_ERROR = "taskstate.MessageLost"
 
+#: What an owner may do to a task from its row (``TASKSTATE["CONTROL_POLICY"]``).
+CANCEL = "cancel"
+RETRY = "retry"
+
 
 def running_order(attempt: int) -> int:
     """Order key of attempt ``attempt`` (from 1) while it runs."""
@@ -49,3 +62,8 @@ def running_order(attempt: int) -> int:
 def retrying_order(attempt: int) -> int:
     """Order key of the wait for a retry after attempt ``attempt`` failed."""
     return 10 * attempt + 7
+
+
+def cancelling_order(attempt: int) -> int:
+    """Order key of running attempt ``attempt`` once a cancel was requested."""
+    return 10 * attempt + 6

@@ -4,6 +4,11 @@ The middleware puts a small record of the running message in a context variable,
 actor reports progress without knowing its task. Writes are throttled per message: at
 most one per ``PROGRESS_INTERVAL`` and only when the value changed; the value held back
 last is written with the final status, so it is never lost.
+
+They are also where a running actor hears that its owner asked to cancel it: both raise
+:class:`Cancelled` once the row says so, and :func:`cancel_requested` asks without raising.
+The row is looked at no more than once per ``CANCEL_CHECK_INTERVAL``, and not at all while
+progress writes land (a write does not land on a row asked to cancel).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from taskstate.for_state import Origin
 from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce_progress
 from taskstate.states import running_order
+from taskstate.transitions import cancel_requested as cancel_was_requested
 from taskstate.transitions import update_progress
 from taskstate.values import text_of
 
@@ -49,6 +55,22 @@ class MessageRun:
     finished: bool = False
     # Handed to a thread from an event loop, not known to be written yet.
     unconfirmed: tuple[int, str | None] | None = None
+    # The message's options (the worker's own dict): a cancelled attempt is marked there
+    # so that Dramatiq's Retries does not retry it.
+    options: dict[str, Any] | None = None
+    # Owner control: a cancel request was seen; when the row is next looked at for one.
+    cancel_requested: bool = False
+    next_cancel_check: float = 0.0
+    check_interval: float = 1.0
+
+
+class Cancelled(Exception):
+    """Raised by :func:`progress` and :func:`track` once the task's owner asked to cancel it.
+
+    Let it propagate (clean up in ``finally`` or ``except Cancelled: ...; raise``): the
+    task then ends ``cancelled`` and Dramatiq does not retry it. Whatever else the attempt
+    raises after a cancel request ends it ``cancelled`` too.
+    """
 
 
 _current: ContextVar[MessageRun | None] = ContextVar("taskstate_run", default=None)
@@ -68,6 +90,8 @@ def progress(done: float, total: float | None = None, message: str | None = None
     run = _current.get()
     if run is None:
         return
+    if _cancel_seen(run, time.monotonic()):
+        raise Cancelled(gettext("Cancelled by its owner."))
     try:
         percent = int(done * 100 / total) if total is not None else int(done)
     except Exception:
@@ -91,6 +115,8 @@ def progress(done: float, total: float | None = None, message: str | None = None
         run.pending = value
         return
     _write(run, value, now)
+    if run.cancel_requested:
+        raise Cancelled(gettext("Cancelled by its owner."))
 
 
 def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
@@ -112,6 +138,36 @@ def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
             progress(0, message=gettext("%(count)d done") % {"count": count})
 
 
+def cancel_requested() -> bool:
+    """Whether the owner of the task this actor is running asked to cancel it.
+
+    For actors that clean up before they stop, or that report no progress. Looks at the
+    row at most once per ``CANCEL_CHECK_INTERVAL``. Outside a tracked message: False.
+    """
+    run = _current.get()
+    return run is not None and _cancel_seen(run, time.monotonic())
+
+
+def _cancel_seen(run: MessageRun, now: float) -> bool:
+    if not run.cancel_requested and now >= run.next_cancel_check:
+        run.next_cancel_check = now + run.check_interval
+        if cancel_was_requested(run.origin.message_id):
+            mark_cancelled(run)
+    return run.cancel_requested
+
+
+def mark_cancelled(run: MessageRun) -> None:
+    """This attempt was asked to cancel: it ends ``cancelled`` and is never retried.
+
+    Dramatiq's ``Retries`` leaves alone an attempt whose exception is in its ``throws``
+    option; set now, before any middleware hears how the attempt ended, it works wherever
+    ``StateMiddleware`` stands in the list.
+    """
+    run.cancel_requested = True
+    if run.options is not None:
+        run.options["throws"] = (BaseException,)
+
+
 def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
     run.pending = None
     run.next_write_at = now + run.interval
@@ -126,6 +182,8 @@ def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
 def _store(run: MessageRun, value: tuple[int, str | None]) -> None:
     percent, message = value
     if update_progress(run.origin.message_id, run.attempt, percent, message):
+        # The row was not asked to cancel when it was written: no need to look for a while.
+        run.next_cancel_check = time.monotonic() + run.check_interval
         run.written = value
         if run.unconfirmed == value:
             run.unconfirmed = None
@@ -138,6 +196,9 @@ def _store(run: MessageRun, value: tuple[int, str | None]) -> None:
                 message=message,
                 order=running_order(run.attempt),
             )
+    elif cancel_was_requested(run.origin.message_id):
+        # Refused: a row asked to cancel takes no progress (one read, only then).
+        mark_cancelled(run)
 
 
 def held_back(run: MessageRun) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import CharField, Field
+from django.db.models import Case, CharField, F, Field, Q, Value, When
 from django.db.models.expressions import Col, RawSQL
 from django.utils import timezone
 
@@ -31,10 +31,13 @@ from taskstate.conf import get_settings
 from taskstate.for_state import Origin
 from taskstate.states import (
     ABANDONED_ERROR,
+    ACTIVE_STATUSES,
     DELAYED_ORDER,
     ENQUEUED_ORDER,
     TERMINAL_ORDER,
+    WAITING_STATUSES,
     Status,
+    cancelling_order,
     retrying_order,
     running_order,
 )
@@ -50,6 +53,9 @@ __all__ = [
     "TERMINAL_ORDER",
     "Origin",
     "Status",
+    "cancel_requested",
+    "cancelling_order",
+    "request_cancel",
     "retrying_order",
     "running_order",
     "update_progress",
@@ -239,9 +245,62 @@ def _update_progress(alias: str, message_id: str, attempt: int, values: dict[str
     rows = _model().objects.using(alias)
     if not _synchronous_commit() and connections[alias].vendor == "postgresql":
         rows = rows.alias(_async=_ASYNC_COMMIT).filter(_async="off")
-    return rows.filter(message_id=message_id, status=Status.RUNNING, attempts=attempt).update(
-        **values
+    # A cancel request stops progress writes: the row says "Cancelling" until the end.
+    return rows.filter(
+        message_id=message_id,
+        status=Status.RUNNING,
+        attempts=attempt,
+        cancel_requested_at__isnull=True,
+    ).update(**values)
+
+
+# --- owner control -----------------------------------------------------------------------
+
+
+def request_cancel(pk: int) -> bool:
+    """Record a cancel request on task ``pk`` in one guarded statement. True if it landed.
+
+    A task waiting to run (queued, scheduled, between retries) ends ``cancelled`` at once:
+    its worker sees that and skips the message. A running task keeps running, marked
+    (``cancel_requested_at``, order key ``cancelling``) for its worker to notice. A task
+    already complete, or already asked, is left alone: whichever end lands first stays.
+    """
+    now = timezone.now()
+    waiting = Q(status__in=WAITING_STATUSES)
+    # Assignments in this order: MySQL evaluates each one with the columns set before it,
+    # so status, which the others test, is set last.
+    changes: dict[str, Any] = {
+        "cancel_requested_at": now,
+        "updated_at": now,
+        "finished_at": Case(When(waiting, then=Value(now)), default=F("finished_at")),
+        "state_order": Case(
+            When(waiting, then=Value(TERMINAL_ORDER)),
+            default=F("attempts") * 10 + (cancelling_order(1) - 10),
+        ),
+        "status": Case(When(waiting, then=Value(Status.CANCELLED.value)), default=F("status")),
+    }
+    return bool(
+        _model()
+        .objects.using(_alias())
+        .filter(pk=pk, status__in=ACTIVE_STATUSES, cancel_requested_at__isnull=True)
+        .update(**changes)
     )
+
+
+def cancel_requested(message_id: str) -> bool:
+    """Whether the task of ``message_id`` was asked to cancel: one read, never raises."""
+    alias = _alias()
+    try:
+        with bounded(connections[alias]):
+            return (
+                _model()
+                .objects.using(alias)
+                .filter(message_id=message_id, cancel_requested_at__isnull=False)
+                .exists()
+            )
+    except Exception as exc:
+        _outage.failed(alias, exc)
+        return False
 
 
 # In the UPDATE's WHERE clause: its commit skips the WAL flush wait (local to that statement's
@@ -304,6 +363,11 @@ def _upsert_sql(
     placeholders: list[str] = []
     params: list[Any] = []
     for column, value in columns.items():
+        if column == "retry_of_id" and value is not None:
+            # Same as user_id below: a retried task deleted meanwhile leaves no link.
+            placeholders.append(f"(SELECT {q('id')} FROM {table} AS _old WHERE {q('id')} = %s)")
+            params.append(int(value))
+            continue
         if column == "user_id":
             if value is None:
                 placeholders.append("NULL")

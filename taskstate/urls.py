@@ -9,4 +9,6 @@ urlpatterns = [
     path("list/", views.task_list, name="list"),
     path("seen/<int:pk>/", views.seen, name="seen"),
     path("seen/", views.seen_all, name="seen-all"),
+    path("cancel/<int:pk>/", views.cancel, name="cancel"),
+    path("retry/<int:pk>/", views.retry, name="retry"),
 ]

@@ -1,4 +1,4 @@
-"""Thin views: the event stream, the list partial, and marking tasks seen."""
+"""Thin views: the event stream, the list partial, marking tasks seen, cancel and retry."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from django.contrib.auth.decorators import login_required
 from django.db import connections, transaction
 from django.http import (
+    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseBase,
@@ -19,10 +20,11 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from taskstate import streams
+from taskstate import control, streams
 from taskstate.channels import user_channel
 from taskstate.conf import get_settings
 from taskstate.models import Task
+from taskstate.policy import CANCEL, RETRY, allowed
 from taskstate.publish import publish_removed
 
 logger = logging.getLogger("taskstate")
@@ -138,6 +140,49 @@ def seen_all(request: HttpRequest) -> HttpResponse:
     if pks and Task.objects.filter(pk__in=pks).mark_seen():
         _publish_removed_on_commit(request.user.pk, pks)
     return _done(request)
+
+
+@require_POST
+@login_required
+def cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    """Ask to cancel one of the user's active tasks; 404 for anyone else's.
+
+    The row (``cancelled``, or "Cancelling" while its actor runs) is pushed to every page
+    of the user; htmx swaps in the same row at once.
+    """
+    task = _controlled(request, pk, CANCEL)
+    written = control.cancel(task) or task
+    return _row_or_back(request, written)
+
+
+@require_POST
+@login_required
+def retry(request: HttpRequest, pk: int) -> HttpResponse:
+    """Send one of the user's failed or cancelled retryable tasks again; 404 otherwise.
+
+    The old row is dismissed; the new task's row arrives like any other.
+    """
+    task = _controlled(request, pk, RETRY)
+    try:
+        control.retry(task)
+    except control.RetryRefused as exc:
+        raise Http404(str(exc)) from exc
+    _publish_removed_on_commit(request.user.pk, [task.pk])
+    return _done(request)
+
+
+def _controlled(request: HttpRequest, pk: int, action: str) -> Task:
+    # Someone else's task, or one the policy refuses, looks the same as no task at all.
+    task = get_object_or_404(Task.objects.for_user(request.user), pk=pk)
+    if not allowed(request.user, task, action):
+        raise Http404("Not allowed.")
+    return task
+
+
+def _row_or_back(request: HttpRequest, task: Task) -> HttpResponse:
+    if getattr(request, "htmx", False):
+        return render(request, "taskstate/_task_row.html", {"task": task})
+    return HttpResponseRedirect(_back_url(request))
 
 
 def _publish_removed_on_commit(user_pk: object, pks: list[int]) -> None:

@@ -96,6 +96,9 @@ if SERVICES:
         # A worker or server process started by a test: use the test database as is.
         DATABASES["default"]["TEST"] = {"NAME": os.environ["TASKSTATE_TEST_DB_NAME"]}
     REDIS_URL = os.environ.get("TASKSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    if os.environ.get("TASKSTATE_TEST_ABORT") == "1":
+        # A worker for the hard-cancel tests: dramatiq-abort's middleware, on the same Redis.
+        DRAMATIQ_MIDDLEWARE = [*DRAMATIQ_MIDDLEWARE, "tests.testapp.abort.TestAbortable"]
     DRAMATIQ_BROKER = {
         "BROKER": "dramatiq.brokers.redis.RedisBroker",
         # TASKSTATE_TEST_BROKER_OPTIONS: more RedisBroker options, as JSON (fault tests).

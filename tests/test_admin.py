@@ -156,7 +156,7 @@ def test_mark_seen_action_marks_the_selected_completed_tasks(admin_client):
     )
 
     assert response.status_code == 200
-    assert "3 tasks marked seen." in response.content.decode()
+    assert "4 tasks marked seen." in response.content.decode()
     assert set(Task.objects.filter(seen=True).values_list("pk", flat=True)) == {
         t.pk for t in completed
     }
@@ -178,7 +178,7 @@ def test_delete_completed_action_keeps_active_tasks(admin_client):
     )
 
     assert response.status_code == 200
-    assert "3 completed tasks deleted." in response.content.decode()
+    assert "4 completed tasks deleted." in response.content.decode()
     assert set(Task.objects.values_list("pk", flat=True)) == {t.pk for t in [*active, not_selected]}
 
 
@@ -258,3 +258,71 @@ def test_mark_seen_action_removes_the_rows_from_their_owners_pages(
     assert [d for _, _, d in bob.events()] == [
         f'<hx-partial hx-target="#taskstate-task-{theirs.pk}" hx-swap="delete"></hx-partial>'
     ]
+
+
+# --- owner control from the admin -------------------------------------------------------
+
+
+def test_staff_with_the_change_permission_cancel_selected_active_tasks(admin_client, user):
+    waiting = make_task(status=Status.ENQUEUED, user=user)
+    running = make_task(status=Status.RUNNING, user=user, attempts=1)
+    done = make_task(status=Status.DONE, user=user)
+    response = admin_client.post(
+        reverse(CHANGELIST),
+        {"action": "cancel_tasks", "_selected_action": [waiting.pk, running.pk, done.pk]},
+        follow=True,
+    )
+    assert "2 tasks asked to cancel." in response.content.decode()
+    waiting.refresh_from_db()
+    running.refresh_from_db()
+    done.refresh_from_db()
+    assert waiting.status == Status.CANCELLED
+    assert running.status == Status.RUNNING and running.is_cancelling
+    assert done.status == Status.DONE and done.cancel_requested_at is None
+
+
+def test_staff_without_the_change_permission_get_no_cancel_or_retry_action(
+    client, django_user_model
+):
+    from django.contrib.auth.models import Permission
+
+    viewer = django_user_model.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(
+        Permission.objects.get(codename="view_task", content_type__app_label="taskstate")
+    )
+    client.force_login(viewer)
+    task = make_task(status=Status.RUNNING)
+    page = client.get(reverse(CHANGELIST)).content.decode()
+    assert 'value="cancel_tasks"' not in page and 'value="retry_tasks"' not in page
+    response = client.post(
+        reverse(CHANGELIST), {"action": "cancel_tasks", "_selected_action": [task.pk]}
+    )
+    task.refresh_from_db()
+    assert task.cancel_requested_at is None
+    assert response.status_code in (200, 302)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_staff_retry_selected_retryable_failed_tasks(admin_client, user, broker):
+    retryable = make_task(
+        status=Status.FAILED,
+        user=user,
+        retry_message={
+            "actor_name": "noop",
+            "args": [],
+            "kwargs": {"for_state": {"user_pk": user.pk}},
+            "options": {},
+        },
+    )
+    plain = make_task(status=Status.FAILED, user=user)
+    response = admin_client.post(
+        reverse(CHANGELIST),
+        {"action": "retry_tasks", "_selected_action": [retryable.pk, plain.pk]},
+        follow=True,
+    )
+    assert "1 task sent again." in response.content.decode()
+    # Sent: its row (enqueued) links to the retried one.
+    assert Task.objects.filter(retry_of=retryable, actor_name="noop").count() == 1
+    retryable.refresh_from_db()
+    plain.refresh_from_db()
+    assert retryable.seen and not plain.seen

@@ -95,6 +95,19 @@ def test_database_naming_an_unknown_alias_is_e004(settings):
     assert "'tasks'" in messages[0].msg
 
 
+@pytest.mark.parametrize("path", ["tests.nowhere.policy", "taskstate.conf.DEFAULTS"])
+def test_control_policy_that_is_not_an_importable_callable_is_e005(settings, path):
+    settings.TASKSTATE = {"CONTROL_POLICY": path}
+    messages = check_settings()
+    assert ids(messages) == ["taskstate.E005"]
+    assert path in messages[0].msg
+
+
+def test_the_default_control_policy_passes(settings):
+    settings.TASKSTATE = {"CONTROL_POLICY": "taskstate.policy.owner_or_staff"}
+    assert check_settings() == []
+
+
 def test_missing_state_middleware_is_w001(settings):
     settings.DRAMATIQ_BROKER = {
         "BROKER": "dramatiq.brokers.stub.StubBroker",

@@ -27,11 +27,16 @@ def test_every_status_is_either_complete_or_active():
     assert not set(COMPLETE_STATUSES) & set(ACTIVE_STATUSES)
 
 
-def test_completed_selects_done_failed_and_skipped_only():
+def test_completed_selects_done_failed_skipped_and_cancelled_only():
     by_status = {status: make_task(status=status) for status in Status}
-    assert {t.status for t in Task.objects.completed()} == {"done", "failed", "skipped"}
+    assert {t.status for t in Task.objects.completed()} == {
+        "done",
+        "failed",
+        "skipped",
+        "cancelled",
+    }
     assert pks(Task.objects.completed()) == {
-        by_status[s].pk for s in (Status.DONE, Status.FAILED, Status.SKIPPED)
+        by_status[s].pk for s in (Status.DONE, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
     }
 
 
@@ -325,8 +330,8 @@ def test_mark_seen_keeps_the_first_seen_time_of_an_already_seen_task():
 
 
 @pytest.mark.parametrize("status", list(Status))
-def test_is_complete_is_true_exactly_for_done_failed_and_skipped(status):
-    assert Task(status=status).is_complete is (status in ("done", "failed", "skipped"))
+def test_is_complete_is_true_exactly_for_done_failed_skipped_and_cancelled(status):
+    assert Task(status=status).is_complete is (status in ("done", "failed", "skipped", "cancelled"))
 
 
 def test_duration_is_none_before_the_task_started():

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import taskstate
@@ -131,12 +133,22 @@ def test_report_after_the_interval_is_written(run, clock):
 
 def test_unchanged_value_writes_nothing(run, clock, django_assert_num_queries):
     progress(10, message="copying")
-    clock.advance(5)
+    clock.advance(0.9)
     with django_assert_num_queries(0):
         progress(10)
         progress(10, message="copying")
         progress(1, 10)
     assert run.pending is None
+
+
+def test_unchanged_values_look_for_a_cancel_once_per_check_interval(run, clock):
+    progress(10, message="copying")
+    clock.advance(5)
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(50):
+            progress(10)
+    # No write; one read: the look for a cancel request (CANCEL_CHECK_INTERVAL, 1 s).
+    assert [q["sql"].split()[0] for q in queries] == ["SELECT"]
 
 
 def test_done_of_total_is_a_percentage(run):
@@ -309,3 +321,44 @@ def test_progress_never_raises_even_when_the_row_is_gone(run, task):
     Task.objects.filter(pk=task.pk).delete()
     progress(50)
     assert not Task.objects.filter(message_id=MESSAGE_ID).exists()
+
+
+# --- cancel requests ---------------------------------------------------------------------
+
+
+def test_progress_raises_cancelled_once_the_row_is_asked_to_cancel(run, task, clock):
+    run.options = {}
+    progress(10)
+    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())
+    clock.advance(1)
+    with pytest.raises(taskstate.Cancelled):
+        progress(20)
+    # The write did not land, and the attempt is marked so that Retries leaves it alone.
+    assert row()[0] == 10
+    assert run.options["throws"] == (BaseException,)
+    with pytest.raises(taskstate.Cancelled):
+        progress(30)
+
+
+def test_track_raises_cancelled_between_items(run, task, clock):
+    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())
+    clock.advance(5)
+    seen = []
+    with pytest.raises(taskstate.Cancelled):
+        for item in track(range(10)):
+            seen.append(item)
+    assert seen == [0]
+
+
+def test_cancel_requested_asks_at_most_once_per_interval(run, task, clock, count_queries):
+    assert not taskstate.cancel_requested()  # first look
+    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())
+    count_queries.statements = []
+    assert not taskstate.cancel_requested()  # within the interval: not looked again
+    assert count_queries.statements == []
+    clock.advance(1)
+    assert taskstate.cancel_requested()
+
+
+def test_cancel_requested_outside_a_tracked_message_is_false():
+    assert taskstate.cancel_requested() is False

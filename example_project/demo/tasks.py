@@ -23,24 +23,42 @@ class FeedUnavailable(Exception):
 
 @dramatiq.actor(max_retries=0, time_limit=60_000)
 def build_report(for_state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """About 12 s of work in sections, reporting progress after each one."""
+    """About 12 s of work in sections, reporting progress after each one.
+
+    Its Cancel button stops it at the next report: ``progress()`` raises
+    ``taskstate.Cancelled``, and the report written so far is thrown away.
+    """
     rows = 0
-    for section in range(1, REPORT_SECTIONS + 1):
-        time.sleep(random.uniform(0.8, 1.2))
-        rows += random.randint(40, 120)
-        taskstate.progress(
-            section, REPORT_SECTIONS, message=f"Section {section} of {REPORT_SECTIONS}"
-        )
+    try:
+        for section in range(1, REPORT_SECTIONS + 1):
+            time.sleep(random.uniform(0.8, 1.2))
+            rows += random.randint(40, 120)
+            taskstate.progress(
+                section, REPORT_SECTIONS, message=f"Section {section} of {REPORT_SECTIONS}"
+            )
+    except taskstate.Cancelled:
+        # Clean up here (delete the half-written file), then let it go on: the task
+        # ends "cancelled" and is not retried.
+        raise
     number = random.randint(1000, 9999)
     return {"url": f"/reports/{number}.csv", "rows": rows}
 
 
 @dramatiq.actor(max_retries=2, min_backoff=1_500, max_backoff=3_000, time_limit=30_000)
-def flaky_import(for_state: dict[str, Any] | None = None) -> None:
-    """Always fails: Dramatiq retries it twice, then it is failed for good."""
+def flaky_import(feed_back_at: float = 0.0, for_state: dict[str, Any] | None = None) -> int:
+    """Fails while the supplier feed is down (until ``feed_back_at``, a Unix time).
+
+    The feed stays down through Dramatiq's two retries, so the task fails; sent with
+    ``retryable``, its row then offers Retry, which sends it again: by then the feed is
+    back and the import goes through.
+    """
     taskstate.progress(10, message="Connecting to the supplier feed")
     time.sleep(0.8)
-    raise FeedUnavailable("The supplier feed answered 503 Service Unavailable")
+    if time.time() < feed_back_at:
+        raise FeedUnavailable("The supplier feed answered 503 Service Unavailable")
+    for _ in taskstate.track(range(20)):
+        time.sleep(0.05)
+    return 20
 
 
 @dramatiq.actor(max_retries=0, time_limit=10_000)

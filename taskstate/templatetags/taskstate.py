@@ -16,6 +16,7 @@ from django.utils.translation import gettext
 
 from taskstate.conf import get_settings
 from taskstate.models import Task
+from taskstate.policy import allowed
 from taskstate.states import Status
 
 register = template.Library()
@@ -135,3 +136,16 @@ def taskstate_result_url(task: Task) -> str:
     if not parts.scheme and not parts.netloc and not url.startswith("//"):
         return url
     return ""
+
+
+@register.simple_tag(takes_context=True)
+def taskstate_may(context: template.Context, task: Task, action: str) -> bool:
+    """Whether the page's user may ``action`` ("cancel", "retry") ``task``: shows a button.
+
+    A row pushed to its owner's channel has no request: its user is the task's owner.
+    """
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None:
+        return allowed(None, task, action, owner=True)
+    return allowed(user, task, action)

@@ -157,3 +157,95 @@ def reports_huge_progress(size: int, for_state: dict[str, Any] | None = None) ->
     taskstate.progress(50, message="m" * size)
     # Stay running until the test has the bar: the final row would make it moot.
     RELEASE.wait(timeout=20)
+
+
+# --- owner control (tests/test_control.py) ---------------------------------------------
+#
+# Each actor counts its runs by key, and records how far it got, so a test can tell that
+# a cancelled body never ran, stopped mid-way, or was not retried.
+RUNS: dict[str, int] = {}
+FINISHED: set[str] = set()
+#: Set by an actor once it reported its first progress: the test may cancel it now.
+STARTED: dict[str, threading.Event] = {}
+
+
+def _ran(key: str) -> None:
+    with _lock:
+        RUNS[key] = RUNS.get(key, 0) + 1
+    STARTED.setdefault(key, threading.Event())
+
+
+@dramatiq.actor(max_retries=3, min_backoff=10, max_backoff=20, time_limit=60_000)
+def counts_until_cancelled(key: str, for_state: dict[str, Any] | None = None) -> str:
+    """Reports progress every 10 ms for up to 30 s; a cancel stops it at a report."""
+    import time
+
+    _ran(key)
+    for step in range(1, 3001):
+        taskstate.progress(step % 100, message=f"step {step}")
+        STARTED[key].set()
+        time.sleep(0.01)
+    FINISHED.add(key)
+    return "finished"
+
+
+@dramatiq.actor(max_retries=0, time_limit=60_000)
+def checks_cancel(key: str, for_state: dict[str, Any] | None = None) -> str:
+    """Reports no progress; asks cancel_requested() and returns early, cleaning up."""
+    import time
+
+    _ran(key)
+    STARTED[key].set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if taskstate.cancel_requested():
+            return "cleaned up"
+        time.sleep(0.01)
+    FINISHED.add(key)
+    return "finished"
+
+
+@dramatiq.actor(max_retries=0)
+def runs_once(key: str, for_state: dict[str, Any] | None = None) -> str:
+    _ran(key)
+    FINISHED.add(key)
+    return key
+
+
+@dramatiq.actor(max_retries=1, min_backoff=4_000, max_backoff=4_000)
+def fails_then_backs_off(key: str, for_state: dict[str, Any] | None = None) -> None:
+    """Fails; its retry is 2 to 4 seconds away (the test cancels it in between)."""
+    _ran(key)
+    raise RuntimeError("fails; retry in a minute")
+
+
+@dramatiq.actor(max_retries=0)
+def fails_on_first_run(key: str, items: list[int], for_state: dict[str, Any] | None = None) -> int:
+    """Fails the first time it is sent with ``key``; a retry of it succeeds."""
+    _ran(key)
+    if RUNS[key] == 1:
+        raise RuntimeError("the first run fails")
+    FINISHED.add(key)
+    return sum(items)
+
+
+@dramatiq.actor(max_retries=3, min_backoff=10, max_backoff=20, time_limit=120_000)
+def never_reports(key: str, for_state: dict[str, Any] | None = None) -> str:
+    """Runs for up to 60 s without a single progress report: only a hard cancel stops it."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return key
+
+
+@dramatiq.actor(max_retries=3, min_backoff=10, max_backoff=20, time_limit=120_000)
+def reports_every(seconds: float, for_state: dict[str, Any] | None = None) -> str:
+    """Reports progress every ``seconds`` for up to 60 s (benchmarks/cancel_latency.py)."""
+    import time
+
+    for step in range(1, int(60 / seconds) + 1):
+        taskstate.progress(step % 100, message=f"step {step}")
+        time.sleep(seconds)
+    return "finished"
