@@ -105,14 +105,17 @@ def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, status
     assert task.error_type == "ValueError"
     assert task.error_message == "broken on purpose"
     assert "broken on purpose" in task.traceback
-    assert announced(statuses) == [
-        "running",
-        "retrying",
-        "running",
-        "retrying",
-        "running",
-        "failed",
-    ]
+    # running -> retrying -> running -> retrying -> running -> failed. A "retrying" is
+    # refused (never announced) when the next attempt's "running" landed first, as it may
+    # under load with a 10 ms back-off: the status never moves backwards.
+    seen = announced(statuses)
+    assert [s for s in seen if s != "retrying"] == ["running", "running", "running", "failed"]
+    assert seen in (
+        ["running", "retrying", "running", "retrying", "running", "failed"],
+        ["running", "running", "retrying", "running", "failed"],
+        ["running", "retrying", "running", "running", "failed"],
+        ["running", "running", "running", "failed"],
+    )
 
 
 def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses):
