@@ -65,9 +65,12 @@ def client_bound() -> float:
 def bounded(connection: BaseDatabaseWrapper) -> Iterator[None]:
     """Run one tracking write on ``connection`` within the bounds above.
 
-    Exceptions from the write pass through (the caller logs them as an outage).
+    Exceptions from the write pass through (the caller logs them as an outage). Inside a
+    caller's transaction (progress from an actor's own ``atomic()``) nothing is bounded:
+    the write behaves like the caller's own queries on that connection, which cutting it
+    would break.
     """
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
         yield
         return
     _connect(connection, float(get_settings().DB_CONNECT_TIMEOUT))
@@ -80,7 +83,7 @@ def bounded(connection: BaseDatabaseWrapper) -> Iterator[None]:
     try:
         yield
     finally:
-        if _watchdog.disarm(alarm) and not connection.in_atomic_block:
+        if _watchdog.disarm(alarm):
             # Its socket is shut: let the next write (or query) connect again.
             connection.close()
 

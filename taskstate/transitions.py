@@ -218,7 +218,11 @@ def update_progress(message_id: str, attempt: int, progress: int, message: str |
     if message is not None:
         values["progress_message"] = _storable("progress_message", message)
     try:
-        with bounded(connections[alias]):
+        # Inside the actor's own transaction, a savepoint keeps a failed write from
+        # aborting it.
+        in_caller = connections[alias].in_atomic_block
+        guard = transaction.atomic(using=alias) if in_caller else nullcontext()
+        with bounded(connections[alias]), guard:
             try:
                 changed = _update_progress(alias, message_id, attempt, values)
             except _OUTAGES:
@@ -243,7 +247,12 @@ def update_progress(message_id: str, attempt: int, progress: int, message: str |
 
 def _update_progress(alias: str, message_id: str, attempt: int, values: dict[str, Any]) -> int:
     rows = _model().objects.using(alias)
-    if not _synchronous_commit() and connections[alias].vendor == "postgresql":
+    connection = connections[alias]
+    if (
+        not _synchronous_commit()
+        and connection.vendor == "postgresql"
+        and not connection.in_atomic_block  # it would last the caller's whole transaction
+    ):
         rows = rows.alias(_async=_ASYNC_COMMIT).filter(_async="off")
     # A cancel request stops progress writes: the row says "Cancelling" until the end.
     return rows.filter(
@@ -391,7 +400,11 @@ def _upsert_sql(
             else f"{q(c)} = EXCLUDED.{q(c)}"
             for c in updated
         )
-        if connection.vendor == "postgresql" and not _synchronous_commit():
+        if (
+            connection.vendor == "postgresql"
+            and not _synchronous_commit()
+            and not connection.in_atomic_block  # it would last the caller's transaction
+        ):
             # Same statement, but its commit does not wait for the WAL flush: the setting is
             # made local to this statement's own transaction, which is all of it.
             source = (
@@ -440,8 +453,8 @@ def _execute_returning(
 ) -> Task | None:
     returning = " RETURNING " in sql
     # Inside a caller's transaction, a savepoint keeps a failed write from breaking it;
-    # its own statement timeouts would outlive the savepoint, so there only the client's
-    # bound applies (taskstate.bounds).
+    # statement timeouts would outlive the savepoint and a cut socket would break the
+    # caller's transaction, so there the write is not bounded (taskstate.bounds).
     in_caller = connection.in_atomic_block
     guard = transaction.atomic(using=alias) if in_caller else nullcontext()
     with bounded(connection), guard, connection.cursor() as cursor:

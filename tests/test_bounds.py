@@ -65,3 +65,53 @@ def test_statement_timeout_bounds_our_statement_only(settings):
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_sleep(0.2)")
     assert Task.objects.get().status == Status.ENQUEUED
+
+
+@pytest.mark.postgresql
+def test_progress_inside_the_actors_transaction_never_breaks_it(settings, django_user_model):
+    """A row lock held longer than the client bound, while the actor reports progress from
+    its own atomic(): the write waits like the actor's own queries (the watchdog used to
+    cut the socket and fail the actor's transaction)."""
+    import time
+
+    from django.db import transaction
+
+    settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 0.3}
+    apply("running")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        with psycopg.connect(_dsn()) as other, other.transaction():
+            other.execute("SELECT 1 FROM taskstate_task WHERE message_id = 'm-1' FOR UPDATE")
+            locked.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        threading.Timer(1.5, release.set).start()  # past the 1.3 s client bound
+        started = time.monotonic()
+        with transaction.atomic():
+            django_user_model.objects.create_user("before")
+            assert t.update_progress("m-1", 1, 40, "step") is True
+            django_user_model.objects.create_user("after")  # the connection still works
+        assert time.monotonic() - started >= 1.0  # it did wait for the lock
+    finally:
+        release.set()
+        holder.join(10)
+    assert django_user_model.objects.filter(username__in=["before", "after"]).count() == 2
+    assert Task.objects.get().progress == 40
+
+
+@pytest.mark.postgresql
+def test_asynchronous_commit_never_reaches_the_actors_own_transaction(settings):
+    from django.db import transaction
+
+    settings.TASKSTATE = {"SYNCHRONOUS_COMMIT": False}
+    apply("running")
+    with transaction.atomic(), connection.cursor() as cursor:
+        assert t.update_progress("m-1", 1, 10, None) is True
+        assert apply("done") is not None
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"
