@@ -1,6 +1,7 @@
 """Track the state of Dramatiq tasks that ask for it, and show each user their own tasks live.
 
-Public API for actors: :func:`progress` and :func:`track`.
+Public API for actors: :func:`progress` and :func:`track`; for senders of Dramatiq
+groups and pipelines: :func:`track_group`.
 """
 
 from __future__ import annotations
@@ -8,15 +9,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from taskstate.grouping import track_group
     from taskstate.tracking import progress, track
 
-__all__ = ["progress", "track"]
+__all__ = ["progress", "track", "track_group"]
 __version__ = "1.0.0.dev0"
 
 
 def __getattr__(name: str) -> Any:
     # Django imports this package before its models can be: the actor API, which writes
     # through them, is imported on first use.
+    if name == "track_group":
+        from taskstate import grouping
+
+        return grouping.track_group
     if name in __all__:
         from taskstate import tracking
 

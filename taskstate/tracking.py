@@ -137,6 +137,7 @@ def _store(run: MessageRun, value: tuple[int, str | None]) -> None:
                 percent=percent,
                 message=message,
                 order=running_order(run.attempt),
+                group_pk=run.origin.identity.group,
             )
 
 

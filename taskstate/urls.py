@@ -9,4 +9,5 @@ urlpatterns = [
     path("list/", views.task_list, name="list"),
     path("seen/<int:pk>/", views.seen, name="seen"),
     path("seen/", views.seen_all, name="seen-all"),
+    path("children/<int:pk>/", views.children, name="children"),
 ]

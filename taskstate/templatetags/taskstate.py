@@ -12,6 +12,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 
 from taskstate.conf import get_settings
+from taskstate.estimates import estimator
 from taskstate.models import Task
 
 register = template.Library()
@@ -93,3 +94,13 @@ def taskstate_duration(value: timedelta | None) -> str:
     if minutes:
         return gettext("%(m)d min %(s)d s") % {"m": minutes, "s": secs}
     return gettext("%(s)d s") % {"s": secs}
+
+
+@register.simple_tag
+def taskstate_time_left(task: Task) -> str:
+    """``"about 2 min left"`` for a running task, or ``""`` while no estimate is meaningful.
+
+    From the task's own progress rate and the recent durations of its actor in this
+    process (``taskstate.estimates``); reads nothing from the database.
+    """
+    return estimator.describe(task)
