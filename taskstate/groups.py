@@ -134,7 +134,8 @@ def refresh_group(pk: int) -> Refreshed | None:
 
     Three statements whatever the group's size (read the row, aggregate the children,
     write the row); a failed child adds one to name it, a failed pipeline step one to
-    mark the steps after it as not run. None when the group is gone or already ended.
+    mark the steps after it as not run. None when the group is gone, already ended, or
+    unchanged (then nothing is written).
     """
     alias = get_settings().DATABASE
     rows = Task.objects.using(alias)
@@ -170,6 +171,12 @@ def refresh_group(pk: int) -> Refreshed | None:
     if counts.failed:
         values.update(_failures(children))
     values.update(status=status, state_order=order)
+    if all(
+        getattr(parent, name) == value for name, value in values.items() if name != "updated_at"
+    ):
+        # Nothing new: the row keeps its updated_at, by which the cleanup tells a group
+        # that stopped moving (never run, or a child's message lost).
+        return None
     if not rows.filter(pk=pk, state_order__lte=order).update(**values):
         return None
     changed = parent.status != status

@@ -308,3 +308,25 @@ def test_cleanup_deletes_a_group_with_its_children_and_never_a_child_alone(db: N
     assert Task.objects.filter(pk=stale_child.pk).exists()
     # No orphans: every child's group is there.
     assert not Task.objects.filter(parent__isnull=False, parent__pk__isnull=True).exists()
+
+
+def test_cleanup_refreshes_a_group_its_worker_left_behind(db: None) -> None:
+    from taskstate.cleanup import cleanup
+    from tests.support.factories import ago
+
+    # Its children ended, but the process that would have refreshed it died first.
+    parent = _group_with({"status": "done", "progress": 100}, {"status": "done"})
+    Task.objects.filter(pk=parent.pk).update(status="running", state_order=15, updated_at=ago(600))
+    report = cleanup()
+    assert report.groups_refreshed == 1
+    row = Task.objects.get(pk=parent.pk)
+    assert (row.status, row.children_done) == ("done", 2)
+
+
+def test_a_group_that_stopped_moving_keeps_its_age_for_the_cleanup(db: None) -> None:
+    from tests.support.factories import ago
+
+    parent = _group_with({"status": "enqueued", "state_order": WAITING_ORDER})
+    Task.objects.filter(pk=parent.pk).update(children_total=1, updated_at=ago(5000))
+    assert refresh_group(parent.pk) is None  # nothing new: nothing written
+    assert Task.objects.all().delete_stale(1200) == 2  # never run: gone with its child

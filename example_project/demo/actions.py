@@ -7,6 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import dramatiq
+
+import taskstate
 from demo import tasks
 
 BATCH_SIZE = 20
@@ -29,9 +32,28 @@ def _quick_ping(user_pk: Any) -> None:
 
 
 def _batch(user_pk: Any) -> None:
-    for number in range(1, BATCH_SIZE + 1):
-        description = f"Batch item {number} of {BATCH_SIZE}"
-        tasks.batch_item.send(random.randint(10, 30), for_state=_for_state(user_pk, description))
+    # One row for the whole batch: its children show when the row is opened.
+    batch = dramatiq.group(
+        tasks.batch_item.message(
+            random.randint(10, 30),
+            for_state={"description": f"Batch item {number} of {BATCH_SIZE}"},
+        )
+        for number in range(1, BATCH_SIZE + 1)
+    )
+    description = f"Batch of {BATCH_SIZE}"
+    taskstate.track_group(batch, for_state=_for_state(user_pk, description)).run()
+
+
+def _pipeline(user_pk: Any, *, fail: bool = False) -> None:
+    steps = dramatiq.pipeline(
+        [
+            tasks.fetch_orders.message(for_state={"description": "Fetch the orders"}),
+            tasks.check_orders.message(fail, for_state={"description": "Check them"}),
+            tasks.load_orders.message(for_state={"description": "Load them"}),
+        ]
+    )
+    description = "Order import, failing" if fail else "Order import"
+    taskstate.track_group(steps, for_state=_for_state(user_pk, description)).run()
 
 
 @dataclass(frozen=True)
@@ -61,8 +83,21 @@ ACTIONS: dict[str, DemoAction] = {
         DemoAction(
             "batch",
             f"Batch of {BATCH_SIZE}",
-            f"{BATCH_SIZE} short tasks at once, each counting its items with track().",
+            f"{BATCH_SIZE} short tasks at once, tracked as one group: one row, "
+            "combined progress; open it to see each task.",
             _batch,
+        ),
+        DemoAction(
+            "pipeline",
+            "Three-step pipeline",
+            "Fetch, check, load: each step starts when the one before it is done.",
+            _pipeline,
+        ),
+        DemoAction(
+            "pipeline-fails",
+            "Pipeline with a failing step",
+            "The check step fails halfway: the pipeline fails, naming it; loading never runs.",
+            lambda user_pk: _pipeline(user_pk, fail=True),
         ),
     )
 }
