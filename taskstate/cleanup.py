@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-
 from datetime import timedelta
 
 from django.utils import timezone

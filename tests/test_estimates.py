@@ -31,9 +31,7 @@ def clock() -> FakeClock:
 
 
 def _running(pk: int = 1, progress: int = 0, actor: str = "export") -> Task:
-    return Task(
-        pk=pk, status=Status.RUNNING, progress=progress, actor_name=actor, started_at=T0
-    )
+    return Task(pk=pk, status=Status.RUNNING, progress=progress, actor_name=actor, started_at=T0)
 
 
 def _finished(pk: int, seconds: float, actor: str = "export") -> Task:

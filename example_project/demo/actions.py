@@ -33,7 +33,7 @@ def _quick_ping(user_pk: Any) -> None:
 
 def _batch(user_pk: Any) -> None:
     # One row for the whole batch: its children show when the row is opened.
-    batch = dramatiq.group(
+    batch = dramatiq.group(  # type: ignore[no-untyped-call]
         tasks.batch_item.message(
             random.randint(10, 30),
             for_state={"description": f"Batch item {number} of {BATCH_SIZE}"},
@@ -48,8 +48,13 @@ def _pipeline(user_pk: Any, *, fail: bool = False) -> None:
     steps = dramatiq.pipeline(
         [
             tasks.fetch_orders.message(for_state={"description": "Fetch the orders"}),
-            tasks.check_orders.message(fail, for_state={"description": "Check them"}),
-            tasks.load_orders.message(for_state={"description": "Load them"}),
+            # Steps after the first get the previous step's result as their last argument.
+            tasks.check_orders.message_with_options(
+                args=(fail,), kwargs={"for_state": {"description": "Check them"}}
+            ),
+            tasks.load_orders.message_with_options(
+                kwargs={"for_state": {"description": "Load them"}}
+            ),
         ]
     )
     description = "Order import, failing" if fail else "Order import"
