@@ -21,6 +21,7 @@ from django.contrib.auth import get_user_model
 from django.db import connections, transaction
 from django.db.models import Case, Count, IntegerField, Max, Min, Q, QuerySet, Sum, Value, When
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from taskstate.conf import get_settings
 from taskstate.for_state import TaskIdentity
@@ -209,9 +210,15 @@ def _aggregate(children: QuerySet[Task]) -> _Counts:
         not_run=Count("pk", filter=not_run),
         running=Count("pk", filter=Q(status__in=(Status.RUNNING, Status.RETRYING))),
         waiting=Count("pk", filter=Q(status=Status.ENQUEUED, state_order=WAITING_ORDER)),
-        # Each child counts with its own progress; a finished one as whole.
+        # Each child counts with its own progress; a finished one as whole, a step that
+        # never ran as nothing.
         progress=Sum(
-            Case(When(complete, then=Value(100)), default="progress", output_field=IntegerField())
+            Case(
+                When(not_run, then=Value(0)),
+                When(complete, then=Value(100)),
+                default="progress",
+                output_field=IntegerField(),
+            )
         ),
         first_failed=Min("position", filter=Q(status=Status.FAILED)),
         started_at=Min("started_at"),
@@ -254,10 +261,11 @@ def _failures(children: QuerySet[Task]) -> dict[str, str]:
     names = [text_of(description or actor) for description, actor, _, _ in failed]
     shown = ", ".join(names[:NAMED_FAILURES]) + (", \u2026" if len(names) > NAMED_FAILURES else "")
     error_type, error_message = failed[0][2], failed[0][3]
-    detail = f" ({error_message or error_type})" if (error_message or error_type) else ""
+    detail = f": {error_message or error_type}" if (error_message or error_type) else ""
     return {
         "error_type": clean_text(error_type, 255),
-        "error_message": clean_text(f"{shown}{detail}", 2000),
+        # "Check them failed: Order 4631 has no customer"
+        "error_message": clean_text(gettext("%(names)s failed") % {"names": shown} + detail, 2000),
     }
 
 

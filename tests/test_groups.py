@@ -168,7 +168,7 @@ def test_a_group_runs_while_any_child_runs_and_names_a_child_failed_for_good(db:
     assert (row.children_running, row.children_failed, row.children_done) == (1, 1, 1)
     # Each child's progress counts: (50 + 100 + 100 + 0) / 4.
     assert row.progress == 62
-    assert row.error_message == "Item 2 (boom)"
+    assert row.error_message == "Item 2 failed: boom"
 
     Task.objects.filter(parent=parent, status__in=("running", "enqueued")).update(
         status="done", progress=100

@@ -57,7 +57,7 @@ def _pipeline(user_pk: Any, *, fail: bool = False) -> None:
             ),
         ]
     )
-    description = "Order import, failing" if fail else "Order import"
+    description = "Pipeline with a failing step" if fail else "Three-step pipeline"
     taskstate.track_group(steps, for_state=_for_state(user_pk, description)).run()
 
 
