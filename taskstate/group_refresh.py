@@ -101,6 +101,12 @@ class GroupRefresher:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
+                idle = not self._heap
+            if idle:
+                # Nothing due: hold no database connection while waiting (a test database
+                # could not be dropped, a pooler would count it).
+                _close_connections()
+            with self._cond:
                 while True:
                     if self._heap:
                         wait = self._heap[0][0] - self._clock()
@@ -139,6 +145,14 @@ class GroupRefresher:
                 )
         except Exception:
             logger.exception("taskstate: refreshing group %s failed", pk)
+
+
+def _close_connections() -> None:
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None and not connection.in_atomic_block:
+            connection.close()
 
 
 group_refresher = GroupRefresher()
