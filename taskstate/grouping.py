@@ -13,16 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 import dramatiq
+from django.db import connections, transaction
+from django.utils import timezone
 from dramatiq.common import q_name
 
+from taskstate.conf import get_settings
 from taskstate.for_state import make_encodable, parse_for_state, tracked_for_state
 from taskstate.groups import Groups, Member, create_group
 from taskstate.models import Task
 from taskstate.signals import announce
-from taskstate.states import Kind
+from taskstate.states import WAITING_ORDER, Kind, Status
 
 C = TypeVar("C", dramatiq.group, dramatiq.pipeline)
 
@@ -39,9 +43,24 @@ class TrackedGroup(Generic[C]):
     task: Task
 
     def run(self, *, delay: int | None = None) -> TrackedGroup[C]:
-        """Run the group or pipeline, as its own ``run()`` would; returns itself."""
-        self.composition.run(delay=delay)  # type: ignore[no-untyped-call]
+        """Run the group or pipeline, as its own ``run()`` would; returns itself.
+
+        Inside a transaction (the one that wrote the rows), it is sent once that commits,
+        so that no worker waits for rows it cannot see yet; a rollback sends nothing, as
+        it leaves no rows. ``delay`` (milliseconds) shows the messages sent now as
+        scheduled.
+        """
+        alias = get_settings().DATABASE
+        if delay:
+            _show_delayed(self.task, delay)
+        if connections[alias].in_atomic_block:
+            transaction.on_commit(lambda: self._send(delay), using=alias)
+        else:
+            self._send(delay)
         return self
+
+    def _send(self, delay: int | None) -> None:
+        self.composition.run(delay=delay)  # type: ignore[no-untyped-call]
 
 
 def track_group(composition: C, for_state: dict[str, Any] | None = None) -> TrackedGroup[C]:
@@ -133,3 +152,15 @@ def _actor_name(kind: Kind, messages: Sequence[dramatiq.Message[Any]]) -> str:
     # What the row's time-left estimate learns from: groups of the same actors alike.
     names = list(dict.fromkeys(message.actor_name for message in messages))
     return f"{kind.value}: " + (" | " if kind == Kind.PIPELINE else ", ").join(names)
+
+
+def _show_delayed(task: Task, delay: int) -> None:
+    """Mark the children sent with a delay as scheduled (their own write cannot: a waiting
+    row's order is already the lowest). A pipeline sends its first step only."""
+    children = Task.objects.using(get_settings().DATABASE).filter(
+        parent_id=task.pk, status=Status.ENQUEUED, state_order=WAITING_ORDER
+    )
+    if task.kind == Kind.PIPELINE:
+        children = children.filter(position=1)
+    due = timezone.now() + timedelta(milliseconds=delay)
+    children.update(status=Status.DELAYED, due_at=due, updated_at=timezone.now())

@@ -326,3 +326,34 @@ def test_a_group_that_stopped_moving_keeps_its_age_for_the_cleanup(db: None) -> 
     Task.objects.filter(pk=parent.pk).update(children_total=1, updated_at=ago(5000))
     assert refresh_group(parent.pk) is None  # nothing new: nothing written
     assert Task.objects.all().delete_stale(1200) == 2  # never run: gone with its child
+
+
+def test_run_inside_a_transaction_sends_once_it_commits_and_a_rollback_sends_nothing(
+    broker: dramatiq.Broker,
+) -> None:
+    from django.db import transaction
+
+    with transaction.atomic():
+        tracked = _group_of(2).run()
+        assert broker.queues["default"].qsize() == 0  # workers could not see the rows yet
+    assert broker.queues["default"].qsize() == 2
+
+    broker.flush_all()
+
+    class Undo(Exception):
+        pass
+
+    with pytest.raises(Undo), transaction.atomic():
+        _group_of(2).run()
+        raise Undo
+    assert broker.queues["default"].qsize() == 0
+    assert list(Task.objects.all()) == [] or Task.objects.filter(parent=tracked.task).count() == 2
+
+
+def test_a_delayed_group_shows_its_children_scheduled(broker: dramatiq.Broker) -> None:
+    tracked = _group_of(3).run(delay=60_000)
+    children = Task.objects.filter(parent=tracked.task)
+    assert set(children.values_list("status", flat=True)) == {"delayed"}
+    assert all(c.due_at is not None for c in children)
+    assert broker.queues.get("default.DQ") is not None
+    assert broker.queues["default.DQ"].qsize() == 3
