@@ -22,7 +22,6 @@ _SCRIPTS = (
     "taskstate/vendor/hx-sse.js",
     "taskstate/vendor/hx-upsert.js",
     "taskstate/taskstate.js",
-    "taskstate/taskstate-groups.js",
 )
 
 
