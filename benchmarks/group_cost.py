@@ -123,10 +123,12 @@ def main() -> None:
     user, _ = get_user_model().objects.get_or_create(username="bench")
     rows = []
     try:
-        for label, size, grouped in [("warm-up", 20, True)] + [
+        runs = [
+            ("warm-up", 20, True),
             *((f"group of {n:,}", n, True) for n in sizes),
             (f"{sizes[-1]:,} tasks, no group", sizes[-1], False),
-        ]:
+        ]
+        for label, size, grouped in runs:
             Task.objects.all().delete()
             flush()
             statements.reset()
