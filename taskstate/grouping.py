@@ -11,13 +11,14 @@ callbacks needed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 import dramatiq
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 from dramatiq.common import q_name
 
@@ -29,6 +30,7 @@ from taskstate.signals import announce
 from taskstate.states import WAITING_ORDER, Kind, Status
 
 C = TypeVar("C", dramatiq.group, dramatiq.pipeline)
+logger = logging.getLogger("taskstate")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class TrackedGroup(Generic[C]):
     """
 
     composition: C
-    task: Task
+    #: The group's row; None when it could not be written (the group then runs untracked).
+    task: Task | None
 
     def run(self, *, delay: int | None = None) -> TrackedGroup[C]:
         """Run the group or pipeline, as its own ``run()`` would; returns itself.
@@ -51,7 +54,7 @@ class TrackedGroup(Generic[C]):
         scheduled.
         """
         alias = get_settings().DATABASE
-        if delay:
+        if delay and self.task is not None:
             _show_delayed(self.task, delay)
         if connections[alias].in_atomic_block:
             transaction.on_commit(lambda: self._send(delay), using=alias)
@@ -106,7 +109,17 @@ def track_group(composition: C, for_state: dict[str, Any] | None = None) -> Trac
         )
         for position, message in enumerate(messages, start=1)
     ]
-    parent = create_group(kind, identity, members, actor_name=_actor_name(kind, messages))
+    try:
+        parent = create_group(kind, identity, members, actor_name=_actor_name(kind, messages))
+    except DatabaseError:
+        # Tracking never stops work: the group runs as it would have, untracked.
+        logger.error(
+            "taskstate: could not record a %s of %d messages; it runs untracked.",
+            kind.value,
+            len(messages),
+            exc_info=True,
+        )
+        return TrackedGroup(composition, None)
     tracked = [_with_for_state(message, group_state, parent.pk) for message in messages]
     if kind == Kind.PIPELINE:
         # Rebuilt, so that each step's pipe_target is the next step as tracked.

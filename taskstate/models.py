@@ -308,12 +308,6 @@ class Task(models.Model):
         return self.status == Status.SKIPPED and self.error_type == NOT_RUN_ERROR
 
     @property
-    def children_waiting(self) -> int:
-        """Children neither finished nor failed nor running: queued or waiting their turn."""
-        busy = self.children_done + self.children_failed + self.children_running
-        return max(self.children_total - busy, 0)
-
-    @property
     def duration(self) -> timedelta | None:
         """Time from the first start to the end (or to now while still running)."""
         if self.started_at is None:

@@ -357,3 +357,22 @@ def test_a_delayed_group_shows_its_children_scheduled(broker: dramatiq.Broker) -
     assert all(c.due_at is not None for c in children)
     assert broker.queues.get("default.DQ") is not None
     assert broker.queues["default.DQ"].qsize() == 3
+
+
+def test_a_group_whose_rows_cannot_be_written_runs_untracked(
+    broker: dramatiq.Broker, caplog: Any
+) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE taskstate_task RENAME TO taskstate_task_away")
+    try:
+        tracked = _group_of(3, description="while the table is away")
+        assert tracked.task is None
+        tracked.run()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE taskstate_task_away RENAME TO taskstate_task")
+    assert broker.queues["default"].qsize() == 3
+    assert "could not record a group of 3 messages; it runs untracked" in caplog.text
+    assert all("for_state" not in m.kwargs for m in tracked.composition.children)
