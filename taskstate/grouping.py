@@ -78,9 +78,10 @@ def track_group(composition: C, for_state: dict[str, Any] | None = None) -> Trac
 
     A message's own ``for_state`` keys (a ``description`` per step, say) win over the
     group's. A group may hold messages only (a group of pipelines or of groups raises
-    ``TypeError``: track each pipeline on its own). Inside a transaction, run it once the
-    transaction commits (``transaction.on_commit(tracked.run)``), so that workers find
-    the rows.
+    ``TypeError``: track each pipeline on its own). Inside a transaction, ``run()``
+    sends once it commits. It writes to the database: from async code, call it through
+    ``asgiref.sync.sync_to_async``. If the rows cannot be written, an error is logged and
+    the group runs untracked (``task`` is None).
     """
     if isinstance(composition, dramatiq.pipeline):
         kind, messages = Kind.PIPELINE, list(composition.messages)

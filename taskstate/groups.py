@@ -145,11 +145,12 @@ def refresh_group(pk: int) -> Refreshed | None:
         return None
     children = rows.filter(parent_id=pk)
     counts = _aggregate(children)
-    not_run = counts.not_run
+    ended = counts.ended
     if counts.failed and parent.kind == Kind.PIPELINE and counts.waiting:
-        not_run += _mark_not_run(children, counts.first_failed)
+        ended += _mark_not_run(children, counts.first_failed)
     total = counts.total
-    settled = total > 0 and counts.done + counts.failed + not_run >= total
+    # Every child in a complete status (whatever statuses count as complete).
+    settled = total > 0 and ended >= total
     now = timezone.now()
     values: dict[str, object] = {
         "children_total": total,
@@ -189,9 +190,9 @@ def refresh_group(pk: int) -> Refreshed | None:
 @dataclass(frozen=True)
 class _Counts:
     total: int
+    ended: int
     done: int
     failed: int
-    not_run: int
     running: int
     waiting: int
     progress: int  # sum over the children, each 0 to 100
@@ -205,9 +206,9 @@ def _aggregate(children: QuerySet[Task]) -> _Counts:
     not_run = Q(status=Status.SKIPPED, error_type=NOT_RUN_ERROR)
     result = children.aggregate(
         total=Count("pk"),
+        ended=Count("pk", filter=complete),
         done=Count("pk", filter=Q(status__in=(Status.DONE, Status.SKIPPED)) & ~not_run),
         failed=Count("pk", filter=Q(status=Status.FAILED)),
-        not_run=Count("pk", filter=not_run),
         running=Count("pk", filter=Q(status__in=(Status.RUNNING, Status.RETRYING))),
         waiting=Count("pk", filter=Q(status=Status.ENQUEUED, state_order=WAITING_ORDER)),
         # Each child counts with its own progress; a finished one as whole, a step that
@@ -224,7 +225,7 @@ def _aggregate(children: QuerySet[Task]) -> _Counts:
         started_at=Min("started_at"),
         finished_at=Max("finished_at"),
     )
-    numbers = ("total", "done", "failed", "not_run", "running", "waiting", "progress")
+    numbers = ("total", "ended", "done", "failed", "running", "waiting", "progress")
     return _Counts(
         **{key: int(result[key] or 0) for key in numbers},
         first_failed=result["first_failed"],

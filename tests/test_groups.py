@@ -376,3 +376,24 @@ def test_a_group_whose_rows_cannot_be_written_runs_untracked(
     assert broker.queues["default"].qsize() == 3
     assert "could not record a group of 3 messages; it runs untracked" in caplog.text
     assert all("for_state" not in m.kwargs for m in tracked.composition.children)
+
+
+def test_dismiss_finished_takes_each_finished_group_with_its_children_and_no_other(
+    client: Any, user: Any, capture_events: Any
+) -> None:
+    finished = _group_with({"status": "done"}, {"status": "done"})
+    running = _group_with({"status": "done"}, {"status": "running", "state_order": 15})
+    Task.objects.filter(pk=finished.pk).update(user=user, status="done")
+    Task.objects.filter(pk=running.pk).update(user=user, status="running", state_order=15)
+    Task.objects.filter(parent__in=(finished, running)).update(user=user)
+    capture = capture_events(user_channel(user.pk))
+    client.force_login(user)
+    client.post(reverse("taskstate:seen-all"), HTTP_HX_REQUEST="true")
+
+    assert set(Task.objects.filter(parent=finished).values_list("seen", flat=True)) == {True}
+    assert set(Task.objects.filter(parent=running).values_list("seen", flat=True)) == {False}
+    removed = "".join(data for _, _, data in capture.events())
+    assert f"#taskstate-task-{finished.pk}" in removed
+    # Only the group's row is on the page: its children go with it, unnamed.
+    child = Task.objects.filter(parent=finished).first()
+    assert child is not None and f'#taskstate-task-{child.pk}"' not in removed
