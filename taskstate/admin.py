@@ -38,7 +38,7 @@ class TaskAdmin(_TaskAdminBase):
         "duration_display",
         "seen",
     )
-    list_filter = ("status", "seen", "queue_name", "actor_name", "created_at")
+    list_filter = ("status", "kind", "seen", "queue_name", "actor_name", "created_at")
     search_fields = (
         "description",
         "actor_name",

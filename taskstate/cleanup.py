@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+from django.utils import timezone
 
 from taskstate.conf import get_settings
+from taskstate.group_refresh import group_refresher
 from taskstate.middleware import StateMiddleware
 from taskstate.models import Task
 from taskstate.signals import announce
@@ -24,6 +28,7 @@ class CleanupReport:
     stale_deleted: int
     abandoned_failed: int
     lost_failed: int = 0
+    groups_refreshed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -47,6 +52,7 @@ def cleanup() -> CleanupReport:
     lost = Task.objects.filter(pk__in=lost_pks).fail_overdue(settings.OVERDUE_AFTER)
     if lost:
         _announce_failed(lost_pks)
+    refreshed = _refresh_quiet_groups()
     report = CleanupReport(
         seen_deleted=tasks.delete_old(settings.DELETE_SEEN_AFTER, only_if_seen=True),
         unseen_deleted=tasks.filter(seen=False).delete_old(
@@ -55,10 +61,32 @@ def cleanup() -> CleanupReport:
         stale_deleted=tasks.delete_stale(settings.STALE_ENQUEUED_AFTER),
         abandoned_failed=failed,
         lost_failed=lost,
+        groups_refreshed=refreshed,
     )
     if any(report.as_dict().values()):
         logger.info("taskstate cleanup: %s", report.as_dict())
     return report
+
+
+#: Seconds without a change after which an unfinished group is refreshed by the cleanup.
+QUIET_GROUP_AFTER = 60
+
+
+def _refresh_quiet_groups() -> int:
+    """Refresh unfinished groups nothing refreshed for a while.
+
+    A group's row follows its children through the process that wrote them; a worker
+    that died between a child's last write and the group's refresh would leave the
+    group behind (and failed-abandoned children never came through a worker at all).
+    """
+    cutoff = timezone.now() - timedelta(seconds=QUIET_GROUP_AFTER)
+    quiet = Task.objects.exclude(kind="").active().filter(updated_at__lt=cutoff)
+    pks = list(quiet.values_list("pk", flat=True)[:1_000])
+    for pk in pks:
+        group_refresher.changed(pk)
+    if pks:
+        group_refresher.flush(30.0)
+    return len(pks)
 
 
 def _announce_failed(pks: list[int]) -> None:

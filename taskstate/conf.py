@@ -29,6 +29,9 @@ class TaskstateSettings:
 
     #: Seconds between two progress writes of one message; the last value is always written.
     PROGRESS_INTERVAL: float = 0.5
+    #: Seconds between two refreshes of one group's or pipeline's row (its counts, combined
+    #: progress and status) in one process; the last change is always refreshed.
+    GROUP_INTERVAL: float = 1.0
     #: Store the actor's return value on the task when it is JSON-serialisable.
     STORE_RESULT: bool = True
     #: Results whose JSON is larger than this many bytes are not stored (a warning is logged).

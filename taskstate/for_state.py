@@ -23,7 +23,7 @@ from taskstate.values import text_of
 logger = logging.getLogger("taskstate")
 
 #: The keys ``for_state`` may hold; all optional.
-KNOWN_KEYS = frozenset({"user_pk", "description", "app_name", "model_name", "retryable"})
+KNOWN_KEYS = frozenset({"user_pk", "description", "app_name", "model_name", "retryable", "group"})
 _MAX_LENGTHS = {"description": 255, "app_name": 100, "model_name": 100}
 
 
@@ -38,6 +38,9 @@ class TaskIdentity:
     #: ``for_state={"retryable": True}``: keep what a retry needs (the message's
     #: arguments and options) on the row.
     retryable: bool = False
+    #: The pk of the group or pipeline row this task belongs to (``for_state["group"]``,
+    #: set by ``taskstate.track_group``), or None.
+    group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,15 @@ def parse_for_state(for_state: dict[str, Any], message_id: str, *, warn: bool) -
         app_name=texts["app_name"],
         model_name=texts["model_name"],
         retryable=for_state.get("retryable") is True,
+        group=_group_pk(for_state.get("group")),
     )
+
+
+def _group_pk(value: Any) -> int | None:
+    # Written by track_group, so either a pk or absent; anything else is ignored.
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
 
 
 def _user_pk(value: Any, message_id: str, log: Any) -> Any:

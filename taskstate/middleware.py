@@ -29,6 +29,7 @@ from taskstate.conf import get_settings
 from taskstate.control import RETRY_OF_OPTION
 from taskstate.courier import courier
 from taskstate.for_state import Origin, make_encodable, parse_for_state, tracked_for_state
+from taskstate.group_refresh import group_refresher
 from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce
 from taskstate.states import TERMINAL_ORDER, Status
@@ -262,7 +263,9 @@ class StateMiddleware(Middleware):
         _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # Let the last changes reach the browsers before the process goes.
+        # Let the last changes reach the browsers before the process goes: groups with a
+        # change pending are refreshed now, not when their turn comes.
+        group_refresher.flush(5.0)
         courier.flush(5.0)
 
     # --- per-message bookkeeping -------------------------------------------------------

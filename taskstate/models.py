@@ -16,11 +16,14 @@ from taskstate.states import (
     ACTIVE_STATUSES,
     COMPLETE_STATUSES,
     LOST_ERROR,
+    NOT_RUN_ERROR,
     TERMINAL_ORDER,
+    WAITING_ORDER,
+    Kind,
     Status,
 )
 
-__all__ = ["ACTIVE_STATUSES", "COMPLETE_STATUSES", "Status", "Task", "TaskQuerySet"]
+__all__ = ["ACTIVE_STATUSES", "COMPLETE_STATUSES", "Kind", "Status", "Task", "TaskQuerySet"]
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -46,14 +49,21 @@ class TaskQuerySet(models.QuerySet["Task"]):
         """Tasks to show in a list: unseen ones, and ones seen in the last few seconds.
 
         ``seconds_since_seen`` defaults to ``TASKSTATE["DISPLAY_SECONDS_SINCE_SEEN"]``.
-        Newest first.
+        Newest first. The children of a group or pipeline are left out: its one row
+        stands for them (see :meth:`top_level`).
         """
         if seconds_since_seen is None:
             seconds_since_seen = get_settings().DISPLAY_SECONDS_SINCE_SEEN
         since = timezone.now() - timedelta(seconds=seconds_since_seen)
-        return self.filter(models.Q(seen=False) | models.Q(seen_at__gte=since)).order_by(
-            "-created_at", "-id"
+        return (
+            self.top_level()
+            .filter(models.Q(seen=False) | models.Q(seen_at__gte=since))
+            .order_by("-created_at", "-id")
         )
+
+    def top_level(self) -> TaskQuerySet:
+        """Tasks that belong to no group or pipeline, and the groups and pipelines."""
+        return self.filter(parent__isnull=True)
 
     def first_rows(self, limit: int) -> tuple[list[Task], int]:
         """At most ``limit`` of these tasks, and how many more there are.
@@ -70,22 +80,26 @@ class TaskQuerySet(models.QuerySet["Task"]):
 
         With ``only_if_seen`` (the default) only tasks a user has seen are deleted, and
         their age counts from when they were seen. Returns the number of rows deleted.
+        A group or pipeline goes as one: its children with it, never on their own.
         """
         cutoff = timezone.now() - timedelta(seconds=max_task_age)
         if only_if_seen:
             old = self.completed().filter(seen=True, seen_at__lt=cutoff)
         else:
             old = self.completed().filter(finished_at__lt=cutoff)
-        return _delete_in_batches(old)
+        return _delete_in_batches(old.top_level())
 
     def delete_stale(self, max_age: int = 1200) -> int:
         """Delete tasks still queued ``max_age`` seconds after their last change.
 
         Such a message was most likely lost (a purged queue, a broker without
-        persistence). If it does run after all, the worker writes the row again.
+        persistence). If it does run after all, the worker writes the row again. A
+        child of a group or pipeline is never deleted on its own (its group would count
+        it missing); a group whose row is still queued goes with its children.
         """
         cutoff = timezone.now() - timedelta(seconds=max_age)
-        return _delete_in_batches(self.filter(status=Status.ENQUEUED, updated_at__lt=cutoff))
+        stale = self.top_level().filter(status=Status.ENQUEUED, updated_at__lt=cutoff)
+        return _delete_in_batches(stale)
 
     def fail_abandoned_candidates(self, max_age: int) -> TaskQuerySet:
         """Running tasks with no change for ``max_age`` seconds: their worker most likely died."""
@@ -137,9 +151,21 @@ class TaskQuerySet(models.QuerySet["Task"]):
         )
 
     def mark_seen(self) -> int:
-        """Mark these tasks seen (completed ones only). Returns the number marked."""
+        """Mark these tasks seen (completed ones only). Returns the number marked.
+
+        A group or pipeline marked seen takes its children with it (not counted).
+        """
         now = timezone.now()
-        return self.completed().filter(seen=False).update(seen=True, seen_at=now, updated_at=now)
+        pks = list(self.completed().filter(seen=False).values_list("pk", flat=True))
+        if not pks:
+            return 0
+        marked = Task.objects.filter(pk__in=pks, seen=False).update(
+            seen=True, seen_at=now, updated_at=now
+        )
+        Task.objects.filter(parent_id__in=pks, seen=False).update(
+            seen=True, seen_at=now, updated_at=now
+        )
+        return marked
 
 
 def _abandoned_message(max_age: int) -> str:
@@ -226,6 +252,23 @@ class Task(models.Model):
         # Indexed only where set (taskstate_retry_of_idx): most tasks are no retry.
         db_index=False,
     )
+    # Groups and pipelines (taskstate.grouping): a parent row stands for its children,
+    # which point to it; the parent's counts are refreshed from theirs (taskstate.groups).
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices, blank=True, default="")
+    parent = models.ForeignKey(
+        "self",
+        verbose_name=_("group"),
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="children",
+    )
+    #: A child's place in its group or pipeline, from 1.
+    position = models.PositiveIntegerField(_("position"), default=0)
+    children_total = models.PositiveIntegerField(_("children"), default=0)
+    children_done = models.PositiveIntegerField(_("children done"), default=0)
+    children_failed = models.PositiveIntegerField(_("children failed"), default=0)
+    children_running = models.PositiveIntegerField(_("children running"), default=0)
 
     objects = TaskQuerySet.as_manager()
 
@@ -272,6 +315,25 @@ class Task(models.Model):
     def is_cancelling(self) -> bool:
         """A cancel was requested and the task has not ended yet."""
         return self.cancel_requested_at is not None and not self.is_complete
+
+    @property
+    def is_group(self) -> bool:
+        """A group or pipeline row, standing for its children."""
+        return bool(self.kind)
+
+    @property
+    def is_waiting(self) -> bool:
+        """A child whose message is not sent yet (a pipeline step after a running one)."""
+        return (
+            self.parent_id is not None
+            and self.status == Status.ENQUEUED
+            and self.state_order == WAITING_ORDER
+        )
+
+    @property
+    def is_not_run(self) -> bool:
+        """A pipeline step that never ran because an earlier step failed."""
+        return self.status == Status.SKIPPED and self.error_type == NOT_RUN_ERROR
 
     @property
     def duration(self) -> timedelta | None:

@@ -25,6 +25,8 @@ from django.utils import translation
 
 from taskstate.channels import user_channel
 from taskstate.courier import courier
+from taskstate.estimates import estimator
+from taskstate.group_refresh import group_refresher
 from taskstate.models import Task
 from taskstate.states import Status
 
@@ -68,7 +70,15 @@ def publish_progress(
 
 
 def on_task_committed(sender: Any, *, task: Task, **kwargs: Any) -> None:
-    """Receiver of ``taskstate.signals.task_committed``."""
+    """Receiver of ``taskstate.signals.task_committed``.
+
+    A child of a group or pipeline is not sent on its own: its group's row is refreshed
+    (throttled, see ``taskstate.group_refresh``) and sent instead.
+    """
+    estimator.observe(task)
+    if task.parent_id is not None:
+        group_refresher.changed(task.parent_id)
+        return
     publish_task(task)
 
 
@@ -80,9 +90,16 @@ def on_progress_committed(
     percent: int,
     message: str | None,
     order: int | None = None,
+    group_pk: int | None = None,
     **kwargs: Any,
 ) -> None:
-    """Receiver of ``taskstate.signals.progress_committed``."""
+    """Receiver of ``taskstate.signals.progress_committed``.
+
+    A child's progress counts in its group's combined progress: the group is refreshed.
+    """
+    if group_pk is not None:
+        group_refresher.changed(group_pk)
+        return
     publish_progress(task_pk, user_pk, percent, message, order)
 
 
@@ -98,8 +115,11 @@ def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:
 
 
 def flush(timeout: float = 5.0) -> bool:
-    """Wait until every event handed over so far has been sent (tests, shutdown)."""
-    return courier.flush(timeout)
+    """Wait until every event handed over so far has been sent (tests, shutdown).
+
+    Groups with a change pending are refreshed first, without waiting for their turn.
+    """
+    return group_refresher.flush(timeout) and courier.flush(timeout)
 
 
 def _send_row(task: Task) -> None:

@@ -34,8 +34,9 @@ task_committed = Signal()
 
 #: Internal. Sent after a committed progress write of a running attempt, with
 #: ``task_pk``, ``user_pk``, ``percent``, ``message`` (None: unchanged) and ``order`` (the
-#: attempt's order key, so a page can refuse a bar older than the row it shows). Carries
-#: keys, not a row, so reporting progress reads nothing.
+#: attempt's order key, so a page can refuse a bar older than the row it shows) and
+#: ``group_pk`` (the task's group or pipeline row, or None). Carries keys, not a row, so
+#: reporting progress reads nothing.
 progress_committed = Signal()
 
 
@@ -61,6 +62,7 @@ def announce_progress(
     percent: int,
     message: str | None,
     order: int | None = None,
+    group_pk: int | None = None,
 ) -> None:
     """Announce a committed progress write (progress writes are autocommit). Never raises."""
     _send_robust(
@@ -71,6 +73,7 @@ def announce_progress(
         percent=percent,
         message=message,
         order=order,
+        group_pk=group_pk,
     )
 
 

@@ -30,6 +30,14 @@ class Status(models.TextChoices):
     CANCELLED = "cancelled", _("Cancelled")
 
 
+class Kind(models.TextChoices):
+    """What a row stands for: one message, or a group or pipeline of them (its children)."""
+
+    TASK = "", _("Task")
+    GROUP = "group", _("Group")
+    PIPELINE = "pipeline", _("Pipeline")
+
+
 #: Statuses after which nothing changes any more.
 COMPLETE_STATUSES = (Status.DONE, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
 #: Statuses of a task that is still under way.
@@ -48,6 +56,11 @@ ABANDONED_ERROR = "taskstate.WorkerLost"
 #: ``error_type`` of a retrying or delayed task given up by the cleanup: its message
 #: was due long ago and never ran (a purged queue, a broker that lost it).
 LOST_ERROR = "taskstate.MessageLost"
+#: ``error_type`` of a pipeline step that never ran because an earlier step failed.
+NOT_RUN_ERROR = "taskstate.NotRun"
+#: ``state_order`` of a child row written before its message was sent (status enqueued):
+#: a pipeline step waiting for the step before it, or a group member not sent yet.
+WAITING_ORDER = 0
 
 #: What an owner may do to a task from its row (``TASKSTATE["CONTROL_POLICY"]``).
 CANCEL = "cancel"

@@ -195,6 +195,7 @@ def _store(run: MessageRun, value: tuple[int, str | None]) -> None:
                 percent=percent,
                 message=message,
                 order=running_order(run.attempt),
+                group_pk=run.origin.identity.group,
             )
     elif cancel_was_requested(run.origin.message_id):
         # Refused: a row asked to cancel takes no progress (one read, only then).

@@ -11,4 +11,5 @@ urlpatterns = [
     path("seen/", views.seen_all, name="seen-all"),
     path("cancel/<int:pk>/", views.cancel, name="cancel"),
     path("retry/<int:pk>/", views.retry, name="retry"),
+    path("children/<int:pk>/", views.children, name="children"),
 ]

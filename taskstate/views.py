@@ -121,10 +121,30 @@ def task_list(request: HttpRequest) -> HttpResponse:
     return render(request, "taskstate/task_list.html", context)
 
 
+@require_GET
+@login_required
+@vary_on_headers("HX-Request")
+def children(request: HttpRequest, pk: int) -> HttpResponse:
+    """The children of one of the user's groups or pipelines, in order; 404 for others'.
+
+    The rows alone for htmx (the expanded group row), else a page of their own.
+    """
+    group = get_object_or_404(Task.objects.for_user(request.user).exclude(kind=""), pk=pk)
+    rows = Task.objects.filter(parent_id=group.pk).order_by("position", "pk")
+    children, more = rows.first_rows(get_settings().LIST_MAX_ROWS)
+    context = {"group": group, "children": children, "more": more}
+    if getattr(request, "htmx", False):
+        return render(request, "taskstate/_children.html", context)
+    return render(request, "taskstate/task_children.html", context)
+
+
 @require_POST
 @login_required
 def seen(request: HttpRequest, pk: int) -> HttpResponse:
-    """Mark one of the user's completed tasks seen; 404 for anyone else's."""
+    """Mark one of the user's completed tasks seen; 404 for anyone else's.
+
+    A group or pipeline is dismissed with its children.
+    """
     task = get_object_or_404(Task.objects.for_user(request.user).completed(), pk=pk)
     if Task.objects.filter(pk=task.pk).mark_seen():
         _publish_removed_on_commit(request.user.pk, [task.pk])
@@ -135,7 +155,7 @@ def seen(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def seen_all(request: HttpRequest) -> HttpResponse:
     """Mark all of the user's completed, unseen tasks seen."""
-    mine = Task.objects.for_user(request.user).completed().filter(seen=False)
+    mine = Task.objects.for_user(request.user).completed().top_level().filter(seen=False)
     pks = list(mine.values_list("pk", flat=True))
     if pks and Task.objects.filter(pk__in=pks).mark_seen():
         _publish_removed_on_commit(request.user.pk, pks)

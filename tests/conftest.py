@@ -89,6 +89,15 @@ def count_queries() -> Iterator[QueryCounter]:
         COUNTER.statements = []
 
 
+@pytest.fixture(autouse=True)
+def _groups_refreshed_within_the_test() -> Iterator[None]:
+    """A group refresh a test caused runs before its database goes (taskstate.group_refresh)."""
+    yield
+    from taskstate.group_refresh import group_refresher
+
+    group_refresher.flush(10)
+
+
 @pytest.fixture
 def broker() -> Iterator[dramatiq.Broker]:
     b = dramatiq.get_broker()

@@ -71,6 +71,7 @@ DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.TimeLimit",
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Retries",
+    "dramatiq.middleware.Pipelines",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
     "taskstate.middleware.StateMiddleware",
 ]

@@ -89,6 +89,7 @@ def test_cleanup_reports_what_it_deleted_and_failed(retention):
         "stale_deleted": 1,
         "abandoned_failed": 2,
         "lost_failed": 0,
+        "groups_refreshed": 0,
     }
     expected = {t.pk for t in rows["kept"] + rows["abandoned"]}
     assert set(Task.objects.values_list("pk", flat=True)) == expected
@@ -102,7 +103,15 @@ def test_cleanup_twice_does_nothing_the_second_time(retention):
 
 def test_cleanup_of_an_empty_table_reports_zeros(retention):
     assert cleanup().as_dict() == dict.fromkeys(
-        ("seen_deleted", "unseen_deleted", "stale_deleted", "abandoned_failed", "lost_failed"), 0
+        (
+            "seen_deleted",
+            "unseen_deleted",
+            "stale_deleted",
+            "abandoned_failed",
+            "lost_failed",
+            "groups_refreshed",
+        ),
+        0,
     )
 
 
@@ -194,6 +203,7 @@ def test_cleanup_tasks_actor_returns_the_report_as_a_dict(retention):
         "stale_deleted": 1,
         "abandoned_failed": 2,
         "lost_failed": 0,
+        "groups_refreshed": 0,
     }
 
 

@@ -8,6 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import dramatiq
+
+import taskstate
 from demo import tasks
 
 BATCH_SIZE = 20
@@ -36,9 +39,33 @@ def _quick_ping(user_pk: Any) -> None:
 
 
 def _batch(user_pk: Any) -> None:
-    for number in range(1, BATCH_SIZE + 1):
-        description = f"Batch item {number} of {BATCH_SIZE}"
-        tasks.batch_item.send(random.randint(10, 30), for_state=_for_state(user_pk, description))
+    # One row for the whole batch: its children show when the row is opened.
+    batch = dramatiq.group(  # type: ignore[no-untyped-call]
+        tasks.batch_item.message(
+            random.randint(10, 30),
+            for_state={"description": f"Batch item {number} of {BATCH_SIZE}"},
+        )
+        for number in range(1, BATCH_SIZE + 1)
+    )
+    description = f"Batch of {BATCH_SIZE}"
+    taskstate.track_group(batch, for_state=_for_state(user_pk, description)).run()
+
+
+def _pipeline(user_pk: Any, *, fail: bool = False) -> None:
+    steps = dramatiq.pipeline(
+        [
+            tasks.fetch_orders.message(for_state={"description": "Fetch the orders"}),
+            # Steps after the first get the previous step's result as their last argument.
+            tasks.check_orders.message_with_options(
+                args=(fail,), kwargs={"for_state": {"description": "Check them"}}
+            ),
+            tasks.load_orders.message_with_options(
+                kwargs={"for_state": {"description": "Load them"}}
+            ),
+        ]
+    )
+    description = "Pipeline with a failing step" if fail else "Three-step pipeline"
+    taskstate.track_group(steps, for_state=_for_state(user_pk, description)).run()
 
 
 @dataclass(frozen=True)
@@ -70,8 +97,21 @@ ACTIONS: dict[str, DemoAction] = {
         DemoAction(
             "batch",
             f"Batch of {BATCH_SIZE}",
-            f"{BATCH_SIZE} short tasks at once, each counting its items with track().",
+            f"{BATCH_SIZE} short tasks at once, tracked as one group: one row, "
+            "combined progress; open it to see each task.",
             _batch,
+        ),
+        DemoAction(
+            "pipeline",
+            "Three-step pipeline",
+            "Fetch, check, load: each step starts when the one before it is done.",
+            _pipeline,
+        ),
+        DemoAction(
+            "pipeline-fails",
+            "Pipeline with a failing step",
+            "The check step fails halfway: the pipeline fails, naming it; loading never runs.",
+            lambda user_pk: _pipeline(user_pk, fail=True),
         ),
     )
 }

@@ -74,3 +74,30 @@ def batch_item(items: int, for_state: dict[str, Any] | None = None) -> int:
     for _ in taskstate.track(range(items)):
         time.sleep(random.uniform(0.05, 0.15))
     return items
+
+
+@dramatiq.actor(max_retries=0, time_limit=60_000)
+def fetch_orders(for_state: dict[str, Any] | None = None) -> int:
+    """Pipeline step 1: "downloads" a file; its result goes to the next step."""
+    for _ in taskstate.track(range(20)):
+        time.sleep(random.uniform(0.1, 0.2))
+    return random.randint(500, 900)
+
+
+@dramatiq.actor(max_retries=0, time_limit=60_000)
+def check_orders(fail: bool, orders: int, for_state: dict[str, Any] | None = None) -> int:
+    """Pipeline step 2: checks the orders; with ``fail`` it finds a bad one halfway."""
+    for done in range(1, 11):
+        time.sleep(random.uniform(0.2, 0.3))
+        if fail and done == 5:
+            raise ValueError(f"Order {random.randint(1000, 9999)} has no customer")
+        taskstate.progress(done, 10, message=f"{orders * done // 10} of {orders} orders checked")
+    return orders
+
+
+@dramatiq.actor(max_retries=0, time_limit=60_000)
+def load_orders(orders: int, for_state: dict[str, Any] | None = None) -> dict[str, int]:
+    """Pipeline step 3: loads the checked orders."""
+    for _ in taskstate.track(range(10)):
+        time.sleep(random.uniform(0.1, 0.2))
+    return {"loaded": orders}

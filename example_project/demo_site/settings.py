@@ -159,6 +159,8 @@ _DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.TimeLimit",
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Retries",
+    # Sends each pipeline step once the one before it succeeded (the pipeline demo).
+    "dramatiq.middleware.Pipelines",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
     "taskstate.middleware.StateMiddleware",
 ]

@@ -15,6 +15,7 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext
 
 from taskstate.conf import get_settings
+from taskstate.estimates import estimator
 from taskstate.models import Task
 from taskstate.policy import allowed
 from taskstate.states import Status
@@ -149,3 +150,13 @@ def taskstate_may(context: template.Context, task: Task, action: str) -> bool:
     if user is None:
         return allowed(None, task, action, owner=True)
     return allowed(user, task, action)
+
+
+@register.simple_tag
+def taskstate_time_left(task: Task) -> str:
+    """``"about 2 min left"`` for a running task, or ``""`` while no estimate is meaningful.
+
+    From the task's own progress rate and the recent durations of its actor in this
+    process (``taskstate.estimates``); reads nothing from the database.
+    """
+    return estimator.describe(task)

@@ -249,3 +249,29 @@ def reports_every(seconds: float, for_state: dict[str, Any] | None = None) -> st
         taskstate.progress(step % 100, message=f"step {step}")
         time.sleep(seconds)
     return "finished"
+
+
+# --- groups and pipelines (tests/test_groups.py) ---------------------------------------
+
+
+@dramatiq.actor(max_retries=0)
+def add_one(value: int, for_state: dict[str, Any] | None = None) -> int:
+    """A pipeline step: its result is the next step's last argument."""
+    taskstate.progress(50)
+    return value + 1
+
+
+@dramatiq.actor(max_retries=0)
+def step_fails(value: int, for_state: dict[str, Any] | None = None) -> int:
+    raise ValueError(f"step refused {value}")
+
+
+@dramatiq.actor(max_retries=0, time_limit=120_000)
+def paced(steps: int, pause: float, for_state: dict[str, Any] | None = None) -> int:
+    """Reports progress once per step, ``pause`` seconds apart (browser and worker tests)."""
+    import time
+
+    for step in range(1, steps + 1):
+        time.sleep(pause)
+        taskstate.progress(step, steps, message=f"step {step} of {steps}")
+    return steps

@@ -1,0 +1,180 @@
+"""``track_group()``: a Dramatiq group or pipeline tracked as one row.
+
+Dramatiq's ``group`` and ``pipeline`` hold their messages, ids and all, before anything
+is sent (a pipeline copies them and gives each the next one as its ``pipe_target``). So
+the whole can be written down first: one parent row, and one child row per message,
+linked to it. Each message gets ``for_state`` (the group's, with the message's own keys
+over it, and ``"group": <parent pk>``), which is what makes the middleware track it; the
+parent row follows its children (``taskstate.groups``). No result backend, no group
+callbacks needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+import dramatiq
+from django.db import DatabaseError, connections, transaction
+from django.utils import timezone
+from dramatiq.common import q_name
+
+from taskstate.conf import get_settings
+from taskstate.for_state import make_encodable, parse_for_state, tracked_for_state
+from taskstate.groups import Groups, Member, create_group
+from taskstate.models import Task
+from taskstate.signals import announce
+from taskstate.states import WAITING_ORDER, Kind, Status
+
+C = TypeVar("C", dramatiq.group, dramatiq.pipeline)
+logger = logging.getLogger("taskstate")
+
+
+@dataclass(frozen=True)
+class TrackedGroup(Generic[C]):
+    """A group or pipeline whose messages are tracked, and its row.
+
+    ``composition`` is a copy of the one given, its messages carrying ``for_state``:
+    run it (or call :meth:`run`) instead of the original.
+    """
+
+    composition: C
+    #: The group's row; None when it could not be written (the group then runs untracked).
+    task: Task | None
+
+    def run(self, *, delay: int | None = None) -> TrackedGroup[C]:
+        """Run the group or pipeline, as its own ``run()`` would; returns itself.
+
+        Inside a transaction (the one that wrote the rows), it is sent once that commits,
+        so that no worker waits for rows it cannot see yet; a rollback sends nothing, as
+        it leaves no rows. ``delay`` (milliseconds) shows the messages sent now as
+        scheduled.
+        """
+        alias = get_settings().DATABASE
+        if delay and self.task is not None:
+            _show_delayed(self.task, delay)
+        if connections[alias].in_atomic_block:
+            transaction.on_commit(lambda: self._send(delay), using=alias)
+        else:
+            self._send(delay)
+        return self
+
+    def _send(self, delay: int | None) -> None:
+        self.composition.run(delay=delay)  # type: ignore[no-untyped-call]
+
+
+def track_group(composition: C, for_state: dict[str, Any] | None = None) -> TrackedGroup[C]:
+    """Record ``composition`` (a ``dramatiq.group`` or ``dramatiq.pipeline``) as one row.
+
+    Writes a parent row (``Task.kind`` "group" or "pipeline", described by ``for_state``:
+    ``user_pk``, ``description``, ...) and a child row per message, linked to it, before
+    anything is sent; returns a :class:`TrackedGroup` whose ``run()`` sends it::
+
+        batch = dramatiq.group(process.message(item) for item in items)
+        taskstate.track_group(batch, for_state={"user_pk": user.pk, "description": "Import"}).run()
+
+    A message's own ``for_state`` keys (a ``description`` per step, say) win over the
+    group's. A group may hold messages only (a group of pipelines or of groups raises
+    ``TypeError``: track each pipeline on its own). Inside a transaction, ``run()``
+    sends once it commits. It writes to the database: from async code, call it through
+    ``asgiref.sync.sync_to_async``. If the rows cannot be written, an error is logged and
+    the group runs untracked (``task`` is None).
+    """
+    if isinstance(composition, dramatiq.pipeline):
+        kind, messages = Kind.PIPELINE, list(composition.messages)
+    elif isinstance(composition, dramatiq.group):
+        kind, messages = Kind.GROUP, _group_messages(composition)
+    else:
+        raise TypeError(
+            "taskstate.track_group() takes a dramatiq.group or dramatiq.pipeline, "
+            f"not {type(composition).__name__}"
+        )
+    if not messages:
+        raise ValueError("taskstate.track_group(): the group or pipeline holds no message")
+    group_state = dict(for_state or {})
+    group_state.pop("group", None)
+    encodable = {"for_state": group_state}
+    make_encodable(encodable, f"{kind.value} of {messages[0].message_id}")
+    group_state = encodable["for_state"] or {}
+    identity = parse_for_state(group_state, kind.value, warn=True)
+
+    members = [
+        Member(
+            message_id=message.message_id,
+            actor_name=message.actor_name,
+            queue_name=q_name(message.queue_name),
+            description=_describe(message, position, len(messages), kind),
+        )
+        for position, message in enumerate(messages, start=1)
+    ]
+    try:
+        parent = create_group(kind, identity, members, actor_name=_actor_name(kind, messages))
+    except DatabaseError:
+        # Tracking never stops work: the group runs as it would have, untracked.
+        logger.error(
+            "taskstate: could not record a %s of %d messages; it runs untracked.",
+            kind.value,
+            len(messages),
+            exc_info=True,
+        )
+        return TrackedGroup(composition, None)
+    tracked = [_with_for_state(message, group_state, parent.pk) for message in messages]
+    if kind == Kind.PIPELINE:
+        # Rebuilt, so that each step's pipe_target is the next step as tracked.
+        rebuilt: Any = dramatiq.pipeline(tracked, broker=composition.broker)
+    else:
+        rebuilt = dramatiq.group(tracked, broker=composition.broker)  # type: ignore[no-untyped-call]
+        rebuilt.completion_callbacks = list(getattr(composition, "completion_callbacks", []))
+    announce(parent, sender=Groups)
+    return TrackedGroup(rebuilt, parent)
+
+
+def _group_messages(composition: dramatiq.group) -> list[dramatiq.Message[Any]]:
+    messages = []
+    for child in composition.children:
+        if isinstance(child, (dramatiq.group, dramatiq.pipeline)):
+            raise TypeError(
+                "taskstate.track_group(): a group of groups or pipelines is not supported; "
+                "track each pipeline with its own track_group()"
+            )
+        messages.append(child)
+    return messages
+
+
+def _with_for_state(
+    message: dramatiq.Message[Any], group_state: dict[str, Any], parent_pk: int
+) -> dramatiq.Message[Any]:
+    own = tracked_for_state(message.kwargs) or {}
+    for_state = {**group_state, **own, "group": parent_pk}
+    return message.copy(kwargs={**(message.kwargs or {}), "for_state": for_state})
+
+
+def _describe(message: dramatiq.Message[Any], position: int, total: int, kind: Kind) -> str:
+    own = tracked_for_state(message.kwargs) or {}
+    description = own.get("description")
+    if description:
+        return str(description)
+    if kind == Kind.PIPELINE:
+        return f"Step {position} of {total}: {message.actor_name}"
+    return f"{message.actor_name} ({position} of {total})"
+
+
+def _actor_name(kind: Kind, messages: Sequence[dramatiq.Message[Any]]) -> str:
+    # What the row's time-left estimate learns from: groups of the same actors alike.
+    names = list(dict.fromkeys(message.actor_name for message in messages))
+    return f"{kind.value}: " + (" | " if kind == Kind.PIPELINE else ", ").join(names)
+
+
+def _show_delayed(task: Task, delay: int) -> None:
+    """Mark the children sent with a delay as scheduled (their own write cannot: a waiting
+    row's order is already the lowest). A pipeline sends its first step only."""
+    children = Task.objects.using(get_settings().DATABASE).filter(
+        parent_id=task.pk, status=Status.ENQUEUED, state_order=WAITING_ORDER
+    )
+    if task.kind == Kind.PIPELINE:
+        children = children.filter(position=1)
+    due = timezone.now() + timedelta(milliseconds=delay)
+    children.update(status=Status.DELAYED, due_at=due, updated_at=timezone.now())

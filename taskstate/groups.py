@@ -1,0 +1,275 @@
+"""The writes of group and pipeline rows: created with their children, refreshed from them.
+
+A parent row (``Task.kind`` group or pipeline) stands for its children, which point to it
+(``Task.parent``). Its counts, combined progress and status are not written by the
+children's own writes (those stay one statement each): :func:`refresh_group` recomputes
+them from one aggregate query over the children, and the publisher calls it at most once
+per ``TASKSTATE["GROUP_INTERVAL"]`` per group and process (``taskstate.group_refresh``),
+so the cost per child transition does not grow with the group. Like
+``taskstate.transitions``, this module writes and tells no one.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.auth import get_user_model
+from django.db import connections, transaction
+from django.db.models import Case, Count, IntegerField, Max, Min, Q, QuerySet, Sum, Value, When
+from django.utils import timezone
+from django.utils.translation import gettext
+
+from taskstate.conf import get_settings
+from taskstate.for_state import TaskIdentity
+from taskstate.models import Task
+from taskstate.states import (
+    COMPLETE_STATUSES,
+    ENQUEUED_ORDER,
+    NOT_RUN_ERROR,
+    TERMINAL_ORDER,
+    WAITING_ORDER,
+    Kind,
+    Status,
+    running_order,
+)
+from taskstate.values import clean_text, text_of
+
+logger = logging.getLogger("taskstate")
+
+#: The order key of a group while any of its children has started: every refresh of a
+#: running group may land again (same order wins), none after it ended.
+GROUP_RUNNING_ORDER = running_order(1)
+#: Failed children named on the group's row at most.
+NAMED_FAILURES = 3
+
+
+class Groups:
+    """The ``sender`` of the signals announcing a group or pipeline row."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One message of a group or pipeline, as its child row is first written."""
+
+    message_id: str
+    actor_name: str
+    queue_name: str
+    description: str
+
+
+def create_group(
+    kind: Kind,
+    identity: TaskIdentity,
+    members: Sequence[Member],
+    *,
+    actor_name: str,
+) -> Task:
+    """Write a parent row and one child row per member, in one transaction; return the parent.
+
+    The children start as waiting (status enqueued, order ``WAITING_ORDER``): the
+    middleware's own write when a message is sent moves each on, as for any task.
+    """
+    alias = get_settings().DATABASE
+    now = timezone.now()
+    user_pk = _existing_user(identity.user_pk, alias)
+    with transaction.atomic(using=alias):
+        parent = Task.objects.using(alias).create(
+            message_id=f"taskstate-{kind.value}-{uuid.uuid4().hex}",
+            actor_name=clean_text(actor_name, 255),
+            kind=kind.value,
+            status=Status.ENQUEUED,
+            state_order=ENQUEUED_ORDER,
+            user_id=user_pk,
+            description=identity.description,
+            app_name=identity.app_name,
+            model_name=identity.model_name,
+            children_total=len(members),
+            created_at=now,
+            updated_at=now,
+        )
+        Task.objects.using(alias).bulk_create(
+            (
+                Task(
+                    message_id=member.message_id,
+                    actor_name=clean_text(member.actor_name, 255),
+                    queue_name=clean_text(member.queue_name, 255),
+                    status=Status.ENQUEUED,
+                    state_order=WAITING_ORDER,
+                    user_id=user_pk,
+                    description=clean_text(member.description, 255),
+                    app_name=identity.app_name,
+                    model_name=identity.model_name,
+                    parent=parent,
+                    position=position,
+                    created_at=now,
+                    updated_at=now,
+                )
+                for position, member in enumerate(members, start=1)
+            ),
+            batch_size=500,
+        )
+    return parent
+
+
+def _existing_user(user_pk: int | str | None, alias: str) -> int | str | None:
+    if user_pk is None:
+        return None
+    users = get_user_model()._default_manager.using(alias)
+    return user_pk if users.filter(pk=user_pk).exists() else None
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """A group row as a refresh wrote it, and whether its status changed."""
+
+    task: Task
+    status_changed: bool
+
+
+def refresh_group(pk: int) -> Refreshed | None:
+    """Recompute the counts, progress and status of group ``pk`` from its children.
+
+    Three statements whatever the group's size (read the row, aggregate the children,
+    write the row); a failed child adds one to name it, a failed pipeline step one to
+    mark the steps after it as not run. None when the group is gone, already ended, or
+    unchanged (then nothing is written).
+    """
+    alias = get_settings().DATABASE
+    rows = Task.objects.using(alias)
+    parent = rows.filter(pk=pk).exclude(kind="").first()
+    if parent is None or parent.is_complete:
+        return None
+    children = rows.filter(parent_id=pk)
+    counts = _aggregate(children)
+    ended = counts.ended
+    if counts.failed and parent.kind == Kind.PIPELINE and counts.waiting:
+        ended += _mark_not_run(children, counts.first_failed)
+    total = counts.total
+    # Every child in a complete status (whatever statuses count as complete).
+    settled = total > 0 and ended >= total
+    now = timezone.now()
+    values: dict[str, object] = {
+        "children_total": total,
+        "children_done": counts.done,
+        "children_failed": counts.failed,
+        "children_running": counts.running,
+        "progress": min(100, counts.progress // total) if total else 0,
+        "started_at": counts.started_at,
+        "updated_at": now,
+    }
+    if settled:
+        status, order = (Status.FAILED if counts.failed else Status.DONE), TERMINAL_ORDER
+        values["finished_at"] = counts.finished_at or now
+        if status == Status.DONE:
+            values["progress"] = 100
+    elif counts.started_at is not None:
+        status, order = Status.RUNNING, GROUP_RUNNING_ORDER
+    else:
+        status, order = Status.ENQUEUED, ENQUEUED_ORDER
+    if counts.failed:
+        values.update(_failures(children))
+    values.update(status=status, state_order=order)
+    if all(
+        getattr(parent, name) == value for name, value in values.items() if name != "updated_at"
+    ):
+        # Nothing new: the row keeps its updated_at, by which the cleanup tells a group
+        # that stopped moving (never run, or a child's message lost).
+        return None
+    if not rows.filter(pk=pk, state_order__lte=order).update(**values):
+        return None
+    changed = parent.status != status
+    for name, value in values.items():
+        setattr(parent, name, value)
+    return Refreshed(parent, changed)
+
+
+@dataclass(frozen=True)
+class _Counts:
+    total: int
+    ended: int
+    done: int
+    failed: int
+    running: int
+    waiting: int
+    progress: int  # sum over the children, each 0 to 100
+    first_failed: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def _aggregate(children: QuerySet[Task]) -> _Counts:
+    complete = Q(status__in=COMPLETE_STATUSES)
+    not_run = Q(status=Status.SKIPPED, error_type=NOT_RUN_ERROR)
+    result = children.aggregate(
+        total=Count("pk"),
+        ended=Count("pk", filter=complete),
+        done=Count("pk", filter=Q(status__in=(Status.DONE, Status.SKIPPED)) & ~not_run),
+        failed=Count("pk", filter=Q(status=Status.FAILED)),
+        running=Count("pk", filter=Q(status__in=(Status.RUNNING, Status.RETRYING))),
+        waiting=Count("pk", filter=Q(status=Status.ENQUEUED, state_order=WAITING_ORDER)),
+        # Each child counts with its own progress; a finished one as whole, a step that
+        # never ran as nothing.
+        progress=Sum(
+            Case(
+                When(not_run, then=Value(0)),
+                When(complete, then=Value(100)),
+                default="progress",
+                output_field=IntegerField(),
+            )
+        ),
+        first_failed=Min("position", filter=Q(status=Status.FAILED)),
+        started_at=Min("started_at"),
+        finished_at=Max("finished_at"),
+    )
+    numbers = ("total", "ended", "done", "failed", "running", "waiting", "progress")
+    return _Counts(
+        **{key: int(result[key] or 0) for key in numbers},
+        first_failed=result["first_failed"],
+        started_at=result["started_at"],
+        finished_at=result["finished_at"],
+    )
+
+
+def _mark_not_run(children: QuerySet[Task], after_position: int | None) -> int:
+    """Mark the steps still waiting after a failed step as not run (they never will)."""
+    now = timezone.now()
+    return int(
+        children.filter(
+            position__gt=after_position or 0, status=Status.ENQUEUED, state_order=WAITING_ORDER
+        ).update(
+            status=Status.SKIPPED,
+            state_order=TERMINAL_ORDER,
+            error_type=NOT_RUN_ERROR,
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def _failures(children: QuerySet[Task]) -> dict[str, str]:
+    """The error of a group: which children failed, and the first one's error."""
+    failed = list(
+        children.filter(status=Status.FAILED)
+        .order_by("position", "pk")
+        .values_list("description", "actor_name", "error_type", "error_message")[
+            : NAMED_FAILURES + 1
+        ]
+    )
+    names = [text_of(description or actor) for description, actor, _, _ in failed]
+    shown = ", ".join(names[:NAMED_FAILURES]) + (", \u2026" if len(names) > NAMED_FAILURES else "")
+    error_type, error_message = failed[0][2], failed[0][3]
+    detail = f": {error_message or error_type}" if (error_message or error_type) else ""
+    return {
+        "error_type": clean_text(error_type, 255),
+        # "Check them failed: Order 4631 has no customer"
+        "error_message": clean_text(gettext("%(names)s failed") % {"names": shown} + detail, 2000),
+    }
+
+
+def in_group_transaction() -> bool:
+    """Whether the tracking database has a transaction open (the rows are not visible yet)."""
+    return connections[get_settings().DATABASE].in_atomic_block

@@ -1,0 +1,79 @@
+"""Groups and pipelines in the demo, in a real browser: one row, opened live; time left."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tests.browser.conftest import expect, screenshot
+from tests.browser.test_demo import ROWS, mark_no_reload, row_ids, start, wait_status
+
+TIME_LEFT = re.compile(r"^(a few seconds left|about \d+ (s|min|h) left)$")
+
+
+def test_a_batch_of_20_is_one_row_whose_children_follow_it_live_when_opened(new_page):
+    page = new_page("demo")
+    before = row_ids(page)
+    row = start(page, "Batch of 20")
+    mark_no_reload(page)
+    # One row for the whole batch, not twenty.
+    assert row_ids(page) - before == {row}
+    expect(page.locator(f"#{row} .taskstate-group-counts")).to_contain_text("of 20 done")
+
+    page.click(f"#{row} summary")
+    children = page.locator(f"#{row} li.taskstate-child")
+    expect(children).to_have_count(20)
+    # Opened once: the list stays open and follows the group as its row is replaced.
+    expect(page.locator(f"#{row} li.taskstate-child[data-status=running]").first).to_be_attached(
+        timeout=40_000
+    )
+    screenshot(page, "group-row-open")
+    # The group's own estimate (its children each have theirs too, while running).
+    own_bar = "#taskstate-progress-" + row.rsplit("-", 1)[1]
+    expect(page.locator(f"{own_bar} .taskstate-time-left")).to_have_text(TIME_LEFT, timeout=40_000)
+    wait_status(page, row, "done")
+    assert page.locator(f"#{row} details").get_attribute("open") is not None
+    expect(page.locator(f"#{row} li.taskstate-child[data-status=done]")).to_have_count(
+        20, timeout=20_000
+    )
+    expect(page.locator(f"#{row} .taskstate-group-counts")).to_contain_text("20 of 20 done")
+    assert page.get_attribute(f"#{row} [role=progressbar]", "aria-valuenow") == "100"
+    # Still one row, and no child row ever reached the list.
+    assert len(row_ids(page) - before) == 1
+    screenshot(page, "group-row-done")
+
+
+def test_a_pipeline_with_a_failing_middle_step_fails_naming_it_and_skips_the_rest(new_page):
+    page = new_page("demo")
+    row = start(page, "Pipeline with a failing step")
+    page.click(f"#{row} summary")
+    steps = page.locator(f"#{row} li.taskstate-child")
+    expect(steps).to_have_count(3)
+    # Before it gets there, the last step waits its turn.
+    expect(steps.nth(2)).to_have_attribute("data-status", "waiting")
+    wait_status(page, row, "failed", timeout=60_000)
+    expect(page.locator(f"#{row} > .taskstate-error")).to_contain_text("Check them failed")
+    expect(steps.nth(0)).to_have_attribute("data-status", "done", timeout=20_000)
+    expect(steps.nth(1)).to_have_attribute("data-status", "failed")
+    expect(steps.nth(2)).to_have_attribute("data-status", "not-run")
+    expect(steps.nth(2).locator(".taskstate-badge")).to_have_text("Not run")
+    screenshot(page, "pipeline-failed")
+
+
+def test_a_running_task_shows_the_time_it_has_left_and_it_never_grows_wildly(new_page: Any):
+    page = new_page("demo")
+    row = start(page, "Build a report")
+    left = page.locator(f"#{row} .taskstate-time-left")
+    expect(left).to_have_text(TIME_LEFT, timeout=30_000)
+    seen: list[str] = []
+    while page.get_attribute(f"#{row}", "data-status") == "running" and len(seen) < 40:
+        text = left.text_content(timeout=100) if left.count() else None
+        if text:
+            seen.append(text)
+        page.wait_for_timeout(250)
+    wait_status(page, row, "done")
+    assert seen, "no estimate was ever shown"
+    # A 12-second report is never said to take minutes more.
+    assert all(TIME_LEFT.match(t) and "h left" not in t for t in seen), seen
+    assert not [t for t in seen if re.match(r"about ([2-9]|\d\d+) min", t)], seen
+    assert page.locator(f"{ROWS}#{row} .taskstate-time-left").count() == 0  # done: none
