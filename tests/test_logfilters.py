@@ -42,8 +42,9 @@ def test_a_safeatoms_mapping_keeps_its_type_and_its_lookups():
     assert type(record.args) is SafeAtomsLike
     line = record.getMessage()
     assert TOKEN not in line and "ref123" not in line
-    assert line.endswith('"http://x/taskstate/events/?link=next&es-meta=[redacted]'
-                         '&ts-stream=[redacted]" "-"')
+    assert line.endswith(
+        '"http://x/taskstate/events/?link=next&es-meta=[redacted]&ts-stream=[redacted]" "-"'
+    )
 
 
 @pytest.mark.parametrize(
