@@ -89,8 +89,7 @@ def make_encodable(kwargs: dict[str, Any], message_id: str) -> None:
         return
     try:
         kwargs["for_state"] = {
-            text_of(key): _encodable(text_of(key), item, message_id)
-            for key, item in value.items()
+            text_of(key): _encodable(text_of(key), item, message_id) for key, item in value.items()
         }
     except Exception:
         logger.warning(

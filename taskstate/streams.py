@@ -33,11 +33,11 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import (
     BACKEND_SESSION_KEY,
@@ -161,9 +161,7 @@ def _marked_by_proxy(request: HttpRequest, user_id: str, reference: str | None) 
     forwarding its request (observed with Pushpin 1.36; docs/pushpin.md)."""
     last = getattr(getattr(request, "grip", None), "last", None)
     mark = last.get(refresh_channel()) if isinstance(last, dict) else None
-    return isinstance(mark, str) and constant_time_compare(
-        mark, _refresh_mark(user_id, reference)
-    )
+    return isinstance(mark, str) and constant_time_compare(mark, _refresh_mark(user_id, reference))
 
 
 def add_session_reference(request: HttpRequest) -> None:
@@ -389,6 +387,7 @@ class Registry:
         self._lock = threading.Lock()
         self._streams: set[LocalStream] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._checker: ThreadPoolExecutor | None = None
 
     def admit(self, user_pk: Any, session_key: str | None) -> LocalStream | None:
         """Register a new stream of ``user_pk``; None when the user is at the cap."""
@@ -417,6 +416,27 @@ class Registry:
                 return
             self._watcher = loop.create_task(self._watch(), name="taskstate-stream-check")
 
+    def _check_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._checker is None:
+                self._checker = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="taskstate-stream-check"
+                )
+            return self._checker
+
+    def check(self, pairs: set[tuple[Any, str | None]]) -> Future[set[tuple[Any, str | None]]]:
+        """Run :func:`_ended_sessions` in the check's own thread, which keeps its
+        database connection from one check to the next."""
+        return self._check_executor().submit(_checked, pairs)
+
+    def stop_checks(self) -> None:
+        """Close the check thread's database connections and end the thread."""
+        with self._lock:
+            executor, self._checker = self._checker, None
+        if executor is not None:
+            executor.submit(_close_connections).result()
+            executor.shutdown()
+
     async def _watch(self) -> None:
         failing = False
         while True:
@@ -425,8 +445,8 @@ class Registry:
             if not streams:
                 continue
             try:
-                ended = await sync_to_async(_ended_sessions, thread_sensitive=False)(
-                    {(s.user_pk, s.session_key) for s in streams}
+                ended = await asyncio.wrap_future(
+                    self.check({(s.user_pk, s.session_key) for s in streams})
                 )
             except Exception:
                 if not failing:
@@ -451,30 +471,45 @@ def _ended_sessions(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | 
     Two queries for any number of streams with database-backed sessions: the sessions,
     then their users (by the user model's default manager).
     """
+    sessions = _load_sessions({key for _, key in pairs if key})
+    logins = {key: _session_login(data) for key, data in sessions.items()}
+    wanted = {pk for pk, _ in pairs} | {uid for uid, _ in logins.values() if uid is not None}
+    users = {u.pk: u for u in get_user_model()._default_manager.filter(pk__in=wanted)}
+    ended = set()
+    for user_pk, session_key in pairs:
+        if session_key is None:
+            user = users.get(user_pk)
+            valid = user is not None and bool(getattr(user, "is_active", True))
+        else:
+            data = sessions.get(session_key)
+            user_id, _ = logins.get(session_key, (None, None))
+            valid = (
+                data is not None and user_id == user_pk and _session_holds(data, users.get(user_id))
+            )
+        if not valid:
+            ended.add((user_pk, session_key))
+    return ended
+
+
+def _checked(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
+    """:func:`_ended_sessions` through this thread's kept connection; when that fails
+    (the server restarted, or closed the idle connection), once more through a new one.
+    A connection that failed is closed, never kept."""
     try:
-        sessions = _load_sessions({key for _, key in pairs if key})
-        logins = {key: _session_login(data) for key, data in sessions.items()}
-        wanted = {pk for pk, _ in pairs} | {uid for uid, _ in logins.values() if uid is not None}
-        users = {u.pk: u for u in get_user_model()._default_manager.filter(pk__in=wanted)}
-        ended = set()
-        for user_pk, session_key in pairs:
-            if session_key is None:
-                user = users.get(user_pk)
-                valid = user is not None and bool(getattr(user, "is_active", True))
-            else:
-                data = sessions.get(session_key)
-                user_id, _ = logins.get(session_key, (None, None))
-                valid = (
-                    data is not None
-                    and user_id == user_pk
-                    and _session_holds(data, users.get(user_id))
-                )
-            if not valid:
-                ended.add((user_pk, session_key))
-        return ended
-    finally:
-        for connection in connections.all(initialized_only=True):
-            if not connection.in_atomic_block:
+        return _ended_sessions(pairs)
+    except Exception:
+        _close_connections()
+    try:
+        return _ended_sessions(pairs)
+    except Exception:
+        _close_connections()
+        raise
+
+
+def _close_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            with contextlib.suppress(Exception):
                 connection.close()
 
 

@@ -305,3 +305,38 @@ def test_the_session_check_finds_each_ended_session_in_two_queries(
     ended = {logged_out, password, inactive, expired, borrowed}
     with django_assert_max_num_queries(2):
         assert _ended_sessions(live | ended) == ended
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_session_check_keeps_its_database_connection_between_runs(django_user_model):
+    """Each check (every STREAM_CHECK_INTERVAL, per web process with an open stream)
+    closed its connection and the next one opened a new one. Now one connection, in the
+    check's own thread, kept until it fails; a failed one is replaced at once."""
+    import threading
+
+    from django.db import connections
+    from django.db.backends.signals import connection_created
+
+    from taskstate.streams import Registry
+
+    alice = django_user_model.objects.create_user("alice2", password="pw")
+    live = (alice.pk, session_of(alice))
+    opened: list[str] = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(threading.current_thread().name)
+
+    registry = Registry()
+    connection_created.connect(count)
+    try:
+        for _ in range(3):
+            assert registry.check({live}).result(timeout=30) == set()
+        assert len(opened) == 1 and opened[0].startswith("taskstate-stream-check")
+        # The kept connection dies (server restart, idle timeout): the next check still
+        # answers, through a new connection.
+        registry._check_executor().submit(lambda: connections["default"].connection.close())
+        assert registry.check({live}).result(timeout=30) == set()
+        assert len(opened) == 2
+    finally:
+        connection_created.disconnect(count)
+        registry.stop_checks()
