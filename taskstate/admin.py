@@ -149,7 +149,17 @@ class TaskAdmin(_TaskAdminBase):
 
     @admin.action(description=_("Delete selected completed tasks"), permissions=("delete",))
     def delete_completed(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        count, _ = queryset.completed().delete()  # type: ignore[attr-defined]
+        completed = queryset.completed()  # type: ignore[attr-defined]
+        owners: dict[Any, list[int]] = defaultdict(list)
+        for pk, user_pk in completed.order_by("pk").values_list("pk", "user_id"):
+            owners[user_pk].append(pk)
+        count, _ = Task.objects.filter(
+            pk__in=[pk for pks in owners.values() for pk in pks]
+        ).delete()
+        # Like the dismiss button: every open page of each owner drops those rows.
+        for user_pk, pks in owners.items():
+            if user_pk is not None:
+                transaction.on_commit(functools.partial(publish_removed, user_pk, pks), robust=True)
         self.message_user(
             request,
             ngettext("%d completed task deleted.", "%d completed tasks deleted.", count) % count,

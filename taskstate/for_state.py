@@ -73,11 +73,7 @@ def make_encodable(kwargs: dict[str, Any], message_id: str) -> None:
     value = kwargs.get("for_state")
     if value is None:
         return
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        pass
-    else:
+    if _json_encodable(value):
         if not isinstance(value, dict):
             logger.warning(
                 "taskstate: for_state of message %s is a %s, not a dict; not tracking it.",
@@ -94,17 +90,32 @@ def make_encodable(kwargs: dict[str, Any], message_id: str) -> None:
         )
         kwargs["for_state"] = None
         return
-    kwargs["for_state"] = {
-        text_of(key): _encodable(text_of(key), item, message_id) for key, item in value.items()
-    }
+    try:
+        kwargs["for_state"] = {
+            text_of(key): _encodable(text_of(key), item, message_id) for key, item in value.items()
+        }
+    except Exception:
+        logger.warning(
+            "taskstate: for_state of message %s cannot be read; sending None instead.",
+            message_id,
+            exc_info=True,
+        )
+        kwargs["for_state"] = None
+
+
+def _json_encodable(value: Any) -> bool:
+    """Whether the broker's JSON encoder can encode ``value``. Any exception counts as
+    no: besides TypeError and ValueError, RecursionError (nested too deep), or whatever
+    a hostile ``__iter__`` or ``__str__`` raises."""
+    try:
+        json.dumps(value)
+    except Exception:
+        return False
+    return True
 
 
 def _encodable(key: str, value: Any, message_id: str) -> Any:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        pass
-    else:
+    if _json_encodable(value):
         return value
     if isinstance(value, models.Model):
         logger.warning(

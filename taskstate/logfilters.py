@@ -1,8 +1,9 @@
 """Keep GRIP refresh tokens out of access logs.
 
 The proxy's refresh link carries django-eventstream's ``es-meta`` token and taskstate's
-``ts-stream`` session reference in its query string. Neither opens anything without the
-proxy's signature, but neither belongs in a log either. :class:`RedactStreamTokens`
+``ts-stream`` session reference in its query string. Neither opens anything without
+the proxy's signature and its ``Grip-Last`` mark, and a logged reference has already
+been used, but neither belongs in a log either. :class:`RedactStreamTokens`
 replaces their values; ``TaskstateConfig.ready`` adds it to the access loggers of the
 servers that run Django in-process (uvicorn, gunicorn, daphne, hypercorn). Logs written
 outside this process (Pushpin's, a reverse proxy's) are the operator's to configure
@@ -16,12 +17,24 @@ import re
 
 #: Loggers whose records carry request paths with query strings.
 ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access", "daphne.access", "hypercorn.access")
-_TOKEN = re.compile(r"((?:^|[?&;])(?:es-meta|ts-stream)=)[^&;\s\"']*")
+_NAMES = ("es-meta", "ts-stream")
+
+
+def _spelled_any_way(name: str) -> str:
+    """A pattern for ``name`` in any case, any of its characters possibly %-encoded."""
+    return "".join(f"(?:{re.escape(c)}|%{ord(c):02x})" for c in name)
+
+
+_TOKEN = re.compile(
+    r"((?:^|[?&;])(?:" + "|".join(_spelled_any_way(n) for n in _NAMES) + r")=)[^&;\s\"']*",
+    re.IGNORECASE,
+)
 REDACTED = "[redacted]"
 
 
 def redact(text: str) -> str:
-    """``text`` with the values of ``es-meta`` and ``ts-stream`` parameters redacted."""
+    """``text`` with the values of ``es-meta`` and ``ts-stream`` parameters redacted,
+    however their names are spelled (any case, %-encoded characters)."""
     return _TOKEN.sub(rf"\g<1>{REDACTED}", text)
 
 
@@ -32,9 +45,14 @@ class RedactStreamTokens(logging.Filter):
         if isinstance(record.args, tuple):
             record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
         elif isinstance(record.args, dict):
-            record.args = {
-                k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()
-            }
+            # In place: gunicorn's (and hypercorn's) mapping is a dict subclass whose
+            # lookups the format relies on ("-" for an absent header, any case).
+            args = record.args
+            for key, value in list(dict.items(args)):
+                if isinstance(value, str):
+                    redacted = redact(value)
+                    if redacted != value:
+                        args[key] = redacted
         return True
 
 

@@ -2,18 +2,24 @@
 
 Three rules, applied by ``taskstate.views.events``:
 
-1. **GRIP parameters need the proxy's signature.** ``es-meta`` (django-eventstream's
-   token naming a user and channels) and ``recover`` are for the proxy's refresh of a
-   held stream. Without a verified ``Grip-Sig`` they are refused with 400; with one, a
-   malformed token is a 400 too, never a 500.
+1. **GRIP parameters are for the proxy's own refresh of a held stream.** ``es-meta``
+   (django-eventstream's token naming a user and channels) and ``recover`` are
+   refused with 400 without a verified ``Grip-Sig``. That is not enough: Pushpin
+   signs every request it forwards, a client's too. So each hold also subscribes to
+   a channel of taskstate's own with a ``prev-id`` that is an HMAC of the stream's
+   user and session reference; Pushpin sends it back as ``Grip-Last`` on its refresh,
+   and strips ``Grip-Last`` from what clients send. A refresh without that mark is a
+   client's request (a leaked link) and gets 400. A malformed token is a 400 too,
+   never a 500.
 2. **A stream lives only as long as its session.** A stream served by this process is
    registered with the session it was opened with; every ``STREAM_CHECK_INTERVAL``
    seconds one task per process re-reads those sessions and closes, with a
    ``stream-error`` event, every stream whose session is gone (logout), expired, no
    longer matches the user's password (``update_session_auth_hash`` not called) or whose
    user is inactive. Under GRIP the proxy holds the stream, so the check happens on each
-   refresh: the next link carries a reference to the session (never the session key)
-   and a refresh whose session fails is refused with 403.
+   refresh: the next link carries a reference to the session (never the session key),
+   used once (each accepted refresh replaces it), and a refresh whose session fails is
+   refused with 403.
 3. **At most ``STREAMS_PER_USER`` open streams per user and process**; one more is
    answered 429 and the open ones are left alone. Other users are never affected.
 """
@@ -27,11 +33,11 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import (
     BACKEND_SESSION_KEY,
@@ -60,6 +66,7 @@ SESSION_REF_PARAM = "ts-stream"
 #: Key, in the reference record, of the session the stream was opened with.
 _REF_KEY = "_taskstate_stream_session"
 _SESSION_CHANNEL_SALT = "taskstate.streams.grip_session_channel"
+_REFRESH_MARK_SALT = "taskstate.streams.refresh_mark"
 #: Query parameters only the GRIP proxy may send.
 _GRIP_ONLY = ("es-meta", "recover")
 
@@ -106,6 +113,12 @@ def check_refresh(request: HttpRequest) -> HttpResponse | None:
         or channels != [user_channel(user_id)]
     ):
         return HttpResponseBadRequest("Invalid es-meta.\n", content_type="text/plain")
+    reference = request.GET.get(SESSION_REF_PARAM)
+    if not _marked_by_proxy(request, user_id, reference):
+        return HttpResponseBadRequest(
+            "es-meta is accepted only on the GRIP proxy's own refresh of a held stream.\n",
+            content_type="text/plain",
+        )
     if _cookie_sessions():
         # No server-side session to refer to: the user must still exist and be active.
         user = get_user_model()._default_manager.filter(pk=user_id).first()
@@ -113,12 +126,42 @@ def check_refresh(request: HttpRequest) -> HttpResponse | None:
             return HttpResponseForbidden("The user of this stream is inactive.\n")
         request._taskstate_stream = (None, user.pk)  # type: ignore[attr-defined]
         return None
-    session_key = _referenced_session_key(request.GET.get(SESSION_REF_PARAM))
+    session_key = _referenced_session_key(reference)
     user = session_user(session_key) if session_key else None
-    if user is None or str(user.pk) != user_id:
+    if (
+        user is None
+        or str(user.pk) != user_id
+        or session_key is None
+        or reference is None
+        or not _consume_reference(reference)
+    ):
         return HttpResponseForbidden("The session of this stream has ended.\n")
+    _refer_to(request, _session_store()(session_key))
     request._taskstate_stream = (session_key, user.pk)  # type: ignore[attr-defined]
     return None
+
+
+def refresh_channel() -> str:
+    """The GRIP channel whose prev-id marks a hold's refresh as the proxy's own.
+
+    Nothing is ever published on it, so the proxy keeps sending back the prev-id it was
+    given, as ``Grip-Last``, on every refresh of that hold."""
+    return f"taskstate-refresh-{site_namespace()}"
+
+
+def _refresh_mark(user_id: str, reference: str | None) -> str:
+    return salted_hmac(_REFRESH_MARK_SALT, f"{user_id}:{reference or ''}").hexdigest()
+
+
+def _marked_by_proxy(request: HttpRequest, user_id: str, reference: str | None) -> bool:
+    """Whether the request carries, in ``Grip-Last``, the mark of the hold it refreshes.
+
+    Pushpin sets ``Grip-Last`` only on its own refreshes of a hold, from the prev-ids
+    the hold's channels were given, and removes a client's ``Grip-Last`` before
+    forwarding its request (observed with Pushpin 1.36; docs/pushpin.md)."""
+    last = getattr(getattr(request, "grip", None), "last", None)
+    mark = last.get(refresh_channel()) if isinstance(last, dict) else None
+    return isinstance(mark, str) and constant_time_compare(mark, _refresh_mark(user_id, reference))
 
 
 def add_session_reference(request: HttpRequest) -> None:
@@ -133,6 +176,12 @@ def add_session_reference(request: HttpRequest) -> None:
     session = getattr(request, "session", None)
     if session is None or session.session_key is None or _cookie_sessions():
         return
+    _refer_to(request, session)
+
+
+def _refer_to(request: HttpRequest, session: Any) -> None:
+    """Store a new reference to ``session``, expiring with it, and put it into the
+    request's query string."""
     store = _session_store()()
     store[_REF_KEY] = session.session_key
     store.set_expiry(session.get_expiry_date())
@@ -140,6 +189,23 @@ def add_session_reference(request: HttpRequest) -> None:
     params = request.GET.copy()
     params[SESSION_REF_PARAM] = store.session_key
     request.GET = params  # type: ignore[assignment]
+
+
+def _consume_reference(reference: str) -> bool:
+    """Delete the reference record; whether this call deleted it (one refresh per link).
+
+    Atomic for database-backed session engines; for the others a load then a delete."""
+    store_class = _session_store()
+    if hasattr(store_class, "get_model_class"):
+        deleted, _ = (
+            store_class.get_model_class()._default_manager.filter(session_key=reference).delete()
+        )
+        return bool(deleted)
+    store = store_class(reference)
+    if _REF_KEY not in store.load():
+        return False
+    store.delete(reference)
+    return True
 
 
 def _referenced_session_key(reference: str | None) -> str | None:
@@ -152,7 +218,8 @@ def _referenced_session_key(reference: str | None) -> str | None:
 def add_close_channels(request: HttpRequest) -> None:
     """Subscribe the stream Pushpin is about to hold to two more GRIP channels, on which
     taskstate publishes a close: one for its session (logout), one for its user
-    (deactivation). A password change is caught at the next refresh."""
+    (deactivation). A password change is caught at the next refresh. And to
+    :func:`refresh_channel`, with the mark its refresh must carry back."""
     instruct = getattr(getattr(request, "grip", None), "instruct", None)
     if instruct is None:
         return
@@ -168,6 +235,8 @@ def add_close_channels(request: HttpRequest) -> None:
     if session_key:
         instruct.add_channel(Channel(grip_session_channel(session_key)))
     instruct.add_channel(Channel(grip_user_channel(user_pk)))
+    mark = _refresh_mark(str(user_pk), request.GET.get(SESSION_REF_PARAM))
+    instruct.add_channel(Channel(refresh_channel(), prev_id=mark))
 
 
 def grip_session_channel(session_key: str) -> str:
@@ -318,6 +387,7 @@ class Registry:
         self._lock = threading.Lock()
         self._streams: set[LocalStream] = set()
         self._watcher: asyncio.Task[None] | None = None
+        self._checker: ThreadPoolExecutor | None = None
 
     def admit(self, user_pk: Any, session_key: str | None) -> LocalStream | None:
         """Register a new stream of ``user_pk``; None when the user is at the cap."""
@@ -346,6 +416,27 @@ class Registry:
                 return
             self._watcher = loop.create_task(self._watch(), name="taskstate-stream-check")
 
+    def _check_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._checker is None:
+                self._checker = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="taskstate-stream-check"
+                )
+            return self._checker
+
+    def check(self, pairs: set[tuple[Any, str | None]]) -> Future[set[tuple[Any, str | None]]]:
+        """Run :func:`_ended_sessions` in the check's own thread, which keeps its
+        database connection from one check to the next."""
+        return self._check_executor().submit(_checked, pairs)
+
+    def stop_checks(self) -> None:
+        """Close the check thread's database connections and end the thread."""
+        with self._lock:
+            executor, self._checker = self._checker, None
+        if executor is not None:
+            executor.submit(_close_connections).result()
+            executor.shutdown()
+
     async def _watch(self) -> None:
         failing = False
         while True:
@@ -354,8 +445,8 @@ class Registry:
             if not streams:
                 continue
             try:
-                ended = await sync_to_async(_ended_sessions, thread_sensitive=False)(
-                    {(s.user_pk, s.session_key) for s in streams}
+                ended = await asyncio.wrap_future(
+                    self.check({(s.user_pk, s.session_key) for s in streams})
                 )
             except Exception:
                 if not failing:
@@ -380,30 +471,45 @@ def _ended_sessions(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | 
     Two queries for any number of streams with database-backed sessions: the sessions,
     then their users (by the user model's default manager).
     """
+    sessions = _load_sessions({key for _, key in pairs if key})
+    logins = {key: _session_login(data) for key, data in sessions.items()}
+    wanted = {pk for pk, _ in pairs} | {uid for uid, _ in logins.values() if uid is not None}
+    users = {u.pk: u for u in get_user_model()._default_manager.filter(pk__in=wanted)}
+    ended = set()
+    for user_pk, session_key in pairs:
+        if session_key is None:
+            user = users.get(user_pk)
+            valid = user is not None and bool(getattr(user, "is_active", True))
+        else:
+            data = sessions.get(session_key)
+            user_id, _ = logins.get(session_key, (None, None))
+            valid = (
+                data is not None and user_id == user_pk and _session_holds(data, users.get(user_id))
+            )
+        if not valid:
+            ended.add((user_pk, session_key))
+    return ended
+
+
+def _checked(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
+    """:func:`_ended_sessions` through this thread's kept connection; when that fails
+    (the server restarted, or closed the idle connection), once more through a new one.
+    A connection that failed is closed, never kept."""
     try:
-        sessions = _load_sessions({key for _, key in pairs if key})
-        logins = {key: _session_login(data) for key, data in sessions.items()}
-        wanted = {pk for pk, _ in pairs} | {uid for uid, _ in logins.values() if uid is not None}
-        users = {u.pk: u for u in get_user_model()._default_manager.filter(pk__in=wanted)}
-        ended = set()
-        for user_pk, session_key in pairs:
-            if session_key is None:
-                user = users.get(user_pk)
-                valid = user is not None and bool(getattr(user, "is_active", True))
-            else:
-                data = sessions.get(session_key)
-                user_id, _ = logins.get(session_key, (None, None))
-                valid = (
-                    data is not None
-                    and user_id == user_pk
-                    and _session_holds(data, users.get(user_id))
-                )
-            if not valid:
-                ended.add((user_pk, session_key))
-        return ended
-    finally:
-        for connection in connections.all(initialized_only=True):
-            if not connection.in_atomic_block:
+        return _ended_sessions(pairs)
+    except Exception:
+        _close_connections()
+    try:
+        return _ended_sessions(pairs)
+    except Exception:
+        _close_connections()
+        raise
+
+
+def _close_connections() -> None:
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            with contextlib.suppress(Exception):
                 connection.close()
 
 

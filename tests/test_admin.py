@@ -260,6 +260,36 @@ def test_mark_seen_action_removes_the_rows_from_their_owners_pages(
     ]
 
 
+def test_delete_completed_action_removes_the_rows_from_their_owners_pages(
+    admin_client, user, other_user, capture_events, django_capture_on_commit_callbacks
+):
+    """The rows were deleted but stayed on their owners' open pages."""
+    from taskstate.channels import user_channel
+
+    mine = make_task(user=user, status=Status.DONE)
+    seen = make_task(user=user, status=Status.DONE, seen=True)
+    theirs = make_task(user=other_user, status=Status.FAILED)
+    running = make_task(user=user, status=Status.RUNNING)
+    alice = capture_events(user_channel(user.pk))
+    bob = capture_events(user_channel(other_user.pk))
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(
+            reverse(CHANGELIST),
+            {
+                "action": "delete_completed",
+                "_selected_action": [t.pk for t in (mine, seen, theirs, running)],
+            },
+        )
+    assert set(Task.objects.values_list("pk", flat=True)) == {running.pk}
+    assert [d for _, _, d in alice.events()] == [
+        f'<hx-partial hx-target="#taskstate-task-{mine.pk}" hx-swap="delete"></hx-partial>'
+        f'<hx-partial hx-target="#taskstate-task-{seen.pk}" hx-swap="delete"></hx-partial>'
+    ]
+    assert [d for _, _, d in bob.events()] == [
+        f'<hx-partial hx-target="#taskstate-task-{theirs.pk}" hx-swap="delete"></hx-partial>'
+    ]
+
+
 # --- owner control from the admin -------------------------------------------------------
 
 

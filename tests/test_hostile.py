@@ -210,3 +210,31 @@ def test_a_signed_looking_refresh_without_a_grip_signature_is_still_refused(user
     # the request; from anyone else it is a bad request (tests/test_stream_security.py).
     response = Client().get(reverse("taskstate:events"), {"es-meta": token, "link": "next"})
     assert response.status_code == 400
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("key", ["description", "x", "user_pk"])
+def test_a_for_state_value_nested_too_deep_for_json_does_not_fail_send(
+    broker, user, key, caplog, django_capture_on_commit_callbacks
+):
+    """json.dumps raised RecursionError, which make_encodable did not catch, and then
+    the broker's encoder raised it out of send()."""
+    from tests.testapp import tasks as actors
+
+    for_state = {"user_pk": user.pk, "description": "deep", key: _nested(5000)}
+    with django_capture_on_commit_callbacks(execute=True):
+        message = actors.noop.send(for_state=for_state)
+    task = Task.objects.get(message_id=message.message_id)
+    assert "not JSON-serialisable" in caplog.text
+    if key == "user_pk":
+        assert task.user_id is None
+    else:
+        assert task.user_id == user.pk
+    if key == "description":
+        assert task.description == "<unprintable list>"

@@ -9,6 +9,7 @@ still be valid. Hostile query strings get a 400, never a 500.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -18,6 +19,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from taskstate.channels import user_channel
+from tests.support.pushpin import grip_last
 
 pytestmark = pytest.mark.django_db
 
@@ -107,17 +109,42 @@ def test_someone_elses_leaked_link_opens_nothing_for_a_logged_in_user(grip, user
     assert not getattr(response, "streaming", False)
 
 
-def open_through_grip(user) -> str:
-    """Open a stream as Pushpin does (cookies and signature); the next link it gets."""
-    response = logged_in(user).get(EVENTS, HTTP_GRIP_SIG=grip_sig())
-    assert response.status_code == 200 and response["Grip-Hold"] == "stream"
-    link = response["Grip-Link"].split(">")[0].lstrip("<")
-    assert "es-meta=" in link
-    return link
+@dataclass
+class Hold:
+    """A GRIP hold as Pushpin keeps it: its next link and the Grip-Last it refreshes
+    with (tests.support.pushpin.grip_last)."""
+
+    link: str
+    last: str
+
+    @classmethod
+    def of(cls, response) -> Hold:
+        assert response.status_code == 200 and response["Grip-Hold"] == "stream"
+        link = response["Grip-Link"].split(">")[0].lstrip("<")
+        assert "es-meta=" in link
+        return cls(link, grip_last(response["Grip-Channel"]))
+
+    def with_link(self, link: str) -> Hold:
+        return Hold(link, self.last)
 
 
-def refresh(link: str):
-    return Client(raise_request_exception=False).get(link, HTTP_GRIP_SIG=grip_sig())
+def open_through_grip(user) -> Hold:
+    """Open a stream as Pushpin does (cookies and signature); the hold it gets."""
+    return Hold.of(logged_in(user).get(EVENTS, HTTP_GRIP_SIG=grip_sig()))
+
+
+def refresh(hold: Hold):
+    """Pushpin's refresh of ``hold``: signed, its Grip-Last, no cookies."""
+    return Client(raise_request_exception=False).get(
+        hold.link, HTTP_GRIP_SIG=grip_sig(), HTTP_GRIP_LAST=hold.last
+    )
+
+
+def forwarded(link: str, user=None):
+    """A client's request for ``link`` as Pushpin forwards it: signed (Pushpin signs
+    every request), no Grip-Last (Pushpin strips a client's)."""
+    client = logged_in(user) if user else Client(raise_request_exception=False)
+    return client.get(link, HTTP_GRIP_SIG=grip_sig())
 
 
 def test_the_next_link_names_no_session_key(grip, user):
@@ -133,49 +160,83 @@ def test_signed_refresh_of_a_live_session_is_held(grip, user):
     assert f"events-{user_channel(user.pk)}" in response["Grip-Channel"]
 
 
+def test_a_next_link_forwarded_by_pushpin_for_a_client_opens_nothing(grip, user, other_user):
+    """Pushpin signs every request it forwards: a leaked next link asked for through it,
+    anonymously or with another user's session, is not Pushpin's own refresh (it has no
+    Grip-Last: Pushpin sets that only on its refreshes and strips a client's)."""
+    hold = open_through_grip(user)
+    for response in (forwarded(hold.link), forwarded(hold.link, other_user)):
+        assert response.status_code == 400
+        assert "Grip-Hold" not in response and not getattr(response, "streaming", False)
+    # A Grip-Last of another stream does not do either.
+    other = open_through_grip(other_user)
+    assert refresh(Hold(hold.link, other.last)).status_code == 400
+    # The owner's stream is still refreshed.
+    assert refresh(hold).status_code == 200
+
+
+def test_each_refresh_consumes_its_stream_reference(grip, user):
+    """A next link works once: the refresh answers with a new reference, the old one is
+    gone, so a link seen in a log is dead by the time it was logged."""
+    hold = open_through_grip(user)
+    response = refresh(hold)
+    assert response.status_code == 200
+    following = Hold.of(response)
+    old_ref = parse_qs(urlsplit(hold.link).query)["ts-stream"][0]
+    new_ref = parse_qs(urlsplit(following.link).query)["ts-stream"][0]
+    assert new_ref != old_ref
+    assert refresh(hold).status_code == 403
+    again = refresh(following)
+    assert again.status_code == 200
+    assert refresh(Hold.of(again)).status_code == 200
+
+
 def test_signed_refresh_without_the_stream_reference_is_refused(grip, user):
-    link = open_through_grip(user)
-    parts = urlsplit(link)
+    hold = open_through_grip(user)
+    parts = urlsplit(hold.link)
     query = {k: v[0] for k, v in parse_qs(parts.query).items() if k == "es-meta" or k == "link"}
-    response = refresh(f"{parts.path}?link=next&recover=true&es-meta={query['es-meta']}")
-    assert response.status_code == 403
+    response = refresh(
+        hold.with_link(f"{parts.path}?link=next&recover=true&es-meta={query['es-meta']}")
+    )
+    assert response.status_code == 400
+    assert "Grip-Hold" not in response
 
 
 def test_signed_refresh_after_deactivation_is_refused(grip, user):
     """Issue 10, case 2 under Pushpin: a refresh returned 200 with a fresh token."""
-    link = open_through_grip(user)
+    hold = open_through_grip(user)
     get_user_model().objects.filter(pk=user.pk).update(is_active=False)
-    response = refresh(link)
+    response = refresh(hold)
     assert response.status_code == 403
     assert "Grip-Hold" not in response
 
 
 def test_signed_refresh_after_logout_is_refused(grip, user):
     client = logged_in(user)
-    opened = client.get(EVENTS, HTTP_GRIP_SIG=grip_sig())
-    link = opened["Grip-Link"].split(">")[0].lstrip("<")
+    hold = Hold.of(client.get(EVENTS, HTTP_GRIP_SIG=grip_sig()))
     client.post("/logout/")
     client.logout()
-    assert refresh(link).status_code == 403
+    assert refresh(hold).status_code == 403
 
 
 def test_signed_refresh_after_a_password_change_is_refused(grip, user):
-    link = open_through_grip(user)
+    hold = open_through_grip(user)
     user.set_password("new password")
     user.save()
-    assert refresh(link).status_code == 403
+    assert refresh(hold).status_code == 403
 
 
 def test_signed_refresh_for_a_token_of_another_users_stream_reference_is_refused(
     grip, user, other_user
 ):
-    """The stream reference of Alice's stream with a token naming Bob: refused."""
-    link = open_through_grip(user)
-    parts = urlsplit(link)
+    """The stream reference of Alice's stream with a token naming Bob: refused (its
+    Grip-Last is Alice's stream's)."""
+    hold = open_through_grip(user)
+    parts = urlsplit(hold.link)
     params = {k: v[0] for k, v in parse_qs(parts.query).items()}
     params["es-meta"] = es_meta(other_user)
     query = "&".join(f"{k}={v}" for k, v in params.items())
-    assert refresh(f"{parts.path}?{query}").status_code == 403
+    assert refresh(hold.with_link(f"{parts.path}?{query}")).status_code == 400
 
 
 def test_access_log_lines_of_a_refresh_carry_no_token():
@@ -206,11 +267,12 @@ def cookie_sessions(settings):
 
 
 def test_with_cookie_sessions_a_refresh_checks_that_the_user_is_active(grip, cookie_sessions, user):
-    link = open_through_grip(user)
-    assert "ts-stream=" not in link
-    assert refresh(link).status_code == 200
+    hold = open_through_grip(user)
+    assert "ts-stream=" not in hold.link
+    response = refresh(hold)
+    assert response.status_code == 200
     get_user_model().objects.filter(pk=user.pk).update(is_active=False)
-    assert refresh(link).status_code == 403
+    assert refresh(Hold.of(response)).status_code == 403
 
 
 def session_of(user) -> str:
@@ -243,3 +305,38 @@ def test_the_session_check_finds_each_ended_session_in_two_queries(
     ended = {logged_out, password, inactive, expired, borrowed}
     with django_assert_max_num_queries(2):
         assert _ended_sessions(live | ended) == ended
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_session_check_keeps_its_database_connection_between_runs(django_user_model):
+    """Each check (every STREAM_CHECK_INTERVAL, per web process with an open stream)
+    closed its connection and the next one opened a new one. Now one connection, in the
+    check's own thread, kept until it fails; a failed one is replaced at once."""
+    import threading
+
+    from django.db import connections
+    from django.db.backends.signals import connection_created
+
+    from taskstate.streams import Registry
+
+    alice = django_user_model.objects.create_user("alice2", password="pw")
+    live = (alice.pk, session_of(alice))
+    opened: list[str] = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(threading.current_thread().name)
+
+    registry = Registry()
+    connection_created.connect(count)
+    try:
+        for _ in range(3):
+            assert registry.check({live}).result(timeout=30) == set()
+        assert len(opened) == 1 and opened[0].startswith("taskstate-stream-check")
+        # The kept connection dies (server restart, idle timeout): the next check still
+        # answers, through a new connection.
+        registry._check_executor().submit(lambda: connections["default"].connection.close())
+        assert registry.check({live}).result(timeout=30) == set()
+        assert len(opened) == 2
+    finally:
+        connection_created.disconnect(count)
+        registry.stop_checks()

@@ -39,7 +39,7 @@ from taskstate import publish
 from taskstate.channels import user_channel
 from taskstate.models import Task
 from tests.support.processes import Process, free_port, start_uvicorn, start_worker
-from tests.support.pushpin import SIG_ISS, PushpinProcess, start_pushpin
+from tests.support.pushpin import SIG_ISS, PushpinProcess, grip_last, start_pushpin
 from tests.support.sse import Frame, assert_each_hears_only_their_own, session_cookie
 from tests.testapp import tasks as actors
 
@@ -54,6 +54,21 @@ pytestmark = pytest.mark.skipif(
 CHROMIUM = "/usr/bin/chromium"
 EVENTS = "/taskstate/events/"
 T = TypeVar("T")
+
+
+@dataclass
+class Hold:
+    """What Pushpin keeps of a GRIP hold to refresh it: the next link, and the Grip-Last
+    header it sends with it (the hold's channels that carry a prev-id)."""
+
+    link: str
+    last: str
+
+    @classmethod
+    def of(cls, response: http.client.HTTPResponse) -> Hold:
+        match = re.match(r"<([^>]+)>; rel=next", response.getheader("Grip-Link", ""))
+        assert match and "es-meta=" in match.group(1)
+        return cls(match.group(1), grip_last(response.getheader("Grip-Channel", "")))
 
 
 class NextLinkRefused(AssertionError):
@@ -113,17 +128,31 @@ class Stack:
         for server in self.web:
             server.stop()
 
-    def refresh(self, user) -> tuple[http.client.HTTPResponse, str]:
-        """Replay, straight to uvicorn, what Pushpin does to refresh a held stream of
-        ``user``: GET the hold's Grip-Link, signed with Pushpin's key, without cookies.
-        Returns that response and the link."""
-        port = self.web_ports[0]
+    def open_hold(self, user) -> Hold:
+        """Open a stream of ``user`` straight on uvicorn as Pushpin does (the browser's
+        cookies, Pushpin's signature); the hold's next link and its Grip-Last."""
         cookie = "; ".join(f"{k}={v}" for k, v in session_cookie(user).items())
-        opened = _get(port, EVENTS, {"Grip-Sig": self.grip_sig(), "Cookie": cookie})
+        opened = _get(self.web_ports[0], EVENTS, {"Grip-Sig": self.grip_sig(), "Cookie": cookie})
         assert opened.status == 200 and opened.getheader("Grip-Hold") == "stream"
-        match = re.match(r"<([^>]+)>; rel=next", opened.getheader("Grip-Link", ""))
-        assert match and "es-meta=" in match.group(1)
-        return _get(port, match.group(1), {"Grip-Sig": self.grip_sig()}), match.group(1)
+        return Hold.of(opened)
+
+    def follow(self, hold: Hold) -> tuple[http.client.HTTPResponse, Hold | None]:
+        """Replay, straight to uvicorn, what Pushpin does to refresh a held stream: GET
+        the hold's next link, signed with Pushpin's key, with the Grip-Last of the hold's
+        channels, without cookies. The response and, if it is a hold, its next link."""
+        headers = {"Grip-Sig": self.grip_sig()}
+        if hold.last:
+            headers["Grip-Last"] = hold.last
+        response = _get(self.web_ports[0], hold.link, headers)
+        held = response.status == 200 and response.getheader("Grip-Hold") == "stream"
+        return response, Hold.of(response) if held else None
+
+    def refresh(self, user) -> tuple[http.client.HTTPResponse, str]:
+        """Open a hold of ``user`` and refresh it once as Pushpin does; that response
+        and the link it used."""
+        hold = self.open_hold(user)
+        response, _ = self.follow(hold)
+        return response, hold.link
 
     def grip_sig(self) -> str:
         claim = {"iss": SIG_ISS, "exp": int(time.time()) + 300}
@@ -303,10 +332,10 @@ def test_a_next_link_without_pushpins_signature_opens_nothing(stack, user, other
 
 def test_a_refresh_after_the_user_is_deactivated_is_refused(stack, user):
     """Issue 10, case 2 under Pushpin: the refresh answered 200 with a fresh token."""
-    response, link = stack.refresh(user)
-    assert response.status == 200
+    response, hold = stack.follow(stack.open_hold(user))
+    assert response.status == 200 and hold is not None
     type(user).objects.filter(pk=user.pk).update(is_active=False)
-    assert _get(stack.web_ports[0], link, {"Grip-Sig": stack.grip_sig()}).status == 403
+    assert stack.follow(hold)[0].status == 403
 
 
 def test_a_forged_grip_signature_is_not_trusted(stack, user):
@@ -460,3 +489,25 @@ def test_deactivation_closes_the_streams_pushpin_holds_for_that_user(
     assert theirs.wait_ended(10)
     actors.noop.send(for_state={"user_pk": other_user.pk, "description": "bystander"})
     bystander.wait_for(lambda f: "bystander" in f.data and 'data-status="done"' in f.data)
+
+
+def test_a_leaked_next_link_requested_through_pushpin_reads_nothing(
+    stack, streams, user, other_user
+):
+    """Pushpin signs every request it forwards, a client's too: a leaked next link,
+    asked for through Pushpin's public port, must not open the owner's stream. Both a
+    link Pushpin already refreshed through and one it has not used yet."""
+    stack.require_next_link(user)
+    _, used = stack.refresh(user)
+    fresh = stack.open_hold(user).link
+    alice = streams(f"{stack.url}{EVENTS}", user)
+    alice.wait_for(lambda f: f.event == "stream-open")
+    attackers = [
+        streams(f"{stack.url}{used}"),
+        streams(f"{stack.url}{fresh}"),
+        streams(f"{stack.url}{fresh}", other_user),
+    ]
+    assert [a.status for a in attackers] == [400, 400, 400]
+    actors.noop.send(for_state={"user_pk": user.pk, "description": "SECRET of alice"})
+    alice.wait_for(lambda f: "SECRET of alice" in f.data and 'data-status="done"' in f.data)
+    assert not any("SECRET of alice" in f.data for a in attackers for f in a.frames)

@@ -172,3 +172,16 @@ def start_pushpin(
     # The key is then also sent as a bearer token when publishing; Pushpin ignores it.
     grip_url = f"http://127.0.0.1:{publish_port}?key={sig_key}&verify-iss={SIG_ISS}"
     return proc, f"http://127.0.0.1:{http_port}", grip_url
+
+
+def grip_last(grip_channel: str) -> str:
+    """The ``Grip-Last`` header Pushpin sends when it refreshes a hold whose
+    ``Grip-Channel`` header was ``grip_channel``: each channel given a prev-id, with it
+    as last-id (as long as nothing was published there; observed with Pushpin 1.36)."""
+    parts = []
+    for channel in grip_channel.split(","):
+        name, *params = [p.strip() for p in channel.split(";")]
+        for param in params:
+            if param.startswith("prev-id="):
+                parts.append(f"{name}; last-id={param[len('prev-id=') :]}")
+    return ", ".join(parts)
