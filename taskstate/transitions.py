@@ -297,8 +297,14 @@ def request_cancel(pk: int) -> bool:
 
 
 def cancel_requested(message_id: str) -> bool:
-    """Whether the task of ``message_id`` was asked to cancel: one read, never raises."""
+    """Whether the task of ``message_id`` was asked to cancel: one read, never raises.
+
+    While the database is failing (the write before this one failed) nothing is read: a
+    cancel cannot be known then, and a second wait would double the hold-up of the actor.
+    """
     alias = _alias()
+    if _outage.is_down(alias):
+        return False
     try:
         with bounded(connections[alias]):
             return (
@@ -534,6 +540,10 @@ class _OutageLog:
             )
         else:
             logger.debug("taskstate: database %r still failing: %s", alias, exc)
+
+    def is_down(self, alias: str) -> bool:
+        """Whether the last write through ``alias`` failed for want of the database."""
+        return alias in self._down
 
     def recovered(self, alias: str) -> None:
         if alias in self._down:
