@@ -47,8 +47,11 @@ def test_the_demo_has_no_accessibility_violations(browser, demo, scheme):
         done = start(page, "Quick ping")
         failing = start(page, "Flaky import")
         running = start(page, "Build a report")
+        # A failed group: its error summary sits right under the toggle of its steps.
+        pipeline = start(page, "Pipeline with a failing step")
         wait_status(page, done, "done")
         wait_status(page, failing, "retrying")
+        wait_status(page, pipeline, "failed")
         expect(page.locator(f"#{running} [role=progressbar]")).to_have_attribute(
             "aria-valuenow", re.compile(r"^[1-9][0-9]?$"), timeout=40_000
         )
@@ -63,11 +66,15 @@ def test_the_demo_has_no_accessibility_violations(browser, demo, scheme):
         results = Axe().run(page, options=AXE_OPTIONS)
         assert results.violations_count == 0, results.generate_report()
         wait_status(page, failing, "failed")
+        page.click(f"#{pipeline} .taskstate-children-toggle")
+        expect(page.locator(f"#{pipeline} li.taskstate-child")).to_have_count(3)
         page.click(f"#{failing} summary")
         page.keyboard.press("Tab")  # a visible focus ring in the list, checked by axe too
         results = Axe().run(page, options=AXE_OPTIONS)
         assert results.violations_count == 0, results.generate_report()
         screenshot(page, f"axe-{scheme}")
+        # Leave no task running: it would end during the next test, on that test's page.
+        wait_status(page, running, "done")
     finally:
         context.close()
 
