@@ -52,7 +52,9 @@ def test_a_pipeline_with_a_failing_middle_step_fails_naming_it_and_skips_the_res
     # Before it gets there, the last step waits its turn.
     expect(steps.nth(2)).to_have_attribute("data-status", "waiting")
     wait_status(page, row, "failed", timeout=60_000)
-    expect(page.locator(f"#{row} > .taskstate-error")).to_contain_text("Check them failed")
+    # Failed, the row's error line (the summary of its error detail) names the step.
+    error = page.locator(f"#{row} > .taskstate-error-detail > summary")
+    expect(error).to_contain_text("Check them failed")
     expect(steps.nth(0)).to_have_attribute("data-status", "done", timeout=20_000)
     expect(steps.nth(1)).to_have_attribute("data-status", "failed")
     expect(steps.nth(2)).to_have_attribute("data-status", "not-run")
