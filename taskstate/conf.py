@@ -69,6 +69,16 @@ class TaskstateSettings:
     #: PostgreSQL: seconds one tracking write may wait for a row lock (``lock_timeout``,
     #: local to our statement). 0: unbounded.
     DB_LOCK_TIMEOUT: float = 2.0
+    #: How the worker's state changes reach the database. "background": a hook queues the
+    #: change and returns; one thread per process writes them in batches (one statement
+    #: per batch, after at most WRITE_MAX_DELAY). "immediate": each hook writes its change
+    #: itself, one statement each, before the message goes on. The sender's write is
+    #: immediate either way. See docs/reliability.md, "The background writer".
+    WRITE_MODE: str = field(default="background", metadata={"choices": ("background", "immediate")})
+    #: Background writer: most rows written by one statement.
+    WRITE_BATCH_SIZE: int = field(default=200, metadata=_ABOVE_ZERO)
+    #: Background writer: seconds a change may wait for others to share its statement.
+    WRITE_MAX_DELAY: float = 0.01
 
 
 def _defaults() -> dict[str, Any]:
@@ -84,6 +94,10 @@ DEFAULTS: dict[str, Any] = _defaults()
 _ABOVE_ZERO_KEYS = frozenset(
     f.name for f in fields(TaskstateSettings) if f.metadata.get("rule") == "above zero"
 )
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    f.name: f.metadata["choices"] for f in fields(TaskstateSettings) if "choices" in f.metadata
+}
 
 
 def user_settings() -> dict[str, Any]:
@@ -115,6 +129,9 @@ def setting_problem(key: str, value: Any) -> str | None:
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be True or False"
     if isinstance(default, str):
+        choices = _CHOICES.get(key)
+        if choices is not None:
+            return None if value in choices else "must be one of " + ", ".join(map(repr, choices))
         return None if isinstance(value, str) and value else "must be a non-empty string"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "must be a number"

@@ -37,6 +37,7 @@ from taskstate.values import (
     exception_facts,
     json_value,
 )
+from taskstate.writer import background, writer
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -100,7 +101,9 @@ class StateMiddleware(Middleware):
             values["due_at"] = _due(message)
         else:
             status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
-        _on_commit(lambda: _write(origin, status, order, values))
+        # Synchronous, after the sender's commit: a page rendered right after send() shows
+        # the task (docs/reliability.md, "The background writer").
+        _on_commit(lambda: _write_now(origin, status, order, values))
 
     # --- worker side -------------------------------------------------------------------
 
@@ -220,7 +223,8 @@ class StateMiddleware(Middleware):
         _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # Let the last changes reach the browsers before the process goes.
+        # Write the last changes, then let them reach the browsers, before the process goes.
+        writer.shutdown()
         courier.flush(5.0)
 
     # --- per-message bookkeeping -------------------------------------------------------
@@ -283,11 +287,34 @@ def _write(
     same_order_wins: bool = False,
     keep: tuple[str, ...] = (),
 ) -> Task | None:
-    """One transition, announced once committed when it landed."""
+    """One worker-side transition: queued for the background writer (returns None), or
+    with ``WRITE_MODE = "immediate"`` written and announced now (see :func:`_write_now`).
+    """
+    # A batch repeats an order key for running attempts only (transitions.Change): any
+    # other wish is written now.
+    if background() and same_order_wins == t.is_running_order(order):
+        writer.submit(t.Change(origin, status, order, values, keep=keep))
+        return None
+    return _write_now(origin, status, order, values, same_order_wins=same_order_wins, keep=keep)
+
+
+def _write_now(
+    origin: Origin,
+    status: Status,
+    order: int,
+    values: dict[str, Any],
+    *,
+    same_order_wins: bool = False,
+    keep: tuple[str, ...] = (),
+) -> Task | None:
+    """One transition written now, announced once committed when it landed."""
     task = t.write(origin, status, order, values, same_order_wins=same_order_wins, keep=keep)
     if task is not None:
         announce(task, sender=StateMiddleware)
     return task
+
+
+writer.sender = StateMiddleware
 
 
 def _on_commit(write: Callable[[], object]) -> None:

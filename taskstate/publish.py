@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +26,7 @@ from taskstate.channels import user_channel
 from taskstate.courier import courier
 from taskstate.models import Task
 from taskstate.states import Status
+from taskstate.writer import writer
 
 logger = logging.getLogger("taskstate")
 
@@ -96,8 +98,11 @@ def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:
 
 
 def flush(timeout: float = 5.0) -> bool:
-    """Wait until every event handed over so far has been sent (tests, shutdown)."""
-    return courier.flush(timeout)
+    """Wait until every change handed to the background writer so far is written, and
+    every event handed over so far has been sent (tests, shutdown)."""
+    deadline = time.monotonic() + timeout
+    written = writer.flush(timeout)
+    return courier.flush(max(0.0, deadline - time.monotonic())) and written
 
 
 def _send_row(task: Task) -> None:

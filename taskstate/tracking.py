@@ -21,9 +21,10 @@ from django.utils.translation import gettext
 from taskstate.for_state import Origin
 from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce_progress
-from taskstate.states import running_order
-from taskstate.transitions import update_progress
+from taskstate.states import Status, running_order
+from taskstate.transitions import Change, update_progress
 from taskstate.values import text_of
+from taskstate.writer import background, writer
 
 logger = logging.getLogger("taskstate")
 T = TypeVar("T")
@@ -115,7 +116,28 @@ def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
 def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
     run.pending = None
     run.next_write_at = now + run.interval
-    if in_event_loop():
+    if background():
+        # Queued: the writer merges it with the attempt's other changes and announces
+        # the bar once written. Counted as written: the queue writes it or a later change.
+        run.written = value
+        percent, message = value
+        values = {
+            "attempts": run.attempt,
+            "started_at": run.started_at,
+            "progress": percent,
+            # None: unchanged since the running write, which cleared it.
+            "progress_message": message or "",
+        }
+        change = Change(
+            run.origin,
+            Status.RUNNING,
+            running_order(run.attempt),
+            values,
+            keep=("started_at",),
+            progress_only=True,
+        )
+        writer.submit(change)
+    elif in_event_loop():
         # An async actor, in Dramatiq's event loop thread: never block the loop.
         run.unconfirmed = value
         handoff.submit(lambda: _store(run, value))
@@ -144,10 +166,16 @@ def held_back(run: MessageRun) -> dict[str, Any]:
     """Columns for the value the throttle held back, to go with the final write."""
     pending = run.pending or run.unconfirmed
     if pending is None:
-        return {}
+        if not background():
+            return {}
+        # The background writer: the final change names the progress as it stands, so
+        # that it has the same columns as the attempt's other changes (one statement).
+        pending = run.written
     percent, message = pending
     run.pending = run.unconfirmed = None
     values: dict[str, Any] = {"progress": percent}
     if message is not None:
         values["progress_message"] = message
+    elif background():
+        values["progress_message"] = ""  # cleared by the running write, never set since
     return values

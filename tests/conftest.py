@@ -12,6 +12,8 @@ import pytest
 from django.db.backends.signals import connection_created
 from dramatiq.brokers.stub import StubBroker
 
+from taskstate.writer import writer
+
 
 class QueryCounter:
     """Counts the statements of every database connection, in every thread.
@@ -89,6 +91,45 @@ def count_queries() -> Iterator[QueryCounter]:
         COUNTER.statements = []
 
 
+@pytest.fixture(autouse=True)
+def write_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """How the worker's changes are written: "background" (the default) for every test;
+    modules that mark themselves with ``both_write_modes`` run once more "immediate".
+
+    Tests that set ``settings.TASKSTATE`` themselves keep the mode with
+    ``{**settings.TASKSTATE, ...}``.
+    """
+    mode = getattr(request, "param", "background")
+    if mode == "background":
+        yield mode
+        return
+    settings = request.getfixturevalue("settings")
+    settings.TASKSTATE = {"WRITE_MODE": mode}
+    yield mode
+
+
+#: ``pytestmark = both_write_modes``: each test runs with the background writer and
+#: with immediate writes.
+both_write_modes = pytest.mark.parametrize(
+    "write_mode", ["background", "immediate"], indirect=True
+)
+
+
+def lifecycle_announced(announced: list[str], expected: list[str], mode: str) -> bool:
+    """Whether ``announced`` is what ``task_changed`` may say of the ``expected`` lifecycle.
+
+    Immediate writes announce every status. The background writer announces each
+    committed row: statuses of one message merged within a batch are announced once,
+    as the last of them; so the statuses announced are the expected ones in order, some
+    possibly left out, never the final one.
+    """
+    if mode == "immediate":
+        return announced == expected
+    rest = iter(expected)
+    in_order = all(any(status == e for e in rest) for status in announced)
+    return in_order and announced[-1:] == expected[-1:]
+
+
 @pytest.fixture
 def broker() -> Iterator[dramatiq.Broker]:
     b = dramatiq.get_broker()
@@ -103,6 +144,7 @@ def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
     w.start()
     yield w
     w.stop()
+    writer.flush(30)
     # Each Worker adds a middleware of its own to the broker and never takes it back.
     broker.middleware[:] = [m for m in broker.middleware if getattr(m, "worker", None) is not w]
 
@@ -117,6 +159,8 @@ def run_all(broker: dramatiq.Broker, worker: dramatiq.Worker) -> Callable[[], No
         else:
             broker.join("default", timeout=30_000)
         worker.join()
+        # The background writer writes the worker's changes moments later: wait for them.
+        assert writer.flush(30)
 
     return run
 

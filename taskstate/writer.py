@@ -1,0 +1,255 @@
+"""The background state writer: the worker's state changes, written in batches off its path.
+
+With ``TASKSTATE["WRITE_MODE"] = "background"`` (the default) a worker hook, and
+``progress()``, only hand a :class:`taskstate.transitions.Change` over here (a lock and a
+dict insert) and return: no database call, no render, no publish on the actor's thread.
+One thread per process takes what is pending, at most ``WRITE_BATCH_SIZE`` messages once
+the oldest change has waited ``WRITE_MAX_DELAY`` seconds (or at once when that many are
+pending), writes them with :func:`taskstate.transitions.write_batch` (one statement, one
+commit for the usual worker changes), and only then announces each row written, in the
+order the changes came (``taskstate.signals``): the page is sent a row once per committed
+change, rendered by the background sender (``taskstate.courier``).
+
+Changes of one message are merged while they wait (:meth:`Change.then`): a task that
+starts and ends within one batch is written once, with its final status and its start
+time, and announced once (``task_changed`` then never sees its ``running``, which was never
+committed).
+
+Faults. When the database cannot be reached the batch goes back in front of the queue
+(merged with what came since) and is tried again after a pause growing from
+:data:`FIRST_RETRY_PAUSE` to :data:`MAX_RETRY_PAUSE`; nothing blocks the worker. The queue
+holds at most :data:`MAX_PENDING` messages: past that, the changes of messages already
+waiting still merge (the newest state of each is kept), a new message's changes are
+dropped (logged once per episode) and its row is repaired by its later changes or the
+cleanup. At worker shutdown (and at exit) the queue is flushed within a bound; a crash
+loses at most what was pending (at most ``WRITE_MAX_DELAY`` plus one write), which
+redelivery and the cleanup repair (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+from django.db import close_old_connections
+
+from taskstate.conf import get_settings
+from taskstate.signals import announce, announce_progress
+from taskstate.transitions import Change, Outage, write_batch
+
+logger = logging.getLogger("taskstate")
+
+#: Messages whose changes may wait at most; past that a new message's changes are dropped.
+MAX_PENDING = 10_000
+#: Pauses before a batch the database could not take is tried again.
+FIRST_RETRY_PAUSE = 0.5
+MAX_RETRY_PAUSE = 5.0
+#: Seconds a worker's shutdown (and the interpreter's exit) waits for the queue to drain.
+SHUTDOWN_FLUSH = 5.0
+
+
+def background() -> bool:
+    """True when worker-side changes go through the background writer."""
+    return get_settings().WRITE_MODE == "background"
+
+
+class Writer:
+    """One per process (:data:`writer`); a forked child starts with an empty one."""
+
+    def __init__(self) -> None:
+        #: ``sender`` of the signals the writer sends (``StateMiddleware``, set by it).
+        self.sender: Any = None
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: OrderedDict[str, Change] = OrderedDict()
+        self._busy = False
+        self._flushing = 0
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._retry_at = 0.0
+        self._pause = 0.0
+        self._full = False
+        #: Counters for benchmarks and tests: batches written, rows in them, changes
+        #: dropped at the bound, and the delay (seconds) from each change to its commit.
+        self.batches = 0
+        self.rows = 0
+        self.dropped = 0
+        self.delays: deque[float] = deque(maxlen=100_000)
+
+    # --- the worker's side ---------------------------------------------------------------
+
+    def submit(self, change: Change) -> None:
+        """Queue ``change``; returns at once, never raises for the database."""
+        change.since = time.monotonic()
+        message_id = change.origin.message_id
+        with self._cond:
+            earlier = self._pending.get(message_id)
+            if earlier is not None:
+                self._pending[message_id] = earlier.then(change)
+                return
+            if len(self._pending) >= MAX_PENDING:
+                self.dropped += 1
+                if not self._full:
+                    self._full = True
+                    logger.error(
+                        "taskstate: %d messages' state changes are waiting to be written; "
+                        "changes of further messages are dropped until the database catches "
+                        "up (their rows are repaired by later changes or the cleanup).",
+                        MAX_PENDING,
+                    )
+                return
+            self._pending[message_id] = change
+            self._start()
+            if len(self._pending) == 1 or len(self._pending) >= _batch_size():
+                self._cond.notify_all()
+
+    def pending(self) -> int:
+        """Messages whose changes wait to be written."""
+        with self._cond:
+            return len(self._pending)
+
+    def flush(self, timeout: float = SHUTDOWN_FLUSH) -> bool:
+        """Write everything pending now, and wait for it; False if ``timeout`` ran out
+        (the database is away) or the changes could not be written."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if self._pid != os.getpid():
+                return not self._pending
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._pending or self._busy:
+                    if self._thread is None or not self._thread.is_alive():
+                        return not self._pending
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                self._flushing -= 1
+        return True
+
+    def shutdown(self, timeout: float = SHUTDOWN_FLUSH) -> None:
+        """Flush within ``timeout``; log what could not be written."""
+        if not self.flush(timeout):
+            left = self.pending()
+            if left:
+                logger.error(
+                    "taskstate: %d messages' last state changes could not be written "
+                    "before the process ends; redelivery and the cleanup will repair them.",
+                    left,
+                )
+
+    # --- the writer thread ---------------------------------------------------------------
+
+    def _start(self) -> None:
+        # Called with the lock held.
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="taskstate-writer", daemon=True)
+        self._thread.start()
+
+    def _after_fork(self) -> None:
+        # The parent's changes are the parent's to write; its lock may be held by a thread
+        # the child does not have.
+        sender = self.sender
+        self._init_state()
+        self.sender = sender
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                batch = self._next_batch()
+                self._busy = True
+            try:
+                self._write(batch)
+            except Exception:
+                logger.exception("taskstate: the background writer failed on a batch")
+
+    def _next_batch(self) -> list[Change]:
+        # Called with the lock held: waits for a batch that is due, then takes it.
+        size = _batch_size()
+        while True:
+            now = time.monotonic()
+            if not self._pending:
+                self._cond.wait()
+                continue
+            if now < self._retry_at and not self._flushing:
+                self._cond.wait(self._retry_at - now)
+                continue
+            oldest = next(iter(self._pending.values()))
+            due = oldest.since + _max_delay()
+            if self._flushing or len(self._pending) >= size or now >= due:
+                break
+            self._cond.wait(due - now)
+        count = min(size, len(self._pending))
+        return [self._pending.popitem(last=False)[1] for _ in range(count)]
+
+    def _write(self, batch: list[Change]) -> None:
+        # A connection broken by an outage is replaced (as a request or a message would),
+        # and with CONN_MAX_AGE=0 each batch has a connection of its own.
+        close_old_connections()
+        try:
+            tasks = write_batch(batch)
+        except Outage:
+            self._put_back(batch)
+            return
+        committed = time.monotonic()
+        with self._cond:
+            self._pause = 0.0
+            self._retry_at = 0.0
+            self.batches += 1
+            self.rows += len(batch)
+            if len(self._pending) < MAX_PENDING:
+                self._full = False
+        for change, task in zip(batch, tasks, strict=True):
+            self.delays.append(committed - change.since)
+            if task is None:
+                continue  # refused: the row is further on already
+            if change.progress_only:
+                announce_progress(
+                    sender=self.sender,
+                    task_pk=task.pk,
+                    user_pk=task.user_id,
+                    percent=task.progress,
+                    message=task.progress_message,
+                    order=task.state_order,
+                )
+            else:
+                announce(task, sender=self.sender, committed=True)
+
+    def _put_back(self, batch: list[Change]) -> None:
+        with self._cond:
+            merged: OrderedDict[str, Change] = OrderedDict()
+            for change in batch:
+                message_id = change.origin.message_id
+                later = self._pending.pop(message_id, None)
+                merged[message_id] = change if later is None else change.then(later)
+            merged.update(self._pending)
+            self._pending = merged
+            pause = self._pause or FIRST_RETRY_PAUSE
+            self._retry_at = time.monotonic() + pause
+            self._pause = min(pause * 2, MAX_RETRY_PAUSE)
+
+
+def _batch_size() -> int:
+    return int(get_settings().WRITE_BATCH_SIZE)
+
+
+def _max_delay() -> float:
+    return float(get_settings().WRITE_MAX_DELAY)
+
+
+writer = Writer()
+atexit.register(writer.shutdown, SHUTDOWN_FLUSH)
+os.register_at_fork(after_in_child=writer._after_fork)
