@@ -664,7 +664,9 @@ def _batch_sql(
         placeholders, values = _placeholders(connection, row)
         tuples.append(f"({', '.join(placeholders)})")
         params.extend(values)
-    running = f"% {_RUNNING_STEP} = {_RUNNING_REST}"
+    running = (
+        f"%% {_RUNNING_STEP} = {_RUNNING_REST}"  # %% : a literal % in a statement with parameters
+    )
     if connection.vendor in ("postgresql", "sqlite"):
         new_order = f"EXCLUDED.{q('state_order')}"
         sets = []

@@ -110,9 +110,7 @@ def write_mode(request: pytest.FixtureRequest) -> Iterator[str]:
 
 #: ``pytestmark = both_write_modes``: each test runs with the background writer and
 #: with immediate writes.
-both_write_modes = pytest.mark.parametrize(
-    "write_mode", ["background", "immediate"], indirect=True
-)
+both_write_modes = pytest.mark.parametrize("write_mode", ["background", "immediate"], indirect=True)
 
 
 def lifecycle_announced(announced: list[str], expected: list[str], mode: str) -> bool:

@@ -15,7 +15,12 @@ from taskstate.for_state import Origin, TaskIdentity
 from taskstate.models import Status, Task
 from taskstate.tracking import MessageRun, _current, current_run, held_back, progress, track
 
-pytestmark = pytest.mark.django_db
+# The throttle and the writes it makes, one by one as immediate writes make them (the
+# background writer's batches: tests/test_writer.py).
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.parametrize("write_mode", ["immediate"], indirect=True),
+]
 
 MESSAGE_ID = "progress-message"
 progress_module = importlib.import_module("taskstate.tracking")

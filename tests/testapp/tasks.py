@@ -115,10 +115,12 @@ async def async_steps(steps: int, for_state: dict[str, Any] | None = None) -> in
     every step land while the task runs.
     """
     from taskstate.handoff import handoff
+    from taskstate.writer import writer
 
     for step in range(1, steps + 1):
         taskstate.progress(step, steps, message=f"async step {step}")
         await asyncio.to_thread(handoff.flush, 10)
+        await asyncio.to_thread(writer.flush, 10)
     return steps
 
 
