@@ -498,6 +498,9 @@ class Change:
         ):
             return self
         values = {**self.values, **later.values}
+        for column in self.keep:
+            if self.values.get(column) is not None:
+                values[column] = self.values[column]  # as COALESCE would keep it
         if (
             is_running_order(later.order)
             and self.values.get("error_type")

@@ -178,8 +178,8 @@ class Writer:
 
     def _next_batch(self) -> list[Change]:
         # Called with the lock held: waits for a batch that is due, then takes it.
-        size = _batch_size()
         while True:
+            size = _batch_size()
             now = time.monotonic()
             if not self._pending:
                 self._cond.wait()

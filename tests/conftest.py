@@ -104,7 +104,7 @@ def write_mode(request: pytest.FixtureRequest) -> Iterator[str]:
         yield mode
         return
     settings = request.getfixturevalue("settings")
-    settings.TASKSTATE = {"WRITE_MODE": mode}
+    settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MODE": mode}
     yield mode
 
 
