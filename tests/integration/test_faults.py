@@ -437,7 +437,7 @@ def test_postgres_restart_under_a_running_worker(private_redis, sender, children
         # message) and wrote them once the database answered again: every row ends right.
         # (Immediate writes lose them: the 30 had no row, the straddling task stayed
         # running until the cleanup failed it.)
-        wait_for(lambda: all_done(during + [straddling]), 30, "the outage's changes to land")
+        wait_for(lambda: all_done([*during, straddling]), 30, "the outage's changes to land")
         assert {result for _, result in rows(during).values()} == set(range(30))
         # One line per record through dramatiq's root handler ("[taskstate] [LEVEL]").
         cannot = count_lines(worker, "[ERROR] taskstate: cannot write task state")
