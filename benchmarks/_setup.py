@@ -17,7 +17,8 @@ def django_on_postgres(db_name: str) -> None:
     os.environ["TASKSTATE_TEST_DB_NAME"] = db_name
     import psycopg
 
-    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
+    server = f"host={os.environ.get('PGHOST', '127.0.0.1')} port={os.environ.get('PGPORT', '5432')}"
+    with psycopg.connect(f"{server} user=postgres dbname=postgres", autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db_name]).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{db_name}"')

@@ -179,6 +179,43 @@ def test_killed_workers_message_is_redelivered_and_its_row_ends_done(
     assert unacked(private_redis) == 0
 
 
+def test_killed_worker_loses_only_its_unwritten_changes_and_redelivery_repairs_them(
+    process_env, private_redis, sender, children, tmp_path, user
+):
+    """The background writer's window: changes queued but not written die with the process."""
+    held = fault_env(
+        process_env,
+        tmp_path,
+        private_redis,
+        TASKSTATE_TEST_BROKER_OPTIONS=FAST_REQUEUE,
+        # Nothing is written for two minutes: the kill falls inside the window.
+        TASKSTATE_TEST_SETTINGS=json.dumps({"WRITE_MAX_DELAY": 120}),
+    )
+    first = children.worker(held)
+    started = tmp_path / "started"
+    message = send(
+        sender, actors.file_then_sleeps, str(started), 2.0, user_pk=user.pk, description="lost"
+    )
+    wait_for(started.exists, 30, "the actor to start")
+    first.kill()
+    killed = time.monotonic()
+    # Its running change was still queued in the killed process: lost with it.
+    assert row(message) is None
+
+    env = fault_env(
+        process_env, tmp_path, private_redis, TASKSTATE_TEST_BROKER_OPTIONS=FAST_REQUEUE
+    )
+    children.worker(env)
+    task = finished(message, timeout=40)
+    figure(
+        f"case 1b unwritten window: SIGKILL with the running change queued -> row done in "
+        f"{time.monotonic() - killed:.1f}s (redelivered; heartbeat_timeout=3s, task 2s)"
+    )
+    assert (task.status, task.attempts, task.error_type) == (Status.DONE, 1, "")
+    assert task.started_at is not None and task.finished_at > task.started_at
+    assert unacked(private_redis) == 0
+
+
 def test_cleanup_that_gives_up_first_keeps_the_row_failed_when_the_message_comes_back(
     process_env, private_redis, sender, children, tmp_path, user, settings
 ):

@@ -108,6 +108,16 @@ def leaves_file(path: str, for_state: dict[str, Any] | None = None) -> str:
 
 
 @dramatiq.actor(max_retries=0)
+def file_then_sleeps(path: str, seconds: float, for_state: dict[str, Any] | None = None) -> None:
+    """Says it started (a file, no database), then runs for ``seconds``."""
+    import time
+
+    with open(path, "w") as file:
+        file.write("started")
+    time.sleep(seconds)
+
+
+@dramatiq.actor(max_retries=0)
 async def async_steps(steps: int, for_state: dict[str, Any] | None = None) -> int:
     """An ``async def`` actor (Dramatiq's AsyncIO middleware) reporting progress.
 
