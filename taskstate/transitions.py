@@ -616,7 +616,7 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
                 for row in cursor.fetchall():
                     task = _task_from_row(connection, alias, row)
                     found[task.message_id] = task
-    if not connection.features.can_return_rows_from_bulk_insert:
+    if not any(" RETURNING " in sql for sql, _ in statements):
         # MySQL, MariaDB: one read for the whole batch; a row whose updated_at is ours is
         # a row this batch wrote (see _execute_returning).
         ids = [change.origin.message_id for change in changes]

@@ -29,6 +29,7 @@ redelivery and the cleanup repair (docs/reliability.md).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -36,7 +37,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import connections
 
 from taskstate.conf import get_settings
 from taskstate.signals import announce, announce_progress
@@ -196,12 +197,14 @@ class Writer:
         return [self._pending.popitem(last=False)[1] for _ in range(count)]
 
     def _write(self, batch: list[Change]) -> None:
-        # A connection broken by an outage is replaced (as a request or a message would),
-        # and with CONN_MAX_AGE=0 each batch has a connection of its own.
-        close_old_connections()
+        # The writer keeps its one connection open across batches, whatever CONN_MAX_AGE
+        # says (it is one per process, and a connection per batch would cost more than the
+        # batch); after an outage it is closed, so the next try connects afresh.
         try:
             tasks = write_batch(batch)
         except Outage:
+            with contextlib.suppress(Exception):
+                connections[get_settings().DATABASE].close()
             self._put_back(batch)
             return
         committed = time.monotonic()
