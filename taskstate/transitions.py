@@ -604,7 +604,10 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
     several = len(statements) > 1 or connection.in_atomic_block
     guard = transaction.atomic(using=alias) if several else nullcontext()
     with bounded(connection), guard, connection.cursor() as cursor:
-        bounds = [] if connection.in_atomic_block and not several else _statement_bounds(connection)
+        own = several or not connection.in_atomic_block  # the batch's own transaction
+        bounds = _statement_bounds(connection) if own else []
+        if own and _async_commit_allowed(connection):
+            bounds.append(("synchronous_commit", "off"))  # local to the batch's transaction
         for number, (sql, params) in enumerate(statements):
             if bounds and number == 0:
                 # Local to the batch's transaction: they bound every statement of it.
@@ -624,6 +627,15 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
             if task.updated_at == now:
                 found[task.message_id] = task
     return [found.get(change.origin.message_id) for change in changes]
+
+
+def _async_commit_allowed(connection: BaseDatabaseWrapper) -> bool:
+    options = connection.settings_dict.get("OPTIONS", {})
+    return (
+        connection.vendor == "postgresql"
+        and not _synchronous_commit()
+        and options.get("server_side_binding") is not True
+    )
 
 
 def _batch_values(change: Change, now: Any) -> dict[str, Any]:
