@@ -77,6 +77,7 @@ class Writer:
         self._retry_at = 0.0
         self._pause = 0.0
         self._full = False
+        self._release = False
         #: Counters for benchmarks and tests: batches written, rows in them, changes
         #: dropped at the bound, and the delay (seconds) from each change to its commit.
         self.batches = 0
@@ -137,9 +138,26 @@ class Writer:
                 self._flushing -= 1
         return True
 
+    def release(self, timeout: float = SHUTDOWN_FLUSH) -> None:
+        """Close the writer's database connection once nothing is pending (it reconnects
+        for the next batch): at shutdown, and for tests that drop their database."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                return
+            self._release = True
+            self._cond.notify_all()
+            while self._release and self._thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+
     def shutdown(self, timeout: float = SHUTDOWN_FLUSH) -> None:
         """Flush within ``timeout``; log what could not be written."""
-        if not self.flush(timeout):
+        if self.flush(timeout):
+            self.release(1.0)
+        else:
             left = self.pending()
             if left:
                 logger.error(
@@ -172,6 +190,12 @@ class Writer:
                 self._cond.notify_all()
                 batch = self._next_batch()
                 self._busy = True
+            if not batch:  # asked to let go of the connection
+                with contextlib.suppress(Exception):
+                    connections.close_all()
+                with self._cond:
+                    self._release = False
+                continue
             try:
                 self._write(batch)
             except Exception:
@@ -180,6 +204,8 @@ class Writer:
     def _next_batch(self) -> list[Change]:
         # Called with the lock held: waits for a batch that is due, then takes it.
         while True:
+            if self._release and not self._pending:
+                return []
             size = _batch_size()
             now = time.monotonic()
             if not self._pending:

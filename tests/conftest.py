@@ -100,12 +100,12 @@ def write_mode(request: pytest.FixtureRequest) -> Iterator[str]:
     ``{**settings.TASKSTATE, ...}``.
     """
     mode = getattr(request, "param", "background")
-    if mode == "background":
-        yield mode
-        return
-    settings = request.getfixturevalue("settings")
-    settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MODE": mode}
+    if mode != "background":
+        settings = request.getfixturevalue("settings")
+        settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MODE": mode}
     yield mode
+    # The writer's connection would keep the test database from being dropped.
+    writer.release()
 
 
 #: ``pytestmark = both_write_modes``: each test runs with the background writer and
