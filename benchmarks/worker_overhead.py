@@ -52,18 +52,22 @@ class Server:
         if self.conn is not None:
             self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
 
-    def sample(self) -> tuple[float, float, float]:
-        """(statements, set_config prefixes, next transaction id) so far."""
+    def sample(self, user: str | None = None) -> tuple[float, float, float]:
+        """(statements, set_config prefixes, next transaction id) so far; statements of
+        one database role only with ``user``."""
         if self.conn is None:
             return 0, 0, 0
+        by_user = (
+            "" if user is None else " AND userid = (SELECT oid FROM pg_roles WHERE rolname = %s)"
+        )
         statements, prefixes = self.conn.execute(
             # Top-level statements only (a foreign-key check is no round trip); the
             # timeouts' prefix shares its upsert's round trip (taskstate.bounds).
             "SELECT coalesce(sum(calls), 0), coalesce(sum(calls) FILTER (WHERE query LIKE "
             "'SELECT set_config($1, $2, $3), set_config($4, $5, $6)'), 0) "
             "FROM pg_stat_statements WHERE toplevel "
-            "AND dbid = (SELECT oid FROM pg_database WHERE datname = %s)",
-            [DB_NAME],
+            "AND dbid = (SELECT oid FROM pg_database WHERE datname = %s)" + by_user,
+            [DB_NAME] if user is None else [DB_NAME, user],
         ).fetchone()
         (xid,) = self.conn.execute(
             "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
@@ -303,10 +307,17 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
     from tests.testapp import tasks as actors
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
+    # The worker process connects as a role of its own: its statements are told apart.
+    worker_role = "bench_worker"
+    if server.conn is not None:
+        exists = server.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [worker_role])
+        if not exists.fetchone():
+            server.conn.execute(f"CREATE ROLE {worker_role} SUPERUSER LOGIN")
     env = child_env(
         DJANGO_SETTINGS_MODULE="tests.settings",
         TASKSTATE_TEST_SERVICES="1",
         TASKSTATE_TEST_DB_NAME=DB_NAME,
+        PGUSER=worker_role if server.conn is not None else os.environ.get("PGUSER", "postgres"),
     )
     broker = dramatiq.get_broker()
     broker.flush_all()
@@ -324,6 +335,7 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
         sent: list[str] = []
         lock = threading.Lock()
         before = server.sample()
+        worker_before = server.sample(worker_role)
         start = time.monotonic()
 
         def send(index: int) -> None:
@@ -347,6 +359,7 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
         polls = wait_rows(Task, sent, 600)
         settled = time.monotonic() - start
         after = server.sample()
+        worker_after = server.sample(worker_role)
         connections.close_all()
         delays = [
             (task.updated_at - task.finished_at).total_seconds() * 1000
@@ -355,11 +368,18 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
         n = len(sent)
         statements = (after[0] - before[0] - polls) / n
         commits = (after[2] - before[2]) / n
+        worker_statements = (worker_after[0] - worker_before[0]) / n
+        worker_trips = (
+            worker_after[0] - worker_before[0] - (worker_after[1] - worker_before[1])
+        ) / n
+        # Every send() commits its own row once: the rest are the worker's commits.
+        worker_commits = commits - 1
         # Idle: one message at a time, the whole lifecycle alone in its batches.
         idle_n = 5 if args.smoke else 20
         Task.objects.all().delete()
         connections.close_all()
         idle_before = server.sample()
+        idle_worker_before = server.sample(worker_role)
         idle_polls = 0
         for _ in range(idle_n):
             message = actors.noop.send(for_state=for_state)
@@ -367,6 +387,12 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
             time.sleep(0.05)
         connections.close_all()
         idle_after = server.sample()
+        idle_worker_after = server.sample(worker_role)
+        idle_worker_trips = (
+            idle_worker_after[0]
+            - idle_worker_before[0]
+            - (idle_worker_after[1] - idle_worker_before[1])
+        ) / idle_n
         idle_statements = (idle_after[0] - idle_before[0] - idle_polls) / idle_n
         idle_trips = (
             idle_after[0] - idle_before[0] - idle_polls - (idle_after[1] - idle_before[1])
@@ -386,16 +412,24 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
             "all rows done after",
             f"{settled:.1f} s ({settled - send_seconds:.1f} s after the last send)",
         ],
-        ["statements / message (server, incl. the sender's write)", f"{statements:.2f}"],
-        ["commits / message", f"{commits:.2f}"],
+        [
+            "statements / message, all (server; the sender's upsert and its timeouts' prefix included)",
+            f"{statements:.2f}",
+        ],
+        [
+            "statements / round trips per message, the worker process alone",
+            f"{worker_statements:.3f} / {worker_trips:.3f}",
+        ],
+        ["commits / message, all / the worker's", f"{commits:.2f} / {worker_commits:.3f}"],
         [
             "task end → row written, p50 / p99",
             f"{percentile(delays, 50):.1f} / {percentile(delays, 99):.1f} ms",
         ],
         [
-            "idle lifecycle: statements / round trips / commits",
+            "idle lifecycle (one message at a time), all: statements / round trips / commits",
             f"{idle_statements:.2f} / {idle_trips:.2f} / {idle_commits:.2f}",
         ],
+        ["idle lifecycle, the worker's round trips", f"{idle_worker_trips:.2f}"],
     ]
     print(table(["measure", "value"], rows))
     print()
