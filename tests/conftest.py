@@ -113,15 +113,15 @@ def write_mode(request: pytest.FixtureRequest) -> Iterator[str]:
 both_write_modes = pytest.mark.parametrize("write_mode", ["background", "immediate"], indirect=True)
 
 
-def lifecycle_announced(announced: list[str], expected: list[str], mode: str) -> bool:
+def lifecycle_announced(announced: list[str], expected: list[str], exact: bool) -> bool:
     """Whether ``announced`` is what ``task_changed`` may say of the ``expected`` lifecycle.
 
-    Immediate writes announce every status. The background writer announces each
-    committed row: statuses of one message merged within a batch are announced once,
-    as the last of them; so the statuses announced are the expected ones in order, some
-    possibly left out, never the final one.
+    ``exact``: every status announced (immediate writes). Otherwise (the background
+    writer) each committed row is announced: statuses of one message merged within a
+    batch are announced once, as the last of them; so the statuses announced are the
+    expected ones in order, some possibly left out, never the final one.
     """
-    if mode == "immediate":
+    if exact:
         return announced == expected
     rest = iter(expected)
     in_order = all(any(status == e for e in rest) for status in announced)

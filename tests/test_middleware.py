@@ -59,7 +59,8 @@ def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, status
     assert task.attempts == 1
     assert task.started_at is not None and task.finished_at is not None
     assert task.created_at <= task.started_at <= task.finished_at
-    assert lifecycle_announced(announced(statuses), ["running", "done"], write_mode)
+    exact = write_mode == "immediate"
+    assert lifecycle_announced(announced(statuses), ["running", "done"], exact)
 
 
 def test_untracked_message_makes_no_queries(run_all, count_queries):
@@ -126,7 +127,9 @@ def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, status
     assert task.error_message == "broken on purpose"
     assert "broken on purpose" in task.traceback
     lifecycle = ["running", "retrying", "running", "retrying", "running", "failed"]
-    assert lifecycle_announced(announced(statuses), lifecycle, write_mode)
+    # Not exact in either mode: with a 10 ms back-off the next attempt may start before
+    # the previous attempt's ack writes retrying, which is then refused (never backwards).
+    assert lifecycle_announced(announced(statuses), lifecycle, exact=False)
 
 
 def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses, write_mode):
@@ -138,7 +141,8 @@ def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses, wr
     assert task.error_type == "" and task.traceback == ""
     assert task.result == "ok"
     lifecycle = ["running", "retrying", "running", "done"]
-    assert lifecycle_announced(announced(statuses), lifecycle, write_mode)
+    # Not exact in either mode: see the test above.
+    assert lifecycle_announced(announced(statuses), lifecycle, exact=False)
 
 
 def test_exception_listed_in_throws_fails_at_once(run_all, user):
