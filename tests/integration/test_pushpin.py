@@ -212,7 +212,9 @@ def test_stream_through_pushpin_gets_every_change_published_by_the_worker(stack,
     done = stream.wait_for(lambda f: "via pushpin" in f.data and 'data-status="done"' in f.data)
     task = Task.objects.get(message_id=message.message_id)
     assert done.event == "" and f'id="taskstate-task-{task.pk}"' in done.data
-    assert {"enqueued", "running", "done"} <= statuses(stream.frames, "via pushpin")
+    # The worker's background writer writes a quick task's running and done as one row
+    # (docs/reliability.md, "The background writer"): running may not be published.
+    assert {"enqueued", "done"} <= statuses(stream.frames, "via pushpin")
 
 
 def test_streams_stay_open_when_every_web_process_is_gone(stack, streams, user):
@@ -233,7 +235,7 @@ def test_streams_stay_open_when_every_web_process_is_gone(stack, streams, user):
     actors.noop.send(for_state={"user_pk": user.pk, "description": "no web left"})
     for stream in (first, second):
         stream.wait_for(lambda f: "no web left" in f.data and 'data-status="done"' in f.data)
-        assert {"enqueued", "running", "done"} <= statuses(stream.frames, "no web left")
+        assert {"enqueued", "done"} <= statuses(stream.frames, "no web left")
 
 
 def test_asking_for_another_users_channel_through_pushpin_gets_only_your_own(
