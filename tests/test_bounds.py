@@ -20,6 +20,21 @@ from tests.test_transitions import apply, origin
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def _hold_the_row() -> tuple[threading.Event, threading.Event, threading.Thread]:
+    """Another connection takes the task row's lock (FOR UPDATE) until ``release`` is set."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(_dsn()) as other, other.transaction():
+            other.execute("SELECT 1 FROM taskstate_task WHERE message_id = 'm-1' FOR UPDATE")
+            locked.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    return locked, release, holder
+
+
 def _dsn() -> str:
     params = connection.get_connection_params()
     keys = ("host", "port", "user", "dbname")
@@ -30,16 +45,7 @@ def _dsn() -> str:
 def test_write_waiting_for_a_locked_row_gives_up_and_leaves_the_connection_usable(settings, caplog):
     settings.TASKSTATE = {"DB_LOCK_TIMEOUT": 0.2, "DB_STATEMENT_TIMEOUT": 30}
     apply("enqueued")
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_row() -> None:
-        with psycopg.connect(_dsn()) as other, other.transaction():
-            other.execute("SELECT 1 FROM taskstate_task WHERE message_id = 'm-1' FOR UPDATE")
-            locked.set()
-            release.wait(60)
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
+    locked, release, holder = _hold_the_row()
     try:
         assert locked.wait(10)
         assert apply("running") is None
@@ -78,16 +84,7 @@ def test_progress_inside_the_actors_transaction_never_breaks_it(settings, django
 
     settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 0.3}
     apply("running")
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_row() -> None:
-        with psycopg.connect(_dsn()) as other, other.transaction():
-            other.execute("SELECT 1 FROM taskstate_task WHERE message_id = 'm-1' FOR UPDATE")
-            locked.set()
-            release.wait(60)
-
-    holder = threading.Thread(target=hold_the_row)
-    holder.start()
+    locked, release, holder = _hold_the_row()
     try:
         assert locked.wait(10)
         threading.Timer(1.5, release.set).start()  # past the 1.3 s client bound
