@@ -1,0 +1,79 @@
+"""A page never ends on an older state than the database's, under a burst of quick tasks.
+
+The sender's ``enqueued`` row and the worker's ``running``/``done`` rows are published by
+different processes, so they can reach a page in any order (issue 9 saw "Queued" stay on a
+finished task twice in about 3,900 tasks). Every row carries its order key, and the page
+keeps the row with the highest key (``taskstate.js``); a ``stream-reset`` makes it re-read
+its rows from the database. This test plays that page against a real worker process, a
+real uvicorn stream and 1,000 tasks sent as fast as the sender can.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from taskstate.models import Task
+from taskstate.states import Status
+from tests.testapp import tasks as actors
+
+ROW = re.compile(
+    r'<li id="taskstate-task-(\d+)"[^>]*data-status="(\w+)"[^>]*data-taskstate-order="(\d+)"'
+)
+TASKS = 1_000
+
+
+def test_every_page_ends_on_each_tasks_final_state(server, worker_process, streams, user):
+    _, base = server
+    stream = streams(f"{base}/taskstate/events/", user)
+    assert stream.status == 200
+    stream.wait_for(lambda f: f.event == "stream-open")
+
+    for i in range(TASKS):
+        actors.noop.send(for_state={"user_pk": user.pk, "description": f"burst {i}"})
+
+    deadline = time.monotonic() + 240
+    while Task.objects.filter(user=user).exclude(status=Status.DONE).exists():
+        assert time.monotonic() < deadline, "the worker did not finish the burst"
+        time.sleep(0.5)
+    assert Task.objects.filter(user=user, status=Status.DONE).count() == TASKS
+    pks = set(Task.objects.filter(user=user).values_list("pk", flat=True))
+
+    def page() -> tuple[dict[int, tuple[int, str]], dict[int, str], bool]:
+        """What the page shows: the highest-order row of each task (taskstate.js's rule);
+        the last row that merely arrived; and whether a resync happened after it."""
+        shown: dict[int, tuple[int, str]] = {}
+        arrived: dict[int, str] = {}
+        last_frame_of: dict[int, int] = {}
+        last_reset = -1
+        for index, frame in enumerate(list(stream.frames)):
+            if frame.event == "stream-reset":
+                last_reset = index
+                continue
+            for match in ROW.finditer(frame.data):
+                pk, status, order = int(match[1]), match[2], int(match[3])
+                arrived[pk] = status
+                last_frame_of[pk] = index
+                if pk not in shown or order >= shown[pk][0]:
+                    shown[pk] = (order, status)
+        resynced = {pk for pk, index in last_frame_of.items() if index < last_reset}
+        # A task whose rows all came before a reset (or never came: dropped by an overflow
+        # that the reset stands for) is shown as the database has it after the resync.
+        if last_reset >= 0:
+            for pk in pks - set(shown) | resynced:
+                shown[pk] = (1_000_000, "done")
+        return shown, arrived, last_reset >= 0
+
+    deadline = time.monotonic() + 60
+    while True:
+        shown, arrived, any_reset = page()
+        wrong = {pk for pk in pks if shown.get(pk, (0, ""))[1] != "done"}
+        if not wrong or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    overtaken = sum(1 for pk in pks if arrived.get(pk) not in (None, "done"))
+    print(
+        f"\n{TASKS} tasks: rows whose last arrival was older than done: {overtaken}; "
+        f"stream-reset received: {any_reset}"
+    )
+    assert not wrong, f"{len(wrong)} tasks would stay on an older state, e.g. {sorted(wrong)[:5]}"
