@@ -344,3 +344,53 @@ def test_another_users_cancel_and_retry_of_a_group_are_404(
     assert not Task.objects.filter(parent=running, status=Status.CANCELLED).exists()
     assert not Task.objects.get(pk=failed.task.pk).seen
     assert not Task.objects.filter(retry_of=failed.task).exists()
+
+
+def test_a_step_that_returns_after_its_cancel_does_not_pipe_on_with_state_listed_first(user):
+    # StateMiddleware before Pipelines: Pipelines hears of the step's end first.
+    from django_dramatiq.middleware import DbConnectionsMiddleware
+    from dramatiq.brokers.stub import StubBroker
+    from dramatiq.middleware import Pipelines
+
+    from taskstate import control
+    from taskstate.middleware import StateMiddleware
+
+    recorder = Sent()
+    broker = StubBroker(
+        middleware=[StateMiddleware(), Pipelines(), DbConnectionsMiddleware(), recorder]
+    )
+    broker.emit_after("process_boot")
+    started, ran = threading.Event(), []
+
+    def cleans_up(for_state=None):
+        import time
+
+        started.set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if taskstate.cancel_requested():
+                return "cleaned up"
+            time.sleep(0.01)
+        return "finished"
+
+    def next_step(for_state=None):
+        ran.append(True)
+
+    first = dramatiq.actor(cleans_up, broker=broker)
+    second = dramatiq.actor(next_step, broker=broker)
+    chain = dramatiq.pipeline(
+        [first.message(), second.message_with_options(pipe_ignore=True)], broker=broker
+    )
+    tracked = taskstate.track_group(chain, for_state={"user_pk": user.pk}).run()
+    worker = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
+    worker.start()
+    try:
+        assert started.wait(30)
+        assert control.cancel(Task.objects.get(pk=tracked.task.pk)) is not None
+        broker.join("default", fail_fast=False, timeout=30_000)
+        worker.join()
+    finally:
+        worker.stop()
+    steps = children(tracked.task)
+    assert steps[0].status == Status.DONE and steps[1].status == Status.CANCELLED
+    assert steps[1].message_id not in recorder.ids and not ran
