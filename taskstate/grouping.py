@@ -83,6 +83,13 @@ def track_group(composition: C, for_state: dict[str, Any] | None = None) -> Trac
     ``asgiref.sync.sync_to_async``. If the rows cannot be written, an error is logged and
     the group runs untracked (``task`` is None).
     """
+    return _track(composition, for_state)
+
+
+def _track(
+    composition: C, for_state: dict[str, Any] | None, *, retry_of: int | None = None
+) -> TrackedGroup[C]:
+    """:func:`track_group`, and for a retry (``taskstate.control``) the group it retries."""
     if isinstance(composition, dramatiq.pipeline):
         kind, messages = Kind.PIPELINE, list(composition.messages)
     elif isinstance(composition, dramatiq.group):
@@ -111,7 +118,9 @@ def track_group(composition: C, for_state: dict[str, Any] | None = None) -> Trac
         for position, message in enumerate(messages, start=1)
     ]
     try:
-        parent = create_group(kind, identity, members, actor_name=_actor_name(kind, messages))
+        parent = create_group(
+            kind, identity, members, actor_name=_actor_name(kind, messages), retry_of=retry_of
+        )
     except DatabaseError:
         # Tracking never stops work: the group runs as it would have, untracked.
         logger.error(

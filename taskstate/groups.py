@@ -30,10 +30,12 @@ from taskstate.states import (
     COMPLETE_STATUSES,
     ENQUEUED_ORDER,
     NOT_RUN_ERROR,
+    RETRYABLE_STATUSES,
     TERMINAL_ORDER,
     WAITING_ORDER,
     Kind,
     Status,
+    cancelling_order,
     running_order,
 )
 from taskstate.values import clean_text, text_of
@@ -43,6 +45,9 @@ logger = logging.getLogger("taskstate")
 #: The order key of a group while any of its children has started: every refresh of a
 #: running group may land again (same order wins), none after it ended.
 GROUP_RUNNING_ORDER = running_order(1)
+#: The order key of a running group once its owner asked to cancel it
+#: (``taskstate.transitions.request_group_cancel`` writes it too).
+GROUP_CANCELLING_ORDER = cancelling_order(1)
 #: Failed children named on the group's row at most.
 NAMED_FAILURES = 3
 
@@ -67,11 +72,13 @@ def create_group(
     members: Sequence[Member],
     *,
     actor_name: str,
+    retry_of: int | None = None,
 ) -> Task:
     """Write a parent row and one child row per member, in one transaction; return the parent.
 
     The children start as waiting (status enqueued, order ``WAITING_ORDER``): the
     middleware's own write when a message is sent moves each on, as for any task.
+    ``retry_of``: the group this one retries (``taskstate.control``).
     """
     alias = get_settings().DATABASE
     now = timezone.now()
@@ -88,6 +95,7 @@ def create_group(
             app_name=identity.app_name,
             model_name=identity.model_name,
             children_total=len(members),
+            retry_of_id=retry_of,
             created_at=now,
             updated_at=now,
         )
@@ -137,6 +145,12 @@ def refresh_group(pk: int) -> Refreshed | None:
     write the row); a failed child adds one to name it, a failed pipeline step one to
     mark the steps after it as not run. None when the group is gone, already ended, or
     unchanged (then nothing is written).
+
+    Once every child has ended, the group reads ``failed`` if any child failed,
+    ``cancelled`` if none failed and any was cancelled (or never ran after a cancelled
+    step), and ``done`` only when every child did its work. A failed or cancelled group
+    keeps in ``retry_message`` how many of its children a retry would send again
+    (``{"children": n}``, None when none could be).
     """
     alias = get_settings().DATABASE
     rows = Task.objects.using(alias)
@@ -146,8 +160,9 @@ def refresh_group(pk: int) -> Refreshed | None:
     children = rows.filter(parent_id=pk)
     counts = _aggregate(children)
     ended = counts.ended
-    if counts.failed and parent.kind == Kind.PIPELINE and counts.waiting:
-        ended += _mark_not_run(children, counts.first_failed)
+    if (counts.failed or counts.cancelled) and parent.kind == Kind.PIPELINE and counts.waiting:
+        # Nothing sends the steps after a failed or cancelled one: they will never run.
+        ended += _mark_not_run(children, counts.first_stopped)
     total = counts.total
     # Every child in a complete status (whatever statuses count as complete).
     settled = total > 0 and ended >= total
@@ -161,13 +176,17 @@ def refresh_group(pk: int) -> Refreshed | None:
         "started_at": counts.started_at,
         "updated_at": now,
     }
+    values["retry_message"] = None
     if settled:
-        status, order = (Status.FAILED if counts.failed else Status.DONE), TERMINAL_ORDER
+        status, order = _settled_status(counts), TERMINAL_ORDER
         values["finished_at"] = counts.finished_at or now
         if status == Status.DONE:
             values["progress"] = 100
+        elif counts.retryable:
+            values["retry_message"] = {"children": counts.retryable}
     elif counts.started_at is not None:
-        status, order = Status.RUNNING, GROUP_RUNNING_ORDER
+        status = Status.RUNNING
+        order = GROUP_CANCELLING_ORDER if parent.cancel_requested_at else GROUP_RUNNING_ORDER
     else:
         status, order = Status.ENQUEUED, ENQUEUED_ORDER
     if counts.failed:
@@ -187,16 +206,26 @@ def refresh_group(pk: int) -> Refreshed | None:
     return Refreshed(parent, changed)
 
 
+def _settled_status(counts: _Counts) -> Status:
+    if counts.failed:
+        return Status.FAILED
+    if counts.cancelled:
+        return Status.CANCELLED
+    return Status.DONE
+
+
 @dataclass(frozen=True)
 class _Counts:
     total: int
     ended: int
     done: int
     failed: int
+    cancelled: int
     running: int
     waiting: int
     progress: int  # sum over the children, each 0 to 100
-    first_failed: int | None
+    retryable: int  # failed or cancelled, with a stored message
+    first_stopped: int | None  # position of the first failed or cancelled child
     started_at: datetime | None
     finished_at: datetime | None
 
@@ -209,33 +238,46 @@ def _aggregate(children: QuerySet[Task]) -> _Counts:
         ended=Count("pk", filter=complete),
         done=Count("pk", filter=Q(status__in=(Status.DONE, Status.SKIPPED)) & ~not_run),
         failed=Count("pk", filter=Q(status=Status.FAILED)),
+        cancelled=Count("pk", filter=Q(status=Status.CANCELLED)),
         running=Count("pk", filter=Q(status__in=(Status.RUNNING, Status.RETRYING))),
         waiting=Count("pk", filter=Q(status=Status.ENQUEUED, state_order=WAITING_ORDER)),
         # Each child counts with its own progress; a finished one as whole, a step that
-        # never ran as nothing.
+        # never ran as nothing, a cancelled one as far as it got.
         progress=Sum(
             Case(
                 When(not_run, then=Value(0)),
+                When(status=Status.CANCELLED, then="progress"),
                 When(complete, then=Value(100)),
                 default="progress",
                 output_field=IntegerField(),
             )
         ),
-        first_failed=Min("position", filter=Q(status=Status.FAILED)),
+        retryable=Count("pk", filter=Q(status__in=RETRYABLE_STATUSES, retry_message__isnull=False)),
+        first_stopped=Min("position", filter=Q(status__in=RETRYABLE_STATUSES)),
         started_at=Min("started_at"),
         finished_at=Max("finished_at"),
     )
-    numbers = ("total", "ended", "done", "failed", "running", "waiting", "progress")
+    numbers = (
+        "total",
+        "ended",
+        "done",
+        "failed",
+        "cancelled",
+        "running",
+        "waiting",
+        "progress",
+        "retryable",
+    )
     return _Counts(
         **{key: int(result[key] or 0) for key in numbers},
-        first_failed=result["first_failed"],
+        first_stopped=result["first_stopped"],
         started_at=result["started_at"],
         finished_at=result["finished_at"],
     )
 
 
 def _mark_not_run(children: QuerySet[Task], after_position: int | None) -> int:
-    """Mark the steps still waiting after a failed step as not run (they never will)."""
+    """Mark the steps still waiting after a failed or cancelled step as not run."""
     now = timezone.now()
     return int(
         children.filter(

@@ -189,7 +189,13 @@ class StateMiddleware(Middleware):
             run.finished = True
             values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
             values.update(progress=100, **_no_error(), **_attempt(run))
-            _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
+            task = _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
+            if task is not None and task.cancel_requested_at is not None:
+                # Asked to cancel, and ended before it noticed (free: the row came back):
+                # a pipeline goes no further. Pipelines reads this after us when it comes
+                # before StateMiddleware in the list; otherwise the next step is sent and
+                # skipped, as its row was cancelled with the group.
+                message.options.pop("pipe_target", None)
             return
         # Whether Dramatiq retries this attempt is known only once every middleware
         # has run (Retries may come before or after us): decided in after_ack/after_nack.

@@ -161,11 +161,13 @@ def mark_cancelled(run: MessageRun) -> None:
 
     Dramatiq's ``Retries`` leaves alone an attempt whose exception is in its ``throws``
     option; set now, before any middleware hears how the attempt ended, it works wherever
-    ``StateMiddleware`` stands in the list.
+    ``StateMiddleware`` stands in the list. A pipeline step asked to cancel does not send
+    the next step, even if it returns normally: ``Pipelines`` finds no ``pipe_target``.
     """
     run.cancel_requested = True
     if run.options is not None:
         run.options["throws"] = (BaseException,)
+        run.options.pop("pipe_target", None)
 
 
 def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Case, CharField, F, Field, Q, Value, When
+from django.db.models import Case, CharField, F, Field, PositiveIntegerField, Q, Value, When
 from django.db.models.expressions import Col, RawSQL
 from django.utils import timezone
 
@@ -56,6 +56,7 @@ __all__ = [
     "cancel_requested",
     "cancelling_order",
     "request_cancel",
+    "request_group_cancel",
     "retrying_order",
     "running_order",
     "update_progress",
@@ -274,11 +275,55 @@ def request_cancel(pk: int) -> bool:
     (``cancel_requested_at``, order key ``cancelling``) for its worker to notice. A task
     already complete, or already asked, is left alone: whichever end lands first stays.
     """
+    return bool(
+        _model()
+        .objects.using(_alias())
+        .filter(pk=pk, status__in=ACTIVE_STATUSES, cancel_requested_at__isnull=True)
+        .update(**_cancel_changes(timezone.now()))
+    )
+
+
+def request_group_cancel(pk: int) -> bool:
+    """Record a cancel request on group ``pk`` and on each of its unfinished children.
+
+    Two guarded statements whatever the group's size, in one transaction: the group's row
+    (asked once: a second request changes nothing and returns False), then every child
+    still active, as :func:`request_cancel` does one task. Children waiting to run (a
+    pipeline's steps not sent yet among them) end ``cancelled`` at once; running ones stop
+    at their next ``progress()``. The group's own status follows its children
+    (``taskstate.groups.refresh_group``).
+    """
     now = timezone.now()
+    alias = _alias()
+    rows = _model().objects.using(alias)
+    with transaction.atomic(using=alias):
+        asked = (
+            rows.filter(pk=pk, status__in=ACTIVE_STATUSES, cancel_requested_at__isnull=True)
+            .exclude(kind="")
+            .update(
+                cancel_requested_at=now,
+                updated_at=now,
+                # A running group's refresh computed before this request cannot land after it.
+                state_order=Case(
+                    When(status=Status.RUNNING, then=Value(cancelling_order(1))),
+                    default=F("state_order"),
+                    output_field=PositiveIntegerField(),
+                ),
+            )
+        )
+        if not asked:
+            return False
+        rows.filter(
+            parent_id=pk, status__in=ACTIVE_STATUSES, cancel_requested_at__isnull=True
+        ).update(**_cancel_changes(now))
+    return True
+
+
+def _cancel_changes(now: Any) -> dict[str, Any]:
     waiting = Q(status__in=WAITING_STATUSES)
     # Assignments in this order: MySQL evaluates each one with the columns set before it,
     # so status, which the others test, is set last.
-    changes: dict[str, Any] = {
+    return {
         "cancel_requested_at": now,
         "updated_at": now,
         "finished_at": Case(When(waiting, then=Value(now)), default=F("finished_at")),
@@ -288,12 +333,6 @@ def request_cancel(pk: int) -> bool:
         ),
         "status": Case(When(waiting, then=Value(Status.CANCELLED.value)), default=F("status")),
     }
-    return bool(
-        _model()
-        .objects.using(_alias())
-        .filter(pk=pk, status__in=ACTIVE_STATUSES, cancel_requested_at__isnull=True)
-        .update(**changes)
-    )
 
 
 def cancel_requested(message_id: str) -> bool:
