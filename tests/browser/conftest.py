@@ -73,7 +73,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             c.execute(f'DROP DATABASE IF EXISTS "{db_name}"')
             c.execute(f'CREATE DATABASE "{db_name}"')
         env["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db_name}"
-        env["REDIS_URL"] = "redis://127.0.0.1:6379/13"
+        # Its own Redis database (the broker's queues), apart from the suite's.
+        env["REDIS_URL"] = os.environ.get(
+            "TASKSTATE_TEST_DEMO_REDIS_URL", "redis://127.0.0.1:6379/13"
+        )
     else:
         env["DEMO_SQLITE_PATH"] = str(tmp_path_factory.mktemp("demo") / "demo.sqlite3")
     try:
