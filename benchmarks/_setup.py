@@ -10,7 +10,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def django_on_postgres(db_name: str) -> None:
-    """Configure Django with the test settings on a fresh-enough database ``db_name``."""
+    """Configure Django with the test settings on a new database ``db_name``.
+
+    Dropped and created again each run: a database left by an older schema (migrations
+    renumbered, say) would otherwise fail the migrate.
+    """
     sys.path.insert(0, str(REPO))
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
     os.environ["TASKSTATE_TEST_SERVICES"] = "1"
@@ -18,9 +22,8 @@ def django_on_postgres(db_name: str) -> None:
     import psycopg
 
     with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db_name]).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{db_name}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{db_name}"')
     import django
 
     django.setup()

@@ -39,30 +39,32 @@ def test_every_page_ends_on_each_tasks_final_state(server, worker_process, strea
     assert Task.objects.filter(user=user, status=Status.DONE).count() == TASKS
     pks = set(Task.objects.filter(user=user).values_list("pk", flat=True))
 
+    finished_at = {
+        pk: at.timestamp()
+        for pk, at in Task.objects.filter(user=user).values_list("pk", "finished_at")
+    }
+
     def page() -> tuple[dict[int, tuple[int, str]], dict[int, str], bool]:
-        """What the page shows: the highest-order row of each task (taskstate.js's rule);
-        the last row that merely arrived; and whether a resync happened after it."""
+        """What the page shows, frame by frame: the highest-order row of each task
+        (taskstate.js's rule); on a ``stream-reset`` it re-reads the database, which by then
+        holds every task finished before the reset arrived. Also the last row that merely
+        arrived of each task, and whether any reset came."""
         shown: dict[int, tuple[int, str]] = {}
         arrived: dict[int, str] = {}
-        last_frame_of: dict[int, int] = {}
-        last_reset = -1
-        for index, frame in enumerate(list(stream.frames)):
+        reset = False
+        for frame in list(stream.frames):
             if frame.event == "stream-reset":
-                last_reset = index
+                reset = True
+                for pk, at in finished_at.items():
+                    if at <= frame.at:
+                        shown[pk] = (1_000_000, "done")
                 continue
             for match in ROW.finditer(frame.data):
                 pk, status, order = int(match[1]), match[2], int(match[3])
                 arrived[pk] = status
-                last_frame_of[pk] = index
                 if pk not in shown or order >= shown[pk][0]:
                     shown[pk] = (order, status)
-        resynced = {pk for pk, index in last_frame_of.items() if index < last_reset}
-        # A task whose rows all came before a reset (or never came: dropped by an overflow
-        # that the reset stands for) is shown as the database has it after the resync.
-        if last_reset >= 0:
-            for pk in pks - set(shown) | resynced:
-                shown[pk] = (1_000_000, "done")
-        return shown, arrived, last_reset >= 0
+        return shown, arrived, reset
 
     deadline = time.monotonic() + 60
     while True:

@@ -19,6 +19,8 @@ class Frame:
     #: The event's name; "" for an unnamed message (httpx-sse calls those "message").
     event: str
     data: str
+    #: When it arrived (wall clock, comparable with the database's timestamps).
+    at: float = 0.0
 
 
 class SSEClient:
@@ -49,7 +51,7 @@ class SSEClient:
             for sse in self._source.iter_sse():
                 event = "" if sse.event == "message" else sse.event
                 with self._changed:
-                    self.frames.append(Frame(event, sse.data))
+                    self.frames.append(Frame(event, sse.data, time.time()))
                     self._changed.notify_all()
         except (httpx.HTTPError, SSEError, OSError, ValueError):
             pass  # the stream ended or was closed under the reader
