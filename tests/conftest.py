@@ -12,6 +12,8 @@ import pytest
 from django.db.backends.signals import connection_created
 from dramatiq.brokers.stub import StubBroker
 
+from tests.support.workers import stop_worker
+
 
 class QueryCounter:
     """Counts the statements of every database connection, in every thread.
@@ -111,9 +113,7 @@ def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
     w = dramatiq.Worker(broker, worker_timeout=20, worker_threads=8)
     w.start()
     yield w
-    w.stop()
-    # Each Worker adds a middleware of its own to the broker and never takes it back.
-    broker.middleware[:] = [m for m in broker.middleware if getattr(m, "worker", None) is not w]
+    stop_worker(broker, w)
 
 
 @pytest.fixture

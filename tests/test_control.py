@@ -20,6 +20,7 @@ from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.states import TERMINAL_ORDER, cancelling_order
 from tests.support.faults import wait_for
+from tests.support.workers import stop_worker
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -66,8 +67,7 @@ def stopped_worker(broker: dramatiq.Broker) -> Iterator[list[dramatiq.Worker]]:
     workers: list[dramatiq.Worker] = []
     yield workers
     for w in workers:
-        w.stop()
-        broker.middleware[:] = [m for m in broker.middleware if getattr(m, "worker", None) is not w]
+        stop_worker(broker, w)
 
 
 def start_worker(broker: dramatiq.Broker, workers: list[dramatiq.Worker]) -> dramatiq.Worker:

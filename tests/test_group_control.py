@@ -19,6 +19,7 @@ from dramatiq.middleware import Middleware
 import taskstate
 from taskstate.models import Kind, Status, Task
 from tests.support.faults import wait_for
+from tests.support.workers import stop_worker
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,8 +62,7 @@ def one_thread(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
     w = dramatiq.Worker(broker, worker_timeout=20, worker_threads=1)
     w.start()
     yield w
-    w.stop()
-    broker.middleware[:] = [m for m in broker.middleware if getattr(m, "worker", None) is not w]
+    stop_worker(broker, w)
 
 
 def join(broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -103,9 +103,10 @@ def test_cancel_of_a_group_ends_waiting_children_at_once_stops_the_running_one_k
     waiting_keys = [new_key() for _ in range(3)]
     batch = dramatiq.group(
         [
+            # Priorities fix the order one thread takes them in (see tests/testapp/tasks.py).
             actors.runs_once.message(done_key),
-            actors.counts_until_cancelled.message(running_key),
-            *(actors.runs_once.message(key) for key in waiting_keys),
+            actors.counts_until_cancelled_after.message(running_key),
+            *(actors.runs_once_after.message(key) for key in waiting_keys),
         ]
     )
     tracked = taskstate.track_group(batch, for_state={"user_pk": user.pk}).run()

@@ -167,6 +167,10 @@ RUNS: dict[str, int] = {}
 FINISHED: set[str] = set()
 #: Set by an actor once it reported its first progress: the test may cancel it now.
 STARTED: dict[str, threading.Event] = {}
+#: Set while a test's worker stops (tests/conftest.py ``stop_worker``): the long actors
+#: below end at once, so a test that failed before its cancel leaves nothing running
+#: into the tests after it.
+TEST_OVER = threading.Event()
 
 
 def _ran(key: str) -> None:
@@ -178,13 +182,13 @@ def _ran(key: str) -> None:
 @dramatiq.actor(max_retries=3, min_backoff=10, max_backoff=20, time_limit=60_000)
 def counts_until_cancelled(key: str, for_state: dict[str, Any] | None = None) -> str:
     """Reports progress every 10 ms for up to 30 s; a cancel stops it at a report."""
-    import time
 
     _ran(key)
     for step in range(1, 3001):
         taskstate.progress(step % 100, message=f"step {step}")
         STARTED[key].set()
-        time.sleep(0.01)
+        if TEST_OVER.wait(0.01):
+            return "abandoned"
     FINISHED.add(key)
     return "finished"
 
@@ -200,7 +204,8 @@ def checks_cancel(key: str, for_state: dict[str, Any] | None = None) -> str:
     while time.monotonic() < deadline:
         if taskstate.cancel_requested():
             return "cleaned up"
-        time.sleep(0.01)
+        if TEST_OVER.wait(0.01):
+            return "abandoned"
     FINISHED.add(key)
     return "finished"
 
@@ -210,6 +215,22 @@ def runs_once(key: str, for_state: dict[str, Any] | None = None) -> str:
     _ran(key)
     FINISHED.add(key)
     return key
+
+
+# A worker takes the messages it has prefetched by actor priority (lower first); among
+# equal priorities Dramatiq 2 keeps the order they were sent in, Dramatiq 1.17 does not.
+# A one-thread test that needs "this child runs, then that one, and those wait" says so
+# with priorities rather than relying on the order of a group's messages.
+@dramatiq.actor(max_retries=0, priority=10)
+def runs_once_after(key: str, for_state: dict[str, Any] | None = None) -> str:
+    """``runs_once`` that a worker takes after every message of a lower priority."""
+    return runs_once.fn(key, for_state)
+
+
+@dramatiq.actor(max_retries=3, min_backoff=10, max_backoff=20, time_limit=60_000, priority=5)
+def counts_until_cancelled_after(key: str, for_state: dict[str, Any] | None = None) -> str:
+    """``counts_until_cancelled``, taken after ``runs_once`` and before ``runs_once_after``."""
+    return counts_until_cancelled.fn(key, for_state)
 
 
 @dramatiq.actor(max_retries=1, min_backoff=4_000, max_backoff=4_000)
@@ -235,8 +256,8 @@ def never_reports(key: str, for_state: dict[str, Any] | None = None) -> str:
     import time
 
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
+    while time.monotonic() < deadline and not TEST_OVER.wait(0.05):
+        pass
     return key
 
 
