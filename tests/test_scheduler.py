@@ -74,3 +74,68 @@ def test_scheduled_cleanup_deletes_a_stale_task(scheduler, settings):
         assert time.monotonic() < deadline, "the scheduled cleanup did not run within 10 s"
         time.sleep(0.05)
     assert list(Task.objects.all()) == [fresh]
+
+
+def test_the_scheduler_command_cleans_up_on_its_interval_and_stops_on_ctrl_c(tmp_path):
+    """``manage.py taskstate_scheduler`` as a process: runs the job, exits 0 on SIGINT."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from tests.support.processes import child_env
+
+    # A SQLite database of the process's own (the test's database is not visible to it).
+    env = child_env(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        TASKSTATE_TEST_SERVICES="0",
+        TASKSTATE_TEST_DB="",
+        TASKSTATE_TEST_SQLITE_DIR=str(tmp_path),
+    )
+    django = [sys.executable, "-m", "django"]
+    subprocess.run([*django, "migrate", "-v0"], env=env, check=True, timeout=120)
+    old = (timezone.now() - timedelta(days=400)).isoformat()
+    subprocess.run(
+        [
+            *django,
+            "shell",
+            "-c",
+            "from taskstate.models import Task; "
+            "Task.objects.create(message_id='stale', actor_name='export', status='done'); "
+            f"Task.objects.update(updated_at='{old}', finished_at='{old}')",
+        ],
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    database = tmp_path / "taskstate-tests.sqlite3"
+
+    def rows() -> int:
+        with sqlite3.connect(database) as db:
+            return int(db.execute("SELECT count(*) FROM taskstate_task").fetchone()[0])
+
+    assert rows() == 1
+    scheduler = subprocess.Popen(
+        [*django, "taskstate_scheduler", "--interval", "0.2"],
+        env={**env, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert scheduler.stdout is not None
+        assert scheduler.stdout.readline().strip() == (
+            "taskstate cleanup every 0.2 s; Ctrl+C to stop."
+        )
+        deadline = time.monotonic() + 20
+        while rows():
+            assert time.monotonic() < deadline, "the scheduled cleanup did not run in 20 s"
+            time.sleep(0.1)
+        scheduler.send_signal(signal.SIGINT)
+        out, err = scheduler.communicate(timeout=20)
+    finally:
+        if scheduler.poll() is None:
+            scheduler.kill()
+            scheduler.wait()
+    assert scheduler.returncode == 0, err
+    assert "Traceback" not in err
