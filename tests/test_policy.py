@@ -50,7 +50,7 @@ def test_a_custom_policy_deciding_for_a_pushed_row_is_given_the_tasks_owner(
     settings.TASKSTATE = {"CONTROL_POLICY": "tests.test_policy.records_and_allows"}
     CALLS.clear()
     assert policy.allowed(None, running, policy.CANCEL, owner=True)
-    assert CALLS == [(user, running.pk, policy.CANCEL)]
+    assert [(user, running.pk, policy.CANCEL)] == CALLS
 
 
 def test_a_policy_that_raises_refuses_and_logs_the_path(running, user, settings, caplog):

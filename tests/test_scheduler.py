@@ -132,7 +132,7 @@ def test_the_scheduler_command_cleans_up_on_its_interval_and_stops_on_ctrl_c(tmp
             assert time.monotonic() < deadline, "the scheduled cleanup did not run in 20 s"
             time.sleep(0.1)
         scheduler.send_signal(signal.SIGINT)
-        out, err = scheduler.communicate(timeout=20)
+        _out, err = scheduler.communicate(timeout=20)
     finally:
         if scheduler.poll() is None:
             scheduler.kill()
