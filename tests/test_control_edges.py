@@ -1,0 +1,109 @@
+"""Owner control's refusals and degraded paths, called directly (no worker needed)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+from dramatiq.middleware import Middleware
+
+from taskstate import control
+from taskstate.control import RetryRefused
+from taskstate.models import Status, Task
+from tests.testapp import tasks  # noqa: F401  (declares the actors retried here)
+
+pytestmark = pytest.mark.django_db
+
+
+def failed(user: Any, **fields: Any) -> Task:
+    values: dict[str, Any] = {
+        "message_id": f"m-{Task.objects.count()}",
+        "actor_name": "runs_once",
+        "status": Status.FAILED,
+        "user": user,
+        "retry_message": {"actor_name": "runs_once", "args": ["k"], "kwargs": {}},
+    }
+    values.update(fields)
+    return Task.objects.create(**values)
+
+
+class Sent(Middleware):
+    """Records the actor of every message the broker enqueues."""
+
+    def __init__(self) -> None:
+        self.actors: list[str] = []
+
+    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        self.actors.append(message.actor_name)
+
+
+@pytest.fixture
+def sent(broker: dramatiq.Broker) -> Iterator[Sent]:
+    recorder = Sent()
+    broker.add_middleware(recorder)
+    yield recorder
+    broker.middleware[:] = [m for m in broker.middleware if m is not recorder]
+
+
+def test_retry_without_a_stored_message_is_refused(user):
+    task = failed(user, retry_message=None)
+    with pytest.raises(RetryRefused, match="no stored message"):
+        control.retry(task)
+    task.refresh_from_db()
+    assert not task.seen
+
+
+def test_retry_of_an_actor_this_process_does_not_declare_is_refused_and_names_it(user):
+    task = failed(user, retry_message={"actor_name": "gone_in_the_last_deploy", "args": []})
+    with pytest.raises(RetryRefused, match="'gone_in_the_last_deploy' is not declared"):
+        control.retry(task)
+    task.refresh_from_db()
+    assert not task.seen  # still offered: the owner can retry once the actor is back
+
+
+def test_a_second_retry_of_one_row_is_refused_and_sends_nothing(user, sent):
+    task = failed(user)
+    first = control.retry(task)
+    assert isinstance(first, dramatiq.Message)
+    with pytest.raises(RetryRefused, match="retried already"):
+        control.retry(task)  # the stale copy a second tab still holds
+    assert sent.actors == ["runs_once"]
+
+
+def test_hard_cancel_without_dramatiq_abort_installed_warns_and_stays_cooperative(
+    user, settings, monkeypatch, caplog
+):
+    settings.TASKSTATE = {"HARD_CANCEL_AFTER": 2}
+    monkeypatch.setitem(sys.modules, "dramatiq_abort", None)  # as if not installed
+    task = failed(user, status=Status.RUNNING)
+    with caplog.at_level(logging.WARNING, logger="taskstate"):
+        written = control.cancel(task)
+    assert written is not None and written.is_cancelling
+    assert any("dramatiq-abort is not installed" in r.getMessage() for r in caplog.records)
+
+
+def test_hard_cancel_that_dramatiq_abort_refuses_is_logged_and_the_cancel_stands(
+    user, settings, caplog
+):
+    # The test broker has no Abortable middleware: dramatiq-abort's abort() raises.
+    settings.TASKSTATE = {"HARD_CANCEL_AFTER": 2}
+    task = failed(user, status=Status.RUNNING)
+    with caplog.at_level(logging.ERROR, logger="taskstate"):
+        written = control.cancel(task)
+    assert written is not None and written.is_cancelling
+    [record] = [r for r in caplog.records if "could not ask dramatiq-abort" in r.getMessage()]
+    assert record.exc_info is not None
+
+
+def test_retry_of_a_group_whose_child_actor_is_gone_is_refused_and_dismisses_nothing(user):
+    group = Task.objects.create(
+        message_id="g-1", actor_name="group", status=Status.FAILED, user=user, kind="group"
+    )
+    failed(user, parent=group, position=0, retry_message={"actor_name": "nowhere", "args": []})
+    with pytest.raises(RetryRefused, match="'nowhere' is not declared"):
+        control.retry(group)
+    assert not Task.objects.filter(seen=True).exists()
