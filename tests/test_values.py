@@ -235,3 +235,34 @@ def _nested(depth: int) -> list[Any]:
     for _ in range(depth):
         value = [value]
     return value
+
+
+def test_json_value_keeps_scalar_keys_as_json_does_and_refuses_other_keys():
+    from taskstate.values import NotStorable, json_value
+
+    assert json_value({None: 1, True: 2, 3: 3, 1.5: 4}) == {
+        "null": 1,
+        "true": 2,
+        "3": 3,
+        "1.5": 4,
+    }
+    with pytest.raises(NotStorable, match="a tuple key"):
+        json_value({(1, 2): "a tuple cannot be a JSON key"})
+
+
+class _QualnameRaises(type):
+    def __getattribute__(cls, name: str) -> Any:
+        if name == "__qualname__":
+            raise RuntimeError("no qualname today")
+        return super().__getattribute__(name)
+
+
+def test_type_name_of_a_class_whose_names_fail_or_are_missing_never_raises():
+    from taskstate.values import type_name
+
+    class Odd(metaclass=_QualnameRaises):
+        pass
+
+    assert type_name(Odd) == "tests.test_values.Odd"  # __name__ when __qualname__ fails
+    Odd.__module__ = None  # type: ignore[assignment]
+    assert type_name(Odd) == "Odd"
