@@ -126,3 +126,45 @@ def test_user_pk_outside_what_an_auto_field_hands_out_is_dropped(caplog, bad_pk)
     from taskstate.for_state import parse_for_state
 
     assert parse_for_state({"user_pk": bad_pk}, "m1", warn=True).user_pk is None
+
+
+class _ItemsFail(dict):  # type: ignore[type-arg]
+    """A dict whose items cannot be read (a lazy mapping whose backend is gone)."""
+
+    def items(self):  # type: ignore[override]
+        raise ConnectionError("the mapping's backend went away")
+
+
+def test_for_state_whose_items_cannot_be_read_is_replaced_by_none(caplog):
+    from taskstate.for_state import make_encodable
+
+    kwargs = {"for_state": _ItemsFail(user_pk=object())}
+    with caplog.at_level(logging.WARNING, logger="taskstate"):
+        make_encodable(kwargs, "m-items")
+    assert kwargs["for_state"] is None
+    assert "for_state of message m-items cannot be read" in caplog.text
+
+
+def test_uuid_and_text_primary_keys_are_taken_only_when_canonical():
+    import uuid
+
+    from django.core.exceptions import ValidationError
+    from django.db import models
+
+    from taskstate.for_state import _canonical_pk
+
+    uuid_pk = models.UUIDField(primary_key=True)
+    key = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    assert _canonical_pk(uuid_pk, key) == key
+    assert _canonical_pk(uuid_pk, str(key)) == key
+    assert _canonical_pk(uuid_pk, str(key).upper()) == key
+    for bad in [key.hex, f"{{{key}}}", f" {key}", 12345678, None]:
+        with pytest.raises(ValidationError):
+            _canonical_pk(uuid_pk, bad)
+
+    text_pk = models.CharField(primary_key=True, max_length=20)
+    assert _canonical_pk(text_pk, "alice") == "alice"
+    assert _canonical_pk(text_pk, 7) == "7"
+    for bad in ["", None, 1.5, ["alice"]]:
+        with pytest.raises(ValidationError):
+            _canonical_pk(text_pk, bad)
