@@ -22,7 +22,7 @@ from django.db import connections, transaction
 from django.utils import timezone as dj_timezone
 from django.utils.translation import get_language
 from dramatiq.common import q_name
-from dramatiq.middleware import Middleware, Retries, SkipMessage
+from dramatiq.middleware import Middleware, SkipMessage
 
 from taskstate import transitions as t
 from taskstate.conf import get_settings
@@ -76,7 +76,8 @@ class StateMiddleware(Middleware):
         self._lock = threading.Lock()
         # When the next attempt of a message being retried is due, by message id: known
         # when Retries re-enqueues it, written with the retrying status at the ack.
-        self._retry_due: dict[str, datetime | None] = {}
+        #: Messages whose retry was enqueued (after_enqueue), awaiting the ack: when due.
+        self._retry_due: dict[str, object] = {}
 
     # --- sender side -------------------------------------------------------------------
 
@@ -227,11 +228,12 @@ class StateMiddleware(Middleware):
         if run.cancel_requested:
             _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
             return
-        # Acked after an exception: Retries has enqueued the next attempt, or there is no
-        # Retries middleware at all and the message is simply over.
-        retried = any(isinstance(m, Retries) for m in broker.middleware)
-        due_at = self._retry_due.pop(message.message_id, None)
-        if retried:
+        # Acked after an exception: Retries has enqueued the next attempt (after_enqueue
+        # saw it), or the message is over: no Retries middleware, or one that could not
+        # act on this exception (before Python 3.13 Retries raises formatting the
+        # traceback of an exception whose __notes__ fail, and the message is acked).
+        due_at = self._retry_due.pop(message.message_id, _NO_RETRY)
+        if due_at is not _NO_RETRY:
             values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
             values["due_at"] = due_at
             _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values, keep=_KEEP)
@@ -279,8 +281,10 @@ class StateMiddleware(Middleware):
     def _note_retry_due(self, message: Any) -> None:
         with self._lock:
             if len(self._retry_due) > 10_000:
-                # Retries whose ack never came (a lost broker connection): forget them.
-                self._retry_due.clear()
+                # Retries whose ack never came (a lost broker connection): forget the
+                # oldest half (dicts keep insertion order).
+                for key in list(self._retry_due)[:5_000]:
+                    del self._retry_due[key]
             self._retry_due[message.message_id] = _due(message)
 
     def _remember(self, message: Any, run: MessageRun) -> None:
@@ -376,6 +380,9 @@ def _on_commit(write: Callable[[], object]) -> None:
 def _now() -> datetime:
     return dj_timezone.now()
 
+
+#: Not in ``_retry_due``: no retry of the message was enqueued.
+_NO_RETRY = object()
 
 # The first start of a task stays its start, whichever write lands first.
 _KEEP = ("started_at",)

@@ -307,3 +307,49 @@ def test_the_same_message_delivered_twice_gives_one_row_that_never_goes_back(
     assert seen.count("done") == 1
     rank = {"enqueued": 0, "running": 1, "done": 2}
     assert [rank[s] for s in seen] == sorted(rank[s] for s in seen)
+
+
+def test_an_untracked_message_that_skips_gets_no_row(run_all):
+    message = actors.skips.send()
+    run_all()
+    assert not Task.objects.filter(message_id=message.message_id).exists()
+
+
+def test_a_delay_beyond_any_date_leaves_due_at_empty_and_the_send_succeeds(broker, user):
+    message = actors.noop.send_with_options(
+        kwargs={"for_state": {"user_pk": user.pk}}, delay=10**18
+    )
+    task = Task.objects.get(message_id=message.message_id)
+    assert (task.status, task.due_at) == (Status.DELAYED, None)
+
+
+def test_tracebacks_can_be_turned_off(run_all, user, settings):
+    settings.TASKSTATE = {"TRACEBACK_MAX_CHARS": 0}
+    message = actors.always_fails.send(for_state={"user_pk": user.pk})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.FAILED and task.error_type and task.traceback == ""
+
+
+def test_an_exception_that_breaks_the_traceback_module_ends_failed_not_retrying(
+    run_all, user, monkeypatch
+):
+    """Before Python 3.13 formatting such an exception raises: Dramatiq's Retries cannot
+    record its traceback, so it neither retries nor fails the message, which is acked.
+    The row must not read "retrying" for a retry that was never sent."""
+    import sys
+    import threading
+
+    died: list[str] = []
+    # Python < 3.13: logging the error kills the Dramatiq worker thread that logs it
+    # (logging's handleError prints the chained exception again). Not one of ours.
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.thread.name))
+    message = actors.raises_with_broken_notes.send(for_state={"user_pk": user.pk})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.FAILED
+    assert task.error_type == "tests.testapp.tasks.BrokenNotes"
+    assert task.traceback == "<unprintable traceback>" or "BrokenNotes" in task.traceback
+    assert not [name for name in died if name.startswith("taskstate")]
+    if sys.version_info >= (3, 13):
+        assert died == []

@@ -340,3 +340,42 @@ def test_the_session_check_keeps_its_database_connection_between_runs(django_use
     finally:
         connection_created.disconnect(count)
         registry.stop_checks()
+
+
+# Session engines that keep no database table: the stream reference and the session check
+# go through the engine's SessionStore (one load per key) instead of one query.
+@pytest.fixture(params=["cache", "file"])
+def store_sessions(request, settings, tmp_path):
+    settings.SESSION_ENGINE = f"django.contrib.sessions.backends.{request.param}"
+    settings.SESSION_FILE_PATH = str(tmp_path)
+    return request.param
+
+
+def test_with_cache_or_file_sessions_a_refresh_works_once_and_ends_with_the_session(
+    grip, store_sessions, user
+):
+    client = logged_in(user)
+    hold = Hold.of(client.get(EVENTS, HTTP_GRIP_SIG=grip_sig()))
+    response = refresh(hold)
+    assert response.status_code == 200
+    assert refresh(hold).status_code == 403  # its reference was used up
+    following = Hold.of(response)
+    client.logout()
+    assert refresh(following).status_code == 403
+
+
+def test_with_cache_or_file_sessions_the_check_finds_the_ended_ones(
+    store_sessions, django_user_model
+):
+    from importlib import import_module
+
+    from taskstate.streams import _ended_sessions
+
+    store = import_module(django_settings.SESSION_ENGINE).SessionStore
+    users = [django_user_model.objects.create_user(f"s{n}", password="pw") for n in range(4)]
+    live = {(u.pk, session_of(u)) for u in users[:2]}
+    logged_out = (users[2].pk, session_of(users[2]))
+    store(logged_out[1]).delete()
+    inactive = (users[3].pk, session_of(users[3]))
+    django_user_model.objects.filter(pk=users[3].pk).update(is_active=False)
+    assert _ended_sessions(live | {logged_out, inactive}) == {logged_out, inactive}

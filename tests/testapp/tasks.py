@@ -296,3 +296,16 @@ def paced(steps: int, pause: float, for_state: dict[str, Any] | None = None) -> 
         time.sleep(pause)
         taskstate.progress(step, steps, message=f"step {step} of {steps}")
     return steps
+
+
+class BrokenNotes(Exception):
+    """An exception whose ``__notes__`` raise: Python < 3.13's traceback module fails."""
+
+    @property
+    def __notes__(self) -> list[str]:
+        raise RuntimeError("notes are broken")
+
+
+@dramatiq.actor(max_retries=0)
+def raises_with_broken_notes(for_state: dict[str, Any] | None = None) -> None:
+    raise BrokenNotes("broken")
