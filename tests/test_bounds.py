@@ -112,3 +112,49 @@ def test_asynchronous_commit_never_reaches_the_actors_own_transaction(settings):
         assert apply("done") is not None
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone()[0] == "on"
+
+
+def test_the_watchdog_shuts_a_socket_whose_peer_never_answers_and_spares_a_disarmed_one():
+    import socket
+
+    from taskstate.bounds import _Watchdog
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts, never answers
+        hung = socket.create_connection(listener.getsockname())
+        quick = socket.create_connection(listener.getsockname())
+        try:
+            watchdog = _Watchdog()
+            alarm = watchdog.arm(hung.fileno(), 0.2)
+            spared = watchdog.arm(quick.fileno(), 0.2)
+            assert watchdog.disarm(spared) is False  # its write ended in time
+            hung.settimeout(30)
+            assert hung.recv(1) == b""  # the read that would hang for ever ends
+            assert watchdog.disarm(alarm) is True
+            quick.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                quick.recv(1)  # still open, still waiting for its peer
+        finally:
+            hung.close()
+            quick.close()
+
+
+def test_shutting_a_descriptor_that_is_gone_or_not_connected_never_raises():
+    import socket
+
+    from taskstate.bounds import _shut
+
+    _shut(2**20)  # no such descriptor
+    with socket.socket() as unconnected:
+        _shut(unconnected.fileno())
+
+
+@pytest.mark.postgresql
+def test_with_both_timeouts_off_a_write_is_not_bounded_and_still_lands(settings):
+    from taskstate.bounds import client_bound, server_bounds
+
+    settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 0, "DB_LOCK_TIMEOUT": 0}
+    assert server_bounds(connection) == [] and client_bound() == 0.0
+    assert apply("running") is not None
+    assert Task.objects.get().status == Status.RUNNING
+    settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 1.5, "DB_LOCK_TIMEOUT": 0.25}
+    assert server_bounds(connection) == [("statement_timeout", "1500"), ("lock_timeout", "250")]
