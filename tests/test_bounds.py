@@ -158,3 +158,25 @@ def test_with_both_timeouts_off_a_write_is_not_bounded_and_still_lands(settings)
     assert Task.objects.get().status == Status.RUNNING
     settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 1.5, "DB_LOCK_TIMEOUT": 0.25}
     assert server_bounds(connection) == [("statement_timeout", "1500"), ("lock_timeout", "250")]
+
+
+@pytest.mark.postgresql
+def test_progress_stuck_behind_a_locked_row_is_cut_by_the_watchdog_and_the_next_lands(
+    settings, caplog
+):
+    # Progress is a plain UPDATE without server-side bounds: the client watchdog
+    # (DB_STATEMENT_TIMEOUT + GRACE) is what ends its wait.
+    settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 0.3, "DB_LOCK_TIMEOUT": 0}
+    apply("enqueued")
+    apply("running")
+    locked, release, holder = _hold_the_row()
+    try:
+        assert locked.wait(10)
+        assert t.update_progress("m-1", 1, 40, "stuck") is False
+    finally:
+        release.set()
+        holder.join(10)
+    assert "cannot write task state" in caplog.text
+    assert t.update_progress("m-1", 1, 50, "after") is True
+    row = Task.objects.get()
+    assert (row.progress, row.progress_message) == (50, "after")

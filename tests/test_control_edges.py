@@ -107,3 +107,62 @@ def test_retry_of_a_group_whose_child_actor_is_gone_is_refused_and_dismisses_not
     with pytest.raises(RetryRefused, match="'nowhere' is not declared"):
         control.retry(group)
     assert not Task.objects.filter(seen=True).exists()
+
+
+def test_cancel_of_a_task_that_has_ended_changes_nothing(user):
+    task = failed(user, status=Status.DONE)
+    assert control.cancel(task) is None
+    task.refresh_from_db()
+    assert task.cancel_requested_at is None
+
+
+def group_of(user: Any, status: str, *children: str) -> Task:
+    group = Task.objects.create(
+        message_id=f"g-{Task.objects.count()}",
+        actor_name="group",
+        status=status,
+        user=user,
+        kind="group",
+    )
+    for position, child_status in enumerate(children):
+        failed(user, parent=group, position=position, status=child_status)
+    return group
+
+
+def test_cancel_of_a_group_that_has_ended_changes_nothing(user):
+    group = group_of(user, Status.DONE, Status.DONE)
+    assert control.cancel(group) is None
+    assert not Task.objects.filter(cancel_requested_at__isnull=False).exists()
+
+
+def test_hard_cancel_of_a_group_asks_dramatiq_abort_for_each_running_child(user, settings, caplog):
+    # The test broker has no Abortable middleware: each ask is refused and logged.
+    settings.TASKSTATE = {"HARD_CANCEL_AFTER": 2}
+    group = group_of(user, Status.RUNNING, Status.RUNNING, Status.RUNNING, Status.ENQUEUED)
+    with caplog.at_level(logging.ERROR, logger="taskstate"):
+        written = control.cancel(group)
+    assert written is not None and written.is_cancelling
+    running = Task.objects.filter(parent=group, status=Status.RUNNING)
+    asked = [r for r in caplog.records if "could not ask dramatiq-abort" in r.getMessage()]
+    assert sorted(r.args[0] for r in asked) == sorted(running.values_list("pk", flat=True))
+
+
+def test_retry_of_a_group_with_nothing_to_send_again_is_refused(user):
+    group = group_of(user, Status.FAILED, Status.DONE)
+    with pytest.raises(RetryRefused, match="no child to send again"):
+        control.retry(group)
+
+
+def test_a_second_retry_of_one_group_is_refused_and_sends_nothing_more(
+    user, sent, django_capture_on_commit_callbacks
+):
+    group = group_of(user, Status.FAILED, Status.DONE, Status.FAILED)
+    with django_capture_on_commit_callbacks(execute=True):
+        new_group = control.retry(group)
+    assert isinstance(new_group, Task) and new_group.retry_of_id == group.pk
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RetryRefused, match="retried already"),
+    ):
+        control.retry(group)
+    assert sent.actors == ["runs_once"]
