@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -379,3 +380,64 @@ def test_with_cache_or_file_sessions_the_check_finds_the_ended_ones(
     inactive = (users[3].pk, session_of(users[3]))
     django_user_model.objects.filter(pk=users[3].pk).update(is_active=False)
     assert _ended_sessions(live | {logged_out, inactive}) == {logged_out, inactive}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_session_check_the_database_fails_is_logged_once_and_streams_end_once_it_works(
+    settings, django_user_model, caplog
+):
+    """While the sessions cannot be read the streams stay open (one error line, not one
+    per check); once they can, the check picks up where it was and ends what ended."""
+    import asyncio
+    import logging
+
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.db import connection
+
+    from taskstate.streams import Registry
+
+    settings.TASKSTATE = {"STREAM_CHECK_INTERVAL": 0.05}
+    carol = django_user_model.objects.create_user("carol", password="pw")
+    session_key = session_of(carol)
+    registry = Registry()
+    stream = registry.admit(carol.pk, session_key)
+    assert stream is not None
+
+    def rename(old: str, new: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"ALTER TABLE {connection.ops.quote_name(old)} "
+                f"RENAME TO {connection.ops.quote_name(new)}"
+            )
+
+    def errors() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "cannot check the sessions" in r.getMessage()]
+
+    async def until(condition: Any, what: str) -> None:
+        for _ in range(600):
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{what} did not happen within 30 s")
+
+    async def scenario() -> None:
+        registry.watch()
+        await until(lambda: errors(), "the failing check's error line")
+        await asyncio.sleep(0.3)  # several more checks fail meanwhile
+        assert stream.reason is None  # not closed for want of an answer
+        await asyncio.to_thread(rename, "django_session_away", "django_session")
+        await asyncio.to_thread(SessionStore(session_key).delete)
+        await until(lambda: stream.reason is not None, "the ended session's stream closing")
+
+    rename("django_session", "django_session_away")
+    try:
+        with caplog.at_level(logging.INFO, logger="taskstate"):
+            asyncio.run(scenario())
+    finally:
+        registry.stop_checks()
+        tables = connection.introspection.table_names()
+        if "django_session_away" in tables:
+            rename("django_session_away", "django_session")
+    assert len(errors()) == 1
+    assert any("works again" in r.getMessage() for r in caplog.records)
+    assert stream.reason == "The session of this stream has ended."
