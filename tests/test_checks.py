@@ -67,6 +67,9 @@ def test_unknown_key_is_e002_and_lists_the_known_ones(settings):
         ("PROGRESS_INTERVAL", "fast", "must be a number"),
         ("PROGRESS_INTERVAL", True, "must be a number"),
         ("RUNNING_TIMEOUT", -1, "must not be negative"),
+        ("RUNNING_TIMEOUT", 0, "must be above zero"),
+        ("PROGRESS_INTERVAL", float("inf"), "must be a finite number"),
+        ("PROGRESS_INTERVAL", float("nan"), "must be a finite number"),
         ("DELETE_SEEN_AFTER", 1.5, "must be a whole number"),
         ("STORE_RESULT", "yes", "must be True or False"),
         ("STORE_RESULT", 1, "must be True or False"),
@@ -241,3 +244,18 @@ def test_the_stack_checks_show_in_manage_py_check(settings, capsys):
     err = capsys.readouterr().err
     assert "taskstate.W003" in err
     assert "taskstate.W004" in err
+
+
+@pytest.mark.parametrize("broker", [None, "dramatiq.brokers.redis.RedisBroker"])
+def test_a_broker_setting_that_is_not_a_dict_is_left_to_django_dramatiq(settings, broker):
+    # django_dramatiq's own checks say what is wrong with it; ours have nothing to read.
+    settings.DRAMATIQ_BROKER = broker
+    assert check_middleware() == []
+    assert check_event_bus() == []
+
+
+def test_a_channel_manager_path_that_does_not_import_is_w003(settings):
+    settings.EVENTSTREAM_CHANNELMANAGER_CLASS = "myproject.nowhere.ChannelManager"
+    messages = check_channel_manager()
+    assert ids(messages) == ["taskstate.W003"]
+    assert "myproject.nowhere.ChannelManager" in messages[0].msg

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -231,3 +233,41 @@ def test_a_failed_publish_ends_in_a_stream_reset_once_sending_works(
     events = capture.events()
     assert [kind for _, kind, _ in events] == ["", "stream-reset"]
     assert "taskstate-task-2" in events[0][2]
+
+
+def test_a_database_alias_that_does_not_exist_still_gives_a_namespace(settings):
+    from taskstate.channels import site_namespace
+
+    settings.TASKSTATE = {"DATABASE": "no-such-alias"}  # taskstate.E004 reports it
+    assert re.fullmatch(r"[0-9a-f]{12}", site_namespace())
+
+
+def test_a_deactivated_user_may_not_read_even_their_own_channel(user):
+    mine = user_channel(user.pk)
+    user.is_active = False
+    assert not may_read(user, mine)
+
+
+def test_a_receiver_of_task_changed_that_raises_is_logged_and_the_others_still_run(user, caplog):
+    from taskstate.signals import announce, task_changed, task_committed
+
+    task = Task.objects.create(message_id="sig", actor_name="a", status=Status.DONE, user=user)
+    heard: list[str] = []
+
+    def breaks(sender: Any, task: Task, **kwargs: Any) -> None:
+        raise RuntimeError("a project's receiver is broken")
+
+    def listens(sender: Any, task: Task, **kwargs: Any) -> None:
+        heard.append(task.message_id)
+
+    task_changed.connect(breaks)
+    task_committed.connect(listens)
+    try:
+        with caplog.at_level(logging.ERROR, logger="taskstate"):
+            announce(task, sender=Task, committed=True)
+    finally:
+        task_changed.disconnect(breaks)
+        task_committed.disconnect(listens)
+    assert heard == ["sig"]
+    [record] = [r for r in caplog.records if r.name == "taskstate" and "breaks" in r.getMessage()]
+    assert "failed" in record.getMessage() and record.exc_info is not None
