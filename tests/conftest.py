@@ -12,7 +12,7 @@ import pytest
 from django.db.backends.signals import connection_created
 from dramatiq.brokers.stub import StubBroker
 
-from tests.support.workers import stop_worker
+from tests.support.workers import Sent, stop_worker
 
 
 class QueryCounter:
@@ -114,6 +114,15 @@ def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
     w.start()
     yield w
     stop_worker(broker, w)
+
+
+@pytest.fixture
+def sent(broker: dramatiq.Broker) -> Iterator[Sent]:
+    """What the broker enqueues during the test."""
+    recorder = Sent()
+    broker.add_middleware(recorder)
+    yield recorder
+    broker.middleware[:] = [m for m in broker.middleware if m is not recorder]
 
 
 @pytest.fixture

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
 import pytest
-from dramatiq.middleware import Middleware
 
 from taskstate import control
 from taskstate.control import RetryRefused
@@ -29,24 +27,6 @@ def failed(user: Any, **fields: Any) -> Task:
     }
     values.update(fields)
     return Task.objects.create(**values)
-
-
-class Sent(Middleware):
-    """Records the actor of every message the broker enqueues."""
-
-    def __init__(self) -> None:
-        self.actors: list[str] = []
-
-    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
-        self.actors.append(message.actor_name)
-
-
-@pytest.fixture
-def sent(broker: dramatiq.Broker) -> Iterator[Sent]:
-    recorder = Sent()
-    broker.add_middleware(recorder)
-    yield recorder
-    broker.middleware[:] = [m for m in broker.middleware if m is not recorder]
 
 
 def test_retry_without_a_stored_message_is_refused(user):

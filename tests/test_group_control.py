@@ -14,12 +14,11 @@ import dramatiq
 import pytest
 from django.test import Client
 from django.urls import reverse
-from dramatiq.middleware import Middleware
 
 import taskstate
 from taskstate.models import Kind, Status, Task
 from tests.support.faults import wait_for
-from tests.support.workers import stop_worker
+from tests.support.workers import Sent, stop_worker
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -36,24 +35,6 @@ def new_key() -> str:
 def owner(client: Client, user: Any) -> Client:
     client.force_login(user)
     return client
-
-
-class Sent(Middleware):
-    """Records the id of every message the broker enqueues (a real middleware)."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-
-    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
-        self.ids.append(message.message_id)
-
-
-@pytest.fixture
-def sent(broker: dramatiq.Broker) -> Iterator[Sent]:
-    recorder = Sent()
-    broker.add_middleware(recorder)
-    yield recorder
-    broker.middleware[:] = [m for m in broker.middleware if m is not recorder]
 
 
 @pytest.fixture

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dramatiq
+from dramatiq.middleware import Middleware
 
 
 def stop_worker(broker: dramatiq.Broker, w: dramatiq.Worker) -> None:
@@ -21,3 +24,15 @@ def stop_worker(broker: dramatiq.Broker, w: dramatiq.Worker) -> None:
         tasks.TEST_OVER.clear()
     # Each Worker adds a middleware of its own to the broker and never takes it back.
     broker.middleware[:] = [m for m in broker.middleware if getattr(m, "worker", None) is not w]
+
+
+class Sent(Middleware):
+    """Records every message the broker enqueues (a real middleware): ids and actors."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.actors: list[str] = []
+
+    def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+        self.ids.append(message.message_id)
+        self.actors.append(message.actor_name)
