@@ -75,9 +75,9 @@ class StateMiddleware(Middleware):
         self._runs: dict[int, tuple[weakref.ref[Any], MessageRun]] = {}
         self._lock = threading.Lock()
         # When the next attempt of a message being retried is due, by message id: known
-        # when Retries re-enqueues it, written with the retrying status at the ack.
-        #: Messages whose retry was enqueued (after_enqueue), awaiting the ack: when due.
-        self._retry_due: dict[str, object] = {}
+        # when Retries re-enqueues it, written with the retrying status at the ack. A
+        # message acked after an exception and absent here was not retried.
+        self._retry_due: dict[str, datetime | None] = {}
 
     # --- sender side -------------------------------------------------------------------
 
@@ -232,8 +232,9 @@ class StateMiddleware(Middleware):
         # saw it), or the message is over: no Retries middleware, or one that could not
         # act on this exception (before Python 3.13 Retries raises formatting the
         # traceback of an exception whose __notes__ fail, and the message is acked).
-        due_at = self._retry_due.pop(message.message_id, _NO_RETRY)
-        if due_at is not _NO_RETRY:
+        retried = message.message_id in self._retry_due
+        due_at = self._retry_due.pop(message.message_id, None)
+        if retried:
             values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
             values["due_at"] = due_at
             _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values, keep=_KEEP)
@@ -380,9 +381,6 @@ def _on_commit(write: Callable[[], object]) -> None:
 def _now() -> datetime:
     return dj_timezone.now()
 
-
-#: Not in ``_retry_due``: no retry of the message was enqueued.
-_NO_RETRY = object()
 
 # The first start of a task stays its start, whichever write lands first.
 _KEEP = ("started_at",)
