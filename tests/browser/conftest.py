@@ -62,7 +62,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of the running example project."""
     if _missing_browser():
         pytest.skip("no browser")  # the browser fixture says why, or fails in CI
-    port = free_port()
     processes: list[Process] = []
     env = child_env(DJANGO_SETTINGS_MODULE="demo_site.settings")
     db_name = f"taskstate_browser_{os.getpid()}"
@@ -80,10 +79,21 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     else:
         env["DEMO_SQLITE_PATH"] = str(tmp_path_factory.mktemp("demo") / "demo.sqlite3")
     try:
-        web_args = ["demo", "--port", str(port)] + (["--no-worker"] if SERVICES else [])
-        web = Process("demo", _manage(*web_args), env)
-        processes.append(web)
-        web.wait_for_output("taskstate demo: http://", timeout=90)
+        # A free port can be taken by another process (CI runs suites side by side)
+        # before the demo binds it: then the demo exits saying so, and gets another.
+        for attempt in range(3):
+            port = free_port()
+            web_args = ["demo", "--port", str(port)] + (["--no-worker"] if SERVICES else [])
+            web = Process("demo", _manage(*web_args), env)
+            processes.append(web)
+            try:
+                web.wait_for_output("taskstate demo: http://", timeout=90)
+                web.wait_listening(port, timeout=60)
+                break
+            except RuntimeError:
+                taken = "in use" in web.output()
+                if attempt == 2 or not taken:
+                    raise
         if SERVICES:
             worker = Process(
                 "rundramatiq", _manage("rundramatiq", "--processes", "1", "--threads", "4"), env

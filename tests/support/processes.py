@@ -65,6 +65,23 @@ class Process:
     def output(self) -> str:
         return "\n".join(self.lines[-200:])
 
+    def wait_listening(self, port: int, timeout: float = 60) -> None:
+        """Wait until this process accepts connections on ``port`` (a banner printed
+        before the server binds is no proof that it listens)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{self.name} never listened on {port}:\n{self.output()}"
+                    ) from None
+                time.sleep(0.1)
+
     def stop(self, timeout: float = 15) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
