@@ -6,7 +6,7 @@ import re
 import time
 from typing import Any
 
-from tests.browser.conftest import expect, screenshot
+from tests.browser.conftest import DEMO_FEED_DOWN_SECONDS, expect, screenshot
 from tests.browser.test_demo import assert_not_reloaded, mark_no_reload, start, wait_status
 
 
@@ -29,10 +29,6 @@ def test_cancel_stops_a_running_report_mid_way(new_page):
     screenshot(page, "report-cancelled")
 
 
-#: example_project/demo/actions.py FEED_DOWN_SECONDS (the demo is not importable here).
-FEED_DOWN_SECONDS = 10
-
-
 def test_retry_sends_a_failed_import_again_and_it_goes_through(new_page):
     page = new_page("demo")
     clicked = time.monotonic()
@@ -43,7 +39,7 @@ def test_retry_sends_a_failed_import_again_and_it_goes_through(new_page):
     expect(retry).to_have_count(1)
     screenshot(page, "import-failed")
     # The demo's feed is down for a fixed time from the click: wait until it is back.
-    page.wait_for_timeout(max(0.0, clicked + FEED_DOWN_SECONDS + 1 - time.monotonic()) * 1000)
+    page.wait_for_timeout(max(0.0, clicked + DEMO_FEED_DOWN_SECONDS + 1 - time.monotonic()) * 1000)
 
     before = set(page.eval_on_selector_all("li.taskstate-task", "els => els.map(e => e.id)"))
     retry.click()
