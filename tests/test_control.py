@@ -202,6 +202,28 @@ def test_cancel_requested_lets_an_actor_that_reports_nothing_stop_on_its_own(
     assert key not in actors.FINISHED
 
 
+def test_an_actor_that_never_reports_reads_cancelling_then_ends_as_it_ends(
+    worker, run_all, owner, user
+):
+    # No progress(), no cancel_requested(), no dramatiq-abort: nothing can stop it.
+    key = new_key()
+    message = actors.ignores_cancel.send(key, for_state={"user_pk": user.pk})
+    actors.STARTED.setdefault(key, threading.Event())
+    assert actors.STARTED[key].wait(30)
+    task = wait_for_row(message, "the task to run", status=Status.RUNNING)
+
+    assert "Cancelling" in cancel(owner, task, **HTMX).content.decode()
+    page = owner.get(reverse("taskstate:list")).content.decode()
+    assert "Cancelling" in page and reverse("taskstate:cancel", args=[task.pk]) not in page
+
+    actors.LET_FINISH.setdefault(key, threading.Event()).set()
+    run_all()
+    task = row(message)
+    # Its own end is the first final state: done, with its result; the request stays noted.
+    assert (task.status, task.result, task.attempts) == (Status.DONE, "finished", 1)
+    assert task.cancel_requested_at is not None and key in actors.FINISHED
+
+
 @pytest.mark.parametrize(
     "state_first", [True, False], ids=["state-before-retries", "state-after-retries"]
 )

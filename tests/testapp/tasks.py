@@ -210,6 +210,21 @@ def checks_cancel(key: str, for_state: dict[str, Any] | None = None) -> str:
     return "finished"
 
 
+#: Set by a test to let ``ignores_cancel`` return.
+LET_FINISH: dict[str, threading.Event] = {}
+
+
+@dramatiq.actor(max_retries=3, min_backoff=10, max_backoff=20, time_limit=60_000)
+def ignores_cancel(key: str, for_state: dict[str, Any] | None = None) -> str:
+    """Reports no progress and never asks: runs until the test lets it finish."""
+    _ran(key)
+    STARTED[key].set()
+    if LET_FINISH.setdefault(key, threading.Event()).wait(30) and not TEST_OVER.is_set():
+        FINISHED.add(key)
+        return "finished"
+    return "abandoned"
+
+
 @dramatiq.actor(max_retries=0)
 def runs_once(key: str, for_state: dict[str, Any] | None = None) -> str:
     _ran(key)
