@@ -2,6 +2,7 @@
 
     TASKSTATE_TEST_REDIS_URL=redis://127.0.0.1:6379/2 python benchmarks/cancel_latency.py
     python benchmarks/cancel_latency.py --smoke       # 3 + 1 tries, for CI
+    python benchmarks/cancel_latency.py --db bench_a  # a database of its own (dropped first)
 
 A real ``rundramatiq`` process (Redis broker, PostgreSQL) runs an actor that reports
 progress every 0.5 s; once it runs, the owner's POST to ``taskstate:cancel`` is made
@@ -61,11 +62,16 @@ def main() -> None:
     parser.add_argument("--tries", type=int, default=20)
     parser.add_argument("--hard-tries", type=int, default=5)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--db",
+        default="taskstate_bench_cancel",
+        help="PostgreSQL database to drop, create and use (runs side by side need their own)",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.tries, args.hard_tries = 3, 1
 
-    django_on_postgres("taskstate_bench_cancel")
+    django_on_postgres(args.db)
     import dramatiq
     from django.contrib.auth import get_user_model
     from django.test import Client, override_settings
@@ -86,7 +92,7 @@ def main() -> None:
     env = child_env(
         DJANGO_SETTINGS_MODULE="tests.settings",
         TASKSTATE_TEST_SERVICES="1",
-        TASKSTATE_TEST_DB_NAME="taskstate_bench_cancel",
+        TASKSTATE_TEST_DB_NAME=args.db,
         TASKSTATE_TEST_ABORT="1",
     )
     worker = start_worker(env)
