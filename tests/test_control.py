@@ -394,6 +394,25 @@ def test_cancel_and_retry_need_the_csrf_token(user):
     assert retry(client, task).status_code == 403
 
 
+def test_a_cancel_is_pushed_to_the_owners_pages_at_once(owner, user, capture_events):
+    # No worker here: what the owner's other tabs get comes from the view alone.
+    from taskstate.channels import user_channel
+    from tests.support.factories import make_task
+
+    running = make_task(status=Status.RUNNING, user=user)
+    waiting = make_task(status=Status.ENQUEUED, user=user)
+    capture = capture_events(user_channel(user.pk))
+    assert cancel(owner, running).status_code == 302
+    assert cancel(owner, waiting).status_code == 302
+
+    pushed = [data for _, _, data in capture.events()]
+    running_rows = [d for d in pushed if f'id="taskstate-task-{running.pk}"' in d]
+    waiting_rows = [d for d in pushed if f'id="taskstate-task-{waiting.pk}"' in d]
+    assert running_rows and "Cancelling" in running_rows[-1]
+    assert reverse("taskstate:cancel", args=[running.pk]) not in running_rows[-1]
+    assert waiting_rows and "taskstate-status-cancelled" in waiting_rows[-1]
+
+
 def test_a_completed_task_cannot_be_cancelled(owner, user):
     from tests.support.factories import make_task
 
