@@ -9,7 +9,9 @@ import pytest
 from django.template.loader import render_to_string
 
 from taskstate.estimates import Estimator, describe_seconds
-from taskstate.models import Status, Task
+from taskstate.groups import refresh_group
+from taskstate.models import Kind, Status, Task
+from tests.support.factories import make_task
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -125,6 +127,31 @@ def test_only_running_tasks_get_an_estimate(clock: FakeClock) -> None:
         task = _running(progress=50)
         task.status = status
         assert estimator.seconds_left(task) is None
+
+
+@pytest.mark.django_db
+def test_a_group_gets_an_estimate_from_its_combined_progress(clock: FakeClock) -> None:
+    parent = make_task(kind=Kind.GROUP, status=Status.ENQUEUED, state_order=1)
+    for position, (status, progress) in enumerate(
+        (("done", 100), ("running", 50), ("running", 0), ("enqueued", 0)), start=1
+    ):
+        make_task(
+            parent=parent,
+            position=position,
+            status=status,
+            progress=progress,
+            started_at=None if status == "enqueued" else T0,
+            state_order=15,
+        )
+    refreshed = refresh_group(parent.pk)
+    assert refreshed is not None
+    group = refreshed.task
+    # Its progress is its children's, (100 + 50) / 4; it started with its first child.
+    assert (group.status, group.progress, group.started_at) == (Status.RUNNING, 37, T0)
+    estimator = Estimator(clock)
+    clock.advance(30)
+    assert estimator.seconds_left(group) == pytest.approx(30 * 63 / 37)
+    assert estimator.describe(group) == "about 50 s left"
 
 
 @pytest.mark.parametrize(

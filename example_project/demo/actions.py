@@ -51,7 +51,8 @@ def _batch(user_pk: Any) -> None:
         for number in range(1, BATCH_SIZE + 1)
     )
     description = f"Batch of {BATCH_SIZE}"
-    taskstate.track_group(batch, for_state=_for_state(user_pk, description)).run()
+    # retryable: a cancelled batch can be sent again from its row, its unfinished part only.
+    taskstate.track_group(batch, for_state=_for_state(user_pk, description, retryable=True)).run()
 
 
 def _pipeline(user_pk: Any, *, fail: bool = False) -> None:
@@ -101,7 +102,8 @@ ACTIONS: dict[str, DemoAction] = {
             "batch",
             f"Batch of {BATCH_SIZE}",
             f"{BATCH_SIZE} short tasks at once, tracked as one group: one row, "
-            "combined progress; open it to see each task.",
+            "combined progress; open it to see each task. Cancel stops the unfinished "
+            "ones; Retry sends only those again.",
             _batch,
         ),
         DemoAction(

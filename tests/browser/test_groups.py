@@ -6,7 +6,14 @@ import re
 from typing import Any
 
 from tests.browser.conftest import expect, screenshot
-from tests.browser.test_demo import ROWS, mark_no_reload, row_ids, start, wait_status
+from tests.browser.test_demo import (
+    ROWS,
+    assert_not_reloaded,
+    mark_no_reload,
+    row_ids,
+    start,
+    wait_status,
+)
 
 TIME_LEFT = re.compile(r"^(a few seconds left|about \d+ (s|min|h) left)$")
 
@@ -79,3 +86,43 @@ def test_a_running_task_shows_the_time_it_has_left_and_it_never_grows_wildly(new
     assert all(TIME_LEFT.match(t) and "h left" not in t for t in seen), seen
     assert not [t for t in seen if re.match(r"about ([2-9]|\d\d+) min", t)], seen
     assert page.locator(f"{ROWS}#{row} .taskstate-time-left").count() == 0  # done: none
+
+
+def test_cancel_stops_a_batch_s_unfinished_children_and_retry_sends_only_those(new_page):
+    page = new_page("demo")
+    row = start(page, "Batch of 20")
+    mark_no_reload(page)
+    # Cancelled once some children are done and most are not: the done keep their state.
+    counts = page.locator(f"#{row} .taskstate-group-counts")
+    expect(counts).to_contain_text(re.compile(r"^([1-9]|1[0-5]) of 20 done"), timeout=40_000)
+    page.click(f"#{row} button:has-text('Cancel')")
+    wait_status(page, row, "cancelled", timeout=30_000)
+    assert page.locator(f"#{row} button:has-text('Cancel')").count() == 0
+    page.click(f"#{row} summary")
+    children = page.locator(f"#{row} li.taskstate-child")
+    expect(children).to_have_count(20)
+    child = f"#{row} li.taskstate-child"
+    done = page.locator(f"{child}[data-status=done]").count()
+    cancelled = page.locator(f"{child}[data-status=cancelled]").count()
+    assert done >= 1 and cancelled >= 1 and done + cancelled == 20, (done, cancelled)
+    screenshot(page, "group-cancelled")
+
+    before = row_ids(page)
+    page.click(f"#{row} button:has-text('Retry')")
+    expect(page.locator(f"#{row}")).to_have_count(0)  # the old group is dismissed
+    others = "".join(f":not(#{i})" for i in sorted(before))
+    new = page.locator(f"{ROWS}{others}").filter(
+        has=page.locator(".taskstate-description", has_text="Batch of 20")
+    )
+    expect(new).to_have_count(1, timeout=20_000)
+    new_id: Any = new.get_attribute("id")
+    assert new_id not in before
+    # Only the cancelled children are sent again, as a new group.
+    expect(page.locator(f"#{new_id} .taskstate-group-counts")).to_contain_text(
+        f"of {cancelled} done"
+    )
+    wait_status(page, new_id, "done", timeout=60_000)
+    expect(page.locator(f"#{new_id} .taskstate-group-counts")).to_contain_text(
+        f"{cancelled} of {cancelled} done"
+    )
+    assert_not_reloaded(page)
