@@ -5,9 +5,10 @@ The proxy's refresh link carries django-eventstream's ``es-meta`` token and task
 the proxy's signature and its ``Grip-Last`` mark, and a logged reference has already
 been used, but neither belongs in a log either. :class:`RedactStreamTokens`
 replaces their values; ``TaskstateConfig.ready`` adds it to the access loggers of the
-servers that run Django in-process (uvicorn, gunicorn, daphne, hypercorn). Logs written
-outside this process (Pushpin's, a reverse proxy's) are the operator's to configure
-(docs/pushpin.md).
+servers that run Django in-process and log through :mod:`logging` (uvicorn, gunicorn,
+hypercorn, and the ``runserver`` of Django and of daphne). Logs written outside this
+process (Pushpin's, a reverse proxy's), and daphne's own access log, which daphne
+writes straight to its stream, are the operator's to configure (docs/pushpin.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import logging
 import re
 
 #: Loggers whose records carry request paths with query strings.
-ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access", "daphne.access", "hypercorn.access")
+ACCESS_LOGGERS = (
+    "uvicorn.access",
+    "gunicorn.access",
+    "hypercorn.access",
+    "django.server",  # Django's runserver
+    "django.channels.server",  # daphne's runserver
+)
 _NAMES = ("es-meta", "ts-stream")
 
 

@@ -63,3 +63,43 @@ def test_parameter_names_are_matched_in_any_case_and_percent_encoded(query):
     """Django's QueryDict decodes %2D to "-", so es%2Dmeta is es-meta to the view."""
     line = redact(f"GET /taskstate/events/?link=next&{query} HTTP/1.1")
     assert TOKEN not in line and "=[redacted]" in line
+
+
+def filtered_line(name: str, msg: str, args: tuple | dict) -> str:
+    """The line the logger ``name`` writes for this record, after its own filters."""
+    record = logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, None)
+    for f in logging.getLogger(name).filters:
+        f.filter(record)
+    return record.getMessage()
+
+
+def test_djangos_runserver_request_line_carries_no_token():
+    """django.core.servers.basehttp: logger.info('"%s" %s %s', requestline, code, size).
+    Django's own runserver is enough for a refresh behind Pushpin (no held stream)."""
+    line = filtered_line(
+        "django.server",
+        '"%s" %s %s',
+        (f"GET /taskstate/events/?link=next&es-meta={TOKEN}&ts-stream=ref123 HTTP/1.1", "200", "5"),
+    )
+    assert TOKEN not in line and "ref123" not in line
+    assert "es-meta=[redacted]&ts-stream=[redacted]" in line
+
+
+def test_daphnes_runserver_request_line_carries_no_token():
+    """daphne's runserver logs each request to "django.channels.server" with a mapping
+    whose path is the whole request target, query string included."""
+    details = {
+        "path": f"/taskstate/events/?link=next&es-meta={TOKEN}&ts-stream=ref123",
+        "status": 200,
+        "method": "GET",
+        "client": "127.0.0.1:5000",
+        "time_taken": 0.01,
+        "size": 5,
+    }
+    line = filtered_line(
+        "django.channels.server",
+        "HTTP %(method)s %(path)s %(status)s [%(time_taken).2f, %(client)s]",
+        details,
+    )
+    assert TOKEN not in line and "ref123" not in line
+    assert "es-meta=[redacted]&ts-stream=[redacted]" in line
