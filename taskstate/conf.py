@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -21,6 +22,10 @@ from django.dispatch import receiver
 _ABOVE_ZERO = {"rule": "above zero"}
 #: A string whose empty value means "work it out".
 _MAY_BE_EMPTY = {"rule": "may be empty"}
+#: Parts of channel names: GRIP's Grip-Channel header splits channels at commas and their
+#: parameters at semicolons, so a name keeps to characters no header or URL treats apart.
+_CHANNEL_PART = re.compile(r"[A-Za-z0-9_.:-]*")
+_CHANNEL_KEYS = frozenset({"CHANNEL_PREFIX", "CHANNEL_NAMESPACE"})
 
 
 @dataclass(frozen=True)
@@ -152,9 +157,13 @@ def setting_problem(key: str, value: Any) -> str | None:
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be True or False"
     if isinstance(default, str):
-        if key in _MAY_BE_EMPTY_KEYS:
-            return None if isinstance(value, str) else "must be a string"
-        return None if isinstance(value, str) and value else "must be a non-empty string"
+        if key not in _MAY_BE_EMPTY_KEYS and not (isinstance(value, str) and value):
+            return "must be a non-empty string"
+        if not isinstance(value, str):
+            return "must be a string"
+        if key in _CHANNEL_KEYS and not _CHANNEL_PART.fullmatch(value):
+            return "may hold only ASCII letters, digits and _ . : -"
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "must be a number"
     if isinstance(default, int) and not isinstance(value, int):

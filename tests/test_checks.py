@@ -74,6 +74,12 @@ def test_unknown_key_is_e002_and_lists_the_known_ones(settings):
         ("STORE_RESULT", "yes", "must be True or False"),
         ("STORE_RESULT", 1, "must be True or False"),
         ("CHANNEL_PREFIX", "", "must be a non-empty string"),
+        # A GRIP Grip-Channel header lists channels split by commas, with parameters
+        # after semicolons: such characters (or spaces) would split one user's channel.
+        ("CHANNEL_PREFIX", "tasks, admin-", "letters, digits"),
+        ("CHANNEL_NAMESPACE", "site;a", "letters, digits"),
+        ("CHANNEL_NAMESPACE", "site a", "letters, digits"),
+        ("CHANNEL_NAMESPACE", "sité", "letters, digits"),
         ("DATABASE", None, "must be a non-empty string"),
     ],
 )
@@ -159,6 +165,8 @@ def test_get_settings_uses_valid_project_values(settings):
         ("RUNNING_TIMEOUT", -1),
         ("STORE_RESULT", "yes"),
         ("CHANNEL_PREFIX", ""),
+        ("CHANNEL_PREFIX", "a,b-"),
+        ("CHANNEL_NAMESPACE", "x;prev-id=1"),
     ],
 )
 def test_get_settings_falls_back_to_the_default_for_a_bad_value(settings, key, value):
