@@ -107,7 +107,11 @@ function Recording(title, options) {
   return new Real(title, options);
 }
 Object.defineProperty(Recording, 'permission', {get: () => Real.permission});
-Recording.requestPermission = (...args) => Real.requestPermission(...args);
+window.__permissionRequests = 0;
+Recording.requestPermission = (...args) => {
+  window.__permissionRequests += 1;
+  return Real.requestPermission(...args);
+};
 window.Notification = Recording;
 let hidden = false;
 Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});
@@ -130,8 +134,10 @@ def test_a_task_ending_in_a_hidden_tab_notifies_and_counts_in_the_title(browser,
         button = page.locator("[data-taskstate-notify-button]")
         expect(button).to_be_visible()
         expect(button).to_have_attribute("aria-pressed", "false")
+        assert page.evaluate("window.__permissionRequests") == 0
         button.click()
         expect(button).to_have_attribute("aria-pressed", "true")
+        assert page.evaluate("window.__permissionRequests") == 1
         row = start(page, "Build a report")
         # A group notifies as one task: its children, shown live, never on their own.
         batch = start(page, "Batch of 20")
