@@ -100,6 +100,15 @@ def test_failing_task_shows_retrying_then_failed(new_page):
     assert "retrying" in page.text_content(f"#{row} .taskstate-error").lower()
     wait_status(page, row, "failed")
     assert page.text_content(f"#{row} .taskstate-badge").strip() == "Failed"
+    expect(page.locator(f"#{row} .taskstate-meta")).to_contain_text("failed after 3 attempts")
+    # The error's detail opens from its summary; the traceback is for staff only.
+    detail = page.locator(f"#{row} .taskstate-error-message")
+    expect(detail).to_be_hidden()
+    page.click(f"#{row} .taskstate-error-detail summary")
+    expect(detail).to_have_text(
+        "demo.tasks.FeedUnavailable: The supplier feed answered 503 Service Unavailable"
+    )
+    expect(page.locator(f"#{row} .taskstate-traceback")).to_have_count(0)
     assert_not_reloaded(page)
 
 

@@ -107,7 +107,11 @@ function Recording(title, options) {
   return new Real(title, options);
 }
 Object.defineProperty(Recording, 'permission', {get: () => Real.permission});
-Recording.requestPermission = (...args) => Real.requestPermission(...args);
+window.__permissionRequests = 0;
+Recording.requestPermission = (...args) => {
+  window.__permissionRequests += 1;
+  return Real.requestPermission(...args);
+};
 window.Notification = Recording;
 let hidden = false;
 Object.defineProperty(document, 'hidden', {configurable: true, get: () => hidden});
@@ -130,8 +134,10 @@ def test_a_task_ending_in_a_hidden_tab_notifies_and_counts_in_the_title(browser,
         button = page.locator("[data-taskstate-notify-button]")
         expect(button).to_be_visible()
         expect(button).to_have_attribute("aria-pressed", "false")
+        assert page.evaluate("window.__permissionRequests") == 0
         button.click()
         expect(button).to_have_attribute("aria-pressed", "true")
+        assert page.evaluate("window.__permissionRequests") == 1
         row = start(page, "Build a report")
         # A group notifies as one task: its children, shown live, never on their own.
         batch = start(page, "Batch of 20")
@@ -228,5 +234,50 @@ def test_on_a_phone_a_started_task_is_in_sight_and_the_top_bar_is_one_line(brows
         line = page.evaluate("parseFloat(getComputedStyle(document.body).lineHeight)")
         assert all(h <= line * 1.5 for h in heights), (heights, line)
         screenshot(page, "mobile")
+    finally:
+        context.close()
+
+
+def test_a_finished_row_is_one_line_and_times_read_in_the_browsers_zone(browser, demo):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    # A zone half an hour off UTC, so that the server's zone cannot pass for it.
+    zone = "Asia/Kolkata"
+    context = _context(browser, timezone_id=zone, locale="en-US", reduced_motion="reduce")
+    try:
+        page = context.new_page()
+        _login(page, demo)
+        wait_open(page)
+        done = start(page, "Quick ping")
+        wait_status(page, done, "done")
+        # One line: the bar hidden, and status, description, time and Dismiss side by side.
+        expect(page.locator(f"#{done} .taskstate-progress")).to_be_hidden()
+        expect(page.locator(f"#{done} .taskstate-meta")).to_contain_text("took under 1 s")
+        tops = page.evaluate(
+            """id => [...document.querySelectorAll(`#${id} .taskstate-task-head > *`)]
+                     .map(e => e.getBoundingClientRect())
+                     .map(r => [Math.round(r.top), Math.round(r.bottom)])""",
+            done,
+        )
+        assert len(tops) == 4, tops
+        assert max(t for t, _ in tops) < min(b for _, b in tops), tops
+        line = page.evaluate("parseFloat(getComputedStyle(document.body).lineHeight)")
+        assert page.locator(f"#{done}").bounding_box()["height"] < 2 * line
+        # The time: relative in the text, the date and time in the browser's zone on hover.
+        time = page.locator(f"#{done} time[datetime]")
+        expect(time).to_have_attribute("title", re.compile(r"GMT\+5:30"))
+        when = datetime.fromisoformat(time.get_attribute("datetime")).astimezone(ZoneInfo(zone))
+        assert f"{when:%I:%M:%S}".lstrip("0") in time.get_attribute("title")
+        expect(time).to_have_text(re.compile(r"^(now|\d+ seconds? ago)$"))
+        # A running row's pulse stops for people who ask for reduced motion.
+        running = start(page, "Build a report")
+        wait_status(page, running, "running")
+        icon = page.locator(f"#{running} .taskstate-icon")
+        assert icon.evaluate("e => getComputedStyle(e).animationName") == "none"
+        page.emulate_media(reduced_motion="no-preference")
+        assert icon.evaluate("e => getComputedStyle(e).animationName") == "taskstate-pulse"
+        # Leave no task running: it would end during the next test, on that test's page.
+        wait_status(page, running, "done")
     finally:
         context.close()
