@@ -7,11 +7,13 @@ task's row makes its older pending bar moot.
 
 Nothing is dropped silently. A full queue (:data:`MAX_PENDING` jobs) drops new jobs,
 but remembers the channel each was for; so does a send that failed
-(:meth:`Courier.lost`). Once the queue has drained, each such channel gets one
-``stream-reset``, on which its pages re-read the database (the truth). A reset that
-cannot be sent is tried again after a pause growing to :data:`MAX_RETRY_PAUSE`, so it
-goes out once sending works again. At most :data:`MAX_LOST_CHANNELS` channels are
-remembered; past that, the pages of the others resync only when they reconnect (logged).
+(:meth:`Courier.lost`) and a job that raised (a row that could not be rendered). Once
+the queue has drained, each such channel gets one ``stream-reset``, on which its pages
+re-read the database (the truth). A reset that cannot be sent is tried again after a
+pause growing to :data:`MAX_RETRY_PAUSE`, so it goes out once sending works again. At
+most :data:`MAX_LOST_CHANNELS` channels are remembered; past that, the pages of the
+others resync only when they reconnect (logged). Between bursts the thread holds no
+database connection (rendering a failed row reads its owner's staff flag).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Courier:
 
     def _init_state(self) -> None:
         self._cond = threading.Condition()
-        self._jobs: OrderedDict[Hashable, Callable[[], None]] = OrderedDict()
+        # Each job with the channel it sends on (reset when the job is dropped or fails).
+        self._jobs: OrderedDict[Hashable, tuple[Callable[[], None], str | None]] = OrderedDict()
         self._lost: dict[str, None] = {}  # insertion-ordered set
         self._busy = False
         self._retry_at = 0.0  # monotonic time before which resets are not tried again
@@ -75,12 +78,12 @@ class Courier:
     ) -> None:
         """Queue ``job``. ``replaces``: a key; a pending job with it is swapped for this one.
         ``supersedes``: a key whose pending job this one makes moot (it is dropped).
-        ``channel``: where the job sends, reset when the job has to be dropped."""
+        ``channel``: where the job sends, reset when the job has to be dropped or fails."""
         with self._cond:
             if supersedes is not None:
                 self._jobs.pop(supersedes, None)
             if replaces is not None and replaces in self._jobs:
-                self._jobs[replaces] = job
+                self._jobs[replaces] = (job, channel)
                 return
             if len(self._jobs) >= MAX_PENDING:
                 if not self._dropping:
@@ -94,7 +97,7 @@ class Courier:
                     self._remember(channel)
                 return
             self._dropping = False
-            self._jobs[replaces if replaces is not None else next(self._order)] = job
+            self._jobs[replaces if replaces is not None else next(self._order)] = (job, channel)
             self._start()
             self._cond.notify()
 
@@ -154,13 +157,21 @@ class Courier:
     def _run(self) -> None:
         while True:
             with self._cond:
+                idle = not self._jobs
+            if idle:
+                # A row's render may read the database (its owner's staff flag). Hold no
+                # connection between bursts: one broken by a database restart would fail
+                # every later job, and a test database could not be dropped.
+                _close_connections()
+            with self._cond:
                 self._busy = False
                 self._cond.notify_all()
                 while not self._jobs and not (self._lost and not self._waiting_to_retry()):
                     self._cond.wait(self._retry_at - time.monotonic() if self._lost else None)
                 losses = self._losses
+                channel: str | None = None
                 if self._jobs:
-                    _, job = self._jobs.popitem(last=False)
+                    _, (job, channel) = self._jobs.popitem(last=False)
                 else:
                     channel = next(iter(self._lost))
                     del self._lost[channel]  # an event lost from now on needs a new reset
@@ -170,6 +181,9 @@ class Courier:
                 job()
             except Exception:
                 logger.exception("taskstate: sending an event failed")
+                if channel is not None:
+                    with self._cond:
+                        self._remember(channel)  # its pages re-read the database
             else:
                 with self._cond:
                     if self._losses == losses:
@@ -193,6 +207,14 @@ class Courier:
                     self._forgetting = False
 
         return reset
+
+
+def _close_connections() -> None:
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None and not connection.in_atomic_block:
+            connection.close()
 
 
 courier = Courier()

@@ -184,6 +184,38 @@ def test_a_failing_job_is_logged_and_the_next_one_still_runs(courier, recorder, 
     assert "sending an event failed" in caplog.text
 
 
+def test_a_failing_job_resets_its_channel(courier, recorder):
+    # A row that cannot be rendered (its staff check hit a database that went away) is
+    # an event lost like any other: its pages re-read the database.
+    def broken() -> None:
+        raise RuntimeError("database went away")
+
+    courier.submit(broken, channel="taskstate-user-1")
+    courier.submit(recorder.job("next"), channel="taskstate-user-2")
+    assert courier.flush()
+    assert recorder.sent == ["next"]
+    assert recorder.resets == ["taskstate-user-1"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_courier_holds_no_database_connection(courier, recorder):
+    # Rendering a failed row reads its owner's staff flag on the courier's thread. That
+    # connection must not outlive the burst: a restarted database would leave it broken
+    # for every later failed row, and the test database could not be dropped.
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+
+    used = []
+
+    def reads() -> None:
+        get_user_model().objects.exists()
+        used.append(connections["default"])  # the courier thread's own
+
+    courier.submit(reads)
+    assert courier.flush()
+    assert used and used[0].connection is None
+
+
 def test_flush_gives_up_after_its_timeout(courier, recorder):
     gate = held(courier)
     courier.submit(recorder.job("waits"))

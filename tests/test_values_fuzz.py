@@ -87,6 +87,10 @@ class _Outages(logging.Handler):
         self.records.append(record.getMessage())
 
 
+# With the Redis broker (TASKSTATE_TEST_SERVICES=1) the worker's consumer threads draw
+# from the global random module (maintenance chance) while Hypothesis draws an example,
+# which it reads as a strategy using random.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @hsettings(
     max_examples=120,
     deadline=None,
