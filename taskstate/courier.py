@@ -28,6 +28,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+from taskstate.idle import close_idle_connections
+
 logger = logging.getLogger("taskstate")
 
 #: Jobs waiting beyond this are dropped: a stuck event backend must not eat memory.
@@ -162,7 +164,7 @@ class Courier:
                 # A row's render may read the database (its owner's staff flag). Hold no
                 # connection between bursts: one broken by a database restart would fail
                 # every later job, and a test database could not be dropped.
-                _close_connections()
+                close_idle_connections()
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
@@ -207,14 +209,6 @@ class Courier:
                     self._forgetting = False
 
         return reset
-
-
-def _close_connections() -> None:
-    from django.db import connections
-
-    for connection in connections.all(initialized_only=True):
-        if connection.connection is not None and not connection.in_atomic_block:
-            connection.close()
 
 
 courier = Courier()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from taskstate.conf import get_settings
+from taskstate.idle import close_idle_connections
 from taskstate.signals import announce
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class GroupRefresher:
             if idle:
                 # Nothing due: hold no database connection while waiting (a test database
                 # could not be dropped, a pooler would count it).
-                _close_connections()
+                close_idle_connections()
             with self._cond:
                 while True:
                     if self._heap:
@@ -145,14 +146,6 @@ class GroupRefresher:
                 )
         except Exception:
             logger.exception("taskstate: refreshing group %s failed", pk)
-
-
-def _close_connections() -> None:
-    from django.db import connections
-
-    for connection in connections.all(initialized_only=True):
-        if connection.connection is not None and not connection.in_atomic_block:
-            connection.close()
 
 
 group_refresher = GroupRefresher()
