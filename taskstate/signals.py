@@ -3,12 +3,12 @@
 The state machine (``taskstate.transitions``) writes and tells no one; whoever made the
 write announces it here, and listeners (``taskstate.publish`` among them, connected in
 ``TaskstateConfig.ready``) react. Announcing waits for the writer's transaction to commit,
-and a listener's failure is logged, never raised into a worker or a view.
+and a listener's failure is logged, never raised into a worker or a view: Django's
+``Signal.send_robust`` logs it once, with its traceback, on the ``django.dispatch`` logger.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
@@ -19,13 +19,12 @@ from taskstate.conf import get_settings
 if TYPE_CHECKING:
     from taskstate.models import Task
 
-logger = logging.getLogger("taskstate")
 
 #: Public. Sent after a task's status changed and the change is committed.
 #: ``sender`` is :class:`taskstate.middleware.StateMiddleware` for a worker's or sender's
 #: write, :class:`taskstate.models.Task` for a cancel made by a view or the admin;
 #: ``task`` is the :class:`taskstate.models.Task` as written. Receivers' exceptions are
-#: logged, not raised.
+#: logged (logger ``django.dispatch``), not raised.
 task_changed = Signal()
 
 #: Internal. Sent after every committed write of a task row (status or not), with
@@ -65,8 +64,7 @@ def announce_progress(
     group_pk: int | None = None,
 ) -> None:
     """Announce a committed progress write (progress writes are autocommit). Never raises."""
-    _send_robust(
-        progress_committed,
+    progress_committed.send_robust(
         sender,
         task_pk=task_pk,
         user_pk=user_pk,
@@ -79,11 +77,5 @@ def announce_progress(
 
 def _send(task: Task, sender: Any, status_changed: bool) -> None:
     if status_changed:
-        _send_robust(task_changed, sender, task=task)
-    _send_robust(task_committed, sender, task=task)
-
-
-def _send_robust(signal: Signal, sender: Any, **kwargs: Any) -> None:
-    for receiver, response in signal.send_robust(sender=sender, **kwargs):
-        if isinstance(response, Exception):
-            logger.error("taskstate: receiver %r failed", receiver, exc_info=response)
+        task_changed.send_robust(sender, task=task)
+    task_committed.send_robust(sender, task=task)
