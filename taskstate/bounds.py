@@ -17,6 +17,9 @@ project's own queries on the same connection keep the project's settings:
   connection's socket down; the driver raises, the write gives up, and the connection is
   closed so the next write connects afresh.
 
+A group refresh runs several statements: :func:`bounded_transaction` applies the same
+three bounds to them, as one transaction.
+
 PostgreSQL only (psycopg 3 or psycopg2); other backends run unbounded by us (SQLite has
 its own ``timeout`` option; see docs/reliability.md).
 """
@@ -34,6 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from taskstate.conf import get_settings
@@ -86,6 +90,32 @@ def bounded(connection: BaseDatabaseWrapper) -> Iterator[None]:
         if _watchdog.disarm(alarm):
             # Its socket is shut: let the next write (or query) connect again.
             connection.close()
+
+
+@contextmanager
+def bounded_transaction(alias: str) -> Iterator[None]:
+    """Run several tracking statements on ``alias`` as one transaction within the bounds.
+
+    The statements of a group refresh (``taskstate.groups``): ``lock_timeout`` and
+    ``statement_timeout`` are made local to the transaction, so each statement is bounded
+    by the server; the watchdog bounds the whole transaction, as it bounds one write.
+    Inside a caller's transaction nothing is bounded (see :func:`bounded`); other backends
+    run the statements as before, each in autocommit.
+    """
+    connection = connections[alias]
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        yield
+        return
+    with bounded(connection):
+        settings = server_bounds(connection)
+        if not settings:
+            yield
+            return
+        with transaction.atomic(using=alias):
+            with connection.cursor() as cursor:
+                calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
+                cursor.execute(f"SELECT {calls}", [v for pair in settings for v in pair])
+            yield
 
 
 def _connect(connection: BaseDatabaseWrapper, seconds: float) -> None:

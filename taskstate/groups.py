@@ -23,6 +23,7 @@ from django.db.models import Case, Count, IntegerField, Max, Min, Q, QuerySet, S
 from django.utils import timezone
 from django.utils.translation import gettext
 
+from taskstate.bounds import bounded_transaction
 from taskstate.conf import get_settings
 from taskstate.for_state import TaskIdentity
 from taskstate.models import Task
@@ -151,8 +152,19 @@ def refresh_group(pk: int) -> Refreshed | None:
     step), and ``done`` only when every child did its work. A failed or cancelled group
     keeps in ``retry_message`` how many of its children a retry would send again
     (``{"children": n}``, None when none could be).
+
+    On PostgreSQL the statements run as one transaction within the tracking writes'
+    bounds (``DB_CONNECT_TIMEOUT``, ``DB_LOCK_TIMEOUT``, ``DB_STATEMENT_TIMEOUT``; one
+    more statement sets them): a refresh stuck behind a locked row raises instead of
+    holding up the refresher (logged); the group's next change, or the cleanup once it
+    has been quiet for a minute, refreshes it again.
     """
     alias = get_settings().DATABASE
+    with bounded_transaction(alias):
+        return _refresh(pk, alias)
+
+
+def _refresh(pk: int, alias: str) -> Refreshed | None:
     rows = Task.objects.using(alias)
     parent = rows.filter(pk=pk).exclude(kind="").first()
     if parent is None or parent.is_complete:

@@ -8,25 +8,30 @@ and the project's own session settings are untouched.
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import pytest
 from django.db import connection
 
 from taskstate import transitions as t
-from taskstate.models import Status, Task
+from taskstate.group_refresh import GroupRefresher
+from taskstate.models import Kind, Status, Task
+from tests.support.factories import make_task
 from tests.test_transitions import apply, origin
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _hold_the_row() -> tuple[threading.Event, threading.Event, threading.Thread]:
-    """Another connection takes the task row's lock (FOR UPDATE) until ``release`` is set."""
+def _hold_the_row(
+    where: str = "message_id = 'm-1'",
+) -> tuple[threading.Event, threading.Event, threading.Thread]:
+    """Another connection takes a task row's lock (FOR UPDATE) until ``release`` is set."""
     locked, release = threading.Event(), threading.Event()
 
     def hold() -> None:
         with psycopg.connect(_dsn()) as other, other.transaction():
-            other.execute("SELECT 1 FROM taskstate_task WHERE message_id = 'm-1' FOR UPDATE")
+            other.execute(f"SELECT 1 FROM taskstate_task WHERE {where} FOR UPDATE")
             locked.set()
             release.wait(60)
 
@@ -180,3 +185,30 @@ def test_progress_stuck_behind_a_locked_row_is_cut_by_the_watchdog_and_the_next_
     assert t.update_progress("m-1", 1, 50, "after") is True
     row = Task.objects.get()
     assert (row.progress, row.progress_message) == (50, "after")
+
+
+@pytest.mark.postgresql
+def test_a_group_refresh_behind_a_locked_row_gives_up_within_the_bound_and_a_later_one_lands(
+    settings, caplog
+):
+    settings.TASKSTATE = {"DB_LOCK_TIMEOUT": 0.2, "DB_STATEMENT_TIMEOUT": 30}
+    parent = make_task(kind=Kind.GROUP, status=Status.ENQUEUED, state_order=1)
+    make_task(parent=parent, position=1)  # done: the refresh ends the group
+    refresher = GroupRefresher()  # its own thread and connection, like the publisher's
+    locked, release, holder = _hold_the_row(f"id = {parent.pk}")
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        refresher.changed(parent.pk)
+        assert refresher.flush(5), "the refresh still waits for the locked group row"
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+        holder.join(10)
+    assert f"refreshing group {parent.pk} failed" in caplog.text
+    assert "lock timeout" in caplog.text
+    assert Task.objects.get(pk=parent.pk).status == Status.ENQUEUED
+    refresher.changed(parent.pk)
+    assert refresher.flush(5)
+    assert refresher.refreshes == 1
+    assert Task.objects.get(pk=parent.pk).status == Status.DONE

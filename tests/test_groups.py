@@ -197,7 +197,9 @@ def test_a_refresh_costs_the_same_statements_whatever_the_group_s_size(
     parent = _group_with(*({"status": "running", "state_order": 15} for _ in range(size)))
     count_queries.statements = []
     refresh_group(parent.pk)
-    assert len(count_queries.statements) == 3
+    # On PostgreSQL, one more sets the refresh's bounds (taskstate.bounds).
+    own = [s for s in count_queries.statements if not s.startswith("SELECT set_config(")]
+    assert len(own) == 3
 
 
 def test_the_refresher_refreshes_a_busy_group_once_at_once_and_once_after_the_interval(
