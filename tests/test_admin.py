@@ -110,6 +110,17 @@ def test_status_filter_lists_only_that_status(admin_client):
     assert listed(response) == {failed.pk}
 
 
+def test_status_filter_offers_cancelled_and_lists_only_the_cancelled(admin_client):
+    cancelled = make_task(status=Status.CANCELLED)
+    make_task(status=Status.FAILED)
+    make_task(status=Status.RUNNING)
+    page = admin_client.get(reverse(CHANGELIST)).content.decode()
+    [link] = re.findall(r'<a href="([^"]*status__exact=cancelled[^"]*)"[^>]*>(.*?)</a>', page)
+    assert link[1].strip() == "Cancelled"
+    response = admin_client.get(reverse(CHANGELIST) + link[0].replace("&amp;", "&"))
+    assert listed(response) == {cancelled.pk}
+
+
 def test_change_page_shows_the_task_read_only(admin_client):
     task = make_task(description="Monthly export", error_message="disk full")
     response = admin_client.get(reverse("admin:taskstate_task_change", args=[task.pk]))

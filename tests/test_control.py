@@ -16,6 +16,7 @@ from django.test import Client
 from django.urls import reverse
 
 from taskstate import transitions as t
+from taskstate.control import RETRY_OF_OPTION
 from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.states import TERMINAL_ORDER, cancelling_order
@@ -26,6 +27,9 @@ from tests.testapp import tasks as actors
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
+#: Options on an enqueued message that the sender did not choose: ours (which task a
+#: retry retries, the sender's language) and the Redis broker's own id.
+OURS_AND_THE_BROKERS = {RETRY_OF_OPTION, "taskstate_language", "redis_message_id"}
 _keys = itertools.count(1)
 
 
@@ -492,6 +496,47 @@ def test_retry_of_a_cancelled_task_runs_it_again(broker, stopped_worker, owner, 
     join(broker, start_worker(broker, stopped_worker))
     new = Task.objects.get(retry_of=row(message))
     assert new.status == Status.DONE and actors.RUNS[key] == 1
+
+
+def test_a_retried_message_carries_the_original_actor_arguments_and_options(
+    broker, sent, owner, user
+):
+    key = new_key()
+    for_state = {"user_pk": user.pk, "description": "Import", "retryable": True}
+    message = actors.runs_once.send_with_options(
+        args=(key,),
+        kwargs={"for_state": for_state},
+        time_limit=50_000,
+        max_retries=7,
+        broker_priority=3,
+        pipe_ignore=True,
+    )
+    cancel(owner, row(message))  # cancelled before it ran: retryable
+    old = row(message)
+    assert old.status == Status.CANCELLED
+    assert retry(owner, old).status_code == 302
+
+    [original, again] = sent.messages
+    assert again.message_id != original.message_id
+    assert (again.actor_name, again.queue_name, again.args, again.kwargs) == (
+        original.actor_name,
+        original.queue_name,
+        original.args,
+        original.kwargs,
+    )
+    chosen = {"time_limit": 50_000, "max_retries": 7, "broker_priority": 3, "pipe_ignore": True}
+    assert chosen.items() <= original.options.items()
+    # The sender's options, and only which task it retries added; nothing set in flight
+    # (the first message's broker id, a retry count) comes along.
+    assert again.options[RETRY_OF_OPTION] == old.pk
+    assert {k: v for k, v in again.options.items() if k not in OURS_AND_THE_BROKERS} == chosen
+    new = Task.objects.get(retry_of=old)
+    assert (new.message_id, new.actor_name, new.queue_name) == (
+        again.message_id,
+        old.actor_name,
+        old.queue_name,
+    )
+    assert new.description == "Import" and new.user == user
 
 
 def test_a_message_over_the_cap_is_not_kept_and_not_retryable(worker, run_all, user, settings):

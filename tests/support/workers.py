@@ -27,12 +27,15 @@ def stop_worker(broker: dramatiq.Broker, w: dramatiq.Worker) -> None:
 
 
 class Sent(Middleware):
-    """Records every message the broker enqueues (a real middleware): ids and actors."""
+    """Records every message the broker enqueues (a real middleware): ids, actors and the
+    messages themselves."""
 
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.actors: list[str] = []
+        self.messages: list[Any] = []
 
     def after_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
         self.ids.append(message.message_id)
         self.actors.append(message.actor_name)
+        self.messages.append(message)
