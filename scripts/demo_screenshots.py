@@ -5,7 +5,9 @@
 
 Logs in as ``demo``, starts every kind of task, waits until the list shows a running,
 a failed and finished rows, and writes demo-light.png, demo-dark.png (1280 px wide) and
-demo-mobile.png (390 px, right after starting a task). Uses /usr/bin/chromium.
+demo-mobile.png (390 px, right after starting a task); first, owner-control-cancelled-failed.png
+(1200 px: a report cancelled mid-way and a failed import, both offering Retry). Run the
+demo with DEMO_FEED_DOWN_SECONDS=30 so that the import really fails. Uses /usr/bin/chromium.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -32,10 +34,35 @@ def _start(page: Page, label: str) -> None:
     page.wait_for_load_state()
 
 
+def _cancelled_and_failed(browser: Browser, base: str, out: Path) -> None:
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    _login(page, base)
+    if page.is_visible("button:has-text('Dismiss finished')"):
+        page.click("button:has-text('Dismiss finished')")
+    _start(page, "Flaky import")
+    _start(page, "Build a report")
+    # Cancelled a quarter of the way in, while the import waits for its retries.
+    report = "li.taskstate-task[data-status=running]"
+    page.wait_for_function(
+        f'Number(document.querySelector("{report} [role=progressbar]")'
+        "?.getAttribute('aria-valuenow')) >= 25",
+        timeout=60_000,
+    )
+    page.click(f"{report} button:has-text('Cancel')")
+    page.wait_for_selector("li.taskstate-task[data-status=cancelled]", timeout=60_000)
+    page.wait_for_selector("li.taskstate-task[data-status=failed]", timeout=60_000)
+    time.sleep(1)
+    page.screenshot(path=str(out / "owner-control-cancelled-failed.png"))
+    context.close()
+
+
 def main(base: str, out: Path, prefix: str = "demo") -> None:
     out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        if prefix == "demo":
+            _cancelled_and_failed(browser, base, out)
         wide = browser.new_context(viewport={"width": 1280, "height": 900})
         page = wide.new_page()
         _login(page, base)

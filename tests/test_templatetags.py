@@ -9,6 +9,7 @@ from django.template.loader import render_to_string
 
 from taskstate.models import Status
 from taskstate.publish import render_row
+from taskstate.states import Kind
 from taskstate.templatetags.taskstate import taskstate_duration, taskstate_result_url
 from tests.support.factories import ago, make_task
 
@@ -89,6 +90,20 @@ def test_a_failed_row_says_how_many_attempts_and_opens_its_error(user):
     row = render_row(_failed(user))
     assert "failed after 3 attempts" in row
     assert "<details" in row and "FeedUnavailable" in row and "The feed answered 503" in row
+
+
+def test_a_failed_rows_time_sits_on_its_second_line_leaving_the_first_to_its_buttons(user):
+    head, foot = render_row(_failed(user)).split('class="taskstate-task-foot"')
+    assert "taskstate-meta" not in head and "Retry" not in foot
+    assert "failed after 3 attempts" in foot and "<details" in foot
+    # A failed group's time goes on its counts line; a done row keeps it beside its name.
+    group = _failed(user)
+    group.kind, group.children_total, group.children_failed = Kind.PIPELINE, 3, 1
+    head, counts = render_row(group).split('class="taskstate-group-line"')
+    assert "taskstate-meta" not in head and "failed after 3 attempts" in counts
+    assert counts.count("taskstate-meta") == 1
+    done = render_row(make_task(user=user, started_at=ago(2), finished_at=ago(1)))
+    assert "taskstate-meta" in done.split("taskstate-actions")[0]
 
 
 def test_the_traceback_is_pushed_to_a_staff_owner_only(user, django_user_model):

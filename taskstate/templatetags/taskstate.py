@@ -139,6 +139,16 @@ def taskstate_result_url(task: Task) -> str:
     return ""
 
 
+@register.filter
+def taskstate_meta_below(task: Task) -> bool:
+    """Whether the row's time goes on its second line, not beside its name.
+
+    A failed row has a second line anyway (its error, or a group's counts): its time sits
+    there, leaving the first line to the name and the Retry and Dismiss buttons.
+    """
+    return task.status == Status.FAILED and bool(task.kind or task.error_message or task.error_type)
+
+
 @register.simple_tag(takes_context=True)
 def taskstate_may(context: template.Context, task: Task, action: str) -> bool:
     """Whether the page's user may ``action`` ("cancel", "retry") ``task``: shows a button.

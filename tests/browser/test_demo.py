@@ -101,6 +101,13 @@ def test_failing_task_shows_retrying_then_failed(new_page):
     wait_status(page, row, "failed")
     assert page.text_content(f"#{row} .taskstate-badge").strip() == "Failed"
     expect(page.locator(f"#{row} .taskstate-meta")).to_contain_text("failed after 3 attempts")
+    # At 1280 px, Retry and Dismiss sit on the row's first line, beside its name.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    name = page.locator(f"#{row} .taskstate-description").bounding_box()
+    for label in ("Retry", "Dismiss"):
+        button = page.locator(f"#{row} button:has-text('{label}')").bounding_box()
+        assert button["y"] < name["y"] + name["height"], (label, button, name)
+        assert button["y"] + button["height"] > name["y"], (label, button, name)
     # The error's detail opens from its summary; the traceback is for staff only.
     detail = page.locator(f"#{row} .taskstate-error-message")
     expect(detail).to_be_hidden()
