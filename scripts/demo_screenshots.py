@@ -53,6 +53,9 @@ def _cancelled_and_failed(browser: Browser, base: str, out: Path) -> None:
     page.wait_for_selector("li.taskstate-task[data-status=cancelled]", timeout=60_000)
     page.wait_for_selector("li.taskstate-task[data-status=failed]", timeout=60_000)
     time.sleep(1)
+    # The click left focus (and the pointer) on the button that replaced Cancel.
+    page.mouse.move(0, 0)
+    page.evaluate("document.activeElement?.blur()")
     page.screenshot(path=str(out / "owner-control-cancelled-failed.png"))
     context.close()
 
