@@ -19,6 +19,8 @@ database connection (rendering a failed row reads its owner's staff flag).
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib
 import itertools
 import json
 import logging
@@ -212,5 +214,10 @@ class Courier:
 
 
 courier = Courier()
+# Exit handlers run last-registered first. django-grip's publisher (pubcontrol) closes
+# itself in one registered when pubcontrol is imported; import it now, so that the
+# courier's flush, registered after it, runs before it and the last events still go out.
+with contextlib.suppress(ImportError):
+    importlib.import_module("pubcontrol.pubcontrol")
 atexit.register(courier.flush, 2.0)
 os.register_at_fork(after_in_child=courier._after_fork)

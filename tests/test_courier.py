@@ -294,6 +294,33 @@ def test_pending_events_are_sent_when_the_process_exits(tmp_path):
     assert sent.read_text() == "sent", "the exit flushed the queue"
 
 
+def test_events_pending_at_exit_go_out_before_the_grip_publisher_is_closed(tmp_path):
+    """django-grip's publisher (pubcontrol) closes itself at exit; an event the courier
+    flushes after that fails ("pubcontrol instance is closed", seen at the end of a
+    cleanup run). The courier's flush must come first, whichever module loads first."""
+    seen = tmp_path / "seen"
+    script = (
+        "import threading\n"
+        "from taskstate.courier import courier\n"
+        "from pubcontrol import PubControl\n"  # imported after taskstate, as in a project
+        "publisher = PubControl()\n"
+        "gate = threading.Event()\n"
+        "courier.submit(gate.wait)\n"
+        f"courier.submit(lambda: open({str(seen)!r}, 'w').write(str(publisher.closed)))\n"
+        "threading.Timer(0.2, gate.set).start()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert seen.read_text() == "False", "the publisher was still open for the last event"
+
+
 def test_the_default_reset_is_a_stream_reset_event_on_the_channel(monkeypatch):
     import django_eventstream
 
