@@ -41,6 +41,7 @@ from taskstate.values import (
     exception_facts,
     json_value,
 )
+from taskstate.writer import background, writer
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -111,7 +112,9 @@ class StateMiddleware(Middleware):
             values["due_at"] = _due(message)
         else:
             status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
-        _on_commit(lambda: _write(origin, status, order, values, keep=_CONTROL_KEEP))
+        # Written now (after the sender's commit) in either WRITE_MODE: a page rendered
+        # right after send() shows the task.
+        _on_commit(lambda: _write_now(origin, status, order, values, keep=_CONTROL_KEEP))
 
     # --- worker side -------------------------------------------------------------------
 
@@ -157,6 +160,7 @@ class StateMiddleware(Middleware):
             },
             same_order_wins=True,
             keep=_KEEP + _CONTROL_KEEP,
+            wait=True,
         )
         if task is not None:
             run.task_pk, run.user_pk = task.pk, task.user_id
@@ -190,7 +194,12 @@ class StateMiddleware(Middleware):
             run.finished = True
             values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
             values.update(progress=100, **_no_error(), **_attempt(run))
-            task = _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
+            # A pipeline step waits for its row (the background writer writes its batch
+            # at once): a cancel request it carries stops the pipeline here.
+            pipeline_step = "pipe_target" in message.options
+            task = _write(
+                run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP, wait=pipeline_step
+            )
             if task is not None and task.cancel_requested_at is not None:
                 # Asked to cancel, and ended before it noticed (free: the row came back):
                 # a pipeline goes no further. Pipelines reads this after us when it comes
@@ -272,8 +281,9 @@ class StateMiddleware(Middleware):
         _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # Let the last changes reach the browsers before the process goes: groups with a
-        # change pending are refreshed now, not when their turn comes.
+        # Write the last changes, then let them reach the browsers, before the process
+        # goes: groups with a change pending are refreshed now, not when their turn comes.
+        writer.shutdown()
         group_refresher.flush(5.0)
         courier.flush(5.0)
 
@@ -349,12 +359,50 @@ def _write(
     *,
     same_order_wins: bool = False,
     keep: tuple[str, ...] = (),
+    wait: bool = False,
 ) -> Task | None:
-    """One transition, announced once committed when it landed."""
+    """One worker-side transition, announced once committed when it landed.
+
+    With ``WRITE_MODE = "background"`` it is handed to the background writer: queued
+    (returns None), or with ``wait`` written in a batch at once and waited for (returns the
+    row as :func:`_write_now` would). Otherwise written now (:func:`_write_now`).
+    """
+    # A batch repeats an order key for running attempts only (transitions.Change): any
+    # other wish is written now.
+    if background() and same_order_wins == t.is_running_order(order):
+        change = t.Change(origin, status, order, values, keep=keep)
+        if not wait:
+            writer.submit(change)
+            return None
+        return writer.write_and_wait(change, _wait_bound())[0]
+    return _write_now(origin, status, order, values, same_order_wins=same_order_wins, keep=keep)
+
+
+def _wait_bound() -> float | None:
+    """Seconds a hook waits for its batch: what one write of its own may take."""
+    settings = get_settings()
+    if not settings.DB_CONNECT_TIMEOUT or not settings.DB_STATEMENT_TIMEOUT:
+        return None
+    return float(settings.DB_CONNECT_TIMEOUT + settings.DB_STATEMENT_TIMEOUT) + 1.0
+
+
+def _write_now(
+    origin: Origin,
+    status: Status,
+    order: int,
+    values: dict[str, Any],
+    *,
+    same_order_wins: bool = False,
+    keep: tuple[str, ...] = (),
+) -> Task | None:
+    """One transition written now, announced once committed when it landed."""
     task = t.write(origin, status, order, values, same_order_wins=same_order_wins, keep=keep)
     if task is not None:
         announce(task, sender=StateMiddleware)
     return task
+
+
+writer.sender = StateMiddleware
 
 
 def _on_commit(write: Callable[[], object]) -> None:

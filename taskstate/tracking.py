@@ -19,17 +19,21 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.utils.translation import gettext
 
 from taskstate.for_state import Origin
 from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce_progress
-from taskstate.states import running_order
+from taskstate.states import Status, running_order
+from taskstate.transitions import Change, update_progress
 from taskstate.transitions import cancel_requested as cancel_was_requested
-from taskstate.transitions import update_progress
 from taskstate.values import text_of
+from taskstate.writer import background, writer
+
+if TYPE_CHECKING:
+    from taskstate.models import Task
 
 logger = logging.getLogger("taskstate")
 T = TypeVar("T")
@@ -173,12 +177,49 @@ def mark_cancelled(run: MessageRun) -> None:
 def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
     run.pending = None
     run.next_write_at = now + run.interval
-    if in_event_loop():
+    if background():
+        _queue(run, value, now)
+    elif in_event_loop():
         # An async actor, in Dramatiq's event loop thread: never block the loop.
         run.unconfirmed = value
         handoff.submit(lambda: _store(run, value))
     else:
         _store(run, value)
+
+
+def _queue(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
+    """Hand the report to the background writer, which merges it with the attempt's other
+    changes and announces the bar once written; never waits (also in an event loop)."""
+    # Counted as written: the writer writes it, or a later change of the attempt does.
+    run.written = value
+    # As a write that lands: no look at the row for a while. A write refused (the row
+    # was asked to cancel) has the next progress() look (see _refused).
+    run.next_cancel_check = now + run.check_interval
+    percent, message = value
+    values = {
+        "attempts": run.attempt,
+        "started_at": run.started_at,
+        "progress": percent,
+        # None: unchanged since the running write, which cleared it.
+        "progress_message": message or "",
+    }
+    change = Change(
+        run.origin,
+        Status.RUNNING,
+        running_order(run.attempt),
+        values,
+        keep=("started_at",),
+        progress_only=True,
+    )
+    change.notify.append(lambda task, written: _refused(run, task, written))
+    writer.submit(change)
+
+
+def _refused(run: MessageRun, task: Task | None, written: bool) -> None:
+    # In the writer's thread: a report refused by a written batch makes the attempt's
+    # next progress() look at the row (the refusal may be a cancel request).
+    if written and task is None:
+        run.next_cancel_check = 0.0
 
 
 def _store(run: MessageRun, value: tuple[int, str | None]) -> None:
@@ -208,10 +249,16 @@ def held_back(run: MessageRun) -> dict[str, Any]:
     """Columns for the value the throttle held back, to go with the final write."""
     pending = run.pending or run.unconfirmed
     if pending is None:
-        return {}
+        if not background():
+            return {}
+        # The background writer: the final change names the progress as it stands, so
+        # that it has the same columns as the attempt's other changes (one statement).
+        pending = run.written
     percent, message = pending
     run.pending = run.unconfirmed = None
     values: dict[str, Any] = {"progress": percent}
     if message is not None:
         values["progress_message"] = message
+    elif background():
+        values["progress_message"] = ""  # cleared by the running write, never set since
     return values
