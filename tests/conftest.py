@@ -12,6 +12,7 @@ import pytest
 from django.db.backends.signals import connection_created
 from dramatiq.brokers.stub import StubBroker
 
+from taskstate.writer import writer
 from tests.support.workers import Sent, stop_worker
 
 
@@ -100,6 +101,50 @@ def _groups_refreshed_within_the_test() -> Iterator[None]:
     group_refresher.flush(10)
 
 
+@pytest.fixture(autouse=True)
+def write_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """How the worker's changes are written: "background" (the default) for every test;
+    modules or tests marked ``both_write_modes`` run once more "immediate".
+
+    Tests that set ``settings.TASKSTATE`` themselves keep the mode with
+    ``{**settings.TASKSTATE, ...}``.
+    """
+    mode = getattr(request, "param", "background")
+    if mode != "background":
+        settings = request.getfixturevalue("settings")
+        settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MODE": mode}
+    yield mode
+    # Whatever a test queued is written within it; the writer's connection would keep
+    # the test database from being dropped.
+    writer.flush(10)
+    writer.release()
+
+
+#: ``pytestmark = both_write_modes``: each test runs with the background writer and
+#: with immediate writes.
+both_write_modes = pytest.mark.parametrize("write_mode", ["background", "immediate"], indirect=True)
+
+
+#: ``pytestmark = immediate_writes``: unit tests of the immediate write path (the background
+#: writer's own are in tests/test_writer.py).
+immediate_writes = pytest.mark.parametrize("write_mode", ["immediate"], indirect=True)
+
+
+def lifecycle_announced(announced: list[str], expected: list[str], exact: bool) -> bool:
+    """Whether ``announced`` is what ``task_changed`` may say of the ``expected`` lifecycle.
+
+    ``exact``: every status announced, in order. Otherwise each committed row is
+    announced: statuses of one message merged within a batch are announced once, as the
+    last of them; so the statuses announced are the expected ones in order, some possibly
+    left out, never the final one.
+    """
+    if exact:
+        return announced == expected
+    rest = iter(expected)
+    in_order = all(any(status == e for e in rest) for status in announced)
+    return in_order and announced[-1:] == expected[-1:]
+
+
 @pytest.fixture
 def broker() -> Iterator[dramatiq.Broker]:
     b = dramatiq.get_broker()
@@ -114,6 +159,7 @@ def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
     w.start()
     yield w
     stop_worker(broker, w)
+    writer.flush(30)
 
 
 @pytest.fixture
@@ -135,6 +181,8 @@ def run_all(broker: dramatiq.Broker, worker: dramatiq.Worker) -> Callable[[], No
         else:
             broker.join("default", timeout=30_000)
         worker.join()
+        # The background writer writes the worker's last changes moments later.
+        assert writer.flush(30)
 
     return run
 

@@ -19,6 +19,8 @@ from taskstate import transitions as t
 from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.states import TERMINAL_ORDER, cancelling_order
+from taskstate.writer import writer
+from tests.conftest import both_write_modes
 from tests.support.faults import wait_for
 from tests.support.workers import stop_worker
 from tests.testapp import tasks as actors
@@ -85,11 +87,14 @@ def join(broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
     else:
         broker.join("default", timeout=30_000)
     worker.join()
+    # The background writer writes the worker's last changes moments later.
+    assert writer.flush(30)
 
 
 # --- cancel before the actor runs ------------------------------------------------------
 
 
+@both_write_modes
 def test_cancel_before_start_ends_cancelled_and_the_body_never_runs(
     broker, stopped_worker, owner, user
 ):
@@ -111,6 +116,7 @@ def test_cancel_before_start_ends_cancelled_and_the_body_never_runs(
     assert row(message).status == Status.CANCELLED  # not "skipped"
 
 
+@both_write_modes
 def test_cancel_of_a_delayed_message_ends_cancelled_and_it_never_runs(
     broker, stopped_worker, owner, user
 ):
@@ -128,6 +134,7 @@ def test_cancel_of_a_delayed_message_ends_cancelled_and_it_never_runs(
     assert row(message).status == Status.CANCELLED
 
 
+@both_write_modes
 def test_cancel_during_a_retry_back_off_ends_cancelled_and_the_retry_never_runs(
     broker, worker, run_all, owner, user
 ):
@@ -144,6 +151,7 @@ def test_cancel_during_a_retry_back_off_ends_cancelled_and_the_retry_never_runs(
     assert (task.status, task.attempts) == (Status.CANCELLED, 1)
 
 
+@both_write_modes
 def test_a_late_worker_start_after_a_cancel_is_refused_and_costs_one_read(
     broker, stopped_worker, owner, user, count_queries
 ):
@@ -162,6 +170,7 @@ def test_a_late_worker_start_after_a_cancel_is_refused_and_costs_one_read(
 # --- cancel while running ---------------------------------------------------------------
 
 
+@both_write_modes
 def test_cancel_while_running_stops_at_the_next_progress_and_is_not_retried(
     worker, run_all, owner, user
 ):
@@ -186,6 +195,7 @@ def test_cancel_while_running_stops_at_the_next_progress_and_is_not_retried(
     assert task.error_type == "" and task.finished_at is not None
 
 
+@both_write_modes
 def test_cancel_requested_lets_an_actor_that_reports_nothing_stop_on_its_own(
     worker, run_all, owner, user
 ):

@@ -13,9 +13,10 @@ from django.db import transaction
 from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.signals import task_changed
+from tests.conftest import both_write_modes
 from tests.testapp import tasks as actors
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), both_write_modes]
 
 
 def announced(statuses: list[tuple[str, str]]) -> list[str]:
@@ -82,14 +83,26 @@ def test_tracked_lifecycle_costs_one_statement_per_transition(run_all, user, cou
     assert len(count_queries.starting("INSERT")) == 3
 
 
-def test_progress_is_throttled_and_final_value_written(run_all, user, count_queries, settings):
-    settings.TASKSTATE = {"PROGRESS_INTERVAL": 60}
+def test_progress_is_throttled_and_final_value_written(
+    run_all, user, count_queries, settings, write_mode
+):
+    # WRITE_MAX_DELAY: the background writer's batches wait for the test's flush.
+    settings.TASKSTATE = {**settings.TASKSTATE, "PROGRESS_INTERVAL": 60, "WRITE_MAX_DELAY": 60}
     message = actors.with_progress.send(500, for_state={"user_pk": user.pk})
     run_all()
     updates = count_queries.starting("UPDATE")
-    # The first report is written at once; the 499 after it fall inside the interval
-    # and only the last one travels with the final status.
-    assert len(updates) == 1, updates
+    inserts = count_queries.starting("INSERT")
+    if write_mode == "immediate":
+        # The first report is written at once; the 499 after it fall inside the interval
+        # and only the last one travels with the final status.
+        assert len(updates) == 1, updates
+        assert len(inserts) == 3, inserts
+    else:
+        # The first report is queued and merged with the final change (the 499 after it
+        # are held back as above): the sender's row, the running batch (waited for),
+        # then one batch with the report and the final status.
+        assert updates == [], updates
+        assert len(inserts) == 3, inserts
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.DONE
     assert task.progress == 100
@@ -164,7 +177,7 @@ def test_result_that_is_not_json_is_dropped_with_a_warning(run_all, user, caplog
 
 
 def test_result_over_the_size_cap_is_not_stored(run_all, user, settings, caplog):
-    settings.TASKSTATE = {"RESULT_MAX_BYTES": 100}
+    settings.TASKSTATE = {**settings.TASKSTATE, "RESULT_MAX_BYTES": 100}
     message = actors.returns.send("x" * 500, for_state={"user_pk": user.pk})
     run_all()
     task = Task.objects.get(message_id=message.message_id)
@@ -174,7 +187,7 @@ def test_result_over_the_size_cap_is_not_stored(run_all, user, settings, caplog)
 
 
 def test_results_can_be_turned_off(run_all, user, settings):
-    settings.TASKSTATE = {"STORE_RESULT": False}
+    settings.TASKSTATE = {**settings.TASKSTATE, "STORE_RESULT": False}
     message = actors.returns.send(42, for_state={"user_pk": user.pk})
     run_all()
     assert Task.objects.get(message_id=message.message_id).result is None
