@@ -131,15 +131,19 @@ def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, status
     )
 
 
-def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses):
-    message = actors.fails_once.send("retry-ok", for_state={"user_pk": user.pk})
+def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses, write_mode):
+    # A key per write mode: the actor fails once per key.
+    message = actors.fails_once.send(f"retry-ok-{write_mode}", for_state={"user_pk": user.pk})
     run_all()
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.DONE
     assert task.attempts == 2
     assert task.error_type == "" and task.traceback == ""
     assert task.result == "ok"
-    assert announced(statuses) == ["running", "retrying", "running", "done"]
+    # As above, a "retrying" may be refused by a quicker next "running"; the background
+    # writer may also write it with that "running" (merged in one batch, announced once).
+    seen = announced(statuses)
+    assert seen in (["running", "retrying", "running", "done"], ["running", "running", "done"])
 
 
 def test_exception_listed_in_throws_fails_at_once(run_all, user):
