@@ -41,7 +41,7 @@ from taskstate.values import (
     exception_facts,
     json_value,
 )
-from taskstate.writer import background, writer
+from taskstate.writer import background, cancels, writer
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -146,6 +146,12 @@ class StateMiddleware(Middleware):
         )
         self._remember(message, run)
         _current.set(run)
+        queued = background()
+        if queued and cancels.requested(run.origin.message_id):
+            # Heard of already (CancelWatch; an idle worker reads once): the body never
+            # runs, and after_skip_message records it cancelled.
+            _not_started(run)
+            return True
         task = _write(
             run.origin,
             Status.RUNNING,
@@ -160,12 +166,16 @@ class StateMiddleware(Middleware):
             },
             same_order_wins=True,
             keep=_KEEP + _CONTROL_KEEP,
-            wait=True,
+            notify=lambda task, written: _running_written(run, task, written),
         )
+        if queued:
+            # Not waited for: a request the watch had not heard of yet makes this a
+            # running task's cancel, seen when the row comes back or at the next look.
+            return False
         if task is not None:
             run.task_pk, run.user_pk = task.pk, task.user_id
         if _cancelled_before_start(run.origin.message_id, task):
-            mark_cancelled(run)
+            _not_started(run)
             return True
         return False
 
@@ -194,13 +204,14 @@ class StateMiddleware(Middleware):
             run.finished = True
             values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
             values.update(progress=100, **_no_error(), **_attempt(run))
-            # A pipeline step waits for its row (the background writer writes its batch
-            # at once): a cancel request it carries stops the pipeline here.
             pipeline_step = "pipe_target" in message.options
-            task = _write(
-                run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP, wait=pipeline_step
+            task = _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
+            asked = (
+                task.cancel_requested_at is not None
+                if task is not None
+                else pipeline_step and background() and cancels.requested(run.origin.message_id)
             )
-            if task is not None and task.cancel_requested_at is not None:
+            if asked:
                 # Asked to cancel, and ended before it noticed (free: the row came back):
                 # a pipeline goes no further. Pipelines reads this after us when it comes
                 # before StateMiddleware in the list; otherwise the next step is sent and
@@ -359,31 +370,35 @@ def _write(
     *,
     same_order_wins: bool = False,
     keep: tuple[str, ...] = (),
-    wait: bool = False,
+    notify: t.Notify | None = None,
 ) -> Task | None:
     """One worker-side transition, announced once committed when it landed.
 
-    With ``WRITE_MODE = "background"`` it is handed to the background writer: queued
-    (returns None), or with ``wait`` written in a batch at once and waited for (returns the
-    row as :func:`_write_now` would). Otherwise written now (:func:`_write_now`).
+    With ``WRITE_MODE = "background"`` it is handed to the background writer, which calls
+    ``notify`` once it is written; returns None, never waits. Otherwise written now
+    (:func:`_write_now`), and the row is returned.
     """
     # A batch repeats an order key for running attempts only (transitions.Change): any
     # other wish is written now.
     if background() and same_order_wins == t.is_running_order(order):
         change = t.Change(origin, status, order, values, keep=keep)
-        if not wait:
-            writer.submit(change)
-            return None
-        return writer.write_and_wait(change, _wait_bound())[0]
+        if notify is not None:
+            change.notify.append(notify)
+        writer.submit(change)
+        return None
     return _write_now(origin, status, order, values, same_order_wins=same_order_wins, keep=keep)
 
 
-def _wait_bound() -> float | None:
-    """Seconds a hook waits for its batch: what one write of its own may take."""
-    settings = get_settings()
-    if not settings.DB_CONNECT_TIMEOUT or not settings.DB_STATEMENT_TIMEOUT:
-        return None
-    return float(settings.DB_CONNECT_TIMEOUT + settings.DB_STATEMENT_TIMEOUT) + 1.0
+def _running_written(run: MessageRun, task: Task | None, written: bool) -> None:
+    """In the writer's thread, once an attempt's running change is written."""
+    if not written:
+        return  # the database is away: it is tried again; nothing is known meanwhile
+    if task is None:
+        # Refused: the row had ended already (cancelled early, or this is a redelivery
+        # of an ended message). The attempt's next look reads the row.
+        run.next_cancel_check = 0.0
+    elif task.cancel_requested_at is not None:
+        mark_cancelled(run)
 
 
 def _write_now(
@@ -541,6 +556,14 @@ def _cancelled_before_start(message_id: str, task: Task | None) -> bool:
     return t.cancel_requested(message_id)
 
 
+def _not_started(run: MessageRun) -> None:
+    """The attempt was asked to cancel before its body started: it never counts as one."""
+    mark_cancelled(run)
+    run.attempt -= 1
+    if run.attempt == 0:
+        run.started_at = None  # the task never started (a running row, if any, said so)
+
+
 def _is_cancel(exception: BaseException) -> bool:
     """Our cooperative cancel, or dramatiq-abort's interrupt (a hard cancel)."""
     if isinstance(exception, Cancelled):
@@ -559,10 +582,12 @@ def _write_cancelled(origin: Origin, run: MessageRun, values: dict[str, Any]) ->
         # redelivered or retried copy of the message then finds it and is skipped.
         "cancel_requested_at": _now(),
     }
+    # A task that never started has no start time, whatever a running write said.
+    never_started = run.attempt == 0 and run.started_at is None
     _write(
         origin,
         Status.CANCELLED,
         TERMINAL_ORDER,
         values,
-        keep=(*_KEEP, "cancel_requested_at"),
+        keep=("cancel_requested_at",) if never_started else (*_KEEP, "cancel_requested_at"),
     )

@@ -7,8 +7,10 @@ last is written with the final status, so it is never lost.
 
 They are also where a running actor hears that its owner asked to cancel it: both raise
 :class:`Cancelled` once the row says so, and :func:`cancel_requested` asks without raising.
-The row is looked at no more than once per ``CANCEL_CHECK_INTERVAL``, and not at all while
-progress writes land (a write does not land on a row asked to cancel).
+With immediate writes the row is looked at no more than once per ``CANCEL_CHECK_INTERVAL``,
+and not at all while progress writes land (a write does not land on a row asked to
+cancel). With the background writer they ask what the process knows
+(``taskstate.writer.CancelWatch``, at most ``CANCEL_CHECK_INTERVAL`` old).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from taskstate.states import Status, running_order
 from taskstate.transitions import Change, update_progress
 from taskstate.transitions import cancel_requested as cancel_was_requested
 from taskstate.values import text_of
-from taskstate.writer import background, writer
+from taskstate.writer import background, cancels, writer
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -153,7 +155,16 @@ def cancel_requested() -> bool:
 
 
 def _cancel_seen(run: MessageRun, now: float) -> bool:
-    if not run.cancel_requested and now >= run.next_cancel_check:
+    if run.cancel_requested:
+        return True
+    if background() and run.next_cancel_check:
+        # What this process knows (refreshed with the writer's batches; CancelWatch):
+        # a dictionary lookup, a read only in an otherwise idle process.
+        if cancels.requested(run.origin.message_id):
+            mark_cancelled(run)
+        return run.cancel_requested
+    # Immediate writes, or a background change refused (next_cancel_check 0): the row.
+    if now >= run.next_cancel_check:
         run.next_cancel_check = now + run.check_interval
         if cancel_was_requested(run.origin.message_id):
             mark_cancelled(run)

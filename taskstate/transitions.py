@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
@@ -36,8 +37,8 @@ from taskstate.states import (
     DELAYED_ORDER,
     ENQUEUED_ORDER,
     TERMINAL_ORDER,
-    WAITING_STATUSES,
     Status,
+    cancel_at_once_margin,
     cancelling_order,
     retrying_order,
     running_order,
@@ -58,6 +59,8 @@ __all__ = [
     "Status",
     "cancel_requested",
     "cancelling_order",
+    "cancels_since",
+    "database_down",
     "is_running_order",
     "request_cancel",
     "request_group_cancel",
@@ -275,10 +278,12 @@ def _update_progress(alias: str, message_id: str, attempt: int, values: dict[str
 def request_cancel(pk: int) -> bool:
     """Record a cancel request on task ``pk`` in one guarded statement. True if it landed.
 
-    A task waiting to run (queued, scheduled, between retries) ends ``cancelled`` at once:
-    its worker sees that and skips the message. A running task keeps running, marked
-    (``cancel_requested_at``, order key ``cancelling``) for its worker to notice. A task
-    already complete, or already asked, is left alone: whichever end lands first stays.
+    A task scheduled comfortably ahead (``states.cancel_at_once_margin``) ends ``cancelled``
+    at once. Any other task keeps its status, marked (``cancel_requested_at``; a running
+    one with order key ``cancelling``): a queued one reads "Cancelling" until a worker
+    takes its message and ends it ``cancelled`` without running it; a running one stops at
+    its next ``progress()``. A task already complete, or already asked, is left alone:
+    whichever end lands first stays.
     """
     return bool(
         _model()
@@ -293,9 +298,10 @@ def request_group_cancel(pk: int) -> bool:
 
     Two guarded statements whatever the group's size, in one transaction: the group's row
     (asked once: a second request changes nothing and returns False), then every child
-    still active, as :func:`request_cancel` does one task. Children waiting to run (a
-    pipeline's steps not sent yet among them) end ``cancelled`` at once; running ones stop
-    at their next ``progress()``. The group's own status follows its children
+    still active, as :func:`request_cancel` does one task: a child waiting to run (a
+    pipeline's steps not sent yet among them) ends ``cancelled`` when a worker takes its
+    message, or when the group's refresh finds that nothing will send it; running ones
+    stop at their next ``progress()``. The group's own status follows its children
     (``taskstate.groups.refresh_group``).
     """
     now = timezone.now()
@@ -325,19 +331,68 @@ def request_group_cancel(pk: int) -> bool:
 
 
 def _cancel_changes(now: Any) -> dict[str, Any]:
-    waiting = Q(status__in=WAITING_STATUSES)
+    # Only a task whose message cannot be taken before every worker knows of the request
+    # ends now; a worker that had not heard of it would run the body of a cancelled row.
+    at_once = Q(status__in=(Status.DELAYED, Status.RETRYING), due_at__gt=now + _at_once_margin())
     # Assignments in this order: MySQL evaluates each one with the columns set before it,
     # so status, which the others test, is set last.
     return {
         "cancel_requested_at": now,
         "updated_at": now,
-        "finished_at": Case(When(waiting, then=Value(now)), default=F("finished_at")),
+        "finished_at": Case(When(at_once, then=Value(now)), default=F("finished_at")),
         "state_order": Case(
-            When(waiting, then=Value(TERMINAL_ORDER)),
-            default=F("attempts") * 10 + (cancelling_order(1) - 10),
+            When(at_once, then=Value(TERMINAL_ORDER)),
+            When(
+                status=Status.RUNNING,
+                then=F("attempts") * 10 + (cancelling_order(1) - 10),
+            ),
+            default=F("state_order"),
+            output_field=PositiveIntegerField(),
         ),
-        "status": Case(When(waiting, then=Value(Status.CANCELLED.value)), default=F("status")),
+        "status": Case(When(at_once, then=Value(Status.CANCELLED.value)), default=F("status")),
     }
+
+
+def _at_once_margin() -> timedelta:
+    return cancel_at_once_margin(float(get_settings().CANCEL_CHECK_INTERVAL))
+
+
+#: How far back each look for new cancel requests reaches beyond the previous look: the
+#: requests' times come from the web servers' clocks and land when their transaction
+#: commits, so a look starting at T may not yet see a request stamped a little before T.
+CANCEL_LOOK_OVERLAP = 30.0
+
+
+def cancels_since(since: datetime | None) -> list[str] | None:
+    """Message ids of the tasks asked to cancel since ``since`` (None: every request a
+    worker may still meet). One indexed read (``taskstate_cancel_requested_idx``); None
+    when the database could not be read (logged once per outage, as writes are)."""
+    alias = _alias()
+    rows = _model().objects.using(alias).filter(cancel_requested_at__isnull=False)
+    if since is not None:
+        rows = rows.filter(cancel_requested_at__gte=since - timedelta(seconds=CANCEL_LOOK_OVERLAP))
+    else:
+        # Still waiting or running, ended early with its message still due (a scheduled
+        # task), or ended lately (its message may be delivered again).
+        recently = timezone.now() - timedelta(days=1)
+        rows = rows.filter(
+            Q(status__in=ACTIVE_STATUSES)
+            | Q(due_at__isnull=False, finished_at__lt=F("due_at"))
+            | Q(cancel_requested_at__gte=recently)
+        )
+    try:
+        with bounded(connections[alias]):
+            found = list(rows.values_list("message_id", flat=True))
+    except Exception as exc:
+        _outage.failed(alias, exc)
+        return None
+    _outage.recovered(alias)
+    return found
+
+
+def database_down() -> bool:
+    """Whether the last statement through the task database failed for want of it."""
+    return _outage.is_down(_alias())
 
 
 def cancel_requested(message_id: str) -> bool:

@@ -38,13 +38,15 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections
+from django.utils import timezone
 
 from taskstate.conf import get_settings
 from taskstate.signals import announce, announce_progress
-from taskstate.transitions import Change, Outage, write_batch
+from taskstate.transitions import Change, Outage, cancels_since, database_down, write_batch
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -317,6 +319,10 @@ class Writer:
                 )
             else:
                 announce(task, sender=self.sender, committed=True)
+        if cancels.age() > _max_age_of_cancels() / 2:
+            # Once in a while, with a batch: the workers of this process then hear of
+            # cancel requests without a read of their own (CancelWatch).
+            cancels.refresh()
 
     def _put_back(self, batch: list[Change]) -> None:
         with self._cond:
@@ -336,6 +342,94 @@ class Writer:
             self._pause = min(pause * 2, MAX_RETRY_PAUSE)
 
 
+class CancelWatch:
+    """The cancel requests this process knows of, so a worker need not read the row.
+
+    A worker asks :meth:`requested` when it takes a message, at a pipeline step's end and
+    at each ``progress()``: a dictionary lookup. What is known is refreshed by the writer
+    thread with its batches (one indexed read, :func:`taskstate.transitions.cancels_since`,
+    at most twice per ``CANCEL_CHECK_INTERVAL``); a worker reads only when nothing was
+    refreshed for longer than ``CANCEL_CHECK_INTERVAL`` (an idle process), and then one
+    read serves every thread. While the database is failing nothing is read.
+
+    So a request is heard by every worker within ``CANCEL_CHECK_INTERVAL`` of its commit
+    (plus the read's own time). A worker that takes a message before that runs it, and the
+    request becomes a running task's cancel; this is why a cancel request ends only
+    tasks scheduled comfortably ahead at once (``transitions.CANCEL_AT_ONCE_MARGIN``),
+    and why a queued task reads "Cancelling" until a worker takes its message
+    (docs/owner-control.md).
+    """
+
+    def __init__(self) -> None:
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._reading = threading.Lock()
+        self._ids: dict[str, None] = {}
+        self._fresh_at = 0.0
+        self._since: datetime | None = None
+        #: Reads made (by the writer thread and by workers), for benchmarks and tests.
+        self.reads = 0
+        self.worker_reads = 0
+
+    def age(self) -> float:
+        """Seconds since the last read that is known to have succeeded started."""
+        return time.monotonic() - self._fresh_at
+
+    def known(self, message_id: str) -> bool:
+        """Whether ``message_id`` is known to have been asked to cancel; never reads."""
+        return message_id in self._ids
+
+    def requested(self, message_id: str) -> bool:
+        """Whether ``message_id`` was asked to cancel, as known at most
+        ``CANCEL_CHECK_INTERVAL`` ago: reads first when what is known is older (unless the
+        database is failing: then False, as a read would have said)."""
+        if message_id in self._ids:
+            return True
+        limit = _max_age_of_cancels()
+        if self.age() <= limit or database_down():
+            return False
+        self.refresh(unless_younger_than=limit, by_worker=True)
+        return message_id in self._ids
+
+    def refresh(self, *, unless_younger_than: float | None = None, by_worker: bool = False) -> bool:
+        """Read the requests made since the last read (the first read: every request a
+        worker may still meet). False when the database could not be read."""
+        with self._reading:
+            if unless_younger_than is not None and self.age() <= unless_younger_than:
+                return True  # another thread read meanwhile
+            started, wall = time.monotonic(), timezone.now()
+            found = cancels_since(self._since)
+            self.reads += 1
+            if by_worker:
+                self.worker_reads += 1
+            if found is None:
+                return False
+            with self._lock:
+                if len(self._ids) + len(found) > MAX_KNOWN_CANCELS:
+                    # The oldest half: their messages, if still queued, start and are
+                    # cancelled at their first progress().
+                    for message_id in list(self._ids)[: MAX_KNOWN_CANCELS // 2]:
+                        del self._ids[message_id]
+                self._ids.update(dict.fromkeys(found))
+                self._since = wall
+                self._fresh_at = max(self._fresh_at, started)
+            return True
+
+    def forget(self) -> None:
+        """Know nothing (tests; a forked child starts so)."""
+        self._init_state()
+
+
+#: Cancel requests a process keeps in memory at most (:class:`CancelWatch`).
+MAX_KNOWN_CANCELS = 100_000
+
+
+def _max_age_of_cancels() -> float:
+    return float(get_settings().CANCEL_CHECK_INTERVAL)
+
+
 def _tell(batch: list[Change], task: Task | None, *, written: bool) -> None:
     for change in batch:
         for notify in change.notify:
@@ -352,5 +446,7 @@ def _max_delay() -> float:
 
 
 writer = Writer()
+cancels = CancelWatch()
 atexit.register(writer.shutdown, SHUTDOWN_FLUSH)
 os.register_at_fork(after_in_child=writer._after_fork)
+os.register_at_fork(after_in_child=cancels.forget)

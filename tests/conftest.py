@@ -108,6 +108,15 @@ def _groups_refreshed_within_the_test() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _cancel_watch_starts_empty() -> None:
+    """Each test's workers know of no cancel request until they read (an earlier test's
+    read is of an earlier test's database)."""
+    from taskstate.writer import cancels
+
+    cancels.forget()
+
+
+@pytest.fixture(autouse=True)
 def write_mode(request: pytest.FixtureRequest) -> Iterator[str]:
     """How the worker's changes are written: "background" (the default) for every test;
     modules or tests marked ``both_write_modes`` run once more "immediate".

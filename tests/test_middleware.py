@@ -13,7 +13,7 @@ from django.db import transaction
 from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.signals import task_changed
-from tests.conftest import both_write_modes
+from tests.conftest import both_write_modes, lifecycle_announced
 from tests.testapp import tasks as actors
 
 pytestmark = [pytest.mark.django_db(transaction=True), both_write_modes]
@@ -44,7 +44,7 @@ def statuses() -> Iterator[list[tuple[str, str]]]:
     task_changed.disconnect(receiver)
 
 
-def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, statuses):
+def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, statuses, write_mode):
     message = actors.returns.send(
         {"rows": 3}, for_state={"user_pk": user.pk, "description": "Export"}
     )
@@ -59,7 +59,9 @@ def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, status
     assert task.attempts == 1
     assert task.started_at is not None and task.finished_at is not None
     assert task.created_at <= task.started_at <= task.finished_at
-    assert announced(statuses) == ["running", "done"]
+    # The background writer may merge "running" into "done" (one batch, one row).
+    exact = write_mode == "immediate"
+    assert lifecycle_announced(announced(statuses), ["running", "done"], exact)
 
 
 def test_untracked_message_makes_no_queries(run_all, count_queries):
@@ -70,17 +72,27 @@ def test_untracked_message_makes_no_queries(run_all, count_queries):
     assert Task.objects.count() == 0
 
 
-def test_tracked_lifecycle_costs_one_statement_per_transition(run_all, user, count_queries):
+def test_tracked_lifecycle_costs_one_statement_per_transition(
+    run_all, user, count_queries, write_mode
+):
+    from taskstate.writer import cancels
+
+    # A worker that has looked for cancel requests lately reads nothing (CancelWatch).
+    assert cancels.refresh()
+    count_queries.statements = []
     actors.noop.send(for_state={"user_pk": user.pk, "description": "cheap"})
     run_all()
     # enqueued, running, done: one upsert each, and nothing else at all (no reads,
-    # no transaction statements), whatever thread ran it. MySQL and MariaDB cannot
-    # return the row from an upsert: there each write is followed by one read.
+    # no transaction statements), whatever thread ran it; the background writer writes
+    # running and done in one batch when they come within WRITE_MAX_DELAY of each other
+    # (a no-op actor: always here). MySQL and MariaDB cannot return the row from an
+    # upsert: there each write is followed by one read.
     from django.db import connection
 
+    writes = 3 if write_mode == "immediate" else 2
     per_write = 2 if connection.vendor == "mysql" else 1
-    assert len(count_queries.statements) == 3 * per_write, count_queries.statements
-    assert len(count_queries.starting("INSERT")) == 3
+    assert len(count_queries.statements) == writes * per_write, count_queries.statements
+    assert len(count_queries.starting("INSERT")) == writes
 
 
 def test_progress_is_throttled_and_final_value_written(
@@ -98,18 +110,17 @@ def test_progress_is_throttled_and_final_value_written(
         assert len(updates) == 1, updates
         assert len(inserts) == 3, inserts
     else:
-        # The first report is queued and merged with the final change (the 499 after it
-        # are held back as above): the sender's row, the running batch (waited for),
-        # then one batch with the report and the final status.
+        # The first report is queued and merged with the running and final changes
+        # (the 499 after it are held back as above): the sender's row, then one batch.
         assert updates == [], updates
-        assert len(inserts) == 3, inserts
+        assert len(inserts) == 2, inserts
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.DONE
     assert task.progress == 100
     assert task.progress_message == "step 500"
 
 
-def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, statuses):
+def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, statuses, write_mode):
     message = actors.always_fails.send(for_state={"user_pk": user.pk})
     run_all()
     task = Task.objects.get(message_id=message.message_id)
@@ -122,6 +133,11 @@ def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, status
     # refused (never announced) when the next attempt's "running" landed first, as it may
     # under load with a 10 ms back-off: the status never moves backwards.
     seen = announced(statuses)
+    if write_mode == "background":
+        # A batch may merge an attempt's running with what follows it (announced once).
+        expected = ["running", "retrying", "running", "retrying", "running", "failed"]
+        assert lifecycle_announced(seen, expected, exact=False), seen
+        return
     assert [s for s in seen if s != "retrying"] == ["running", "running", "running", "failed"]
     assert seen in (
         ["running", "retrying", "running", "retrying", "running", "failed"],
@@ -143,6 +159,10 @@ def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses, wr
     # As above, a "retrying" may be refused by a quicker next "running"; the background
     # writer may also write it with that "running" (merged in one batch, announced once).
     seen = announced(statuses)
+    if write_mode == "background":
+        expected = ["running", "retrying", "running", "done"]
+        assert lifecycle_announced(seen, expected, exact=False), seen
+        return
     assert seen in (["running", "retrying", "running", "done"], ["running", "running", "done"])
 
 

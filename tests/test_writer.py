@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,6 +16,7 @@ from taskstate.models import Status, Task
 from taskstate.signals import progress_committed, task_changed
 from taskstate.writer import writer
 from tests.support.factories import make_task
+from tests.support.faults import wait_for
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -217,15 +219,22 @@ def test_progress_is_written_and_announced_with_the_task_and_its_group(
 
     progress_committed.connect(on_progress)
     actors.RELEASE.clear()
+    actors.REPORT.clear()
     try:
         message = actors.reports_huge_progress.send(
             10, for_state={"user_pk": user.pk, "group": group.pk}
         )
+        wait_for(
+            lambda: Task.objects.filter(message_id=message.message_id, status="running").exists(),
+            what="the running row",
+        )
+        actors.REPORT.set()
         assert got.wait(20), "no progress announced"
         # Announced after its commit: the row says so while the actor still runs.
         task = Task.objects.get(message_id=message.message_id)
         assert (task.status, task.progress) == (Status.RUNNING, 50)
     finally:
+        actors.REPORT.set()
         actors.RELEASE.set()
         progress_committed.disconnect(on_progress)
     run_all()
@@ -260,16 +269,39 @@ def test_rows_are_announced_once_each_in_the_order_written(run_all, user):
     assert mine[-1][0] == "failed" and [s for s, _ in mine].count("failed") == 1
 
 
-def test_running_waits_for_its_row_so_a_cancel_before_start_is_seen_without_a_read(
+def test_a_worker_that_looked_lately_starts_a_message_without_a_read_or_a_wait(
     broker, worker, run_all, user, count_queries
 ):
+    from taskstate.writer import cancels
+
+    assert cancels.refresh()  # as the writer does with its batches
+    count_queries.statements = []
     message = actors.runs_once.send("writer-key", for_state={"user_pk": user.pk})
     run_all()
-    # The running row came back from its batch (no read to look for a cancel); MySQL and
-    # MariaDB read each batch back.
+    # Nothing read to look for a cancel, no batch waited for; MySQL and MariaDB read each
+    # batch back.
     if connection.vendor != "mysql":
         assert count_queries.starting("SELECT") == []
+    assert cancels.worker_reads == 0
     assert Task.objects.get(message_id=message.message_id).status == Status.DONE
+
+
+def test_an_idle_worker_looks_once_then_the_writer_keeps_what_it_knows_fresh(
+    broker, worker, run_all, user, settings
+):
+    from taskstate.writer import cancels
+
+    settings.TASKSTATE = {**settings.TASKSTATE, "CANCEL_CHECK_INTERVAL": 3.0}
+    actors.runs_once.send("idle-1", for_state={"user_pk": user.pk})
+    run_all()
+    assert writer.flush(10)
+    assert (cancels.reads, cancels.worker_reads) == (1, 1)  # nothing known yet: one look
+    time.sleep(1.6)  # older than half the interval: the next batch refreshes it
+    actors.runs_once.send("idle-2", for_state={"user_pk": user.pk})
+    run_all()
+    assert writer.flush(10)
+    assert (cancels.reads, cancels.worker_reads) == (2, 1)
+    assert cancels.age() < 1.5
 
 
 def test_flush_writes_what_waits_and_release_lets_go_of_the_connection(settings):

@@ -166,8 +166,15 @@ def fails_then_waits(for_state: dict[str, Any] | None = None) -> None:
 RELEASE = threading.Event()
 
 
+#: Cleared by a test that wants the report written after the running row (the background
+#: writer would otherwise merge a report made at once into the running change).
+REPORT = threading.Event()
+REPORT.set()
+
+
 @dramatiq.actor(max_retries=0)
 def reports_huge_progress(size: int, for_state: dict[str, Any] | None = None) -> None:
+    REPORT.wait(timeout=20)
     taskstate.progress(50, message="m" * size)
     # Stay running until the test has the bar: the final row would make it moot.
     RELEASE.wait(timeout=20)
