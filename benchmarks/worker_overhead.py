@@ -9,6 +9,7 @@ prints ratios against the untracked baseline. taskstate runs with both write mod
     python benchmarks/worker_overhead.py               # 2,000 messages per variant
     python benchmarks/worker_overhead.py --threads 8   # 8 worker threads
     python benchmarks/worker_overhead.py --smoke       # 50, for CI
+    python benchmarks/worker_overhead.py --core --db perf_bench   # 4 variants, own database
 """
 
 from __future__ import annotations
@@ -42,11 +43,19 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="worker threads")
+    parser.add_argument(
+        "--db", default="taskstate_bench_worker", help="PostgreSQL database (dropped first)"
+    )
+    parser.add_argument(
+        "--core",
+        action="store_true",
+        help="untracked, immediate, background and AdminMiddleware only",
+    )
     args = parser.parse_args()
     n = 50 if args.smoke else args.messages
     rounds = 1 if args.smoke else args.rounds
 
-    django_on_postgres("taskstate_bench_worker")
+    django_on_postgres(args.db)
     import dramatiq
     from django.conf import settings
     from django.contrib.auth import get_user_model
@@ -59,7 +68,7 @@ def main() -> None:
     from taskstate.conf import get_settings
     from taskstate.middleware import StateMiddleware
     from taskstate.models import Task
-    from taskstate.writer import writer
+    from taskstate.writer import cancels, writer
 
     counter = Counter()
 
@@ -76,7 +85,7 @@ def main() -> None:
 
     def run_variant(
         name: str, middleware: list[Any], kwargs: dict[str, Any], taskstate: dict[str, Any]
-    ) -> tuple[float, float]:
+    ) -> tuple[float, float, float]:
         settings.TASKSTATE = taskstate
         get_settings.cache_clear()  # assigned, not override_settings: no setting_changed
         broker = StubBroker(middleware=[*middleware, DbConnectionsMiddleware()])
@@ -99,10 +108,12 @@ def main() -> None:
             writer.flush(30)
             per_message: list[float] = []
             statements: list[float] = []
+            reads: list[float] = []
             for _ in range(rounds):
                 Task.objects.all().delete()
                 AdminTask.tasks.all().delete()
                 before = counter.count
+                looks = cancels.reads
                 start = time.perf_counter()
                 for _ in range(n):
                     actor.send(**kwargs)
@@ -112,10 +123,15 @@ def main() -> None:
                 elapsed = time.perf_counter() - start
                 per_message.append(elapsed / n)
                 statements.append((counter.count - before) / n)
+                reads.append((cancels.reads - looks) / n)
         finally:
             worker.stop()
             writer.release()
-        return statistics.median(per_message), statistics.median(statements)
+        return (
+            statistics.median(per_message),
+            statistics.median(statements),
+            statistics.median(reads),
+        )
 
     tracked = {"for_state": {"user_pk": user.pk, "description": "bench"}}
     immediate = {"WRITE_MODE": "immediate"}
@@ -138,6 +154,8 @@ def main() -> None:
         ),
         ("AdminMiddleware", [AdminMiddleware()], {}, immediate),
     ]
+    if args.core:
+        variants = [v for v in variants if "SYNCHRONOUS_COMMIT" not in v[0]]
     print(
         f"Worker overhead per message: {n} messages x {rounds} rounds (median), PostgreSQL, "
         f"StubBroker, {args.threads} worker thread(s), events published to Redis\n"
@@ -156,16 +174,18 @@ def main() -> None:
             [
                 name,
                 f"{stmts:.2f}",
+                f"{looks:.3f}",
                 f"{secs * 1e6:,.0f}",
                 f"{secs / base:.1f}x",
                 f"{secs / admin:.2f}",
             ]
-            for name, (secs, stmts) in results.items()
+            for name, (secs, stmts, looks) in results.items()
         ]
         print(f"{label}\n")
         headers = [
             "variant",
             "statements / message",
+            "of which cancel looks",
             "µs / message",
             "vs untracked",
             "vs AdminMiddleware",

@@ -110,9 +110,9 @@ class TaskstateSettings:
     HARD_CANCEL_AFTER: float = 0.0
     #: How the worker's state changes reach the database. "background": a hook hands the
     #: change to one thread per process, which writes the changes of many messages in
-    #: batches (one multi-row upsert, one commit per batch); the running write still
-    #: returns before the actor starts (its batch is written at once, see
-    #: docs/reliability.md, "The background writer"). "immediate": each hook writes its
+    #: batches (one multi-row upsert, one commit per batch); no hook waits for it (cancel
+    #: requests are known from taskstate.writer.CancelWatch, see docs/owner-control.md
+    #: and docs/reliability.md, "The background writer"). "immediate": each hook writes its
     #: own change, one statement each, before the message goes on. The sender's write is
     #: immediate either way.
     WRITE_MODE: str = field(default="background", metadata={"choices": ("background", "immediate")})

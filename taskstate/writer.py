@@ -10,10 +10,10 @@ or when someone waits for a change), writes them with
 statement), and only then announces each row written, in the order the changes came
 (``taskstate.signals``).
 
-One change is waited for: the running write (:meth:`Writer.write_and_wait`). Its row tells
-the worker whether the task was cancelled before it started, so the worker waits for its
-batch, which is written without the ``WRITE_MAX_DELAY`` wait and shared with whatever
-other changes are pending (docs/reliability.md, "The background writer").
+No hook waits for the writer (:meth:`Writer.write_and_wait` is kept for callers that
+must have the row). Whether a message was asked to cancel before it starts is known from
+:class:`CancelWatch`, which the writer thread refreshes with its batches
+(docs/owner-control.md, "Not started yet").
 
 Changes of one message are merged while they wait (:meth:`Change.then`): a progress
 report and the final status of a message written in one batch are written once.
