@@ -51,6 +51,12 @@ def main() -> None:
         action="store_true",
         help="untracked, immediate, background and AdminMiddleware only",
     )
+    parser.add_argument(
+        "--worker-time",
+        action="store_true",
+        help="time the worker alone: send each round while the worker is paused, then "
+        "time from resume until every message is processed and its state written",
+    )
     args = parser.parse_args()
     n = 50 if args.smoke else args.messages
     rounds = 1 if args.smoke else args.rounds
@@ -114,9 +120,17 @@ def main() -> None:
                 AdminTask.tasks.all().delete()
                 before = counter.count
                 looks = cancels.reads
-                start = time.perf_counter()
-                for _ in range(n):
-                    actor.send(**kwargs)
+                if args.worker_time:
+                    worker.pause()
+                    for _ in range(n):
+                        actor.send(**kwargs)
+                    before = counter.count  # the worker's statements only
+                    start = time.perf_counter()
+                    worker.resume()
+                else:
+                    start = time.perf_counter()
+                    for _ in range(n):
+                        actor.send(**kwargs)
                 broker.join(actor.queue_name)
                 worker.join()
                 assert writer.flush(30), "the background writer did not drain"
@@ -156,9 +170,15 @@ def main() -> None:
     ]
     if args.core:
         variants = [v for v in variants if "SYNCHRONOUS_COMMIT" not in v[0]]
+    what = (
+        "worker time alone (sent while paused; the senders' writes not counted)"
+        if args.worker_time
+        else "whole lifecycles (send + process + state written)"
+    )
     print(
-        f"Worker overhead per message: {n} messages x {rounds} rounds (median), PostgreSQL, "
-        f"StubBroker, {args.threads} worker thread(s), events published to Redis\n"
+        f"Worker overhead per message, {what}: {n} messages x {rounds} rounds (median), "
+        f"PostgreSQL, StubBroker, {args.threads} worker thread(s), events published to "
+        f"Redis\n"
     )
     for conn_max_age, label in (
         (0, "CONN_MAX_AGE=0 (a new database connection per message)"),

@@ -175,7 +175,8 @@ class StateMiddleware(Middleware):
         if task is not None:
             run.task_pk, run.user_pk = task.pk, task.user_id
         if _cancelled_before_start(run.origin.message_id, task):
-            _not_started(run)
+            # The start time is ours when the row had none before this write.
+            _not_started(run, ours=task is not None and task.started_at == run.started_at)
             return True
         return False
 
@@ -556,12 +557,15 @@ def _cancelled_before_start(message_id: str, task: Task | None) -> bool:
     return t.cancel_requested(message_id)
 
 
-def _not_started(run: MessageRun) -> None:
-    """The attempt was asked to cancel before its body started: it never counts as one."""
+def _not_started(run: MessageRun, *, ours: bool = False) -> None:
+    """The attempt was asked to cancel before its body started: it does not count as one.
+
+    ``ours``: the row's start time was written by this attempt's running write.
+    """
     mark_cancelled(run)
     run.attempt -= 1
-    if run.attempt == 0:
-        run.started_at = None  # the task never started (a running row, if any, said so)
+    run.started_at = None
+    run.clear_start = ours
 
 
 def _is_cancel(exception: BaseException) -> bool:
@@ -582,12 +586,12 @@ def _write_cancelled(origin: Origin, run: MessageRun, values: dict[str, Any]) ->
         # redelivered or retried copy of the message then finds it and is skipped.
         "cancel_requested_at": _now(),
     }
-    # A task that never started has no start time, whatever a running write said.
-    never_started = run.attempt == 0 and run.started_at is None
+    # An attempt that never started leaves the start time as it was before it (its own
+    # running write, if it wrote one, is undone; COALESCE keeps an earlier attempt's).
     _write(
         origin,
         Status.CANCELLED,
         TERMINAL_ORDER,
         values,
-        keep=("cancel_requested_at",) if never_started else (*_KEEP, "cancel_requested_at"),
+        keep=("cancel_requested_at",) if run.clear_start else (*_KEEP, "cancel_requested_at"),
     )

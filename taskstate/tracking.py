@@ -67,6 +67,9 @@ class MessageRun:
     # Owner control: a cancel request was seen; when the row is next looked at for one.
     cancel_requested: bool = False
     next_cancel_check: float = 0.0
+    # Cancelled before its body started, after its own running write gave the row its
+    # start time (immediate writes): the cancelled write clears it.
+    clear_start: bool = False
     check_interval: float = 1.0
 
 

@@ -123,6 +123,8 @@ def test_cancel_before_start_reads_cancelling_then_ends_cancelled_and_the_body_n
     task = row(message)
     assert (task.status, task.state_order) == (Status.CANCELLED, TERMINAL_ORDER)  # not skipped
     assert task.finished_at is not None and task.error_type == ""
+    # It never started (with immediate writes its own running write is undone).
+    assert (task.attempts, task.started_at) == (0, None)
 
 
 @both_write_modes
