@@ -324,3 +324,51 @@ def test_write_and_wait_returns_the_row_as_written():
     t.write_batch([done("m-wait")])
     task, written = writer.write_and_wait(running("m-wait"), 10)
     assert written and task is None  # refused: done is final
+
+
+# --- CancelWatch: what a process knows of cancel requests ------------------------------
+
+
+def test_the_first_look_finds_every_request_a_worker_may_still_meet(user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from taskstate.writer import cancels
+
+    now = timezone.now()
+    long_ago = now - timedelta(days=3)
+    make_task(message_id="queued-asked", status=Status.ENQUEUED, cancel_requested_at=long_ago)
+    make_task(
+        message_id="cancelled-ahead",
+        status=Status.CANCELLED,
+        cancel_requested_at=long_ago,
+        finished_at=long_ago,
+        due_at=now + timedelta(hours=1),
+    )
+    make_task(message_id="cancelled-lately", status=Status.CANCELLED, cancel_requested_at=now)
+    make_task(
+        message_id="cancelled-long-ago",
+        status=Status.CANCELLED,
+        cancel_requested_at=long_ago,
+        finished_at=long_ago,
+    )
+    make_task(message_id="never-asked", status=Status.ENQUEUED)
+
+    assert cancels.refresh()
+    known = {m for m in ("queued-asked", "cancelled-ahead", "cancelled-lately") if cancels.known(m)}
+    assert known == {"queued-asked", "cancelled-ahead", "cancelled-lately"}
+    assert not cancels.known("cancelled-long-ago") and not cancels.known("never-asked")
+
+    # Later looks read only what was asked since the last one (with an overlap).
+    make_task(message_id="asked-now", status=Status.RUNNING, cancel_requested_at=now)
+    assert cancels.refresh()
+    assert cancels.known("asked-now")
+
+
+def test_the_watch_reads_nothing_while_the_database_is_failing(monkeypatch):
+    from taskstate import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "database_down", lambda: True)
+    assert not writer_module.cancels.requested("m-down")
+    assert writer_module.cancels.reads == 0
