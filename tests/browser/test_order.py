@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from playwright.sync_api import expect
+
 from tests.browser.conftest import wait_open
 from tests.browser.test_demo import start, wait_status
 
@@ -57,3 +59,31 @@ def test_an_older_row_or_bar_arriving_after_the_final_one_leaves_the_row_final(n
     assert page.get_attribute(f"#{row} progress", "aria-valuenow") == "100"
     page.evaluate(INJECT, [newer])
     assert "NEWER" in page.text_content(f"#{row} .taskstate-badge")
+
+
+# The list's resync: its response replaces the rows (hx-get on #taskstate-rows, innerHTML).
+RESYNC = """async ([html]) => {
+  const rows = document.getElementById('taskstate-rows');
+  await htmx.swap({sourceElement: rows, target: rows, swap: 'innerHTML', text: html});
+}"""
+
+
+def test_a_resync_read_before_a_dismissal_does_not_bring_the_row_back(new_page):
+    """The list re-reads its rows when its stream opens. If another tab dismisses a row
+    while that read is on its way, the removal event arrives first and the response, read
+    before the dismissal, would put the row back (seen once in CI: a second tab kept a
+    dismissed row)."""
+    page = new_page("demo")
+    wait_open(page)
+    row = start(page, "Quick ping")
+    wait_status(page, row, "done")
+    as_read = page.evaluate("id => document.getElementById(id).outerHTML", row)
+    other = as_read.replace(f'id="{row}"', 'id="taskstate-task-999999"')
+
+    # The other tab's dismissal, as the stream delivers it.
+    page.evaluate(INJECT, [f'<hx-partial hx-target="#{row}" hx-swap="delete"></hx-partial>'])
+    expect(page.locator(f"#{row}")).to_have_count(0)
+    # Then the resync's response, read before the dismissal; another row in it lands.
+    page.evaluate(RESYNC, [as_read + other])
+    expect(page.locator("#taskstate-task-999999")).to_have_count(1)
+    assert page.locator(f"#{row}").count() == 0

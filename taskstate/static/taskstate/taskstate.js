@@ -12,7 +12,9 @@
  * order key (data-taskstate-order: each state of a task has a higher one than the state
  * before). Events from the sender and from workers travel different roads and may arrive
  * out of order; before htmx swaps anything, an incoming row or bar older than the one
- * shown is replaced by a copy of the one shown, so the swap leaves it as it is.
+ * shown is replaced by a copy of the one shown, so the swap leaves it as it is. A row
+ * removed from the page (dismissed, here or in another tab) is left out of any later swap:
+ * a resync read before the removal would otherwise bring it back.
  *
  * While a stream is down the list says "Reconnecting…" and marks its rows as possibly out
  * of date (data-taskstate-stale); the resync that follows a new connection clears both.
@@ -106,12 +108,23 @@
     return value === null || value === "" ? NaN : Number(value);
   }
 
+  // Rows this page saw removed (dismissed here or in another tab, deleted). A removed task
+  // never comes back, but a resync read before its removal may still carry it.
+  var removed = new Set();
+
+  function noteRemoval(task) {
+    var target = task.target;
+    if (task.swapSpec && task.swapSpec.style === "delete" && target && target.id &&
+        target.id.indexOf("taskstate-task-") === 0) removed.add(target.id);
+  }
+
   // Swap tasks (htmx 4: the detail of htmx:before:swap) each carry a fragment to insert.
   function keepNewer(fragment) {
     if (!fragment || !fragment.querySelectorAll) return;
     var incoming = fragment.querySelectorAll("[id][data-taskstate-order]");
     Array.prototype.forEach.call(incoming, function (element) {
       if (!fragment.contains(element)) return; // inside a row already replaced
+      if (removed.has(element.id)) { element.remove(); return; }
       var shown = document.getElementById(element.id);
       if (!shown || !shown.hasAttribute("data-taskstate-order")) return;
       if (orderOf(shown) > orderOf(element)) element.replaceWith(shown.cloneNode(true));
@@ -121,6 +134,7 @@
   document.addEventListener("htmx:before:swap", function (event) {
     var tasks = event.detail && event.detail.tasks;
     if (!tasks) return;
+    tasks.forEach(noteRemoval);
     tasks.forEach(function (task) { keepNewer(task.fragment); });
   });
   // --- times ---------------------------------------------------------------------------
