@@ -36,7 +36,7 @@ def site_namespace() -> str:
         name = connections[conf.DATABASE].settings_dict.get("NAME")
     except Exception:  # an unknown alias: taskstate.checks reports it
         name = None
-    return salted_hmac(_NAMESPACE_SALT, str(name or "")).hexdigest()[:12]
+    return salted_hmac(_NAMESPACE_SALT, str(name or ""), algorithm="sha256").hexdigest()[:12]
 
 
 def user_channel(user_pk: Any) -> str:

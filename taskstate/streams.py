@@ -150,7 +150,9 @@ def refresh_channel() -> str:
 
 
 def _refresh_mark(user_id: str, reference: str | None) -> str:
-    return salted_hmac(_REFRESH_MARK_SALT, f"{user_id}:{reference or ''}").hexdigest()
+    return salted_hmac(
+        _REFRESH_MARK_SALT, f"{user_id}:{reference or ''}", algorithm="sha256"
+    ).hexdigest()
 
 
 def _marked_by_proxy(request: HttpRequest, user_id: str, reference: str | None) -> bool:
@@ -241,7 +243,10 @@ def add_close_channels(request: HttpRequest) -> None:
 
 def grip_session_channel(session_key: str) -> str:
     """The GRIP channel of the streams of one session (an HMAC: no session key in it)."""
-    return "taskstate-session-" + salted_hmac(_SESSION_CHANNEL_SALT, session_key).hexdigest()
+    return (
+        "taskstate-session-"
+        + salted_hmac(_SESSION_CHANNEL_SALT, session_key, algorithm="sha256").hexdigest()
+    )
 
 
 def grip_user_channel(user_pk: Any) -> str:

@@ -271,3 +271,21 @@ def test_a_receiver_of_task_changed_that_raises_is_logged_and_the_others_still_r
     assert heard == ["sig"]
     [record] = [r for r in caplog.records if "breaks" in r.getMessage()]
     assert record.name == "django.dispatch" and record.exc_info is not None
+
+
+def test_channel_and_mark_hmacs_name_their_algorithm():
+    """Django 6.1 warns (RemovedInDjango2028Warning) when salted_hmac is left to its
+    default algorithm, which changes to sha256 in Django 2028: that change would rename
+    every channel between two Django versions. Ours name sha256."""
+    import warnings
+
+    from taskstate.channels import site_namespace
+    from taskstate.streams import _refresh_mark, grip_session_channel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        namespace = site_namespace()
+        mark = _refresh_mark("1", "ref")
+        channel = grip_session_channel("a-session-key")
+    assert len(namespace) == 12 and len(mark) == 64
+    assert len(channel.removeprefix("taskstate-session-")) == 64
