@@ -166,14 +166,19 @@ def test_a_late_worker_start_after_a_cancel_is_refused_and_costs_one_read(
 # --- cancel while running ---------------------------------------------------------------
 
 
+def start_running(actor: Any, user: Any) -> tuple[str, Any, Task]:
+    """Send ``actor`` for ``user`` and wait until its body and its row are running."""
+    key = new_key()
+    message = actor.send(key, for_state={"user_pk": user.pk})
+    actors.STARTED.setdefault(key, threading.Event())
+    assert actors.STARTED[key].wait(30)
+    return key, message, wait_for_row(message, "the task to run", status=Status.RUNNING)
+
+
 def test_cancel_while_running_stops_at_the_next_progress_and_is_not_retried(
     worker, run_all, owner, user
 ):
-    key = new_key()
-    message = actors.counts_until_cancelled.send(key, for_state={"user_pk": user.pk})
-    actors.STARTED.setdefault(key, threading.Event())
-    assert actors.STARTED[key].wait(30)
-    task = wait_for_row(message, "the task to run", status=Status.RUNNING)
+    key, message, task = start_running(actors.counts_until_cancelled, user)
 
     response = cancel(owner, task, **HTMX)
     assert "Cancelling" in response.content.decode()
@@ -193,11 +198,8 @@ def test_cancel_while_running_stops_at_the_next_progress_and_is_not_retried(
 def test_cancel_requested_lets_an_actor_that_reports_nothing_stop_on_its_own(
     worker, run_all, owner, user
 ):
-    key = new_key()
-    message = actors.checks_cancel.send(key, for_state={"user_pk": user.pk})
-    actors.STARTED.setdefault(key, threading.Event())
-    assert actors.STARTED[key].wait(30)
-    cancel(owner, wait_for_row(message, "the task to run", status=Status.RUNNING))
+    key, message, task = start_running(actors.checks_cancel, user)
+    cancel(owner, task)
 
     run_all()
     task = row(message)
@@ -210,11 +212,7 @@ def test_an_actor_that_never_reports_reads_cancelling_then_ends_as_it_ends(
     worker, run_all, owner, user
 ):
     # No progress(), no cancel_requested(), no dramatiq-abort: nothing can stop it.
-    key = new_key()
-    message = actors.ignores_cancel.send(key, for_state={"user_pk": user.pk})
-    actors.STARTED.setdefault(key, threading.Event())
-    assert actors.STARTED[key].wait(30)
-    task = wait_for_row(message, "the task to run", status=Status.RUNNING)
+    key, message, task = start_running(actors.ignores_cancel, user)
 
     assert "Cancelling" in cancel(owner, task, **HTMX).content.decode()
     page = owner.get(reverse("taskstate:list")).content.decode()

@@ -272,6 +272,19 @@ def test_a_forked_child_starts_its_own_courier_without_the_parents_jobs(recorder
     assert recorder.sent == ["parent's"]
 
 
+def run_python(script: str) -> None:
+    """Run ``script`` in a fresh interpreter (its exit is what is tested)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_pending_events_are_sent_when_the_process_exits(tmp_path):
     sent = tmp_path / "sent"
     script = (
@@ -282,15 +295,7 @@ def test_pending_events_are_sent_when_the_process_exits(tmp_path):
         f"courier.submit(lambda: open({str(sent)!r}, 'w').write('sent'))\n"
         "threading.Timer(0.2, gate.set).start()\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=child_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
+    run_python(script)
     assert sent.read_text() == "sent", "the exit flushed the queue"
 
 
@@ -309,15 +314,7 @@ def test_events_pending_at_exit_go_out_before_the_grip_publisher_is_closed(tmp_p
         f"courier.submit(lambda: open({str(seen)!r}, 'w').write(str(publisher.closed)))\n"
         "threading.Timer(0.2, gate.set).start()\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=child_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
+    run_python(script)
     assert seen.read_text() == "False", "the publisher was still open for the last event"
 
 
