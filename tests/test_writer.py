@@ -372,3 +372,52 @@ def test_the_watch_reads_nothing_while_the_database_is_failing(monkeypatch):
     monkeypatch.setattr(writer_module, "database_down", lambda: True)
     assert not writer_module.cancels.requested("m-down")
     assert writer_module.cancels.reads == 0
+
+
+# --- the bound: a database that is away -----------------------------------------------
+
+
+def test_an_outage_fills_the_queue_to_its_bound_then_merges_and_recovery_writes_it_all(
+    monkeypatch, caplog
+):
+    from taskstate import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "MAX_PENDING", 3)
+    monkeypatch.setattr(writer_module, "FIRST_RETRY_PAUSE", 0.05)
+    monkeypatch.setattr(writer_module, "MAX_RETRY_PAUSE", 0.05)
+    real_write = writer_module.write_batch
+    tries: list[int] = []
+
+    def away(batch: list[t.Change]) -> list[Any]:
+        tries.append(len(batch))
+        raise t.Outage("the database is away")
+
+    monkeypatch.setattr(writer_module, "write_batch", away)
+    for n in range(3):
+        assert writer.submit(running(f"m-out-{n}"))
+    wait_for(lambda: len(tries) >= 2, 10, "the writer to try, fail and try again")
+
+    # Full: a new message's change is dropped at once (no wait, no growth), logged once.
+    started = time.monotonic()
+    assert not writer.submit(running("m-out-new"))
+    assert not writer.submit(done("m-out-new-2"))
+    assert time.monotonic() - started < 0.5
+    assert writer.pending() == 3
+    full = [r for r in caplog.records if "further messages are dropped" in r.getMessage()]
+    assert len(full) == 1
+    # A message already waiting still takes its newest state.
+    assert writer.submit(running("m-out-1", progress=40))
+    assert writer.submit(done("m-out-2"))
+    assert writer.pending() == 3
+
+    monkeypatch.setattr(writer_module, "write_batch", real_write)
+    assert writer.flush(10)
+    rows = {task.message_id: task for task in Task.objects.filter(message_id__startswith="m-out")}
+    assert set(rows) == {"m-out-0", "m-out-1", "m-out-2"}
+    assert rows["m-out-0"].status == Status.RUNNING
+    assert (rows["m-out-1"].status, rows["m-out-1"].progress) == (Status.RUNNING, 40)
+    assert rows["m-out-2"].status == Status.DONE
+    # Room again: new messages are taken.
+    assert writer.submit(running("m-out-after"))
+    assert writer.flush(10)
+    assert Task.objects.filter(message_id="m-out-after").exists()
