@@ -60,6 +60,9 @@ FIRST_RETRY_PAUSE = 0.5
 MAX_RETRY_PAUSE = 5.0
 #: Seconds a worker's shutdown (and the interpreter's exit) waits for the queue to drain.
 SHUTDOWN_FLUSH = 5.0
+#: While a flush waits, a batch the database could not take is tried again this soon
+#: (not at once: a refused connection fails in microseconds).
+FLUSH_RETRY_PAUSE = 0.1
 
 
 def background() -> bool:
@@ -93,6 +96,8 @@ class Writer:
         self._pending: OrderedDict[str, Change] = OrderedDict()
         self._urgent = 0
         self._busy = False
+        self._in_flight = 0
+        self._failed_at = 0.0
         self._flushing = 0
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -170,6 +175,12 @@ class Writer:
         with self._cond:
             return len(self._pending)
 
+    def unwritten(self) -> int:
+        """Messages whose changes are not written yet: waiting, or in the batch being
+        written."""
+        with self._cond:
+            return len(self._pending) + self._in_flight
+
     def flush(self, timeout: float = SHUTDOWN_FLUSH) -> bool:
         """Write everything pending now, and wait for it; False if ``timeout`` ran out
         (the database is away) or the changes could not be written."""
@@ -211,7 +222,7 @@ class Writer:
         if self.flush(timeout):
             self.release(1.0)
         else:
-            left = self.pending()
+            left = self.unwritten()
             if left:
                 logger.error(
                     "taskstate: %d messages' last state changes could not be written "
@@ -240,9 +251,11 @@ class Writer:
         while True:
             with self._cond:
                 self._busy = False
+                self._in_flight = 0
                 self._cond.notify_all()
                 batch = self._next_batch()
                 self._busy = True
+                self._in_flight = len(batch)
             if not batch:  # asked to let go of the connection
                 with contextlib.suppress(Exception):
                     connections.close_all()
@@ -265,8 +278,11 @@ class Writer:
             if not self._pending:
                 self._cond.wait()
                 continue
-            if now < self._retry_at and not self._flushing:
-                self._cond.wait(self._retry_at - now)
+            retry_at = self._retry_at
+            if self._flushing:
+                retry_at = min(retry_at, self._failed_at + FLUSH_RETRY_PAUSE)
+            if now < retry_at:
+                self._cond.wait(retry_at - now)
                 continue
             oldest = next(iter(self._pending.values()))
             due = oldest.since + _max_delay()
@@ -338,7 +354,8 @@ class Writer:
             merged.update(self._pending)
             self._pending = merged
             pause = self._pause or FIRST_RETRY_PAUSE
-            self._retry_at = time.monotonic() + pause
+            self._failed_at = time.monotonic()
+            self._retry_at = self._failed_at + pause
             self._pause = min(pause * 2, MAX_RETRY_PAUSE)
 
 

@@ -421,3 +421,53 @@ def test_an_outage_fills_the_queue_to_its_bound_then_merges_and_recovery_writes_
     assert writer.submit(running("m-out-after"))
     assert writer.flush(10)
     assert Task.objects.filter(message_id="m-out-after").exists()
+
+
+# --- shutdown -------------------------------------------------------------------------
+
+
+def test_a_worker_stopping_writes_what_waits_without_waiting_for_the_delay(broker, user, settings):
+    import dramatiq
+
+    from tests.support.workers import stop_worker
+
+    settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MAX_DELAY": 60}
+    w = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
+    w.start()
+    try:
+        message = actors.runs_once.send("m-stop", for_state={"user_pk": user.pk})
+        broker.join("default", timeout=30_000, fail_fast=False)
+        w.join()
+        assert Task.objects.get(message_id=message.message_id).status == Status.ENQUEUED
+        assert writer.pending() == 1  # its end waits for the 60 s delay
+    finally:
+        started = time.monotonic()
+        stop_worker(broker, w)  # before_worker_shutdown flushes the writer
+    assert time.monotonic() - started < 10
+    assert writer.pending() == 0
+    assert Task.objects.get(message_id=message.message_id).status == Status.DONE
+
+
+def test_shutdown_with_the_database_away_gives_up_within_its_bound_and_says_so(monkeypatch, caplog):
+    from taskstate import writer as writer_module
+
+    tries: list[int] = []
+
+    def away(batch: list[t.Change]) -> list[Any]:
+        tries.append(len(batch))
+        raise t.Outage("the database is away")
+
+    monkeypatch.setattr(writer_module, "write_batch", away)
+    assert writer.submit(running("m-away-0"))
+    assert writer.submit(running("m-away-1"))
+    started = time.monotonic()
+    writer.shutdown(0.5)
+    assert time.monotonic() - started < 2
+    # Tried again every FLUSH_RETRY_PAUSE (0.1 s) meanwhile, not in a tight loop.
+    assert 1 <= len(tries) <= 8, len(tries)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("2 messages' last state changes could not be written" in m for m in said), said
+    # The changes are still there: written once the database is back.
+    monkeypatch.undo()
+    assert writer.flush(10)
+    assert Task.objects.filter(message_id__startswith="m-away").count() == 2
