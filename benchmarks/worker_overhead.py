@@ -10,7 +10,9 @@ turn, and the tables show each cell's median over the rounds. Per cell: statemen
 the client sent them (every connection of the process, the background writer's thread
 included; BEGIN and COMMIT are not statements to the client) and the cancel reads among
 them, the time per message (whole lifecycles: send + process + state written; with
-``--worker-time`` the worker alone), and, as the server saw them: statements (BEGIN,
+``--worker-time`` the worker alone), the CPU time per message of the process's threads
+(psutil: the worker's and main threads; the background writer; the courier, which
+renders and publishes rows), and, as the server saw them: statements (BEGIN,
 COMMIT and savepoints included, and Django's ``set_config('TimeZone', ...)`` on each new
 connection), round trips (the statements less the timeouts' ``set_config`` prefix, which
 travels with its upsert in one string, one round trip) and commits (transaction ids
@@ -101,6 +103,21 @@ class Counter:
         with self.lock:
             self.count += 1
         return execute(sql, params, many, context)
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds used so far by this process's threads, by role: the background
+    writer, the courier (renders and publishes rows), and the rest (the worker's threads,
+    the consumer, the main thread)."""
+    import psutil
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    roles = {"taskstate-writer": "writer", "taskstate-courier": "courier"}
+    used: dict[str, float] = {"writer": 0.0, "courier": 0.0, "rest": 0.0}
+    for t in psutil.Process().threads():
+        role = roles.get(names.get(t.id, ""), "rest")
+        used[role] += t.user_time + t.system_time
+    return used
 
 
 class Sample(NamedTuple):
@@ -370,12 +387,14 @@ def cells(args: argparse.Namespace, server: Server) -> None:
             AdminTask.tasks.all().delete()
             server.reset()
             before, server_before, looks = counter.count, server.sample(), cancels.reads
+            cpu_before = thread_cpu()
             if args.worker_time:
                 worker.pause()
                 for _ in range(n):
                     actor.send(**kwargs)
                 # the worker's statements only
                 before, server_before = counter.count, server.sample()
+                cpu_before = thread_cpu()
                 start = time.perf_counter()
                 worker.resume()
             else:
@@ -388,6 +407,7 @@ def cells(args: argparse.Namespace, server: Server) -> None:
             elapsed = time.perf_counter() - start
             # Events are published after the timing, but what publishing reads is counted.
             courier.flush(30)
+            cpu = {role: used - cpu_before[role] for role, used in thread_cpu().items()}
             server_after = server.sample()
             server.check(server_before, server_after)
             server.collect()
@@ -399,6 +419,9 @@ def cells(args: argparse.Namespace, server: Server) -> None:
                 "server statements": counts.statements,
                 "trips": counts.trips,
                 "commits": counts.commits,
+                "cpu rest": cpu["rest"] / n,
+                "cpu writer": cpu["writer"] / n,
+                "cpu courier": cpu["courier"] / n,
             }
         finally:
             worker.stop()
@@ -473,6 +496,7 @@ def cells(args: argparse.Namespace, server: Server) -> None:
         "round trips / message (server)",
         "commits / message (server)",
         "µs / message",
+        "CPU µs / message: worker and main threads, writer, courier",
         "vs untracked",
         "vs AdminMiddleware",
     ]
@@ -504,6 +528,8 @@ def cells(args: argparse.Namespace, server: Server) -> None:
                         server_cell(m["trips"]),
                         server_cell(m["commits"]),
                         f"{m['secs'] * 1e6:,.0f}",
+                        f"{m['cpu rest'] * 1e6:,.0f}, {m['cpu writer'] * 1e6:,.0f}, "
+                        f"{m['cpu courier'] * 1e6:,.0f}",
                         f"{m['secs'] / base:.1f}x",
                         f"{m['secs'] / admin:.2f}",
                     ]
