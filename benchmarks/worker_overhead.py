@@ -10,7 +10,8 @@ turn, and the tables show each cell's median over the rounds. Per cell: statemen
 the client sent them (every connection of the process, the background writer's thread
 included; BEGIN and COMMIT are not statements to the client) and the cancel reads among
 them, the time per message (whole lifecycles: send + process + state written; with
-``--worker-time`` the worker alone), the CPU time per message of the process's threads
+``--worker-time`` the worker alone, and what each ``send()`` cost the sender, its
+synchronous ``enqueued`` upsert included), the CPU time per message of the process's threads
 (psutil: the worker's and main threads; the background writer; the courier, which
 renders and publishes rows), and, as the server saw them: statements (BEGIN,
 COMMIT and savepoints included, and Django's ``set_config('TimeZone', ...)`` on each new
@@ -388,10 +389,13 @@ def cells(args: argparse.Namespace, server: Server) -> None:
             server.reset()
             before, server_before, looks = counter.count, server.sample(), cancels.reads
             cpu_before = thread_cpu()
+            sending = float("nan")
             if args.worker_time:
                 worker.pause()
+                sent_at = time.perf_counter()
                 for _ in range(n):
                     actor.send(**kwargs)
+                sending = time.perf_counter() - sent_at
                 # the worker's statements only
                 before, server_before = counter.count, server.sample()
                 cpu_before = thread_cpu()
@@ -414,6 +418,7 @@ def cells(args: argparse.Namespace, server: Server) -> None:
             counts = per_message(server_before, server_after, n)
             return {
                 "secs": elapsed / n,
+                "send": sending / n,
                 "statements": (counter.count - before) / n,
                 "looks": (cancels.reads - looks) / n,
                 "server statements": counts.statements,
@@ -496,6 +501,7 @@ def cells(args: argparse.Namespace, server: Server) -> None:
         "round trips / message (server)",
         "commits / message (server)",
         "µs / message",
+        "send() µs (sender)",
         "CPU µs / message: worker and main threads, writer, courier",
         "vs untracked",
         "vs AdminMiddleware",
@@ -528,6 +534,7 @@ def cells(args: argparse.Namespace, server: Server) -> None:
                         server_cell(m["trips"]),
                         server_cell(m["commits"]),
                         f"{m['secs'] * 1e6:,.0f}",
+                        "n/a" if m["send"] != m["send"] else f"{m['send'] * 1e6:,.0f}",
                         f"{m['cpu rest'] * 1e6:,.0f}, {m['cpu writer'] * 1e6:,.0f}, "
                         f"{m['cpu courier'] * 1e6:,.0f}",
                         f"{m['secs'] / base:.1f}x",
