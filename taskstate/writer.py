@@ -316,8 +316,8 @@ class Writer:
             self._retry_at = 0.0
             self.batches += 1
             self.rows += len(batch)
-            if len(self._pending) < MAX_PENDING:
-                self._full = False
+            if len(self._pending) < MAX_PENDING // 2:
+                self._full = False  # drained to half: a later overflow is logged again
         for change, task in zip(batch, tasks, strict=True):
             self.delays.append(committed - change.since)
             _tell([change], task, written=True)
