@@ -1,28 +1,101 @@
-"""Worker overhead per message: untracked vs taskstate-tracked vs django_dramatiq's AdminMiddleware.
+"""Worker overhead per message: untracked vs taskstate-tracked vs django_dramatiq's
+AdminMiddleware, then a sustained rate through a real ``rundramatiq`` worker process.
 
-Same broker class (StubBroker), same no-op actor, same in-process worker (one thread),
-same PostgreSQL, same run. Counts every statement of every connection and times whole
-lifecycles (send + process), then prints ratios against the untracked baseline.
+Part 1, in process ("cells"): same broker class (StubBroker), same no-op actor, an
+in-process dramatiq Worker with each ``--threads`` count, a new database connection per
+message and persistent connections, taskstate in both write modes (``WRITE_MODE``:
+"immediate", one write per hook; "background", the batching writer). The cells are
+interleaved: each round runs every (connection mode, threads, variant) cell once, in
+turn, and the tables show each cell's median over the rounds. Per cell: statements as
+the client sent them (every connection of the process, the background writer's thread
+included; BEGIN and COMMIT are not statements to the client) and the cancel reads among
+them, the time per message (whole lifecycles: send + process + state written; with
+``--worker-time`` the worker alone, and what each ``send()`` cost the sender, its
+synchronous ``enqueued`` upsert included), the CPU time per message of the process's threads
+(psutil: the worker's and main threads; the background writer; the courier, which
+renders and publishes rows), and, as the server saw them: statements (BEGIN,
+COMMIT and savepoints included, and Django's ``set_config('TimeZone', ...)`` on each new
+connection), round trips (the statements less the timeouts' ``set_config`` prefix, which
+travels with its upsert in one string, one round trip) and commits (transaction ids
+handed out: a commit that wrote). The foreign-key checks PostgreSQL runs at commit
+(Django's constraints are deferred) are filed as top-level statements by
+pg_stat_statements; no client sent them, they are left out.
 
-    python benchmarks/worker_overhead.py            # 2,000 messages per variant
-    python benchmarks/worker_overhead.py --smoke    # 50, for CI
+Part 2, sustained: one ``rundramatiq`` process (8 threads, default settings: background
+writer) on Redis, tracked no-op messages sent at ``--rate`` for ``--seconds`` from 8
+sender threads. Reports the send rate achieved; statements, round trips and commits per
+message as the server saw them, all and the worker process alone (it connects as a
+database role of its own); the delay from a task's end (``finished_at``, set in the
+worker's hook) to its row's write (``updated_at``, set when the batch is built, just
+before its statement and commit) and to that write's commit (the server's commit
+timestamp of the row's version), p50/p99; then an idle lifecycle (one message at a
+time; issue 12's target: at most 3 round trips per lifecycle).
+
+Server-side counts come from a private, durable PostgreSQL cluster this script starts
+(tests.support.faults.PostgresServer: fsync and synchronous commit on,
+``pg_stat_statements``, ``track_commit_timestamp``); it needs root and the server
+binaries. Without it (or with ``--shared-db``) everything runs on the shared server at
+127.0.0.1:5432 and only the client-side counts are given, as the output says.
+
+    python benchmarks/worker_overhead.py                       # 500 messages x 3 rounds x 36 cells (1/8/32 threads); 1,000/s x 60 s
+    python benchmarks/worker_overhead.py --threads 8 --core    # 8 threads; untracked, immediate, background, AdminMiddleware
+    python benchmarks/worker_overhead.py --worker-time         # the worker alone (sent while paused)
+    python benchmarks/worker_overhead.py --skip-cells --rate 500 --seconds 60
+    python benchmarks/worker_overhead.py --skip-sustained --messages 500 --rounds 5
+    python benchmarks/worker_overhead.py --shared-db           # no private cluster: client counts only
+    python benchmarks/worker_overhead.py --messages 100 --rounds 1 --rate 200 --seconds 5
+    python benchmarks/worker_overhead.py --smoke               # small, for CI (20 messages, 1/8 threads, 50/s x 2 s)
+
+Redis: ``TASKSTATE_TEST_REDIS_URL`` (default redis://127.0.0.1:6379/15): events are
+published there, and part 2's queue lives there (flushed first).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import os
+import re
 import statistics
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _setup import django_on_postgres, table
+
+#: Options of the private cluster: statement counts, commit timestamps, room for 32
+#: threads' connections next to leftovers of the previous cell.
+SERVER_OPTIONS = (
+    "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.max=20000 "
+    "-c track_commit_timestamp=on -c max_connections=300"
+)
+#: The timeouts' prefix of a tracking write (taskstate.transitions._with_bounds), as
+#: pg_stat_statements normalises it: two or three set_config calls, sent in one string
+#: with the upsert. Django's own "SELECT set_config('TimeZone', ...)" on connecting is one
+#: call, a round trip of its own, and does not match.
+PREFIX = "SELECT set_config($1, $2, $3), set_config(%"
+#: Statements a client sent. Django's foreign keys are DEFERRABLE INITIALLY DEFERRED: their
+#: checks (``SELECT 1 FROM ONLY ... OPERATOR(pg_catalog.=) ... FOR KEY SHARE OF x``) run
+#: at commit, outside any statement, and pg_stat_statements files them as top-level.
+#: (Written for psycopg with parameters: %% is a %.)
+CLIENT_SENT = (
+    "toplevel AND NOT (query LIKE 'SELECT %% FROM ONLY %%' "
+    "AND query LIKE '%%OPERATOR(pg_catalog.%%' AND query LIKE '%%FOR KEY SHARE OF x')"
+)
+#: Savepoint names differ per transaction (AdminMiddleware's atomic blocks).
+SAVEPOINT_NAME = re.compile(r'"s\d+_x\d+"')
+#: The database role of the sustained part's worker process.
+WORKER_ROLE = "bench_worker"
 
 
 class Counter:
+    """Client side: every statement this process's connections execute."""
+
     def __init__(self) -> None:
         self.count = 0
         self.lock = threading.Lock()
@@ -33,16 +106,233 @@ class Counter:
         return execute(sql, params, many, context)
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds used so far by this process's threads, by role: the background
+    writer, the courier (renders and publishes rows), and the rest (the worker's threads,
+    the consumer, the main thread)."""
+    import psutil
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    roles = {"taskstate-writer": "writer", "taskstate-courier": "courier"}
+    used: dict[str, float] = {"writer": 0.0, "courier": 0.0, "rest": 0.0}
+    for t in psutil.Process().threads():
+        role = roles.get(names.get(t.id, ""), "rest")
+        used[role] += t.user_time + t.system_time
+    return used
+
+
+class Sample(NamedTuple):
+    statements: float  # statements the server ran in the database, sent by a client
+    prefixes: float  # of which timeouts' prefixes (no round trip of their own)
+    xid: float  # the next transaction id: a difference counts the commits that wrote
+    evicted: float  # pg_stat_statements entries evicted since its reset
+
+
+def _normalised(query: str) -> str:
+    """The statement's beginning: the multi-row upserts of batches of different sizes
+    are different statements to pg_stat_statements, one here."""
+    query = SAVEPOINT_NAME.sub('"s…"', " ".join(query.split()))
+    return query if len(query) <= 110 else query[:110] + "…"
+
+
+class Server:
+    """Server side: pg_stat_statements and transaction ids of the private cluster.
+
+    A measured window starts with :meth:`reset` (what pg_stat_statements holds is
+    forgotten, so that its table does not fill up with AdminMiddleware's savepoint
+    names and evict entries), then :meth:`sample`, and ends with :meth:`sample` and
+    :meth:`collect` (kept for :meth:`top`).
+    """
+
+    def __init__(self, dsn: str | None, db: str, missing: str = "") -> None:
+        self.db = db
+        self.missing = missing  # why nothing is counted
+        self.conn: Any = None
+        self.seen: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.evicted = False
+        if dsn is not None:
+            import psycopg
+
+            # In the ``postgres`` database: these reads are not counted with the benchmark's.
+            self.conn = psycopg.connect(dsn, autocommit=True)
+            self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    @property
+    def counting(self) -> bool:
+        return self.conn is not None
+
+    def reset(self) -> None:
+        if self.conn is not None:
+            self.conn.execute("SELECT pg_stat_statements_reset()")
+
+    def sample(self, role: str | None = None) -> Sample:
+        """Counts so far; the statements of one database role only with ``role`` (the
+        transaction id is the cluster's, whoever took it)."""
+        if self.conn is None:
+            return Sample(0.0, 0.0, 0.0, 0.0)
+        by_role = "" if role is None else " AND rolname = %s"
+        statements, prefixes = self.conn.execute(
+            "SELECT coalesce(sum(calls), 0), coalesce(sum(calls) FILTER (WHERE query LIKE %s), 0) "
+            "FROM pg_stat_statements JOIN pg_roles ON pg_roles.oid = userid "
+            f"WHERE {CLIENT_SENT} "
+            "AND dbid = (SELECT oid FROM pg_database WHERE datname = %s)" + by_role,
+            [PREFIX, self.db] if role is None else [PREFIX, self.db, role],
+        ).fetchone()
+        (xid,) = self.conn.execute(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+        ).fetchone()
+        (evicted,) = self.conn.execute("SELECT dealloc FROM pg_stat_statements_info").fetchone()
+        return Sample(float(statements), float(prefixes), float(xid), float(evicted))
+
+    def check(self, before: Sample, after: Sample) -> None:
+        if after.evicted > before.evicted:
+            self.evicted = True
+
+    def collect(self) -> None:
+        """Keep what the server ran since the reset, by role and statement, for :meth:`top`."""
+        if self.conn is None:
+            return
+        rows = self.conn.execute(
+            "SELECT rolname, query, calls FROM pg_stat_statements "
+            "JOIN pg_roles ON pg_roles.oid = userid "
+            f"WHERE {CLIENT_SENT} AND dbid = (SELECT oid FROM pg_database WHERE datname = %s)",
+            [self.db],
+        ).fetchall()
+        for role, query, calls in rows:
+            self.seen[(role, _normalised(query))] += calls
+
+    def create_role(self, role: str) -> None:
+        if self.conn is None:
+            return
+        if not self.conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+            self.conn.execute(f"CREATE ROLE {role} SUPERUSER LOGIN")
+
+    def top(self, what: str, limit: int = 15) -> None:
+        """Print the statements the server ran most often in the windows collected since
+        the last call, then forget them."""
+        if self.conn is None:
+            return
+        rows = [
+            [calls, role, f"`{query}`"] for (role, query), calls in self.seen.most_common(limit)
+        ]
+        print(f"Statements the server ran most often ({what}):\n")
+        print(table(["calls", "role", "statement"], rows))
+        print()
+        if self.evicted:
+            print(
+                "WARNING: pg_stat_statements evicted entries during a measured window: "
+                "the server-side statement counts above are too low.\n"
+            )
+        self.seen.clear()
+        self.evicted = False
+
+
+class Counts(NamedTuple):
+    """Per message, as the server saw them, between two samples."""
+
+    statements: float
+    trips: float
+    commits: float
+
+
+def per_message(before: Sample, after: Sample, n: int, ours: float = 0.0) -> Counts:
+    """``ours``: statements of this script's own (polls) to leave out."""
+    statements = after.statements - before.statements - ours
+    trips = statements - (after.prefixes - before.prefixes)
+    return Counts(statements / n, trips / n, (after.xid - before.xid) / n)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--smoke", action="store_true", help="small and fast, for CI")
+    parser.add_argument("--messages", type=int, default=500, help="per cell and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--threads", default="1,8,32", help="worker threads, a comma-separated list: 1,8,32"
+    )
+    parser.add_argument(
+        "--db", default="taskstate_bench_worker", help="PostgreSQL database (dropped first)"
+    )
+    parser.add_argument(
+        "--core",
+        action="store_true",
+        help="untracked, immediate, background and AdminMiddleware only",
+    )
+    parser.add_argument(
+        "--worker-time",
+        action="store_true",
+        help="time the worker alone: send each round while the worker is paused, then "
+        "time from resume until every message is processed and its state written",
+    )
+    parser.add_argument("--rate", type=float, default=1000.0, help="sustained: messages/s")
+    parser.add_argument("--seconds", type=float, default=60.0, help="sustained: duration")
+    parser.add_argument("--skip-cells", action="store_true", help="only the sustained part")
+    parser.add_argument("--skip-sustained", action="store_true", help="only the cells")
+    parser.add_argument(
+        "--shared-db",
+        action="store_true",
+        help="no private cluster: the shared PostgreSQL, client-side counts only",
+    )
     args = parser.parse_args()
-    n = 50 if args.smoke else args.messages
-    rounds = 1 if args.smoke else args.rounds
+    if args.smoke:
+        args.messages, args.rounds, args.threads = 20, 1, "1,8"
+        args.rate, args.seconds = 50.0, 2.0
+    try:
+        args.thread_counts = [int(t) for t in str(args.threads).split(",") if t.strip()]
+    except ValueError:
+        parser.error(f"--threads: comma-separated integers, not {args.threads!r}")
+    if not args.thread_counts or min(args.thread_counts) < 1:
+        parser.error("--threads: at least one count, each 1 or more")
 
-    django_on_postgres("taskstate_bench_worker")
+    from tests.support.faults import PostgresServer, postgres_unavailable
+
+    pg = None
+    missing = "--shared-db" if args.shared_db else postgres_unavailable()
+    if missing is None:
+        try:
+            pg = PostgresServer(durable=True, extra=SERVER_OPTIONS)
+        except Exception as exc:
+            missing = f"the private cluster did not start: {str(exc).strip()[:300]}"
+    if pg is not None:
+        # Read by benchmarks/_setup.py (libpq), tests/settings.py and the worker process.
+        os.environ["PGHOST"], os.environ["PGPORT"] = "127.0.0.1", str(pg.port)
+        print(
+            f"Private PostgreSQL cluster on port {pg.port} (durable: fsync and synchronous "
+            "commit on): statements, round trips and commits counted by the server.\n"
+        )
+    else:
+        print(
+            f"No private PostgreSQL ({missing}): the shared server at 127.0.0.1:5432, and "
+            "client-side counts only (no BEGIN/COMMIT, no commits, not the worker process's "
+            "statements); the server-side columns read n/a.\n"
+        )
+    try:
+        django_on_postgres(args.db)
+        server = Server(pg.dsn() if pg is not None else None, args.db, missing or "")
+        if not args.skip_cells:
+            cells(args, server)
+        if not args.skip_sustained:
+            sustained(args, server)
+    finally:
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        if pg is not None:
+            pg.close()
+
+
+# --- part 1: in-process cells, interleaved ------------------------------------------------
+
+
+def cells(args: argparse.Namespace, server: Server) -> None:
     import dramatiq
     from django.conf import settings
     from django.contrib.auth import get_user_model
@@ -52,8 +342,11 @@ def main() -> None:
     from django_dramatiq.models import Task as AdminTask
     from dramatiq.brokers.stub import StubBroker
 
+    from taskstate.conf import get_settings
+    from taskstate.courier import courier
     from taskstate.middleware import StateMiddleware
     from taskstate.models import Task
+    from taskstate.writer import cancels, writer
 
     counter = Counter()
 
@@ -67,87 +360,385 @@ def main() -> None:
         install(connection=conn)
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
+    n = args.messages
 
-    def run_variant(
-        name: str, middleware: list[Any], kwargs: dict[str, Any], synchronous: bool
-    ) -> tuple[float, float]:
-        settings.TASKSTATE = {"SYNCHRONOUS_COMMIT": synchronous}
-        broker = StubBroker(middleware=[*middleware, DbConnectionsMiddleware()])
+    def run_cell(
+        middleware: type[Any], kwargs: dict[str, Any], taskstate: dict[str, Any], threads: int
+    ) -> dict[str, float]:
+        settings.TASKSTATE = taskstate
+        get_settings.cache_clear()  # assigned, not override_settings: no setting_changed
+        broker = StubBroker(middleware=[middleware(), DbConnectionsMiddleware()])
         broker.emit_after("process_boot")
 
         def noop(**_: Any) -> None:
             return None
 
-        actor = dramatiq.actor(
-            noop, broker=broker, actor_name=f"noop_{len(broker.actors)}_{id(broker)}"
-        )
-        worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=10)
+        actor = dramatiq.actor(noop, broker=broker, actor_name=f"noop_{id(broker)}")
+        worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=10)
         worker.start()
         try:
             # warm-up: connections, template cache
-            for _ in range(20):
+            for _ in range(max(20, threads)):
                 actor.send(**kwargs)
             broker.join(actor.queue_name)
             worker.join()
-            per_message: list[float] = []
-            statements: list[float] = []
-            for _ in range(rounds):
-                Task.objects.all().delete()
-                AdminTask.tasks.all().delete()
-                before = counter.count
+            writer.flush(30)
+            courier.flush(30)
+            Task.objects.all().delete()
+            AdminTask.tasks.all().delete()
+            server.reset()
+            before, server_before, looks = counter.count, server.sample(), cancels.reads
+            cpu_before = thread_cpu()
+            sending = float("nan")
+            if args.worker_time:
+                worker.pause()
+                sent_at = time.perf_counter()
+                for _ in range(n):
+                    actor.send(**kwargs)
+                sending = time.perf_counter() - sent_at
+                # the worker's statements only
+                before, server_before = counter.count, server.sample()
+                cpu_before = thread_cpu()
+                start = time.perf_counter()
+                worker.resume()
+            else:
                 start = time.perf_counter()
                 for _ in range(n):
                     actor.send(**kwargs)
-                broker.join(actor.queue_name)
-                worker.join()
-                elapsed = time.perf_counter() - start
-                per_message.append(elapsed / n)
-                statements.append((counter.count - before) / n)
+            broker.join(actor.queue_name)
+            worker.join()
+            assert writer.flush(30), "the background writer did not drain"
+            elapsed = time.perf_counter() - start
+            # Events are published after the timing, but what publishing reads is counted.
+            courier.flush(30)
+            cpu = {role: used - cpu_before[role] for role, used in thread_cpu().items()}
+            server_after = server.sample()
+            server.check(server_before, server_after)
+            server.collect()
+            counts = per_message(server_before, server_after, n)
+            return {
+                "secs": elapsed / n,
+                "send": sending / n,
+                "statements": (counter.count - before) / n,
+                "looks": (cancels.reads - looks) / n,
+                "server statements": counts.statements,
+                "trips": counts.trips,
+                "commits": counts.commits,
+                "cpu rest": cpu["rest"] / n,
+                "cpu writer": cpu["writer"] / n,
+                "cpu courier": cpu["courier"] / n,
+            }
         finally:
             worker.stop()
-        return statistics.median(per_message), statistics.median(statements)
+            writer.release()
 
     tracked = {"for_state": {"user_pk": user.pk, "description": "bench"}}
-    variants = [
-        ("untracked", [StateMiddleware()], {}, True),
-        ("taskstate", [StateMiddleware()], tracked, True),
-        ("taskstate, SYNCHRONOUS_COMMIT=False", [StateMiddleware()], tracked, False),
-        ("AdminMiddleware", [AdminMiddleware()], {}, True),
+    immediate = {"WRITE_MODE": "immediate"}
+    background = {"WRITE_MODE": "background"}
+    variants: list[tuple[str, type[Any], dict[str, Any], dict[str, Any]]] = [
+        ("untracked", StateMiddleware, {}, immediate),
+        ("taskstate immediate", StateMiddleware, tracked, immediate),
+        ("taskstate background", StateMiddleware, tracked, background),
+        (
+            "taskstate immediate, SYNCHRONOUS_COMMIT=False",
+            StateMiddleware,
+            tracked,
+            {**immediate, "SYNCHRONOUS_COMMIT": False},
+        ),
+        (
+            "taskstate background, SYNCHRONOUS_COMMIT=False",
+            StateMiddleware,
+            tracked,
+            {**background, "SYNCHRONOUS_COMMIT": False},
+        ),
+        ("AdminMiddleware", AdminMiddleware, {}, immediate),
     ]
-    print(
-        f"Worker overhead per message: {n} messages x {rounds} rounds (median), PostgreSQL, "
-        "StubBroker, 1 worker thread, events published to Redis\n"
+    if args.core:
+        variants = [v for v in variants if "SYNCHRONOUS_COMMIT" not in v[0]]
+    modes = [
+        ("per-message", 0, "CONN_MAX_AGE=0 (a new database connection per message)"),
+        ("persistent", None, "persistent database connections (CONN_MAX_AGE=None)"),
+    ]
+
+    results: dict[tuple[str, int, str], list[dict[str, float]]] = {}
+    for _ in range(args.rounds):
+        for mode, conn_max_age, _label in modes:
+            # The handler's settings dict is shared by every thread's wrapper.
+            for conn in connections.all():
+                conn.settings_dict["CONN_MAX_AGE"] = conn_max_age
+                conn.close()
+            for threads in args.thread_counts:
+                for name, middleware, kwargs, taskstate in variants:
+                    cell = run_cell(middleware, kwargs, taskstate, threads)
+                    results.setdefault((name, threads, mode), []).append(cell)
+    settings.TASKSTATE = {}
+    get_settings.cache_clear()
+    for conn in connections.all():
+        conn.settings_dict["CONN_MAX_AGE"] = 0
+        conn.close()
+
+    what = (
+        "worker time alone (sent while paused; the senders' statements not counted)"
+        if args.worker_time
+        else "whole lifecycles (send + process + state written)"
     )
-    for conn_max_age, label in (
-        (0, "CONN_MAX_AGE=0 (a new database connection per message)"),
-        (None, "persistent database connections (CONN_MAX_AGE=None)"),
-    ):
-        for conn in connections.all():
-            conn.settings_dict["CONN_MAX_AGE"] = conn_max_age
-            conn.close()
-        results = {name: run_variant(name, mw, kw, sync) for name, mw, kw, sync in variants}
-        base = results["untracked"][0]
-        admin = results["AdminMiddleware"][0]
-        rows = [
-            [
-                name,
-                f"{stmts:.2f}",
-                f"{secs * 1e6:,.0f}",
-                f"{secs / base:.1f}x",
-                f"{secs / admin:.2f}",
-            ]
-            for name, (secs, stmts) in results.items()
-        ]
-        print(f"{label}\n")
-        headers = [
-            "variant",
-            "statements / message",
-            "µs / message",
-            "vs untracked",
-            "vs AdminMiddleware",
-        ]
+    where = (
+        "private PostgreSQL (durable)"
+        if server.counting
+        else f"shared PostgreSQL, no server-side counts ({server.missing})"
+    )
+    print(
+        f"## Worker overhead per message, {what}: {n} messages x {args.rounds} interleaved "
+        f"round(s) (median), {where}, StubBroker, in-process worker with "
+        f"{'/'.join(map(str, args.thread_counts))} thread(s), events published to Redis\n"
+    )
+    headers = [
+        "variant",
+        "threads",
+        "statements / message (client)",
+        "of which cancel looks",
+        "statements / message (server)",
+        "round trips / message (server)",
+        "commits / message (server)",
+        "µs / message",
+        "send() µs (sender)",
+        "CPU µs / message: worker and main threads, writer, courier",
+        "vs untracked",
+        "vs AdminMiddleware",
+    ]
+
+    def server_cell(value: float) -> str:
+        return f"{value:.2f}" if server.counting else "n/a"
+
+    for mode, _age, label in modes:
+        rows: list[list[object]] = []
+        for threads in args.thread_counts:
+            med = {
+                name: {
+                    key: statistics.median(c[key] for c in results[(name, threads, mode)])
+                    for key in results[(name, threads, mode)][0]
+                }
+                for name, *_ in variants
+            }
+            base = med["untracked"]["secs"]
+            admin = med["AdminMiddleware"]["secs"]
+            for name, *_ in variants:
+                m = med[name]
+                rows.append(
+                    [
+                        name,
+                        threads,
+                        f"{m['statements']:.2f}",
+                        f"{m['looks']:.3f}",
+                        server_cell(m["server statements"]),
+                        server_cell(m["trips"]),
+                        server_cell(m["commits"]),
+                        f"{m['secs'] * 1e6:,.0f}",
+                        "n/a" if m["send"] != m["send"] else f"{m['send'] * 1e6:,.0f}",
+                        f"{m['cpu rest'] * 1e6:,.0f}, {m['cpu writer'] * 1e6:,.0f}, "
+                        f"{m['cpu courier'] * 1e6:,.0f}",
+                        f"{m['secs'] / base:.1f}x",
+                        f"{m['secs'] / admin:.2f}",
+                    ]
+                )
+        print(f"### {label}\n")
         print(table(headers, rows))
         print()
+    if server.counting:
+        print(
+            "Server: statements include BEGIN and COMMIT; round trips are the statements "
+            "less the timeouts' set_config prefix sent with its upsert; commits are the "
+            "transaction ids handed out (a commit that wrote; a rollback that wrote would "
+            "count too).\n"
+        )
+        server.top("the measured windows of every cell together")
+
+
+# --- part 2: a real worker process at a sustained rate ------------------------------------
+
+
+def sustained(args: argparse.Namespace, server: Server) -> None:
+    import dramatiq
+    from django.contrib.auth import get_user_model
+    from django.db import connection, connections
+
+    from taskstate.models import Task
+    from tests.support.processes import child_env, start_worker
+    from tests.testapp import tasks as actors
+
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    # The worker process connects as a role of its own: its statements are told apart.
+    server.create_role(WORKER_ROLE)
+    env = child_env(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        TASKSTATE_TEST_SERVICES="1",
+        TASKSTATE_TEST_DB_NAME=args.db,
+        PGUSER=WORKER_ROLE if server.counting else os.environ.get("PGUSER", "postgres"),
+    )
+    broker = dramatiq.get_broker()
+    broker.flush_all()
+    Task.objects.all().delete()
+    worker_threads = 8
+    worker = start_worker(env, threads=worker_threads)
+    try:
+        for_state = {"user_pk": user.pk, "description": "sustained"}
+        # Warm-up: the worker's connections and templates.
+        warm = [actors.noop.send(for_state=for_state) for _ in range(50)]
+        wait_rows(Task, [m.message_id for m in warm], 60)
+        Task.objects.all().delete()
+
+        total = max(1, int(args.rate * args.seconds))
+        senders = 8
+        sent: list[str] = []
+        lock = threading.Lock()
+        server.reset()
+        before, worker_before = server.sample(), server.sample(WORKER_ROLE)
+        start = time.monotonic()
+
+        def send(index: int) -> None:
+            mine = []
+            for k in range(index, total, senders):
+                pause = start + k / args.rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                mine.append(actors.noop.send(for_state=for_state).message_id)
+            connections.close_all()
+            with lock:
+                sent.extend(mine)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        send_seconds = time.monotonic() - start
+        polls = wait_rows(Task, sent, 600)
+        settled = time.monotonic() - start
+        after, worker_after = server.sample(), server.sample(WORKER_ROLE)
+        server.check(before, after)
+        server.collect()
+        n = len(sent)
+        everything = per_message(before, after, n, ours=polls)
+        by_worker = per_message(worker_before, worker_after, n)
+        written_ms, committed_ms = delays(connection, Task._meta.db_table, sent, server)
+
+        # Idle: one message at a time, each lifecycle alone in its batches.
+        idle_n = 5 if args.smoke else 20
+        Task.objects.all().delete()
+        connections.close_all()
+        server.reset()
+        idle_before, idle_worker_before = server.sample(), server.sample(WORKER_ROLE)
+        idle_polls = 0
+        for _ in range(idle_n):
+            message = actors.noop.send(for_state=for_state)
+            idle_polls += wait_rows(Task, [message.message_id], 30)
+            time.sleep(0.05)
+        connections.close_all()
+        idle_after, idle_worker_after = server.sample(), server.sample(WORKER_ROLE)
+        server.check(idle_before, idle_after)
+        server.collect()
+        idle = per_message(idle_before, idle_after, idle_n, ours=idle_polls)
+        idle_worker = per_message(idle_worker_before, idle_worker_after, idle_n)
+    except BaseException:
+        print(f"rundramatiq's output:\n{worker.output()}", file=sys.stderr)
+        raise
+    finally:
+        worker.stop()
+
+    print(
+        f"## Sustained rate: rundramatiq (1 process, {worker_threads} threads, background "
+        f"writer defaults) on Redis, tracked no-op messages from {senders} sender threads, "
+        f"target {args.rate:,.0f}/s for {args.seconds:g} s\n"
+    )
+
+    def counted(text: str) -> str:
+        return text if server.counting else f"n/a ({server.missing})"
+
+    # Each send() commits its own `enqueued` row (one autocommit upsert): the rest of
+    # the commits are the worker's. A transaction id is the cluster's, not a role's.
+    rows: list[list[object]] = [
+        ["messages sent", f"{n:,}"],
+        ["send rate achieved", f"{n / send_seconds:,.0f}/s"],
+        [
+            "all rows done after",
+            f"{settled:.1f} s ({settled - send_seconds:.1f} s after the last send)",
+        ],
+        [
+            "statements / round trips / commits per message, all (the sender's upsert included; "
+            "the polls of this script left out)",
+            counted(
+                f"{everything.statements:.2f} / {everything.trips:.2f} / {everything.commits:.2f}"
+            ),
+        ],
+        [
+            "statements / round trips / commits per message, the worker process alone "
+            "(commits: all less the sender's one)",
+            counted(
+                f"{by_worker.statements:.3f} / {by_worker.trips:.3f} / {everything.commits - 1:.3f}"
+            ),
+        ],
+        [
+            "task end → batch built (updated_at), p50 / p99",
+            f"{percentile(written_ms, 50):.1f} / {percentile(written_ms, 99):.1f} ms",
+        ],
+        [
+            "task end → its write committed (commit timestamp), p50 / p99",
+            counted(f"{percentile(committed_ms, 50):.1f} / {percentile(committed_ms, 99):.1f} ms"),
+        ],
+        [
+            f"idle lifecycle ({idle_n}, one message at a time), all: statements / round trips "
+            "/ commits (issue 12 target: ≤ 3)",
+            counted(f"{idle.statements:.2f} / {idle.trips:.2f} / {idle.commits:.2f}"),
+        ],
+        [
+            "idle lifecycle, the worker process alone: statements / round trips / commits",
+            counted(
+                f"{idle_worker.statements:.2f} / {idle_worker.trips:.2f} / {idle.commits - 1:.2f}"
+            ),
+        ],
+    ]
+    print(table(["measure", "value"], rows))
+    print()
+    server.top(
+        f"the sustained and idle windows together; {WORKER_ROLE} is the worker process, the "
+        "polls of this script included"
+    )
+
+
+def delays(
+    connection: Any, db_table: str, ids: list[str], server: Server
+) -> tuple[list[float], list[float]]:
+    """Milliseconds from each task's end to its row's ``updated_at`` (set as the batch is
+    built) and, with commit timestamps, to the commit of the row's version."""
+    committed = (
+        "extract(epoch FROM pg_xact_commit_timestamp(xmin) - finished_at) * 1000"
+        if server.counting
+        else "NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT extract(epoch FROM updated_at - finished_at) * 1000, {committed} "
+            f'FROM "{db_table}" WHERE message_id = ANY(%s) AND finished_at IS NOT NULL',
+            [ids],
+        )
+        rows = cursor.fetchall()
+    return (
+        [float(w) for w, _ in rows],
+        [float(c) for _, c in rows if c is not None],
+    )
+
+
+def wait_rows(model: Any, ids: list[str], timeout: float) -> int:
+    """Wait until every row of ``ids`` is done; returns the statements it took."""
+    deadline = time.monotonic() + timeout
+    polls = 0
+    while True:
+        polls += 1
+        if model.objects.filter(message_id__in=ids, status="done").count() == len(ids):
+            return polls
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rows not done after {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

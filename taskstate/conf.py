@@ -108,6 +108,18 @@ class TaskstateSettings:
     #: that was asked to cancel gets to stop on its own before it is interrupted.
     #: 0: never interrupt (cooperative cancel only).
     HARD_CANCEL_AFTER: float = 0.0
+    #: How the worker's state changes reach the database. "background": a hook hands the
+    #: change to one thread per process, which writes the changes of many messages in
+    #: batches (one multi-row upsert, one commit per batch); no hook waits for it (cancel
+    #: requests are known from taskstate.writer.CancelWatch, see docs/owner-control.md
+    #: and docs/reliability.md, "The background writer"). "immediate": each hook writes its
+    #: own change, one statement each, before the message goes on. The sender's write is
+    #: immediate either way.
+    WRITE_MODE: str = field(default="background", metadata={"choices": ("background", "immediate")})
+    #: Background writer: most messages written by one batch.
+    WRITE_BATCH_SIZE: int = field(default=200, metadata=_ABOVE_ZERO)
+    #: Background writer: seconds a change may wait for others to share its batch.
+    WRITE_MAX_DELAY: float = 0.01
 
 
 def _defaults() -> dict[str, Any]:
@@ -126,6 +138,9 @@ _ABOVE_ZERO_KEYS = frozenset(
 _MAY_BE_EMPTY_KEYS = frozenset(
     f.name for f in fields(TaskstateSettings) if f.metadata.get("rule") == "may be empty"
 )
+_CHOICES: dict[str, tuple[str, ...]] = {
+    f.name: f.metadata["choices"] for f in fields(TaskstateSettings) if "choices" in f.metadata
+}
 
 
 def user_settings() -> dict[str, Any]:
@@ -157,6 +172,9 @@ def setting_problem(key: str, value: Any) -> str | None:
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be True or False"
     if isinstance(default, str):
+        choices = _CHOICES.get(key)
+        if choices is not None:
+            return None if value in choices else "must be one of " + ", ".join(map(repr, choices))
         if key not in _MAY_BE_EMPTY_KEYS and not (isinstance(value, str) and value):
             return "must be a non-empty string"
         if not isinstance(value, str):

@@ -100,7 +100,10 @@ class Courier:
                 if channel is not None:
                     self._remember(channel)
                 return
-            self._dropping = False
+            if len(self._jobs) < MAX_PENDING // 2:
+                # Drained to half: an overflow from now on is a new episode (a queue kept
+                # at its bound by fast senders is one, logged once).
+                self._dropping = False
             self._jobs[replaces if replaces is not None else next(self._order)] = (job, channel)
             self._start()
             self._cond.notify()

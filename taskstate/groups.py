@@ -36,6 +36,7 @@ from taskstate.states import (
     WAITING_ORDER,
     Kind,
     Status,
+    cancel_at_once_margin,
     cancelling_order,
     running_order,
 )
@@ -172,9 +173,22 @@ def _refresh(pk: int, alias: str) -> Refreshed | None:
     children = rows.filter(parent_id=pk)
     counts = _aggregate(children)
     ended = counts.ended
-    if (counts.failed or counts.cancelled) and parent.kind == Kind.PIPELINE and counts.waiting:
-        # Nothing sends the steps after a failed or cancelled one: they will never run.
-        ended += _mark_not_run(children, counts.first_stopped)
+    if parent.kind == Kind.PIPELINE and counts.waiting:
+        if counts.failed or counts.cancelled:
+            # Nothing sends the steps after a failed or cancelled one: they will never run.
+            ended += _mark_not_run(children, counts.first_stopped)
+        elif (
+            # Asked to cancel, and a step ended without sending the next one (it saw the
+            # request). Not sooner: a step that ended without seeing it sent the next
+            # one, whose row is no longer waiting once sent, and a worker takes it only
+            # after every worker has heard of the request (CancelWatch).
+            _asked_long_ago(parent)
+            and not counts.running
+            and not counts.queued
+            and _mark_not_run(children, None)
+        ):
+            counts = _aggregate(children)  # they count as cancelled now
+            ended = counts.ended
     total = counts.total
     # Every child in a complete status (whatever statuses count as complete).
     settled = total > 0 and ended >= total
@@ -218,6 +232,12 @@ def _refresh(pk: int, alias: str) -> Refreshed | None:
     return Refreshed(parent, changed)
 
 
+def _asked_long_ago(parent: Task) -> bool:
+    asked = parent.cancel_requested_at
+    margin = cancel_at_once_margin(float(get_settings().CANCEL_CHECK_INTERVAL))
+    return asked is not None and asked < timezone.now() - margin
+
+
 def _settled_status(counts: _Counts) -> Status:
     if counts.failed:
         return Status.FAILED
@@ -234,6 +254,7 @@ class _Counts:
     failed: int
     cancelled: int
     running: int
+    queued: int  # sent, not started
     waiting: int
     progress: int  # sum over the children, each 0 to 100
     retryable: int  # failed or cancelled, with a stored message
@@ -252,6 +273,11 @@ def _aggregate(children: QuerySet[Task]) -> _Counts:
         failed=Count("pk", filter=Q(status=Status.FAILED)),
         cancelled=Count("pk", filter=Q(status=Status.CANCELLED)),
         running=Count("pk", filter=Q(status__in=(Status.RUNNING, Status.RETRYING))),
+        queued=Count(
+            "pk",
+            filter=Q(status__in=(Status.ENQUEUED, Status.DELAYED))
+            & ~Q(status=Status.ENQUEUED, state_order=WAITING_ORDER),
+        ),
         waiting=Count("pk", filter=Q(status=Status.ENQUEUED, state_order=WAITING_ORDER)),
         # Each child counts with its own progress; a finished one as whole, a step that
         # never ran as nothing, a cancelled one as far as it got.
@@ -276,6 +302,7 @@ def _aggregate(children: QuerySet[Task]) -> _Counts:
         "failed",
         "cancelled",
         "running",
+        "queued",
         "waiting",
         "progress",
         "retryable",
@@ -289,17 +316,23 @@ def _aggregate(children: QuerySet[Task]) -> _Counts:
 
 
 def _mark_not_run(children: QuerySet[Task], after_position: int | None) -> int:
-    """Mark the steps still waiting after a failed or cancelled step as not run."""
+    """Mark the steps still waiting after a failed or cancelled step as not run; those
+    asked to cancel (the group was) end ``cancelled``, as a worker would have ended them."""
     now = timezone.now()
+    asked = Q(cancel_requested_at__isnull=False)
+    # Assignments in this order: MySQL evaluates each one with the columns set before it.
     return int(
         children.filter(
             position__gt=after_position or 0, status=Status.ENQUEUED, state_order=WAITING_ORDER
         ).update(
-            status=Status.SKIPPED,
-            state_order=TERMINAL_ORDER,
-            error_type=NOT_RUN_ERROR,
+            error_type=Case(When(asked, then=Value("")), default=Value(NOT_RUN_ERROR)),
             finished_at=now,
             updated_at=now,
+            state_order=TERMINAL_ORDER,
+            status=Case(
+                When(asked, then=Value(Status.CANCELLED.value)),
+                default=Value(Status.SKIPPED.value),
+            ),
         )
     )
 

@@ -41,6 +41,7 @@ from taskstate.values import (
     exception_facts,
     json_value,
 )
+from taskstate.writer import background, cancels, writer
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -111,7 +112,9 @@ class StateMiddleware(Middleware):
             values["due_at"] = _due(message)
         else:
             status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
-        _on_commit(lambda: _write(origin, status, order, values, keep=_CONTROL_KEEP))
+        # Written now (after the sender's commit) in either WRITE_MODE: a page rendered
+        # right after send() shows the task.
+        _on_commit(lambda: _write_now(origin, status, order, values, keep=_CONTROL_KEEP))
 
     # --- worker side -------------------------------------------------------------------
 
@@ -143,6 +146,12 @@ class StateMiddleware(Middleware):
         )
         self._remember(message, run)
         _current.set(run)
+        queued = background()
+        if queued and cancels.requested(run.origin.message_id):
+            # Heard of already (CancelWatch; an idle worker reads once): the body never
+            # runs, and after_skip_message records it cancelled.
+            _not_started(run)
+            return True
         task = _write(
             run.origin,
             Status.RUNNING,
@@ -157,11 +166,17 @@ class StateMiddleware(Middleware):
             },
             same_order_wins=True,
             keep=_KEEP + _CONTROL_KEEP,
+            notify=lambda task, written: _running_written(run, task, written),
         )
+        if queued:
+            # Not waited for: a request the watch had not heard of yet makes this a
+            # running task's cancel, seen when the row comes back or at the next look.
+            return False
         if task is not None:
             run.task_pk, run.user_pk = task.pk, task.user_id
         if _cancelled_before_start(run.origin.message_id, task):
-            mark_cancelled(run)
+            # The start time is ours when the row had none before this write.
+            _not_started(run, ours=task is not None and task.started_at == run.started_at)
             return True
         return False
 
@@ -190,8 +205,14 @@ class StateMiddleware(Middleware):
             run.finished = True
             values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
             values.update(progress=100, **_no_error(), **_attempt(run))
+            pipeline_step = "pipe_target" in message.options
             task = _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
-            if task is not None and task.cancel_requested_at is not None:
+            asked = (
+                task.cancel_requested_at is not None
+                if task is not None
+                else pipeline_step and background() and cancels.requested(run.origin.message_id)
+            )
+            if asked:
                 # Asked to cancel, and ended before it noticed (free: the row came back):
                 # a pipeline goes no further. Pipelines reads this after us when it comes
                 # before StateMiddleware in the list; otherwise the next step is sent and
@@ -272,8 +293,9 @@ class StateMiddleware(Middleware):
         _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # Let the last changes reach the browsers before the process goes: groups with a
-        # change pending are refreshed now, not when their turn comes.
+        # Write the last changes, then let them reach the browsers, before the process
+        # goes: groups with a change pending are refreshed now, not when their turn comes.
+        writer.shutdown()
         group_refresher.flush(5.0)
         courier.flush(5.0)
 
@@ -349,12 +371,54 @@ def _write(
     *,
     same_order_wins: bool = False,
     keep: tuple[str, ...] = (),
+    notify: t.Notify | None = None,
 ) -> Task | None:
-    """One transition, announced once committed when it landed."""
+    """One worker-side transition, announced once committed when it landed.
+
+    With ``WRITE_MODE = "background"`` it is handed to the background writer, which calls
+    ``notify`` once it is written; returns None, never waits. Otherwise written now
+    (:func:`_write_now`), and the row is returned.
+    """
+    # A batch repeats an order key for running attempts only (transitions.Change): any
+    # other wish is written now.
+    if background() and same_order_wins == t.is_running_order(order):
+        change = t.Change(origin, status, order, values, keep=keep)
+        if notify is not None:
+            change.notify.append(notify)
+        writer.submit(change)
+        return None
+    return _write_now(origin, status, order, values, same_order_wins=same_order_wins, keep=keep)
+
+
+def _running_written(run: MessageRun, task: Task | None, written: bool) -> None:
+    """In the writer's thread, once an attempt's running change is written."""
+    if not written:
+        return  # the database is away: it is tried again; nothing is known meanwhile
+    if task is None:
+        # Refused: the row had ended already (cancelled early, or this is a redelivery
+        # of an ended message). The attempt's next look reads the row.
+        run.next_cancel_check = 0.0
+    elif task.cancel_requested_at is not None:
+        mark_cancelled(run)
+
+
+def _write_now(
+    origin: Origin,
+    status: Status,
+    order: int,
+    values: dict[str, Any],
+    *,
+    same_order_wins: bool = False,
+    keep: tuple[str, ...] = (),
+) -> Task | None:
+    """One transition written now, announced once committed when it landed."""
     task = t.write(origin, status, order, values, same_order_wins=same_order_wins, keep=keep)
     if task is not None:
         announce(task, sender=StateMiddleware)
     return task
+
+
+writer.sender = StateMiddleware
 
 
 def _on_commit(write: Callable[[], object]) -> None:
@@ -493,6 +557,17 @@ def _cancelled_before_start(message_id: str, task: Task | None) -> bool:
     return t.cancel_requested(message_id)
 
 
+def _not_started(run: MessageRun, *, ours: bool = False) -> None:
+    """The attempt was asked to cancel before its body started: it does not count as one.
+
+    ``ours``: the row's start time was written by this attempt's running write.
+    """
+    mark_cancelled(run)
+    run.attempt -= 1
+    run.started_at = None
+    run.clear_start = ours
+
+
 def _is_cancel(exception: BaseException) -> bool:
     """Our cooperative cancel, or dramatiq-abort's interrupt (a hard cancel)."""
     if isinstance(exception, Cancelled):
@@ -511,10 +586,12 @@ def _write_cancelled(origin: Origin, run: MessageRun, values: dict[str, Any]) ->
         # redelivered or retried copy of the message then finds it and is skipped.
         "cancel_requested_at": _now(),
     }
+    # An attempt that never started leaves the start time as it was before it (its own
+    # running write, if it wrote one, is undone; COALESCE keeps an earlier attempt's).
     _write(
         origin,
         Status.CANCELLED,
         TERMINAL_ORDER,
         values,
-        keep=(*_KEEP, "cancel_requested_at"),
+        keep=("cancel_requested_at",) if run.clear_start else (*_KEEP, "cancel_requested_at"),
     )

@@ -296,6 +296,12 @@ class Task(models.Model):
             # Cleanup of finished tasks by age, and of seen tasks by when they were seen.
             models.Index(fields=("finished_at",), name="taskstate_finished_idx"),
             models.Index(fields=("seen_at",), name="taskstate_seen_at_idx"),
+            # Workers look for new cancel requests (transitions.cancels_since): few rows.
+            models.Index(
+                fields=("cancel_requested_at",),
+                name="taskstate_cancel_asked_idx",
+                condition=models.Q(cancel_requested_at__isnull=False),
+            ),
             # Deleting a task clears retry_of on its retries (SET_NULL): a lookup by it.
             models.Index(
                 fields=("retry_of",),

@@ -29,6 +29,7 @@ from taskstate.estimates import estimator
 from taskstate.group_refresh import group_refresher
 from taskstate.models import Task
 from taskstate.states import Status
+from taskstate.writer import writer
 
 logger = logging.getLogger("taskstate")
 
@@ -117,9 +118,11 @@ def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:
 def flush(timeout: float = 5.0) -> bool:
     """Wait until every event handed over so far has been sent (tests, shutdown).
 
-    Groups with a change pending are refreshed first, without waiting for their turn.
+    Changes handed to the background writer are written first, then groups with a change
+    pending are refreshed, without waiting for their turn.
     """
-    return group_refresher.flush(timeout) and courier.flush(timeout)
+    written = writer.flush(timeout)
+    return group_refresher.flush(timeout) and courier.flush(timeout) and written
 
 
 def _send_row(task: Task) -> None:

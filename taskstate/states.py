@@ -15,6 +15,8 @@ row or bar of the same attempt from hiding the request.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -42,7 +44,7 @@ class Kind(models.TextChoices):
 COMPLETE_STATUSES = (Status.DONE, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
 #: Statuses of a task that is still under way.
 ACTIVE_STATUSES = (Status.ENQUEUED, Status.DELAYED, Status.RUNNING, Status.RETRYING)
-#: Active statuses of a task whose actor is not running now: a cancel ends it at once.
+#: Active statuses of a task whose actor is not running now.
 WAITING_STATUSES = (Status.ENQUEUED, Status.DELAYED, Status.RETRYING)
 #: Statuses from which a task may be sent again (``taskstate:retry``).
 RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)
@@ -65,6 +67,20 @@ WAITING_ORDER = 0
 #: What an owner may do to a task from its row (``TASKSTATE["CONTROL_POLICY"]``).
 CANCEL = "cancel"
 RETRY = "retry"
+
+
+#: A scheduled task (delayed, or between retries) is ended ``cancelled`` by the cancel
+#: request itself only when its message is due at least this many seconds later, plus
+#: twice ``CANCEL_CHECK_INTERVAL``: by then every worker has heard of the request
+#: (``taskstate.writer.CancelWatch``), so none can start its body. Any other waiting task
+#: is ended by the worker that takes its message, without running it
+#: (docs/owner-control.md).
+CANCEL_AT_ONCE_MARGIN = 60.0
+
+
+def cancel_at_once_margin(check_interval: float) -> timedelta:
+    """:data:`CANCEL_AT_ONCE_MARGIN` with ``CANCEL_CHECK_INTERVAL`` (``check_interval``)."""
+    return timedelta(seconds=CANCEL_AT_ONCE_MARGIN + 2 * check_interval)
 
 
 def running_order(attempt: int) -> int:

@@ -7,8 +7,10 @@ last is written with the final status, so it is never lost.
 
 They are also where a running actor hears that its owner asked to cancel it: both raise
 :class:`Cancelled` once the row says so, and :func:`cancel_requested` asks without raising.
-The row is looked at no more than once per ``CANCEL_CHECK_INTERVAL``, and not at all while
-progress writes land (a write does not land on a row asked to cancel).
+With immediate writes the row is looked at no more than once per ``CANCEL_CHECK_INTERVAL``,
+and not at all while progress writes land (a write does not land on a row asked to
+cancel). With the background writer they ask what the process knows
+(``taskstate.writer.CancelWatch``, at most ``CANCEL_CHECK_INTERVAL`` old).
 """
 
 from __future__ import annotations
@@ -19,17 +21,21 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.utils.translation import gettext
 
 from taskstate.for_state import Origin
 from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce_progress
-from taskstate.states import running_order
+from taskstate.states import Status, running_order
+from taskstate.transitions import Change, update_progress
 from taskstate.transitions import cancel_requested as cancel_was_requested
-from taskstate.transitions import update_progress
 from taskstate.values import text_of
+from taskstate.writer import background, cancels, writer
+
+if TYPE_CHECKING:
+    from taskstate.models import Task
 
 logger = logging.getLogger("taskstate")
 T = TypeVar("T")
@@ -61,6 +67,9 @@ class MessageRun:
     # Owner control: a cancel request was seen; when the row is next looked at for one.
     cancel_requested: bool = False
     next_cancel_check: float = 0.0
+    # Cancelled before its body started, after its own running write gave the row its
+    # start time (immediate writes): the cancelled write clears it.
+    clear_start: bool = False
     check_interval: float = 1.0
 
 
@@ -149,7 +158,16 @@ def cancel_requested() -> bool:
 
 
 def _cancel_seen(run: MessageRun, now: float) -> bool:
-    if not run.cancel_requested and now >= run.next_cancel_check:
+    if run.cancel_requested:
+        return True
+    if background() and run.next_cancel_check:
+        # What this process knows (refreshed with the writer's batches; CancelWatch):
+        # a dictionary lookup, a read only in an otherwise idle process.
+        if cancels.requested(run.origin.message_id):
+            mark_cancelled(run)
+        return run.cancel_requested
+    # Immediate writes, or a background change refused (next_cancel_check 0): the row.
+    if now >= run.next_cancel_check:
         run.next_cancel_check = now + run.check_interval
         if cancel_was_requested(run.origin.message_id):
             mark_cancelled(run)
@@ -173,12 +191,49 @@ def mark_cancelled(run: MessageRun) -> None:
 def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
     run.pending = None
     run.next_write_at = now + run.interval
-    if in_event_loop():
+    if background():
+        _queue(run, value, now)
+    elif in_event_loop():
         # An async actor, in Dramatiq's event loop thread: never block the loop.
         run.unconfirmed = value
         handoff.submit(lambda: _store(run, value))
     else:
         _store(run, value)
+
+
+def _queue(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
+    """Hand the report to the background writer, which merges it with the attempt's other
+    changes and announces the bar once written; never waits (also in an event loop)."""
+    # Counted as written: the writer writes it, or a later change of the attempt does.
+    run.written = value
+    # As a write that lands: no look at the row for a while. A write refused (the row
+    # was asked to cancel) has the next progress() look (see _refused).
+    run.next_cancel_check = now + run.check_interval
+    percent, message = value
+    values = {
+        "attempts": run.attempt,
+        "started_at": run.started_at,
+        "progress": percent,
+        # None: unchanged since the running write, which cleared it.
+        "progress_message": message or "",
+    }
+    change = Change(
+        run.origin,
+        Status.RUNNING,
+        running_order(run.attempt),
+        values,
+        keep=("started_at",),
+        progress_only=True,
+    )
+    change.notify.append(lambda task, written: _refused(run, task, written))
+    writer.submit(change)
+
+
+def _refused(run: MessageRun, task: Task | None, written: bool) -> None:
+    # In the writer's thread: a report refused by a written batch makes the attempt's
+    # next progress() look at the row (the refusal may be a cancel request).
+    if written and task is None:
+        run.next_cancel_check = 0.0
 
 
 def _store(run: MessageRun, value: tuple[int, str | None]) -> None:
@@ -208,10 +263,16 @@ def held_back(run: MessageRun) -> dict[str, Any]:
     """Columns for the value the throttle held back, to go with the final write."""
     pending = run.pending or run.unconfirmed
     if pending is None:
-        return {}
+        if not background():
+            return {}
+        # The background writer: the final change names the progress as it stands, so
+        # that it has the same columns as the attempt's other changes (one statement).
+        pending = run.written
     percent, message = pending
     run.pending = run.unconfirmed = None
     values: dict[str, Any] = {"progress": percent}
     if message is not None:
         values["progress_message"] = message
+    elif background():
+        values["progress_message"] = ""  # cleared by the running write, never set since
     return values

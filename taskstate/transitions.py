@@ -14,9 +14,11 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth import get_user_model
@@ -35,8 +37,8 @@ from taskstate.states import (
     DELAYED_ORDER,
     ENQUEUED_ORDER,
     TERMINAL_ORDER,
-    WAITING_STATUSES,
     Status,
+    cancel_at_once_margin,
     cancelling_order,
     retrying_order,
     running_order,
@@ -51,16 +53,22 @@ __all__ = [
     "DELAYED_ORDER",
     "ENQUEUED_ORDER",
     "TERMINAL_ORDER",
+    "Change",
     "Origin",
+    "Outage",
     "Status",
     "cancel_requested",
     "cancelling_order",
+    "cancels_since",
+    "database_down",
+    "is_running_order",
     "request_cancel",
     "request_group_cancel",
     "retrying_order",
     "running_order",
     "update_progress",
     "write",
+    "write_batch",
 ]
 
 logger = logging.getLogger("taskstate")
@@ -270,10 +278,12 @@ def _update_progress(alias: str, message_id: str, attempt: int, values: dict[str
 def request_cancel(pk: int) -> bool:
     """Record a cancel request on task ``pk`` in one guarded statement. True if it landed.
 
-    A task waiting to run (queued, scheduled, between retries) ends ``cancelled`` at once:
-    its worker sees that and skips the message. A running task keeps running, marked
-    (``cancel_requested_at``, order key ``cancelling``) for its worker to notice. A task
-    already complete, or already asked, is left alone: whichever end lands first stays.
+    A task scheduled comfortably ahead (``states.cancel_at_once_margin``) ends ``cancelled``
+    at once. Any other task keeps its status, marked (``cancel_requested_at``; a running
+    one with order key ``cancelling``): a queued one reads "Cancelling" until a worker
+    takes its message and ends it ``cancelled`` without running it; a running one stops at
+    its next ``progress()``. A task already complete, or already asked, is left alone:
+    whichever end lands first stays.
     """
     return bool(
         _model()
@@ -288,9 +298,10 @@ def request_group_cancel(pk: int) -> bool:
 
     Two guarded statements whatever the group's size, in one transaction: the group's row
     (asked once: a second request changes nothing and returns False), then every child
-    still active, as :func:`request_cancel` does one task. Children waiting to run (a
-    pipeline's steps not sent yet among them) end ``cancelled`` at once; running ones stop
-    at their next ``progress()``. The group's own status follows its children
+    still active, as :func:`request_cancel` does one task: a child waiting to run (a
+    pipeline's steps not sent yet among them) ends ``cancelled`` when a worker takes its
+    message, or when the group's refresh finds that nothing will send it; running ones
+    stop at their next ``progress()``. The group's own status follows its children
     (``taskstate.groups.refresh_group``).
     """
     now = timezone.now()
@@ -320,19 +331,68 @@ def request_group_cancel(pk: int) -> bool:
 
 
 def _cancel_changes(now: Any) -> dict[str, Any]:
-    waiting = Q(status__in=WAITING_STATUSES)
+    # Only a task whose message cannot be taken before every worker knows of the request
+    # ends now; a worker that had not heard of it would run the body of a cancelled row.
+    at_once = Q(status__in=(Status.DELAYED, Status.RETRYING), due_at__gt=now + _at_once_margin())
     # Assignments in this order: MySQL evaluates each one with the columns set before it,
     # so status, which the others test, is set last.
     return {
         "cancel_requested_at": now,
         "updated_at": now,
-        "finished_at": Case(When(waiting, then=Value(now)), default=F("finished_at")),
+        "finished_at": Case(When(at_once, then=Value(now)), default=F("finished_at")),
         "state_order": Case(
-            When(waiting, then=Value(TERMINAL_ORDER)),
-            default=F("attempts") * 10 + (cancelling_order(1) - 10),
+            When(at_once, then=Value(TERMINAL_ORDER)),
+            When(
+                status=Status.RUNNING,
+                then=F("attempts") * 10 + (cancelling_order(1) - 10),
+            ),
+            default=F("state_order"),
+            output_field=PositiveIntegerField(),
         ),
-        "status": Case(When(waiting, then=Value(Status.CANCELLED.value)), default=F("status")),
+        "status": Case(When(at_once, then=Value(Status.CANCELLED.value)), default=F("status")),
     }
+
+
+def _at_once_margin() -> timedelta:
+    return cancel_at_once_margin(float(get_settings().CANCEL_CHECK_INTERVAL))
+
+
+#: How far back each look for new cancel requests reaches beyond the previous look: the
+#: requests' times come from the web servers' clocks and land when their transaction
+#: commits, so a look starting at T may not yet see a request stamped a little before T.
+CANCEL_LOOK_OVERLAP = 30.0
+
+
+def cancels_since(since: datetime | None) -> list[str] | None:
+    """Message ids of the tasks asked to cancel since ``since`` (None: every request a
+    worker may still meet). One indexed read (``taskstate_cancel_requested_idx``); None
+    when the database could not be read (logged once per outage, as writes are)."""
+    alias = _alias()
+    rows = _model().objects.using(alias).filter(cancel_requested_at__isnull=False)
+    if since is not None:
+        rows = rows.filter(cancel_requested_at__gte=since - timedelta(seconds=CANCEL_LOOK_OVERLAP))
+    else:
+        # Still waiting or running, ended early with its message still due (a scheduled
+        # task), or ended lately (its message may be delivered again).
+        recently = timezone.now() - timedelta(days=1)
+        rows = rows.filter(
+            Q(status__in=ACTIVE_STATUSES)
+            | Q(due_at__isnull=False, finished_at__lt=F("due_at"))
+            | Q(cancel_requested_at__gte=recently)
+        )
+    try:
+        with bounded(connections[alias]):
+            found = list(rows.values_list("message_id", flat=True))
+    except Exception as exc:
+        _outage.failed(alias, exc)
+        return None
+    _outage.recovered(alias)
+    return found
+
+
+def database_down() -> bool:
+    """Whether the last statement through the task database failed for want of it."""
+    return _outage.is_down(_alias())
 
 
 def cancel_requested(message_id: str) -> bool:
@@ -408,34 +468,7 @@ def _upsert_sql(
         return _quote(connection, name)
 
     table = q(_model()._meta.db_table)
-    user_model = get_user_model()
-    user_table = q(user_model._meta.db_table)
-    user_pk_field = user_model._meta.pk
-    assert user_pk_field is not None
-    user_pk_column = q(user_pk_field.column or user_pk_field.attname)
-
-    placeholders: list[str] = []
-    params: list[Any] = []
-    for column, value in columns.items():
-        if column == "retry_of_id" and value is not None:
-            # Same as user_id below: a retried task deleted meanwhile leaves no link.
-            placeholders.append(f"(SELECT {q('id')} FROM {table} AS _old WHERE {q('id')} = %s)")
-            params.append(int(value))
-            continue
-        if column == "user_id":
-            if value is None:
-                placeholders.append("NULL")
-            else:
-                # A user_pk that names no user leaves the task without one, in the same
-                # statement, so a bad pk can neither fail the write nor need a lookup.
-                placeholders.append(
-                    f"(SELECT {user_pk_column} FROM {user_table} WHERE {user_pk_column} = %s)"
-                )
-                params.append(user_pk_field.get_db_prep_value(value, connection))
-            continue
-        placeholders.append("%s")
-        params.append(_field(column).get_db_prep_save(value, connection))
-
+    placeholders, params = _placeholders(connection, columns)
     names = ", ".join(q(c) for c in columns)
     op = "<=" if same_order_wins else "<"
     if connection.vendor in ("postgresql", "sqlite"):
@@ -481,6 +514,46 @@ def _upsert_sql(
         )
         return sql, params
     raise NotImplementedError(f"taskstate does not support the {connection.vendor} backend")
+
+
+def _placeholders(
+    connection: BaseDatabaseWrapper, columns: dict[str, Any]
+) -> tuple[list[str], list[Any]]:
+    """The VALUES placeholders of one row, and their parameters."""
+
+    def q(name: str) -> str:
+        return _quote(connection, name)
+
+    table = q(_model()._meta.db_table)
+    user_model = get_user_model()
+    user_table = q(user_model._meta.db_table)
+    user_pk_field = user_model._meta.pk
+    assert user_pk_field is not None
+    user_pk_column = q(user_pk_field.column or user_pk_field.attname)
+
+    placeholders: list[str] = []
+    params: list[Any] = []
+    for column, value in columns.items():
+        if column == "retry_of_id" and value is not None:
+            # Same as user_id below: a retried task deleted meanwhile leaves no link.
+            placeholders.append(f"(SELECT {q('id')} FROM {table} AS _old WHERE {q('id')} = %s)")
+            params.append(int(value))
+            continue
+        if column == "user_id":
+            if value is None:
+                placeholders.append("NULL")
+            else:
+                # A user_pk that names no user leaves the task without one, in the same
+                # statement, so a bad pk can neither fail the write nor need a lookup.
+                placeholders.append(
+                    f"(SELECT {user_pk_column} FROM {user_table} WHERE {user_pk_column} = %s)"
+                )
+                params.append(user_pk_field.get_db_prep_value(value, connection))
+            continue
+        placeholders.append("%s")
+        params.append(_field(column).get_db_prep_save(value, connection))
+
+    return placeholders, params
 
 
 def _returned_columns() -> list[str]:
@@ -556,6 +629,301 @@ def _task_from_row(connection: BaseDatabaseWrapper, alias: str, row: Sequence[An
             value = converter(value, col, connection)
         values.append(value)
     return _model().from_db(alias, [f.attname for f in _model()._meta.concrete_fields], values)
+
+
+# --- batches (the background writer, taskstate.writer) ---------------------------------
+
+#: Order keys of running attempts (``running_order``): the only ones a write may repeat.
+_RUNNING_STEP = running_order(2) - running_order(1)
+_RUNNING_REST = running_order(1) % _RUNNING_STEP
+#: Columns of an attempt's error: a running write keeps the ones of the attempt before.
+_ERROR_COLUMNS = ("error_type", "error_message", "traceback")
+
+#: Told how a queued change ended: the row as written (None: refused, or not written),
+#: and whether it was written at all (False: the database could not be reached).
+Notify = Callable[["Task | None", bool], None]
+
+
+def is_running_order(order: int) -> bool:
+    """True for the order key of a running attempt (a write may repeat it)."""
+    return order % _RUNNING_STEP == _RUNNING_REST and order < TERMINAL_ORDER
+
+
+class Outage(Exception):
+    """The database could not be reached: the batch was not written (logged once)."""
+
+
+@dataclass(eq=False)
+class Change:
+    """One queued transition (or progress report) of one message, for :func:`write_batch`.
+
+    Written as :func:`write` would write it, with two rules that let the changes of many
+    messages share one statement: the same order key is accepted again only for a running
+    attempt (``write(same_order_wins=True)`` is only ever asked for those), and a running
+    change keeps the error columns the row has unless it carries an error itself.
+    """
+
+    origin: Origin
+    status: Status
+    order: int
+    values: dict[str, Any]
+    keep: tuple[str, ...] = ()
+    #: A progress report alone: announced as progress, not as a status change.
+    progress_only: bool = False
+    #: Someone waits for this change: its batch is written without waiting for others.
+    urgent: bool = False
+    #: Called by the writer once the change's batch is written (or could not be).
+    notify: list[Notify] = dataclass_field(default_factory=list)
+    #: Set by the writer: the monotonic time of the oldest change merged in.
+    since: float = 0.0
+
+    def then(self, later: Change) -> Change:
+        """This change and a later one of the same message, as one change.
+
+        What the row would hold had both been written in turn: the later one wins when it
+        moves the task forwards (its values over this one's); otherwise it would have been
+        refused, and this one stands (both are told how it ended).
+        """
+        notify = self.notify + later.notify
+        urgent = self.urgent or later.urgent
+        since = min(self.since, later.since) if self.since and later.since else self.since
+        if later.order < self.order or (
+            later.order == self.order and not is_running_order(later.order)
+        ):
+            return replace(self, notify=notify, urgent=urgent, since=since)
+        values = {**self.values, **later.values}
+        for column in self.keep:
+            if self.values.get(column) is not None:
+                values[column] = self.values[column]  # as COALESCE would keep it
+        if (
+            is_running_order(later.order)
+            and self.values.get("error_type")
+            and not later.values.get("error_type")
+        ):
+            # A retrying attempt's error, merged into the next attempt's running: the row
+            # would have shown it (a running write keeps the error columns).
+            for column in _ERROR_COLUMNS:
+                values[column] = self.values.get(column, "")
+        return Change(
+            origin=later.origin,
+            status=later.status,
+            order=later.order,
+            values=values,
+            keep=tuple(dict.fromkeys(self.keep + later.keep)),
+            progress_only=self.progress_only and later.progress_only,
+            urgent=urgent,
+            notify=notify,
+            since=since,
+        )
+
+
+def write_batch(changes: Sequence[Change]) -> list[Task | None]:
+    """Write ``changes`` (at most one per message) in one transaction: one statement per
+    shape of row (usually one), one commit.
+
+    Returns, for each change, the row as written or None when it was refused (a step
+    backwards). Raises :class:`Outage` when the database cannot be reached (nothing of
+    the batch is committed then). A value the database refuses costs the batch its
+    statement: its rows are then written one by one, each with :func:`write`'s fallback
+    (the status without the values at fault).
+    """
+    alias = _alias()
+    try:
+        written = _batch_once(alias, changes)
+    except _OUTAGES as exc:
+        _outage.failed(alias, exc)
+        raise Outage(str(exc)) from exc
+    except _BAD_VALUES as exc:
+        if len(changes) > 1:
+            logger.info(
+                "taskstate: a batch of %d task-state rows was refused (%s: %s); writing "
+                "them one by one.",
+                len(changes),
+                type(exc).__name__,
+                text_of(exc, 300),
+            )
+            return [task for change in changes for task in write_batch([change])]
+        problem: BaseException = exc
+    else:
+        _outage.recovered(alias)
+        return written
+    (change,) = changes
+    logger.warning(
+        "taskstate: task %s could not be written as %s with its values (%s: %s); writing "
+        "the status without result, progress message and error text.",
+        change.origin.message_id,
+        change.status.value,
+        type(problem).__name__,
+        text_of(problem, 500),
+    )
+    plain = replace(
+        change, origin=_plain_origin(change.origin), values=_without_values(change.values)
+    )
+    try:
+        written = _batch_once(alias, [plain])
+    except _OUTAGES as exc:
+        _outage.failed(alias, exc)
+        raise Outage(str(exc)) from exc
+    except Exception as exc:
+        _outage.failed(alias, exc)
+        return [None]
+    _outage.recovered(alias)
+    return written
+
+
+def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
+    connection = connections[alias]
+    now = timezone.now()
+    shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
+    rows = []
+    for index, change in enumerate(changes):
+        updated = _batch_values(change, now)
+        origin = change.origin
+        columns: dict[str, Any] = {
+            **_defaults(),
+            "message_id": origin.message_id,
+            "actor_name": origin.actor_name,
+            "queue_name": origin.queue_name,
+            "description": origin.identity.description,
+            "app_name": origin.identity.app_name,
+            "model_name": origin.identity.model_name,
+            "created_at": origin.sent_at,
+            "user_id": origin.identity.user_pk,
+            "language": origin.language,
+            **updated,
+        }
+        rows.append({name: _storable(name, value) for name, value in columns.items()})
+        # Columns kept that the change does not set play no part: same statement.
+        keep = tuple(sorted(c for c in set(change.keep) if c in updated))
+        shapes.setdefault((tuple(updated), keep), []).append(index)
+    found: dict[str, Task] = {}
+    statements = [
+        _batch_sql(connection, [rows[i] for i in indexes], list(updated), keep)
+        for (updated, keep), indexes in shapes.items()
+    ]
+    # One commit per batch: a single statement is its own transaction, several share one.
+    several = len(statements) > 1 or connection.in_atomic_block
+    guard = transaction.atomic(using=alias) if several else nullcontext()
+    with bounded(connection), guard, connection.cursor() as cursor:
+        own = several or not connection.in_atomic_block  # the batch's own transaction
+        bounds = _statement_bounds(connection) if own else []
+        if own and _async_commit_allowed(connection):
+            bounds.append(("synchronous_commit", "off"))  # local to the batch's transaction
+        for number, (sql, params) in enumerate(statements):
+            if bounds and number == 0:
+                # Local to the batch's transaction: they bound every statement of it.
+                sql, params = _with_bounds(bounds, sql, params)
+            cursor.execute(sql, params)
+            if bounds and number == 0 and _is_psycopg3(connection):
+                cursor.nextset()
+            if " RETURNING " in sql:
+                for row in cursor.fetchall():
+                    task = _task_from_row(connection, alias, row)
+                    found[task.message_id] = task
+    if not any(" RETURNING " in sql for sql, _ in statements):
+        # MySQL, MariaDB: one read for the whole batch; a row whose updated_at is ours is
+        # a row this batch wrote (see _execute_returning).
+        ids = [change.origin.message_id for change in changes]
+        for task in _model().objects.using(alias).filter(message_id__in=ids):
+            if task.updated_at == now:
+                found[task.message_id] = task
+    return [found.get(change.origin.message_id) for change in changes]
+
+
+def _async_commit_allowed(connection: BaseDatabaseWrapper) -> bool:
+    options = connection.settings_dict.get("OPTIONS", {})
+    return (
+        connection.vendor == "postgresql"
+        and not _synchronous_commit()
+        and options.get("server_side_binding") is not True
+    )
+
+
+def _batch_values(change: Change, now: Any) -> dict[str, Any]:
+    """The columns ``change`` sets, made alike for the changes of one attempt.
+
+    A change of an attempt (it carries ``attempts``) sets every column the attempt's
+    changes set, each with the value the row holds at that point anyway, so that the
+    running, progress and final changes of many messages have one shape (one statement).
+    """
+    values = change.values
+    updated: dict[str, Any] = {"status": change.status.value, "state_order": change.order}
+    if "attempts" in values:
+        for column in ("result", "due_at"):
+            updated[column] = None
+        if change.order < TERMINAL_ORDER:
+            updated["finished_at"] = None
+        if is_running_order(change.order):
+            for column in _ERROR_COLUMNS:
+                updated[column] = ""  # kept by the statement unless an error comes with it
+    updated.update(values)
+    updated["updated_at"] = now
+    return dict(sorted(updated.items()))
+
+
+def _batch_sql(
+    connection: BaseDatabaseWrapper,
+    rows: list[dict[str, Any]],
+    updated: list[str],
+    keep: Sequence[str],
+) -> tuple[str, list[Any]]:
+    """One multi-row upsert of ``rows`` (same columns), guarded row by row."""
+
+    def q(name: str) -> str:
+        return _quote(connection, name)
+
+    table = q(_model()._meta.db_table)
+    names = list(rows[0])
+    params: list[Any] = []
+    tuples = []
+    for row in rows:
+        placeholders, values = _placeholders(connection, row)
+        tuples.append(f"({', '.join(placeholders)})")
+        params.extend(values)
+    # %% : a literal % in a statement with parameters.
+    running = f"%% {_RUNNING_STEP} = {_RUNNING_REST}"
+    if connection.vendor in ("postgresql", "sqlite"):
+        new_order = f"EXCLUDED.{q('state_order')}"
+        sets = []
+        for c in updated:
+            if c in keep:
+                sets.append(f"{q(c)} = COALESCE({table}.{q(c)}, EXCLUDED.{q(c)})")
+            elif c in _ERROR_COLUMNS:
+                sets.append(
+                    f"{q(c)} = CASE WHEN {new_order} {running} AND EXCLUDED.{q('error_type')} = '' "
+                    f"THEN {table}.{q(c)} ELSE EXCLUDED.{q(c)} END"
+                )
+            else:
+                sets.append(f"{q(c)} = EXCLUDED.{q(c)}")
+        sql = (
+            f"INSERT INTO {table} ({', '.join(q(c) for c in names)}) VALUES {', '.join(tuples)} "
+            f"ON CONFLICT ({q('message_id')}) DO UPDATE SET {', '.join(sets)} "
+            f"WHERE {table}.{q('state_order')} < {new_order} OR ({table}.{q('state_order')} = "
+            f"{new_order} AND {new_order} {running})"
+        )
+        if connection.features.can_return_rows_from_bulk_insert:
+            sql += " RETURNING " + ", ".join(f"{table}.{q(c)}" for c in _returned_columns())
+        return sql, params
+    if connection.vendor == "mysql":
+        new_order = f"VALUES({q('state_order')})"
+        cond = (
+            f"({q('state_order')} < {new_order} OR ({q('state_order')} = {new_order} "
+            f"AND {new_order} {running}))"
+        )
+        assignments = []
+        for c in [c for c in updated if c != "state_order"] + ["state_order"]:
+            new = f"VALUES({q(c)})"
+            if c in keep:
+                new = f"COALESCE({q(c)}, {new})"
+            elif c in _ERROR_COLUMNS:
+                new = f"IF({new_order} {running} AND VALUES({q('error_type')}) = '', {q(c)}, {new})"
+            assignments.append(f"{q(c)} = IF({cond}, {new}, {q(c)})")
+        sql = (
+            f"INSERT INTO {table} ({', '.join(q(c) for c in names)}) VALUES {', '.join(tuples)} "
+            f"ON DUPLICATE KEY UPDATE {', '.join(assignments)}"
+        )
+        return sql, params
+    raise NotImplementedError(f"taskstate does not support the {connection.vendor} backend")
 
 
 class _OutageLog:

@@ -143,7 +143,11 @@ else:
     }
     DRAMATIQ_BROKER = STUB_BROKER
 
-TASKSTATE = {"PROGRESS_INTERVAL": 0.5}
+TASKSTATE = {
+    "PROGRESS_INTERVAL": 0.5,
+    # TASKSTATE_TEST_SETTINGS: more TASKSTATE keys, as JSON (for processes a test starts).
+    **json.loads(os.environ.get("TASKSTATE_TEST_SETTINGS") or "{}"),
+}
 EVENTSTREAM_CHANNELMANAGER_CLASS = "taskstate.channels.TaskstateChannelManager"
 
 LOGGING = {

@@ -81,6 +81,10 @@ def test_unknown_key_is_e002_and_lists_the_known_ones(settings):
         ("CHANNEL_NAMESPACE", "site a", "letters, digits"),
         ("CHANNEL_NAMESPACE", "sité", "letters, digits"),
         ("DATABASE", None, "must be a non-empty string"),
+        ("WRITE_MODE", "later", "must be one of 'background', 'immediate'"),
+        ("WRITE_MODE", "", "must be one of 'background', 'immediate'"),
+        ("WRITE_BATCH_SIZE", 0, "must be above zero"),
+        ("WRITE_MAX_DELAY", -0.1, "must not be negative"),
     ],
 )
 def test_value_of_the_wrong_type_is_e003_naming_the_key(settings, key, value, problem):

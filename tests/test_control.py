@@ -15,11 +15,14 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from taskstate import states
 from taskstate import transitions as t
 from taskstate.control import RETRY_OF_OPTION
 from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.states import TERMINAL_ORDER, cancelling_order
+from taskstate.writer import cancels, writer
+from tests.conftest import both_write_modes
 from tests.support.faults import wait_for
 from tests.support.workers import stop_worker
 from tests.testapp import tasks as actors
@@ -89,12 +92,20 @@ def join(broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
     else:
         broker.join("default", timeout=30_000)
     worker.join()
+    # The background writer writes the worker's last changes moments later.
+    assert writer.flush(30)
 
 
 # --- cancel before the actor runs ------------------------------------------------------
+#
+# A queued task is not ended by the request: the worker that takes its message ends it
+# cancelled without running it when it has heard of the request (CancelWatch), or treats
+# it as a running task's cancel when the request came too late for it to know
+# (docs/owner-control.md). Only a task scheduled comfortably ahead is ended at once.
 
 
-def test_cancel_before_start_ends_cancelled_and_the_body_never_runs(
+@both_write_modes
+def test_cancel_before_start_reads_cancelling_then_ends_cancelled_and_the_body_never_runs(
     broker, stopped_worker, owner, user
 ):
     key = new_key()
@@ -105,17 +116,23 @@ def test_cancel_before_start_ends_cancelled_and_the_body_never_runs(
 
     assert response.status_code == 200
     task = row(message)
-    assert (task.status, task.state_order) == (Status.CANCELLED, TERMINAL_ORDER)
-    assert task.cancel_requested_at is not None and task.finished_at is not None
-    assert f'id="taskstate-task-{task.pk}"' in response.content.decode()
-    assert "taskstate-status-cancelled" in response.content.decode()
+    assert (task.status, task.state_order) == (Status.ENQUEUED, t.ENQUEUED_ORDER)
+    assert task.is_cancelling and task.finished_at is None
+    body = response.content.decode()
+    assert f'id="taskstate-task-{task.pk}"' in body and "Cancelling" in body
+    assert reverse("taskstate:cancel", args=[task.pk]) not in body
 
     join(broker, start_worker(broker, stopped_worker))
     assert actors.RUNS.get(key) is None
-    assert row(message).status == Status.CANCELLED  # not "skipped"
+    task = row(message)
+    assert (task.status, task.state_order) == (Status.CANCELLED, TERMINAL_ORDER)  # not skipped
+    assert task.finished_at is not None and task.error_type == ""
+    # It never started (with immediate writes its own running write is undone).
+    assert (task.attempts, task.started_at) == (0, None)
 
 
-def test_cancel_of_a_delayed_message_ends_cancelled_and_it_never_runs(
+@both_write_modes
+def test_cancel_of_a_message_due_soon_reads_cancelling_then_ends_cancelled_unrun(
     broker, stopped_worker, owner, user
 ):
     key = new_key()
@@ -125,13 +142,36 @@ def test_cancel_of_a_delayed_message_ends_cancelled_and_it_never_runs(
     assert row(message).status == Status.DELAYED
 
     assert cancel(owner, row(message)).status_code == 302
-    assert row(message).status == Status.CANCELLED
+    task = row(message)
+    assert task.status == Status.DELAYED and task.is_cancelling
 
     join(broker, start_worker(broker, stopped_worker))
     assert actors.RUNS.get(key) is None
     assert row(message).status == Status.CANCELLED
 
 
+@both_write_modes
+def test_cancel_of_a_message_scheduled_well_ahead_ends_cancelled_at_once_and_it_never_runs(
+    broker, stopped_worker, owner, user, settings, monkeypatch
+):
+    # The margin made small, so that the message comes due within the test.
+    monkeypatch.setattr(states, "CANCEL_AT_ONCE_MARGIN", 1.0)
+    settings.TASKSTATE = {**settings.TASKSTATE, "CANCEL_CHECK_INTERVAL": 0.2}
+    key = new_key()
+    message = actors.runs_once.send_with_options(
+        args=(key,), kwargs={"for_state": {"user_pk": user.pk}}, delay=3_000
+    )
+    assert cancel(owner, row(message)).status_code == 302
+    task = row(message)
+    assert (task.status, task.state_order) == (Status.CANCELLED, TERMINAL_ORDER)
+    assert task.finished_at is not None
+
+    join(broker, start_worker(broker, stopped_worker))  # about 3 s: it comes due
+    assert actors.RUNS.get(key) is None
+    assert row(message).status == Status.CANCELLED
+
+
+@both_write_modes
 def test_cancel_during_a_retry_back_off_ends_cancelled_and_the_retry_never_runs(
     broker, worker, run_all, owner, user
 ):
@@ -140,7 +180,8 @@ def test_cancel_during_a_retry_back_off_ends_cancelled_and_the_retry_never_runs(
     task = wait_for_row(message, "the first attempt to fail", status=Status.RETRYING)
 
     cancel(owner, task)
-    assert row(message).status == Status.CANCELLED
+    task = row(message)
+    assert task.status == Status.RETRYING and task.is_cancelling  # due in 2 to 4 s
 
     run_all()  # the retry comes off the delay queue, and is skipped
     assert actors.RUNS[key] == 1
@@ -148,8 +189,9 @@ def test_cancel_during_a_retry_back_off_ends_cancelled_and_the_retry_never_runs(
     assert (task.status, task.attempts) == (Status.CANCELLED, 1)
 
 
-def test_a_late_worker_start_after_a_cancel_is_refused_and_costs_one_read(
-    broker, stopped_worker, owner, user, count_queries
+@both_write_modes
+def test_a_worker_start_after_a_cancel_costs_at_most_one_read(
+    broker, stopped_worker, owner, user, count_queries, write_mode
 ):
     message = actors.runs_once.send(new_key(), for_state={"user_pk": user.pk})
     cancel(owner, row(message))
@@ -157,10 +199,64 @@ def test_a_late_worker_start_after_a_cancel_is_refused_and_costs_one_read(
     join(broker, start_worker(broker, stopped_worker))
     from django.db import connection
 
-    # The refused running upsert, one read that finds the cancel, the refused end.
-    # (MySQL and MariaDB read the row after each of those two upserts anyway.)
-    writes_read = 2 if connection.vendor == "mysql" else 0
-    assert len(count_queries.starting("SELECT")) == 1 + writes_read
+    if write_mode == "background":
+        # An idle worker's one look for new requests; no running write, only the end.
+        reads, writes = 1, 1
+    else:
+        # The running upsert lands and returns the request (no read), then the end.
+        reads, writes = 0, 2
+    # (MySQL and MariaDB read the row after each upsert, or the batch's rows.)
+    expected = reads + (writes if connection.vendor == "mysql" else 0)
+    assert len(count_queries.starting("SELECT")) == expected
+    assert len(count_queries.starting("INSERT")) == writes
+    assert row(message).status == Status.CANCELLED
+
+
+def test_a_worker_that_heard_of_the_cancel_with_a_batch_reads_nothing(
+    broker, stopped_worker, owner, user, count_queries
+):
+    key = new_key()
+    message = actors.runs_once.send(key, for_state={"user_pk": user.pk})
+    cancel(owner, row(message))
+    assert cancels.refresh()  # as the writer thread does with its batches
+    count_queries.statements = []
+    join(broker, start_worker(broker, stopped_worker))
+    from django.db import connection
+
+    assert cancels.worker_reads == 0
+    assert len(count_queries.starting("SELECT")) == (1 if connection.vendor == "mysql" else 0)
+    assert actors.RUNS.get(key) is None and row(message).status == Status.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("actor", "ends"),
+    [("counts_until_cancelled", Status.CANCELLED), ("runs_once", Status.DONE)],
+    ids=["reports-progress", "reports-nothing"],
+)
+def test_a_cancel_the_workers_have_not_heard_of_yet_lets_the_body_start_and_the_row_never_lies(
+    broker, stopped_worker, owner, user, settings, actor, ends
+):
+    # The request lands just after the watch looked: within CANCEL_CHECK_INTERVAL (here
+    # long) a worker taking the message does not know of it, and the body starts. The
+    # request then is a running task's cancel: the running write comes back with it, the
+    # next progress() raises; a body that reports nothing ends as it ends.
+    settings.TASKSTATE = {**settings.TASKSTATE, "CANCEL_CHECK_INTERVAL": 60.0}
+    key = new_key()
+    message = getattr(actors, actor).send(key, for_state={"user_pk": user.pk})
+    assert cancels.refresh()
+    cancel(owner, row(message))
+    assert row(message).status == Status.ENQUEUED
+
+    join(broker, start_worker(broker, stopped_worker))
+
+    task = row(message)
+    assert actors.RUNS[key] == 1  # it started: the request came too late for the worker
+    assert task.status == ends and task.attempts == 1
+    assert task.cancel_requested_at is not None
+    if ends == Status.CANCELLED:
+        assert key not in actors.FINISHED  # stopped at a progress() report
+    else:
+        assert key in actors.FINISHED and task.result == key  # it did run: it says done
 
 
 # --- cancel while running ---------------------------------------------------------------
@@ -175,6 +271,7 @@ def start_running(actor: Any, user: Any) -> tuple[str, Any, Task]:
     return key, message, wait_for_row(message, "the task to run", status=Status.RUNNING)
 
 
+@both_write_modes
 def test_cancel_while_running_stops_at_the_next_progress_and_is_not_retried(
     worker, run_all, owner, user
 ):
@@ -195,6 +292,7 @@ def test_cancel_while_running_stops_at_the_next_progress_and_is_not_retried(
     assert task.error_type == "" and task.finished_at is not None
 
 
+@both_write_modes
 def test_cancel_requested_lets_an_actor_that_reports_nothing_stop_on_its_own(
     worker, run_all, owner, user
 ):
@@ -302,15 +400,43 @@ def test_a_cancel_after_done_changes_nothing(user):
     assert (task.status, task.cancel_requested_at) == (Status.DONE, None)
 
 
-def test_done_after_a_cancel_of_a_waiting_task_is_refused(user):
+def _scheduled_ahead(origin: Any) -> Task:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    due = timezone.now() + timedelta(hours=1)
+    t.write(origin, Status.DELAYED, t.DELAYED_ORDER, {"due_at": due})
+    return Task.objects.get(message_id=origin.message_id)
+
+
+def test_done_after_a_cancel_of_a_task_scheduled_ahead_is_refused(user):
     origin = _origin("race-cancel-first", user)
-    t.write(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
-    task = Task.objects.get(message_id=origin.message_id)
+    task = _scheduled_ahead(origin)
     assert t.request_cancel(task.pk)
     assert t.write(origin, Status.DONE, TERMINAL_ORDER, {}) is None
     assert t.write(origin, Status.RUNNING, t.running_order(1), {}, same_order_wins=True) is None
     task.refresh_from_db()
     assert task.status == Status.CANCELLED
+
+
+def test_a_queued_task_is_not_ended_by_its_cancel_request(user):
+    # Only the worker knows whether its body started: a request leaves the row queued
+    # (asked), and what the worker then writes lands.
+    origin = _origin("race-queued", user)
+    t.write(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
+    task = Task.objects.get(message_id=origin.message_id)
+    assert t.request_cancel(task.pk)
+    task.refresh_from_db()
+    assert (task.status, task.state_order, task.finished_at) == (
+        Status.ENQUEUED,
+        t.ENQUEUED_ORDER,
+        None,
+    )
+    assert task.is_cancelling
+    written = t.write(origin, Status.RUNNING, t.running_order(1), {}, same_order_wins=True)
+    assert written is not None and written.cancel_requested_at is not None
+    assert t.write(origin, Status.DONE, TERMINAL_ORDER, {}) is not None
 
 
 def test_done_after_a_cancel_request_of_a_running_task_lands(user):
@@ -329,8 +455,7 @@ def _race_once(n: int, user: Any) -> None:
     from django.db import close_old_connections
 
     origin = _origin(f"race-threads-{n}", user)
-    t.write(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
-    pk = Task.objects.get(message_id=origin.message_id).pk
+    pk = _scheduled_ahead(origin).pk
     barrier = threading.Barrier(2)
     outcome: dict[str, Any] = {}
 
@@ -398,21 +523,30 @@ def test_cancel_and_retry_need_the_csrf_token(user):
 
 def test_a_cancel_is_pushed_to_the_owners_pages_at_once(owner, user, capture_events):
     # No worker here: what the owner's other tabs get comes from the view alone.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
     from taskstate.channels import user_channel
     from tests.support.factories import make_task
 
     running = make_task(status=Status.RUNNING, user=user)
-    waiting = make_task(status=Status.ENQUEUED, user=user)
+    queued = make_task(status=Status.ENQUEUED, user=user)
+    later = timezone.now() + timedelta(hours=1)
+    scheduled = make_task(status=Status.DELAYED, user=user, due_at=later)
     capture = capture_events(user_channel(user.pk))
-    assert cancel(owner, running).status_code == 302
-    assert cancel(owner, waiting).status_code == 302
+    for task in (running, queued, scheduled):
+        assert cancel(owner, task).status_code == 302
 
     pushed = [data for _, _, data in capture.events()]
-    running_rows = [d for d in pushed if f'id="taskstate-task-{running.pk}"' in d]
-    waiting_rows = [d for d in pushed if f'id="taskstate-task-{waiting.pk}"' in d]
-    assert running_rows and "Cancelling" in running_rows[-1]
-    assert reverse("taskstate:cancel", args=[running.pk]) not in running_rows[-1]
-    assert waiting_rows and "taskstate-status-cancelled" in waiting_rows[-1]
+
+    def rows_of(task: Task) -> list[str]:
+        return [d for d in pushed if f'id="taskstate-task-{task.pk}"' in d]
+
+    for asked in (running, queued):  # a queued one until a worker takes its message
+        assert rows_of(asked) and "Cancelling" in rows_of(asked)[-1]
+        assert reverse("taskstate:cancel", args=[asked.pk]) not in rows_of(asked)[-1]
+    assert rows_of(scheduled) and "taskstate-status-cancelled" in rows_of(scheduled)[-1]
 
 
 def test_a_completed_task_cannot_be_cancelled(owner, user):
@@ -490,14 +624,16 @@ def test_retry_of_a_cancelled_task_runs_it_again(broker, stopped_worker, owner, 
     key = new_key()
     message = actors.runs_once.send(key, for_state={"user_pk": user.pk, "retryable": True})
     cancel(owner, row(message))
+    worker = start_worker(broker, stopped_worker)
+    wait_for_row(message, "the worker to end it cancelled", status=Status.CANCELLED)
     assert retry(owner, row(message)).status_code == 302
-    join(broker, start_worker(broker, stopped_worker))
+    join(broker, worker)
     new = Task.objects.get(retry_of=row(message))
     assert new.status == Status.DONE and actors.RUNS[key] == 1
 
 
 def test_a_retried_message_carries_the_original_actor_arguments_and_options(
-    broker, sent, owner, user
+    broker, sent, stopped_worker, owner, user
 ):
     key = new_key()
     for_state = {"user_pk": user.pk, "description": "Import", "retryable": True}
@@ -510,8 +646,11 @@ def test_a_retried_message_carries_the_original_actor_arguments_and_options(
         pipe_ignore=True,
     )
     cancel(owner, row(message))  # cancelled before it ran: retryable
-    old = row(message)
-    assert old.status == Status.CANCELLED
+    # The worker that takes the message ends it cancelled, unrun.
+    running = start_worker(broker, stopped_worker)
+    old = wait_for_row(message, "the worker to end it cancelled", status=Status.CANCELLED)
+    join(broker, running)
+    assert actors.RUNS.get(key, 0) == 0
     assert retry(owner, old).status_code == 302
 
     [original, again] = sent.messages
@@ -550,5 +689,7 @@ def test_cancel_and_retry_work_without_javascript(broker, stopped_worker, owner,
     message = actors.runs_once.send(new_key(), for_state={"user_pk": user.pk, "retryable": True})
     response = cancel(owner, row(message), data={"next": "/somewhere/"})
     assert (response.status_code, response["Location"]) == (302, "/somewhere/")
+    start_worker(broker, stopped_worker)
+    wait_for_row(message, "the worker to end it cancelled", status=Status.CANCELLED)
     response = retry(owner, row(message), data={"next": "/elsewhere/"})
     assert (response.status_code, response["Location"]) == (302, "/elsewhere/")

@@ -121,6 +121,35 @@ def test_a_full_queue_drops_new_jobs_and_resets_their_channels_once_drained(
     assert recorder.sent[-1] == "later" and recorder.resets == ["ch-b", "ch-c"]
 
 
+def test_a_queue_that_stays_at_its_bound_logs_the_overflow_once(
+    courier, recorder, monkeypatch, caplog
+):
+    """Senders faster than the courier: each job sent frees one slot, which the next
+    submit fills. That is one overflow, not one per slot (a sustained run at 1,000
+    messages/s logged it 3,907 times)."""
+    monkeypatch.setattr(courier_module, "MAX_PENDING", 4)
+    gate = held(courier)
+    for n in range(4):
+        courier.submit(recorder.job(f"a{n}"), channel="ch-a")
+    courier.submit(recorder.job("over"), channel="ch-a")  # dropped: the episode starts
+    for n in range(3):
+        # One job leaves the queue, one more comes, and one more is dropped.
+        with courier._cond:
+            courier._jobs.popitem(last=False)
+        courier.submit(recorder.job(f"b{n}"), channel="ch-a")
+        courier.submit(recorder.job(f"over{n}"), channel="ch-a")
+    assert caplog.text.count("events waiting to be sent; dropping new ones") == 1
+    gate.opened.set()
+    assert courier.flush()
+    # Drained: a later overflow is a new episode, logged again.
+    gate = held(courier)
+    for n in range(5):
+        courier.submit(recorder.job(f"c{n}"), channel="ch-c")
+    assert caplog.text.count("events waiting to be sent; dropping new ones") == 2
+    gate.opened.set()
+    assert courier.flush()
+
+
 def test_a_reset_that_cannot_be_sent_is_tried_again_once_sending_works(
     courier, recorder, monkeypatch
 ):

@@ -13,9 +13,10 @@ from django.db import transaction
 from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.signals import task_changed
+from tests.conftest import both_write_modes, lifecycle_announced
 from tests.testapp import tasks as actors
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), both_write_modes]
 
 
 def announced(statuses: list[tuple[str, str]]) -> list[str]:
@@ -43,7 +44,7 @@ def statuses() -> Iterator[list[tuple[str, str]]]:
     task_changed.disconnect(receiver)
 
 
-def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, statuses):
+def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, statuses, write_mode):
     message = actors.returns.send(
         {"rows": 3}, for_state={"user_pk": user.pk, "description": "Export"}
     )
@@ -58,7 +59,9 @@ def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, status
     assert task.attempts == 1
     assert task.started_at is not None and task.finished_at is not None
     assert task.created_at <= task.started_at <= task.finished_at
-    assert announced(statuses) == ["running", "done"]
+    # The background writer may merge "running" into "done" (one batch, one row).
+    exact = write_mode == "immediate"
+    assert lifecycle_announced(announced(statuses), ["running", "done"], exact)
 
 
 def test_untracked_message_makes_no_queries(run_all, count_queries):
@@ -69,34 +72,55 @@ def test_untracked_message_makes_no_queries(run_all, count_queries):
     assert Task.objects.count() == 0
 
 
-def test_tracked_lifecycle_costs_one_statement_per_transition(run_all, user, count_queries):
+def test_tracked_lifecycle_costs_one_statement_per_transition(
+    run_all, user, count_queries, write_mode
+):
+    from taskstate.writer import cancels
+
+    # A worker that has looked for cancel requests lately reads nothing (CancelWatch).
+    assert cancels.refresh()
+    count_queries.statements = []
     actors.noop.send(for_state={"user_pk": user.pk, "description": "cheap"})
     run_all()
     # enqueued, running, done: one upsert each, and nothing else at all (no reads,
-    # no transaction statements), whatever thread ran it. MySQL and MariaDB cannot
-    # return the row from an upsert: there each write is followed by one read.
+    # no transaction statements), whatever thread ran it; the background writer writes
+    # running and done in one batch when they come within WRITE_MAX_DELAY of each other
+    # (a no-op actor: always here). MySQL and MariaDB cannot return the row from an
+    # upsert: there each write is followed by one read.
     from django.db import connection
 
+    writes = 3 if write_mode == "immediate" else 2
     per_write = 2 if connection.vendor == "mysql" else 1
-    assert len(count_queries.statements) == 3 * per_write, count_queries.statements
-    assert len(count_queries.starting("INSERT")) == 3
+    assert len(count_queries.statements) == writes * per_write, count_queries.statements
+    assert len(count_queries.starting("INSERT")) == writes
 
 
-def test_progress_is_throttled_and_final_value_written(run_all, user, count_queries, settings):
-    settings.TASKSTATE = {"PROGRESS_INTERVAL": 60}
+def test_progress_is_throttled_and_final_value_written(
+    run_all, user, count_queries, settings, write_mode
+):
+    # WRITE_MAX_DELAY: the background writer's batches wait for the test's flush.
+    settings.TASKSTATE = {**settings.TASKSTATE, "PROGRESS_INTERVAL": 60, "WRITE_MAX_DELAY": 60}
     message = actors.with_progress.send(500, for_state={"user_pk": user.pk})
     run_all()
     updates = count_queries.starting("UPDATE")
-    # The first report is written at once; the 499 after it fall inside the interval
-    # and only the last one travels with the final status.
-    assert len(updates) == 1, updates
+    inserts = count_queries.starting("INSERT")
+    if write_mode == "immediate":
+        # The first report is written at once; the 499 after it fall inside the interval
+        # and only the last one travels with the final status.
+        assert len(updates) == 1, updates
+        assert len(inserts) == 3, inserts
+    else:
+        # The first report is queued and merged with the running and final changes
+        # (the 499 after it are held back as above): the sender's row, then one batch.
+        assert updates == [], updates
+        assert len(inserts) == 2, inserts
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.DONE
     assert task.progress == 100
     assert task.progress_message == "step 500"
 
 
-def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, statuses):
+def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, statuses, write_mode):
     message = actors.always_fails.send(for_state={"user_pk": user.pk})
     run_all()
     task = Task.objects.get(message_id=message.message_id)
@@ -109,6 +133,11 @@ def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, status
     # refused (never announced) when the next attempt's "running" landed first, as it may
     # under load with a 10 ms back-off: the status never moves backwards.
     seen = announced(statuses)
+    if write_mode == "background":
+        # A batch may merge an attempt's running with what follows it (announced once).
+        expected = ["running", "retrying", "running", "retrying", "running", "failed"]
+        assert lifecycle_announced(seen, expected, exact=False), seen
+        return
     assert [s for s in seen if s != "retrying"] == ["running", "running", "running", "failed"]
     assert seen in (
         ["running", "retrying", "running", "retrying", "running", "failed"],
@@ -118,15 +147,23 @@ def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, status
     )
 
 
-def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses):
-    message = actors.fails_once.send("retry-ok", for_state={"user_pk": user.pk})
+def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses, write_mode):
+    # A key per write mode: the actor fails once per key.
+    message = actors.fails_once.send(f"retry-ok-{write_mode}", for_state={"user_pk": user.pk})
     run_all()
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.DONE
     assert task.attempts == 2
     assert task.error_type == "" and task.traceback == ""
     assert task.result == "ok"
-    assert announced(statuses) == ["running", "retrying", "running", "done"]
+    # As above, a "retrying" may be refused by a quicker next "running"; the background
+    # writer may also write it with that "running" (merged in one batch, announced once).
+    seen = announced(statuses)
+    if write_mode == "background":
+        expected = ["running", "retrying", "running", "done"]
+        assert lifecycle_announced(seen, expected, exact=False), seen
+        return
+    assert seen in (["running", "retrying", "running", "done"], ["running", "running", "done"])
 
 
 def test_exception_listed_in_throws_fails_at_once(run_all, user):
@@ -164,7 +201,7 @@ def test_result_that_is_not_json_is_dropped_with_a_warning(run_all, user, caplog
 
 
 def test_result_over_the_size_cap_is_not_stored(run_all, user, settings, caplog):
-    settings.TASKSTATE = {"RESULT_MAX_BYTES": 100}
+    settings.TASKSTATE = {**settings.TASKSTATE, "RESULT_MAX_BYTES": 100}
     message = actors.returns.send("x" * 500, for_state={"user_pk": user.pk})
     run_all()
     task = Task.objects.get(message_id=message.message_id)
@@ -174,7 +211,7 @@ def test_result_over_the_size_cap_is_not_stored(run_all, user, settings, caplog)
 
 
 def test_results_can_be_turned_off(run_all, user, settings):
-    settings.TASKSTATE = {"STORE_RESULT": False}
+    settings.TASKSTATE = {**settings.TASKSTATE, "STORE_RESULT": False}
     message = actors.returns.send(42, for_state={"user_pk": user.pk})
     run_all()
     assert Task.objects.get(message_id=message.message_id).result is None

@@ -94,14 +94,21 @@ def test_a_5_mb_progress_message_is_pushed_as_stored(run_all, user, capture_even
     settings.TASKSTATE = {"PROGRESS_INTERVAL": 0}
     capture = capture_events(user_channel(user.pk))
     actors.RELEASE.clear()
+    actors.REPORT.clear()
     message = actors.reports_huge_progress.send(5_000_000, for_state={"user_pk": user.pk})
     events: list[tuple[str, str, str]] = []
     deadline = time.monotonic() + 20
     try:
+        # The report after the running row (else the writer merges them: no bar event).
+        while not Task.objects.filter(message_id=message.message_id, status="running"):
+            assert time.monotonic() < deadline, "never running"
+            time.sleep(0.01)
+        actors.REPORT.set()
         while not any('hx-swap-oob="true"' in data for _, _, data in events):
             assert time.monotonic() < deadline, "no progress event"
             events += capture.events(wait=0.1)
     finally:
+        actors.REPORT.set()
         actors.RELEASE.set()
     run_all()
     stored = Task.objects.get(message_id=message.message_id).progress_message

@@ -16,8 +16,10 @@ import taskstate
 from taskstate.for_state import Origin, TaskIdentity
 from taskstate.models import Status, Task
 from taskstate.tracking import MessageRun, _current, current_run, held_back, progress, track
+from tests.conftest import immediate_writes
 
-pytestmark = pytest.mark.django_db
+# progress() writing each report itself; with the background writer: tests/test_writer.py.
+pytestmark = [pytest.mark.django_db, immediate_writes]
 
 MESSAGE_ID = "progress-message"
 progress_module = importlib.import_module("taskstate.tracking")

@@ -248,8 +248,10 @@ def test_stream_through_pushpin_gets_every_change_published_by_the_worker(stack,
     stream.wait_for(lambda f: f.event == "stream-open")
     # Django answered with a GRIP hold; Pushpin keeps the connection on the user's channel.
     assert stack.held(user_channel(user.pk)) == 1
-    message = actors.with_progress.send(
-        3, for_state={"user_pk": user.pk, "description": "via pushpin"}
+    # Paced, so each state is committed in a batch of its own: the background writer
+    # merges a quick task's running into its end (docs/reliability.md).
+    message = actors.paced.send(
+        3, 0.1, for_state={"user_pk": user.pk, "description": "via pushpin"}
     )
     done = stream.wait_for(lambda f: "via pushpin" in f.data and 'data-status="done"' in f.data)
     task = Task.objects.get(message_id=message.message_id)
@@ -272,7 +274,8 @@ def test_streams_stay_open_when_every_web_process_is_gone(stack, streams, user):
     # No Django left to answer a new request ...
     assert streams(f"{stack.url}{EVENTS}", user).status == 502
     # ... yet the open streams get what the worker publishes to Pushpin.
-    actors.noop.send(for_state={"user_pk": user.pk, "description": "no web left"})
+    # Long enough for its running row to be committed before its end (not merged).
+    actors.sleeps.send(0.3, for_state={"user_pk": user.pk, "description": "no web left"})
     for stream in (first, second):
         stream.wait_for(lambda f: "no web left" in f.data and 'data-status="done"' in f.data)
         assert {"enqueued", "running", "done"} <= statuses(stream.frames, "no web left")

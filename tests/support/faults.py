@@ -129,7 +129,11 @@ class PostgresServer:
     ``finally``): it stops the server at once and deletes the data directory.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, durable: bool = False, extra: str = "") -> None:
+        """``durable``: fsync and synchronous commits on, as in production (benchmarks);
+        ``extra``: more ``postgres`` options (``-c name=value ...``)."""
+        self.durable = durable
+        self.extra = extra
         bin_dir = _postgres_bin()
         if bin_dir is None:
             raise RuntimeError(postgres_unavailable())
@@ -164,10 +168,11 @@ class PostgresServer:
         self._as_postgres("pg_ctl", "-D", str(self.data), "-w", "-t", "30", *args)
 
     def start(self) -> None:
-        options = (
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off"
-        )
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off"
+        if self.extra:
+            options += " " + self.extra
         self._ctl("-o", options, "-l", str(self.log), "start")
         self.running = True
 

@@ -108,6 +108,17 @@ def leaves_file(path: str, for_state: dict[str, Any] | None = None) -> str:
 
 
 @dramatiq.actor(max_retries=0)
+def file_then_sleeps(path: str, seconds: float, for_state: dict[str, Any] | None = None) -> None:
+    """Reports progress, says it started (a file, no database), then runs for ``seconds``."""
+    import time
+
+    taskstate.progress(50, message="half way")
+    with open(path, "w") as file:
+        file.write("started")
+    time.sleep(seconds)
+
+
+@dramatiq.actor(max_retries=0)
 async def async_steps(steps: int, for_state: dict[str, Any] | None = None) -> int:
     """An ``async def`` actor (Dramatiq's AsyncIO middleware) reporting progress.
 
@@ -115,10 +126,13 @@ async def async_steps(steps: int, for_state: dict[str, Any] | None = None) -> in
     every step land while the task runs.
     """
     from taskstate.handoff import handoff
+    from taskstate.writer import writer
 
     for step in range(1, steps + 1):
         taskstate.progress(step, steps, message=f"async step {step}")
         await asyncio.to_thread(handoff.flush, 10)
+        # The background writer: each step written before the next is reported.
+        await asyncio.to_thread(writer.flush, 10)
     return steps
 
 
@@ -152,8 +166,15 @@ def fails_then_waits(for_state: dict[str, Any] | None = None) -> None:
 RELEASE = threading.Event()
 
 
+#: Cleared by a test that wants the report written after the running row (the background
+#: writer would otherwise merge a report made at once into the running change).
+REPORT = threading.Event()
+REPORT.set()
+
+
 @dramatiq.actor(max_retries=0)
 def reports_huge_progress(size: int, for_state: dict[str, Any] | None = None) -> None:
+    REPORT.wait(timeout=20)
     taskstate.progress(50, message="m" * size)
     # Stay running until the test has the bar: the final row would make it moot.
     RELEASE.wait(timeout=20)
