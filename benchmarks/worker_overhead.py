@@ -276,6 +276,11 @@ def main() -> None:
     parser.add_argument("--skip-cells", action="store_true", help="only the sustained part")
     parser.add_argument("--skip-sustained", action="store_true", help="only the cells")
     parser.add_argument(
+        "--hooks",
+        action="store_true",
+        help="only the hooks part: µs per lifecycle in StateMiddleware's worker hooks",
+    )
+    parser.add_argument(
         "--shared-db",
         action="store_true",
         help="no private cluster: the shared PostgreSQL, client-side counts only",
@@ -316,6 +321,10 @@ def main() -> None:
     try:
         django_on_postgres(args.db)
         server = Server(pg.dsn() if pg is not None else None, args.db, missing or "")
+        if args.hooks or args.smoke:
+            hooks(200 if args.smoke else 5000, 1 if args.smoke else 5)
+        if args.hooks:
+            return
         if not args.skip_cells:
             cells(args, server)
         if not args.skip_sustained:
@@ -327,6 +336,82 @@ def main() -> None:
             connections.close_all()
         if pg is not None:
             pg.close()
+
+
+# --- part 0: the hooks alone ------------------------------------------------------------------
+
+
+def hooks(n: int, rounds: int) -> None:
+    """µs per lifecycle spent in StateMiddleware's worker hooks (before_process_message,
+    after_process_message, after_ack: what the actor's thread pays), tracked with the
+    background writer against untracked messages through the same hooks; interleaved,
+    median of ``rounds``. The writer's delay is set to an hour so nothing is written
+    while timing (a flush writes it after); the cancel watch is fresh, as it is under
+    load (a worker reads only when it is older than CANCEL_CHECK_INTERVAL)."""
+    import dramatiq
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from dramatiq.broker import MessageProxy
+    from dramatiq.brokers.stub import StubBroker
+
+    from taskstate.conf import get_settings
+    from taskstate.courier import courier
+    from taskstate.middleware import StateMiddleware
+    from taskstate.models import Task
+    from taskstate.writer import cancels, writer
+
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    broker = StubBroker()
+    middleware = StateMiddleware()
+
+    def lifecycles(kwargs: dict[str, Any]) -> float:
+        messages = [
+            MessageProxy(
+                dramatiq.Message(
+                    queue_name="default", actor_name="noop", args=(), kwargs=kwargs, options={}
+                )
+            )
+            for _ in range(n)
+        ]
+        cancels.refresh()
+        start = time.perf_counter()
+        for message in messages:
+            middleware.before_process_message(broker, message)
+            middleware.after_process_message(broker, message, result=None)
+            middleware.after_ack(broker, message)
+        return (time.perf_counter() - start) / n
+
+    settings.TASKSTATE = {"WRITE_MAX_DELAY": 3600, "CANCEL_CHECK_INTERVAL": 3600}
+    get_settings.cache_clear()
+    tracked = {"for_state": {"user_pk": user.pk, "description": "hooks"}}
+    times: dict[str, list[float]] = {"untracked": [], "tracked, background writer": []}
+    reads = cancels.reads
+    try:
+        lifecycles(tracked)  # warm-up
+        for _ in range(rounds):
+            times["untracked"].append(lifecycles({}))
+            times["tracked, background writer"].append(lifecycles(tracked))
+    finally:
+        settings.TASKSTATE = {}
+        get_settings.cache_clear()
+        assert writer.flush(120), "the background writer did not drain"
+        courier.flush(120)
+        Task.objects.all().delete()
+    base = statistics.median(times["untracked"])
+    print(
+        f"## The worker's hooks alone: {n:,} lifecycles x {rounds} interleaved round(s) "
+        "(median), StateMiddleware's before_process_message + after_process_message + "
+        "after_ack, no actor, nothing written while timing\n"
+    )
+    rows = [
+        [name, f"{statistics.median(v) * 1e6:.1f}", f"{statistics.median(v) / base:.1f}x"]
+        for name, v in times.items()
+    ]
+    print(table(["messages", "µs / lifecycle in the hooks", "vs untracked"], rows))
+    print(
+        f"\nCancel-watch reads while timing: {cancels.reads - reads - 2 * rounds - 1} (besides "
+        "the one fresh read before each timed loop).\n"
+    )
 
 
 # --- part 1: in-process cells, interleaved ------------------------------------------------
