@@ -292,9 +292,11 @@ class StateMiddleware(Middleware):
         }
         _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # Write the last changes, then let them reach the browsers, before the process
         # goes: groups with a change pending are refreshed now, not when their turn comes.
+        # After, not before: Dramatiq sends before_worker_shutdown before it waits for
+        # the running actors and the consumers' acks, whose changes would be left behind.
         writer.shutdown()
         group_refresher.flush(5.0)
         courier.flush(5.0)

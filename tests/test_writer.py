@@ -446,10 +446,31 @@ def test_a_worker_stopping_writes_what_waits_without_waiting_for_the_delay(broke
         assert writer.pending() == 1  # its end waits for the 60 s delay
     finally:
         started = time.monotonic()
-        stop_worker(broker, w)  # before_worker_shutdown flushes the writer
+        stop_worker(broker, w)  # after_worker_shutdown flushes the writer
     assert time.monotonic() - started < 10
     assert writer.pending() == 0
     assert Task.objects.get(message_id=message.message_id).status == Status.DONE
+
+
+def test_a_task_that_ends_while_its_worker_stops_is_written_by_the_stop(broker, user, settings):
+    """Dramatiq sends before_worker_shutdown before it waits for the running actors and
+    the consumers' acks: what they hand over is written by after_worker_shutdown."""
+    import dramatiq
+
+    from tests.support.workers import stop_worker
+
+    settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MAX_DELAY": 60}
+    w = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
+    w.start()
+    try:
+        message = actors.paced.send(2, 0.3, for_state={"user_pk": user.pk})
+        # Its running change waits in the queue (60 s delay): the actor has started.
+        wait_for(lambda: writer.pending() == 1, 30, "the actor to start")
+    finally:
+        stop_worker(broker, w)  # waits for the actor to end, then for its ack
+    assert writer.pending() == 0
+    task = Task.objects.get(message_id=message.message_id)
+    assert (task.status, task.result) == (Status.DONE, 2)
 
 
 def test_shutdown_with_the_database_away_gives_up_within_its_bound_and_says_so(monkeypatch, caplog):
