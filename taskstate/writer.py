@@ -45,6 +45,7 @@ from django.db import connections
 from django.utils import timezone
 
 from taskstate.conf import get_settings
+from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce, announce_progress
 from taskstate.transitions import Change, Outage, cancels_since, database_down, write_batch
 
@@ -386,6 +387,8 @@ class CancelWatch:
         self._ids: dict[str, None] = {}
         self._fresh_at = 0.0
         self._since: datetime | None = None
+        self._tries = 0  # reads finished, whatever their outcome
+        self._refresh_handed_over = False
         #: Reads made (by the writer thread and by workers), for benchmarks and tests.
         self.reads = 0
         self.worker_reads = 0
@@ -407,30 +410,62 @@ class CancelWatch:
         limit = _max_age_of_cancels()
         if self.age() <= limit or database_down():
             return False
+        if in_event_loop():
+            # An async actor, in Dramatiq's event loop thread: Django refuses a query
+            # here. Another thread reads; this look answers from what is known.
+            self._hand_over_refresh(limit)
+            return False
         self.refresh(unless_younger_than=limit, by_worker=True)
         return message_id in self._ids
+
+    def _hand_over_refresh(self, limit: float) -> None:
+        with self._lock:
+            if self._refresh_handed_over:
+                return
+            self._refresh_handed_over = True
+
+        def read() -> None:
+            try:
+                self.refresh(unless_younger_than=limit, by_worker=True)
+            finally:
+                with self._lock:
+                    self._refresh_handed_over = False
+
+        handoff.submit(read)
 
     def refresh(self, *, unless_younger_than: float | None = None, by_worker: bool = False) -> bool:
         """Read the requests made since the last read (the first read: every request a
         worker may still meet). False when the database could not be read."""
+        tries = self._tries
         with self._reading:
-            if unless_younger_than is not None and self.age() <= unless_younger_than:
-                return True  # another thread read meanwhile
+            if unless_younger_than is not None:
+                if self.age() <= unless_younger_than:
+                    return True  # another thread read meanwhile
+                if self._tries != tries or database_down():
+                    # A read failed while this thread waited for it (or the database is
+                    # failing): one failed read serves every thread that waited.
+                    return False
             started, wall = time.monotonic(), timezone.now()
-            found = cancels_since(self._since)
+            try:
+                found = cancels_since(self._since)
+            finally:
+                self._tries += 1
             self.reads += 1
             if by_worker:
                 self.worker_reads += 1
             if found is None:
                 return False
             with self._lock:
+                since: datetime | None = wall
                 if len(self._ids) + len(found) > MAX_KNOWN_CANCELS:
                     # The oldest half: their messages, if still queued, start and are
-                    # cancelled at their first progress().
+                    # cancelled at their first progress(). The next read is a first look
+                    # again, so a request forgotten here that still matters is read back.
                     for message_id in list(self._ids)[: MAX_KNOWN_CANCELS // 2]:
                         del self._ids[message_id]
+                    since = None
                 self._ids.update(dict.fromkeys(found))
-                self._since = wall
+                self._since = since
                 self._fresh_at = max(self._fresh_at, started)
             return True
 

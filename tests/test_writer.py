@@ -496,3 +496,84 @@ def test_shutdown_with_the_database_away_gives_up_within_its_bound_and_says_so(m
     monkeypatch.undo()
     assert writer.flush(10)
     assert Task.objects.filter(message_id__startswith="m-away").count() == 2
+
+
+# --- CancelWatch under faults, async actors and many requests ---------------------------
+
+
+def test_one_failed_read_serves_every_thread_that_waited_for_it(monkeypatch, settings):
+    from taskstate import writer as writer_module
+
+    settings.TASKSTATE = {**settings.TASKSTATE, "CANCEL_CHECK_INTERVAL": 0.01}
+    gate, calls = threading.Event(), []
+
+    def hung_then_failed(since: Any) -> None:
+        calls.append(since)
+        gate.wait(10)
+        return None  # the database could not be read
+
+    monkeypatch.setattr(writer_module, "cancels_since", hung_then_failed)
+    monkeypatch.setattr(writer_module, "database_down", lambda: False)
+    watch = writer_module.CancelWatch()
+    answers: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(watch.requested("m-hung"))) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(calls) == 1, 10, "the first read")
+    time.sleep(0.2)  # the other three wait for it
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert answers == [False] * 4
+    assert len(calls) == 1, "each waiting thread read again"
+
+
+def test_an_async_actor_s_look_never_reads_in_the_event_loop(monkeypatch, settings):
+    import asyncio
+
+    from taskstate import writer as writer_module
+    from taskstate.handoff import handoff
+
+    settings.TASKSTATE = {**settings.TASKSTATE, "CANCEL_CHECK_INTERVAL": 0.01}
+    readers: list[int] = []
+
+    def read(since: Any) -> list[str]:
+        readers.append(threading.get_ident())
+        return ["m-async"]
+
+    monkeypatch.setattr(writer_module, "cancels_since", read)
+    monkeypatch.setattr(writer_module, "database_down", lambda: False)
+    watch = writer_module.CancelWatch()
+
+    async def actor_look() -> tuple[bool, int]:
+        return watch.requested("m-async"), threading.get_ident()
+
+    known, loop_thread = asyncio.run(actor_look())
+    assert not known  # nothing known yet, and no read here
+    assert handoff.flush(10)
+    assert readers and loop_thread not in readers
+    assert watch.known("m-async")  # read by another thread: the next look sees it
+
+
+def test_requests_forgotten_at_the_bound_are_read_back_by_the_next_first_look(monkeypatch):
+    from taskstate import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "MAX_KNOWN_CANCELS", 4)
+    looks: list[Any] = []
+    answers = iter([["a", "b", "c"], ["d", "e"], ["a", "b", "c", "d", "e"]])
+
+    def read(since: Any) -> list[str]:
+        looks.append(since)
+        return next(answers)
+
+    monkeypatch.setattr(writer_module, "cancels_since", read)
+    watch = writer_module.CancelWatch()
+    assert watch.refresh()  # first look: a, b, c
+    assert watch.refresh()  # d, e: over the bound, the oldest half (a, b) forgotten
+    assert not watch.known("a") and watch.known("d")
+    assert watch.refresh()
+    assert looks[0] is None and looks[1] is not None
+    assert looks[2] is None, "the look after forgetting must be a first look"
+    assert watch.known("a")
