@@ -207,8 +207,10 @@ def _queue(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
     # Counted as written: the writer writes it, or a later change of the attempt does.
     run.written = value
     # As a write that lands: no look at the row for a while. A write refused (the row
-    # was asked to cancel) has the next progress() look (see _refused).
-    run.next_cancel_check = now + run.check_interval
+    # was asked to cancel) has the next progress() look (see _refused): the writer's
+    # thread sets 0 for it, which is kept.
+    if run.next_cancel_check:
+        run.next_cancel_check = now + run.check_interval
     percent, message = value
     values = {
         "attempts": run.attempt,

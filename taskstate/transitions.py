@@ -650,7 +650,13 @@ def is_running_order(order: int) -> bool:
 
 
 class Outage(Exception):
-    """The database could not be reached: the batch was not written (logged once)."""
+    """The database could not be reached: the batch was not written (logged once), or,
+    written row by row, only its first ``len(written)`` changes were (committed, as
+    ``written`` says)."""
+
+    def __init__(self, *args: object, written: list[Task | None] | None = None) -> None:
+        super().__init__(*args)
+        self.written: list[Task | None] = written or []
 
 
 @dataclass(eq=False)
@@ -742,7 +748,14 @@ def write_batch(changes: Sequence[Change]) -> list[Task | None]:
                 type(exc).__name__,
                 text_of(exc, 300),
             )
-            return [task for change in changes for task in write_batch([change])]
+            one_by_one: list[Task | None] = []
+            for change in changes:
+                try:
+                    one_by_one.extend(write_batch([change]))
+                except Outage as outage:
+                    # The rows before this one are committed: the caller announces them.
+                    raise Outage(str(outage), written=one_by_one) from outage
+            return one_by_one
         problem: BaseException = exc
     else:
         _outage.recovered(alias)
@@ -797,10 +810,13 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
         keep = tuple(sorted(c for c in set(change.keep) if c in updated))
         shapes.setdefault((tuple(updated), keep), []).append(index)
     found: dict[str, Task] = {}
-    statements = [
-        _batch_sql(connection, [rows[i] for i in indexes], list(updated), keep)
-        for (updated, keep), indexes in shapes.items()
-    ]
+    statements = []
+    for (names, kept), indexes in shapes.items():
+        # As many rows per statement as the database takes parameters.
+        per = max(1, _max_params(connection) // (len(rows[indexes[0]]) + 1))
+        for start in range(0, len(indexes), per):
+            chunk = [rows[i] for i in indexes[start : start + per]]
+            statements.append(_batch_sql(connection, chunk, list(names), kept))
     # One commit per batch: a single statement is its own transaction, several share one.
     several = len(statements) > 1 or connection.in_atomic_block
     guard = transaction.atomic(using=alias) if several else nullcontext()
@@ -828,6 +844,17 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
             if task.updated_at == now:
                 found[task.message_id] = task
     return [found.get(change.origin.message_id) for change in changes]
+
+
+def _max_params(connection: BaseDatabaseWrapper) -> int:
+    """Parameters one statement may carry: SQLite's own limit (999 before 3.32, 32,766
+    since; Django's features say 999 for every version), 65,535 elsewhere (PostgreSQL's
+    protocol; MySQL's prepared statements)."""
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        return 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+    return int(connection.features.max_query_params or 65_535)
 
 
 def _async_commit_allowed(connection: BaseDatabaseWrapper) -> bool:

@@ -301,20 +301,35 @@ class Writer:
         # batch); after an outage it is closed, so the next try connects afresh.
         try:
             tasks = write_batch(batch)
-        except Outage:
+        except Outage as outage:
             with contextlib.suppress(Exception):
                 connections[get_settings().DATABASE].close()
+            # Rows written one by one before the outage are committed: announced now
+            # (tried again, they would be refused and never announced).
+            done = len(outage.written)
+            if done:
+                self._written(batch[:done], outage.written)
+            rest = batch[done:]
             # Whoever waits goes on now (it reads instead); the changes are tried again.
-            _tell(batch, None, written=False)
-            for change in batch:
+            _tell(rest, None, written=False)
+            for change in rest:
                 change.notify = []
                 change.urgent = False
-            self._put_back(batch)
+            self._put_back(rest)
             return
-        committed = time.monotonic()
         with self._cond:
             self._pause = 0.0
             self._retry_at = 0.0
+        self._written(batch, tasks)
+        if cancels.age() > _max_age_of_cancels() / 2:
+            # Once in a while, with a batch: the workers of this process then hear of
+            # cancel requests without a read of their own (CancelWatch).
+            cancels.refresh()
+
+    def _written(self, batch: list[Change], tasks: list[Task | None]) -> None:
+        """Tell and announce the changes of ``batch`` committed as ``tasks``."""
+        committed = time.monotonic()
+        with self._cond:
             self.batches += 1
             self.rows += len(batch)
             if len(self._pending) < MAX_PENDING // 2:
@@ -336,10 +351,6 @@ class Writer:
                 )
             else:
                 announce(task, sender=self.sender, committed=True)
-        if cancels.age() > _max_age_of_cancels() / 2:
-            # Once in a while, with a batch: the workers of this process then hear of
-            # cancel requests without a read of their own (CancelWatch).
-            cancels.refresh()
 
     def _put_back(self, batch: list[Change]) -> None:
         with self._cond:
