@@ -198,20 +198,7 @@ def _write_once(
         "updated_at": now,
         **values,
     }
-    columns: dict[str, Any] = {
-        **_defaults(),
-        "message_id": origin.message_id,
-        "actor_name": origin.actor_name,
-        "queue_name": origin.queue_name,
-        "description": origin.identity.description,
-        "app_name": origin.identity.app_name,
-        "model_name": origin.identity.model_name,
-        "created_at": origin.sent_at,
-        "user_id": origin.identity.user_pk,
-        "language": origin.language,
-        **updated,
-    }
-    columns = {name: _storable(name, value) for name, value in columns.items()}
+    columns = _row(origin, updated)
     sql, params = _upsert_sql(
         connection, columns, list(updated), same_order_wins=same_order_wins, keep=keep
     )
@@ -791,21 +778,7 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
     rows = []
     for index, change in enumerate(changes):
         updated = _batch_values(change, now)
-        origin = change.origin
-        columns: dict[str, Any] = {
-            **_defaults(),
-            "message_id": origin.message_id,
-            "actor_name": origin.actor_name,
-            "queue_name": origin.queue_name,
-            "description": origin.identity.description,
-            "app_name": origin.identity.app_name,
-            "model_name": origin.identity.model_name,
-            "created_at": origin.sent_at,
-            "user_id": origin.identity.user_pk,
-            "language": origin.language,
-            **updated,
-        }
-        rows.append({name: _storable(name, value) for name, value in columns.items()})
+        rows.append(_row(change.origin, updated))
         # Columns kept that the change does not set play no part: same statement.
         keep = tuple(sorted(c for c in set(change.keep) if c in updated))
         shapes.setdefault((tuple(updated), keep), []).append(index)
@@ -844,6 +817,25 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
             if task.updated_at == now:
                 found[task.message_id] = task
     return [found.get(change.origin.message_id) for change in changes]
+
+
+def _row(origin: Origin, updated: dict[str, Any]) -> dict[str, Any]:
+    """Every column of the row an upsert inserts (``updated`` on top of the message's own
+    columns and the defaults), each as the database stores it."""
+    columns: dict[str, Any] = {
+        **_defaults(),
+        "message_id": origin.message_id,
+        "actor_name": origin.actor_name,
+        "queue_name": origin.queue_name,
+        "description": origin.identity.description,
+        "app_name": origin.identity.app_name,
+        "model_name": origin.identity.model_name,
+        "created_at": origin.sent_at,
+        "user_id": origin.identity.user_pk,
+        "language": origin.language,
+        **updated,
+    }
+    return {name: _storable(name, value) for name, value in columns.items()}
 
 
 def _max_params(connection: BaseDatabaseWrapper) -> int:
