@@ -310,7 +310,11 @@
 
   function load(details) {
     var list = listOf(details);
-    if (list && window.htmx) window.htmx.trigger(list, "taskstate-expand");
+    if (!list || !window.htmx || !list.isConnected) return;
+    // A row swapped in moments ago may not be set up by htmx yet: a trigger on a list
+    // without its hx-get listener would load nothing (process() skips a list set up).
+    window.htmx.process(list);
+    window.htmx.trigger(list, "taskstate-expand");
   }
 
   // toggle does not bubble: listen in the capture phase.
