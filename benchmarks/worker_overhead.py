@@ -37,7 +37,7 @@ Server-side counts come from a private, durable PostgreSQL cluster this script s
 binaries. Without it (or with ``--shared-db``) everything runs on the shared server at
 127.0.0.1:5432 and only the client-side counts are given, as the output says.
 
-    python benchmarks/worker_overhead.py                       # 500 messages x 3 rounds x 36 cells (1/8/32 threads); 1,000/s x 60 s
+    python benchmarks/worker_overhead.py                       # 500 messages x 3 rounds x 42 cells (1/8/32 threads); 1,000/s x 60 s
     python benchmarks/worker_overhead.py --threads 8 --core    # 8 threads; untracked, immediate, background, AdminMiddleware
     python benchmarks/worker_overhead.py --worker-time         # the worker alone (sent while paused)
     python benchmarks/worker_overhead.py --skip-cells --rate 500 --seconds 60
@@ -532,6 +532,14 @@ def cells(args: argparse.Namespace, server: Server) -> None:
         ("untracked", StateMiddleware, {}, immediate),
         ("taskstate immediate", StateMiddleware, tracked, immediate),
         ("taskstate background", StateMiddleware, tracked, background),
+        (
+            # Before rows were rendered only for someone listening (no stream is open
+            # here: the default renders nothing, this renders every committed row).
+            "taskstate background, PUBLISH_WITHOUT_LISTENERS=True",
+            StateMiddleware,
+            tracked,
+            {**background, "PUBLISH_WITHOUT_LISTENERS": True},
+        ),
         (
             "taskstate immediate, SYNCHRONOUS_COMMIT=False",
             StateMiddleware,

@@ -45,6 +45,8 @@ class TaskstateConfig(AppConfig):
         )
 
         if apps.is_installed("django_eventstream"):
-            from taskstate.eventstream_repair import install
+            from taskstate import eventstream_repair, presence
 
-            install()
+            eventstream_repair.install()
+            # Streams mark their channels, so rows are rendered only for someone.
+            presence.install()

@@ -120,6 +120,12 @@ class TaskstateSettings:
     WRITE_BATCH_SIZE: int = field(default=200, metadata=_ABOVE_ZERO)
     #: Background writer: seconds a change may wait for others to share its batch.
     WRITE_MAX_DELAY: float = 0.01
+    #: Render and send rows and bars for users with no stream open too. False (the
+    #: default): skipped, as nobody can receive them and a page reads its rows when its
+    #: stream opens (taskstate.presence). Set True when something other than
+    #: django-eventstream's streams delivers taskstate channels. Under a GRIP proxy
+    #: (Pushpin) everything is always sent.
+    PUBLISH_WITHOUT_LISTENERS: bool = False
 
 
 def _defaults() -> dict[str, Any]:

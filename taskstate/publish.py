@@ -4,7 +4,8 @@ A receiver of the committed-change signals in ``taskstate.signals`` (connected i
 ``TaskstateConfig.ready``); views call :func:`publish_removed` for dismissed rows.
 
 Sending happens in the background (``taskstate.courier``): a worker or a view only hands
-the job over. Messages are sent with an empty event type, which htmx 4's ``hx-sse`` swaps (named
+the job over. A row or bar is rendered only when someone can receive it
+(``taskstate.presence``): a user with no page open costs no render. Messages are sent with an empty event type, which htmx 4's ``hx-sse`` swaps (named
 events would only be dispatched as DOM events). Rows go in ``<hx-upsert>`` so one
 message both updates a row shown and inserts a new one; progress goes out-of-band to the
 bar alone. Publishing is a notification: when it fails the database is still right and
@@ -28,6 +29,7 @@ from taskstate.courier import courier
 from taskstate.estimates import estimator
 from taskstate.group_refresh import group_refresher
 from taskstate.models import Task
+from taskstate.presence import listened
 from taskstate.states import Status
 from taskstate.writer import writer
 
@@ -126,11 +128,11 @@ def flush(timeout: float = 5.0) -> bool:
 
 
 def _send_row(task: Task) -> None:
+    channel = user_channel(task.user_id)
+    if not listened(channel):
+        return  # nobody to receive it: their next page reads the row from the database
     row = render_row(task)
-    _send(
-        user_channel(task.user_id),
-        f'<hx-upsert hx-target="#taskstate-rows" sort="desc">{row}</hx-upsert>',
-    )
+    _send(channel, f'<hx-upsert hx-target="#taskstate-rows" sort="desc">{row}</hx-upsert>')
 
 
 def render_row(task: Task) -> str:
@@ -156,8 +158,11 @@ def _owner_is_staff(task: Task) -> bool:
 
 
 def _send_bar(task: Task, user_pk: Any) -> None:
+    channel = user_channel(user_pk)
+    if not listened(channel):
+        return
     bar = render_to_string("taskstate/_progress.html", {"task": task, "oob": True})
-    _send(user_channel(user_pk), bar)
+    _send(channel, bar)
 
 
 class _SendFailures:

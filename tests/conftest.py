@@ -235,10 +235,14 @@ class EventCapture:
         if self._redis:
             import redis
 
+            from taskstate.presence import board
+
             self._client = redis.Redis(**self._redis)
             self._pubsub = self._client.pubsub()
             self._pubsub.subscribe("events_channel")
             self._pubsub.get_message(timeout=1)  # the subscribe confirmation
+            # Not a django-eventstream stream: say so, or nothing is rendered for it.
+            board.hold(channels)
         else:
             import asyncio
 
@@ -275,6 +279,9 @@ class EventCapture:
 
     def close(self) -> None:
         if self._redis:
+            from taskstate.presence import board
+
+            board.release(self.channels)
             self._pubsub.close()
             self._client.close()
         else:

@@ -1,0 +1,353 @@
+"""Rows are rendered only for someone who can receive them (taskstate.presence).
+
+The first part runs in one process without Redis: presence is django-eventstream's own
+listener manager. The second part runs against a private ``redis-server`` (behind a TCP
+proxy a test cuts or blackholes), as web processes and workers share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from taskstate import presence
+from taskstate import publish as pub
+from taskstate import transitions as t
+from taskstate.channels import user_channel
+from taskstate.for_state import Origin, TaskIdentity
+from taskstate.models import Status, Task
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def renders(monkeypatch) -> list[str]:
+    """The templates rendered for the page since the test began (rows and bars)."""
+    seen: list[str] = []
+    real = pub.render_to_string
+
+    def spy(name: str, *args: Any, **kwargs: Any) -> str:
+        seen.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(pub, "render_to_string", spy)
+    return seen
+
+
+@pytest.fixture
+def local_only(settings, monkeypatch) -> None:
+    """Events reach this process's streams alone (no Redis, no GRIP), as in the demo."""
+    from django_eventstream import eventstream as upstream
+
+    for name in ("EVENTSTREAM_REDIS", "GRIP_URL", "GRIP_PROXIES"):
+        if hasattr(settings, name):
+            delattr(settings, name)
+    monkeypatch.setattr(upstream, "redis_client", None)  # deliver in this process
+
+
+def done_task(user: Any, message_id: str) -> Task:
+    """A task written done and announced, as a worker's write is."""
+    from taskstate.signals import announce
+
+    task = t.write(
+        Origin(message_id, "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
+        Status.DONE,
+        t.TERMINAL_ORDER,
+        {},
+    )
+    assert task is not None
+    announce(task, sender=None, committed=True)
+    return task
+
+
+def test_a_user_with_no_stream_open_costs_no_render_and_gets_the_rows_once_listening(
+    user, capture_events, renders, local_only
+):
+    task = done_task(user, "m-nobody")
+    assert pub.flush()
+    assert renders == [], "nobody listens: the committed row is not rendered"
+    pub.publish_progress(task.pk, user.pk, 40, "half", 1)
+    assert pub.flush()
+    assert renders == [], "nor is a progress bar"
+
+    capture = capture_events(user_channel(user.pk))
+    pub.publish_task(task)
+    pub.publish_progress(task.pk, user.pk, 50, "more", 2)
+    events = capture.events()
+    assert renders == ["taskstate/_task_row.html", "taskstate/_progress.html"]
+    assert [kind for _, kind, _ in events] == ["", ""]
+    assert f'id="taskstate-task-{task.pk}"' in events[0][2]
+
+
+def test_another_users_stream_does_not_make_mine_rendered(
+    user, other_user, capture_events, renders, local_only
+):
+    capture_events(user_channel(other_user.pk))
+    done_task(user, "m-mine")
+    assert pub.flush()
+    assert renders == []
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"TASKSTATE": {"PUBLISH_WITHOUT_LISTENERS": True}},
+        {"GRIP_URL": "http://127.0.0.1:1/"},  # Pushpin holds the streams: unknown here
+    ],
+    ids=["PUBLISH_WITHOUT_LISTENERS", "GRIP"],
+)
+def test_rows_are_rendered_for_everyone_when_listeners_cannot_be_known(
+    user, renders, local_only, settings, setting, monkeypatch
+):
+    import django_eventstream
+
+    sent: list[str] = []
+    monkeypatch.setattr(
+        django_eventstream, "send_event", lambda channel, *a, **k: sent.append(channel)
+    )
+    for name, value in setting.items():
+        setattr(settings, name, value)
+    done_task(user, "m-everyone")
+    assert pub.flush()
+    assert renders == ["taskstate/_task_row.html"]
+    assert sent == [user_channel(user.pk)]
+
+
+def test_a_stream_marks_its_channel_before_its_first_read(monkeypatch):
+    """install() wraps the read django-eventstream makes before sending stream-open."""
+    from django_eventstream import eventstream
+
+    shared: list[list[str]] = []
+    monkeypatch.setattr(presence.board, "share", lambda channels: shared.append(list(channels)))
+    monkeypatch.setattr(eventstream, "get_events", eventstream.get_events)
+    read: list[Any] = []
+
+    def upstream(request: Any) -> str:
+        read.append(shared[:])
+        return "events"
+
+    monkeypatch.setattr(eventstream, "get_events", upstream)
+    presence.install()
+    presence.install()  # idempotent
+    request = SimpleNamespace(channels={"taskstate-user-x-1"})
+    assert eventstream.get_events(request) == "events"
+    assert read == [[["taskstate-user-x-1"]]], "marked once, before upstream's read"
+
+
+# --- across processes, through a private redis-server ---------------------------------
+
+needs_redis_server = pytest.mark.skipif(
+    not shutil.which("redis-server"), reason="needs redis-server (a private one is started)"
+)
+
+
+@pytest.fixture
+def redis_site(settings) -> Iterator[tuple[Any, Any]]:
+    from tests.support.faults import RedisServer
+    from tests.support.tcp_proxy import CuttableProxy
+
+    server = RedisServer()
+    proxy = CuttableProxy(server.port)
+    settings.EVENTSTREAM_REDIS = {"host": "127.0.0.1", "port": proxy.port, "db": 0}
+    for name in ("GRIP_URL", "GRIP_PROXIES"):
+        if hasattr(settings, name):
+            delattr(settings, name)
+    try:
+        yield server, proxy
+    finally:
+        proxy.close()
+        server.close()
+
+
+@pytest.fixture
+def boards() -> Iterator[list[presence.Board]]:
+    """Boards of web processes (each its own mark); stopped at the end."""
+    made: list[presence.Board] = []
+    yield made
+    for board in made:
+        board.stop()
+
+
+def fresh_reader(monkeypatch) -> presence.Readers:
+    """A publisher in another process: nothing remembered; "yes" not trusted."""
+    monkeypatch.setattr(presence, "TRUST_YES_FOR", 0.0)
+    return presence.Readers()
+
+
+@needs_redis_server
+def test_a_mark_set_by_one_process_is_read_by_another_and_taken_back_when_it_ends(
+    redis_site, boards, monkeypatch, settings
+):
+    from tests.support.faults import wait_for
+
+    monkeypatch.setattr(presence, "RENEW_EVERY", 0.2)
+    web_a, web_b = presence.Board(), presence.Board()
+    boards += [web_a, web_b]
+    reader = fresh_reader(monkeypatch)
+    mine, yours = user_channel(1), user_channel(2)
+    assert not reader.listened(mine)
+
+    web_a.hold([mine])  # returns once the mark is in Redis
+    assert reader.listened(mine) and not reader.listened(yours)
+    web_b.hold([mine])
+    web_a.release([mine])
+    time.sleep(0.6)  # a few renewals: web_b still holds it
+    assert reader.listened(mine)
+    web_b.release([mine])
+    wait_for(lambda: not reader.listened(mine), 5, "the mark taken back")
+
+    settings.TASKSTATE = {"CHANNEL_NAMESPACE": "another-site"}
+    other_site = user_channel(1)
+    web_a.hold([other_site])
+    settings.TASKSTATE = {}
+    assert user_channel(1) != other_site
+    assert not reader.listened(user_channel(1)), "another site's stream is not ours"
+
+
+@needs_redis_server
+def test_a_process_that_died_holding_a_mark_stops_counting_once_it_expires(
+    redis_site, boards, monkeypatch
+):
+    from tests.support.faults import wait_for
+
+    monkeypatch.setattr(presence, "LEASE", 0.5)
+    dead = presence.Board()
+    boards.append(dead)
+    reader = fresh_reader(monkeypatch)
+    dead.hold([user_channel(3)])
+    assert reader.listened(user_channel(3))
+    monkeypatch.setattr(dead, "_mark", lambda *args: True)  # it renews nothing any more
+    wait_for(lambda: not reader.listened(user_channel(3)), 5, "the key to expire")
+
+
+@needs_redis_server
+def test_a_publisher_that_cannot_read_redis_renders_for_everyone_and_says_so_once(
+    redis_site, monkeypatch, caplog
+):
+    _, proxy = redis_site
+    monkeypatch.setattr(presence, "TIMEOUT", 0.5)
+    monkeypatch.setattr(presence, "FAIL_OPEN_FOR", 0.3)
+    reader = fresh_reader(monkeypatch)
+    channel = user_channel(5)
+    assert not reader.listened(channel)
+    with caplog.at_level(logging.WARNING, logger="taskstate"):
+        proxy.blackhole()
+        started = time.monotonic()
+        assert reader.listened(channel), "a read that hangs counts as yes"
+        assert time.monotonic() - started < 3, "bounded by the socket timeout"
+        time.sleep(0.4)
+        assert reader.listened(channel)
+        proxy.heal()
+        proxy.cut()
+        time.sleep(0.4)
+        assert reader.listened(channel)
+        proxy.open()
+        time.sleep(0.4)
+        assert not reader.listened(channel)
+    assert caplog.text.count("cannot read which pages are open") == 1
+    assert "works again" in caplog.text
+
+
+@needs_redis_server
+def test_a_mark_that_could_not_be_set_is_set_when_redis_answers_and_its_streams_reset(
+    redis_site, boards, monkeypatch, caplog
+):
+    from django_eventstream.views import Listener, get_listener_manager
+
+    from tests.support.faults import wait_for
+
+    _, proxy = redis_site
+    monkeypatch.setattr(presence, "TIMEOUT", 0.5)
+    monkeypatch.setattr(presence, "RETRY_EVERY", 0.2)
+    web = presence.Board()
+    boards.append(web)
+    reader = fresh_reader(monkeypatch)
+    channel = user_channel(6)
+    listener = Listener()
+    listener.loop = asyncio.new_event_loop()
+    listener.channels = {channel}
+    manager = get_listener_manager()
+    manager.add_listener(listener)
+    try:
+        with caplog.at_level(logging.WARNING, logger="taskstate"):
+            proxy.blackhole()
+            started = time.monotonic()
+            web.share([channel])  # the stream's first read: must not hang on Redis
+            assert time.monotonic() - started < 3
+            assert "cannot mark open streams" in caplog.text
+            started = time.monotonic()
+            web.share([channel])  # while Redis fails: at once
+            assert time.monotonic() - started < 0.2
+            proxy.heal()
+            wait_for(lambda: reader.listened(channel), 10, "the mark set once Redis answers")
+            wait_for(
+                lambda: (
+                    [e.type for e in listener.channel_items.get(channel, [])] == [presence.RESET]
+                ),
+                5,
+                "the stream told to resync",
+            )
+        assert caplog.text.count("cannot mark open streams") == 1
+        assert "marking open streams in Redis works again" in caplog.text
+    finally:
+        manager.remove_listener(listener)
+        listener.loop.close()
+
+
+@needs_redis_server
+def test_a_stream_opened_while_its_channel_is_taken_back_is_marked_again(
+    redis_site, boards, monkeypatch
+):
+    """The closed stream's mark is taken back in a renewal; a stream of the same channel
+    that opened meanwhile found the mark fresh and asked for none."""
+    from django_eventstream.views import Listener, get_listener_manager
+
+    from tests.support.faults import wait_for
+
+    monkeypatch.setattr(presence, "RENEW_EVERY", 0.3)
+    monkeypatch.setattr(presence, "RETRY_EVERY", 0.05)
+    web = presence.Board()
+    boards.append(web)
+    reader = fresh_reader(monkeypatch)
+    channel = user_channel(7)
+    web.hold([channel])
+    listener = Listener()
+    listener.loop = asyncio.new_event_loop()
+    listener.channels = {channel}
+    manager = get_listener_manager()
+    real_local = presence._local_channels
+    stale: list[bool] = []
+
+    def read_before_the_stream_opened() -> set[str]:
+        # The first renewal after the release read the open streams just before the
+        # stream below opened: it finds none. Every other read is real.
+        if not stale and not web.held_here(channel):
+            stale.append(True)
+            return set()
+        return real_local()
+
+    manager.add_listener(listener)  # the new stream...
+    web.share([channel])  # ...whose first read finds the mark fresh: asks for nothing
+    monkeypatch.setattr(presence, "_local_channels", read_before_the_stream_opened)
+    try:
+        web.release([channel])
+        wait_for(
+            lambda: [e.type for e in listener.channel_items.get(channel, [])] == [presence.RESET],
+            5,
+            "the new stream told to resync",
+        )
+        assert stale, "the renewal read the streams before the new one opened"
+        assert reader.listened(channel)
+        time.sleep(1)
+        assert reader.listened(channel), "still marked after more renewals"
+    finally:
+        manager.remove_listener(listener)
+        listener.loop.close()
