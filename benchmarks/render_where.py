@@ -164,8 +164,7 @@ def main() -> None:
             ]
         )
     print(
-        "### CPU µs per committed change, worker + web (open tabs of the user, one web "
-        "process)\n"
+        "### CPU µs per committed change, worker + web (open tabs of the user, one web process)\n"
     )
     print(
         table(
