@@ -34,6 +34,7 @@ pages read their rows again).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -440,5 +441,7 @@ def install() -> None:
     eventstream.get_events = get_events
 
 
+# A web process that exits takes its marks back (a second at most; else they lapse).
+atexit.register(board.stop, 1.0)
 os.register_at_fork(after_in_child=board._after_fork)
 os.register_at_fork(after_in_child=readers._after_fork)

@@ -26,6 +26,7 @@ class QueryCounter:
     def __init__(self) -> None:
         self.active = False
         self.statements: list[str] = []
+        self.calls: list[tuple[str, Any]] = []  # each statement with its parameters
         self._lock = threading.Lock()
 
     def __call__(
@@ -42,6 +43,7 @@ class QueryCounter:
         if self.active and not sql.startswith(_CONNECTION_SETUP):
             with self._lock:
                 self.statements.append(sql)
+                self.calls.append((sql, params))
         return execute(sql, params, many, context)
 
     def matching(self, *words: str) -> list[str]:
@@ -90,12 +92,14 @@ def count_queries() -> Iterator[QueryCounter]:
         if COUNTER not in conn.execute_wrappers:
             conn.execute_wrappers.append(COUNTER)
     COUNTER.statements = []
+    COUNTER.calls = []
     COUNTER.active = True
     try:
         yield COUNTER
     finally:
         COUNTER.active = False
         COUNTER.statements = []
+        COUNTER.calls = []
 
 
 @pytest.fixture(autouse=True)

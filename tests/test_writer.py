@@ -59,6 +59,16 @@ def inserts(count_queries: Any) -> list[str]:
     return count_queries.starting("INSERT")
 
 
+def several_rows(sql: str, params: Any) -> bool:
+    """Whether the statement upserts more than one row: a VALUES list of several, or, on
+    PostgreSQL, arrays of several values each."""
+    if "INSERT INTO" not in sql:
+        return False
+    if " unnest(" in sql:
+        return any(isinstance(p, list) and len(p) >= 2 for p in params or ())
+    return "), (" in sql
+
+
 # --- write_batch ---------------------------------------------------------------------
 
 
@@ -92,7 +102,11 @@ def test_a_batch_over_the_database_s_parameter_limit_is_split_in_one_transaction
     count_queries.statements = []
     rows = t.write_batch([running(f"m-split-{i}") for i in range(7)])
     assert [row.message_id for row in rows if row] == [f"m-split-{i}" for i in range(7)]
-    assert 3 <= len(inserts(count_queries)) <= 4
+    if connection.vendor == "postgresql":
+        # Arrays, one parameter per column, however many rows: nothing to split.
+        assert len(inserts(count_queries)) == 1
+    else:
+        assert 3 <= len(inserts(count_queries)) <= 4
     assert Task.objects.filter(message_id__startswith="m-split-").count() == 7
 
 
@@ -216,7 +230,7 @@ def test_the_workers_changes_share_batches(run_all, user, count_queries, setting
     # write has its batch written at once (taking whatever else waits along), and the
     # done changes wait: at most 6 running batches and one last batch.
     assert len(inserts(count_queries)) <= 6 + 6 + 1, inserts(count_queries)
-    assert any(statement.count("), (") >= 1 for statement in inserts(count_queries))
+    assert any(several_rows(sql, params) for sql, params in count_queries.calls)
 
 
 def test_progress_is_written_and_announced_with_the_task_and_its_group(
