@@ -18,10 +18,12 @@ Who listens:
   seconds and taken back within that time once its last stream ends. A key expires
   ``2 * LEASE`` after its last renewal, so the mark of a process that died without
   taking it back costs renders for nobody for at most that long. The keys are named
-  after the channel, so two sites on one Redis never see each other's marks.
+  after the channel, which carries the site's namespace, so two sites on one Redis
+  never see each other's marks.
 - **Behind a GRIP proxy** (Pushpin holds the streams, unseen by Django): unknown, so
   always yes. Likewise with ``TASKSTATE["PUBLISH_WITHOUT_LISTENERS"]`` (for a project
-  that delivers taskstate channels by other means), and whenever Redis cannot answer.
+  that delivers taskstate channels by other means), without ``django_eventstream`` in
+  ``INSTALLED_APPS`` (no stream would set a mark), and whenever Redis cannot answer.
 
 Nothing is lost by the skip. A stream marks its channel before its first event
 (django-eventstream reads the stream's first events, then sends ``stream-open``; the
@@ -29,7 +31,9 @@ mark is set in that read, see :func:`install`), and the page reads its rows on
 ``stream-open``: a change committed before the mark is in that read, a change committed
 after it is published. A mark that could not be set or renewed in time is set again as
 soon as Redis answers, and the streams of its channel then get ``stream-reset`` (their
-pages read their rows again).
+pages read their rows again). So do the streams of a channel whose mark Redis lost
+(a restart without persistence, a flush, an eviction), found when the renewal adds it
+back, and of a channel whose mark was set too slowly for the stream to wait for it.
 """
 
 from __future__ import annotations
@@ -79,19 +83,20 @@ def is_ours(channel: str) -> bool:
 def _redis_options() -> dict[str, Any] | None:
     from django.conf import settings
 
-    options = getattr(settings, "EVENTSTREAM_REDIS", None)
-    if not options:
-        return None
+    if not hasattr(settings, "EVENTSTREAM_REDIS"):
+        return None  # as django-eventstream decides: even {} means Redis (its defaults)
+    options = settings.EVENTSTREAM_REDIS or {}
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.retry import Retry
 
-    # A connection found broken (Redis restarted) is replaced once; a timeout is not
+    # Bounded whatever the project's options say (they serve its long-lived pub/sub): a
+    # connection found broken (Redis restarted) is replaced once, a timeout is not
     # retried, so a hung Redis costs one TIMEOUT.
     return {
+        **options,
         "socket_connect_timeout": TIMEOUT,
         "socket_timeout": TIMEOUT,
-        **options,
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
 
@@ -151,8 +156,8 @@ class Board:
         are then set, and the channels' streams reset, as soon as it answers). Called in
         a thread, never in an event loop."""
         ours = [c for c in channels if is_ours(c)]
-        if not ours or _redis_options() is None:
-            return
+        if not ours or _redis_options() is None or _grip():
+            return  # behind GRIP nobody reads the marks
         fresh_until = time.time() + RENEW_EVERY
         with self._cond:
             self._start()
@@ -166,7 +171,10 @@ class Board:
                 return
             target = self._started + 1
             self._cond.notify_all()
-            self._cond.wait_for(lambda: self._done >= target, timeout=2 * TIMEOUT + 1)
+            if not self._cond.wait_for(lambda: self._done >= target, timeout=2 * TIMEOUT + 1):
+                # Redis answers slowly: the stream goes on, and once the marks land its
+                # page re-reads what a publisher may have skipped meanwhile.
+                self._unsure.update(c for c in due if self._marked_until.get(c, 0.0) < fresh_until)
 
     def hold(self, channels: Iterable[str]) -> None:
         """Count ``channels`` as listened by this process until :meth:`release` (for a
@@ -204,6 +212,8 @@ class Board:
             self._cond.notify_all()
         if thread is not None:
             thread.join(timeout)
+            if thread.is_alive():
+                return  # still in a Redis call: it ends after it (never two threads)
         with self._cond:
             self._stopping = False
             self._thread = None
@@ -277,18 +287,23 @@ class Board:
             pipe = self._connection().pipeline(transaction=False)
             for channel in channels:
                 key = _key(channel)
-                pipe.zadd(key, {self._token: until})
+                pipe.zadd(key, {self._token: until})  # 1: the mark was not there
                 # Marks of processes that died; a lapsed mark is kept one more lease, so a
                 # clock behind ours by less than that never takes back a live one.
                 pipe.zremrangebyscore(key, "-inf", now - LEASE)
                 pipe.expire(key, math.ceil(2 * LEASE))
             for channel in gone:
                 pipe.zrem(_key(channel), self._token)
-            pipe.execute()
+            replies = pipe.execute()
         except Exception as error:
             with self._lock:
                 # Any of them may now read as not listened: reset them once marked.
                 self._unsure.update(channels)
+                # A take-back may have landed with its reply lost: none of them counts
+                # as marked any more, and a stream of one of them opened meanwhile
+                # resyncs once it is marked.
+                for channel in gone:
+                    self._marked_until[channel] = 0.0
                 first, self._down = not self._down, True
             if first:
                 logger.error(
@@ -297,17 +312,23 @@ class Board:
                     type(error).__name__,
                 )
             return False
+        added = replies[0 : 3 * len(channels) : 3]
         with self._lock:
             lapsed = [
                 c
-                for c in channels
-                if c in self._unsure or 0.0 < self._marked_until.get(c, 0.0) <= now
+                for c, new in zip(channels, added, strict=True)
+                if c in self._unsure
+                or 0.0 < self._marked_until.get(c, 0.0) <= now
+                # Our mark had gone (Redis restarted empty, flushed, evicted it) while we
+                # took it for set: publishers may have skipped changes.
+                or (new and self._marked_until.get(c, 0.0) > now)
             ]
             for channel in channels:
                 self._marked_until[channel] = until
-                self._unsure.discard(channel)
             for channel in gone:
                 self._marked_until.pop(channel, None)
+            # What is no longer listened needs no reset (its streams are gone).
+            self._unsure &= self._requested
             was_down, self._down = self._down, False
         if was_down:
             logger.warning("taskstate: marking open streams in Redis works again.")
@@ -354,7 +375,9 @@ class Readers:
 
     def listened(self, channel: str) -> bool:
         conf = get_settings()
-        if conf.PUBLISH_WITHOUT_LISTENERS or not is_ours(channel) or _grip():
+        if conf.PUBLISH_WITHOUT_LISTENERS or not is_ours(channel) or _grip() or not _installed:
+            # Without install() (django_eventstream not in INSTALLED_APPS) no stream of
+            # this site sets marks: nothing here can know.
             return True
         try:
             if _listened_here(channel):
@@ -408,6 +431,8 @@ class Readers:
 
 board = Board()
 readers = Readers()
+#: Whether :func:`install` ran in this process (django_eventstream is an installed app).
+_installed = False
 
 
 def listened(channel: str) -> bool:
@@ -423,19 +448,24 @@ def install() -> None:
     function is looked up at each call, so wrapping the module's attribute is enough.
     Idempotent.
     """
+    global _installed
     from django_eventstream import eventstream
 
+    _installed = True
     upstream = eventstream.get_events
     if getattr(upstream, "_taskstate_marks", False):
         return
 
     def get_events(request: Any, *args: Any, **kwargs: Any) -> Any:
+        # After upstream's read, which refuses a channel the user may not read (nothing
+        # is marked for it), and still before stream-open is sent.
+        events = upstream(request, *args, **kwargs)
         channels = getattr(request, "channels", None) or ()
         try:
             board.share(channels)
         except Exception:
             logger.exception("taskstate: marking a stream's channels failed")
-        return upstream(request, *args, **kwargs)
+        return events
 
     get_events._taskstate_marks = True  # type: ignore[attr-defined]
     eventstream.get_events = get_events

@@ -121,8 +121,9 @@ def test_rows_are_rendered_for_everyone_when_listeners_cannot_be_known(
     assert sent == [user_channel(user.pk)]
 
 
-def test_a_stream_marks_its_channel_before_its_first_read(monkeypatch):
-    """install() wraps the read django-eventstream makes before sending stream-open."""
+def test_a_stream_marks_its_channel_in_its_first_read_before_stream_open(monkeypatch):
+    """install() wraps the read django-eventstream makes before sending stream-open; the
+    channels are marked after upstream's own read, which refuses a forbidden channel."""
     from django_eventstream import eventstream
 
     shared: list[list[str]] = []
@@ -132,6 +133,8 @@ def test_a_stream_marks_its_channel_before_its_first_read(monkeypatch):
 
     def upstream(request: Any) -> str:
         read.append(shared[:])
+        if "forbidden" in request.channels:
+            raise PermissionError("not yours")
         return "events"
 
     monkeypatch.setattr(eventstream, "get_events", upstream)
@@ -139,7 +142,28 @@ def test_a_stream_marks_its_channel_before_its_first_read(monkeypatch):
     presence.install()  # idempotent
     request = SimpleNamespace(channels={"taskstate-user-x-1"})
     assert eventstream.get_events(request) == "events"
-    assert read == [[["taskstate-user-x-1"]]], "marked once, before upstream's read"
+    assert read == [[]] and shared == [["taskstate-user-x-1"]], "wrapped once, marked after"
+    with pytest.raises(PermissionError):
+        eventstream.get_events(SimpleNamespace(channels={"forbidden"}))
+    assert shared == [["taskstate-user-x-1"]], "a refused read marks nothing"
+
+
+def test_without_django_eventstream_installed_every_row_is_rendered(monkeypatch, local_only):
+    """No stream of the site would set a mark: nothing can tell who listens."""
+    monkeypatch.setattr(presence, "_installed", False)
+    assert presence.Readers().listened(user_channel(1))
+    monkeypatch.setattr(presence, "_installed", True)
+    assert not presence.Readers().listened(user_channel(1))
+
+
+def test_an_empty_eventstream_redis_means_redis_as_for_django_eventstream(settings):
+    settings.EVENTSTREAM_REDIS = {}
+    options = presence._redis_options()
+    assert options is not None and options["socket_timeout"] == presence.TIMEOUT
+    settings.EVENTSTREAM_REDIS = {"host": "redis.example", "socket_timeout": None}
+    options = presence._redis_options()
+    assert options is not None
+    assert (options["host"], options["socket_timeout"]) == ("redis.example", presence.TIMEOUT)
 
 
 # --- across processes, through a private redis-server ---------------------------------
@@ -206,9 +230,10 @@ def test_a_mark_set_by_one_process_is_read_by_another_and_taken_back_when_it_end
 
     settings.TASKSTATE = {"CHANNEL_NAMESPACE": "another-site"}
     other_site = user_channel(1)
-    web_a.hold([other_site])
+    web_a.hold([other_site])  # held while the assertions below run
     settings.TASKSTATE = {}
     assert user_channel(1) != other_site
+    assert reader.listened(other_site)
     assert not reader.listened(user_channel(1)), "another site's stream is not ours"
 
 
@@ -351,3 +376,163 @@ def test_a_stream_opened_while_its_channel_is_taken_back_is_marked_again(
     finally:
         manager.remove_listener(listener)
         listener.loop.close()
+
+
+def stream_of(channel: str) -> Any:
+    """A real django-eventstream listener on ``channel`` (a stream of this process)."""
+    from django_eventstream.views import Listener, get_listener_manager
+
+    listener = Listener()
+    listener.loop = asyncio.new_event_loop()
+    listener.channels = {channel}
+    get_listener_manager().add_listener(listener)
+    return listener
+
+
+def end_stream(listener: Any) -> None:
+    from django_eventstream.views import get_listener_manager
+
+    get_listener_manager().remove_listener(listener)
+    listener.loop.close()
+
+
+def told_to_resync(listener: Any, channel: str) -> bool:
+    return presence.RESET in [e.type for e in listener.channel_items.get(channel, [])]
+
+
+@needs_redis_server
+def marked(server: Any, channel: str) -> bool:
+    """Whether Redis holds a mark for ``channel`` (read past this process's listeners)."""
+    import redis
+
+    client = redis.Redis(port=server.port)
+    try:
+        return bool(client.zcard(presence._key(channel)))
+    finally:
+        client.close()
+
+
+def test_a_mark_redis_lost_is_set_again_and_its_streams_reset(redis_site, boards, monkeypatch):
+    """A Redis restarted without persistence (here: flushed) forgets every mark."""
+    import redis
+
+    from tests.support.faults import wait_for
+
+    server, _ = redis_site
+    monkeypatch.setattr(presence, "RENEW_EVERY", 0.3)
+    web = presence.Board()
+    boards.append(web)
+    channel = user_channel(8)
+    listener = stream_of(channel)
+    try:
+        web.share([channel])
+        assert marked(server, channel)
+        time.sleep(0.7)  # renewals of a mark that is there: no reset
+        assert not told_to_resync(listener, channel)
+        redis.Redis(port=server.port).flushall()
+        assert not marked(server, channel)
+        wait_for(lambda: marked(server, channel), 5, "the mark set again")
+        wait_for(lambda: told_to_resync(listener, channel), 5, "the stream told to resync")
+    finally:
+        end_stream(listener)
+
+
+@needs_redis_server
+def test_a_mark_set_too_slowly_for_the_stream_to_wait_resets_the_stream_once_set(
+    redis_site, boards, monkeypatch
+):
+    from tests.support.faults import wait_for
+
+    server, _ = redis_site
+    monkeypatch.setattr(presence, "TIMEOUT", 0.2)  # share() waits 2 * 0.2 + 1 s at most
+    web = presence.Board()
+    boards.append(web)
+    channel = user_channel(9)
+    real_mark = web._mark
+
+    def slow_mark(*args: Any) -> bool:
+        time.sleep(2)  # Redis answers, late (a long BGSAVE fork, a busy server)
+        return real_mark(*args)
+
+    monkeypatch.setattr(web, "_mark", slow_mark)
+    listener = stream_of(channel)
+    try:
+        started = time.monotonic()
+        web.share([channel])
+        assert time.monotonic() - started < 1.8, "the stream did not wait for the mark"
+        assert not marked(server, channel)
+        wait_for(lambda: marked(server, channel), 5, "the mark set")
+        wait_for(lambda: told_to_resync(listener, channel), 5, "the stream told to resync")
+    finally:
+        end_stream(listener)
+
+
+@needs_redis_server
+def test_a_take_back_whose_reply_was_lost_is_not_taken_for_a_mark(redis_site, boards, monkeypatch):
+    """The renewal takes a channel's mark back; Redis applies it, the reply is lost. A
+    stream of that channel opening next must get a mark, not find it "fresh"."""
+    from tests.support.faults import wait_for
+
+    monkeypatch.setattr(presence, "RENEW_EVERY", 0.3)
+    monkeypatch.setattr(presence, "RETRY_EVERY", 0.2)
+    web = presence.Board()
+    boards.append(web)
+    reader = fresh_reader(monkeypatch)
+    channel = user_channel(10)
+    web.hold([channel])
+    connection = web._connection()
+    real_pipeline = connection.pipeline
+    lose: list[bool] = []
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
+
+        def execute(*a: Any, **k: Any) -> Any:
+            replies = real_execute(*a, **k)
+            if not lose:  # the first round after the release: applied, then "lost"
+                lose.append(True)
+                raise TimeoutError("reply lost")
+            return replies
+
+        pipe.execute = execute
+        return pipe
+
+    web.release([channel])
+    monkeypatch.setattr(connection, "pipeline", pipeline)
+    server, _ = redis_site
+    wait_for(lambda: lose and not reader.listened(channel), 5, "the take-back applied")
+    listener = stream_of(channel)
+    try:
+        web.share([channel])  # the new stream's first read, then its stream-open
+        marked_before_stream_open = marked(server, channel)
+        wait_for(lambda: marked(server, channel), 5, "the new stream's mark")
+        # Either the mark was there before the page's first read of its rows, or the
+        # page is told to read them again once it is.
+        if not marked_before_stream_open:
+            wait_for(lambda: told_to_resync(listener, channel), 5, "the stream told to resync")
+    finally:
+        end_stream(listener)
+
+
+@needs_redis_server
+def test_channels_left_during_an_outage_are_forgotten_once_redis_answers(
+    redis_site, boards, monkeypatch
+):
+    from tests.support.faults import wait_for
+
+    _, proxy = redis_site
+    monkeypatch.setattr(presence, "RENEW_EVERY", 0.3)
+    monkeypatch.setattr(presence, "RETRY_EVERY", 0.2)
+    monkeypatch.setattr(presence, "TIMEOUT", 0.3)
+    web = presence.Board()
+    boards.append(web)
+    channel = user_channel(11)
+    web.hold([channel])
+    proxy.cut()
+    wait_for(lambda: web._down, 5, "the outage noticed")
+    web.release([channel])  # the page closed while Redis was away
+    proxy.open()
+    wait_for(lambda: not web._down, 5, "Redis back")
+    time.sleep(0.5)
+    assert not web._unsure, "nothing left to reset, so renewals slow down again"

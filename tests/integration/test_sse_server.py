@@ -49,44 +49,53 @@ def test_asking_for_another_users_channel_gets_only_your_own(
 
 
 def test_a_worker_renders_nothing_for_a_user_with_no_page_open_and_everything_once_one_is(
-    server, worker_process, streams, user, settings
+    server, worker_process, streams, user, other_user, settings
 ):
-    """taskstate.presence across real processes: the uvicorn process marks the stream's
+    """taskstate.presence across real processes: the uvicorn process marks a stream's
     channel in Redis, the rundramatiq process reads the mark before rendering."""
     import json
-    import time
 
     import redis
 
     from tests.support.faults import wait_for
 
     _, base = server
-    channel = user_channel(user.pk)
+    mine, theirs = user_channel(user.pk), user_channel(other_user.pk)
     client = redis.Redis(**settings.EVENTSTREAM_REDIS)
     pubsub = client.pubsub()
-    pubsub.subscribe("events_channel")  # what the worker publishes, whoever listens
-    published: list[str] = []
+    pubsub.subscribe("events_channel")  # what anyone publishes, whoever listens
+    published: list[tuple[str, str]] = []
 
-    def drain() -> None:
-        while (message := pubsub.get_message(timeout=0.05)) is not None:
-            if message["type"] == "message":
-                item = json.loads(message["data"])
-                if item["channel"] == channel:
-                    published.append(item["data"])
+    def drain_until(done: str, timeout: float = 30) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.1)
+            if message is None or message["type"] != "message":
+                continue
+            item = json.loads(message["data"])
+            published.append((item["channel"], item["data"]))
+            if item["channel"] == theirs and done in item["data"]:
+                return
+        raise AssertionError(f"timed out waiting for {done!r}")
 
     try:
-        unseen = actors.paced.send(2, 0.1, for_state={"user_pk": user.pk, "description": "away"})
-        wait_for(
-            lambda: Task.objects.filter(message_id=unseen.message_id, status="done").exists(),
-            30,
-            "the task done",
-        )
-        time.sleep(1)  # the worker's background sender had time to publish, if it would
-        drain()
-        rows = [data for data in published if "taskstate-task-" in data]
-        # The sender's own enqueued row may be published: the test process runs it and
-        # the web process's mark is not set yet. Nothing from the worker.
-        assert not [r for r in rows if 'data-status="enqueued"' not in r], rows
+        # The other user's page is open; ours is not.
+        other = streams(f"{base}/taskstate/events/", other_user)
+        other.wait_for(lambda f: f.event == "stream-open")
+        away = actors.paced.send(2, 0.1, for_state={"user_pk": user.pk, "description": "away"})
+        pg = Task.objects
+        from tests.support.faults import wait_for
+
+        wait_for(lambda: pg.filter(message_id=away.message_id, status="done").exists(), 30, "done")
+        # A task of the listening user, after ours: the worker's sender works in order, so
+        # once its done row is out, whatever the worker would send for us is out too.
+        actors.paced.send(1, 0.01, for_state={"user_pk": other_user.pk, "description": "mark"})
+        drain_until('data-status="done"')
+        # Neither the worker nor this process (the sender of the enqueued row) sent us
+        # anything.
+        assert [data for channel, data in published if channel == mine] == []
 
         stream = streams(f"{base}/taskstate/events/", user)
         stream.wait_for(lambda f: f.event == "stream-open")
