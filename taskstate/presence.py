@@ -300,10 +300,11 @@ class Board:
                 # Any of them may now read as not listened: reset them once marked.
                 self._unsure.update(channels)
                 # A take-back may have landed with its reply lost: none of them counts
-                # as marked any more, and a stream of one of them opened meanwhile
-                # resyncs once it is marked.
+                # as marked any more, and a stream of one of them that opened meanwhile
+                # (finding the mark fresh) resyncs once it is marked again.
                 for channel in gone:
                     self._marked_until[channel] = 0.0
+                self._unsure.update(gone)
                 first, self._down = not self._down, True
             if first:
                 logger.error(

@@ -5,8 +5,9 @@ A receiver of the committed-change signals in ``taskstate.signals`` (connected i
 
 Sending happens in the background (``taskstate.courier``): a worker or a view only hands
 the job over. A row or bar is rendered only when someone can receive it
-(``taskstate.presence``): a user with no page open costs no render. Messages are sent with an empty event type, which htmx 4's ``hx-sse`` swaps (named
-events would only be dispatched as DOM events). Rows go in ``<hx-upsert>`` so one
+(``taskstate.presence``): a user with no page open costs no render. Messages are sent
+with an empty event type, which htmx 4's ``hx-sse`` swaps (named events would only be
+dispatched as DOM events). Rows go in ``<hx-upsert>`` so one
 message both updates a row shown and inserts a new one; progress goes out-of-band to the
 bar alone. Publishing is a notification: when it fails the database is still right and
 the page resyncs from it, so errors are logged once per outage and the channel is handed

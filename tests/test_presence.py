@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -468,9 +469,14 @@ def test_a_mark_set_too_slowly_for_the_stream_to_wait_resets_the_stream_once_set
 
 
 @needs_redis_server
-def test_a_take_back_whose_reply_was_lost_is_not_taken_for_a_mark(redis_site, boards, monkeypatch):
+@pytest.mark.parametrize("opened", ["after", "during"])
+def test_a_take_back_whose_reply_was_lost_is_not_taken_for_a_mark(
+    redis_site, boards, monkeypatch, opened
+):
     """The renewal takes a channel's mark back; Redis applies it, the reply is lost. A
-    stream of that channel opening next must get a mark, not find it "fresh"."""
+    stream of that channel opening next must get a mark, not find it "fresh"; one that
+    opened while the reply was awaited (and found the mark fresh) must be reset once the
+    channel is marked again."""
     from tests.support.faults import wait_for
 
     monkeypatch.setattr(presence, "RENEW_EVERY", 0.3)
@@ -483,6 +489,7 @@ def test_a_take_back_whose_reply_was_lost_is_not_taken_for_a_mark(redis_site, bo
     connection = web._connection()
     real_pipeline = connection.pipeline
     lose: list[bool] = []
+    applied, stream_opened = threading.Event(), threading.Event()
 
     def pipeline(*args: Any, **kwargs: Any) -> Any:
         pipe = real_pipeline(*args, **kwargs)
@@ -492,6 +499,11 @@ def test_a_take_back_whose_reply_was_lost_is_not_taken_for_a_mark(redis_site, bo
             replies = real_execute(*a, **k)
             if not lose:  # the first round after the release: applied, then "lost"
                 lose.append(True)
+                if opened == "during":
+                    # A stream opens now (its share() would find the mark fresh), in
+                    # the test's thread, as an event loop's thread adds it.
+                    applied.set()
+                    assert stream_opened.wait(5)
                 raise TimeoutError("reply lost")
             return replies
 
@@ -501,6 +513,16 @@ def test_a_take_back_whose_reply_was_lost_is_not_taken_for_a_mark(redis_site, bo
     web.release([channel])
     monkeypatch.setattr(connection, "pipeline", pipeline)
     server, _ = redis_site
+    if opened == "during":
+        assert applied.wait(5), "the take-back applied"
+        listener = stream_of(channel)
+        stream_opened.set()
+        try:
+            wait_for(lambda: marked(server, channel), 5, "the stream's mark set again")
+            wait_for(lambda: told_to_resync(listener, channel), 5, "the stream told to resync")
+        finally:
+            end_stream(listener)
+        return
     wait_for(lambda: lose and not reader.listened(channel), 5, "the take-back applied")
     listener = stream_of(channel)
     try:
