@@ -80,11 +80,19 @@ def is_ours(channel: str) -> bool:
     return channel.startswith(get_settings().CHANNEL_PREFIX)
 
 
+def _uses_redis() -> bool:
+    """Whether events go through Redis: as django-eventstream decides, even ``{}`` means
+    Redis (its defaults)."""
+    from django.conf import settings
+
+    return hasattr(settings, "EVENTSTREAM_REDIS")
+
+
 def _redis_options() -> dict[str, Any] | None:
     from django.conf import settings
 
-    if not hasattr(settings, "EVENTSTREAM_REDIS"):
-        return None  # as django-eventstream decides: even {} means Redis (its defaults)
+    if not _uses_redis():
+        return None
     options = settings.EVENTSTREAM_REDIS or {}
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -156,7 +164,7 @@ class Board:
         are then set, and the channels' streams reset, as soon as it answers). Called in
         a thread, never in an event loop."""
         ours = [c for c in channels if is_ours(c)]
-        if not ours or _redis_options() is None or _grip():
+        if not ours or not _uses_redis() or _grip():
             return  # behind GRIP nobody reads the marks
         fresh_until = time.time() + RENEW_EVERY
         with self._cond:
@@ -387,15 +395,14 @@ class Readers:
             return True  # without django-eventstream nothing here knows: send
         if board.held_here(channel):
             return True
-        options = _redis_options()
-        if options is None:
+        if not _uses_redis():
             return False  # events reach this process's streams alone, and none listens
         now = time.monotonic()
         with self._lock:
             if now < self._open_until or self._yes_until.get(channel, 0.0) > now:
                 return True
         try:
-            found = self._read(channel, options)
+            found = self._read(channel)
         except Exception as error:
             with self._lock:
                 self._open_until = time.monotonic() + FAIL_OPEN_FOR
@@ -419,10 +426,12 @@ class Readers:
                     del self._yes_until[next(iter(self._yes_until))]
         return found
 
-    def _read(self, channel: str, options: dict[str, Any]) -> bool:
+    def _read(self, channel: str) -> bool:
         if self._client is None:
             import redis
 
+            options = _redis_options()
+            assert options is not None
             self._client = redis.Redis(**options)
         self.reads += 1
         # Any mark: no clock compared. A process that died leaves its mark until another
