@@ -527,26 +527,38 @@ def _placeholders(
 _STORED_AS_IS: dict[type, type] = {CharField: str, TextField: str}
 
 
-def _placeholder_maker(
-    connection: BaseDatabaseWrapper,
-) -> Callable[[dict[str, Any]], tuple[list[str], list[Any]]]:
-    """:func:`_placeholders` for many rows: what does not depend on the row worked out
-    once."""
+def _links(connection: BaseDatabaseWrapper) -> tuple[Field[Any, Any], str, str]:
+    """The user model's pk field, and the lookups that turn a user pk and a retried
+    task's pk into links, each with ``{}`` where the key goes.
+
+    A user_pk that names no user leaves the task without one, in the same statement, so
+    a bad pk can neither fail the write nor need a lookup; likewise a retried task
+    deleted meanwhile leaves no link.
+    """
 
     def q(name: str) -> str:
         return _quote(connection, name)
 
     table = q(_model()._meta.db_table)
     user_model = get_user_model()
-    user_table = q(user_model._meta.db_table)
     user_pk_field = user_model._meta.pk
     assert user_pk_field is not None
     user_pk_column = q(user_pk_field.column or user_pk_field.attname)
-    # Same as user_id below: a retried task deleted meanwhile leaves no link.
-    retry_of = f"(SELECT {q('id')} FROM {table} AS _old WHERE {q('id')} = %s)"
-    # A user_pk that names no user leaves the task without one, in the same statement,
-    # so a bad pk can neither fail the write nor need a lookup.
-    user = f"(SELECT {user_pk_column} FROM {user_table} WHERE {user_pk_column} = %s)"
+    user = (
+        f"(SELECT {user_pk_column} FROM {q(user_model._meta.db_table)} "
+        f"WHERE {user_pk_column} = {{}})"
+    )
+    retry_of = f"(SELECT {q('id')} FROM {table} AS _old WHERE {q('id')} = {{}})"
+    return user_pk_field, user, retry_of
+
+
+def _placeholder_maker(
+    connection: BaseDatabaseWrapper,
+) -> Callable[[dict[str, Any]], tuple[list[str], list[Any]]]:
+    """:func:`_placeholders` for many rows: what does not depend on the row worked out
+    once."""
+    user_pk_field, user_lookup, retry_lookup = _links(connection)
+    user, retry_of = user_lookup.format("%s"), retry_lookup.format("%s")
     prepare: dict[str, tuple[type | None, Callable[[Any], Any]]] = {}
 
     def make(columns: dict[str, Any]) -> tuple[list[str], list[Any]]:
@@ -1026,11 +1038,7 @@ def _unnest(
     def q(name: str) -> str:
         return _quote(connection, name)
 
-    table = q(_model()._meta.db_table)
-    user_model = get_user_model()
-    user_pk_field = user_model._meta.pk
-    assert user_pk_field is not None
-    user_pk_column = q(user_pk_field.column or user_pk_field.attname)
+    user_pk_field, user_lookup, retry_lookup = _links(connection)
     selected = []
     arrays = []
     params: list[Any] = []
@@ -1038,11 +1046,7 @@ def _unnest(
         field = _field(name)
         column = f"_rows.{q(name)}"
         if name == "user_id":
-            # A user_pk that names no user leaves the task without one (as for one row).
-            selected.append(
-                f"(SELECT {user_pk_column} FROM {q(user_model._meta.db_table)} "
-                f"WHERE {user_pk_column} = {column})"
-            )
+            selected.append(user_lookup.format(column))
             db_type = user_pk_field.rel_db_type(connection)
             values = [
                 None
@@ -1051,7 +1055,7 @@ def _unnest(
                 for row in rows
             ]
         elif name == "retry_of_id":
-            selected.append(f"(SELECT {q('id')} FROM {table} AS _old WHERE {q('id')} = {column})")
+            selected.append(retry_lookup.format(column))
             own_pk = _model()._meta.pk
             assert own_pk is not None
             db_type = own_pk.rel_db_type(connection)
