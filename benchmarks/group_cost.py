@@ -12,6 +12,11 @@ baseline, it counts:
 
     python benchmarks/group_cost.py            # N = 10, 100, 1,000
     python benchmarks/group_cost.py --smoke    # N = 10, 50, for CI
+    python benchmarks/group_cost.py --send 10000   # what sending a group costs the caller
+
+``--send N`` times only the caller's side of a group of N children, no worker running:
+``track_group()`` (the rows written) and ``run()`` (the messages sent, each child's
+``enqueued`` row written by the sender), median of three.
 """
 
 from __future__ import annotations
@@ -75,10 +80,12 @@ class Events:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--send", type=int, default=0, help="only time sending N children")
+    parser.add_argument("--db", default="taskstate_bench_groups", help="the database it creates")
     args = parser.parse_args()
     sizes = [10, 50] if args.smoke else [10, 100, 1000]
 
-    django_on_postgres("taskstate_bench_groups")
+    django_on_postgres(args.db)
     import django_eventstream
     import dramatiq
     from django.conf import settings
@@ -118,6 +125,29 @@ def main() -> None:
             taskstate.progress(done, 5)
 
     actor = dramatiq.actor(step, broker=broker, actor_name="bench_step")
+    if args.send:
+        user, _ = get_user_model().objects.get_or_create(username="bench")
+        times: dict[str, list[float]] = {"track_group()": [], "run()": []}
+        for _ in range(3):
+            Task.objects.all().delete()
+            batch = dramatiq.group((actor.message() for _ in range(args.send)), broker=broker)
+            start = time.perf_counter()
+            tracked = taskstate.track_group(batch, for_state={"user_pk": user.pk})
+            times["track_group()"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            tracked.run()
+            times["run()"].append(time.perf_counter() - start)
+            enqueued = Task.objects.filter(parent=tracked.task, status="enqueued").count()
+            assert enqueued == args.send, enqueued
+            broker.flush_all()
+        print(f"Sending a group of {args.send:,} children (no worker), median of 3:\n")
+        print(
+            table(
+                ["step", "seconds"],
+                [[step, f"{sorted(t)[1]:.2f}"] for step, t in times.items()],
+            )
+        )
+        return
     worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=10)
     worker.start()
     user, _ = get_user_model().objects.get_or_create(username="bench")

@@ -18,7 +18,8 @@ FILL = """
 INSERT INTO taskstate_task (message_id, actor_name, queue_name, status, state_order, user_id,
     description, app_name, model_name, progress, progress_message, error_type, error_message,
     traceback, attempts, seen, seen_at, created_at, started_at, finished_at, updated_at,
-    language, kind, position, children_total, children_done, children_failed, children_running)
+    language, kind, position, children_total, children_done, children_failed, children_running,
+    object_type, object_pk)
 SELECT 'bench-' || %(tag)s || '-' || g, 'export', 'default',
     CASE WHEN g %% 10 = 0 THEN 'running' WHEN g %% 10 = 1 THEN 'enqueued' ELSE 'done' END,
     0, %(user)s, 'Task ' || g, '', '', 50, 'half way', '', '', '', 1,
@@ -27,7 +28,7 @@ SELECT 'bench-' || %(tag)s || '-' || g, 'export', 'default',
     now() - interval '10 days', now() - interval '10 days',
     CASE WHEN g %% 10 > 1 THEN now() - interval '9 days' END,
     now() - interval '9 days',
-    '', '', 0, 0, 0, 0, 0
+    '', '', 0, 0, 0, 0, 0, '', ''
 FROM generate_series(1, %(rows)s) AS g
 """
 

@@ -1,21 +1,25 @@
 """Where should a committed change be rendered: in the worker, or where the stream is held?
 
-Issue 12 asked which design is cheaper. Both were measured part by part, interleaved
-(each round times every part once, in turn; the table shows each part's median over the
-rounds), on PostgreSQL and Redis:
+Each design is measured part by part, interleaved (each round times every part once, in
+turn; the table shows each part's median over the rounds), on PostgreSQL and Redis:
 
-- **render in the worker** (taskstate's design): the publisher asks whether anyone listens
-  (``taskstate.presence``: a Redis read when no stream is open in its own process, or a
-  remembered "yes"), and only then renders the row and publishes its HTML;
+- **render in the worker** (taskstate's design): the worker renders the row and publishes
+  its HTML. A cross-process presence protocol (each web process marks the channels it
+  serves in Redis, the publisher reads the mark before rendering) would skip both when
+  nobody listens, for one Redis read, or cost a remembered "yes" when someone does;
 - **render where the stream is held**: the worker publishes a small notice (the task's
   key and order) and each web process holding a stream of that user reads the row from
   the database and renders it, once per stream or, with a cache, once per process.
 
-The parts: ``presence, nobody`` (a Redis ZCARD that finds no mark), ``presence,
-remembered yes``, ``render`` (``render_row`` of a running row with progress), ``publish
-HTML`` and ``publish notice`` (django-eventstream's ``send_event`` to Redis), ``read +
+The parts: ``presence, nobody`` (the protocol's read: a Redis ZCARD that finds no mark),
+``presence, remembered yes`` (a dict lookup against a deadline), ``render``
+(``render_row`` of a running row with progress), ``publish HTML`` and ``publish notice`` (django-eventstream's ``send_event`` to Redis), ``read +
 render`` (the row read by primary key, then rendered: what a stream holder would do). The
 totals per committed change for 0, 1 and 3 open tabs are sums of the measured parts.
+The last table weighs them for a mix: 1,000 tracked tasks a minute, four committed
+changes each (enqueued, running, one progress, done), their owners having 0, 1 or 3 tabs
+open for 10, 60 and 30 % of them: CPU per second with and without the protocol, as a
+share of one core.
 
     python benchmarks/render_where.py                    # 2,000 changes x 5 rounds
     python benchmarks/render_where.py --smoke             # 50 x 1, for CI
@@ -36,6 +40,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _setup import django_on_postgres, table
 
+#: The realistic mix the decision is weighed on.
+TASKS_PER_MINUTE = 1_000
+#: Committed changes a tracked task publishes: enqueued, running, one progress, done.
+CHANGES_PER_TASK = 4
+#: Open tabs of a task's owner -> share of the tasks.
+MIX = {0: 0.10, 1: 0.60, 3: 0.30}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -47,12 +58,13 @@ def main() -> None:
         args.changes, args.rounds = 50, 1
 
     django_on_postgres("taskstate_bench_render_where")
+    import redis
+    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.db import connection
     from django.utils import timezone
     from django_eventstream import send_event
 
-    from taskstate import presence
     from taskstate.channels import user_channel
     from taskstate.models import Task
     from taskstate.publish import render_row
@@ -77,17 +89,18 @@ def main() -> None:
     html = render_row(task)
     notice = json.dumps({"task": task.pk, "order": task.state_order})
 
-    readers = presence.Readers()
-    presence.TRUST_YES_FOR = 3_600.0
-    presence.board.hold([channel])  # a mark, as a web process with a stream sets it
-    assert readers.listened(channel), "the marked channel reads as listened"
-    assert not readers.listened(nobody), "the unmarked one does not"
+    client = redis.Redis(**settings.EVENTSTREAM_REDIS)
+    marked, unmarked = f"bench:listening:{channel}", f"bench:listening:{nobody}"
+    client.zadd(marked, {"web-1": time.time() + 30})  # a mark, as a web process sets it
+    remembered = {channel: time.monotonic() + 3_600.0}
+    assert client.zcard(marked) == 1, "the marked channel reads as listened"
+    assert client.zcard(unmarked) == 0, "the unmarked one does not"
 
     def presence_nobody() -> None:
-        readers.listened(nobody)
+        client.zcard(unmarked)
 
     def presence_yes() -> None:
-        readers.listened(channel)
+        assert remembered.get(channel, 0.0) > time.monotonic()
 
     def render() -> None:
         render_row(task)
@@ -121,8 +134,8 @@ def main() -> None:
                 part()
             cpu[name].append((time.process_time() - c0) / args.changes)
             wall[name].append((time.perf_counter() - w0) / args.changes)
-    presence.board.release([channel])
-    presence.board.stop()
+    client.delete(marked)
+    client.close()
     connection.close()
 
     c = {name: statistics.median(values) * 1e6 for name, values in cpu.items()}
@@ -144,6 +157,8 @@ def main() -> None:
         return f"{worker + web:,.0f} ({worker:,.0f} + {web:,.0f})"
 
     rows = []
+    always: dict[int, float] = {}
+    protocol: dict[int, float] = {}
     for tabs in (0, 1, 3):
         listened = tabs > 0
         before = (c["render"] + c["publish HTML"], 0.0)
@@ -154,6 +169,7 @@ def main() -> None:
         )
         per_stream = (c["publish notice"], tabs * c["read + render"])
         per_process = (c["publish notice"], c["read + render"] if listened else 0.0)
+        always[tabs], protocol[tabs] = sum(before), sum(worker)
         rows.append(
             [
                 tabs,
@@ -170,8 +186,8 @@ def main() -> None:
         table(
             [
                 "open tabs",
-                "render in the worker, always (before)",
-                "render in the worker, only when listened (taskstate)",
+                "render in the worker, always (taskstate)",
+                "render in the worker, only when listened (cross-process protocol)",
                 "notice; each stream reads + renders",
                 "notice; each web process reads + renders once",
             ],
@@ -182,6 +198,51 @@ def main() -> None:
         "\nBehind a GRIP proxy (Pushpin) the streams are held by the proxy, which cannot "
         "render: only the worker can. The web side's read is one query per change per "
         "web process with a stream of that user, on the web's database connections.\n"
+    )
+
+    changes_per_second = TASKS_PER_MINUTE / 60 * CHANGES_PER_TASK
+    mix_rows = []
+    for tabs, share in MIX.items():
+        mix_rows.append(
+            [
+                f"{tabs} ({share:.0%} of tasks)",
+                f"{always[tabs]:,.0f}",
+                f"{protocol[tabs]:,.0f}",
+                f"{always[tabs] - protocol[tabs]:+,.0f}",
+            ]
+        )
+    mean_always = sum(share * always[tabs] for tabs, share in MIX.items())
+    mean_protocol = sum(share * protocol[tabs] for tabs, share in MIX.items())
+    mix_rows.append(
+        [
+            "weighted mean",
+            f"{mean_always:,.0f}",
+            f"{mean_protocol:,.0f}",
+            f"{mean_always - mean_protocol:+,.0f}",
+        ]
+    )
+
+    def core(us_per_change: float) -> str:
+        per_second = us_per_change * changes_per_second / 1e6
+        return f"{per_second * 1e3:,.1f} ms/s = {per_second:.2%} of a core"
+
+    mix_rows.append(
+        [
+            f"CPU at {changes_per_second:,.1f} changes/s",
+            core(mean_always),
+            core(mean_protocol),
+            core(mean_always - mean_protocol),
+        ]
+    )
+    print(
+        f"### The mix: {TASKS_PER_MINUTE:,} tracked tasks/min x {CHANGES_PER_TASK} changes, "
+        "owners with 0/1/3 tabs open for 10/60/30 % (CPU µs per change, worker + web)\n"
+    )
+    print(
+        table(
+            ["open tabs", "always render", "cross-process protocol", "saved by the protocol"],
+            mix_rows,
+        )
     )
 
 

@@ -5,13 +5,13 @@
 For each N (1, 100, 1000 users; ``--smoke``: 1 and 20), N distinct logged-in users each
 hold one SSE connection to ``/taskstate/events/`` on ONE uvicorn process, all from one
 asyncio client process. A publisher here writes task transitions with
-``taskstate.transitions.write()`` for randomly chosen users at a fixed rate; each row's
+``taskstate.transitions.write_batch()`` (a batch of one) for randomly chosen users at a fixed rate; each row's
 description carries the user's pk, a sequence number and the time, so every arrival is
 checked (right user? delivered once?) and timed from the commit of its write (taken
 right after the upsert statement returns, through a database execute wrapper).
 
 Then the rate is raised step by step until delivery lags or drops: first through
-``write()`` (database upsert + render + Redis publish, as a worker does), then with
+``write_batch()`` (database upsert + render + Redis publish, as a worker does), then with
 pre-rendered rows sent straight to ``send_event`` (no database), which loads the SSE
 process alone. Last, the SSE connections close and the same N users poll
 ``GET /taskstate/list/`` (``HX-Request: true``) once per second instead.
@@ -121,11 +121,13 @@ class Publisher:
             from taskstate.channels import user_channel
             from taskstate.for_state import Origin, TaskIdentity
             from taskstate.models import Status
+            from taskstate.signals import announce
             from taskstate.transitions import (
                 ENQUEUED_ORDER,
                 TERMINAL_ORDER,
+                Change,
                 running_order,
-                write,
+                write_batch,
             )
 
             rng = random.Random(f"{self.token}-{base}-{k}")
@@ -179,34 +181,29 @@ class Publisher:
                             step = 0
                         if step == 0:
                             args: tuple[Any, ...] = (Status.ENQUEUED, ENQUEUED_ORDER, {})
-                            same = False
                         elif step == 1:
                             args = (
                                 Status.RUNNING,
                                 running_order(1),
                                 {"attempts": 1, "started_at": _now()},
                             )
-                            same = True
                         else:
                             args = (
                                 Status.DONE,
                                 TERMINAL_ORDER,
                                 {"attempts": 1, "progress": 100, "finished_at": _now()},
                             )
-                            same = False
                         status, order, values = args
                         committed.at = None
-                        task = write(
-                            origin,
-                            status,
-                            order,
-                            {**values, "description": desc},
-                            same_order_wins=same,
+                        (task,) = write_batch(
+                            [Change(origin, status, order, {**values, "description": desc})]
                         )
                         tasks[uid] = (origin, step + 1)
                         if task is None or committed.at is None:
                             refused += 1
                             continue
+                        # A write tells no one: announced as the worker's writes are.
+                        announce(task)
                         mine.append((uid, seq, committed.at))
             finally:
                 connection.close()  # the backend exits: its statistics are flushed
@@ -506,7 +503,7 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace, token: str) -
         f"{cfg.pg_limit} connections (the publisher has a role of its own).",
         "",
         f"**Steady publishing** at {cfg.rate:g} transitions/s for {cfg.duration:g} s through "
-        "`transitions.write()` (one publisher thread), random users:",
+        "`transitions.write_batch()` (one publisher thread), random users:",
         "",
     ]
     rows = []
@@ -548,7 +545,7 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace, token: str) -
     for key, title in (
         (
             "ramp",
-            "**Raising the rate through `write()`** (DB upsert + render + Redis publish, "
+            "**Raising the rate through `write_batch()`** (DB upsert + render + Redis publish, "
             f"{cfg.threads} publisher threads in the benchmark process)",
         ),
         (
@@ -601,7 +598,7 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace, token: str) -
     rows = []
     for r in results:
         rows.append([r["n"], _max_ok(r["ramp"], cfg.ramp), _max_ok(r["direct"], cfg.direct_ramp)])
-    lines.append(table(["users N", "through write()", "send_event only"], rows))
+    lines.append(table(["users N", "through write_batch()", "send_event only"], rows))
     lines += [
         "",
         f"**Same page by 1-second polling** of `GET /taskstate/list/` (HX-Request, 3 rows per "
@@ -710,11 +707,22 @@ def main() -> None:
             print(f"# N={n} done in {time.monotonic() - started:.0f} s", file=sys.stderr)
     clear_tasks()
     print(report(results, cfg, token))
-    wrong = sum(
-        d.wrong_user for r in results for _, d, _, _ in [r["steady"], *r["ramp"], *r["direct"]]
-    )
+    phases = [p for r in results for p in [r["steady"], *r["ramp"], *r["direct"]]]
+    wrong = sum(d.wrong_user for _, d, _, _ in phases)
     if wrong:
         print(f"\n{wrong} events reached the wrong user", file=sys.stderr)
+        sys.exit(1)
+    # A table of nothing measured is a failure: every phase must have published events
+    # and, at the rates of a smoke run, delivered each of them or told the page to resync
+    # (a stream that falls behind gets a stream-reset: the page re-reads the database).
+    # A loss without a reset leaves a page wrong: that fails.
+    empty = [p for p, _, _, _ in phases if not p.records]
+    silent = sum(d.lost for _, d, _, _ in phases if d.lost and not d.resets)
+    if empty or (cfg.smoke and silent):
+        print(
+            f"\n{len(empty)} phases published nothing; {silent} events lost without a reset",
+            file=sys.stderr,
+        )
         sys.exit(1)
 
 

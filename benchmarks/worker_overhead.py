@@ -3,8 +3,9 @@ AdminMiddleware, then a sustained rate through a real ``rundramatiq`` worker pro
 
 Part 1, in process ("cells"): same broker class (StubBroker), same no-op actor, an
 in-process dramatiq Worker with each ``--threads`` count, a new database connection per
-message and persistent connections, taskstate in both write modes (``WRITE_MODE``:
-"immediate", one write per hook; "background", the batching writer). The cells are
+message and persistent connections, taskstate's background writer (whose acks wait for
+the message's final change to commit) and the same with acks not held (the difference
+being what the guarantee "an acked message has its final row" costs). The cells are
 interleaved: each round runs every (connection mode, threads, variant) cell once, in
 turn, and the tables show each cell's median over the rounds. Per cell: statements as
 the client sent them (every connection of the process, the background writer's thread
@@ -29,7 +30,7 @@ database role of its own); the delay from a task's end (``finished_at``, set in 
 worker's hook) to its row's write (``updated_at``, set when the batch is built, just
 before its statement and commit) and to that write's commit (the server's commit
 timestamp of the row's version), p50/p99; then an idle lifecycle (one message at a
-time; issue 12's target: at most 3 round trips per lifecycle).
+time; the target: at most 3 round trips per lifecycle).
 
 Server-side counts come from a private, durable PostgreSQL cluster this script starts
 (tests.support.faults.PostgresServer: fsync and synchronous commit on,
@@ -38,8 +39,9 @@ binaries. Without it (or with ``--shared-db``) everything runs on the shared ser
 127.0.0.1:5432 and only the client-side counts are given, as the output says.
 
     python benchmarks/worker_overhead.py                       # 500 messages x 3 rounds x 42 cells (1/8/32 threads); 1,000/s x 60 s
-    python benchmarks/worker_overhead.py --threads 8 --core    # 8 threads; untracked, immediate, background, AdminMiddleware
+    python benchmarks/worker_overhead.py --threads 8           # 8 threads
     python benchmarks/worker_overhead.py --worker-time         # the worker alone (sent while paused)
+    python benchmarks/worker_overhead.py --worker-time --start-look-cost  # + starts without their cancel read, and with it built by the ORM
     python benchmarks/worker_overhead.py --skip-cells --rate 500 --seconds 60
     python benchmarks/worker_overhead.py --skip-sustained --messages 500 --rounds 5
     python benchmarks/worker_overhead.py --shared-db           # no private cluster: client counts only
@@ -89,6 +91,10 @@ CLIENT_SENT = (
 )
 #: Savepoint names differ per transaction (AdminMiddleware's atomic blocks).
 SAVEPOINT_NAME = re.compile(r'"s\d+_x\d+"')
+#: A variant's marker (not a setting): its starts answer from a recent look, no read.
+RECENT_LOOK = "_start_trusts_a_recent_look"
+#: A variant's marker (not a setting): its starts' reads are built by the ORM each time.
+ORM_READ = "_start_read_built_by_the_orm"
 #: The database role of the sustained part's worker process.
 WORKER_ROLE = "bench_worker"
 
@@ -261,11 +267,6 @@ def main() -> None:
         "--db", default="taskstate_bench_worker", help="PostgreSQL database (dropped first)"
     )
     parser.add_argument(
-        "--core",
-        action="store_true",
-        help="untracked, immediate, background and AdminMiddleware only",
-    )
-    parser.add_argument(
         "--worker-time",
         action="store_true",
         help="time the worker alone: send each round while the worker is paused, then "
@@ -279,6 +280,14 @@ def main() -> None:
         "--hooks",
         action="store_true",
         help="only the hooks part: µs per lifecycle in StateMiddleware's worker hooks",
+    )
+    parser.add_argument(
+        "--start-look-cost",
+        action="store_true",
+        help="with the cells: also background writes whose start answers from a look of "
+        "the last CANCEL_CHECK_INTERVAL (no read per start; a cancel the owner saw may "
+        "start its body): the cost of the start's own look; and background writes whose "
+        "start's read is built by the ORM each time: what its fixed text saves",
     )
     parser.add_argument(
         "--shared-db",
@@ -338,23 +347,80 @@ def main() -> None:
             pg.close()
 
 
+class ReadCount:
+    """Counts the cancel watch's reads (``taskstate.writer.cancels_since``) while installed."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @contextlib.contextmanager
+    def installed(self) -> Any:
+        from taskstate import writer as writer_module
+
+        read = writer_module.cancels_since
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return read(*args, **kwargs)
+
+        writer_module.cancels_since = counted
+        try:
+            yield self
+        finally:
+            writer_module.cancels_since = read
+
+
+def orm_cancels_since(since: Any, connection: Any = None) -> list[str] | None:
+    """``transitions.cancels_since`` with its read built and compiled by the ORM on every
+    call (the ``ORM_READ`` variant): what the fixed text saves."""
+    from datetime import timedelta
+
+    from django.db.models import F, Q
+    from django.utils import timezone
+
+    from taskstate.bounds import bounded
+    from taskstate.models import Task
+    from taskstate.states import ACTIVE_STATUSES
+    from taskstate.transitions import CANCEL_LOOK_OVERLAP
+
+    rows = Task.objects.filter(cancel_requested_at__isnull=False)
+    if since is not None:
+        rows = rows.filter(cancel_requested_at__gte=since - timedelta(seconds=CANCEL_LOOK_OVERLAP))
+    else:
+        rows = rows.filter(
+            Q(status__in=ACTIVE_STATUSES)
+            | Q(due_at__isnull=False, finished_at__lt=F("due_at"))
+            | Q(cancel_requested_at__gte=timezone.now() - timedelta(days=1))
+        )
+    query = rows.order_by().values_list("message_id", flat=True)
+    try:
+        with bounded(connection):
+            sql, params = query.query.get_compiler(connection=connection).as_sql()
+            with connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                return [row[0] for row in cursor.fetchall()]
+    except Exception:
+        connection.close()
+        return None
+
+
 # --- part 0: the hooks alone ------------------------------------------------------------------
 
 
 def hooks(n: int, rounds: int) -> None:
     """µs per lifecycle spent in StateMiddleware's worker hooks (before_process_message,
-    after_process_message, after_ack: what the actor's thread pays), tracked with the
-    background writer against untracked messages through the same hooks; interleaved,
-    median of ``rounds``. The writer's delay is set to an hour so nothing is written
-    while timing (a flush writes it after); the cancel watch is fresh, as it is under
+    after_process_message, before_ack and after_ack: what the actor's thread pays), tracked
+    with the background writer against untracked messages through the same hooks;
+    interleaved, median of ``rounds``. The writer's delay is set to an hour so nothing is
+    written while timing (a flush writes it after): the ack does not wait for the final
+    change here (the cells measure that wait); the cancel watch is fresh, as it is under
     load (a worker reads only when it is older than CANCEL_CHECK_INTERVAL)."""
     import dramatiq
-    from django.conf import settings
     from django.contrib.auth import get_user_model
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
 
-    from taskstate.conf import get_settings
+    from taskstate import conf
     from taskstate.courier import courier
     from taskstate.middleware import StateMiddleware
     from taskstate.models import Task
@@ -362,7 +428,7 @@ def hooks(n: int, rounds: int) -> None:
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
     broker = StubBroker()
-    middleware = StateMiddleware()
+    middleware = ack_not_held(StateMiddleware)()
 
     def lifecycles(kwargs: dict[str, Any]) -> float:
         messages = [
@@ -378,6 +444,7 @@ def hooks(n: int, rounds: int) -> None:
         for message in messages:
             middleware.before_process_message(broker, message)
             middleware.after_process_message(broker, message, result=None)
+            middleware.before_ack(broker, message)
             middleware.after_ack(broker, message)
         elapsed = (time.perf_counter() - start) / n
         # Written and published now, before the next timed loop.
@@ -385,23 +452,19 @@ def hooks(n: int, rounds: int) -> None:
         courier.flush(120)
         return elapsed
 
-    settings.TASKSTATE = {
-        "WRITE_MAX_DELAY": 3600,
-        "WRITE_BATCH_SIZE": n + 1,
-        "CANCEL_CHECK_INTERVAL": 3600,
-    }
-    get_settings.cache_clear()
+    fixed = (conf.WRITE_MAX_DELAY, conf.WRITE_BATCH_SIZE, conf.CANCEL_CHECK_INTERVAL)
+    conf.WRITE_MAX_DELAY, conf.WRITE_BATCH_SIZE, conf.CANCEL_CHECK_INTERVAL = 3600, n + 1, 3600
     tracked = {"for_state": {"user_pk": user.pk, "description": "hooks"}}
     times: dict[str, list[float]] = {"untracked": [], "tracked, background writer": []}
-    reads = cancels.reads
+    reads = ReadCount()
     try:
-        lifecycles(tracked)  # warm-up
-        for _ in range(rounds):
-            times["untracked"].append(lifecycles({}))
-            times["tracked, background writer"].append(lifecycles(tracked))
+        with reads.installed():
+            lifecycles(tracked)  # warm-up
+            for _ in range(rounds):
+                times["untracked"].append(lifecycles({}))
+                times["tracked, background writer"].append(lifecycles(tracked))
     finally:
-        settings.TASKSTATE = {}
-        get_settings.cache_clear()
+        conf.WRITE_MAX_DELAY, conf.WRITE_BATCH_SIZE, conf.CANCEL_CHECK_INTERVAL = fixed
         assert writer.flush(120), "the background writer did not drain"
         courier.flush(120)
         Task.objects.all().delete()
@@ -409,7 +472,8 @@ def hooks(n: int, rounds: int) -> None:
     print(
         f"## The worker's hooks alone: {n:,} lifecycles x {rounds} interleaved round(s) "
         "(median), StateMiddleware's before_process_message + after_process_message + "
-        "after_ack, no actor, nothing written while timing\n"
+        "before_ack + after_ack, no actor, nothing written while timing (the ack not held "
+        "for the commit)\n"
     )
     rows = [
         [name, f"{statistics.median(v) * 1e6:.1f}", f"{statistics.median(v) / base:.1f}x"]
@@ -417,9 +481,20 @@ def hooks(n: int, rounds: int) -> None:
     ]
     print(table(["messages", "µs / lifecycle in the hooks", "vs untracked"], rows))
     print(
-        f"\nCancel-watch reads while timing: {cancels.reads - reads - 2 * rounds - 1} (besides "
+        f"\nCancel-watch reads while timing: {reads.count - 2 * rounds - 1} (besides "
         "the one fresh read before each timed loop).\n"
     )
+
+
+def ack_not_held(middleware: type[Any]) -> type[Any]:
+    """``StateMiddleware`` whose acks do not wait for the final change's commit: the
+    writer's batching without the guarantee, to show what the guarantee costs."""
+
+    class AckNotHeld(middleware):  # type: ignore[misc, valid-type]
+        def _hold_ack(self, message: Any) -> None:
+            return None
+
+    return AckNotHeld
 
 
 # --- part 1: in-process cells, interleaved ------------------------------------------------
@@ -435,12 +510,14 @@ def cells(args: argparse.Namespace, server: Server) -> None:
     from django_dramatiq.models import Task as AdminTask
     from dramatiq.brokers.stub import StubBroker
 
+    from taskstate import writer as writer_module
     from taskstate.conf import get_settings
     from taskstate.courier import courier
     from taskstate.middleware import StateMiddleware
     from taskstate.models import Task
     from taskstate.writer import cancels, writer
 
+    fixed_read = writer_module.cancels_since
     counter = Counter()
 
     def install(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
@@ -458,6 +535,15 @@ def cells(args: argparse.Namespace, server: Server) -> None:
     def run_cell(
         middleware: type[Any], kwargs: dict[str, Any], taskstate: dict[str, Any], threads: int
     ) -> dict[str, float]:
+        taskstate = dict(taskstate)
+        if taskstate.pop(RECENT_LOOK, False):
+            # The start answers as a running message's look does (CancelWatch.requested).
+            cancels.heard_of = cancels.requested  # type: ignore[method-assign]
+        if taskstate.pop(ORM_READ, False):
+            writer_module.cancels_since = orm_cancels_since
+        reads = ReadCount()
+        counting = contextlib.ExitStack()
+        counting.enter_context(reads.installed())
         settings.TASKSTATE = taskstate
         get_settings.cache_clear()  # assigned, not override_settings: no setting_changed
         broker = StubBroker(middleware=[middleware(), DbConnectionsMiddleware()])
@@ -480,7 +566,7 @@ def cells(args: argparse.Namespace, server: Server) -> None:
             Task.objects.all().delete()
             AdminTask.tasks.all().delete()
             server.reset()
-            before, server_before, looks = counter.count, server.sample(), cancels.reads
+            before, server_before, looks = counter.count, server.sample(), reads.count
             cpu_before = thread_cpu()
             sending = float("nan")
             if args.worker_time:
@@ -513,7 +599,7 @@ def cells(args: argparse.Namespace, server: Server) -> None:
                 "secs": elapsed / n,
                 "send": sending / n,
                 "statements": (counter.count - before) / n,
-                "looks": (cancels.reads - looks) / n,
+                "looks": (reads.count - looks) / n,
                 "server statements": counts.statements,
                 "trips": counts.trips,
                 "commits": counts.commits,
@@ -524,38 +610,44 @@ def cells(args: argparse.Namespace, server: Server) -> None:
         finally:
             worker.stop()
             writer.release()
+            cancels.__dict__.pop("heard_of", None)
+            counting.close()
+            writer_module.cancels_since = fixed_read
 
     tracked = {"for_state": {"user_pk": user.pk, "description": "bench"}}
-    immediate = {"WRITE_MODE": "immediate"}
-    background = {"WRITE_MODE": "background"}
+    background: dict[str, Any] = {}
     variants: list[tuple[str, type[Any], dict[str, Any], dict[str, Any]]] = [
-        ("untracked", StateMiddleware, {}, immediate),
-        ("taskstate immediate", StateMiddleware, tracked, immediate),
+        ("untracked", StateMiddleware, {}, background),
         ("taskstate background", StateMiddleware, tracked, background),
         (
-            # Before rows were rendered only for someone listening (no stream is open
-            # here: the default renders nothing, this renders every committed row).
-            "taskstate background, PUBLISH_WITHOUT_LISTENERS=True",
-            StateMiddleware,
+            # The acks do not wait for the final change's commit: what the guarantee
+            # "an acked message has its final row" costs is the difference to the row above.
+            "taskstate background, ack not held",
+            ack_not_held(StateMiddleware),
             tracked,
-            {**background, "PUBLISH_WITHOUT_LISTENERS": True},
+            background,
         ),
-        (
-            "taskstate immediate, SYNCHRONOUS_COMMIT=False",
-            StateMiddleware,
-            tracked,
-            {**immediate, "SYNCHRONOUS_COMMIT": False},
-        ),
-        (
-            "taskstate background, SYNCHRONOUS_COMMIT=False",
-            StateMiddleware,
-            tracked,
-            {**background, "SYNCHRONOUS_COMMIT": False},
-        ),
-        ("AdminMiddleware", AdminMiddleware, {}, immediate),
+        ("AdminMiddleware", AdminMiddleware, {}, background),
     ]
-    if args.core:
-        variants = [v for v in variants if "SYNCHRONOUS_COMMIT" not in v[0]]
+    if args.start_look_cost:
+        variants.insert(
+            3,
+            (
+                "taskstate background, start trusts a recent look",
+                StateMiddleware,
+                tracked,
+                {**background, RECENT_LOOK: True},
+            ),
+        )
+        variants.insert(
+            3,
+            (
+                "taskstate background, start read built by the ORM",
+                StateMiddleware,
+                tracked,
+                {**background, ORM_READ: True},
+            ),
+        )
     modes = [
         ("per-message", 0, "CONN_MAX_AGE=0 (a new database connection per message)"),
         ("persistent", None, "persistent database connections (CONN_MAX_AGE=None)"),
@@ -788,7 +880,7 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
         ],
         [
             f"idle lifecycle ({idle_n}, one message at a time), all: statements / round trips "
-            "/ commits (issue 12 target: ≤ 3)",
+            "/ commits (target: ≤ 3 round trips)",
             counted(f"{idle.statements:.2f} / {idle.trips:.2f} / {idle.commits:.2f}"),
         ],
         [

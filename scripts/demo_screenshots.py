@@ -6,8 +6,8 @@
 Logs in as ``demo``, starts every kind of task, waits until the list shows a running,
 a failed and finished rows, and writes demo-light.png, demo-dark.png (1280 px wide) and
 demo-mobile.png (390 px, right after starting a task); first, owner-control-cancelled-failed.png
-(1200 px: a report cancelled mid-way and a failed import, both offering Retry). Run the
-demo with DEMO_FEED_DOWN_SECONDS=30 so that the import really fails. Uses /usr/bin/chromium.
+(1200 px: a report cancelled mid-way and a failed import, both offering Retry). Uses
+/usr/bin/chromium.
 """
 
 from __future__ import annotations

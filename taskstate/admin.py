@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
@@ -15,8 +14,8 @@ from django.utils.translation import ngettext
 
 from taskstate import control
 from taskstate.models import Task
-from taskstate.policy import CANCEL, RETRY, allowed
-from taskstate.publish import publish_removed
+from taskstate.policy import CANCEL, RETRY, allowed, controlled_by_group
+from taskstate.publish import publish_removed_tasks
 from taskstate.templatetags.taskstate import taskstate_duration
 
 if TYPE_CHECKING:
@@ -47,6 +46,7 @@ class TaskAdmin(_TaskAdminBase):
         "error_message",
         "app_name",
         "model_name",
+        "=object_pk",
     )
     list_select_related = ("user",)
     date_hierarchy = "created_at"
@@ -73,7 +73,17 @@ class TaskAdmin(_TaskAdminBase):
         ),
         (
             _("Message"),
-            {"fields": ("message_id", "actor_name", "queue_name", "app_name", "model_name")},
+            {
+                "fields": (
+                    "message_id",
+                    "actor_name",
+                    "queue_name",
+                    "app_name",
+                    "model_name",
+                    "object_type",
+                    "object_pk",
+                )
+            },
         ),
         (_("Outcome"), {"fields": ("result", "error_type", "error_message", "traceback")}),
         (_("Retry"), {"fields": ("retry_message",), "classes": ("collapse",)}),
@@ -131,16 +141,10 @@ class TaskAdmin(_TaskAdminBase):
 
     @admin.action(description=_("Mark selected completed tasks seen"), permissions=("mark_seen",))
     def mark_seen(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        unseen = queryset.completed().filter(seen=False)  # type: ignore[attr-defined]
-        owners: dict[Any, list[int]] = defaultdict(list)
-        for pk, user_pk in unseen.values_list("pk", "user_id"):
-            owners[user_pk].append(pk)
-        marked = [pk for pks in owners.values() for pk in pks]
-        count = Task.objects.filter(pk__in=marked).mark_seen() if marked else 0
-        # Like the dismiss button: every open page of each owner drops those rows.
-        for user_pk, pks in owners.items():
-            if user_pk is not None:
-                transaction.on_commit(functools.partial(publish_removed, user_pk, pks), robust=True)
+        unseen = _removable(queryset.completed().filter(seen=False))  # type: ignore[attr-defined]
+        count = Task.objects.filter(pk__in=[t.pk for t in unseen]).mark_seen() if unseen else 0
+        # Like the dismiss button: every open page of each owner and object drops those rows.
+        transaction.on_commit(functools.partial(publish_removed_tasks, unseen), robust=True)
         self.message_user(
             request,
             ngettext("%d task marked seen.", "%d tasks marked seen.", count) % count,
@@ -149,17 +153,10 @@ class TaskAdmin(_TaskAdminBase):
 
     @admin.action(description=_("Delete selected completed tasks"), permissions=("delete",))
     def delete_completed(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        completed = queryset.completed()  # type: ignore[attr-defined]
-        owners: dict[Any, list[int]] = defaultdict(list)
-        for pk, user_pk in completed.order_by("pk").values_list("pk", "user_id"):
-            owners[user_pk].append(pk)
-        count, _ = Task.objects.filter(
-            pk__in=[pk for pks in owners.values() for pk in pks]
-        ).delete()
-        # Like the dismiss button: every open page of each owner drops those rows.
-        for user_pk, pks in owners.items():
-            if user_pk is not None:
-                transaction.on_commit(functools.partial(publish_removed, user_pk, pks), robust=True)
+        completed = _removable(queryset.completed().order_by("pk"))  # type: ignore[attr-defined]
+        count, _ = Task.objects.filter(pk__in=[t.pk for t in completed]).delete()
+        # Like the dismiss button: every open page of each owner and object drops those rows.
+        transaction.on_commit(functools.partial(publish_removed_tasks, completed), robust=True)
         self.message_user(
             request,
             ngettext("%d completed task deleted.", "%d completed tasks deleted.", count) % count,
@@ -168,9 +165,11 @@ class TaskAdmin(_TaskAdminBase):
 
     @admin.action(description=_("Cancel selected tasks"), permissions=("control",))
     def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        """Cancel each selected task the policy allows; a group's children go with it."""
+        tasks, in_groups = _outside_groups(queryset)
         count = sum(
             1
-            for task in queryset
+            for task in tasks
             if allowed(request.user, task, CANCEL) and control.cancel(task) is not None
         )
         self.message_user(
@@ -178,11 +177,29 @@ class TaskAdmin(_TaskAdminBase):
             ngettext("%d task asked to cancel.", "%d tasks asked to cancel.", count) % count,
             messages.SUCCESS,
         )
+        if in_groups:
+            self.message_user(
+                request,
+                ngettext(
+                    "%d task of a group or pipeline left alone: it is cancelled with its group.",
+                    "%d tasks of a group or pipeline left alone: they are cancelled with "
+                    "their group.",
+                    in_groups,
+                )
+                % in_groups,
+                messages.WARNING,
+            )
 
     @admin.action(description=_("Retry selected tasks"), permissions=("control",))
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        """Retry each selected task the policy allows, and each selected group once.
+
+        A group's retry sends again exactly its children that did not do their work; a
+        child selected too (a status filter lists both) is not sent on its own.
+        """
+        tasks, in_groups = _outside_groups(queryset)
         count = 0
-        for task in queryset:
+        for task in tasks:
             if not allowed(request.user, task, RETRY):
                 continue
             try:
@@ -195,3 +212,27 @@ class TaskAdmin(_TaskAdminBase):
             ngettext("%d task sent again.", "%d tasks sent again.", count) % count,
             messages.SUCCESS,
         )
+        if in_groups:
+            self.message_user(
+                request,
+                ngettext(
+                    "%d task of a group or pipeline left alone: it is retried with its group.",
+                    "%d tasks of a group or pipeline left alone: they are retried with "
+                    "their group.",
+                    in_groups,
+                )
+                % in_groups,
+                messages.WARNING,
+            )
+
+
+def _outside_groups(queryset: QuerySet[Task]) -> tuple[list[Task], int]:
+    """The selected tasks that are no group's children, and how many children were selected."""
+    tasks = list(queryset)
+    own = [task for task in tasks if not controlled_by_group(task)]
+    return own, len(tasks) - len(own)
+
+
+def _removable(queryset: QuerySet[Task]) -> list[Task]:
+    """The selected tasks with what tells the pages showing them (their owner, their object)."""
+    return list(queryset.only("pk", "user_id", "object_type", "object_pk"))

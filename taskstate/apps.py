@@ -10,13 +10,26 @@ class TaskstateConfig(AppConfig):
 
     def ready(self) -> None:
         from django.apps import apps
+        from django.core.signals import request_started
+        from django.test.signals import setting_changed
 
         from taskstate import (
-            checks,  # noqa: F401  (registers the system checks)
+            checks,  # importing it registers the system checks
+            diagnostics,
             logfilters,
             publish,
             signals,
         )
+
+        # uvicorn runs no system check: the first request logs what they would say, and
+        # a send with for_state to a broker without StateMiddleware says it goes untracked.
+        request_started.connect(checks.log_setup_problems, dispatch_uid="taskstate.checks.log")
+        setting_changed.connect(checks.forget_logged_setup, dispatch_uid="taskstate.checks.forget")
+        if apps.is_installed("django_dramatiq"):
+            import dramatiq.broker
+
+            # Only a broker django_dramatiq has set up: get_broker() would make one.
+            diagnostics.watch_sends(dramatiq.broker.global_broker)
 
         # GRIP refresh links carry tokens in their query string: not in access logs.
         logfilters.install()
@@ -36,6 +49,18 @@ class TaskstateConfig(AppConfig):
             dispatch_uid="taskstate.streams.user_saved",
         )
 
+        # Before the process goes: the last changes written, then their events sent.
+        import atexit
+
+        from taskstate import shutdown
+
+        atexit.register(shutdown.at_exit)
+
+        # task_changed names one sender, whichever part of taskstate wrote the row.
+        from taskstate.middleware import StateMiddleware
+
+        signals.use_sender(StateMiddleware)
+
         # The live page follows every committed change; dispatch_uid keeps it to one.
         signals.task_committed.connect(
             publish.on_task_committed, dispatch_uid="taskstate.publish.task"
@@ -45,8 +70,6 @@ class TaskstateConfig(AppConfig):
         )
 
         if apps.is_installed("django_eventstream"):
-            from taskstate import eventstream_repair, presence
+            from taskstate import eventstream_repair
 
             eventstream_repair.install()
-            # Streams mark their channels, so rows are rendered only for someone.
-            presence.install()

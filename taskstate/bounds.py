@@ -1,8 +1,8 @@
 """Bounded waits: no tracking write waits for the database forever.
 
 A tracking write runs on the project's own connection (``TASKSTATE["DATABASE"]``), in a
-worker thread or inside ``send()``. Three bounds apply to our statements only; the
-project's own queries on the same connection keep the project's settings:
+worker thread or inside ``send()``. Three bounds (constants in ``taskstate.conf``) apply to
+our statements only; the project's own queries on the same connection keep its settings:
 
 - ``DB_CONNECT_TIMEOUT``: when the write itself has to open the connection, it opens it
   with libpq's ``connect_timeout`` (a client-side bound; the project's own ``OPTIONS``
@@ -40,7 +40,7 @@ from typing import Any
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from taskstate.conf import get_settings
+from taskstate import conf
 
 #: Seconds the server gets to report its own statement timeout before the watchdog cuts.
 GRACE = 1.0
@@ -50,19 +50,15 @@ def server_bounds(connection: BaseDatabaseWrapper) -> list[tuple[str, str]]:
     """PostgreSQL settings (name, value) to make local to one tracking write's transaction."""
     if connection.vendor != "postgresql":
         return []
-    settings = get_settings()
-    found = []
-    if settings.DB_STATEMENT_TIMEOUT:
-        found.append(("statement_timeout", str(math.ceil(settings.DB_STATEMENT_TIMEOUT * 1000))))
-    if settings.DB_LOCK_TIMEOUT:
-        found.append(("lock_timeout", str(math.ceil(settings.DB_LOCK_TIMEOUT * 1000))))
-    return found
+    return [
+        ("statement_timeout", str(math.ceil(conf.DB_STATEMENT_TIMEOUT * 1000))),
+        ("lock_timeout", str(math.ceil(conf.DB_LOCK_TIMEOUT * 1000))),
+    ]
 
 
 def client_bound() -> float:
-    """Seconds after which the watchdog cuts a tracking write's connection (0: never)."""
-    seconds = float(get_settings().DB_STATEMENT_TIMEOUT)
-    return seconds + GRACE if seconds else 0.0
+    """Seconds after which the watchdog cuts a tracking write's connection."""
+    return float(conf.DB_STATEMENT_TIMEOUT) + GRACE
 
 
 @contextmanager
@@ -77,13 +73,12 @@ def bounded(connection: BaseDatabaseWrapper) -> Iterator[None]:
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         yield
         return
-    _connect(connection, float(get_settings().DB_CONNECT_TIMEOUT))
-    seconds = client_bound()
+    _connect(connection, float(conf.DB_CONNECT_TIMEOUT))
     raw = connection.connection
-    if not seconds or raw is None:
+    if raw is None:
         yield
         return
-    alarm = _watchdog.arm(raw.fileno(), seconds)
+    alarm = _watchdog.arm(raw.fileno(), client_bound())
     try:
         yield
     finally:
@@ -100,7 +95,7 @@ def bounded_transaction(alias: str) -> Iterator[None]:
     ``statement_timeout`` are made local to the transaction, so each statement is bounded
     by the server; the watchdog bounds the whole transaction, as it bounds one write.
     Inside a caller's transaction nothing is bounded (see :func:`bounded`); other backends
-    run the statements as before, each in autocommit.
+    run the statements without these bounds, each in autocommit.
     """
     connection = connections[alias]
     if connection.vendor != "postgresql" or connection.in_atomic_block:
@@ -119,7 +114,7 @@ def bounded_transaction(alias: str) -> Iterator[None]:
 
 
 def _connect(connection: BaseDatabaseWrapper, seconds: float) -> None:
-    if connection.connection is not None or not seconds:
+    if connection.connection is not None:
         return
     # Only this connect, in this thread (a DatabaseWrapper belongs to one thread), gets
     # the timeout; once open the connection behaves as the project configured it.

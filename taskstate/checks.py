@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,13 +11,19 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
-from taskstate.conf import DEFAULTS, setting_problem
+from taskstate.conf import DEFAULTS, REMOVED_KEYS, setting_problem
+from taskstate.diagnostics import (
+    EVENT_BUS_ID,
+    MIDDLEWARE_HINT,
+    MIDDLEWARE_ID,
+    MIDDLEWARE_MISSING,
+    MIDDLEWARE_PATH,
+    event_bus_problem,
+)
 
-_MIDDLEWARE_PATH = "taskstate.middleware.StateMiddleware"
+logger = logging.getLogger(__name__)
 _CHANNEL_MANAGER_PATH = "taskstate.channels.TaskstateChannelManager"
 _HTMX_MIDDLEWARE_PATH = "django_htmx.middleware.HtmxMiddleware"
-# Brokers whose worker runs in the web process (tests, the embedded demo).
-_IN_PROCESS_BROKERS = ("dramatiq.brokers.stub.StubBroker",)
 
 
 @register()
@@ -36,6 +43,15 @@ def check_settings(
         ]
     messages: list[CheckMessage] = []
     for key, item in value.items():
+        if key in REMOVED_KEYS:
+            messages.append(
+                Warning(
+                    f"TASKSTATE[{key!r}] is no longer a taskstate setting and is ignored.",
+                    hint=REMOVED_KEYS[key] + " Remove the key.",
+                    id="taskstate.W005",
+                )
+            )
+            continue
         if key not in DEFAULTS:
             messages.append(
                 Error(
@@ -84,14 +100,8 @@ def check_middleware(
     if not isinstance(broker, dict):
         return []
     middleware = broker.get("MIDDLEWARE") or []
-    if _MIDDLEWARE_PATH not in middleware:
-        return [
-            Warning(
-                f"{_MIDDLEWARE_PATH} is not in DRAMATIQ_BROKER['MIDDLEWARE']; no task is tracked.",
-                hint=f"Add {_MIDDLEWARE_PATH!r} to DRAMATIQ_BROKER['MIDDLEWARE'].",
-                id="taskstate.W001",
-            )
-        ]
+    if MIDDLEWARE_PATH not in middleware:
+        return [Warning(MIDDLEWARE_MISSING, hint=MIDDLEWARE_HINT, id=MIDDLEWARE_ID)]
     return []
 
 
@@ -104,23 +114,11 @@ def check_event_bus(
     Without ``EVENTSTREAM_REDIS`` (or a GRIP proxy such as Pushpin) django-eventstream
     keeps events in the process that sent them: the worker's, where no browser listens.
     """
-    broker = getattr(settings, "DRAMATIQ_BROKER", None)
-    if not isinstance(broker, dict):
+    problem = event_bus_problem()
+    if problem is None:
         return []
-    broker_path = broker.get("BROKER")
-    if not isinstance(broker_path, str) or broker_path in _IN_PROCESS_BROKERS:
-        return []
-    if getattr(settings, "EVENTSTREAM_REDIS", None) or getattr(settings, "GRIP_URL", None):
-        return []
-    return [
-        Warning(
-            f"DRAMATIQ_BROKER uses {broker_path} but EVENTSTREAM_REDIS is not set: events "
-            "sent by worker processes never reach the browsers.",
-            hint="Add EVENTSTREAM_REDIS = {'host': ..., 'port': 6379, 'db': 0} so that "
-            "workers and web processes share events through Redis pub/sub.",
-            id="taskstate.W002",
-        )
-    ]
+    message, hint = problem
+    return [Warning(message, hint=hint, id=EVENT_BUS_ID)]
 
 
 @register()
@@ -180,3 +178,38 @@ def _is_callable_path(path: str) -> bool:
         return callable(import_string(path))
     except ImportError:
         return False
+
+
+# The checks run by manage.py, never by uvicorn: the first request of a process logs
+# what they say, once (again after a settings change, as in tests).
+_SETUP_CHECKS = (
+    check_settings,
+    check_middleware,
+    check_event_bus,
+    check_channel_manager,
+    check_htmx_middleware,
+)
+_logged = False
+
+
+def log_setup_problems(**kwargs: Any) -> None:
+    """``request_started`` receiver: log each problem the checks find, in their words."""
+    global _logged
+    if _logged:
+        return
+    _logged = True
+    for check in _SETUP_CHECKS:
+        try:
+            messages = check()
+        except Exception:
+            logger.exception("taskstate: a setup check failed")
+            continue
+        for message in messages:
+            hint = f" HINT: {message.hint}" if message.hint else ""
+            logger.warning("(%s) %s%s", message.id, message.msg, hint)
+
+
+def forget_logged_setup(**kwargs: Any) -> None:
+    """``setting_changed`` receiver: the next request checks the setup again."""
+    global _logged
+    _logged = False

@@ -1,6 +1,12 @@
 """Cleanup: old and stale tasks deleted, abandoned running tasks failed.
 
-Used by the ``cleanup_tasks`` actor and the APScheduler job alike.
+Used by the ``cleanup_tasks`` actor and the APScheduler job alike. One rule stands above
+the retention settings: no row that a message still on its way needs to be refused is
+deleted. A message asked to cancel is refused by its row, and the worker's own final write
+for it is what says no copy can come any more; so a task asked to cancel stays until a
+worker ended it, and a group while one of its children may still get its message
+(``TaskQuerySet.delete_old``, ``delete_stale``). Deleted rows leave their owners' open
+pages, as a dismiss in another tab does.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from django.utils import timezone
 
 from taskstate.conf import get_settings
 from taskstate.group_refresh import group_refresher
-from taskstate.middleware import StateMiddleware
 from taskstate.models import Task
+from taskstate.publish import publish_removed_tasks
 from taskstate.signals import announce
 from taskstate.states import Status
 
@@ -54,11 +60,13 @@ def cleanup() -> CleanupReport:
         _announce_failed(lost_pks)
     refreshed = _refresh_quiet_groups()
     report = CleanupReport(
-        seen_deleted=tasks.delete_old(settings.DELETE_SEEN_AFTER, only_if_seen=True),
-        unseen_deleted=tasks.filter(seen=False).delete_old(
-            settings.DELETE_UNSEEN_AFTER, only_if_seen=False
+        seen_deleted=tasks.delete_old(
+            settings.DELETE_SEEN_AFTER, only_if_seen=True, removed=_announce_removed
         ),
-        stale_deleted=tasks.delete_stale(settings.STALE_ENQUEUED_AFTER),
+        unseen_deleted=tasks.filter(seen=False).delete_old(
+            settings.DELETE_UNSEEN_AFTER, only_if_seen=False, removed=_announce_removed
+        ),
+        stale_deleted=tasks.delete_stale(settings.STALE_ENQUEUED_AFTER, removed=_announce_removed),
         abandoned_failed=failed,
         lost_failed=lost,
         groups_refreshed=refreshed,
@@ -89,7 +97,14 @@ def _refresh_quiet_groups() -> int:
     return len(pks)
 
 
+def _announce_removed(rows: list[Task]) -> None:
+    # Deleted rows leave their owners' and their objects' open pages, as a dismiss in
+    # another tab does: a page would otherwise show a row whose buttons answer 404 (and,
+    # should its message run after all, the task twice).
+    publish_removed_tasks(rows)
+
+
 def _announce_failed(pks: list[int]) -> None:
     # Tell the owners, like any other change: the row turns failed on their page.
     for task in Task.objects.filter(pk__in=pks, status=Status.FAILED):
-        announce(task, sender=StateMiddleware, committed=True)
+        announce(task, committed=True)

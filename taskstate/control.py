@@ -20,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from taskstate.conf import get_settings
+from taskstate.policy import controlled_by_group
 from taskstate.signals import announce
 from taskstate.states import RETRYABLE_STATUSES, Kind, Status
 from taskstate.transitions import request_cancel, request_group_cancel
@@ -37,7 +38,8 @@ RETRY_OF_OPTION = "taskstate_retry_of"
 
 
 class RetryRefused(Exception):
-    """The task cannot be sent again (already retried, or its actor is gone)."""
+    """The task cannot be sent again (already retried, its actor is gone, or it is a child
+    of a group or pipeline)."""
 
 
 def cancel(task: Task) -> Task | None:
@@ -57,7 +59,7 @@ def cancel(task: Task) -> Task | None:
     written = Task.objects.using(get_settings().DATABASE).filter(pk=task.pk).first()
     if written is None:
         return None
-    announce(written, sender=Task, status_changed=written.status == Status.CANCELLED)
+    announce(written, status_changed=written.status == Status.CANCELLED)
     if written.status == Status.RUNNING:
         _hard_cancel(written)
     return written
@@ -70,8 +72,12 @@ def retry(task: Task) -> dramatiq.Message[Any] | Task:
     (``retry_of``). Raises :class:`RetryRefused` when the task was retried already (a
     double click), has no stored message, or its actor is not declared here.
 
-    A group or pipeline: see :func:`_retry_group`; returns the new group's row.
+    A group or pipeline: see :func:`_retry_group`; returns the new group's row. A child
+    of one is retried only with its group (``taskstate.policy.controlled_by_group``):
+    refused.
     """
+    if controlled_by_group(task):
+        raise RetryRefused("a task of a group or pipeline is retried with its group")
     if task.is_group:
         return _retry_group(task)
     stored = task.retry_message
@@ -102,7 +108,7 @@ def retry(task: Task) -> dramatiq.Message[Any] | Task:
 
 
 def _cancel_group(task: Task) -> Task | None:
-    from taskstate.groups import Groups, refresh_group
+    from taskstate.groups import refresh_group
     from taskstate.models import Task
 
     if not request_group_cancel(task.pk):
@@ -115,7 +121,7 @@ def _cancel_group(task: Task) -> Task | None:
     if written is None:
         return None
     changed = refreshed is not None and refreshed.status_changed
-    announce(written, sender=Groups, status_changed=changed)
+    announce(written, status_changed=changed)
     if get_settings().HARD_CANCEL_AFTER:
         for child in rows.filter(parent_id=task.pk, status=Status.RUNNING):
             _hard_cancel(child)

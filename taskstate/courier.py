@@ -18,7 +18,6 @@ database connection (rendering a failed row reads its owner's staff flag).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import importlib
 import itertools
@@ -43,6 +42,8 @@ FIRST_RETRY_PAUSE = 0.5
 MAX_RETRY_PAUSE = 5.0
 #: The event that makes a page re-read its list.
 RESET = "stream-reset"
+#: The channels a job sends on.
+Channels = tuple[str, ...]
 
 
 def send_reset(channel: str) -> None:
@@ -59,8 +60,8 @@ class Courier:
 
     def _init_state(self) -> None:
         self._cond = threading.Condition()
-        # Each job with the channel it sends on (reset when the job is dropped or fails).
-        self._jobs: OrderedDict[Hashable, tuple[Callable[[], None], str | None]] = OrderedDict()
+        # Each job with the channels it sends on (reset when the job is dropped or fails).
+        self._jobs: OrderedDict[Hashable, tuple[Callable[[], None], Channels]] = OrderedDict()
         self._lost: dict[str, None] = {}  # insertion-ordered set
         self._busy = False
         self._retry_at = 0.0  # monotonic time before which resets are not tried again
@@ -78,16 +79,18 @@ class Courier:
         *,
         replaces: Hashable | None = None,
         supersedes: Hashable | None = None,
-        channel: str | None = None,
+        channel: str | Channels | None = None,
     ) -> None:
         """Queue ``job``. ``replaces``: a key; a pending job with it is swapped for this one.
         ``supersedes``: a key whose pending job this one makes moot (it is dropped).
-        ``channel``: where the job sends, reset when the job has to be dropped or fails."""
+        ``channel``: where the job sends (one channel, or several), reset when the job
+        has to be dropped or fails."""
+        channels: Channels = (channel,) if isinstance(channel, str) else channel or ()
         with self._cond:
             if supersedes is not None:
                 self._jobs.pop(supersedes, None)
             if replaces is not None and replaces in self._jobs:
-                self._jobs[replaces] = (job, channel)
+                self._jobs[replaces] = (job, channels)
                 return
             if len(self._jobs) >= MAX_PENDING:
                 if not self._dropping:
@@ -97,14 +100,14 @@ class Courier:
                         "the queue drains, then their pages are told to resync.",
                         MAX_PENDING,
                     )
-                if channel is not None:
-                    self._remember(channel)
+                for lost in channels:
+                    self._remember(lost)
                 return
             if len(self._jobs) < MAX_PENDING // 2:
                 # Drained to half: an overflow from now on is a new episode (a queue kept
                 # at its bound by fast senders is one, logged once).
                 self._dropping = False
-            self._jobs[replaces if replaces is not None else next(self._order)] = (job, channel)
+            self._jobs[replaces if replaces is not None else next(self._order)] = (job, channels)
             self._start()
             self._cond.notify()
 
@@ -176,20 +179,21 @@ class Courier:
                 while not self._jobs and not (self._lost and not self._waiting_to_retry()):
                     self._cond.wait(self._retry_at - time.monotonic() if self._lost else None)
                 losses = self._losses
-                channel: str | None = None
+                channels: Channels = ()
                 if self._jobs:
-                    _, (job, channel) = self._jobs.popitem(last=False)
+                    _, (job, channels) = self._jobs.popitem(last=False)
                 else:
                     channel = next(iter(self._lost))
                     del self._lost[channel]  # an event lost from now on needs a new reset
                     job = self._reset_job(channel)
+                    channels = (channel,)
                 self._busy = True
             try:
                 job()
             except Exception:
                 logger.exception("taskstate: sending an event failed")
-                if channel is not None:
-                    with self._cond:
+                with self._cond:
+                    for channel in channels:
                         self._remember(channel)  # its pages re-read the database
             else:
                 with self._cond:
@@ -218,9 +222,9 @@ class Courier:
 
 courier = Courier()
 # Exit handlers run last-registered first. django-grip's publisher (pubcontrol) closes
-# itself in one registered when pubcontrol is imported; import it now, so that the
-# courier's flush, registered after it, runs before it and the last events still go out.
+# itself in one registered when pubcontrol is imported; import it now, so that the exit
+# flush (``taskstate.shutdown``, registered by the app's ready(), after this import) runs
+# before it and the last events still go out.
 with contextlib.suppress(ImportError):
     importlib.import_module("pubcontrol.pubcontrol")
-atexit.register(courier.flush, 2.0)
 os.register_at_fork(after_in_child=courier._after_fork)

@@ -6,7 +6,10 @@ saw finish. The renderer of the live page (``taskstate.publish``) and the list v
 ask :data:`estimator`; each process keeps its own memory.
 
 - Own rate: ``elapsed * (100 - progress) / progress``, trusted more as progress grows.
-- History: a moving average of the actor's recent durations, scaled to the part left.
+  Elapsed counts from the current attempt's start (``Task.attempt_started_at``): an
+  earlier attempt and the back-off before this one are no work of this attempt.
+- History: a moving average of the actor's recent durations (each the last attempt's own,
+  back-off and failed attempts left out), scaled to the part left.
 - Shown only once meaningful: enough progress and time, or enough history.
 - Smoothed: each new estimate moves the shown one part of the way, from where the shown
   one has counted down to, so it neither jumps wildly nor goes negative.
@@ -70,13 +73,15 @@ class Estimator:
         with self._lock:
             if task.status in ("running", "retrying", "enqueued", "delayed"):
                 run = self._runs.get(pk)
-                if run is None or task.started_at != run.started_at:
-                    self._runs[pk] = _Run(task.actor_name, task.started_at)
+                started_at = _attempt_start(task)
+                if run is None or started_at != run.started_at:
+                    self._runs[pk] = _Run(task.actor_name, started_at)
                     self._trim(self._runs, MAX_TASKS)
                 return
             self._runs.pop(pk, None)
-            if task.status == "done" and task.started_at and task.finished_at:
-                seconds = (task.finished_at - task.started_at).total_seconds()
+            started_at = _attempt_start(task)
+            if task.status == "done" and started_at and task.finished_at:
+                seconds = (task.finished_at - started_at).total_seconds()
                 if seconds >= 0:
                     self._learn(task.actor_name, seconds)
 
@@ -86,7 +91,7 @@ class Estimator:
             return None
         with self._lock:
             run = self._runs.get(task.pk)
-            started_at = task.started_at or (run.started_at if run else None)
+            started_at = _attempt_start(task) or (run.started_at if run else None)
             actor = task.actor_name or (run.actor if run else "")
             if run is None:
                 run = self._runs[task.pk] = _Run(actor, started_at)
@@ -151,6 +156,13 @@ class Estimator:
     def _trim(entries: OrderedDict[Any, Any], limit: int) -> None:
         while len(entries) > limit:
             entries.popitem(last=False)
+
+
+def _attempt_start(task: Any) -> datetime | None:
+    """When the task's current (or last) attempt started; its first start for rows that do
+    not say (a group's row, a row written before the column existed)."""
+    started_at: datetime | None = getattr(task, "attempt_started_at", None) or task.started_at
+    return started_at
 
 
 def describe_seconds(seconds: float) -> str:

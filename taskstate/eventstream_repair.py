@@ -55,7 +55,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from taskstate.conf import get_settings
+from taskstate import conf
 
 logger = logging.getLogger("taskstate")
 
@@ -102,7 +102,7 @@ def install() -> None:
 
 def is_ours(channel: str) -> bool:
     """Whether ``channel`` is a taskstate channel (the only ones repaired here)."""
-    return channel.startswith(get_settings().CHANNEL_PREFIX)
+    return channel.startswith(conf.CHANNEL_PREFIX)
 
 
 def _add_to_queues(self: Any, channel: str, event: Any) -> None:
@@ -165,7 +165,7 @@ async def supervise(manager: Any) -> None:
             outage.begin(error)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             with contextlib.suppress(Exception):
                 await client.aclose()
         await asyncio.sleep(outage.next_pause())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, models
@@ -23,8 +24,13 @@ from taskstate.values import text_of
 logger = logging.getLogger("taskstate")
 
 #: The keys ``for_state`` may hold; all optional.
-KNOWN_KEYS = frozenset({"user_pk", "description", "app_name", "model_name", "retryable", "group"})
+KNOWN_KEYS = frozenset(
+    {"user_pk", "description", "app_name", "model_name", "retryable", "group", "object"}
+)
 _MAX_LENGTHS = {"description": 255, "app_name": 100, "model_name": 100}
+#: Longest ``Task.object_type`` ("app_label.model_name") and ``Task.object_pk``.
+OBJECT_TYPE_MAX = 201
+OBJECT_PK_MAX = 255
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,10 @@ class TaskIdentity:
     #: The pk of the group or pipeline row this task belongs to (``for_state["group"]``,
     #: set by ``taskstate.track_group``), or None.
     group: int | None = None
+    #: The object the task is about (``for_state["object"]``): its model as
+    #: ``"app_label.model_name"`` and its primary key as text; both "" for none.
+    object_type: str = ""
+    object_pk: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,8 @@ def _json_encodable(value: Any) -> bool:
 
 
 def _encodable(key: str, value: Any, message_id: str) -> Any:
+    if key == "object" and isinstance(value, models.Model):
+        return object_reference(value, message_id)
     if _json_encodable(value):
         return value
     if isinstance(value, models.Model):
@@ -179,7 +191,67 @@ def parse_for_state(for_state: dict[str, Any], message_id: str, *, warn: bool) -
         model_name=texts["model_name"],
         retryable=for_state.get("retryable") is True,
         group=_group_pk(for_state.get("group")),
+        **_object_columns(for_state.get("object"), message_id, log),
     )
+
+
+def object_reference(obj: Any, message_id: str = "") -> dict[str, str] | None:
+    """How ``for_state["object"]`` travels in a message: ``{"model": "app_label.model_name",
+    "pk": "<pk as text>"}``, or None (logged) for a value that names no saved object."""
+    if not isinstance(obj, models.Model):
+        logger.warning(
+            "taskstate: for_state['object'] of message %s is a %s, not a model instance; "
+            "the task is about no object.",
+            message_id,
+            type(obj).__name__,
+        )
+        return None
+    if obj.pk is None or obj._state.adding:
+        logger.warning(
+            "taskstate: for_state['object'] of message %s is an unsaved %s; save it before "
+            "sending. The task is about no object.",
+            message_id,
+            type(obj).__name__,
+        )
+        return None
+    return {"model": obj._meta.label_lower, "pk": text_of(obj.pk)}
+
+
+def _object_columns(value: Any, message_id: str, log: Any) -> dict[str, str]:
+    """``object_type`` and ``object_pk`` of a ``for_state["object"]``; none when it does
+    not name a model of this project (or is too long to store)."""
+    if value is None:
+        return {}
+    if isinstance(value, models.Model):
+        value = object_reference(value, message_id)
+        if value is None:
+            return {}
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("model"), str)
+        and isinstance(value.get("pk"), (str, int))
+        and not isinstance(value.get("pk"), bool)
+    ):
+        label, pk = value["model"].lower(), text_of(value["pk"])
+        try:
+            apps.get_model(label)
+        except (LookupError, ValueError):
+            log(
+                "taskstate: for_state['object'] of message %s names the model %r, which this "
+                "project does not have; the task is about no object.",
+                message_id,
+                label,
+            )
+            return {}
+        if pk and len(label) <= OBJECT_TYPE_MAX and len(pk) <= OBJECT_PK_MAX:
+            return {"object_type": label, "object_pk": pk}
+    log(
+        "taskstate: for_state['object'] of message %s is not a saved model instance (%r); "
+        "the task is about no object.",
+        message_id,
+        value,
+    )
+    return {}
 
 
 def _group_pk(value: Any) -> int | None:
@@ -194,6 +266,10 @@ def _user_pk(value: Any, message_id: str, log: Any) -> Any:
         return None
     pk_field = get_user_model()._meta.pk
     assert pk_field is not None
+    key = (pk_field, type(value), value) if type(value) in (int, str) else None
+    known = _valid_pks.get(key, _UNCHECKED) if key is not None else _UNCHECKED
+    if known is not _UNCHECKED:
+        return known  # checked already (one sender's messages, a group's children)
     try:
         pk = _canonical_pk(pk_field, value)
         if isinstance(pk, int):
@@ -202,7 +278,6 @@ def _user_pk(value: Any, message_id: str, log: Any) -> Any:
                 raise ValidationError("out of range")
         # What the database will be given: some backends refuse values here (MySQL: 0).
         pk_field.get_db_prep_value(pk, connection)
-        return pk
     except (ValidationError, TypeError, ValueError):
         log(
             "taskstate: for_state['user_pk'] of message %s is not a valid user pk (%r); "
@@ -211,7 +286,16 @@ def _user_pk(value: Any, message_id: str, log: Any) -> Any:
             value,
         )
         return None
+    if key is not None:
+        if len(_valid_pks) >= 1024:
+            _valid_pks.clear()
+        _valid_pks[key] = pk
+    return pk
 
+
+#: User pks found valid, by pk field, type and value as given (a few, however many sends).
+_valid_pks: dict[tuple[Any, type, Any], Any] = {}
+_UNCHECKED = object()
 
 _DIGITS = re.compile(r"-?[1-9][0-9]*|0", re.ASCII)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.I)

@@ -1,26 +1,24 @@
 """Refresh group and pipeline rows as their children move, throttled per group.
 
 The publisher reports each committed change of a child (:meth:`GroupRefresher.changed`);
-one background thread per process refreshes the parent row (``taskstate.groups``) and
-announces it. A group is refreshed at once when it has not been for
-``TASKSTATE["GROUP_INTERVAL"]`` seconds, else once that interval is over: a thousand
+the process's background thread (``taskstate.background``) refreshes the parent row
+(``taskstate.groups``) and announces it. A group is refreshed at once when it has not been for
+``conf.GROUP_INTERVAL`` seconds, else once that interval is over: a thousand
 children finishing in one second cost one refresh and one event, and the last change is
 always refreshed. Nothing here runs on the worker's path but a lock and a dict insert.
 """
 
 from __future__ import annotations
 
-import atexit
-import heapq
+import functools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from taskstate.conf import get_settings
-from taskstate.idle import close_idle_connections
+from taskstate import conf
+from taskstate.background import Background, background
 from taskstate.signals import announce
 
 if TYPE_CHECKING:
@@ -36,103 +34,58 @@ class GroupRefresher:
     def __init__(
         self,
         refresh: Callable[[int], Refreshed | None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        runner: Background = background,
     ) -> None:
         self._refresh = refresh
-        self._clock = clock
-        self._init_state()
-
-    def _init_state(self) -> None:
-        self._cond = threading.Condition()
-        self._due: dict[int, float] = {}  # group pk -> when to refresh it
-        self._heap: list[tuple[float, int]] = []
+        self._runner = runner
+        self._lock = threading.Lock()
+        self._due: set[int] = set()  # groups with a refresh to come
         self._last: dict[int, float] = {}  # group pk -> when it was last refreshed
-        self._busy = False
-        self._thread: threading.Thread | None = None
-        self._pid = 0
         #: Refreshes run so far (benchmarks, tests).
         self.refreshes = 0
 
     def changed(self, group_pk: int) -> None:
         """A child of ``group_pk`` changed (committed): refresh the group soon."""
-        with self._cond:
+        with self._lock:
             if group_pk in self._due:
                 return  # a refresh is already due, and will read this change
-            interval = float(get_settings().GROUP_INTERVAL)
+            self._due.add(group_pk)
             last = self._last.get(group_pk)
-            now = self._clock()
-            due = now if last is None else max(now, last + interval)
-            self._due[group_pk] = due
-            heapq.heappush(self._heap, (due, group_pk))
-            self._start()
-            self._cond.notify()
+        # Through submit_at, even when due now: its queue is never full (one job per
+        # group at most), so no refresh is dropped and no group left waiting for good.
+        now = self._runner.clock()
+        when = now if last is None else max(now, last + float(conf.GROUP_INTERVAL))
+        self._runner.submit_at(when, functools.partial(self._run_due, group_pk))
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Refresh every group with a change pending now, not when due; False on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            if self._due:
-                self._heap = [(float("-inf"), pk) for pk in self._due]
-                heapq.heapify(self._heap)
-                self._cond.notify_all()
-            while self._due or self._busy:
-                if self._thread is None or not self._thread.is_alive():
-                    return not self._due
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-        return True
+        with self._lock:
+            pending = list(self._due)
+        now = self._runner.clock()
+        for pk in pending:
+            self._runner.submit_at(now, functools.partial(self._run_due, pk))
+        return self._runner.flush(timeout)
 
-    def _start(self) -> None:
-        # Called with the lock held. A forked child starts over (see _after_fork).
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
-        self._thread = threading.Thread(
-            target=self._run, name="taskstate-group-refresh", daemon=True
-        )
-        self._thread.start()
+    def _run_due(self, pk: int) -> None:
+        with self._lock:
+            if pk not in self._due:
+                return  # refreshed already (a flush ran it before its time)
+            self._due.discard(pk)
+            # The refresh that starts now reads every change so far.
+            self._last.pop(pk, None)
+            self._last[pk] = self._runner.clock()
+            while len(self._last) > MAX_REMEMBERED:
+                del self._last[next(iter(self._last))]
+        self._refresh_one(pk)
 
     def _after_fork(self) -> None:
-        self._init_state()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-                idle = not self._heap
-            if idle:
-                # Nothing due: hold no database connection while waiting (a test database
-                # could not be dropped, a pooler would count it).
-                close_idle_connections()
-            with self._cond:
-                while True:
-                    if self._heap:
-                        wait = self._heap[0][0] - self._clock()
-                        if wait <= 0:
-                            break
-                    else:
-                        wait = None
-                    self._cond.wait(wait)
-                _, pk = heapq.heappop(self._heap)
-                self._due.pop(pk, None)
-                self._remember(pk)
-                self._busy = True
-            self._refresh_one(pk)
-
-    def _remember(self, pk: int) -> None:
-        # Called with the lock held: the refresh that starts now reads every change so far.
-        self._last.pop(pk, None)
-        self._last[pk] = self._clock()
-        while len(self._last) > MAX_REMEMBERED:
-            del self._last[next(iter(self._last))]
+        self._lock = threading.Lock()
+        self._due.clear()
 
     def _refresh_one(self, pk: int) -> None:
         # The middleware imports this module while Django is still loading apps: the
         # model behind the refresh is imported once one runs.
-        from taskstate.groups import Groups, refresh_group
+        from taskstate.groups import refresh_group
 
         try:
             refreshed = (self._refresh or refresh_group)(pk)
@@ -140,7 +93,6 @@ class GroupRefresher:
             if refreshed is not None:
                 announce(
                     refreshed.task,
-                    sender=Groups,
                     status_changed=refreshed.status_changed,
                     committed=True,
                 )
@@ -149,5 +101,4 @@ class GroupRefresher:
 
 
 group_refresher = GroupRefresher()
-atexit.register(group_refresher.flush, 2.0)
 os.register_at_fork(after_in_child=group_refresher._after_fork)

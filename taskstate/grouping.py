@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -20,11 +21,13 @@ from typing import Any, Generic, TypeVar
 import dramatiq
 from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
+from django.utils.translation import get_language
 from dramatiq.common import q_name
 
+from taskstate.bounds import bounded
 from taskstate.conf import get_settings
 from taskstate.for_state import make_encodable, parse_for_state, tracked_for_state
-from taskstate.groups import Groups, Member, create_group
+from taskstate.groups import Member, create_group
 from taskstate.models import Task
 from taskstate.signals import announce
 from taskstate.states import WAITING_ORDER, Kind, Status
@@ -63,7 +66,20 @@ class TrackedGroup(Generic[C]):
         return self
 
     def _send(self, delay: int | None) -> None:
-        self.composition.run(delay=delay)  # type: ignore[no-untyped-call]
+        # Sent in a transaction of its own that queries nothing: the children's rows, each
+        # written by StateMiddleware as its message is sent, are written together when it
+        # ends, in one statement. Without a database, sent all the same.
+        alias = get_settings().DATABASE
+        connection = connections[alias]
+        try:
+            with bounded(connection):
+                connection.ensure_connection()
+        except DatabaseError:
+            together: AbstractContextManager[object] = nullcontext()
+        else:
+            together = transaction.atomic(using=alias)
+        with together:
+            self.composition.run(delay=delay)  # type: ignore[no-untyped-call]
 
 
 def track_group(composition: C, for_state: dict[str, Any] | None = None) -> TrackedGroup[C]:
@@ -119,7 +135,13 @@ def _track(
     ]
     try:
         parent = create_group(
-            kind, identity, members, actor_name=_actor_name(kind, messages), retry_of=retry_of
+            kind,
+            identity,
+            members,
+            actor_name=_actor_name(kind, messages),
+            retry_of=retry_of,
+            # The sender's active language (a view's: the request's), as a single task's.
+            language=get_language() or "",
         )
     except DatabaseError:
         # Tracking never stops work: the group runs as it would have, untracked.
@@ -137,7 +159,7 @@ def _track(
     else:
         rebuilt = dramatiq.group(tracked, broker=composition.broker)  # type: ignore[no-untyped-call]
         rebuilt.completion_callbacks = list(getattr(composition, "completion_callbacks", []))
-    announce(parent, sender=Groups)
+    announce(parent)
     return TrackedGroup(rebuilt, parent)
 
 

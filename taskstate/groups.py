@@ -4,7 +4,7 @@ A parent row (``Task.kind`` group or pipeline) stands for its children, which po
 (``Task.parent``). Its counts, combined progress and status are not written by the
 children's own writes (those stay one statement each): :func:`refresh_group` recomputes
 them from one aggregate query over the children, and the publisher calls it at most once
-per ``TASKSTATE["GROUP_INTERVAL"]`` per group and process (``taskstate.group_refresh``),
+per ``conf.GROUP_INTERVAL`` per group and process (``taskstate.group_refresh``),
 so the cost per child transition does not grow with the group. Like
 ``taskstate.transitions``, this module writes and tells no one.
 """
@@ -23,6 +23,7 @@ from django.db.models import Case, Count, IntegerField, Max, Min, Q, QuerySet, S
 from django.utils import timezone
 from django.utils.translation import gettext
 
+from taskstate import conf
 from taskstate.bounds import bounded_transaction
 from taskstate.conf import get_settings
 from taskstate.for_state import TaskIdentity
@@ -54,10 +55,6 @@ GROUP_CANCELLING_ORDER = cancelling_order(1)
 NAMED_FAILURES = 3
 
 
-class Groups:
-    """The ``sender`` of the signals announcing a group or pipeline row."""
-
-
 @dataclass(frozen=True)
 class Member:
     """One message of a group or pipeline, as its child row is first written."""
@@ -75,13 +72,16 @@ def create_group(
     *,
     actor_name: str,
     retry_of: int | None = None,
+    language: str = "",
 ) -> Task:
     """Write a parent row and one child row per member, in one transaction; return the parent.
 
     The children start as waiting (status enqueued, order ``WAITING_ORDER``): the
     middleware's own write when a message is sent moves each on, as for any task.
-    ``retry_of``: the group this one retries (``taskstate.control``).
+    ``retry_of``: the group this one retries (``taskstate.control``). ``language``: the
+    sender's (``Task.language``), in which the rows pushed to the owner's page read.
     """
+    language = language[:16]
     alias = get_settings().DATABASE
     now = timezone.now()
     user_pk = _existing_user(identity.user_pk, alias)
@@ -96,33 +96,87 @@ def create_group(
             description=identity.description,
             app_name=identity.app_name,
             model_name=identity.model_name,
+            object_type=identity.object_type,
+            object_pk=identity.object_pk,
             children_total=len(members),
             retry_of_id=retry_of,
+            language=language,
             created_at=now,
             updated_at=now,
         )
+        shared = {
+            "status": Status.ENQUEUED.value,
+            "state_order": WAITING_ORDER,
+            "user_id": user_pk,
+            "app_name": identity.app_name,
+            "model_name": identity.model_name,
+            "object_type": identity.object_type,
+            "object_pk": identity.object_pk,
+            "parent_id": parent.pk,
+            "language": language,
+            "created_at": now,
+            "updated_at": now,
+        }
+        _insert_children(alias, members, shared)
+    return parent
+
+
+#: A child's own columns (the rest it shares with its siblings), as written by
+#: :func:`_insert_children`; ``position`` is its place in the list.
+_OWN_COLUMNS = ("message_id", "actor_name", "queue_name", "description")
+
+
+def _insert_children(alias: str, members: Sequence[Member], shared: dict[str, object]) -> None:
+    """Insert one waiting child row per member: ``shared`` columns alike, every other
+    column its default.
+
+    On PostgreSQL one statement whatever the number of children: the children's own
+    columns go as one array each (unnested, numbered by the database), the shared ones
+    and the defaults as one value each, so that nothing is prepared per child and per
+    column; elsewhere ``bulk_create``.
+    """
+    own = [
+        [member.message_id for member in members],
+        [clean_text(member.actor_name, 255) for member in members],
+        [clean_text(member.queue_name, 255) for member in members],
+        [clean_text(member.description, 255) for member in members],
+    ]
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
         Task.objects.using(alias).bulk_create(
             (
                 Task(
-                    message_id=member.message_id,
-                    actor_name=clean_text(member.actor_name, 255),
-                    queue_name=clean_text(member.queue_name, 255),
-                    status=Status.ENQUEUED,
-                    state_order=WAITING_ORDER,
-                    user_id=user_pk,
-                    description=clean_text(member.description, 255),
-                    app_name=identity.app_name,
-                    model_name=identity.model_name,
-                    parent=parent,
+                    **dict(zip(_OWN_COLUMNS, values, strict=True)),
+                    **shared,
                     position=position,
-                    created_at=now,
-                    updated_at=now,
                 )
-                for position, member in enumerate(members, start=1)
+                for position, values in enumerate(zip(*own, strict=True), start=1)
             ),
             batch_size=500,
         )
-    return parent
+        return
+    q = connection.ops.quote_name
+    columns, selected, params = [], [], []
+    for field in Task._meta.concrete_fields:
+        name = field.attname
+        if field.primary_key or name in _OWN_COLUMNS:
+            continue
+        columns.append(q(name))
+        if name == "position":
+            selected.append(f"_own.{q(name)}::{field.db_type(connection)}")
+            continue
+        value = shared[name] if name in shared else field.get_default()
+        selected.append(f"%s::{field.db_type(connection)}")
+        params.append(field.get_db_prep_save(value, connection))
+    arrays = [f"%s::{Task._meta.get_field(name).db_type(connection)}[]" for name in _OWN_COLUMNS]
+    sql = (
+        f"INSERT INTO {q(Task._meta.db_table)} ({', '.join(q(n) for n in _OWN_COLUMNS)}, "
+        f"{', '.join(columns)}) SELECT {', '.join(f'_own.{q(n)}' for n in _OWN_COLUMNS)}, "
+        f"{', '.join(selected)} FROM unnest({', '.join(arrays)}) WITH ORDINALITY "
+        f"AS _own({', '.join(q(n) for n in (*_OWN_COLUMNS, 'position'))})"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *own])
 
 
 def _existing_user(user_pk: int | str | None, alias: str) -> int | str | None:
@@ -148,7 +202,11 @@ def refresh_group(pk: int) -> Refreshed | None:
     mark the steps after it as not run. None when the group is gone, already ended, or
     unchanged (then nothing is written).
 
-    Once every child has ended, the group reads ``failed`` if any child failed,
+    While any child has not ended, the group reads ``running`` once one has started (a
+    child waiting for its next attempt, ``retrying``, has not ended: however long its
+    back-off, the cleanup's dead-worker rule never fails a group's row, see
+    ``TaskQuerySet.fail_abandoned_candidates``). Once every child has ended, the group
+    reads ``failed`` if any child failed,
     ``cancelled`` if none failed and any was cancelled (or never ran after a cancelled
     step), and ``done`` only when every child did its work. A failed or cancelled group
     keeps in ``retry_message`` how many of its children a retry would send again
@@ -234,7 +292,7 @@ def _refresh(pk: int, alias: str) -> Refreshed | None:
 
 def _asked_long_ago(parent: Task) -> bool:
     asked = parent.cancel_requested_at
-    margin = cancel_at_once_margin(float(get_settings().CANCEL_CHECK_INTERVAL))
+    margin = cancel_at_once_margin(float(conf.CANCEL_CHECK_INTERVAL))
     return asked is not None and asked < timezone.now() - margin
 
 
@@ -355,8 +413,3 @@ def _failures(children: QuerySet[Task]) -> dict[str, str]:
         # "Check them failed: Order 4631 has no customer"
         "error_message": clean_text(gettext("%(names)s failed") % {"names": shown} + detail, 2000),
     }
-
-
-def in_group_transaction() -> bool:
-    """Whether the tracking database has a transaction open (the rows are not visible yet)."""
-    return connections[get_settings().DATABASE].in_atomic_block

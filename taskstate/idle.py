@@ -1,6 +1,6 @@
 """Background threads hold no database connection while they wait for work.
 
-The courier and the group refresher each run one thread per process that reads the
+The courier and ``taskstate.background`` each run one thread per process that reads the
 database in bursts. Between bursts each closes its connections: one broken by a
 database restart would fail every later burst, a pooler would count it, and a test
 database could not be dropped while a thread still held it.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 def close_idle_connections() -> None:
     """Close this thread's open database connections, except inside a transaction."""
-    # Imported when called, as before: importing the courier needs nothing from Django.
+    # Imported when called: importing this module needs nothing from Django.
     from django.db import connections
 
     for connection in connections.all(initialized_only=True):

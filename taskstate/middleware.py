@@ -3,13 +3,17 @@
 Only messages whose kwargs hold a ``for_state`` dict are tracked; for any other message
 each hook is a dictionary lookup and no query. Every hook catches its own errors: a
 tracking problem is logged and never reaches the sender or the actor.
+
+A tracked message is acked only once its final state is committed: ``before_ack`` and
+``before_nack`` wait for it (docs/reliability.md, "Acks and final rows"). While the worker
+stops and the database does not answer, they raise :class:`AckWithheld` after a bounded
+wait, and Dramatiq leaves the message for the broker to deliver again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import traceback
 import weakref
 from collections.abc import Callable
@@ -22,15 +26,15 @@ from django.db import connections, transaction
 from django.utils import timezone as dj_timezone
 from django.utils.translation import get_language
 from dramatiq.common import q_name
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
+from taskstate import conf
 from taskstate import transitions as t
+from taskstate.background import background, in_event_loop
 from taskstate.conf import get_settings
 from taskstate.control import RETRY_OF_OPTION
-from taskstate.courier import courier
 from taskstate.for_state import Origin, make_encodable, parse_for_state, tracked_for_state
-from taskstate.group_refresh import group_refresher
-from taskstate.handoff import handoff, in_event_loop
+from taskstate.shutdown import flush_all
 from taskstate.signals import announce
 from taskstate.states import TERMINAL_ORDER, Status
 from taskstate.tracking import Cancelled, MessageRun, _current, held_back, mark_cancelled
@@ -41,7 +45,7 @@ from taskstate.values import (
     exception_facts,
     json_value,
 )
-from taskstate.writer import background, cancels, writer
+from taskstate.writer import cancels, writer
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -112,9 +116,9 @@ class StateMiddleware(Middleware):
             values["due_at"] = _due(message)
         else:
             status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
-        # Written now (after the sender's commit) in either WRITE_MODE: a page rendered
-        # right after send() shows the task.
-        _on_commit(lambda: _write_now(origin, status, order, values, keep=_CONTROL_KEEP))
+        # Written now (after the sender's commit), not queued for the background writer:
+        # a page rendered right after send() shows the task.
+        _sent(t.Change(origin, status, order, values, keep=_CONTROL_KEEP))
 
     # --- worker side -------------------------------------------------------------------
 
@@ -132,27 +136,25 @@ class StateMiddleware(Middleware):
         for_state = tracked_for_state(message.kwargs)
         if for_state is None:
             return None
-        settings = get_settings()
         attempt = int(message.options.get("retries") or 0) + 1
         run = MessageRun(
             origin=_origin(message, for_state, warn=False),
             attempt=attempt,
-            interval=float(settings.PROGRESS_INTERVAL),
+            interval=float(get_settings().PROGRESS_INTERVAL),
             started_at=_now(),
             options=message.options,
-            check_interval=float(settings.CANCEL_CHECK_INTERVAL),
-            # The running write below looks for a cancel request: the next look can wait.
-            next_cancel_check=time.monotonic() + float(settings.CANCEL_CHECK_INTERVAL),
         )
         self._remember(message, run)
         _current.set(run)
-        queued = background()
-        if queued and cancels.requested(run.origin.message_id):
-            # Heard of already (CancelWatch; an idle worker reads once): the body never
-            # runs, and after_skip_message records it cancelled.
+        if cancels.heard_of(run.origin.message_id):
+            # Every request committed before this start is known (CancelWatch: one read
+            # shared by the starts waiting for it, or none when known already): the body
+            # never runs, and after_skip_message records it cancelled.
             _not_started(run)
             return True
-        task = _write(
+        # Not waited for: a request committed after the watch's read is a running task's
+        # cancel, seen when the row comes back or at the next look.
+        _write(
             run.origin,
             Status.RUNNING,
             t.running_order(attempt),
@@ -164,20 +166,9 @@ class StateMiddleware(Middleware):
                 "progress_message": "",
                 **_control_columns(message, run.origin),
             },
-            same_order_wins=True,
             keep=_KEEP + _CONTROL_KEEP,
             notify=lambda task, written: _running_written(run, task, written),
         )
-        if queued:
-            # Not waited for: a request the watch had not heard of yet makes this a
-            # running task's cancel, seen when the row comes back or at the next look.
-            return False
-        if task is not None:
-            run.task_pk, run.user_pk = task.pk, task.user_id
-        if _cancelled_before_start(run.origin.message_id, task):
-            # The start time is ours when the row had none before this write.
-            _not_started(run, ours=task is not None and task.started_at == run.started_at)
-            return True
         return False
 
     @_never_raises
@@ -205,22 +196,16 @@ class StateMiddleware(Middleware):
             run.finished = True
             values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
             values.update(progress=100, **_no_error(), **_attempt(run))
-            pipeline_step = "pipe_target" in message.options
-            task = _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
-            asked = (
-                task.cancel_requested_at is not None
-                if task is not None
-                else pipeline_step and background() and cancels.requested(run.origin.message_id)
-            )
-            if asked:
-                # Asked to cancel, and ended before it noticed (free: the row came back):
-                # a pipeline goes no further. Pipelines reads this after us when it comes
+            _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
+            if "pipe_target" in message.options and cancels.requested(run.origin.message_id):
+                # Asked to cancel, and ended before it noticed (as far as this process
+                # knows, CancelWatch): a pipeline goes no further. Pipelines reads this after us when it comes
                 # before StateMiddleware in the list; otherwise the next step is sent and
                 # skipped, as its row was cancelled with the group.
                 message.options.pop("pipe_target", None)
             return
         # Whether Dramatiq retries this attempt is known only once every middleware
-        # has run (Retries may come before or after us): decided in after_ack/after_nack.
+        # has run (Retries may come before or after us): decided in before_ack/before_nack.
         run.exception = exception
 
     @_never_raises
@@ -241,11 +226,32 @@ class StateMiddleware(Middleware):
                 return
         _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
+    def before_ack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
+        # Dramatiq calls this after every middleware's after_process_message, just before
+        # the ack: the last moment to decide, and the moment to hold the ack until the
+        # message's final change is committed.
+        self._end(message, rejected=False)
+        self._hold_ack(message)
+
+    def before_nack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
+        self._end(message, rejected=True)
+        self._hold_ack(message)
+
     @_never_raises
-    def after_ack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
+    def _end(self, message: dramatiq.broker.MessageProxy, *, rejected: bool) -> None:
+        """Write the final change of an attempt that ended with an exception."""
         run = self._forget(message)
-        if run is None or run.finished:
+        if run is None:
+            if rejected:
+                # Rejected before any of our worker hooks ran (unknown actor, an earlier
+                # middleware failed it): still a tracked task that will never run.
+                for_state = tracked_for_state(message.kwargs)
+                if for_state is not None:
+                    self._fail(_origin(message, for_state, warn=False), None, message)
             return
+        if run.finished:
+            return
+        run.finished = True
         if run.cancel_requested:
             _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
             return
@@ -253,7 +259,8 @@ class StateMiddleware(Middleware):
         # saw it), or the message is over: no Retries middleware, or one that could not
         # act on this exception (before Python 3.13 Retries raises formatting the
         # traceback of an exception whose __notes__ fail, and the message is acked).
-        retried = message.message_id in self._retry_due
+        # Rejected: Retries gave up (or another middleware failed the message).
+        retried = not rejected and message.message_id in self._retry_due
         due_at = self._retry_due.pop(message.message_id, None)
         if retried:
             values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
@@ -262,23 +269,28 @@ class StateMiddleware(Middleware):
         else:
             self._fail(run.origin, run, message)
 
-    @_never_raises
-    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
-        run = self._forget(message)
-        if run is not None and run.finished:
-            return
-        if run is None:
-            # Rejected before any of our worker hooks ran (unknown actor, an earlier
-            # middleware failed it): still a tracked task that will never run.
-            for_state = tracked_for_state(message.kwargs)
-            if for_state is None:
+    def _hold_ack(self, message: dramatiq.broker.MessageProxy) -> None:
+        """Return once the message's final change is committed; raise (Dramatiq then
+        leaves the message unacked, for the broker to deliver again) when the worker is
+        stopping and the database did not answer within ``writer.STOP_ACK_WAIT``."""
+        try:
+            if tracked_for_state(message.kwargs) is None or "eta" in message.options:
+                # Untracked; or a delayed message's copy, acked by the consumer thread once
+                # its eta has come and the copy to run is enqueued: it ran nothing, and the
+                # consumer must not wait (it fetches, and sends the worker's heartbeats).
                 return
-            self._fail(_origin(message, for_state, warn=False), None, message)
+            if writer.wait_written(message.message_id):
+                return
+        except Exception:
+            logger.exception("taskstate: waiting for the final state of %s failed", message)
             return
-        if run.cancel_requested:
-            _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
-            return
-        self._fail(run.origin, run, message)
+        logger.error(
+            "taskstate: message %s is left unacknowledged: its final state could not be "
+            "written before the worker stops (the database does not answer). The broker "
+            "delivers it again to a worker (Redis: once this worker's heartbeat expires).",
+            message.message_id,
+        )
+        raise AckWithheld(message.message_id)
 
     def _fail(
         self, origin: Origin, run: MessageRun | None, message: dramatiq.broker.MessageProxy
@@ -292,14 +304,19 @@ class StateMiddleware(Middleware):
         }
         _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        writer.stopping(False)
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # Acks still held for a database that does not answer wait a bounded time now.
+        writer.stopping()
+
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # Write the last changes, then let them reach the browsers, before the process
         # goes: groups with a change pending are refreshed now, not when their turn comes.
-        # After, not before: Dramatiq sends before_worker_shutdown before it waits for
+        # After, not before, since Dramatiq sends before_worker_shutdown before it waits for
         # the running actors and the consumers' acks, whose changes would be left behind.
-        writer.shutdown()
-        group_refresher.flush(5.0)
-        courier.flush(5.0)
+        flush_all()
 
     # --- per-message bookkeeping -------------------------------------------------------
 
@@ -331,6 +348,14 @@ class StateMiddleware(Middleware):
         if entry is None or entry[0]() is not message:
             return None
         return entry[1]
+
+
+class AckWithheld(MiddlewareError):
+    """Raised from ``before_ack``/``before_nack`` so that Dramatiq does not ack a message
+    whose final state is not written (the worker stops during a database outage).
+
+    A ``MiddlewareError``: Dramatiq's broker logs and swallows any other exception of a
+    ``before_`` hook and acks all the same."""
 
 
 def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
@@ -371,25 +396,19 @@ def _write(
     order: int,
     values: dict[str, Any],
     *,
-    same_order_wins: bool = False,
     keep: tuple[str, ...] = (),
     notify: t.Notify | None = None,
-) -> Task | None:
-    """One worker-side transition, announced once committed when it landed.
+) -> None:
+    """One worker-side transition, handed to the background writer, which calls
+    ``notify`` once it is written and announces it once committed; never waits.
 
-    With ``WRITE_MODE = "background"`` it is handed to the background writer, which calls
-    ``notify`` once it is written; returns None, never waits. Otherwise written now
-    (:func:`_write_now`), and the row is returned.
+    Any change but a running attempt's is final: its message's ack waits for it
+    (before_ack), and a full queue never drops it.
     """
-    # A batch repeats an order key for running attempts only (transitions.Change): any
-    # other wish is written now.
-    if background() and same_order_wins == t.is_running_order(order):
-        change = t.Change(origin, status, order, values, keep=keep)
-        if notify is not None:
-            change.notify.append(notify)
-        writer.submit(change)
-        return None
-    return _write_now(origin, status, order, values, same_order_wins=same_order_wins, keep=keep)
+    change = t.Change(origin, status, order, values, keep=keep)
+    if notify is not None:
+        change.notify.append(notify)
+    writer.submit(change, final=not t.is_running_order(order))
 
 
 def _running_written(run: MessageRun, task: Task | None, written: bool) -> None:
@@ -399,32 +418,14 @@ def _running_written(run: MessageRun, task: Task | None, written: bool) -> None:
     if task is None:
         # Refused: the row had ended already (cancelled early, or this is a redelivery
         # of an ended message). The attempt's next look reads the row.
-        run.next_cancel_check = 0.0
+        run.read_row = True
     elif task.cancel_requested_at is not None:
         mark_cancelled(run)
 
 
-def _write_now(
-    origin: Origin,
-    status: Status,
-    order: int,
-    values: dict[str, Any],
-    *,
-    same_order_wins: bool = False,
-    keep: tuple[str, ...] = (),
-) -> Task | None:
-    """One transition written now, announced once committed when it landed."""
-    task = t.write(origin, status, order, values, same_order_wins=same_order_wins, keep=keep)
-    if task is not None:
-        announce(task, sender=StateMiddleware)
-    return task
-
-
-writer.sender = StateMiddleware
-
-
-def _on_commit(write: Callable[[], object]) -> None:
-    """Write after the sender's transaction commits, outside it, or now without one.
+def _sent(change: t.Change) -> None:
+    """Write a sender's row after the sender's transaction commits, outside it; without
+    one, now. The rows of one transaction are written together, in one statement.
 
     A failure can then never break the caller's transaction, and a worker that starts
     the message first is never blocked by the sender's uncommitted row.
@@ -433,15 +434,80 @@ def _on_commit(write: Callable[[], object]) -> None:
         # Async code (an async view): the loop must not wait and Django refuses database
         # calls here; a thread writes it, in order, moments later. No transaction to wait
         # for: Django runs none in a thread with an event loop.
-        handoff.submit(write)
+        background.submit(lambda: _write_sent([change]))
         return
-    alias = get_settings().DATABASE
-    if connections[alias].connection is None:
-        # No connection, so no transaction: write now, and let the write open the
-        # connection within its bounds (on_commit would open it without any).
-        write()
+    connection = connections[get_settings().DATABASE]
+    if not connection.in_atomic_block:
+        # No transaction: written now, a batch of one, opening the connection within
+        # the write's bounds if it has none.
+        _write_sent([change])
         return
-    transaction.on_commit(write, using=alias, robust=True)
+    _SentRows.of(connection).add(change)
+
+
+class _SentRows:
+    """The sender's rows of one transaction, written by one ``on_commit`` callback.
+
+    One per transaction and savepoint: Django drops the callback of a savepoint rolled
+    back, and with it the rows sent inside it, as it drops the transaction's on rollback.
+    """
+
+    #: The collector in use, by connection (a connection runs one transaction at a time)
+    #: and by the savepoints open when it was made.
+    _open: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], _SentRows]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self.changes: dict[str, t.Change] = {}
+        #: The connection's list of pending callbacks this one was last seen in.
+        self.hooks: list[Any] | None = None
+
+    @classmethod
+    def of(cls, connection: Any) -> _SentRows:
+        """The collector of ``connection``'s transaction at its current savepoint."""
+        key = tuple(connection.savepoint_ids)
+        hooks = connection.run_on_commit
+        rows = cls._open.get(connection, {}).get(key)
+        if rows is not None and rows.hooks is hooks:
+            return rows  # Django drops a callback only by replacing the list: still pending
+        pending = {id(hook[1]) for hook in hooks}
+        if rows is not None and id(rows) in pending:
+            rows.hooks = hooks
+            return rows
+        # A collector whose callback is no longer pending belongs to a transaction (or
+        # savepoint) that has ended: committed, or rolled back with its rows.
+        by_savepoint = {k: v for k, v in cls._open.get(connection, {}).items() if id(v) in pending}
+        rows = by_savepoint[key] = cls()
+        cls._open[connection] = by_savepoint
+        transaction.on_commit(rows, using=connection.alias, robust=True)
+        rows.hooks = connection.run_on_commit
+        return rows
+
+    def add(self, change: t.Change) -> None:
+        known = self.changes.get(change.origin.message_id)
+        # The same message sent twice: one row, as two writes in turn would leave it.
+        self.changes[change.origin.message_id] = change if known is None else known.then(change)
+
+    def __call__(self) -> None:
+        changes, self.changes = list(self.changes.values()), {}
+        _write_sent(changes)
+
+
+def _write_sent(changes: list[t.Change]) -> None:
+    """The senders' rows in one statement (on PostgreSQL, the same text for any number of
+    rows), each announced when it landed; never raises."""
+    try:
+        written = t.write_batch(changes)
+    except t.Outage as outage:
+        # Not kept for later: the worker writes the row when it takes the message.
+        written = outage.written
+    except Exception:
+        logger.exception("taskstate: the senders' rows of %d messages failed", len(changes))
+        return
+    for task in written:
+        if task is not None:
+            announce(task, committed=True)
 
 
 def _now() -> datetime:
@@ -456,7 +522,11 @@ def _attempt(run: MessageRun | None) -> dict[str, Any]:
     """The attempt's own facts, sent with every worker write so any order ends right."""
     if run is None:
         return {}
-    return {"attempts": run.attempt, "started_at": run.started_at}
+    return {
+        "attempts": run.attempt,
+        "started_at": run.started_at,
+        "attempt_started_at": run.started_at,
+    }
 
 
 def _finished() -> dict[str, Any]:
@@ -471,14 +541,15 @@ def _error(exception: BaseException | None, message: Any) -> dict[str, Any]:
     exception = exception or getattr(message, "_exception", None)
     if exception is None:
         return {"error_type": "", "error_message": "", "traceback": ""}
-    limit = get_settings().TRACEBACK_MAX_CHARS
     name, text = exception_facts(exception, 2000)
-    return {"error_type": name, "error_message": text, "traceback": _traceback(exception, limit)}
+    return {
+        "error_type": name,
+        "error_message": text,
+        "traceback": _traceback(exception, conf.TRACEBACK_MAX_CHARS),
+    }
 
 
 def _traceback(exception: BaseException, limit: int) -> str:
-    if not limit:
-        return ""
     try:
         text = "".join(
             traceback.format_exception(type(exception), exception, exception.__traceback__)
@@ -548,26 +619,12 @@ def _retry_message(message: Any) -> dict[str, Any] | None:
         return None
 
 
-def _cancelled_before_start(message_id: str, task: Task | None) -> bool:
-    """Whether the attempt about to start was asked to cancel.
-
-    Free when the running write landed (its row comes back with the request); a write
-    that was refused (the row is terminal: a cancel, or a redelivery) costs one read.
-    """
-    if task is not None:
-        return task.cancel_requested_at is not None
-    return t.cancel_requested(message_id)
-
-
-def _not_started(run: MessageRun, *, ours: bool = False) -> None:
-    """The attempt was asked to cancel before its body started: it does not count as one.
-
-    ``ours``: the row's start time was written by this attempt's running write.
-    """
+def _not_started(run: MessageRun) -> None:
+    """The attempt was asked to cancel before its body started (its running change was
+    never queued): it does not count as one."""
     mark_cancelled(run)
     run.attempt -= 1
     run.started_at = None
-    run.clear_start = ours
 
 
 def _is_cancel(exception: BaseException) -> bool:
@@ -588,12 +645,6 @@ def _write_cancelled(origin: Origin, run: MessageRun, values: dict[str, Any]) ->
         # redelivered or retried copy of the message then finds it and is skipped.
         "cancel_requested_at": _now(),
     }
-    # An attempt that never started leaves the start time as it was before it (its own
-    # running write, if it wrote one, is undone; COALESCE keeps an earlier attempt's).
-    _write(
-        origin,
-        Status.CANCELLED,
-        TERMINAL_ORDER,
-        values,
-        keep=("cancel_requested_at",) if run.clear_start else (*_KEEP, "cancel_requested_at"),
-    )
+    # An attempt that never started leaves the start time as it was before it (COALESCE
+    # keeps an earlier attempt's).
+    _write(origin, Status.CANCELLED, TERMINAL_ORDER, values, keep=(*_KEEP, "cancel_requested_at"))

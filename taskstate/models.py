@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -65,6 +67,13 @@ class TaskQuerySet(models.QuerySet["Task"]):
         """Tasks that belong to no group or pipeline, and the groups and pipelines."""
         return self.filter(parent__isnull=True)
 
+    def about(self, object_type: str, object_pk: str) -> TaskQuerySet:
+        """The tasks about one object: its model's label (``"app_label.model_name"``) and
+        its pk as text (``Task.object_type``, ``Task.object_pk``). None for an empty label."""
+        if not object_type:
+            return self.none()
+        return self.filter(object_type=object_type, object_pk=object_pk)
+
     def first_rows(self, limit: int) -> tuple[list[Task], int]:
         """At most ``limit`` of these tasks, and how many more there are.
 
@@ -75,36 +84,67 @@ class TaskQuerySet(models.QuerySet["Task"]):
             return rows, 0
         return rows[:limit], self.count() - limit
 
-    def delete_old(self, max_task_age: int, only_if_seen: bool = True) -> int:
+    def delete_old(
+        self, max_task_age: int, only_if_seen: bool = True, *, removed: Removed | None = None
+    ) -> int:
         """Delete completed tasks that finished more than ``max_task_age`` seconds ago.
 
         With ``only_if_seen`` (the default) only tasks a user has seen are deleted, and
         their age counts from when they were seen. Returns the number of rows deleted.
         A group or pipeline goes as one: its children with it, never on their own.
+
+        Never deleted: a task whose message may still come and must then be refused (see
+        :func:`awaits_its_message`), and a group while one of its children may still get
+        its message (an unfinished child among them). ``removed`` is called with the
+        ``(user pk, task pk)`` of each deleted row a page may still show.
         """
         cutoff = timezone.now() - timedelta(seconds=max_task_age)
         if only_if_seen:
             old = self.completed().filter(seen=True, seen_at__lt=cutoff)
         else:
             old = self.completed().filter(finished_at__lt=cutoff)
-        return _delete_in_batches(old.top_level())
+        pending_child = Task.objects.filter(parent_id=OuterRef("pk")).filter(
+            models.Q(status__in=ACTIVE_STATUSES) | awaits_its_message()
+        )
+        old = old.top_level().exclude(awaits_its_message()).exclude(Exists(pending_child))
+        return _delete_in_batches(old, removed)
 
-    def delete_stale(self, max_age: int = 1200) -> int:
+    def delete_stale(self, max_age: int = 1200, *, removed: Removed | None = None) -> int:
         """Delete tasks still queued ``max_age`` seconds after their last change.
 
         Such a message was most likely lost (a purged queue, a broker without
-        persistence). If it does run after all, the worker writes the row again. A
-        child of a group or pipeline is never deleted on its own (its group would count
-        it missing); a group whose row is still queued goes with its children.
+        persistence). If it does run after all, the worker writes the row again. Never
+        deleted: a task asked to cancel (it reads "Cancelling" until a worker takes its
+        message, which must find the request however long the queue ahead of it), and a
+        group while it is scheduled (a child waits for its due time or a retry, runs, or
+        is asked to cancel). A child of a group or pipeline is never deleted on its own
+        (its group would count it missing); a stale group goes with its children.
+        ``removed``: as for :meth:`delete_old`.
         """
         cutoff = timezone.now() - timedelta(seconds=max_age)
-        stale = self.top_level().filter(status=Status.ENQUEUED, updated_at__lt=cutoff)
-        return _delete_in_batches(stale)
+        busy_child = Task.objects.filter(parent_id=OuterRef("pk")).filter(
+            models.Q(status__in=(Status.DELAYED, Status.RUNNING, Status.RETRYING))
+            | models.Q(cancel_requested_at__isnull=False)
+        )
+        stale = (
+            self.top_level()
+            .filter(status=Status.ENQUEUED, updated_at__lt=cutoff, cancel_requested_at__isnull=True)
+            .exclude(Exists(busy_child))
+        )
+        return _delete_in_batches(stale, removed)
 
     def fail_abandoned_candidates(self, max_age: int) -> TaskQuerySet:
-        """Running tasks with no change for ``max_age`` seconds: their worker most likely died."""
+        """Running tasks with no change for ``max_age`` seconds: their worker most likely died.
+
+        Never a group or pipeline row: no worker runs it, and its status is its children's
+        (``taskstate.groups``). It keeps reading running while a child waits for a retry,
+        however long the back-off; a child failed here fails its group through the
+        group's refresh.
+        """
         return self.filter(
-            status=Status.RUNNING, updated_at__lt=timezone.now() - timedelta(seconds=max_age)
+            status=Status.RUNNING,
+            kind="",
+            updated_at__lt=timezone.now() - timedelta(seconds=max_age),
         )
 
     def fail_abandoned(self, max_age: int) -> int:
@@ -183,18 +223,66 @@ def _lost_message(max_overdue: int) -> str:
     )
 
 
+def awaits_its_message() -> models.Q:
+    """Tasks ended without their message whose message must be refused if it comes.
+
+    Asked to cancel and ended by something other than the worker that took the message:
+    cancelled before its message was due (a task scheduled well ahead, cancelled at once),
+    or failed by the cleanup (its message lost, or its worker gone: a copy may still be
+    delivered). A worker refuses the message by this row (``cancel_requested_at``); the
+    worker's own final write for the message is what ends it otherwise, and after it no
+    copy can come. A worker that refuses the message of a row cancelled before it was due
+    clears the row's due time (the message came; ``transitions.write``), so the row goes
+    as any finished one. The cleanup keeps these rows (docs/reliability.md).
+    """
+    return models.Q(cancel_requested_at__isnull=False) & (
+        models.Q(due_at__isnull=False, finished_at__lt=F("due_at"))
+        | models.Q(error_type__in=(LOST_ERROR, ABANDONED_ERROR))
+    )
+
+
+#: Called with the deleted rows a page may still show (unsaved, only ``pk``, ``user_id``,
+#: ``object_type`` and ``object_pk`` set): their owners' pages and their objects'.
+Removed = Callable[[list["Task"]], None]
+
 _DELETE_BATCH = 5_000
 
 
-def _delete_in_batches(queryset: TaskQuerySet) -> int:
-    """Delete in primary-key batches, so a large cleanup never holds one huge lock."""
+def _delete_in_batches(queryset: TaskQuerySet, removed: Removed | None = None) -> int:
+    """Delete in primary-key batches, so a large cleanup never holds one huge lock.
+
+    Each batch is deleted through ``queryset`` again: a row that changed since it was
+    read (a cancel request, a worker's write) and no longer matches stays.
+    """
     deleted = 0
     while True:
-        batch = list(queryset.values_list("pk", flat=True)[:_DELETE_BATCH])
+        batch = list(
+            queryset.values_list("pk", "user_id", "seen", "seen_at", "object_type", "object_pk")[
+                :_DELETE_BATCH
+            ]
+        )
         if not batch:
             return deleted
-        count, _ = Task.objects.filter(pk__in=batch).delete()
+        pks = [row[0] for row in batch]
+        count, _ = queryset.filter(pk__in=pks).delete()
         deleted += count
+        if removed is not None:
+            kept = set(
+                Task.objects.using(queryset.db).filter(pk__in=pks).values_list("pk", flat=True)
+            )
+            _tell_removed(removed, [row for row in batch if row[0] not in kept])
+
+
+def _tell_removed(removed: Removed, batch: list[tuple[int, Any, bool, Any, str, str]]) -> None:
+    since = timezone.now() - timedelta(seconds=get_settings().DISPLAY_SECONDS_SINCE_SEEN)
+    shown = [
+        Task(pk=pk, user_id=user_pk, object_type=object_type, object_pk=object_pk)
+        for pk, user_pk, seen, seen_at, object_type, object_pk in batch
+        if (user_pk is not None or object_type)
+        and (not seen or (seen_at is not None and seen_at >= since))
+    ]
+    if shown:
+        removed(shown)
 
 
 class Task(models.Model):
@@ -230,6 +318,9 @@ class Task(models.Model):
     seen_at = models.DateTimeField(_("seen at"), null=True, blank=True)
     created_at = models.DateTimeField(_("created"), default=timezone.now)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    # The current (or last) attempt's own start: started_at stays the first attempt's, and
+    # time left and the actor's history count from this one (taskstate.estimates).
+    attempt_started_at = models.DateTimeField(_("attempt started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
     # When a delayed message's eta is, or a retrying task's next attempt: the cleanup fails
     # the rows whose message never came (OVERDUE_AFTER).
@@ -269,6 +360,11 @@ class Task(models.Model):
     children_done = models.PositiveIntegerField(_("children done"), default=0)
     children_failed = models.PositiveIntegerField(_("children failed"), default=0)
     children_running = models.PositiveIntegerField(_("children running"), default=0)
+    # The object the task is about (for_state={"object": ...}): its model's label
+    # ("app_label.model_name") and its pk as text. Whoever the policy lets see that object
+    # sees the task (taskstate.policy); "" for a task about no object.
+    object_type = models.CharField(_("object type"), max_length=201, blank=True, default="")
+    object_pk = models.CharField(_("object id"), max_length=255, blank=True, default="")
 
     objects = TaskQuerySet.as_manager()
 
@@ -307,6 +403,12 @@ class Task(models.Model):
                 fields=("retry_of",),
                 name="taskstate_retry_of_idx",
                 condition=models.Q(retry_of__isnull=False),
+            ),
+            # The tasks about one object (its list and its stream's resync): few rows.
+            models.Index(
+                fields=("object_type", "object_pk", "created_at"),
+                name="taskstate_object_idx",
+                condition=~models.Q(object_type=""),
             ),
         )
 

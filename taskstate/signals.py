@@ -20,12 +20,35 @@ if TYPE_CHECKING:
     from taskstate.models import Task
 
 
-#: Public. Sent after a task's status changed and the change is committed.
-#: ``sender`` is :class:`taskstate.middleware.StateMiddleware` for a worker's or sender's
-#: write, :class:`taskstate.models.Task` for a cancel made by a view or the admin;
-#: ``task`` is the :class:`taskstate.models.Task` as written. Receivers' exceptions are
-#: logged (logger ``django.dispatch``), not raised.
+#: Public. Sent once a write that sets a task's status is committed, in the process and
+#: thread that made it, with ``sender`` always :class:`taskstate.middleware.StateMiddleware`
+#: and ``task``: the :class:`taskstate.models.Task` as written. Those writes are:
+#:
+#: - the sender's ``enqueued`` row, and each of a worker's writes, after the commit of the
+#:   background writer's batch: changes of one message that meet in a batch are one
+#:   write, announced once with the furthest status (a quick ``retrying`` may never be
+#:   sent);
+#: - rows the cleanup ends ``failed``;
+#: - ``taskstate.control.cancel`` (the Cancel view, the admin action) when it ends a task
+#:   ``cancelled`` at once; a request that leaves the task to a worker sends nothing until
+#:   the worker's write does;
+#: - a group's or pipeline's row, when ``track_group`` writes it and when a refresh or a
+#:   cancel changes its status.
+#:
+#: Progress reports never send it. Receivers' exceptions are logged (logger
+#: ``django.dispatch``), not raised.
 task_changed = Signal()
+
+#: The ``sender`` of every signal here: ``StateMiddleware``, given by the app's
+#: ``ready()`` (:func:`use_sender`), since the layers that announce writes sit below it.
+_sender: Any = None
+
+
+def use_sender(sender: Any) -> None:
+    """Make ``sender`` the sender of every signal here (``TaskstateConfig.ready``)."""
+    global _sender
+    _sender = sender
+
 
 #: Internal. Sent after every committed write of a task row (status or not), with
 #: ``task``: what the live page shows is rendered from it.
@@ -39,23 +62,20 @@ task_committed = Signal()
 progress_committed = Signal()
 
 
-def announce(
-    task: Task, *, sender: Any, status_changed: bool = True, committed: bool = False
-) -> None:
+def announce(task: Task, *, status_changed: bool = True, committed: bool = False) -> None:
     """Announce a write of ``task`` once the writer's transaction commits. Never raises.
 
     ``committed``: the caller knows the write is committed already (announce now).
     """
     alias = get_settings().DATABASE
     if not committed and connections[alias].in_atomic_block:
-        transaction.on_commit(lambda: _send(task, sender, status_changed), using=alias, robust=True)
+        transaction.on_commit(lambda: _send(task, status_changed), using=alias, robust=True)
     else:
-        _send(task, sender, status_changed)
+        _send(task, status_changed)
 
 
 def announce_progress(
     *,
-    sender: Any,
     task_pk: int,
     user_pk: Any,
     percent: int,
@@ -65,7 +85,7 @@ def announce_progress(
 ) -> None:
     """Announce a committed progress write (progress writes are autocommit). Never raises."""
     progress_committed.send_robust(
-        sender,
+        _sender,
         task_pk=task_pk,
         user_pk=user_pk,
         percent=percent,
@@ -75,7 +95,7 @@ def announce_progress(
     )
 
 
-def _send(task: Task, sender: Any, status_changed: bool) -> None:
+def _send(task: Task, status_changed: bool) -> None:
     if status_changed:
-        task_changed.send_robust(sender, task=task)
-    task_committed.send_robust(sender, task=task)
+        task_changed.send_robust(_sender, task=task)
+    task_committed.send_robust(_sender, task=task)

@@ -1,6 +1,7 @@
 """The event streams of this web process: opened by whom, with which session, for how long.
 
-Three rules, applied by ``taskstate.views.events``:
+Three rules, applied by ``taskstate.views.events``, the only door to a taskstate channel
+(``taskstate.channels.TaskstateChannelManager`` refuses the streams of every other door):
 
 1. **GRIP parameters are for the proxy's own refresh of a held stream.** ``es-meta``
    (django-eventstream's token naming a user and channels) and ``recover`` are
@@ -22,6 +23,13 @@ Three rules, applied by ``taskstate.views.events``:
    refused with 403.
 3. **At most ``STREAMS_PER_USER`` open streams per user and process**; one more is
    answered 429 and the open ones are left alone. Other users are never affected.
+
+A stream of an object's tasks (``taskstate:object-events``, and its JSON form
+``taskstate:json-object-events``) follows the same rules, counts towards its user's cap,
+and is also closed at the same check once the policy no longer lets its user see the
+object (``still_allowed``). Under GRIP its refresh must name that object's channel of the
+stream's form (:func:`check_refresh`), and its view asks the policy again after the
+session check: a user who may no longer see the object gets 403 at the next refresh.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import import_module
@@ -56,7 +64,8 @@ from django.http import (
 )
 from django.utils.crypto import constant_time_compare, salted_hmac
 
-from taskstate.channels import site_namespace, user_channel
+from taskstate import conf
+from taskstate.channels import own_channels, site_namespace
 from taskstate.conf import get_settings
 
 logger = logging.getLogger("taskstate")
@@ -90,10 +99,16 @@ def refuse_unsigned_grip_parameters(request: HttpRequest) -> HttpResponse | None
     )
 
 
-def check_refresh(request: HttpRequest) -> HttpResponse | None:
+def check_refresh(request: HttpRequest, channel: str | None = None) -> HttpResponse | None:
     """For the proxy's refresh of a held stream (signed, with ``es-meta``): 400 for a
-    malformed token, 403 when the stream's session is no longer valid; None to serve it
-    (and the response to it should get :func:`add_close_channels`).
+    malformed token, or one naming any channel but the expected one (``channel``; by
+    default one of the user's own), 403 when the stream's session is no longer valid;
+    None to serve it (and the response to it should get :func:`add_close_channels`).
+
+    A refresh to serve becomes a request of the stream's user: ``request.user`` is that
+    user and ``es-meta`` is taken out of the query string (its user and channel are the
+    ones checked here; django-eventstream would load a user of its own from it, one that
+    ``taskstate:events`` never admitted).
     """
     import jwt
 
@@ -110,7 +125,8 @@ def check_refresh(request: HttpRequest) -> HttpResponse | None:
     if (
         not isinstance(user_id, str)
         or not isinstance(channels, list)
-        or channels != [user_channel(user_id)]
+        or len(channels) != 1
+        or channels[0] not in ((channel,) if channel is not None else own_channels(user_id))
     ):
         return HttpResponseBadRequest("Invalid es-meta.\n", content_type="text/plain")
     reference = request.GET.get(SESSION_REF_PARAM)
@@ -125,6 +141,7 @@ def check_refresh(request: HttpRequest) -> HttpResponse | None:
         if user is None or not getattr(user, "is_active", True):
             return HttpResponseForbidden("The user of this stream is inactive.\n")
         request._taskstate_stream = (None, user.pk)  # type: ignore[attr-defined]
+        _serve_as(request, user)
         return None
     session_key = _referenced_session_key(reference)
     user = session_user(session_key) if session_key else None
@@ -138,7 +155,15 @@ def check_refresh(request: HttpRequest) -> HttpResponse | None:
         return HttpResponseForbidden("The session of this stream has ended.\n")
     _refer_to(request, _session_store()(session_key))
     request._taskstate_stream = (session_key, user.pk)  # type: ignore[attr-defined]
+    _serve_as(request, user)
     return None
+
+
+def _serve_as(request: HttpRequest, user: Any) -> None:
+    request.user = user
+    params = request.GET.copy()
+    params.pop("es-meta", None)
+    request.GET = params  # type: ignore[assignment]
 
 
 def refresh_channel() -> str:
@@ -376,6 +401,9 @@ class LocalStream:
     session_key: str | None
     opened: float = field(default_factory=time.monotonic)
     reason: str | None = None
+    #: Asked at each check, in the check's thread: False closes the stream (an object's
+    #: stream whose user may no longer see the object).
+    still_allowed: Callable[[], bool] | None = None
     _wake: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
 
@@ -394,13 +422,18 @@ class Registry:
         self._watcher: asyncio.Task[None] | None = None
         self._checker: ThreadPoolExecutor | None = None
 
-    def admit(self, user_pk: Any, session_key: str | None) -> LocalStream | None:
+    def admit(
+        self,
+        user_pk: Any,
+        session_key: str | None,
+        still_allowed: Callable[[], bool] | None = None,
+    ) -> LocalStream | None:
         """Register a new stream of ``user_pk``; None when the user is at the cap."""
         cap = get_settings().STREAMS_PER_USER
         with self._lock:
             if sum(1 for s in self._streams if s.user_pk == user_pk) >= cap:
                 return None
-            stream = LocalStream(user_pk, session_key)
+            stream = LocalStream(user_pk, session_key, still_allowed=still_allowed)
             self._streams.add(stream)
             return stream
 
@@ -434,6 +467,11 @@ class Registry:
         database connection from one check to the next."""
         return self._check_executor().submit(_checked, pairs)
 
+    def recheck(self, streams: list[LocalStream]) -> Future[list[LocalStream]]:
+        """The streams among ``streams`` whose ``still_allowed`` says no (or fails), asked
+        in the check's own thread."""
+        return self._check_executor().submit(_refused, streams)
+
     def stop_checks(self) -> None:
         """Close the check thread's database connections and end the thread."""
         with self._lock:
@@ -445,7 +483,7 @@ class Registry:
     async def _watch(self) -> None:
         failing = False
         while True:
-            await asyncio.sleep(get_settings().STREAM_CHECK_INTERVAL)
+            await asyncio.sleep(conf.STREAM_CHECK_INTERVAL)
             streams = [s for s in self.open_streams() if s.reason is None]
             if not streams:
                 continue
@@ -453,6 +491,12 @@ class Registry:
                 ended = await asyncio.wrap_future(
                     self.check({(s.user_pk, s.session_key) for s in streams})
                 )
+                rechecked = [
+                    s
+                    for s in streams
+                    if s.still_allowed is not None and (s.user_pk, s.session_key) not in ended
+                ]
+                refused = await asyncio.wrap_future(self.recheck(rechecked)) if rechecked else []
             except Exception:
                 if not failing:
                     logger.error(
@@ -468,6 +512,8 @@ class Registry:
             for stream in streams:
                 if (stream.user_pk, stream.session_key) in ended:
                     stream.close("The session of this stream has ended.")
+            for stream in refused:
+                stream.close("You may no longer see these tasks.")
 
 
 def _ended_sessions(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
@@ -509,6 +555,24 @@ def _checked(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
     except Exception:
         _close_connections()
         raise
+
+
+def _refused(streams: list[LocalStream]) -> list[LocalStream]:
+    """The streams whose ``still_allowed`` is false. One that raises counts as refused
+    (the browser reconnects, and the stream view asks again); its connection is closed,
+    never kept."""
+    refused = []
+    for stream in streams:
+        assert stream.still_allowed is not None
+        try:
+            allowed = stream.still_allowed()
+        except Exception:
+            logger.warning("taskstate: could not check an object stream's user", exc_info=True)
+            _close_connections()
+            allowed = False
+        if not allowed:
+            refused.append(stream)
+    return refused
 
 
 def _close_connections() -> None:

@@ -5,12 +5,14 @@ actor reports progress without knowing its task. Writes are throttled per messag
 most one per ``PROGRESS_INTERVAL`` and only when the value changed; the value held back
 last is written with the final status, so it is never lost.
 
+Reports go to the background writer (``taskstate.writer``); none waits for the database.
+
 They are also where a running actor hears that its owner asked to cancel it: both raise
-:class:`Cancelled` once the row says so, and :func:`cancel_requested` asks without raising.
-With immediate writes the row is looked at no more than once per ``CANCEL_CHECK_INTERVAL``,
-and not at all while progress writes land (a write does not land on a row asked to
-cancel). With the background writer they ask what the process knows
-(``taskstate.writer.CancelWatch``, at most ``CANCEL_CHECK_INTERVAL`` old).
+:class:`Cancelled` once the request is known, and :func:`cancel_requested` asks without
+raising. They ask what the process knows (``taskstate.writer.CancelWatch``, at most
+``conf.CANCEL_CHECK_INTERVAL`` old); after a change of the attempt was refused (the row
+may have been asked to cancel) the next look reads the row, or, in an event loop's thread
+(an ``async def`` actor), has another thread read it for a later look.
 """
 
 from __future__ import annotations
@@ -25,14 +27,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.utils.translation import gettext
 
+from taskstate.background import background, in_event_loop
 from taskstate.for_state import Origin
-from taskstate.handoff import handoff, in_event_loop
-from taskstate.signals import announce_progress
 from taskstate.states import Status, running_order
-from taskstate.transitions import Change, update_progress
+from taskstate.transitions import Change
 from taskstate.transitions import cancel_requested as cancel_was_requested
 from taskstate.values import text_of
-from taskstate.writer import background, cancels, writer
+from taskstate.writer import cancels, writer
 
 if TYPE_CHECKING:
     from taskstate.models import Task
@@ -51,26 +52,19 @@ class MessageRun:
     attempt: int
     interval: float
     started_at: datetime | None = None
-    task_pk: int | None = None
-    user_pk: Any = None
     # Last value written and the value held back by the throttle (percent, message).
     written: tuple[int, str | None] = (0, None)
     pending: tuple[int, str | None] | None = None
     next_write_at: float = 0.0
     exception: BaseException | None = None
     finished: bool = False
-    # Handed to a thread from an event loop, not known to be written yet.
-    unconfirmed: tuple[int, str | None] | None = None
     # The message's options (the worker's own dict): a cancelled attempt is marked there
     # so that Dramatiq's Retries does not retry it.
     options: dict[str, Any] | None = None
-    # Owner control: a cancel request was seen; when the row is next looked at for one.
+    # Owner control: a cancel request was seen; a change of the attempt was refused, so
+    # the next look reads the row (the refusal may be a cancel request).
     cancel_requested: bool = False
-    next_cancel_check: float = 0.0
-    # Cancelled before its body started, after its own running write gave the row its
-    # start time (immediate writes): the cancelled write clears it.
-    clear_start: bool = False
-    check_interval: float = 1.0
+    read_row: bool = False
 
 
 class Cancelled(Exception):
@@ -99,7 +93,7 @@ def progress(done: float, total: float | None = None, message: str | None = None
     run = _current.get()
     if run is None:
         return
-    if _cancel_seen(run, time.monotonic()):
+    if _cancel_seen(run):
         raise Cancelled(gettext("Cancelled by its owner."))
     try:
         percent = int(done * 100 / total) if total is not None else int(done)
@@ -150,28 +144,36 @@ def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
 def cancel_requested() -> bool:
     """Whether the owner of the task this actor is running asked to cancel it.
 
-    For actors that clean up before they stop, or that report no progress. Looks at the
-    row at most once per ``CANCEL_CHECK_INTERVAL``. Outside a tracked message: False.
+    For actors that clean up before they stop, or that report no progress. Answers from
+    what the process knows, at most ``conf.CANCEL_CHECK_INTERVAL`` old. Outside a tracked
+    message: False.
     """
     run = _current.get()
-    return run is not None and _cancel_seen(run, time.monotonic())
+    return run is not None and _cancel_seen(run)
 
 
-def _cancel_seen(run: MessageRun, now: float) -> bool:
+def _cancel_seen(run: MessageRun) -> bool:
     if run.cancel_requested:
         return True
-    if background() and run.next_cancel_check:
+    if run.read_row:
+        # A change of this attempt was refused: the row says whether it was a cancel.
+        run.read_row = False
+        if in_event_loop():
+            # An async actor, in Dramatiq's event loop thread: Django refuses a query
+            # here. Another thread reads the row; a later look hears what it found.
+            background.submit(lambda: _read_row(run))
+        else:
+            _read_row(run)
+    elif cancels.requested(run.origin.message_id):
         # What this process knows (refreshed with the writer's batches; CancelWatch):
         # a dictionary lookup, a read only in an otherwise idle process.
-        if cancels.requested(run.origin.message_id):
-            mark_cancelled(run)
-        return run.cancel_requested
-    # Immediate writes, or a background change refused (next_cancel_check 0): the row.
-    if now >= run.next_cancel_check:
-        run.next_cancel_check = now + run.check_interval
-        if cancel_was_requested(run.origin.message_id):
-            mark_cancelled(run)
+        mark_cancelled(run)
     return run.cancel_requested
+
+
+def _read_row(run: MessageRun) -> None:
+    if cancel_was_requested(run.origin.message_id):
+        mark_cancelled(run)
 
 
 def mark_cancelled(run: MessageRun) -> None:
@@ -189,32 +191,17 @@ def mark_cancelled(run: MessageRun) -> None:
 
 
 def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
-    run.pending = None
-    run.next_write_at = now + run.interval
-    if background():
-        _queue(run, value, now)
-    elif in_event_loop():
-        # An async actor, in Dramatiq's event loop thread: never block the loop.
-        run.unconfirmed = value
-        handoff.submit(lambda: _store(run, value))
-    else:
-        _store(run, value)
-
-
-def _queue(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
     """Hand the report to the background writer, which merges it with the attempt's other
     changes and announces the bar once written; never waits (also in an event loop)."""
+    run.pending = None
+    run.next_write_at = now + run.interval
     # Counted as written: the writer writes it, or a later change of the attempt does.
     run.written = value
-    # As a write that lands: no look at the row for a while. A write refused (the row
-    # was asked to cancel) has the next progress() look (see _refused): the writer's
-    # thread sets 0 for it, which is kept.
-    if run.next_cancel_check:
-        run.next_cancel_check = now + run.check_interval
     percent, message = value
     values = {
         "attempts": run.attempt,
         "started_at": run.started_at,
+        "attempt_started_at": run.started_at,
         "progress": percent,
         # None: unchanged since the running write, which cleared it.
         "progress_message": message or "",
@@ -235,46 +222,14 @@ def _refused(run: MessageRun, task: Task | None, written: bool) -> None:
     # In the writer's thread: a report refused by a written batch makes the attempt's
     # next progress() look at the row (the refusal may be a cancel request).
     if written and task is None:
-        run.next_cancel_check = 0.0
-
-
-def _store(run: MessageRun, value: tuple[int, str | None]) -> None:
-    percent, message = value
-    if update_progress(run.origin.message_id, run.attempt, percent, message):
-        # The row was not asked to cancel when it was written: no need to look for a while.
-        run.next_cancel_check = time.monotonic() + run.check_interval
-        run.written = value
-        if run.unconfirmed == value:
-            run.unconfirmed = None
-        if run.task_pk is not None:
-            announce_progress(
-                sender=MessageRun,
-                task_pk=run.task_pk,
-                user_pk=run.user_pk,
-                percent=percent,
-                message=message,
-                order=running_order(run.attempt),
-                group_pk=run.origin.identity.group,
-            )
-    elif cancel_was_requested(run.origin.message_id):
-        # Refused: a row asked to cancel takes no progress (one read, only then).
-        mark_cancelled(run)
+        run.read_row = True
 
 
 def held_back(run: MessageRun) -> dict[str, Any]:
-    """Columns for the value the throttle held back, to go with the final write."""
-    pending = run.pending or run.unconfirmed
-    if pending is None:
-        if not background():
-            return {}
-        # The background writer: the final change names the progress as it stands, so
-        # that it has the same columns as the attempt's other changes (one statement).
-        pending = run.written
-    percent, message = pending
-    run.pending = run.unconfirmed = None
-    values: dict[str, Any] = {"progress": percent}
-    if message is not None:
-        values["progress_message"] = message
-    elif background():
-        values["progress_message"] = ""  # cleared by the running write, never set since
-    return values
+    """The progress columns to go with the final change: the value the throttle held
+    back, else the last one written, so that the final change has the same columns as the
+    attempt's other changes (one statement)."""
+    percent, message = run.pending or run.written
+    run.pending = None
+    # None: never set since the running write, which cleared it.
+    return {"progress": percent, "progress_message": message or ""}

@@ -5,15 +5,19 @@ Every transition is a single upsert keyed by the message id and guarded by
 forwards. Hooks may run in any order, in any process, before or after the sender's
 transaction commits; the row always ends at the furthest state any of them reached.
 
-A write returns the row as written; announcing it (``taskstate.signals``) is the
+Every write is a batch (:func:`write_batch`; the sender's row alone is a batch of one):
+one statement for the rows of one shape, whose text on PostgreSQL depends only on its
+columns. A write returns the row as written; announcing it (``taskstate.signals``) is the
 caller's business, so this module knows nothing of who listens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -25,19 +29,23 @@ from django.contrib.auth import get_user_model
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import (
+    BooleanField,
     Case,
     CharField,
+    DateTimeField,
     F,
     Field,
     PositiveIntegerField,
+    PositiveSmallIntegerField,
     Q,
     TextField,
     Value,
     When,
 )
-from django.db.models.expressions import Col, RawSQL
+from django.db.models.expressions import Col
 from django.utils import timezone
 
+from taskstate import conf
 from taskstate.bounds import bounded, server_bounds
 from taskstate.conf import get_settings
 from taskstate.for_state import Origin
@@ -76,8 +84,6 @@ __all__ = [
     "request_group_cancel",
     "retrying_order",
     "running_order",
-    "update_progress",
-    "write",
     "write_batch",
 ]
 
@@ -92,57 +98,27 @@ def _model() -> type[Task]:
     return Task
 
 
-def _defaults() -> dict[str, Any]:
-    """Every column's default, for the insert branch of an upsert (no DB defaults exist)."""
-    return {f.attname: f.get_default() for f in _model()._meta.concrete_fields if not f.primary_key}
+def _stored_defaults() -> dict[str, Any]:
+    """Every column's default as stored (:func:`_storable`), for the insert branch of an
+    upsert (no DB defaults exist): the fixed ones worked out once, those made by a
+    callable (a time) each call. A new dict each time."""
+    fixed = _fixed_defaults()
+    made = {
+        f.attname: _storable(f.attname, f.get_default())
+        for f in _model()._meta.concrete_fields
+        if not f.primary_key and f.attname not in fixed
+    }
+    return {**fixed, **made}
 
 
-def write(
-    origin: Origin,
-    status: Status,
-    order: int,
-    values: dict[str, Any],
-    *,
-    same_order_wins: bool = False,
-    keep: Sequence[str] = (),
-) -> Task | None:
-    """Move the task of ``origin`` to ``status`` in one statement, if that is forwards.
-
-    ``values`` are further columns to set. Columns in ``keep`` keep a value the row
-    already has (``COALESCE``). Returns the row as written, or None when the write was
-    refused as a step backwards or failed (failures are logged, never raised).
-    """
-    alias = _alias()
-    try:
-        return _write_once(alias, origin, status, order, values, same_order_wins, keep)
-    except _OUTAGES as exc:
-        _outage.failed(alias, exc)
-        return None
-    except _BAD_VALUES as exc:
-        problem: BaseException = exc
-    # The database answered but refused a value (or a value could not even be sent): the
-    # status still matters more than the value, so write it without the values at fault.
-    logger.warning(
-        "taskstate: task %s could not be written as %s with its values (%s: %s); writing "
-        "the status without result, progress message and error text.",
-        origin.message_id,
-        status.value,
-        type(problem).__name__,
-        text_of(problem, 500),
-    )
-    try:
-        return _write_once(
-            alias,
-            _plain_origin(origin),
-            status,
-            order,
-            _without_values(values),
-            same_order_wins,
-            keep,
-        )
-    except Exception as exc:
-        _outage.failed(alias, exc)
-        return None
+@functools.cache
+def _fixed_defaults() -> dict[str, Any]:
+    # Never changed by its callers (they copy it): one dict for the process.
+    return {
+        f.attname: _storable(f.attname, f.get_default())
+        for f in _model()._meta.concrete_fields
+        if not f.primary_key and not callable(f.default)
+    }
 
 
 # A database that cannot be reached (or timed out): an outage, logged once.
@@ -181,6 +157,8 @@ def _plain_origin(origin: Origin) -> Origin:
             description=_ascii(identity.description, 255),
             app_name=_ascii(identity.app_name, 100),
             model_name=_ascii(identity.model_name, 100),
+            object_type=_ascii(identity.object_type, 201),
+            object_pk=_ascii(identity.object_pk, 255),
         ),
     )
 
@@ -189,84 +167,6 @@ def _ascii(value: Any, limit: int) -> str:
     # ASCII with escapes: storable by every backend and charset, and still readable.
     text = text_of(value).encode("ascii", "backslashreplace").decode("ascii")
     return clean_text(text, limit)
-
-
-def _write_once(
-    alias: str,
-    origin: Origin,
-    status: Status,
-    order: int,
-    values: dict[str, Any],
-    same_order_wins: bool,
-    keep: Sequence[str],
-) -> Task | None:
-    connection = connections[alias]
-    now = timezone.now()
-    updated: dict[str, Any] = {
-        "status": status.value,
-        "state_order": order,
-        "updated_at": now,
-        **values,
-    }
-    columns = _row(origin, updated)
-    sql, params = _upsert_sql(
-        connection, columns, list(updated), same_order_wins=same_order_wins, keep=keep
-    )
-    task = _execute_returning(connection, alias, sql, params, origin.message_id, now)
-    _outage.recovered(alias)
-    return task
-
-
-def update_progress(message_id: str, attempt: int, progress: int, message: str | None) -> bool:
-    """Set the progress of a running attempt; one UPDATE, no read. True if a row changed."""
-    alias = _alias()
-    values: dict[str, Any] = {"progress": progress, "updated_at": timezone.now()}
-    if message is not None:
-        values["progress_message"] = _storable("progress_message", message)
-    try:
-        # Inside the actor's own transaction, a savepoint keeps a failed write from
-        # aborting it.
-        in_caller = connections[alias].in_atomic_block
-        guard = transaction.atomic(using=alias) if in_caller else nullcontext()
-        with bounded(connections[alias]), guard:
-            try:
-                changed = _update_progress(alias, message_id, attempt, values)
-            except _OUTAGES:
-                raise
-            except _BAD_VALUES as exc:
-                if "progress_message" not in values:
-                    raise
-                logger.warning(
-                    "taskstate: progress message of task %s not stored (%s: %s).",
-                    message_id,
-                    type(exc).__name__,
-                    text_of(exc, 500),
-                )
-                values.pop("progress_message")
-                changed = _update_progress(alias, message_id, attempt, values)
-    except Exception as exc:
-        _outage.failed(alias, exc)
-        return False
-    _outage.recovered(alias)
-    return bool(changed)
-
-
-def _update_progress(alias: str, message_id: str, attempt: int, values: dict[str, Any]) -> int:
-    rows = _model().objects.using(alias)
-    connection = connections[alias]
-    if (
-        not _synchronous_commit()
-        and connection.vendor == "postgresql"
-        and not connection.in_atomic_block  # it would last the caller's whole transaction
-    ):
-        rows = rows.alias(_async=_ASYNC_COMMIT).filter(_async="off")
-    # A cancel request stops progress writes: the row says "Cancelling" until the end.
-    return rows.filter(
-        message_id=message_id,
-        status=Status.RUNNING,
-        attempts=attempt,
-        cancel_requested_at__isnull=True,
-    ).update(**values)
 
 
 # --- owner control -----------------------------------------------------------------------
@@ -351,7 +251,7 @@ def _cancel_changes(now: Any) -> dict[str, Any]:
 
 
 def _at_once_margin() -> timedelta:
-    return cancel_at_once_margin(float(get_settings().CANCEL_CHECK_INTERVAL))
+    return cancel_at_once_margin(float(conf.CANCEL_CHECK_INTERVAL))
 
 
 #: How far back each look for new cancel requests reaches beyond the previous look: the
@@ -360,31 +260,71 @@ def _at_once_margin() -> timedelta:
 CANCEL_LOOK_OVERLAP = 30.0
 
 
-def cancels_since(since: datetime | None) -> list[str] | None:
+def cancels_since(
+    since: datetime | None, connection: BaseDatabaseWrapper | None = None
+) -> list[str] | None:
     """Message ids of the tasks asked to cancel since ``since`` (None: every request a
-    worker may still meet). One indexed read (``taskstate_cancel_requested_idx``); None
-    when the database could not be read (logged once per outage, as writes are)."""
+    worker may still meet). One indexed read (``taskstate_cancel_asked_idx``); None
+    when the database could not be read (logged once per outage, as writes are).
+
+    ``connection``: a connection of the task database to read on instead of this
+    thread's (a connection of its own kept by ``writer.CancelWatch``); closed after a
+    failure, so that the next read connects afresh.
+
+    Every message start may wait for this read: its text is fixed (:func:`_cancel_reads`,
+    worked out once per backend), so nothing is compiled per read, and psycopg prepares it
+    on a connection that binds parameters on the server (``OPTIONS["server_side_binding"]``).
+    """
     alias = _alias()
-    rows = _model().objects.using(alias).filter(cancel_requested_at__isnull=False)
+    own = connection is not None
+    connection = connection if connection is not None else connections[alias]
+    later, first = _cancel_reads(connection)
+    adapt = connection.ops.adapt_datetimefield_value
     if since is not None:
-        rows = rows.filter(cancel_requested_at__gte=since - timedelta(seconds=CANCEL_LOOK_OVERLAP))
+        sql, params = later, [adapt(since - timedelta(seconds=CANCEL_LOOK_OVERLAP))]
     else:
-        # Still waiting or running, ended early with its message still due (a scheduled
-        # task), or ended lately (its message may be delivered again).
         recently = timezone.now() - timedelta(days=1)
-        rows = rows.filter(
-            Q(status__in=ACTIVE_STATUSES)
-            | Q(due_at__isnull=False, finished_at__lt=F("due_at"))
-            | Q(cancel_requested_at__gte=recently)
-        )
+        sql, params = first, [*(s.value for s in ACTIVE_STATUSES), adapt(recently)]
     try:
-        with bounded(connections[alias]):
-            found = list(rows.values_list("message_id", flat=True))
+        with bounded(connection), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            found = [row[0] for row in cursor.fetchall()]
     except Exception as exc:
         _outage.failed(alias, exc)
+        if own:
+            with contextlib.suppress(Exception):
+                connection.close()
         return None
     _outage.recovered(alias)
     return found
+
+
+_CANCEL_READS: dict[str, tuple[str, str]] = {}
+
+
+def _cancel_reads(connection: BaseDatabaseWrapper) -> tuple[str, str]:
+    """The texts of :func:`cancels_since`'s reads on this backend: the requests since a
+    time, and the first look. Unordered (the model's default order would sort every row
+    read); ``%s`` placeholders, as Django's cursors take them on every backend."""
+    known = _CANCEL_READS.get(connection.vendor)
+    if known is not None:
+        return known
+
+    def q(name: str) -> str:
+        return _quote(connection, name)
+
+    asked = q("cancel_requested_at")
+    read = f"SELECT {q('message_id')} FROM {q(_model()._meta.db_table)} WHERE {asked} IS NOT NULL"
+    statuses = ", ".join("%s" for _ in ACTIVE_STATUSES)
+    texts = (
+        f"{read} AND {asked} >= %s",
+        # Still waiting or running, ended early with its message still due (a scheduled
+        # task), or ended lately (its message may be delivered again).
+        f"{read} AND ({q('status')} IN ({statuses}) OR ({q('due_at')} IS NOT NULL AND "
+        f"{q('finished_at')} < {q('due_at')}) OR {asked} >= %s)",
+    )
+    _CANCEL_READS[connection.vendor] = texts
+    return texts
 
 
 def database_down() -> bool:
@@ -414,17 +354,6 @@ def cancel_requested(message_id: str) -> bool:
         return False
 
 
-# In the UPDATE's WHERE clause: its commit skips the WAL flush wait (local to that statement's
-# transaction, so the connection's own setting is untouched).
-_ASYNC_COMMIT = RawSQL(
-    "set_config('synchronous_commit', 'off', true)", [], output_field=CharField()
-)
-
-
-def _synchronous_commit() -> bool:
-    return get_settings().SYNCHRONOUS_COMMIT
-
-
 def _storable(column: str, value: Any) -> Any:
     # Text from actors and senders: no lone surrogates, no NUL (PostgreSQL refuses both),
     # cut to the column, so one odd character never costs the row.
@@ -451,73 +380,6 @@ def _field(column: str) -> Field[Any, Any]:
         if field.attname == column:
             return field
     raise LookupError(column)
-
-
-def _upsert_sql(
-    connection: BaseDatabaseWrapper,
-    columns: dict[str, Any],
-    updated: list[str],
-    *,
-    same_order_wins: bool,
-    keep: Sequence[str],
-) -> tuple[str, list[Any]]:
-    def q(name: str) -> str:
-        return _quote(connection, name)
-
-    table = q(_model()._meta.db_table)
-    placeholders, params = _placeholders(connection, columns)
-    names = ", ".join(q(c) for c in columns)
-    op = "<=" if same_order_wins else "<"
-    if connection.vendor in ("postgresql", "sqlite"):
-        sets = ", ".join(
-            f"{q(c)} = COALESCE({table}.{q(c)}, EXCLUDED.{q(c)})"
-            if c in keep
-            else f"{q(c)} = EXCLUDED.{q(c)}"
-            for c in updated
-        )
-        if (
-            connection.vendor == "postgresql"
-            and not _synchronous_commit()
-            and not connection.in_atomic_block  # it would last the caller's transaction
-        ):
-            # Same statement, but its commit does not wait for the WAL flush: the setting is
-            # made local to this statement's own transaction, which is all of it.
-            source = (
-                f"SELECT {', '.join(placeholders)} FROM "
-                f"(SELECT set_config('synchronous_commit', 'off', true)) AS _taskstate WHERE true"
-            )
-        else:
-            source = f"VALUES ({', '.join(placeholders)})"
-        sql = (
-            f"INSERT INTO {table} ({names}) {source} "
-            f"ON CONFLICT ({q('message_id')}) DO UPDATE SET {sets} "
-            f"WHERE {table}.{q('state_order')} {op} EXCLUDED.{q('state_order')}"
-        )
-        if connection.features.can_return_rows_from_bulk_insert:
-            sql += " RETURNING " + ", ".join(f"{table}.{q(c)}" for c in _returned_columns())
-        return sql, params
-    if connection.vendor == "mysql":
-        # MySQL applies the assignments left to right: the guard column goes last.
-        cond = f"{q('state_order')} {op} VALUES({q('state_order')})"
-        assignments = []
-        for c in [c for c in updated if c != "state_order"] + ["state_order"]:
-            new = f"VALUES({q(c)})"
-            if c in keep:
-                new = f"COALESCE({q(c)}, {new})"
-            assignments.append(f"{q(c)} = IF({cond}, {new}, {q(c)})")
-        sql = (
-            f"INSERT INTO {table} ({names}) VALUES ({', '.join(placeholders)}) "
-            f"ON DUPLICATE KEY UPDATE {', '.join(assignments)}"
-        )
-        return sql, params
-    raise NotImplementedError(f"taskstate does not support the {connection.vendor} backend")
-
-
-def _placeholders(
-    connection: BaseDatabaseWrapper, columns: dict[str, Any]
-) -> tuple[list[str], list[Any]]:
-    """The VALUES placeholders of one row, and their parameters."""
-    return _placeholder_maker(connection)(columns)
 
 
 #: Fields whose database value is the Python value itself when it has this exact type
@@ -555,8 +417,8 @@ def _links(connection: BaseDatabaseWrapper) -> tuple[Field[Any, Any], str, str]:
 def _placeholder_maker(
     connection: BaseDatabaseWrapper,
 ) -> Callable[[dict[str, Any]], tuple[list[str], list[Any]]]:
-    """:func:`_placeholders` for many rows: what does not depend on the row worked out
-    once."""
+    """The VALUES placeholders of a row, and their parameters, for many rows: what does
+    not depend on the row worked out once."""
     user_pk_field, user_lookup, retry_lookup = _links(connection)
     user, retry_of = user_lookup.format("%s"), retry_lookup.format("%s")
     prepare: dict[str, tuple[type | None, Callable[[Any], Any]]] = {}
@@ -596,40 +458,6 @@ def _returned_columns() -> list[str]:
     return [f.attname for f in _model()._meta.concrete_fields]
 
 
-def _execute_returning(
-    connection: BaseDatabaseWrapper,
-    alias: str,
-    sql: str,
-    params: list[Any],
-    message_id: str,
-    written_at: Any,
-) -> Task | None:
-    returning = " RETURNING " in sql
-    # Inside a caller's transaction, a savepoint keeps a failed write from breaking it;
-    # statement timeouts would outlive the savepoint and a cut socket would break the
-    # caller's transaction, so there the write is not bounded (taskstate.bounds).
-    in_caller = connection.in_atomic_block
-    guard = transaction.atomic(using=alias) if in_caller else nullcontext()
-    with bounded(connection), guard, connection.cursor() as cursor:
-        bounds = [] if in_caller else _statement_bounds(connection)
-        if bounds:
-            sql, params = _with_bounds(bounds, sql, params)
-        cursor.execute(sql, params)
-        if bounds and _is_psycopg3(connection):
-            cursor.nextset()  # past the set_config row, to the upsert's own result
-        if returning:
-            row = cursor.fetchone()
-            return None if row is None else _task_from_row(connection, alias, row)
-        changed = cursor.rowcount
-    if not changed:
-        return None
-    # Backends without RETURNING after an upsert (MySQL, MariaDB): one read to publish
-    # what was written. Their row count cannot tell a refused write from an insert
-    # (both count 1), the row's updated_at can: only a write that landed set it to ours.
-    task = _model().objects.using(alias).filter(message_id=message_id).first()
-    return task if task is not None and task.updated_at == written_at else None
-
-
 def _statement_bounds(connection: BaseDatabaseWrapper) -> list[tuple[str, str]]:
     # Server-side binding (OPTIONS server_side_binding) cannot send two statements at once.
     if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding") is True:
@@ -654,34 +482,49 @@ def _is_psycopg3(connection: BaseDatabaseWrapper) -> bool:
     return getattr(getattr(connection, "Database", None), "__name__", "") == "psycopg"
 
 
-def _task_from_row(connection: BaseDatabaseWrapper, alias: str, row: Sequence[Any]) -> Task:
-    return _row_reader(connection, alias)(row)
-
-
 def _row_reader(connection: BaseDatabaseWrapper, alias: str) -> Callable[[Sequence[Any]], Task]:
     """Turns a returned row into a Task, as Django's queries do (the converters of every
-    column worked out once, for all the rows of a statement)."""
+    column worked out once per connection, for all the rows of its statements)."""
+    known = _readers.get(connection)
+    if known is None or known[0] != alias:
+        known = _readers[connection] = (alias, _new_row_reader(connection, alias))
+    return known[1]
+
+
+#: Row readers by connection (each thread has its own connection object), with the alias.
+_readers: weakref.WeakKeyDictionary[
+    BaseDatabaseWrapper, tuple[str, Callable[[Sequence[Any]], Task]]
+] = weakref.WeakKeyDictionary()
+
+
+def _new_row_reader(connection: BaseDatabaseWrapper, alias: str) -> Callable[[Sequence[Any]], Task]:
     model = _model()
     fields = model._meta.concrete_fields
     attnames = [f.attname for f in fields]
+    # Only the columns that have converters (a few): the others are taken as they come.
     steps = []
-    for field in fields:
+    for index, field in enumerate(fields):
         col = Col(model._meta.db_table, field)
         converters = connection.ops.get_db_converters(col) + field.get_db_converters(connection)
-        steps.append((col, converters))
+        if converters:
+            steps.append((index, col, converters))
+    width = len(fields)
 
     def read(row: Sequence[Any]) -> Task:
-        values = []
-        for (col, converters), value in zip(steps, row, strict=True):
+        if len(row) != width:
+            raise ValueError(f"a row of {len(row)} columns, not {width}")
+        values = list(row)
+        for index, col, converters in steps:
+            value = values[index]
             for converter in converters:
                 value = converter(value, col, connection)
-            values.append(value)
+            values[index] = value
         return model.from_db(alias, attnames, values)
 
     return read
 
 
-# --- batches (the background writer, taskstate.writer) ---------------------------------
+# --- batches: every write (the sender's, the worker's, the background writer's) -------
 
 #: Order keys of running attempts (``running_order``): the only ones a write may repeat.
 _RUNNING_STEP = running_order(2) - running_order(1)
@@ -711,12 +554,11 @@ class Outage(Exception):
 
 @dataclass(eq=False)
 class Change:
-    """One queued transition (or progress report) of one message, for :func:`write_batch`.
+    """One transition (or progress report) of one message, for :func:`write_batch`.
 
-    Written as :func:`write` would write it, with two rules that let the changes of many
-    messages share one statement: the same order key is accepted again only for a running
-    attempt (``write(same_order_wins=True)`` is only ever asked for those), and a running
-    change keeps the error columns the row has unless it carries an error itself.
+    Two rules let the changes of many messages share one statement: the same order key
+    is accepted again only for a running attempt (a redelivery), and a running change
+    keeps the error columns the row has unless it carries an error itself.
     """
 
     origin: Origin
@@ -780,8 +622,15 @@ def write_batch(changes: Sequence[Change]) -> list[Task | None]:
     Returns, for each change, the row as written or None when it was refused (a step
     backwards). Raises :class:`Outage` when the database cannot be reached (nothing of
     the batch is committed then). A value the database refuses costs the batch its
-    statement: its rows are then written one by one, each with :func:`write`'s fallback
-    (the status without the values at fault).
+    statement: its rows are then written one by one, and a row refused alone is written
+    with its status but without the values at fault (result, progress message, error
+    text). The same order key is accepted again only for a running attempt (a
+    redelivery); columns in a change's ``keep`` keep a value the row already has
+    (``COALESCE``).
+
+    A ``cancelled`` change is a worker's, with the message in hand: refused by a row
+    cancelled before its message was due, it records that the message came (one more
+    statement, :func:`_message_came`), so the cleanup may delete the row.
     """
     alias = _alias()
     try:
@@ -839,7 +688,8 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
     now = timezone.now()
     shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
     rows = []
-    defaults = _defaults()  # read-only here: one set for every row of the batch
+    # Read-only here, and stored as is: one set for every row of the batch.
+    defaults = _stored_defaults()
     for index, change in enumerate(changes):
         updated = _batch_values(change, now)
         rows.append(_row(change.origin, updated, defaults))
@@ -859,14 +709,20 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
         for start in range(0, len(indexes), per):
             chunk = [rows[i] for i in indexes[start : start + per]]
             statements.append(_batch_sql(connection, chunk, list(names), kept))
+    came = [change.origin.message_id for change in changes if change.status is Status.CANCELLED]
+    if came:
+        # After the upserts, in the same transaction: a row one of them ended is left alone.
+        statements.append(_message_came(connection, came))
     # One commit per batch: a single statement is its own transaction, several share one.
-    several = len(statements) > 1 or connection.in_atomic_block
+    # Inside a caller's transaction (an actor's own atomic()) a savepoint keeps a failed
+    # write from breaking it, and nothing is bounded: settings made local to the
+    # transaction would outlast the write (taskstate.bounds).
+    in_caller = connection.in_atomic_block
+    several = len(statements) > 1 or in_caller
     guard = transaction.atomic(using=alias) if several else nullcontext()
     with bounded(connection), guard, connection.cursor() as cursor:
-        own = several or not connection.in_atomic_block  # the batch's own transaction
+        own = not in_caller  # the batch's own transaction
         bounds = _statement_bounds(connection) if own else []
-        if own and _async_commit_allowed(connection):
-            bounds.append(("synchronous_commit", "off"))  # local to the batch's transaction
         for number, (sql, params) in enumerate(statements):
             if bounds and number == 0:
                 # Local to the batch's transaction: they bound every statement of it.
@@ -881,7 +737,8 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
                     found[task.message_id] = task
     if not any(" RETURNING " in sql for sql, _ in statements):
         # MySQL, MariaDB: one read for the whole batch; a row whose updated_at is ours is
-        # a row this batch wrote (see _execute_returning).
+        # a row this batch wrote: only a write that landed set it to ours (their row count
+        # cannot tell a refused write from an insert).
         ids = [change.origin.message_id for change in changes]
         for task in _model().objects.using(alias).filter(message_id__in=ids):
             if task.updated_at == now:
@@ -889,26 +746,65 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
     return [found.get(change.origin.message_id) for change in changes]
 
 
+def _message_came(connection: BaseDatabaseWrapper, message_ids: list[str]) -> tuple[str, list[Any]]:
+    """One guarded UPDATE: of these messages' rows, those cancelled before their message
+    was due (``models.awaits_its_message``) no longer have a due time, as a running write
+    would leave them. A worker refused the message: no copy of it is still to come, and
+    the cleanup may delete the row. Any other row is left as it is."""
+
+    def q(name: str) -> str:
+        return _quote(connection, name)
+
+    table = q(_model()._meta.db_table)
+    ids = ", ".join("%s" for _ in message_ids)
+    sql = (
+        f"UPDATE {table} SET {q('due_at')} = NULL WHERE {q('message_id')} IN ({ids}) "
+        f"AND {q('status')} = %s AND {q('cancel_requested_at')} IS NOT NULL "
+        f"AND {q('finished_at')} < {q('due_at')}"
+    )
+    return sql, [*message_ids, Status.CANCELLED.value]
+
+
+#: The columns of a row that come from its message (:func:`_row`): with the columns a
+#: change sets, the only ones whose values differ between the rows of one batch.
+_ORIGIN_COLUMNS = frozenset(
+    {
+        "message_id",
+        "actor_name",
+        "queue_name",
+        "description",
+        "app_name",
+        "model_name",
+        "created_at",
+        "user_id",
+        "language",
+    }
+)
+
+
 def _row(
     origin: Origin, updated: dict[str, Any], defaults: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Every column of the row an upsert inserts (``updated`` on top of the message's own
     columns and the defaults), each as the database stores it. ``defaults``: those of
-    :func:`_defaults`, when the caller has them already (a batch)."""
-    columns: dict[str, Any] = {
-        **(_defaults() if defaults is None else defaults),
+    :func:`_stored_defaults`, when the caller has them already (a batch)."""
+    if defaults is None:
+        defaults = _stored_defaults()
+    own: dict[str, Any] = {
         "message_id": origin.message_id,
         "actor_name": origin.actor_name,
         "queue_name": origin.queue_name,
         "description": origin.identity.description,
         "app_name": origin.identity.app_name,
         "model_name": origin.identity.model_name,
+        "object_type": origin.identity.object_type,
+        "object_pk": origin.identity.object_pk,
         "created_at": origin.sent_at,
         "user_id": origin.identity.user_pk,
         "language": origin.language,
         **updated,
     }
-    return {name: _storable(name, value) for name, value in columns.items()}
+    return {**defaults, **{name: _storable(name, value) for name, value in own.items()}}
 
 
 def _max_params(connection: BaseDatabaseWrapper) -> int:
@@ -920,15 +816,6 @@ def _max_params(connection: BaseDatabaseWrapper) -> int:
 
         return 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
     return int(connection.features.max_query_params or 65_535)
-
-
-def _async_commit_allowed(connection: BaseDatabaseWrapper) -> bool:
-    options = connection.settings_dict.get("OPTIONS", {})
-    return (
-        connection.vendor == "postgresql"
-        and not _synchronous_commit()
-        and options.get("server_side_binding") is not True
-    )
 
 
 def _batch_values(change: Change, now: Any) -> dict[str, Any]:
@@ -960,23 +847,66 @@ def _batch_sql(
     keep: Sequence[str],
 ) -> tuple[str, list[Any]]:
     """One multi-row upsert of ``rows`` (same columns), guarded row by row."""
+    names = list(rows[0])
+    if connection.vendor == "postgresql":
+        # Its text depends on the columns alone: built once per shape, not per write.
+        key = (connection.alias, tuple(names), tuple(updated), tuple(keep))
+        known = _pg_statements.get(key)
+        if known is None:
+            if len(_pg_statements) > 256:
+                _pg_statements.clear()  # shapes are few: only a changed schema gets here
+            # A column neither the message nor the change sets holds its default in
+            # every row: one value, not an array (most columns, for a sender's row).
+            shared = [n for n in names if n not in updated and n not in _ORIGIN_COLUMNS]
+            source, prepares = _unnest(connection, names, shared)
+            known = _pg_statements[key] = (
+                _upsert_text(connection, source, names, updated, keep),
+                [(name in shared, prepare) for name, prepare in zip(names, prepares, strict=True)],
+            )
+        sql, steps = known
+        first = rows[0]
+        # The single values come first in the text (the selected columns), then the arrays.
+        params = [
+            prepare([first[name]], connection)[0]
+            for name, (single, prepare) in zip(names, steps, strict=True)
+            if single
+        ]
+        params += [
+            prepare([row[name] for row in rows], connection)
+            for name, (single, prepare) in zip(names, steps, strict=True)
+            if not single
+        ]
+        return sql, params
+    params = []
+    tuples = []
+    make = _placeholder_maker(connection)
+    for row in rows:
+        placeholders, values = make(row)
+        tuples.append(f"({', '.join(placeholders)})")
+        params.extend(values)
+    return _upsert_text(connection, f"VALUES {', '.join(tuples)}", names, updated, keep), params
+
+
+#: PostgreSQL statements by database and shape: their text, and how each column's
+#: array is made.
+_pg_statements: dict[tuple[Any, ...], tuple[str, list[tuple[bool, _Prepare]]]] = {}
+#: Makes one column's array of database values from its Python values.
+_Prepare = Callable[[list[Any], BaseDatabaseWrapper], list[Any]]
+
+
+def _upsert_text(
+    connection: BaseDatabaseWrapper,
+    source: str,
+    names: list[str],
+    updated: list[str],
+    keep: Sequence[str],
+) -> str:
+    """The upsert of the rows of ``source`` (columns ``names``), guarded row by row."""
 
     def q(name: str) -> str:
         return _quote(connection, name)
 
     table = q(_model()._meta.db_table)
-    names = list(rows[0])
-    params: list[Any] = []
-    tuples = []
-    if connection.vendor == "postgresql":
-        source, params = _unnest(connection, rows, names)
-    else:
-        make = _placeholder_maker(connection)
-        for row in rows:
-            placeholders, values = make(row)
-            tuples.append(f"({', '.join(placeholders)})")
-            params.extend(values)
-        source = f"VALUES {', '.join(tuples)}"
     # %% : a literal % in a statement with parameters.
     running = f"%% {_RUNNING_STEP} = {_RUNNING_REST}"
     if connection.vendor in ("postgresql", "sqlite"):
@@ -1000,7 +930,7 @@ def _batch_sql(
         )
         if connection.features.can_return_rows_from_bulk_insert:
             sql += " RETURNING " + ", ".join(f"{table}.{q(c)}" for c in _returned_columns())
-        return sql, params
+        return sql
     if connection.vendor == "mysql":
         new_order = f"VALUES({q('state_order')})"
         cond = (
@@ -1019,20 +949,22 @@ def _batch_sql(
             f"INSERT INTO {table} ({', '.join(q(c) for c in names)}) {source} "
             f"ON DUPLICATE KEY UPDATE {', '.join(assignments)}"
         )
-        return sql, params
+        return sql
     raise NotImplementedError(f"taskstate does not support the {connection.vendor} backend")
 
 
 def _unnest(
-    connection: BaseDatabaseWrapper, rows: list[dict[str, Any]], names: list[str]
-) -> tuple[str, list[Any]]:
-    """PostgreSQL: the rows as one array per column, unnested into a row source.
+    connection: BaseDatabaseWrapper, names: list[str], shared: Sequence[str] = ()
+) -> tuple[str, list[_Prepare]]:
+    """PostgreSQL: the rows as one array per column, unnested into a row source; and how
+    each column's array is made. Columns in ``shared`` hold one value for every row: sent
+    once (a parameter of its own, before the arrays), not as an array.
 
-    The statement's text depends only on the columns, not on the number of rows, so
-    psycopg parses it once (a VALUES list is parsed again for every batch, which cost
-    a third of the writer's time), and it carries one parameter per column. Each value
-    is prepared as for a single row; user and retried-task links are looked up in the
-    statement, as there.
+    The statement's text depends only on the columns, not on the number of rows: built
+    once, and psycopg parses it once (a VALUES list is parsed again for every batch,
+    which cost a third of the writer's time); it carries one parameter per column. Each
+    value is prepared as for a single row; user and retried-task links are looked up in
+    the statement, as there.
     """
 
     def q(name: str) -> str:
@@ -1041,40 +973,75 @@ def _unnest(
     user_pk_field, user_lookup, retry_lookup = _links(connection)
     selected = []
     arrays = []
-    params: list[Any] = []
+    prepares: list[_Prepare] = []
     for name in names:
         field = _field(name)
         column = f"_rows.{q(name)}"
+        single = name in shared
+        if single:
+            column = f"%s::{field.db_type(connection)}"
         if name == "user_id":
             selected.append(user_lookup.format(column))
             db_type = user_pk_field.rel_db_type(connection)
-            values = [
-                None
-                if row[name] is None
-                else user_pk_field.get_db_prep_value(row[name], connection)
-                for row in rows
-            ]
+            prepares.append(functools.partial(_user_pks, user_pk_field))
         elif name == "retry_of_id":
             selected.append(retry_lookup.format(column))
             own_pk = _model()._meta.pk
             assert own_pk is not None
             db_type = own_pk.rel_db_type(connection)
-            values = [None if row[name] is None else int(row[name]) for row in rows]
+            prepares.append(_task_pks)
         else:
             selected.append(column)
             db_type = field.db_type(connection)
-            as_is = _STORED_AS_IS.get(type(field))
-            values = [
-                value if type(value) is as_is else field.get_db_prep_save(value, connection)
-                for value in (row[name] for row in rows)
-            ]
-        arrays.append(f"%s::{db_type}[]")
-        params.append(values)
+            prepares.append(functools.partial(_column_values, field))
+        if not single:
+            arrays.append(f"%s::{db_type}[]")
+    unnested = [q(n) for n in names if n not in shared]
     source = (
         f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) "
-        f"AS _rows({', '.join(q(n) for n in names)})"
+        f"AS _rows({', '.join(unnested)})"
     )
-    return source, params
+    return source, prepares
+
+
+def _user_pks(
+    field: Field[Any, Any], values: list[Any], connection: BaseDatabaseWrapper
+) -> list[Any]:
+    return [None if v is None else field.get_db_prep_value(v, connection) for v in values]
+
+
+def _task_pks(values: list[Any], connection: BaseDatabaseWrapper) -> list[Any]:
+    return [None if v is None else int(v) for v in values]
+
+
+#: PostgreSQL arrays (cast to the column's type in the statement): fields whose database
+#: value is the Python value itself when it has this exact type or is None (an integer
+#: needs no typed adapter in an array the statement casts; a datetime must be aware).
+_IN_ARRAY_AS_IS: dict[type, type] = {
+    CharField: str,
+    TextField: str,
+    PositiveIntegerField: int,
+    PositiveSmallIntegerField: int,
+    BooleanField: bool,
+    DateTimeField: datetime,
+}
+
+
+def _column_values(
+    field: Field[Any, Any], values: list[Any], connection: BaseDatabaseWrapper
+) -> list[Any]:
+    as_is = _IN_ARRAY_AS_IS.get(type(field))
+    prep = field.get_db_prep_save
+    if as_is is None:
+        return [prep(v, connection) for v in values]
+    if as_is is datetime:
+        return [
+            v
+            if v is None or (type(v) is datetime and v.tzinfo is not None)
+            else prep(v, connection)
+            for v in values
+        ]
+    return [v if v is None or type(v) is as_is else prep(v, connection) for v in values]
 
 
 class _OutageLog:

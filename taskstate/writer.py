@@ -1,51 +1,61 @@
 """The background state writer: the worker's state changes, written in batches off its path.
 
-With ``TASKSTATE["WRITE_MODE"] = "background"`` (the default) a worker hook, and
-``progress()``, hand a :class:`taskstate.transitions.Change` over here (a lock and a dict
-insert) and return: no database call, no render, no publish on the actor's thread. One
-thread per process takes what is pending, at most ``WRITE_BATCH_SIZE`` messages once the
-oldest change has waited ``WRITE_MAX_DELAY`` seconds (at once when that many are pending,
-or when someone waits for a change), writes them with
+Every worker hook, and ``progress()``, hands a :class:`taskstate.transitions.Change`
+over here (a lock and a dict insert) and returns: no database call, no render, no publish
+on the actor's thread. One thread per process takes what is pending, at most
+:data:`~taskstate.conf.WRITE_BATCH_SIZE` messages once the oldest change has waited
+:data:`~taskstate.conf.WRITE_MAX_DELAY` seconds (at once when that many are pending, or
+when someone waits for a change), writes them with
 :func:`taskstate.transitions.write_batch` (one transaction, one commit, usually one
 statement), and only then announces each row written, in the order the changes came
 (``taskstate.signals``).
 
-No hook waits for the writer (:meth:`Writer.write_and_wait` is kept for callers that
-must have the row). Whether a message was asked to cancel before it starts is known from
-:class:`CancelWatch`, which the writer thread refreshes with its batches
-(docs/owner-control.md, "Not started yet").
+The running change and progress reports are not waited for. A message's final change
+(done, failed, retrying, cancelled, skipped) is: Dramatiq acks a message only once its
+final change is committed (:meth:`Writer.wait_written`, called from the middleware's
+``before_ack``/``before_nack``), so the ack of a message never outruns its row, whatever
+stops the process afterwards. Acks that wait together share a batch: one commit serves
+every worker thread waiting at that moment (a group commit). Whether a message was asked
+to cancel before it starts is known from :class:`CancelWatch`: a start waits for a read
+begun after it, shared by the starts waiting together (docs/owner-control.md, "Not
+started yet").
 
 Changes of one message are merged while they wait (:meth:`Change.then`): a progress
 report and the final status of a message written in one batch are written once.
 
 Faults. When the database cannot be reached the batch goes back in front of the queue
 (merged with what came since) and is tried again after a pause growing from
-:data:`FIRST_RETRY_PAUSE` to :data:`MAX_RETRY_PAUSE`; whoever waits is told at once, so
-nothing blocks the worker for longer than one failed attempt. The queue holds at most
-:data:`MAX_PENDING` messages: past that, the changes of messages already waiting still
-merge, a new message's changes are dropped (logged once per episode) and its row is
-repaired by its later changes or the cleanup. At worker shutdown (and at exit) the queue
-is flushed within a bound; a crash loses at most what was pending, which redelivery and
-the cleanup repair (docs/reliability.md).
+:data:`FIRST_RETRY_PAUSE` to :data:`MAX_RETRY_PAUSE`; a running or progress change's
+waiter is told at once, an ack keeps waiting: a worker holds the acks of the messages it
+finished until the database answers, and takes no new message on those threads
+meanwhile. Once the worker stops, an ack waits at most :data:`STOP_ACK_WAIT` more
+seconds; then the message stays unacked and the broker delivers it again. The queue
+holds at most :data:`MAX_PENDING` messages: past that a new message's running and
+progress changes are dropped (logged once per episode; its final change, which its ack
+waits for, is always kept). At worker shutdown (and at exit) the queue is flushed within
+a bound; what is still unwritten then belongs to messages that were not acked, which the
+broker delivers again (docs/reliability.md).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
+from taskstate import conf
+from taskstate.background import background, in_event_loop
+from taskstate.bounds import client_bound
 from taskstate.conf import get_settings
-from taskstate.handoff import handoff, in_event_loop
 from taskstate.signals import announce, announce_progress
 from taskstate.transitions import Change, Outage, cancels_since, database_down, write_batch
 
@@ -61,35 +71,18 @@ FIRST_RETRY_PAUSE = 0.5
 MAX_RETRY_PAUSE = 5.0
 #: Seconds a worker's shutdown (and the interpreter's exit) waits for the queue to drain.
 SHUTDOWN_FLUSH = 5.0
+#: Seconds an ack waits for its message's final change once the worker stops (while the
+#: database is away); past that the message is left unacked for the broker to deliver again.
+STOP_ACK_WAIT = 5.0
 #: While a flush waits, a batch the database could not take is tried again this soon
 #: (not at once: a refused connection fails in microseconds).
 FLUSH_RETRY_PAUSE = 0.1
-
-
-def background() -> bool:
-    """True when worker-side changes go through the background writer."""
-    return get_settings().WRITE_MODE == "background"
-
-
-class _Wait:
-    """One thread waiting for its change's batch."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.task: Task | None = None
-        self.written = False
-
-    def __call__(self, task: Task | None, written: bool) -> None:
-        self.task, self.written = task, written
-        self.event.set()
 
 
 class Writer:
     """One per process (:data:`writer`); a forked child starts with an empty one."""
 
     def __init__(self) -> None:
-        #: ``sender`` of the signals the writer sends (``StateMiddleware``, set by it).
-        self.sender: Any = None
         self._init_state()
 
     def _init_state(self) -> None:
@@ -98,6 +91,8 @@ class Writer:
         self._urgent = 0
         self._busy = False
         self._in_flight = 0
+        self._in_flight_ids: frozenset[str] = frozenset()
+        self._stopping_at: float | None = None
         self._failed_at = 0.0
         self._flushing = 0
         self._thread: threading.Thread | None = None
@@ -106,18 +101,13 @@ class Writer:
         self._pause = 0.0
         self._full = False
         self._release = False
-        #: Counters for benchmarks and tests: batches written, rows in them, changes
-        #: dropped at the bound, and the delay (seconds) from each change to its commit.
-        self.batches = 0
-        self.rows = 0
-        self.dropped = 0
-        self.delays: deque[float] = deque(maxlen=100_000)
 
     # --- the worker's side ---------------------------------------------------------------
 
-    def submit(self, change: Change) -> bool:
+    def submit(self, change: Change, *, final: bool = False) -> bool:
         """Queue ``change``; returns at once, never raises for the database. False when it
-        was dropped (the queue is full)."""
+        was dropped (the queue is full). A ``final`` change (the one the message's ack
+        waits for) is never dropped."""
         change.since = time.monotonic()
         message_id = change.origin.message_id
         with self._cond:
@@ -129,8 +119,7 @@ class Writer:
                     self._urgent += 1
                     self._cond.notify_all()
                 return True
-            if len(self._pending) >= MAX_PENDING:
-                self.dropped += 1
+            if len(self._pending) >= MAX_PENDING and not final:
                 if not self._full:
                     self._full = True
                     logger.error(
@@ -148,33 +137,39 @@ class Writer:
                 self._cond.notify_all()
             return True
 
-    def write_and_wait(self, change: Change, timeout: float | None) -> tuple[Task | None, bool]:
-        """Queue ``change``, have its batch written now, and wait for it.
+    def wait_written(self, message_id: str) -> bool:
+        """Wait until every change of ``message_id`` queued so far is committed, hurrying
+        its batch; True once it is (also when nothing was queued).
 
-        Returns the row as written (None: refused) and whether the batch was written at
-        all (False: the database could not be reached, the queue is full, or ``timeout``
-        ran out; the change stays queued, unless dropped, and is written later).
+        Waits through a database outage as long as it lasts, unless the worker stops
+        (:meth:`stopping`): then at most :data:`STOP_ACK_WAIT` seconds from the later of
+        the stop and this call. False: that bound ran out, the change is still queued.
         """
+        called = time.monotonic()
         with self._cond:
-            retrying = time.monotonic() < self._retry_at
-        if retrying:
-            # The database is away (the last batch failed): queue it and go on, as a
-            # failed write would, rather than wait for the next try.
-            self.submit(change)
-            return None, False
-        wait = _Wait()
-        change.urgent = True
-        change.notify.append(wait)
-        if not self.submit(change):
-            return None, False
-        if not wait.event.wait(timeout):
-            return None, False
-        return wait.task, wait.written
+            while True:
+                change = self._pending.get(message_id)
+                if change is None and message_id not in self._in_flight_ids:
+                    return True
+                if change is not None and not change.urgent:
+                    change.urgent = True
+                    self._urgent += 1
+                    self._cond.notify_all()
+                self._start()
+                timeout = None
+                if self._stopping_at is not None:
+                    deadline = max(self._stopping_at, called) + STOP_ACK_WAIT
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        return False
+                self._cond.wait(timeout)
 
-    def pending(self) -> int:
-        """Messages whose changes wait to be written."""
+    def stopping(self, stopping: bool = True) -> None:
+        """The worker stops (False: runs again): from now on :meth:`wait_written` waits
+        within its bound."""
         with self._cond:
-            return len(self._pending)
+            self._stopping_at = time.monotonic() if stopping else None
+            self._cond.notify_all()
 
     def unwritten(self) -> int:
         """Messages whose changes are not written yet: waiting, or in the batch being
@@ -226,8 +221,10 @@ class Writer:
             left = self.unwritten()
             if left:
                 logger.error(
-                    "taskstate: %d messages' last state changes could not be written "
-                    "before the process ends; redelivery and the cleanup will repair them.",
+                    "taskstate: %d messages' state changes could not be written before the "
+                    "process ends. None of these messages was acknowledged (an ack waits for "
+                    "its final change): the broker delivers them again and their rows are "
+                    "written then.",
                     left,
                 )
 
@@ -244,19 +241,19 @@ class Writer:
     def _after_fork(self) -> None:
         # The parent's changes are the parent's to write; its lock may be held by a thread
         # the child does not have.
-        sender = self.sender
         self._init_state()
-        self.sender = sender
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 self._busy = False
                 self._in_flight = 0
+                self._in_flight_ids = frozenset()
                 self._cond.notify_all()
                 batch = self._next_batch()
                 self._busy = True
                 self._in_flight = len(batch)
+                self._in_flight_ids = frozenset(change.origin.message_id for change in batch)
             if not batch:  # asked to let go of the connection
                 with contextlib.suppress(Exception):
                     connections.close_all()
@@ -328,20 +325,15 @@ class Writer:
 
     def _written(self, batch: list[Change], tasks: list[Task | None]) -> None:
         """Tell and announce the changes of ``batch`` committed as ``tasks``."""
-        committed = time.monotonic()
         with self._cond:
-            self.batches += 1
-            self.rows += len(batch)
             if len(self._pending) < MAX_PENDING // 2:
                 self._full = False  # drained to half: a later overflow is logged again
         for change, task in zip(batch, tasks, strict=True):
-            self.delays.append(committed - change.since)
             _tell([change], task, written=True)
             if task is None:
                 continue  # refused: the row is further on already
             if change.progress_only:
                 announce_progress(
-                    sender=self.sender,
                     task_pk=task.pk,
                     user_pk=task.user_id,
                     percent=task.progress,
@@ -350,7 +342,7 @@ class Writer:
                     group_pk=change.origin.identity.group,
                 )
             else:
-                announce(task, sender=self.sender, committed=True)
+                announce(task, committed=True)
 
     def _put_back(self, batch: list[Change]) -> None:
         with self._cond:
@@ -374,19 +366,25 @@ class Writer:
 class CancelWatch:
     """The cancel requests this process knows of, so a worker need not read the row.
 
-    A worker asks :meth:`requested` when it takes a message, at a pipeline step's end and
-    at each ``progress()``: a dictionary lookup. What is known is refreshed by the writer
-    thread with its batches (one indexed read, :func:`taskstate.transitions.cancels_since`,
-    at most twice per ``CANCEL_CHECK_INTERVAL``); a worker reads only when nothing was
-    refreshed for longer than ``CANCEL_CHECK_INTERVAL`` (an idle process), and then one
-    read serves every thread. While the database is failing nothing is read.
+    A message's start asks :meth:`heard_of`: it is answered by a read of the requests made
+    since the last read (:func:`taskstate.transitions.cancels_since`, one indexed read)
+    that began after the start asked, so every request committed before the start is
+    known, and a body whose cancel the owner saw never starts. One read at a time, made by
+    the first start waiting, serves every start that asked before it began, like a group
+    commit. A start of a message known to be asked already reads nothing. Reads run on a
+    connection the watch keeps open (whatever CONN_MAX_AGE says, as the writer's), within
+    the bounds of ``taskstate.bounds``.
 
-    So a request is heard by every worker within ``CANCEL_CHECK_INTERVAL`` of its commit
-    (plus the read's own time). A worker that takes a message before that runs it, and the
-    request becomes a running task's cancel; this is why a cancel request ends only
-    tasks scheduled comfortably ahead at once (``transitions.CANCEL_AT_ONCE_MARGIN``),
-    and why a queued task reads "Cancelling" until a worker takes its message
-    (docs/owner-control.md).
+    A running message asks :meth:`requested` at a pipeline step's end and at each
+    ``progress()``: a dictionary lookup. What is known is also refreshed by the writer
+    thread with its batches (at most twice per ``CANCEL_CHECK_INTERVAL``); a look reads
+    only when nothing was refreshed for longer than ``CANCEL_CHECK_INTERVAL`` (an idle
+    process), and then one read serves every thread. So a running message hears of its
+    cancel within ``CANCEL_CHECK_INTERVAL``.
+
+    While the database is failing nothing is read, and a start that has waited for
+    another's read longer than the database bounds allow goes on with what is known
+    (logged): a worker that cannot reach the database cannot hear of a request.
     """
 
     def __init__(self) -> None:
@@ -399,10 +397,12 @@ class CancelWatch:
         self._fresh_at = 0.0
         self._since: datetime | None = None
         self._tries = 0  # reads finished, whatever their outcome
+        self._begun = 0  # reads begun: each read's number
+        self._ended = 0  # the number of the last read that ended, whatever its outcome
+        self._overdue = False  # a start gave up waiting; none waits until a read ends
+        self._connection: BaseDatabaseWrapper | None = None
+        self._connection_pid = 0
         self._refresh_handed_over = False
-        #: Reads made (by the writer thread and by workers), for benchmarks and tests.
-        self.reads = 0
-        self.worker_reads = 0
 
     def age(self) -> float:
         """Seconds since the last read that is known to have succeeded started."""
@@ -412,11 +412,66 @@ class CancelWatch:
         """Whether ``message_id`` is known to have been asked to cancel; never reads."""
         return message_id in self._ids
 
+    def heard_of(self, message_id: str) -> bool:
+        """Whether ``message_id`` was asked to cancel, as read after this call began.
+
+        Reads, or waits for the read another start began meanwhile; answers from what is
+        known while the database is failing, and after waiting :func:`_start_wait` for
+        another thread's read. In an event loop's thread (Django refuses a query there)
+        another thread reads and this one waits for it.
+        """
+        if self.known(message_id):
+            return True
+        if database_down():
+            return False
+        with self._lock:
+            if self._overdue:
+                return False
+            wanted = self._begun + 1  # a read in flight began before this call
+        limit = _start_wait()
+        if in_event_loop():
+            done = threading.Event()
+
+            def read() -> None:
+                try:
+                    self._read_after(wanted, limit)
+                finally:
+                    done.set()
+
+            background.submit(read)
+            if not done.wait(limit):
+                self._give_up(limit)
+        else:
+            self._read_after(wanted, limit)
+        return self.known(message_id)
+
+    def _read_after(self, wanted: int, limit: float) -> None:
+        # Until read number ``wanted`` (or a later one) has ended: read, or wait for it.
+        if not self._reading.acquire(timeout=limit):
+            self._give_up(limit)
+            return
+        try:
+            if self._ended < wanted:
+                self._read()
+        finally:
+            self._reading.release()
+
+    def _give_up(self, limit: float) -> None:
+        with self._lock:
+            if self._overdue:
+                return
+            self._overdue = True
+        logger.warning(
+            "taskstate: no read of cancel requests ended within %.0f s; messages start on "
+            "what this process knows until one does.",
+            limit,
+        )
+
     def requested(self, message_id: str) -> bool:
         """Whether ``message_id`` was asked to cancel, as known at most
         ``CANCEL_CHECK_INTERVAL`` ago: reads first when what is known is older (unless the
         database is failing: then False, as a read would have said)."""
-        if message_id in self._ids:
+        if self.known(message_id):
             return True
         limit = _max_age_of_cancels()
         if self.age() <= limit or database_down():
@@ -426,8 +481,8 @@ class CancelWatch:
             # here. Another thread reads; this look answers from what is known.
             self._hand_over_refresh(limit)
             return False
-        self.refresh(unless_younger_than=limit, by_worker=True)
-        return message_id in self._ids
+        self.refresh(unless_younger_than=limit)
+        return self.known(message_id)
 
     def _hand_over_refresh(self, limit: float) -> None:
         with self._lock:
@@ -437,14 +492,14 @@ class CancelWatch:
 
         def read() -> None:
             try:
-                self.refresh(unless_younger_than=limit, by_worker=True)
+                self.refresh(unless_younger_than=limit)
             finally:
                 with self._lock:
                     self._refresh_handed_over = False
 
-        handoff.submit(read)
+        background.submit(read)
 
-    def refresh(self, *, unless_younger_than: float | None = None, by_worker: bool = False) -> bool:
+    def refresh(self, *, unless_younger_than: float | None = None) -> bool:
         """Read the requests made since the last read (the first read: every request a
         worker may still meet). False when the database could not be read."""
         tries = self._tries
@@ -456,32 +511,64 @@ class CancelWatch:
                     # A read failed while this thread waited for it (or the database is
                     # failing): one failed read serves every thread that waited.
                     return False
-            started, wall = time.monotonic(), timezone.now()
-            try:
-                found = cancels_since(self._since)
-            finally:
-                self._tries += 1
-            self.reads += 1
-            if by_worker:
-                self.worker_reads += 1
-            if found is None:
-                return False
+            return self._read()
+
+    def _read(self) -> bool:
+        # Called with ``_reading`` held: one read at a time, on the watch's connection.
+        started, wall = time.monotonic(), timezone.now()
+        with self._lock:
+            self._begun += 1
+            number = self._begun
+        found = None
+        try:
+            found = cancels_since(self._since, self._own_connection())
+        finally:
+            self._tries += 1
             with self._lock:
-                since: datetime | None = wall
-                if len(self._ids) + len(found) > MAX_KNOWN_CANCELS:
-                    # The oldest half: their messages, if still queued, start and are
-                    # cancelled at their first progress(). The next read is a first look
-                    # again, so a request forgotten here that still matters is read back.
-                    for message_id in list(self._ids)[: MAX_KNOWN_CANCELS // 2]:
-                        del self._ids[message_id]
-                    since = None
-                self._ids.update(dict.fromkeys(found))
-                self._since = since
-                self._fresh_at = max(self._fresh_at, started)
-            return True
+                if found is not None:
+                    self._learn(found, wall, started)
+                self._ended = number
+                self._overdue = False
+        return found is not None
+
+    def _own_connection(self) -> BaseDatabaseWrapper:
+        # A connection of the task database used by one thread at a time (under
+        # ``_reading``), whichever: a worker thread's own may be closed after each message.
+        alias = get_settings().DATABASE
+        connection = self._connection
+        if connection is None or connection.alias != alias:
+            self.close()
+            connection = connections.create_connection(alias)
+            connection.inc_thread_sharing()
+            self._connection, self._connection_pid = connection, os.getpid()
+        return connection
+
+    def close(self) -> None:
+        """Close the watch's connection (it reconnects for the next read): for tests that
+        drop their database."""
+        connection, self._connection = self._connection, None
+        if connection is not None and self._connection_pid == os.getpid():
+            with contextlib.suppress(Exception):
+                connection.close()
+
+    def _learn(self, found: list[str], wall: datetime, started: float) -> None:
+        # Called with the lock held.
+        since: datetime | None = wall
+        if len(self._ids) + len(found) > MAX_KNOWN_CANCELS:
+            # The oldest half: their messages, if still queued, start and are cancelled at
+            # their first progress(). The next read is a first look again, so a request
+            # forgotten here that still matters is read back.
+            for message_id in list(self._ids)[: MAX_KNOWN_CANCELS // 2]:
+                del self._ids[message_id]
+            since = None
+        self._ids.update(dict.fromkeys(found))
+        self._since = since
+        self._fresh_at = max(self._fresh_at, started)
 
     def forget(self) -> None:
-        """Know nothing (tests; a forked child starts so)."""
+        """Know nothing (tests; a forked child starts so, and leaves the parent's
+        connection alone)."""
+        self.close()
         self._init_state()
 
 
@@ -490,7 +577,13 @@ MAX_KNOWN_CANCELS = 100_000
 
 
 def _max_age_of_cancels() -> float:
-    return float(get_settings().CANCEL_CHECK_INTERVAL)
+    return float(conf.CANCEL_CHECK_INTERVAL)
+
+
+def _start_wait() -> float:
+    """Seconds a start waits for another thread's read (bounded as every statement of
+    ours, taskstate.bounds, with a connect first), then for one of its own."""
+    return float(conf.DB_CONNECT_TIMEOUT) + 2 * client_bound()
 
 
 def _tell(batch: list[Change], task: Task | None, *, written: bool) -> None:
@@ -501,15 +594,14 @@ def _tell(batch: list[Change], task: Task | None, *, written: bool) -> None:
 
 
 def _batch_size() -> int:
-    return int(get_settings().WRITE_BATCH_SIZE)
+    return int(conf.WRITE_BATCH_SIZE)
 
 
 def _max_delay() -> float:
-    return float(get_settings().WRITE_MAX_DELAY)
+    return float(conf.WRITE_MAX_DELAY)
 
 
 writer = Writer()
 cancels = CancelWatch()
-atexit.register(writer.shutdown, SHUTDOWN_FLUSH)
 os.register_at_fork(after_in_child=writer._after_fork)
 os.register_at_fork(after_in_child=cancels.forget)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ import pytest
 from django.db.backends.signals import connection_created
 from dramatiq.brokers.stub import StubBroker
 
+from taskstate.testing import settle
 from taskstate.writer import writer
 from tests.support.workers import Sent, stop_worker
 
@@ -120,20 +122,43 @@ def _cancel_watch_starts_empty() -> None:
     cancels.forget()
 
 
-@pytest.fixture(autouse=True)
-def write_mode(request: pytest.FixtureRequest) -> Iterator[str]:
-    """How the worker's changes are written: "background" (the default) for every test;
-    modules or tests marked ``both_write_modes`` run once more "immediate".
+class CancelReads:
+    """The cancel watch's reads (``taskstate.writer.cancels_since``) made during a test."""
 
-    Tests that set ``settings.TASKSTATE`` themselves keep the mode with
-    ``{**settings.TASKSTATE, ...}``.
-    """
-    mode = getattr(request, "param", "background")
-    if mode != "background":
-        settings = request.getfixturevalue("settings")
-        settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MODE": mode}
-    yield mode
-    # Whatever a test queued is written within it.
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.threads)
+
+    @property
+    def by_workers(self) -> int:
+        """Reads a worker made (a start's, an idle process's look): not the writer's."""
+        return sum(1 for name in self.threads if name != "taskstate-writer")
+
+
+@pytest.fixture
+def cancel_reads(monkeypatch: pytest.MonkeyPatch) -> CancelReads:
+    import threading
+
+    from taskstate import writer as writer_module
+
+    reads = CancelReads()
+    read = writer_module.cancels_since
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.threads.append(threading.current_thread().name)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "cancels_since", counted)
+    return reads
+
+
+@pytest.fixture(autouse=True)
+def _changes_written_within_the_test() -> Iterator[None]:
+    """Whatever a test queued for the background writer is written within it."""
+    yield
     writer.flush(10)
 
 
@@ -145,28 +170,18 @@ def _writer_lets_go_of_the_test_database(request: pytest.FixtureRequest) -> Iter
     yield
     writer.flush(10)
     writer.release()
+    from taskstate.writer import cancels
+
+    cancels.close()
 
 
-#: ``pytestmark = both_write_modes``: each test runs with the background writer and
-#: with immediate writes.
-both_write_modes = pytest.mark.parametrize("write_mode", ["background", "immediate"], indirect=True)
-
-
-#: ``pytestmark = immediate_writes``: unit tests of the immediate write path (the background
-#: writer's own are in tests/test_writer.py).
-immediate_writes = pytest.mark.parametrize("write_mode", ["immediate"], indirect=True)
-
-
-def lifecycle_announced(announced: list[str], expected: list[str], exact: bool) -> bool:
+def lifecycle_announced(announced: list[str], expected: list[str]) -> bool:
     """Whether ``announced`` is what ``task_changed`` may say of the ``expected`` lifecycle.
 
-    ``exact``: every status announced, in order. Otherwise each committed row is
-    announced: statuses of one message merged within a batch are announced once, as the
-    last of them; so the statuses announced are the expected ones in order, some possibly
-    left out, never the final one.
+    Each committed row is announced: statuses of one message merged within a batch are
+    announced once, as the last of them; so the statuses announced are the expected ones
+    in order, some possibly left out, never the final one.
     """
-    if exact:
-        return announced == expected
     rest = iter(expected)
     in_order = all(any(status == e for e in rest) for status in announced)
     return in_order and announced[-1:] == expected[-1:]
@@ -209,7 +224,7 @@ def run_all(broker: dramatiq.Broker, worker: dramatiq.Worker) -> Callable[[], No
             broker.join("default", timeout=30_000)
         worker.join()
         # The background writer writes the worker's last changes moments later.
-        assert writer.flush(30)
+        settle(30)
 
     return run
 
@@ -222,6 +237,55 @@ def user(django_user_model: Any) -> Any:
 @pytest.fixture
 def other_user(django_user_model: Any) -> Any:
     return django_user_model.objects.create_user("bob", password="pw")
+
+
+# --- tasks about an object: the object is a django.contrib.auth group ---------------------
+
+
+@pytest.fixture
+def team() -> Any:
+    from django.contrib.auth.models import Group
+
+    return Group.objects.create(name="Team Orion")
+
+
+def with_perm(django_user_model: Any, name: str, *codenames: str) -> Any:
+    """A new user holding these permissions, read afresh (no permission cache)."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(name, password="pw")
+    for codename in codenames:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    return django_user_model.objects.get(pk=user.pk)
+
+
+@pytest.fixture
+def viewer(django_user_model: Any) -> Any:
+    """May see every group (the model's view permission), change none."""
+    return with_perm(django_user_model, "vera", "view_group")
+
+
+@pytest.fixture
+def controller(django_user_model: Any) -> Any:
+    """May see and change every group."""
+    return with_perm(django_user_model, "carl", "view_group", "change_group")
+
+
+@pytest.fixture
+def stranger(django_user_model: Any) -> Any:
+    """Logged in, no permission on groups."""
+    return with_perm(django_user_model, "sam")
+
+
+@pytest.fixture
+def object_backend(settings: Any) -> Iterator[set[tuple[Any, str, Any]]]:
+    """Object permissions granted one object at a time (as django-guardian grants them)."""
+    from tests.support import object_permissions
+
+    settings.AUTHENTICATION_BACKENDS = [*settings.AUTHENTICATION_BACKENDS, object_permissions.PATH]
+    object_permissions.GRANTED.clear()
+    yield object_permissions.GRANTED
+    object_permissions.GRANTED.clear()
 
 
 class EventCapture:
@@ -239,14 +303,10 @@ class EventCapture:
         if self._redis:
             import redis
 
-            from taskstate.presence import board
-
             self._client = redis.Redis(**self._redis)
             self._pubsub = self._client.pubsub()
             self._pubsub.subscribe("events_channel")
             self._pubsub.get_message(timeout=1)  # the subscribe confirmation
-            # Not a django-eventstream stream: say so, or nothing is rendered for it.
-            board.hold(channels)
         else:
             import asyncio
 
@@ -256,7 +316,8 @@ class EventCapture:
             self._listener = Listener()
             self._listener.loop = self._loop
             self._listener.channels = set(channels)
-            get_listener_manager().add_listener(self._listener)
+            with current_loop(self._loop):
+                get_listener_manager().add_listener(self._listener)
 
     def events(self, wait: float = 0.5) -> list[tuple[str, str, str]]:
         """(channel, event type, data) of everything delivered so far, in order."""
@@ -283,9 +344,6 @@ class EventCapture:
 
     def close(self) -> None:
         if self._redis:
-            from taskstate.presence import board
-
-            board.release(self.channels)
             self._pubsub.close()
             self._client.close()
         else:
@@ -320,6 +378,7 @@ SERVICES = os.environ.get("TASKSTATE_TEST_SERVICES") == "1"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     deselected = []
     kept = []
@@ -354,7 +413,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         kept.append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = kept
+    # Browser tests last, after pytest-django's ordering (db tests first): sync Playwright
+    # leaves its event loop marked running in the main thread for the rest of the session,
+    # and Django then refuses any later query or check in that thread as async code.
+    items[:] = sorted(kept, key=_uses_a_browser)
+
+
+@contextlib.contextmanager
+def current_loop(loop: Any) -> Iterator[None]:
+    """``loop`` as this thread's current event loop, then the one before it again.
+
+    django-eventstream's ``add_listener`` asks for the current loop (with
+    ``EVENTSTREAM_REDIS``); since Python 3.12 none is made on demand once an earlier
+    ``asyncio.run()`` in this thread has ended.
+    """
+    import asyncio
+
+    try:
+        before = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        before = None
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(before)
+
+
+def _uses_a_browser(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return item.get_closest_marker("browser") is not None or "browser" in names
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -143,11 +143,27 @@ else:
     }
     DRAMATIQ_BROKER = STUB_BROKER
 
+# django.tasks (Django >= 6): taskstate's backend, on the broker above (tests/test_backends.py).
+TASKS = {
+    "default": {
+        "BACKEND": "taskstate.backends.DramatiqBackend",
+        "QUEUES": ["default", "low"],
+    }
+}
+
 TASKSTATE = {
     "PROGRESS_INTERVAL": 0.5,
     # TASKSTATE_TEST_SETTINGS: more TASKSTATE keys, as JSON (for processes a test starts).
     **json.loads(os.environ.get("TASKSTATE_TEST_SETTINGS") or "{}"),
 }
+# TASKSTATE_TEST_CONSTANTS: values for taskstate.conf's constants, as JSON (for processes a
+# test starts).
+if _constants := json.loads(os.environ.get("TASKSTATE_TEST_CONSTANTS") or "{}"):
+    from taskstate import conf as _conf
+
+    for _name, _value in _constants.items():
+        assert hasattr(_conf, _name), _name
+        setattr(_conf, _name, _value)
 EVENTSTREAM_CHANNELMANAGER_CLASS = "taskstate.channels.TaskstateChannelManager"
 
 LOGGING = {

@@ -368,3 +368,56 @@ def test_staff_retry_selected_retryable_failed_tasks(admin_client, user, broker)
     retryable.refresh_from_db()
     plain.refresh_from_db()
     assert retryable.seen and not plain.seen
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retry_selected_retries_a_group_once_and_never_its_children_on_their_own(
+    admin_client, user, worker, run_all
+):
+    import dramatiq
+
+    import taskstate
+    from tests.testapp import tasks as actors
+
+    failing, fine = f"admin-fails-{next(_ids)}", f"admin-fine-{next(_ids)}"
+    batch = dramatiq.group(
+        [actors.runs_once.message(fine), actors.fails_on_first_run.message(failing, [2])]
+    )
+    old = taskstate.track_group(batch, for_state={"user_pk": user.pk, "retryable": True}).run()
+    run_all()
+    taskstate.publish.flush()
+    # status=failed, select all: the group and its failed child.
+    failed = admin_client.get(reverse(CHANGELIST), {"status__exact": "failed"})
+    assert listed(failed) == {old.task.pk, Task.objects.get(parent=old.task, status="failed").pk}
+
+    response = admin_client.post(
+        reverse(CHANGELIST) + "?status__exact=failed",
+        {"action": "retry_tasks", "_selected_action": sorted(listed(failed))},
+        follow=True,
+    )
+    run_all()
+    taskstate.publish.flush()
+
+    page = response.content.decode()
+    assert "1 task sent again." in page
+    assert "1 task of a group or pipeline left alone: it is retried with its group." in page
+    # One new run of the failed work, none of the work that was done.
+    assert (actors.RUNS[failing], actors.RUNS[fine]) == (2, 1)
+    new = Task.objects.get(retry_of=old.task)
+    assert (new.status, new.children_total) == (Status.DONE, 1)
+    assert Task.objects.filter(retry_of__isnull=False).count() == 2  # the group and its child
+
+
+def test_cancel_selected_leaves_a_child_to_its_group(admin_client, user):
+    group = make_task(kind="group", status=Status.RUNNING, user=user)
+    child = make_task(parent=group, position=1, status=Status.RUNNING, user=user)
+    response = admin_client.post(
+        reverse(CHANGELIST),
+        {"action": "cancel_tasks", "_selected_action": [child.pk]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "0 tasks asked to cancel." in page
+    assert "1 task of a group or pipeline left alone: it is cancelled with its group." in page
+    child.refresh_from_db()
+    assert child.cancel_requested_at is None

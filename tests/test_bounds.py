@@ -14,10 +14,12 @@ import psycopg
 import pytest
 from django.db import connection
 
+from taskstate import conf
 from taskstate import transitions as t
 from taskstate.group_refresh import GroupRefresher
 from taskstate.models import Kind, Status, Task
 from tests.support.factories import make_task
+from tests.support.writes import progress_one, write_one
 from tests.test_transitions import apply, origin
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,8 +49,11 @@ def _dsn() -> str:
 
 
 @pytest.mark.postgresql
-def test_write_waiting_for_a_locked_row_gives_up_and_leaves_the_connection_usable(settings, caplog):
-    settings.TASKSTATE = {"DB_LOCK_TIMEOUT": 0.2, "DB_STATEMENT_TIMEOUT": 30}
+def test_write_waiting_for_a_locked_row_gives_up_and_leaves_the_connection_usable(
+    monkeypatch, caplog
+):
+    monkeypatch.setattr(conf, "DB_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(conf, "DB_STATEMENT_TIMEOUT", 30)
     apply("enqueued")
     locked, release, holder = _hold_the_row()
     try:
@@ -69,25 +74,25 @@ def test_write_waiting_for_a_locked_row_gives_up_and_leaves_the_connection_usabl
 
 
 @pytest.mark.postgresql
-def test_statement_timeout_bounds_our_statement_only(settings):
-    settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 0.05}
+def test_statement_timeout_bounds_our_statement_only(monkeypatch):
+    monkeypatch.setattr(conf, "DB_STATEMENT_TIMEOUT", 0.05)
     # The project's own slow query on the same connection is not bound by our setting.
-    t.write(origin(), Status.ENQUEUED, t.ENQUEUED_ORDER, {})
+    write_one(origin(), Status.ENQUEUED, t.ENQUEUED_ORDER, {})
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_sleep(0.2)")
     assert Task.objects.get().status == Status.ENQUEUED
 
 
 @pytest.mark.postgresql
-def test_progress_inside_the_actors_transaction_never_breaks_it(settings, django_user_model):
-    """A row lock held longer than the client bound, while the actor reports progress from
-    its own atomic(): the write waits like the actor's own queries (the watchdog used to
-    cut the socket and fail the actor's transaction)."""
+def test_a_write_inside_the_caller_s_transaction_never_breaks_it(monkeypatch, django_user_model):
+    """A row lock held longer than the client bound, while a write runs inside the
+    caller's own atomic(): the write waits like the caller's own queries (cutting the
+    socket would fail the caller's transaction)."""
     import time
 
     from django.db import transaction
 
-    settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 0.3}
+    monkeypatch.setattr(conf, "DB_STATEMENT_TIMEOUT", 0.3)
     apply("running")
     locked, release, holder = _hold_the_row()
     try:
@@ -96,7 +101,7 @@ def test_progress_inside_the_actors_transaction_never_breaks_it(settings, django
         started = time.monotonic()
         with transaction.atomic():
             django_user_model.objects.create_user("before")
-            assert t.update_progress("m-1", 1, 40, "step") is True
+            assert progress_one(origin(), 1, 40, "step") is not None
             django_user_model.objects.create_user("after")  # the connection still works
         assert time.monotonic() - started >= 1.0  # it did wait for the lock
     finally:
@@ -104,19 +109,6 @@ def test_progress_inside_the_actors_transaction_never_breaks_it(settings, django
         holder.join(10)
     assert django_user_model.objects.filter(username__in=["before", "after"]).count() == 2
     assert Task.objects.get().progress == 40
-
-
-@pytest.mark.postgresql
-def test_asynchronous_commit_never_reaches_the_actors_own_transaction(settings):
-    from django.db import transaction
-
-    settings.TASKSTATE = {"SYNCHRONOUS_COMMIT": False}
-    apply("running")
-    with transaction.atomic(), connection.cursor() as cursor:
-        assert t.update_progress("m-1", 1, 10, None) is True
-        assert apply("done") is not None
-        cursor.execute("SHOW synchronous_commit")
-        assert cursor.fetchone()[0] == "on"
 
 
 def test_the_watchdog_shuts_a_socket_whose_peer_never_answers_and_spares_a_disarmed_one():
@@ -154,44 +146,21 @@ def test_shutting_a_descriptor_that_is_gone_or_not_connected_never_raises():
 
 
 @pytest.mark.postgresql
-def test_with_both_timeouts_off_a_write_is_not_bounded_and_still_lands(settings):
+def test_the_server_bounds_are_the_constants_in_milliseconds(monkeypatch):
     from taskstate.bounds import client_bound, server_bounds
 
-    settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 0, "DB_LOCK_TIMEOUT": 0}
-    assert server_bounds(connection) == [] and client_bound() == 0.0
-    assert apply("running") is not None
-    assert Task.objects.get().status == Status.RUNNING
-    settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 1.5, "DB_LOCK_TIMEOUT": 0.25}
+    monkeypatch.setattr(conf, "DB_STATEMENT_TIMEOUT", 1.5)
+    monkeypatch.setattr(conf, "DB_LOCK_TIMEOUT", 0.25)
     assert server_bounds(connection) == [("statement_timeout", "1500"), ("lock_timeout", "250")]
-
-
-@pytest.mark.postgresql
-def test_progress_stuck_behind_a_locked_row_is_cut_by_the_watchdog_and_the_next_lands(
-    settings, caplog
-):
-    # Progress is a plain UPDATE without server-side bounds: the client watchdog
-    # (DB_STATEMENT_TIMEOUT + GRACE) is what ends its wait.
-    settings.TASKSTATE = {"DB_STATEMENT_TIMEOUT": 0.3, "DB_LOCK_TIMEOUT": 0}
-    apply("enqueued")
-    apply("running")
-    locked, release, holder = _hold_the_row()
-    try:
-        assert locked.wait(10)
-        assert t.update_progress("m-1", 1, 40, "stuck") is False
-    finally:
-        release.set()
-        holder.join(10)
-    assert "cannot write task state" in caplog.text
-    assert t.update_progress("m-1", 1, 50, "after") is True
-    row = Task.objects.get()
-    assert (row.progress, row.progress_message) == (50, "after")
+    assert client_bound() == 2.5
 
 
 @pytest.mark.postgresql
 def test_a_group_refresh_behind_a_locked_row_gives_up_within_the_bound_and_a_later_one_lands(
-    settings, caplog
+    monkeypatch, caplog
 ):
-    settings.TASKSTATE = {"DB_LOCK_TIMEOUT": 0.2, "DB_STATEMENT_TIMEOUT": 30}
+    monkeypatch.setattr(conf, "DB_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(conf, "DB_STATEMENT_TIMEOUT", 30)
     parent = make_task(kind=Kind.GROUP, status=Status.ENQUEUED, state_order=1)
     make_task(parent=parent, position=1)  # done: the refresh ends the group
     refresher = GroupRefresher()  # its own thread and connection, like the publisher's

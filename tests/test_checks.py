@@ -29,7 +29,7 @@ def test_valid_settings_pass(settings):
         "PROGRESS_INTERVAL": 1,
         "STORE_RESULT": False,
         "RUNNING_TIMEOUT": 600,
-        "CHANNEL_PREFIX": "tasks-",
+        "CHANNEL_NAMESPACE": "tasks",
         "DATABASE": "default",
     }
     assert check_settings() == []
@@ -53,6 +53,29 @@ def test_taskstate_that_is_not_a_dict_is_e001(settings, value):
     assert messages[0].level == checks.ERROR
 
 
+def test_a_removed_key_is_w005_says_what_replaces_it_and_is_ignored(settings):
+    settings.TASKSTATE = {"PUBLISH_WITHOUT_LISTENERS": True, "PROGRESS_INTERVAL": 1}
+    messages = check_settings()
+    assert ids(messages) == ["taskstate.W005"]
+    assert messages[0].level == checks.WARNING
+    assert "'PUBLISH_WITHOUT_LISTENERS'" in messages[0].msg
+    assert "EVENTSTREAM_REDIS" in (messages[0].hint or "")
+    assert get_settings().PROGRESS_INTERVAL == 1
+    assert not hasattr(get_settings(), "PUBLISH_WITHOUT_LISTENERS")
+    call_command("check")  # a warning: the project still starts
+
+
+@pytest.mark.parametrize(
+    "key", ["WRITE_MODE", "SYNCHRONOUS_COMMIT", "WRITE_MAX_DELAY", "CANCEL_CHECK_INTERVAL"]
+)
+def test_a_key_that_became_a_constant_is_w005_and_ignored(settings, key):
+    settings.TASKSTATE = {key: 1}
+    messages = check_settings()
+    assert ids(messages) == ["taskstate.W005"]
+    assert f"'{key}'" in messages[0].msg
+    assert not hasattr(get_settings(), key)
+
+
 def test_unknown_key_is_e002_and_lists_the_known_ones(settings):
     settings.TASKSTATE = {"PROGRES_INTERVAL": 1}
     messages = check_settings()
@@ -73,18 +96,15 @@ def test_unknown_key_is_e002_and_lists_the_known_ones(settings):
         ("DELETE_SEEN_AFTER", 1.5, "must be a whole number"),
         ("STORE_RESULT", "yes", "must be True or False"),
         ("STORE_RESULT", 1, "must be True or False"),
-        ("CHANNEL_PREFIX", "", "must be a non-empty string"),
         # A GRIP Grip-Channel header lists channels split by commas, with parameters
         # after semicolons: such characters (or spaces) would split one user's channel.
-        ("CHANNEL_PREFIX", "tasks, admin-", "letters, digits"),
+        ("CHANNEL_NAMESPACE", "tasks, admin", "letters, digits"),
         ("CHANNEL_NAMESPACE", "site;a", "letters, digits"),
         ("CHANNEL_NAMESPACE", "site a", "letters, digits"),
         ("CHANNEL_NAMESPACE", "sité", "letters, digits"),
         ("DATABASE", None, "must be a non-empty string"),
-        ("WRITE_MODE", "later", "must be one of 'background', 'immediate'"),
-        ("WRITE_MODE", "", "must be one of 'background', 'immediate'"),
-        ("WRITE_BATCH_SIZE", 0, "must be above zero"),
-        ("WRITE_MAX_DELAY", -0.1, "must not be negative"),
+        ("CHANNEL_NAMESPACE", 5, "must be a string"),
+        ("HARD_CANCEL_AFTER", -0.1, "must not be negative"),
     ],
 )
 def test_value_of_the_wrong_type_is_e003_naming_the_key(settings, key, value, problem):
@@ -168,8 +188,8 @@ def test_get_settings_uses_valid_project_values(settings):
         ("PROGRESS_INTERVAL", "fast"),
         ("RUNNING_TIMEOUT", -1),
         ("STORE_RESULT", "yes"),
-        ("CHANNEL_PREFIX", ""),
-        ("CHANNEL_PREFIX", "a,b-"),
+        ("DATABASE", ""),
+        ("CHANNEL_NAMESPACE", "a,b"),
         ("CHANNEL_NAMESPACE", "x;prev-id=1"),
     ],
 )

@@ -15,16 +15,17 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from taskstate import states
+from taskstate import conf, states
 from taskstate import transitions as t
 from taskstate.control import RETRY_OF_OPTION
 from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.states import TERMINAL_ORDER, cancelling_order
-from taskstate.writer import cancels, writer
-from tests.conftest import both_write_modes
+from taskstate.testing import settle
+from taskstate.writer import cancels
 from tests.support.faults import wait_for
 from tests.support.workers import stop_worker
+from tests.support.writes import write_one
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -93,7 +94,7 @@ def join(broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         broker.join("default", timeout=30_000)
     worker.join()
     # The background writer writes the worker's last changes moments later.
-    assert writer.flush(30)
+    settle(30)
 
 
 # --- cancel before the actor runs ------------------------------------------------------
@@ -104,7 +105,6 @@ def join(broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
 # (docs/owner-control.md). Only a task scheduled comfortably ahead is ended at once.
 
 
-@both_write_modes
 def test_cancel_before_start_reads_cancelling_then_ends_cancelled_and_the_body_never_runs(
     broker, stopped_worker, owner, user
 ):
@@ -127,11 +127,10 @@ def test_cancel_before_start_reads_cancelling_then_ends_cancelled_and_the_body_n
     task = row(message)
     assert (task.status, task.state_order) == (Status.CANCELLED, TERMINAL_ORDER)  # not skipped
     assert task.finished_at is not None and task.error_type == ""
-    # It never started (with immediate writes its own running write is undone).
+    # It never started: its running change was never queued.
     assert (task.attempts, task.started_at) == (0, None)
 
 
-@both_write_modes
 def test_cancel_of_a_message_due_soon_reads_cancelling_then_ends_cancelled_unrun(
     broker, stopped_worker, owner, user
 ):
@@ -150,13 +149,12 @@ def test_cancel_of_a_message_due_soon_reads_cancelling_then_ends_cancelled_unrun
     assert row(message).status == Status.CANCELLED
 
 
-@both_write_modes
 def test_cancel_of_a_message_scheduled_well_ahead_ends_cancelled_at_once_and_it_never_runs(
     broker, stopped_worker, owner, user, settings, monkeypatch
 ):
     # The margin made small, so that the message comes due within the test.
     monkeypatch.setattr(states, "CANCEL_AT_ONCE_MARGIN", 1.0)
-    settings.TASKSTATE = {**settings.TASKSTATE, "CANCEL_CHECK_INTERVAL": 0.2}
+    monkeypatch.setattr(conf, "CANCEL_CHECK_INTERVAL", 0.2)
     key = new_key()
     message = actors.runs_once.send_with_options(
         args=(key,), kwargs={"for_state": {"user_pk": user.pk}}, delay=3_000
@@ -171,7 +169,6 @@ def test_cancel_of_a_message_scheduled_well_ahead_ends_cancelled_at_once_and_it_
     assert row(message).status == Status.CANCELLED
 
 
-@both_write_modes
 def test_cancel_during_a_retry_back_off_ends_cancelled_and_the_retry_never_runs(
     broker, worker, run_all, owner, user
 ):
@@ -189,9 +186,8 @@ def test_cancel_during_a_retry_back_off_ends_cancelled_and_the_retry_never_runs(
     assert (task.status, task.attempts) == (Status.CANCELLED, 1)
 
 
-@both_write_modes
 def test_a_worker_start_after_a_cancel_costs_at_most_one_read(
-    broker, stopped_worker, owner, user, count_queries, write_mode
+    broker, stopped_worker, owner, user, count_queries
 ):
     message = actors.runs_once.send(new_key(), for_state={"user_pk": user.pk})
     cancel(owner, row(message))
@@ -199,12 +195,8 @@ def test_a_worker_start_after_a_cancel_costs_at_most_one_read(
     join(broker, start_worker(broker, stopped_worker))
     from django.db import connection
 
-    if write_mode == "background":
-        # An idle worker's one look for new requests; no running write, only the end.
-        reads, writes = 1, 1
-    else:
-        # The running upsert lands and returns the request (no read), then the end.
-        reads, writes = 0, 2
+    # An idle worker's one look for new requests; no running write, only the end.
+    reads, writes = 1, 1
     # (MySQL and MariaDB read the row after each upsert, or the batch's rows.)
     expected = reads + (writes if connection.vendor == "mysql" else 0)
     assert len(count_queries.starting("SELECT")) == expected
@@ -213,50 +205,64 @@ def test_a_worker_start_after_a_cancel_costs_at_most_one_read(
 
 
 def test_a_worker_that_heard_of_the_cancel_with_a_batch_reads_nothing(
-    broker, stopped_worker, owner, user, count_queries
+    broker, stopped_worker, owner, user, count_queries, cancel_reads
 ):
     key = new_key()
     message = actors.runs_once.send(key, for_state={"user_pk": user.pk})
     cancel(owner, row(message))
     assert cancels.refresh()  # as the writer thread does with its batches
+    cancel_reads.threads.clear()
     count_queries.statements = []
     join(broker, start_worker(broker, stopped_worker))
     from django.db import connection
 
-    assert cancels.worker_reads == 0
+    assert cancel_reads.by_workers == 0
     assert len(count_queries.starting("SELECT")) == (1 if connection.vendor == "mysql" else 0)
     assert actors.RUNS.get(key) is None and row(message).status == Status.CANCELLED
 
 
-@pytest.mark.parametrize(
-    ("actor", "ends"),
-    [("counts_until_cancelled", Status.CANCELLED), ("runs_once", Status.DONE)],
-    ids=["reports-progress", "reports-nothing"],
-)
-def test_a_cancel_the_workers_have_not_heard_of_yet_lets_the_body_start_and_the_row_never_lies(
-    broker, stopped_worker, owner, user, settings, actor, ends
+@pytest.mark.parametrize("actor", ["runs_once", "counts_until_cancelled"])
+def test_a_queued_task_cancelled_behind_a_running_one_never_runs_its_body(
+    broker, stopped_worker, owner, user, actor
 ):
-    # The request lands just after the watch looked: within CANCEL_CHECK_INTERVAL (here
-    # long) a worker taking the message does not know of it, and the body starts. The
-    # request then is a running task's cancel: the running write comes back with it, the
-    # next progress() raises; a body that reports nothing ends as it ends.
-    settings.TASKSTATE = {**settings.TASKSTATE, "CANCEL_CHECK_INTERVAL": 60.0}
+    # A worker that is running already (and looked for cancel requests moments ago)
+    # takes the queued message as soon as the task ahead of it returns: the owner saw
+    # "Cancelling", so the body must not start.
+    w = dramatiq.Worker(broker, worker_timeout=20, worker_threads=1)
+    w.start()
+    stopped_worker.append(w)
+    for _ in range(3):
+        ahead, key = new_key(), new_key()
+        actors.ignores_cancel.send(ahead, for_state={"user_pk": user.pk})
+        actors.STARTED.setdefault(ahead, threading.Event())
+        assert actors.STARTED[ahead].wait(30)
+        message = getattr(actors, actor).send(key, for_state={"user_pk": user.pk})
+
+        response = cancel(owner, row(message), **HTMX)
+        assert "Cancelling" in response.content.decode()
+        actors.LET_FINISH.setdefault(ahead, threading.Event()).set()
+        join(broker, w)
+
+        assert actors.RUNS.get(key) is None
+        task = row(message)
+        assert (task.status, task.attempts, task.started_at) == (Status.CANCELLED, 0, None)
+
+
+def test_a_cancel_made_just_after_the_workers_last_looked_still_keeps_the_body_from_starting(
+    broker, stopped_worker, owner, user, monkeypatch
+):
+    # The watch read just before the request, and is young for a long time: a start
+    # still knows of every request made before it.
+    monkeypatch.setattr(conf, "CANCEL_CHECK_INTERVAL", 60.0)
     key = new_key()
-    message = getattr(actors, actor).send(key, for_state={"user_pk": user.pk})
+    message = actors.runs_once.send(key, for_state={"user_pk": user.pk})
     assert cancels.refresh()
     cancel(owner, row(message))
-    assert row(message).status == Status.ENQUEUED
 
     join(broker, start_worker(broker, stopped_worker))
 
-    task = row(message)
-    assert actors.RUNS[key] == 1  # it started: the request came too late for the worker
-    assert task.status == ends and task.attempts == 1
-    assert task.cancel_requested_at is not None
-    if ends == Status.CANCELLED:
-        assert key not in actors.FINISHED  # stopped at a progress() report
-    else:
-        assert key in actors.FINISHED and task.result == key  # it did run: it says done
+    assert actors.RUNS.get(key) is None
+    assert row(message).status == Status.CANCELLED
 
 
 # --- cancel while running ---------------------------------------------------------------
@@ -271,7 +277,6 @@ def start_running(actor: Any, user: Any) -> tuple[str, Any, Task]:
     return key, message, wait_for_row(message, "the task to run", status=Status.RUNNING)
 
 
-@both_write_modes
 def test_cancel_while_running_stops_at_the_next_progress_and_is_not_retried(
     worker, run_all, owner, user
 ):
@@ -292,7 +297,6 @@ def test_cancel_while_running_stops_at_the_next_progress_and_is_not_retried(
     assert task.error_type == "" and task.finished_at is not None
 
 
-@both_write_modes
 def test_cancel_requested_lets_an_actor_that_reports_nothing_stop_on_its_own(
     worker, run_all, owner, user
 ):
@@ -392,8 +396,8 @@ def _origin(message_id: str, user: Any) -> Any:
 
 def test_a_cancel_after_done_changes_nothing(user):
     origin = _origin("race-done-first", user)
-    t.write(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
-    t.write(origin, Status.DONE, TERMINAL_ORDER, {})
+    write_one(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
+    write_one(origin, Status.DONE, TERMINAL_ORDER, {})
     task = Task.objects.get(message_id=origin.message_id)
     assert not t.request_cancel(task.pk)
     task.refresh_from_db()
@@ -406,7 +410,7 @@ def _scheduled_ahead(origin: Any) -> Task:
     from django.utils import timezone
 
     due = timezone.now() + timedelta(hours=1)
-    t.write(origin, Status.DELAYED, t.DELAYED_ORDER, {"due_at": due})
+    write_one(origin, Status.DELAYED, t.DELAYED_ORDER, {"due_at": due})
     return Task.objects.get(message_id=origin.message_id)
 
 
@@ -414,8 +418,8 @@ def test_done_after_a_cancel_of_a_task_scheduled_ahead_is_refused(user):
     origin = _origin("race-cancel-first", user)
     task = _scheduled_ahead(origin)
     assert t.request_cancel(task.pk)
-    assert t.write(origin, Status.DONE, TERMINAL_ORDER, {}) is None
-    assert t.write(origin, Status.RUNNING, t.running_order(1), {}, same_order_wins=True) is None
+    assert write_one(origin, Status.DONE, TERMINAL_ORDER, {}) is None
+    assert write_one(origin, Status.RUNNING, t.running_order(1), {}) is None
     task.refresh_from_db()
     assert task.status == Status.CANCELLED
 
@@ -424,7 +428,7 @@ def test_a_queued_task_is_not_ended_by_its_cancel_request(user):
     # Only the worker knows whether its body started: a request leaves the row queued
     # (asked), and what the worker then writes lands.
     origin = _origin("race-queued", user)
-    t.write(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
+    write_one(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
     task = Task.objects.get(message_id=origin.message_id)
     assert t.request_cancel(task.pk)
     task.refresh_from_db()
@@ -434,19 +438,19 @@ def test_a_queued_task_is_not_ended_by_its_cancel_request(user):
         None,
     )
     assert task.is_cancelling
-    written = t.write(origin, Status.RUNNING, t.running_order(1), {}, same_order_wins=True)
+    written = write_one(origin, Status.RUNNING, t.running_order(1), {})
     assert written is not None and written.cancel_requested_at is not None
-    assert t.write(origin, Status.DONE, TERMINAL_ORDER, {}) is not None
+    assert write_one(origin, Status.DONE, TERMINAL_ORDER, {}) is not None
 
 
 def test_done_after_a_cancel_request_of_a_running_task_lands(user):
     # A running task asked to cancel that finishes first: its own end is the first end.
     origin = _origin("race-running", user)
-    t.write(origin, Status.RUNNING, t.running_order(1), {"attempts": 1})
+    write_one(origin, Status.RUNNING, t.running_order(1), {"attempts": 1})
     task = Task.objects.get(message_id=origin.message_id)
     assert t.request_cancel(task.pk)
     assert not t.request_cancel(task.pk)  # asked once
-    assert t.write(origin, Status.DONE, TERMINAL_ORDER, {}) is not None
+    assert write_one(origin, Status.DONE, TERMINAL_ORDER, {}) is not None
     task.refresh_from_db()
     assert task.status == Status.DONE
 
@@ -466,7 +470,7 @@ def _race_once(n: int, user: Any) -> None:
 
     def finishes() -> None:
         barrier.wait()
-        outcome["done"] = t.write(origin, Status.DONE, TERMINAL_ORDER, {}) is not None
+        outcome["done"] = write_one(origin, Status.DONE, TERMINAL_ORDER, {}) is not None
         close_old_connections()
 
     threads = [threading.Thread(target=cancels), threading.Thread(target=finishes)]

@@ -318,6 +318,8 @@ def test_pending_events_are_sent_when_the_process_exits(tmp_path):
     sent = tmp_path / "sent"
     script = (
         "import threading\n"
+        "import django\n"
+        "django.setup()\n"  # the app's ready() registers the exit flush
         "from taskstate.courier import courier\n"
         "gate = threading.Event()\n"
         "courier.submit(gate.wait)\n"  # the thread is busy when the interpreter exits
@@ -335,6 +337,8 @@ def test_events_pending_at_exit_go_out_before_the_grip_publisher_is_closed(tmp_p
     seen = tmp_path / "seen"
     script = (
         "import threading\n"
+        "import django\n"
+        "django.setup()\n"
         "from taskstate.courier import courier\n"
         "from pubcontrol import PubControl\n"  # imported after taskstate, as in a project
         "publisher = PubControl()\n"

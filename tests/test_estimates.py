@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from django.template.loader import render_to_string
 
-from taskstate.estimates import Estimator, describe_seconds
+from taskstate.estimates import HISTORY_WEIGHT, Estimator, describe_seconds
 from taskstate.groups import refresh_group
 from taskstate.models import Kind, Status, Task
+from taskstate.writer import writer
 from tests.support.factories import make_task
+from tests.testapp import tasks as actors
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -178,3 +181,49 @@ def test_the_progress_partial_shows_the_estimate(monkeypatch: Any, clock: FakeCl
     clock.advance(40)
     html = render_to_string("taskstate/_progress.html", {"task": task})
     assert "about 2 min left" in html  # 40 s for 25 %: 120 s to go
+
+
+@pytest.mark.django_db(transaction=True)
+def test_time_left_and_history_of_a_retried_task_leave_out_its_back_off_and_earlier_attempt(
+    run_all: Any, user: Any
+) -> None:
+    # Two tasks whose first attempt fails; 0.5 to 2 s of back-off; the second attempt reports
+    # 50 % and waits for the test.
+    keys = [f"time-left-after-retry-{n}" for n in range(2)]
+    for key in keys:
+        actors.HALFWAY[key], actors.FINISH[key] = threading.Event(), threading.Event()
+    messages = [
+        actors.fails_then_reports_half.send(key, for_state={"user_pk": user.pk}) for key in keys
+    ]
+    clock = FakeClock()
+    try:
+        for key in keys:
+            assert actors.HALFWAY[key].wait(20)
+        assert writer.flush(10)
+        row = Task.objects.get(message_id=messages[0].message_id)
+        assert (row.status, row.attempts, row.progress) == (Status.RUNNING, 2, 50)
+        # As the list view reads it, 10 s into the second attempt: the first attempt and
+        # the back-off are no work of this one, so half-way means about 10 s to go.
+        clock.now = actors.SECOND_ATTEMPT_BEGAN[keys[0]] + timedelta(seconds=10)
+        assert Estimator(clock).seconds_left(row) == pytest.approx(10, abs=0.5)
+    finally:
+        for key in keys:
+            actors.FINISH[key].set()
+    run_all()
+    rows = [Task.objects.get(message_id=message.message_id) for message in messages]
+    assert all(row.status == Status.DONE for row in rows)
+    # Whole lives, first start to end, hold their back-off (at least half of the 1 s
+    # min_backoff: Dramatiq's jitter may halve it) ...
+    assert min((row.finished_at - row.started_at).total_seconds() for row in rows) >= 0.5
+    # ... but the actor's history learns how long a run takes: the last attempt's own.
+    own = [
+        (row.finished_at - actors.SECOND_ATTEMPT_BEGAN[key]).total_seconds()
+        for row, key in zip(rows, keys, strict=True)
+    ]
+    typical = own[0] + HISTORY_WEIGHT * (own[1] - own[0])
+    learned = Estimator(clock)
+    for row in rows:
+        learned.observe(row)
+    new = Task(pk=99, status=Status.RUNNING, progress=0, actor_name=rows[0].actor_name)
+    new.started_at = clock.now
+    assert learned.seconds_left(new) == pytest.approx(typical, abs=0.3)

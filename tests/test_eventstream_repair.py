@@ -22,8 +22,10 @@ import pytest
 from django_eventstream.event import Event
 from django_eventstream.views import MAX_PENDING, Listener, get_listener_manager
 
+from taskstate import conf
 from taskstate import eventstream_repair as repair
-from taskstate.channels import user_channel
+from taskstate.channels import admit, user_channel
+from tests.conftest import current_loop
 
 PROJECT = "project-news"
 OURS = user_channel(41)
@@ -92,7 +94,8 @@ def listen(loop):
         listener = Listener()
         listener.loop = loop.loop
         listener.channels = set(channels)
-        manager.add_listener(listener)
+        with current_loop(loop.loop):
+            manager.add_listener(listener)
         made.append(listener)
         return listener
 
@@ -120,6 +123,15 @@ def test_the_repair_is_installed_once_by_the_app():
     patched = manager.add_to_queues
     repair.install()
     assert manager.add_to_queues is patched, "installing again changes nothing"
+
+
+def test_listeners_register_after_an_asyncio_run_left_the_thread_without_a_loop(listen):
+    # asyncio.run() ends by setting no current loop; with EVENTSTREAM_REDIS,
+    # add_listener asks for the current one, so the helpers set it around the call.
+    asyncio.run(asyncio.sleep(0))
+    listener = listen(OURS)
+    queue(OURS, 1, "o")
+    assert [item.data for item in listener.channel_items[OURS]] == ["o0"]
 
 
 def test_a_project_channel_overflows_exactly_as_upstream(listen):
@@ -181,8 +193,8 @@ def test_a_second_stream_on_our_channel_is_reset_on_its_own(listen):
     assert [i.data for i in fast.channel_items[OURS]] == ["late0"]
 
 
-def test_the_prefix_is_read_from_the_taskstate_settings(listen, settings):
-    settings.TASKSTATE = {"CHANNEL_PREFIX": "mine-"}
+def test_the_prefix_is_read_at_call_time(listen, monkeypatch):
+    monkeypatch.setattr(conf, "CHANNEL_PREFIX", "mine-")
     renamed, old = listen("mine-1"), listen(OURS)
     queue("mine-1", MAX_PENDING + 1, "m")
     queue(OURS, MAX_PENDING + 1, "o")
@@ -222,7 +234,7 @@ def test_a_stored_project_channel_keeps_exact_replay_on_overflow_while_ours_rese
 
     settings.EVENTSTREAM_STORAGE_CLASS = "django_eventstream.storage.DjangoModelStorage"
     monkeypatch.setattr(upstream, "redis_client", None)  # deliver in this process
-    ours = user_channel(user.pk)
+    ours = admit(user)  # as taskstate:events hands the stream over
     for channel in (PROJECT, ours):
         send_event(channel, "", "before", json_encode=False)  # real ids to resume from
 
@@ -407,7 +419,8 @@ class Supervised:
         listener = Listener()
         listener.loop = self.loop
         listener.channels = set(channels)
-        get_listener_manager().add_listener(listener)
+        with current_loop(self.loop):
+            get_listener_manager().add_listener(listener)
         return listener
 
     def close(self) -> None:

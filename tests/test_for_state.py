@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import pytest
 
@@ -41,6 +42,18 @@ def test_malformed_user_pk_gives_a_row_without_user(run_all, caplog, bad_pk):
     assert task.user_id is None
     assert task.description == "bad pk"
     assert "not a valid user pk" in caplog.text
+
+
+def test_each_message_with_a_malformed_user_pk_is_warned_of_and_a_good_pk_stays_good(
+    run_all, caplog, user
+):
+    for _ in range(2):
+        actors.noop.send(for_state={"user_pk": "abc"})
+        actors.noop.send(for_state={"user_pk": str(user.pk)})
+    run_all()
+    # The sender warns of each message (the worker does not repeat it).
+    assert caplog.text.count("not a valid user pk") == 2
+    assert Counter(Task.objects.values_list("user_id", flat=True)) == {None: 2, user.pk: 2}
 
 
 def test_unknown_user_pk_gives_a_row_without_user(run_all):

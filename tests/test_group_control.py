@@ -17,6 +17,7 @@ from django.urls import reverse
 
 import taskstate
 from taskstate.models import Kind, Status, Task
+from taskstate.writer import writer
 from tests.support.faults import wait_for
 from tests.support.workers import Sent, stop_worker
 from tests.testapp import tasks as actors
@@ -129,6 +130,39 @@ def test_cancel_of_a_group_ends_waiting_children_unrun_stops_the_running_one_kee
     assert group.finished_at is not None and not group.is_cancelling
     # Asked once: a second cancel finds nothing to cancel.
     assert cancel(owner, group).status_code == 404
+
+
+def test_a_group_cancelled_while_a_child_runs_never_starts_its_waiting_children(
+    broker, one_thread, owner, user
+):
+    # One worker thread that keeps running, group after group: each cancel lands while
+    # the second child runs, moments after the worker last heard of cancel requests, and
+    # the child returns at once after it. The children waiting behind it are taken next
+    # and must not start, whichever way they would report.
+    for _ in range(5):
+        first, second = new_key(), new_key()
+        waiting = [new_key(), new_key()]
+        batch = dramatiq.group(
+            [
+                actors.runs_once.message(first),
+                actors.ignores_cancel_after.message(second),
+                actors.runs_once_after.message(waiting[0]),
+                actors.counts_until_cancelled_last.message(waiting[1]),
+            ]
+        )
+        tracked = taskstate.track_group(batch, for_state={"user_pk": user.pk}).run()
+        wait_started(second)
+
+        assert cancel(owner, tracked.task).status_code == 302
+        actors.LET_FINISH.setdefault(second, threading.Event()).set()
+        join(broker, one_thread)
+        assert writer.flush(30)
+
+        assert [actors.RUNS.get(key) for key in waiting] == [None, None]
+        rows = children(tracked.task)
+        # The second child ignored its cancel and returned: its own end stays.
+        assert [r.status for r in rows] == [Status.DONE, Status.DONE] + [Status.CANCELLED] * 2
+        assert all((r.attempts, r.started_at) == (0, None) for r in rows[2:])
 
 
 def test_cancel_of_a_group_nothing_started_of_reads_cancelling_until_a_worker_ends_it(
@@ -321,6 +355,84 @@ def test_retry_of_a_failed_pipeline_resends_from_the_failed_step_with_the_steps_
     assert [s.retry_of_id for s in steps] == [r.pk for r in children(old.task)[1:]]
     # The step that did its work the first time is not run again.
     assert (actors.RUNS[first], actors.RUNS[second], actors.RUNS[third]) == (1, 2, 1)
+
+
+def test_a_pipeline_step_is_retried_only_with_its_pipeline_and_no_step_runs_twice(
+    worker, run_all, owner, client, other_user, user
+):
+    first, second, third = new_key(), new_key(), new_key()
+    chain = dramatiq.pipeline(
+        [
+            actors.runs_once.message(first, for_state={"description": "Fetch"}),
+            actors.fails_on_first_run.message_with_options(
+                args=(second, [4]), kwargs={"for_state": {"description": "Check"}}, pipe_ignore=True
+            ),
+            actors.runs_once.message_with_options(
+                args=(third,), kwargs={"for_state": {"description": "Load"}}, pipe_ignore=True
+            ),
+        ]
+    )
+    old = taskstate.track_group(chain, for_state={"user_pk": user.pk, "retryable": True}).run()
+    run_all()
+    taskstate.publish.flush()
+    _, check, load = children(old.task)
+    assert (check.status, load.is_not_run) == (Status.FAILED, True)
+
+    # The failed step on its own: refused, with a reason, and nothing is sent.
+    response = retry(owner, check, **HTMX)
+    assert response.status_code == 409
+    assert "retried with its group" in response.content.decode()
+    assert retry(owner, check).status_code == 409  # the plain form alike
+    assert cancel(owner, check).status_code == 409
+    run_all()
+    assert (actors.RUNS[second], actors.RUNS.get(third)) == (1, None)
+    assert not Task.objects.filter(retry_of=check).exists()
+    assert children(old.task)[2].is_not_run and not children(old.task)[1].seen
+    # Someone else's step is no task at all to them.
+    other = Client()
+    other.force_login(other_user)
+    assert retry(other, check).status_code == 404
+
+    # The pipeline's retry is the one new run of the failed work.
+    assert retry(owner, Task.objects.get(pk=old.task.pk)).status_code == 302
+    run_all()
+    taskstate.publish.flush()
+    new = Task.objects.get(retry_of=old.task)
+    assert (new.status, [s.description for s in children(new)]) == (Status.DONE, ["Check", "Load"])
+    assert (actors.RUNS[first], actors.RUNS[second], actors.RUNS[third]) == (1, 2, 1)
+
+
+def test_a_failed_child_cannot_be_retried_and_its_group_can(worker, run_all, user):
+    from taskstate import control
+    from taskstate.policy import RETRY, possible
+
+    batch = dramatiq.group(actors.fails_on_first_run.message(new_key(), [1]) for _ in range(2))
+    old = taskstate.track_group(batch, for_state={"user_pk": user.pk, "retryable": True}).run()
+    run_all()
+    taskstate.publish.flush()
+    group = Task.objects.get(pk=old.task.pk)
+    child = children(group)[0]
+    assert child.status == Status.FAILED and child.retry_message is not None
+    assert possible(group, RETRY) and not possible(child, RETRY)
+    # Called directly, the retry refuses it too, and sends nothing.
+    with pytest.raises(control.RetryRefused, match="retried with its group"):
+        control.retry(child)
+    run_all()
+    assert not Task.objects.get(pk=child.pk).seen
+    assert not Task.objects.filter(retry_of=child).exists()
+
+
+def test_a_child_is_cancelled_only_with_its_group(owner, user):
+    from taskstate.policy import CANCEL, possible
+
+    batch = dramatiq.group(actors.runs_once.message(new_key()) for _ in range(2))
+    group = taskstate.track_group(batch, for_state={"user_pk": user.pk}).task
+    child = children(group)[0]
+    assert possible(group, CANCEL) and not possible(child, CANCEL)
+    response = cancel(owner, child, **HTMX)
+    assert response.status_code == 409
+    assert "cancelled with its group" in response.content.decode()
+    assert Task.objects.get(pk=child.pk).cancel_requested_at is None
 
 
 def test_retry_of_a_group_with_no_retryable_child_is_refused(worker, run_all, owner, user):

@@ -10,10 +10,10 @@ from typing import Any
 
 import dramatiq
 import pytest
-from django.test import override_settings
 from django.urls import reverse
 
 import taskstate
+from taskstate import conf
 from taskstate.channels import user_channel
 from taskstate.group_refresh import GroupRefresher
 from taskstate.groups import Refreshed, refresh_group
@@ -64,6 +64,47 @@ def test_track_group_records_a_parent_and_its_waiting_children_before_anything_i
             "description": "Import",
             "group": parent.pk,
         }
+
+
+@pytest.mark.parametrize("size", [3, 700])
+def test_track_group_writes_its_children_in_one_statement_whatever_their_number(
+    outbox: Any, user: Any, size: int, count_queries: Any
+) -> None:
+    from django.db import connection
+
+    count_queries.statements = []
+    tracked = _group_of(size, user.pk, broker=outbox, description="Import")
+    inserts = count_queries.starting("INSERT")
+    if connection.vendor == "postgresql":
+        # The parent, then every child: arrays of the children's own columns.
+        assert len(inserts) == 2, count_queries.statements
+    children = list(Task.objects.filter(parent=tracked.task).order_by("position"))
+    assert [c.position for c in children] == list(range(1, size + 1))
+    assert [c.message_id for c in children] == [m.message_id for m in tracked.composition.children]
+    assert [c.description for c in children][-1] == f"noop ({size} of {size})"
+    # Every other column as the model's default makes it, alike for every child.
+    set_by_the_group = {
+        "id",
+        "message_id",
+        "actor_name",
+        "queue_name",
+        "description",
+        "status",
+        "state_order",
+        "user_id",
+        "parent_id",
+        "position",
+        "language",
+        "created_at",
+        "updated_at",
+    }
+    for field in Task._meta.concrete_fields:
+        if field.attname not in set_by_the_group:
+            assert {getattr(c, field.attname) for c in children} == {field.get_default()}, field
+    first = children[0]
+    assert (first.status, first.state_order, first.user_id) == ("enqueued", WAITING_ORDER, user.pk)
+    assert first.created_at == first.updated_at == tracked.task.created_at
+    assert first.actor_name == "noop" and first.queue_name == "default"
 
 
 def test_a_message_s_own_for_state_wins_over_the_group_s(broker: dramatiq.Broker) -> None:
@@ -203,9 +244,9 @@ def test_a_refresh_costs_the_same_statements_whatever_the_group_s_size(
 
 
 def test_the_refresher_refreshes_a_busy_group_once_at_once_and_once_after_the_interval(
-    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings.TASKSTATE = {"GROUP_INTERVAL": 0.3}
+    monkeypatch.setattr(conf, "GROUP_INTERVAL", 0.3)
     changes = 0
     seen_by_refresh: list[int] = []
     lock = threading.Lock()
@@ -232,10 +273,10 @@ def test_the_refresher_refreshes_a_busy_group_once_at_once_and_once_after_the_in
 # --- the live page --------------------------------------------------------------------
 
 
-@override_settings(TASKSTATE={"GROUP_INTERVAL": 0.2})
 def test_the_page_gets_the_group_row_and_never_a_child_s(
-    run_all: Callable[[], None], user: Any, capture_events: Any
+    run_all: Callable[[], None], user: Any, capture_events: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(conf, "GROUP_INTERVAL", 0.2)
     capture = capture_events(user_channel(user.pk))
     tracked = _group_of(20, user.pk)
     tracked.run()
@@ -329,6 +370,71 @@ def test_cleanup_refreshes_a_group_its_worker_left_behind(db: None) -> None:
     assert report.groups_refreshed == 1
     row = Task.objects.get(pk=parent.pk)
     assert (row.status, row.children_done) == ("done", 2)
+
+
+def test_a_group_whose_child_waits_for_a_retry_outlives_the_running_timeout(settings: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from taskstate.cleanup import cleanup
+    from tests.support.factories import ago
+
+    settings.TASKSTATE = {"RUNNING_TIMEOUT": 300}
+    parent = _group_with(
+        {"status": "done", "progress": 100, "started_at": ago(4000), "finished_at": ago(3900)},
+        # Its third attempt failed an hour ago; Dramatiq's back-off sends the fourth soon.
+        {
+            "status": "retrying",
+            "attempts": 3,
+            "started_at": ago(4000),
+            "updated_at": ago(3600),
+            "due_at": timezone.now() + timedelta(minutes=5),
+            "retry_message": {"actor_name": "noop", "args": [], "kwargs": {}, "options": {}},
+        },
+    )
+    assert refresh_group(parent.pk) is not None
+    assert Task.objects.get(pk=parent.pk).status == Status.RUNNING
+    # No child moved for longer than RUNNING_TIMEOUT: the group's row has not either.
+    Task.objects.filter(pk=parent.pk).update(updated_at=ago(3600))
+
+    report = cleanup()
+
+    assert report.abandoned_failed == 0
+    row = Task.objects.get(pk=parent.pk)
+    assert (row.status, row.error_type) == (Status.RUNNING, "")
+    # The retry succeeds: the group follows it.
+    Task.objects.filter(parent=parent, status="retrying").update(
+        status="done", progress=100, attempts=4, finished_at=timezone.now()
+    )
+    assert refresh_group(parent.pk) is not None
+    row = Task.objects.get(pk=parent.pk)
+    assert (row.status, row.children_done, row.progress) == (Status.DONE, 2, 100)
+
+
+def test_a_group_whose_running_child_s_worker_died_fails_through_the_child(settings: Any) -> None:
+    from taskstate.cleanup import cleanup
+    from taskstate.group_refresh import group_refresher
+    from tests.support.factories import ago
+
+    settings.TASKSTATE = {"RUNNING_TIMEOUT": 300}
+    parent = _group_with(
+        {"status": "done", "progress": 100, "started_at": ago(4000), "finished_at": ago(3900)},
+        {"status": "running", "state_order": 15, "started_at": ago(4000), "updated_at": ago(3600)},
+    )
+    refresh_group(parent.pk)
+    Task.objects.filter(pk=parent.pk).update(updated_at=ago(3600))
+
+    report = cleanup()
+    group_refresher.flush(5.0)
+
+    # The child is failed (its worker died), the group follows it from its children:
+    # refreshed by the cleanup, or first by the refresher the child's failure woke.
+    assert report.abandoned_failed == 1
+    child = Task.objects.get(parent=parent, position=2)
+    assert (child.status, child.error_type) == (Status.FAILED, "taskstate.WorkerLost")
+    row = Task.objects.get(pk=parent.pk)
+    assert (row.status, row.children_failed, row.children_done) == (Status.FAILED, 1, 1)
 
 
 def test_a_group_that_stopped_moving_keeps_its_age_for_the_cleanup(db: None) -> None:

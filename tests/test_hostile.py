@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from taskstate.channels import TaskstateChannelManager, user_channel
+from taskstate.channels import TaskstateChannelManager, admit, user_channel
 from taskstate.for_state import make_encodable, parse_for_state
 from taskstate.models import Status, Task
+from tests.support.writes import write_one
 
 pytestmark = pytest.mark.django_db
 
@@ -99,6 +100,7 @@ def test_channel_manager_refuses_other_users_channels(user, other_user):
     from django.contrib.auth.models import AnonymousUser
 
     manager = TaskstateChannelManager()
+    admit(user)
     assert manager.can_read_channel(user, user_channel(user.pk))
     for channel in (
         user_channel(other_user.pk),
@@ -110,6 +112,19 @@ def test_channel_manager_refuses_other_users_channels(user, other_user):
         assert not manager.can_read_channel(user, channel), channel
     assert not manager.can_read_channel(AnonymousUser(), user_channel(user.pk))
     assert not manager.can_read_channel(None, user_channel(user.pk))
+
+
+def test_channel_manager_serves_a_taskstate_channel_only_to_a_user_our_view_admitted(user):
+    """Another door's request has a user object of its own (``request.user``, or the one
+    django-eventstream loads for an ``es-meta`` token): never admitted."""
+    manager = TaskstateChannelManager()
+    assert not manager.can_read_channel(user, user_channel(user.pk))
+    assert manager.can_read_channel(user, "project-news")
+    admit(user)
+    same_user_loaded_again = type(user)._default_manager.get(pk=user.pk)
+    assert not manager.can_read_channel(same_user_loaded_again, user_channel(user.pk))
+    user.is_active = False
+    assert not manager.can_read_channel(user, user_channel(user.pk))
 
 
 def test_seen_with_a_pk_that_is_not_a_number_is_404(user):
@@ -191,7 +206,7 @@ def test_fuzzed_for_state_always_gets_a_row(for_state, caplog):
     identity = parse_for_state(kwargs["for_state"], "fuzz", warn=False)
     message_id = f"fuzz-{next(_counter)}"
     origin = Origin(message_id, "fuzz", "default", timezone.now(), identity)
-    task = transitions.write(origin, Status.ENQUEUED, transitions.ENQUEUED_ORDER, {})
+    task = write_one(origin, Status.ENQUEUED, transitions.ENQUEUED_ORDER, {})
     assert task is not None, caplog.text
     stored = Task.objects.get(message_id=message_id)
     assert "\x00" not in stored.description

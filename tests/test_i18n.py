@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.utils import translation
 
 from taskstate.channels import user_channel
-from taskstate.models import Task
+from taskstate.models import Status, Task
 from tests.testapp import tasks as actors
 
 PACKAGE = Path(__file__).resolve().parent.parent / "taskstate"
@@ -87,8 +87,12 @@ def test_row_pushed_over_sse_reads_in_the_senders_language(language, run_all, us
     run_all()
     task = Task.objects.get(message_id=message.message_id)
     assert task.language == language
+    assert task.status == Status.DONE
     rows = [data for _, _, data in capture.events() if "<hx-upsert" in data]
-    final = rows[-1]
+    # What the page keeps (taskstate.js): the row with the highest order key. The sender's
+    # "enqueued" row may be announced after the worker's "done" when its thread is
+    # descheduled between its write and its announcement.
+    final = max(rows, key=lambda row: int(re.search(r'data-taskstate-order="(\d+)"', row)[1]))
     assert 'data-status="done"' in final
     status, took = FINISHED[language]
     assert status in final and took in final, final
@@ -106,3 +110,36 @@ def test_row_of_a_task_sent_without_a_language_reads_in_the_sites_language(
     assert Task.objects.get(message_id=message.message_id).language == ""
     rows = [data for _, _, data in capture.events() if "<hx-upsert" in data]
     assert "Done" in rows[-1] and ">Dismiss<" in rows[-1]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", ["group", "pipeline"])
+def test_a_group_or_pipeline_row_pushed_over_sse_reads_in_the_senders_language(
+    kind, run_all, user, capture_events
+):
+    import dramatiq
+
+    import taskstate
+
+    capture = capture_events(user_channel(user.pk))
+    if kind == "group":
+        composition = dramatiq.group([actors.returns.message(1), actors.returns.message(2)])
+    else:  # each step's result is the next one's argument
+        composition = dramatiq.pipeline([actors.returns.message(1), actors.returns.message()])
+    with translation.override("fr"):
+        tracked = taskstate.track_group(
+            composition, for_state={"user_pk": user.pk, "description": "Lot"}
+        )
+        tracked.run()
+    run_all()
+    parent = Task.objects.get(pk=tracked.task.pk)
+    assert parent.language == "fr"
+    assert set(Task.objects.filter(parent=parent).values_list("language", flat=True)) == {"fr"}
+    rows = [data for _, _, data in capture.events() if f"taskstate-task-{parent.pk}" in data]
+    assert rows, "the group's row was never sent"
+    # Every row sent, not only the last: "En attente"/"En cours", then "Terminée".
+    for row in rows:
+        assert "Cancel" not in row and "Running" not in row and "Dismiss" not in row, row
+    status, took = FINISHED["fr"]
+    assert 'data-status="done"' in rows[-1]
+    assert status in rows[-1] and took in rows[-1], rows[-1]

@@ -10,13 +10,14 @@ import dramatiq
 import pytest
 from django.db import transaction
 
+from taskstate import conf
 from taskstate.middleware import StateMiddleware
 from taskstate.models import Status, Task
 from taskstate.signals import task_changed
-from tests.conftest import both_write_modes, lifecycle_announced
+from tests.conftest import lifecycle_announced
 from tests.testapp import tasks as actors
 
-pytestmark = [pytest.mark.django_db(transaction=True), both_write_modes]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def announced(statuses: list[tuple[str, str]]) -> list[str]:
@@ -44,7 +45,7 @@ def statuses() -> Iterator[list[tuple[str, str]]]:
     task_changed.disconnect(receiver)
 
 
-def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, statuses, write_mode):
+def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, statuses):
     message = actors.returns.send(
         {"rows": 3}, for_state={"user_pk": user.pk, "description": "Export"}
     )
@@ -60,8 +61,7 @@ def test_tracked_lifecycle_ends_done_with_result_and_times(run_all, user, status
     assert task.started_at is not None and task.finished_at is not None
     assert task.created_at <= task.started_at <= task.finished_at
     # The background writer may merge "running" into "done" (one batch, one row).
-    exact = write_mode == "immediate"
-    assert lifecycle_announced(announced(statuses), ["running", "done"], exact)
+    assert lifecycle_announced(announced(statuses), ["running", "done"])
 
 
 def test_untracked_message_makes_no_queries(run_all, count_queries):
@@ -72,55 +72,47 @@ def test_untracked_message_makes_no_queries(run_all, count_queries):
     assert Task.objects.count() == 0
 
 
-def test_tracked_lifecycle_costs_one_statement_per_transition(
-    run_all, user, count_queries, write_mode
+def test_tracked_lifecycle_costs_one_statement_for_the_sender_and_one_batch(
+    run_all, user, count_queries
 ):
-    from taskstate.writer import cancels
-
-    # A worker that has looked for cancel requests lately reads nothing (CancelWatch).
-    assert cancels.refresh()
     count_queries.statements = []
     actors.noop.send(for_state={"user_pk": user.pk, "description": "cheap"})
     run_all()
-    # enqueued, running, done: one upsert each, and nothing else at all (no reads,
-    # no transaction statements), whatever thread ran it; the background writer writes
-    # running and done in one batch when they come within WRITE_MAX_DELAY of each other
-    # (a no-op actor: always here). MySQL and MariaDB cannot return the row from an
-    # upsert: there each write is followed by one read.
+    # enqueued: one upsert; running and done: one batch, as they come within
+    # conf.WRITE_MAX_DELAY of each other (a no-op actor: always here); and one read of
+    # cancel requests for the start (CancelWatch). Nothing else (no transaction
+    # statements), whatever thread ran it. MySQL and MariaDB cannot return the row from
+    # an upsert: there each write is followed by one read.
     from django.db import connection
 
-    writes = 3 if write_mode == "immediate" else 2
+    writes, reads = 2, 1
     per_write = 2 if connection.vendor == "mysql" else 1
-    assert len(count_queries.statements) == writes * per_write, count_queries.statements
+    assert len(count_queries.statements) == writes * per_write + reads, count_queries.statements
     assert len(count_queries.starting("INSERT")) == writes
 
 
 def test_progress_is_throttled_and_final_value_written(
-    run_all, user, count_queries, settings, write_mode
+    run_all, user, count_queries, settings, monkeypatch
 ):
-    # WRITE_MAX_DELAY: the background writer's batches wait for the test's flush.
-    settings.TASKSTATE = {**settings.TASKSTATE, "PROGRESS_INTERVAL": 60, "WRITE_MAX_DELAY": 60}
+    settings.TASKSTATE = {**settings.TASKSTATE, "PROGRESS_INTERVAL": 60}
+    # The background writer's batches wait for the ack's hurry (or the test's flush).
+    monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)
     message = actors.with_progress.send(500, for_state={"user_pk": user.pk})
     run_all()
     updates = count_queries.starting("UPDATE")
     inserts = count_queries.starting("INSERT")
-    if write_mode == "immediate":
-        # The first report is written at once; the 499 after it fall inside the interval
-        # and only the last one travels with the final status.
-        assert len(updates) == 1, updates
-        assert len(inserts) == 3, inserts
-    else:
-        # The first report is queued and merged with the running and final changes
-        # (the 499 after it are held back as above): the sender's row, then one batch.
-        assert updates == [], updates
-        assert len(inserts) == 2, inserts
+    # The first report is queued and merged with the running and final changes; the 499
+    # after it fall inside the interval and only the last one travels with the final
+    # status: the sender's row, then one batch.
+    assert updates == [], updates
+    assert len(inserts) == 2, inserts
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.DONE
     assert task.progress == 100
     assert task.progress_message == "step 500"
 
 
-def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, statuses, write_mode):
+def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, statuses):
     message = actors.always_fails.send(for_state={"user_pk": user.pk})
     run_all()
     task = Task.objects.get(message_id=message.message_id)
@@ -132,24 +124,15 @@ def test_retried_failure_reads_retrying_until_last_attempt(run_all, user, status
     # running -> retrying -> running -> retrying -> running -> failed. A "retrying" is
     # refused (never announced) when the next attempt's "running" landed first, as it may
     # under load with a 10 ms back-off: the status never moves backwards.
+    # A batch may also merge an attempt's running with what follows it (announced once).
     seen = announced(statuses)
-    if write_mode == "background":
-        # A batch may merge an attempt's running with what follows it (announced once).
-        expected = ["running", "retrying", "running", "retrying", "running", "failed"]
-        assert lifecycle_announced(seen, expected, exact=False), seen
-        return
-    assert [s for s in seen if s != "retrying"] == ["running", "running", "running", "failed"]
-    assert seen in (
-        ["running", "retrying", "running", "retrying", "running", "failed"],
-        ["running", "running", "retrying", "running", "failed"],
-        ["running", "retrying", "running", "running", "failed"],
-        ["running", "running", "running", "failed"],
-    )
+    expected = ["running", "retrying", "running", "retrying", "running", "failed"]
+    assert lifecycle_announced(seen, expected), seen
 
 
-def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses, write_mode):
-    # A key per write mode: the actor fails once per key.
-    message = actors.fails_once.send(f"retry-ok-{write_mode}", for_state={"user_pk": user.pk})
+def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses):
+    # The actor fails once per key.
+    message = actors.fails_once.send("retry-ok", for_state={"user_pk": user.pk})
     run_all()
     task = Task.objects.get(message_id=message.message_id)
     assert task.status == Status.DONE
@@ -159,11 +142,7 @@ def test_retry_that_succeeds_ends_done_without_error(run_all, user, statuses, wr
     # As above, a "retrying" may be refused by a quicker next "running"; the background
     # writer may also write it with that "running" (merged in one batch, announced once).
     seen = announced(statuses)
-    if write_mode == "background":
-        expected = ["running", "retrying", "running", "done"]
-        assert lifecycle_announced(seen, expected, exact=False), seen
-        return
-    assert seen in (["running", "retrying", "running", "done"], ["running", "running", "done"])
+    assert lifecycle_announced(seen, ["running", "retrying", "running", "done"]), seen
 
 
 def test_exception_listed_in_throws_fails_at_once(run_all, user):
@@ -224,6 +203,72 @@ def test_send_inside_a_transaction_writes_after_commit_and_queries_nothing_insid
         message = actors.noop.send(for_state={"user_pk": user.pk})
         assert count_queries.matching("taskstate_task") == []
     assert Task.objects.get(message_id=message.message_id).status == Status.ENQUEUED
+
+
+def test_sends_inside_one_transaction_are_written_as_one_statement_at_commit(
+    broker, user, count_queries, statuses
+):
+    with transaction.atomic():
+        messages = [actors.noop.send(for_state={"user_pk": user.pk}) for _ in range(100)]
+        assert count_queries.matching("taskstate_task") == []
+    assert len(count_queries.starting("INSERT")) == 1, count_queries.statements
+    sent = {m.message_id for m in messages}
+    rows = Task.objects.filter(message_id__in=sent)
+    assert set(rows.values_list("status", flat=True)) == {Status.ENQUEUED}
+    assert rows.count() == 100
+    # Each row is announced (its owner's open page gets it live).
+    assert {message_id for message_id, _ in statuses} == sent
+
+
+def test_a_send_outside_a_transaction_is_written_at_once_with_the_batch_statement(
+    broker, user, count_queries
+):
+    one = actors.noop.send(for_state={"user_pk": user.pk})
+    assert Task.objects.get(message_id=one.message_id).status == Status.ENQUEUED
+    with transaction.atomic():
+        actors.noop.send(for_state={"user_pk": user.pk})
+        actors.noop.send(for_state={"user_pk": user.pk})
+    single, double = count_queries.starting("INSERT")
+    # One statement builder: a batch of one is written by the same text as a batch of two
+    # on PostgreSQL (arrays, whatever the number of rows), so it is parsed once.
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        assert single == double
+
+
+def test_sends_in_a_rolled_back_savepoint_or_transaction_write_nothing(broker, user):
+    def send(description: str) -> str:
+        return actors.noop.send(for_state={"user_pk": user.pk, "description": description})
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        send("rolled back")
+        raise RuntimeError("view failed after send")
+    with transaction.atomic():
+        send("kept")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            send("savepoint rolled back")
+            raise RuntimeError("inner block failed")
+        send("kept after the savepoint")
+    with transaction.atomic():
+        send("next transaction")
+    assert sorted(Task.objects.values_list("description", flat=True)) == [
+        "kept",
+        "kept after the savepoint",
+        "next transaction",
+    ]
+
+
+def test_a_group_s_children_are_written_enqueued_in_one_statement(broker, user, count_queries):
+    import taskstate
+
+    batch = dramatiq.group(actors.noop.message() for _ in range(50))
+    tracked = taskstate.track_group(batch, for_state={"user_pk": user.pk})
+    count_queries.statements = []
+    tracked.run()
+    assert len(count_queries.starting("INSERT")) == 1, count_queries.statements
+    children = Task.objects.filter(parent=tracked.task)
+    assert set(children.values_list("status", flat=True)) == {Status.ENQUEUED}
 
 
 def test_rolled_back_sender_still_gets_a_row_when_the_worker_runs(broker, user):
@@ -328,7 +373,7 @@ def test_nul_characters_anywhere_still_leave_a_right_row(run_all, user, fail):
 
 
 def test_the_same_message_delivered_twice_gives_one_row_that_never_goes_back(
-    broker, run_all, user, statuses, write_mode
+    broker, run_all, user, statuses
 ):
     message = actors.labelled.message(for_state={"user_pk": user.pk, "description": "twice"})
     broker.enqueue(message)
@@ -341,15 +386,8 @@ def test_the_same_message_delivered_twice_gives_one_row_that_never_goes_back(
     seen = [status for _, status in statuses]
     assert seen.count("done") == 1
     rank = {"enqueued": 0, "running": 1, "done": 2}
-    if write_mode == "immediate":
-        # Each worker thread announces its own write after its commit: when the two
-        # deliveries overlap, the second's running (committed before the first's done)
-        # may be announced after done (a services CI run saw it). The page keeps the
-        # higher order key (tests/browser/test_order.py); the background writer
-        # announces in commit order, below.
-        assert "done" in seen and rank[max(seen, key=rank.__getitem__)] == 2
-        return
-    # Nothing is announced after "done", and nothing before it goes backwards.
+    # The writer announces in commit order: nothing is announced after "done", and
+    # nothing before it goes backwards.
     assert seen[-1] == "done"
     assert [rank[s] for s in seen] == sorted(rank[s] for s in seen)
 
@@ -368,12 +406,14 @@ def test_a_delay_beyond_any_date_leaves_due_at_empty_and_the_send_succeeds(broke
     assert (task.status, task.due_at) == (Status.DELAYED, None)
 
 
-def test_tracebacks_can_be_turned_off(run_all, user, settings):
-    settings.TASKSTATE = {"TRACEBACK_MAX_CHARS": 0}
+def test_a_traceback_is_cut_to_its_last_characters(run_all, user, monkeypatch):
+    monkeypatch.setattr(conf, "TRACEBACK_MAX_CHARS", 60)
     message = actors.always_fails.send(for_state={"user_pk": user.pk})
     run_all()
     task = Task.objects.get(message_id=message.message_id)
-    assert task.status == Status.FAILED and task.error_type and task.traceback == ""
+    assert task.status == Status.FAILED and task.error_type
+    assert len(task.traceback) == 60
+    assert task.traceback.rstrip().endswith("ValueError: broken on purpose")
 
 
 def test_an_exception_that_breaks_the_traceback_module_ends_failed_not_retrying(

@@ -287,12 +287,15 @@ def test_fail_abandoned_leaves_other_statuses_alone():
 
 
 def test_abandoned_task_cannot_be_moved_back_to_running_by_a_late_progress_write():
-    from taskstate.transitions import update_progress
+    from taskstate.for_state import Origin, TaskIdentity
+    from tests.support.writes import progress_one
 
     task = make_task(status=Status.RUNNING, attempts=1, progress=10, updated_at=ago(7200))
     Task.objects.fail_abandoned(3600)
 
-    assert update_progress(task.message_id, 1, 90, "late") is False
+    identity = TaskIdentity(user_pk=None, description="", app_name="", model_name="")
+    origin = Origin(task.message_id, task.actor_name, "default", task.created_at, identity)
+    assert progress_one(origin, 1, 90, "late") is None
     task.refresh_from_db()
     assert (task.status, task.progress) == (Status.FAILED, 10)
 

@@ -9,20 +9,23 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from taskstate import conf
 from taskstate import transitions as t
 from taskstate.channels import may_read, user_channel
 from taskstate.for_state import Origin, TaskIdentity
 from taskstate.models import Status, Task
-from tests.conftest import both_write_modes, lifecycle_announced
+from tests.conftest import lifecycle_announced
+from tests.support.writes import write_one
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_user_channel_uses_the_configured_prefix_and_namespace(settings):
+def test_user_channel_uses_the_prefix_and_the_configured_namespace(settings, monkeypatch):
     settings.TASKSTATE = {"CHANNEL_NAMESPACE": "site-a"}
     assert user_channel(7) == "taskstate-user-site-a-7"
-    settings.TASKSTATE = {"CHANNEL_PREFIX": "ts-", "CHANNEL_NAMESPACE": "b"}
+    monkeypatch.setattr(conf, "CHANNEL_PREFIX", "ts-")
+    settings.TASKSTATE = {"CHANNEL_NAMESPACE": "b"}
     assert user_channel(7) == "ts-b-7"
 
 
@@ -67,9 +70,8 @@ def test_only_the_owner_may_read_a_taskstate_channel(user, other_user):
     assert may_read(other_user, "someone-elses-app-channel")
 
 
-@both_write_modes
 def test_every_status_change_reaches_the_owner_as_an_unnamed_upsert(
-    run_all, user, other_user, capture_events, write_mode
+    run_all, user, other_user, capture_events
 ):
     capture = capture_events(user_channel(user.pk), user_channel(other_user.pk))
     message = actors.returns.send(3, for_state={"user_pk": user.pk, "description": "Report <b>"})
@@ -83,16 +85,13 @@ def test_every_status_change_reaches_the_owner_as_an_unnamed_upsert(
     # background writer announces each committed row (lifecycle_announced).
     statuses = [re.search(r'data-status="(\w+)"', r).group(1) for r in rows]
     statuses = statuses[1:] if statuses[:1] == ["enqueued"] else statuses
-    assert lifecycle_announced(statuses, ["running", "done"], write_mode == "immediate")
+    assert lifecycle_announced(statuses, ["running", "done"])
     assert f'id="taskstate-task-{task.pk}"' in rows[-1]
     assert 'data-status="done"' in rows[-1]
     assert "Report &lt;b&gt;" in rows[-1] and "Report <b>" not in rows[-1]
 
 
-@both_write_modes
-def test_progress_goes_out_of_band_to_the_bar_only(
-    run_all, user, capture_events, settings, write_mode
-):
+def test_progress_goes_out_of_band_to_the_bar_only(run_all, user, capture_events, settings):
     settings.TASKSTATE = {**settings.TASKSTATE, "PROGRESS_INTERVAL": 0}
     capture = capture_events(user_channel(user.pk))
     message = actors.with_progress.send(3, for_state={"user_pk": user.pk})
@@ -104,7 +103,7 @@ def test_progress_goes_out_of_band_to_the_bar_only(
     # (and its final row makes a pending bar moot) when it runs behind, as under load. The
     # background writer merges reports queued within one batch with the final change (no
     # bar at all when the rest of the run fits in one; tests/test_writer.py has its bars).
-    assert (1 if write_mode == "immediate" else 0) <= len(bars) <= 3
+    assert len(bars) <= 3
     assert all(d.lstrip().startswith(f'<div id="taskstate-progress-{task.pk}"') for d in bars)
     values = [int(re.search(r'aria-valuenow="(\d+)"', d).group(1)) for d in bars]
     assert values == sorted(values) and set(values) <= {33, 66, 100}
@@ -123,7 +122,7 @@ def test_tasks_without_user_publish_nothing(run_all, capture_events, user):
 def test_seen_task_is_removed_from_the_page(user, capture_events):
     from taskstate.publish import flush, publish_task
 
-    task = t.write(
+    task = write_one(
         Origin("m-seen", "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
         Status.DONE,
         t.TERMINAL_ORDER,
@@ -168,11 +167,14 @@ def test_a_stream_that_falls_behind_is_told_to_resync_instead_of_losing_events()
     from django_eventstream.views import MAX_PENDING, Listener, get_listener_manager
 
     manager = get_listener_manager()
+    from tests.conftest import current_loop
+
     loop = asyncio.new_event_loop()
     listener = Listener()
     listener.loop = loop
     listener.channels = {"taskstate-user-behind"}
-    manager.add_listener(listener)
+    with current_loop(loop):
+        manager.add_listener(listener)
     try:
         for number in range(MAX_PENDING + 5):
             manager.add_to_queues(
@@ -273,7 +275,7 @@ def test_a_receiver_of_task_changed_that_raises_is_logged_and_the_others_still_r
     task_committed.connect(listens)
     try:
         with caplog.at_level(logging.ERROR):
-            announce(task, sender=Task, committed=True)
+            announce(task, committed=True)
     finally:
         task_changed.disconnect(breaks)
         task_committed.disconnect(listens)

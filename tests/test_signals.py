@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
+import dramatiq
 import pytest
+from django.utils import timezone
 
-from taskstate.models import Status, Task
+import taskstate
+from taskstate import control
+from taskstate.group_refresh import group_refresher
+from taskstate.middleware import StateMiddleware
+from taskstate.models import Kind, Status, Task
 from taskstate.signals import (
     announce,
     announce_progress,
@@ -15,6 +23,8 @@ from taskstate.signals import (
     task_changed,
     task_committed,
 )
+from tests.support.factories import make_task
+from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,10 +55,8 @@ def test_each_failing_receiver_is_logged_exactly_once_with_its_traceback(user, c
     progress_committed.connect(progress_breaks)
     try:
         with caplog.at_level(logging.DEBUG):
-            announce(task, sender=Task, committed=True)
-            announce_progress(
-                sender=Task, task_pk=task.pk, user_pk=user.pk, percent=5, message=None
-            )
+            announce(task, committed=True)
+            announce_progress(task_pk=task.pk, user_pk=user.pk, percent=5, message=None)
     finally:
         task_changed.disconnect(changed_breaks)
         task_committed.disconnect(committed_breaks)
@@ -58,3 +66,35 @@ def test_each_failing_receiver_is_logged_exactly_once_with_its_traceback(user, c
     for name in ("changed_breaks", "committed_breaks", "progress_breaks"):
         [record] = _errors(caplog, name)
         assert record.exc_info is not None and "is broken" in str(record.exc_info[1])
+
+
+@pytest.fixture
+def changed() -> Iterator[list[tuple[Any, str, str]]]:
+    """Every (sender, kind, status) task_changed carried."""
+    seen: list[tuple[Any, str, str]] = []
+
+    def receiver(sender: Any, task: Task, **kwargs: Any) -> None:
+        seen.append((sender, task.kind, task.status))
+
+    task_changed.connect(receiver)
+    yield seen
+    task_changed.disconnect(receiver)
+
+
+def test_task_changed_has_one_sender_whichever_part_wrote_the_row(run_all, user, changed):
+    # A worker's writes, a group's row (written by track_group, then refreshed as its
+    # children end) and a cancel that ends a scheduled task at once.
+    actors.noop.send(for_state={"user_pk": user.pk})
+    batch = dramatiq.group(actors.noop.message() for _ in range(2))
+    taskstate.track_group(batch, for_state={"user_pk": user.pk}).run()
+    run_all()
+    assert group_refresher.flush(5.0)
+    # A row scheduled an hour ahead (no message: none is left for later tests' workers).
+    later = make_task(status=Status.DELAYED, due_at=timezone.now() + timedelta(hours=1))
+    cancelled = control.cancel(later)
+    assert cancelled is not None and cancelled.status == Status.CANCELLED
+
+    heard = {(kind, status) for _, kind, status in changed}
+    assert {(Kind.TASK, Status.DONE), (Kind.TASK, Status.CANCELLED)} <= heard
+    assert (Kind.GROUP, Status.DONE) in heard
+    assert {sender for sender, _, _ in changed} == {StateMiddleware}

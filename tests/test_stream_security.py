@@ -19,6 +19,7 @@ from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from taskstate import conf
 from taskstate.channels import user_channel
 from tests.support.pushpin import grip_last
 
@@ -103,7 +104,7 @@ def test_signed_refresh_with_a_bad_es_meta_gets_400(grip, token):
 
 
 def test_someone_elses_leaked_link_opens_nothing_for_a_logged_in_user(grip, user, other_user):
-    """Issue 10, case 3: Alice, her own session and no Grip-Sig, requested Bob's link."""
+    """Alice, with her own session and no Grip-Sig, requests Bob's link: a bad request."""
     link = f"{EVENTS}?link=next&recover=true&es-meta={es_meta(other_user)}"
     response = logged_in(user).get(link)
     assert response.status_code == 400
@@ -127,6 +128,16 @@ class Hold:
 
     def with_link(self, link: str) -> Hold:
         return Hold(link, self.last)
+
+
+def with_es_meta(hold: Hold, token: str) -> Hold:
+    """``hold`` with its next link's ``es-meta`` replaced (a token signed with the
+    site's key, as only the site could make)."""
+    parts = urlsplit(hold.link)
+    params = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    params["es-meta"] = token
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return hold.with_link(f"{parts.path}?{query}")
 
 
 def open_through_grip(user) -> Hold:
@@ -204,7 +215,7 @@ def test_signed_refresh_without_the_stream_reference_is_refused(grip, user):
 
 
 def test_signed_refresh_after_deactivation_is_refused(grip, user):
-    """Issue 10, case 2 under Pushpin: a refresh returned 200 with a fresh token."""
+    """Pushpin's signed refresh after the user is deactivated gets no fresh token."""
     hold = open_through_grip(user)
     get_user_model().objects.filter(pk=user.pk).update(is_active=False)
     response = refresh(hold)
@@ -233,11 +244,7 @@ def test_signed_refresh_for_a_token_of_another_users_stream_reference_is_refused
     """The stream reference of Alice's stream with a token naming Bob: refused (its
     Grip-Last is Alice's stream's)."""
     hold = open_through_grip(user)
-    parts = urlsplit(hold.link)
-    params = {k: v[0] for k, v in parse_qs(parts.query).items()}
-    params["es-meta"] = es_meta(other_user)
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    assert refresh(hold.with_link(f"{parts.path}?{query}")).status_code == 400
+    assert refresh(with_es_meta(hold, es_meta(other_user))).status_code == 400
 
 
 def test_access_log_lines_of_a_refresh_carry_no_token():
@@ -384,7 +391,7 @@ def test_with_cache_or_file_sessions_the_check_finds_the_ended_ones(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_session_check_the_database_fails_is_logged_once_and_streams_end_once_it_works(
-    settings, django_user_model, caplog
+    monkeypatch, django_user_model, caplog
 ):
     """While the sessions cannot be read the streams stay open (one error line, not one
     per check); once they can, the check picks up where it was and ends what ended."""
@@ -396,7 +403,7 @@ def test_a_session_check_the_database_fails_is_logged_once_and_streams_end_once_
 
     from taskstate.streams import Registry
 
-    settings.TASKSTATE = {"STREAM_CHECK_INTERVAL": 0.05}
+    monkeypatch.setattr(conf, "STREAM_CHECK_INTERVAL", 0.05)
     carol = django_user_model.objects.create_user("carol", password="pw")
     session_key = session_of(carol)
     registry = Registry()
@@ -441,3 +448,176 @@ def test_a_session_check_the_database_fails_is_logged_once_and_streams_end_once_
     assert len(errors()) == 1
     assert any("works again" in r.getMessage() for r in caplog.records)
     assert stream.reason == "The session of this stream has ended."
+
+
+# --- django-eventstream's own views (tests/urls.py mounts them) -------------------------
+
+THEIR_DOOR = "/eventstream/"
+
+
+def test_their_door_gives_the_proxy_no_hold_on_a_taskstate_channel(grip, user):
+    """Pushpin forwarding the owner's own request (session and signature) to
+    django-eventstream's view: no hold, so no next link that skips our checks."""
+    response = logged_in(user).get(
+        f"{THEIR_DOOR}?channel={user_channel(user.pk)}", HTTP_GRIP_SIG=grip_sig()
+    )
+    assert "Grip-Hold" not in response
+    assert b"event: stream-error" in response.content and b"forbidden" in response.content
+
+
+def test_a_refresh_of_our_hold_through_their_door_is_refused(grip, user):
+    """Our hold's next link (token, stream reference, Grip-Last) sent to their view."""
+    hold = open_through_grip(user)
+    parts = urlsplit(hold.link)
+    response = refresh(hold.with_link(f"{THEIR_DOOR}?{parts.query}"))
+    assert "Grip-Hold" not in response
+    assert b"forbidden" in response.content
+    # The hold itself is still refreshed through our door.
+    assert refresh(hold).status_code == 200
+
+
+def test_their_door_still_serves_a_project_channel(grip, user):
+    response = logged_in(user).get(f"{THEIR_DOOR}?channel=project-news", HTTP_GRIP_SIG=grip_sig())
+    assert response["Grip-Hold"] == "stream"
+
+
+JSON_EVENTS = "/taskstate/json/events/"
+
+
+def test_the_json_stream_is_held_and_refreshed_on_the_json_channel_only(grip, user):
+    from taskstate.channels import json_channel
+
+    opened = logged_in(user).get(JSON_EVENTS, HTTP_GRIP_SIG=grip_sig())
+    hold = Hold.of(opened)
+    assert hold.link.startswith(JSON_EVENTS)
+    for response in (opened, refresh(hold)):
+        assert response.status_code == 200 and response["Grip-Hold"] == "stream"
+        assert f"events-{json_channel(user.pk)}" in response["Grip-Channel"]
+        assert f"events-{user_channel(user.pk)}" not in response["Grip-Channel"]
+
+
+def test_a_json_link_naming_another_users_channel_is_refused(grip, user, other_user):
+    from taskstate.channels import json_channel
+
+    hold = Hold.of(logged_in(user).get(JSON_EVENTS, HTTP_GRIP_SIG=grip_sig()))
+    forged = with_es_meta(hold, es_meta(user, channels=[json_channel(other_user.pk)]))
+    assert refresh(forged).status_code == 400
+
+
+# --- the stream of an object's tasks (taskstate:object-events) --------------------------
+
+
+@pytest.fixture
+def team():
+    from django.contrib.auth.models import Group
+
+    return Group.objects.create(name="Team Orion")
+
+
+def object_events_url(team) -> str:
+    from taskstate.channels import object_token
+
+    return f"/taskstate/object/{object_token('auth.group', str(team.pk))}/events/"
+
+
+def team_channel(team) -> str:
+    from taskstate.channels import object_channel
+
+    return object_channel("auth.group", str(team.pk))
+
+
+def set_view_permission(user, granted: bool) -> None:
+    from django.contrib.auth.models import Permission
+
+    permission = Permission.objects.get(codename="view_group")
+    if granted:
+        user.user_permissions.add(permission)
+    else:
+        user.user_permissions.remove(permission)
+
+
+def test_an_objects_stream_through_grip_is_held_on_its_channel_for_viewers_only(
+    grip, user, other_user, team
+):
+    from taskstate.streams import grip_session_channel, grip_user_channel
+
+    set_view_permission(user, True)
+    url = object_events_url(team)
+    client = logged_in(user)
+    opened = client.get(url, HTTP_GRIP_SIG=grip_sig())
+    hold = Hold.of(opened)
+    assert hold.link.startswith(url)
+    channels = opened["Grip-Channel"]
+    assert f"events-{team_channel(team)}" in channels
+    assert f"events-{user_channel(user.pk)}" not in channels
+    # Closed with its session (logout) and its user (deactivation), as a user's stream.
+    session_key = client.cookies["sessionid"].value
+    assert grip_session_channel(session_key) in channels
+    assert grip_user_channel(user.pk) in channels
+    for refused in (logged_in(other_user), Client(raise_request_exception=False)):
+        response = refused.get(url, HTTP_GRIP_SIG=grip_sig())
+        assert response.status_code == 403 and "Grip-Hold" not in response
+
+
+def test_an_objects_stream_is_refreshed_until_its_viewer_loses_the_permission(grip, user, team):
+    set_view_permission(user, True)
+    from django.contrib.sessions.models import Session
+
+    hold = Hold.of(logged_in(user).get(object_events_url(team), HTTP_GRIP_SIG=grip_sig()))
+    records = Session.objects.count()
+    refreshed = refresh(hold)
+    assert refreshed.status_code == 200 and refreshed["Grip-Hold"] == "stream"
+    # One stream reference used up, one new in the next link.
+    assert Session.objects.count() == records
+    assert f"events-{team_channel(team)}" in refreshed["Grip-Channel"]
+    set_view_permission(user, False)
+    response = refresh(Hold.of(refreshed))
+    assert response.status_code == 403 and "Grip-Hold" not in response
+
+
+def test_an_objects_next_link_naming_another_channel_is_refused(grip, user, team):
+    """The object's URL with a token for the user's own channel or another object's, and
+    the object's token on the user's URL: a bad request, whatever else is right."""
+    from django.contrib.auth.models import Group
+
+    set_view_permission(user, True)
+    url = object_events_url(team)
+    other_team = Group.objects.create(name="Team Vega")
+    hold = Hold.of(logged_in(user).get(url, HTTP_GRIP_SIG=grip_sig()))
+    for channel in (user_channel(user.pk), team_channel(other_team)):
+        forged = with_es_meta(hold, es_meta(user, channels=[channel]))
+        response = refresh(forged)
+        assert response.status_code == 400 and "Grip-Hold" not in response
+    # A hold of the user's own channel, refreshed on the object's URL ...
+    own = open_through_grip(user)
+    assert refresh(own.with_link(url + "?" + urlsplit(own.link).query)).status_code == 400
+    # ... and the object's hold refreshed on the user's URL.
+    assert refresh(hold.with_link(EVENTS + "?" + urlsplit(hold.link).query)).status_code == 400
+    # The object's hold itself is still refreshed.
+    assert refresh(hold).status_code == 200
+
+
+def test_an_objects_json_stream_through_grip_is_held_and_refreshed_on_its_json_channel_only(
+    grip, user, other_user, team
+):
+    from taskstate.channels import object_json_channel, object_token
+
+    set_view_permission(user, True)
+    url = f"/taskstate/object/{object_token('auth.group', str(team.pk))}/json/events/"
+    json_channel_of_team = object_json_channel("auth.group", str(team.pk))
+    opened = logged_in(user).get(url, HTTP_GRIP_SIG=grip_sig())
+    hold = Hold.of(opened)
+    assert f"events-{json_channel_of_team}" in opened["Grip-Channel"]
+    assert f"events-{team_channel(team)}" not in opened["Grip-Channel"]
+    assert logged_in(other_user).get(url, HTTP_GRIP_SIG=grip_sig()).status_code == 403
+    refreshed = refresh(hold)
+    assert refreshed.status_code == 200
+    assert f"events-{json_channel_of_team}" in refreshed["Grip-Channel"]
+    # The object's HTML channel named on the JSON URL, and the HTML hold refreshed there.
+    forged = with_es_meta(Hold.of(refreshed), es_meta(user, channels=[team_channel(team)]))
+    assert refresh(forged).status_code == 400
+    html = Hold.of(logged_in(user).get(object_events_url(team), HTTP_GRIP_SIG=grip_sig()))
+    assert refresh(html.with_link(url + "?" + urlsplit(html.link).query)).status_code == 400
+    set_view_permission(user, False)
+    response = refresh(Hold.of(refreshed))
+    assert response.status_code == 403 and "Grip-Hold" not in response

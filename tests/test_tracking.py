@@ -1,4 +1,8 @@
-"""``progress()`` and ``track()`` as units, without a broker: what reaches the row, when."""
+"""``progress()`` and ``track()`` as units, without a broker: what reaches the row, when.
+
+Reports go through the background writer (its own thread and connection): ``row()``
+flushes it before it reads.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import taskstate
+from taskstate import conf
+from taskstate import transitions as t
 from taskstate.for_state import Origin, TaskIdentity
 from taskstate.models import Status, Task
 from taskstate.tracking import MessageRun, _current, current_run, held_back, progress, track
-from tests.conftest import immediate_writes
+from taskstate.writer import cancels, writer
 
-# progress() writing each report itself; with the background writer: tests/test_writer.py.
-pytestmark = [pytest.mark.django_db, immediate_writes]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 MESSAGE_ID = "progress-message"
 progress_module = importlib.import_module("taskstate.tracking")
@@ -64,6 +67,7 @@ def task() -> Task:
         message_id=MESSAGE_ID,
         actor_name="export",
         status=Status.RUNNING,
+        state_order=t.running_order(1),
         attempts=1,
         started_at=timezone.now(),
     )
@@ -81,6 +85,7 @@ def run(task: Task, clock: Clock) -> Iterator[MessageRun]:
 
 
 def row() -> tuple[int, str]:
+    assert writer.flush(10)
     task = Task.objects.get(message_id=MESSAGE_ID)
     return task.progress, task.progress_message
 
@@ -107,18 +112,21 @@ def test_track_outside_a_tracked_message_yields_every_item_without_queries(
 # --- writes and the throttle ------------------------------------------------------------
 
 
-def test_first_report_is_written_at_once(run):
+def test_first_report_is_queued_at_once(run, monkeypatch):
+    monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)  # the batch waits for row()'s flush
     progress(10, message="starting")
-    assert row() == (10, "starting")
+    assert writer.unwritten() == 1
     assert run.written == (10, "starting")
     assert run.pending is None
+    assert row() == (10, "starting")
 
 
-def test_report_within_the_interval_is_held_back_not_written(run, clock, django_assert_num_queries):
+def test_report_within_the_interval_is_held_back_not_queued(run, clock):
     progress(10)
+    assert row() == (10, "")
     clock.advance(0.4)
-    with django_assert_num_queries(0):
-        progress(20, message="later")
+    progress(20, message="later")
+    assert writer.unwritten() == 0
     assert row() == (10, "")
     assert run.pending == (20, "later")
 
@@ -133,24 +141,23 @@ def test_report_after_the_interval_is_written(run, clock):
     assert run.pending is None
 
 
-def test_unchanged_value_writes_nothing(run, clock, django_assert_num_queries):
+def test_unchanged_value_queues_nothing(run, clock):
     progress(10, message="copying")
+    assert row() == (10, "copying")
     clock.advance(0.9)
-    with django_assert_num_queries(0):
-        progress(10)
-        progress(10, message="copying")
-        progress(1, 10)
+    progress(10)
+    progress(10, message="copying")
+    progress(1, 10)
+    assert writer.unwritten() == 0
     assert run.pending is None
 
 
-def test_unchanged_values_look_for_a_cancel_once_per_check_interval(run, clock):
-    progress(10, message="copying")
-    clock.advance(5)
-    with CaptureQueriesContext(connection) as queries:
-        for _ in range(50):
-            progress(10)
-    # No write; one read: the look for a cancel request (CANCEL_CHECK_INTERVAL, 1 s).
-    assert [q["sql"].split()[0] for q in queries] == ["SELECT"]
+def test_many_looks_within_the_check_interval_read_cancel_requests_once(run, cancel_reads):
+    for _ in range(50):
+        progress(10)
+    # One read for the whole process (CancelWatch), then answers from what it knows
+    # until it is older than conf.CANCEL_CHECK_INTERVAL.
+    assert cancel_reads.count == 1
 
 
 def test_done_of_total_is_a_percentage(run):
@@ -214,7 +221,7 @@ def test_long_message_is_cut_to_the_column_length(run):
 
 def test_report_for_another_attempt_changes_nothing(task, clock):
     # The row belongs to a later attempt (a redelivery); this run is a leftover.
-    Task.objects.filter(pk=task.pk).update(attempts=2, progress=5)
+    Task.objects.filter(pk=task.pk).update(attempts=2, progress=5, state_order=t.running_order(2))
     stale = make_run(interval=0, attempt=1)
     token = _current.set(stale)
     try:
@@ -222,11 +229,14 @@ def test_report_for_another_attempt_changes_nothing(task, clock):
     finally:
         _current.reset(token)
     assert row() == (5, "")
-    assert stale.written == (0, None)
+    # Refused: the attempt's next look reads the row (the refusal may be a cancel).
+    assert stale.read_row
 
 
 def test_report_after_the_task_finished_changes_nothing(run, task):
-    Task.objects.filter(pk=task.pk).update(status=Status.DONE, progress=100)
+    Task.objects.filter(pk=task.pk).update(
+        status=Status.DONE, progress=100, state_order=t.TERMINAL_ORDER
+    )
     progress(50, message="late")
     assert row() == (100, "")
 
@@ -234,23 +244,19 @@ def test_report_after_the_task_finished_changes_nothing(run, task):
 # --- held_back() ------------------------------------------------------------------------
 
 
-def test_held_back_gives_the_pending_value_once(run):
-    progress(10)
+def test_held_back_gives_the_pending_value_once_then_the_last_queued(run):
+    progress(10, message="started")
     progress(70, message="almost")
     assert held_back(run) == {"progress": 70, "progress_message": "almost"}
     assert run.pending is None
-    assert held_back(run) == {}
+    assert held_back(run) == {"progress": 10, "progress_message": "started"}
 
 
-def test_held_back_without_a_message_leaves_the_message_alone(run):
+def test_held_back_without_a_message_names_the_message_the_running_write_cleared(run):
+    # The final change has the columns of the attempt's other changes: one statement.
     progress(10)
     progress(70)
-    assert held_back(run) == {"progress": 70}
-
-
-def test_held_back_is_empty_when_everything_was_written(run):
-    progress(10)
-    assert held_back(run) == {}
+    assert held_back(run) == {"progress": 70, "progress_message": ""}
 
 
 # --- track() ----------------------------------------------------------------------------
@@ -270,7 +276,7 @@ def test_track_yields_every_item_and_ends_at_100(task, clock):
 def test_track_holds_back_the_final_100_for_the_final_write(run):
     assert list(track(["a", "b", "c", "d"])) == ["a", "b", "c", "d"]
     assert row()[0] == 25  # the first item, written at once
-    assert held_back(run) == {"progress": 100}
+    assert held_back(run) == {"progress": 100, "progress_message": ""}
 
 
 def test_track_reports_after_each_item_not_before(task, clock):
@@ -321,8 +327,8 @@ def test_track_that_stops_early_leaves_the_last_item_reported(task, clock):
 
 def test_progress_never_raises_even_when_the_row_is_gone(run, task):
     Task.objects.filter(pk=task.pk).delete()
-    progress(50)
-    assert not Task.objects.filter(message_id=MESSAGE_ID).exists()
+    progress(50)  # queued: the writer upserts a running row, as the running change would
+    assert row() == (50, "")
 
 
 # --- cancel requests ---------------------------------------------------------------------
@@ -331,7 +337,9 @@ def test_progress_never_raises_even_when_the_row_is_gone(run, task):
 def test_progress_raises_cancelled_once_the_row_is_asked_to_cancel(run, task, clock):
     run.options = {}
     progress(10)
-    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())
+    assert row() == (10, "")
+    assert t.request_cancel(task.pk)
+    cancels.forget()  # what this process knows is older than CANCEL_CHECK_INTERVAL
     clock.advance(1)
     with pytest.raises(taskstate.Cancelled):
         progress(20)
@@ -342,8 +350,22 @@ def test_progress_raises_cancelled_once_the_row_is_asked_to_cancel(run, task, cl
         progress(30)
 
 
+def test_a_refused_report_makes_the_next_look_read_the_row(run, task, clock, cancel_reads):
+    progress(10)
+    assert row() == (10, "")
+    assert t.request_cancel(task.pk)  # the watch does not know yet: read before this
+    assert not taskstate.cancel_requested()
+    clock.advance(1)
+    progress(20)  # refused by the row asked to cancel
+    assert row() == (10, "")
+    reads = cancel_reads.count
+    with pytest.raises(taskstate.Cancelled):
+        progress(30)
+    assert cancel_reads.count == reads  # the row was read, not the watch
+
+
 def test_track_raises_cancelled_between_items(run, task, clock):
-    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())
+    assert t.request_cancel(task.pk)
     clock.advance(5)
     seen = []
     with pytest.raises(taskstate.Cancelled):
@@ -352,14 +374,14 @@ def test_track_raises_cancelled_between_items(run, task, clock):
     assert seen == [0]
 
 
-def test_cancel_requested_asks_at_most_once_per_interval(run, task, clock, count_queries):
+def test_cancel_requested_reads_at_most_once_per_interval(run, task, monkeypatch, cancel_reads):
     assert not taskstate.cancel_requested()  # first look
-    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())
-    count_queries.statements = []
-    assert not taskstate.cancel_requested()  # within the interval: not looked again
-    assert count_queries.statements == []
-    clock.advance(1)
+    assert t.request_cancel(task.pk)
+    assert not taskstate.cancel_requested()  # within the interval: not read again
+    assert cancel_reads.count == 1
+    monkeypatch.setattr(cancels, "age", lambda: 5.0)  # older than CANCEL_CHECK_INTERVAL
     assert taskstate.cancel_requested()
+    assert cancel_reads.count == 2
 
 
 def test_cancel_requested_outside_a_tracked_message_is_false():

@@ -10,6 +10,7 @@ import pytest
 from taskstate import transitions as t
 from taskstate.for_state import Origin, TaskIdentity
 from taskstate.models import Status, Task
+from tests.support.writes import progress_one, write_one
 
 pytestmark = pytest.mark.django_db
 
@@ -24,17 +25,17 @@ def origin(message_id: str = "m-1", user_pk=None, description: str = "Export") -
     )
 
 
-# Each step: (status, order, values, same_order_wins)
+# Each step: (status, order, values)
 STEPS = {
-    "enqueued": (Status.ENQUEUED, t.ENQUEUED_ORDER, {}, False),
-    "running": (Status.RUNNING, t.running_order(1), {"attempts": 1}, True),
-    "done": (Status.DONE, t.TERMINAL_ORDER, {"progress": 100, "attempts": 1}, False),
+    "enqueued": (Status.ENQUEUED, t.ENQUEUED_ORDER, {}),
+    "running": (Status.RUNNING, t.running_order(1), {"attempts": 1}),
+    "done": (Status.DONE, t.TERMINAL_ORDER, {"progress": 100, "attempts": 1}),
 }
 
 
 def apply(name: str, o: Origin | None = None) -> Task | None:
-    status, order, values, same = STEPS[name]
-    return t.write(o or origin(), status, order, values, same_order_wins=same)
+    status, order, values = STEPS[name]
+    return write_one(o or origin(), status, order, values)
 
 
 @pytest.mark.parametrize("order", list(itertools.permutations(["enqueued", "running", "done"])))
@@ -61,26 +62,24 @@ def test_running_after_done_is_refused():
 
 def test_terminal_state_is_final_even_for_another_terminal_write():
     apply("done")
-    assert t.write(origin(), Status.FAILED, t.TERMINAL_ORDER, {}) is None
+    assert write_one(origin(), Status.FAILED, t.TERMINAL_ORDER, {}) is None
     assert Task.objects.get().status == Status.DONE
 
 
 def test_redelivered_attempt_may_run_again_but_keeps_first_start():
-    first = t.write(
+    first = write_one(
         origin(),
         Status.RUNNING,
         t.running_order(1),
         {"attempts": 1, "started_at": datetime(2029, 1, 1, tzinfo=timezone.utc)},
-        same_order_wins=True,
         keep=("started_at",),
     )
     assert first is not None
-    again = t.write(
+    again = write_one(
         origin(),
         Status.RUNNING,
         t.running_order(1),
         {"attempts": 1, "started_at": datetime(2030, 1, 1, tzinfo=timezone.utc)},
-        same_order_wins=True,
         keep=("started_at",),
     )
     assert again is not None
@@ -88,17 +87,12 @@ def test_redelivered_attempt_may_run_again_but_keeps_first_start():
 
 
 def test_retrying_sits_between_two_attempts():
-    t.write(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1}, same_order_wins=True)
-    t.write(origin(), Status.RETRYING, t.retrying_order(1), {"error_type": "ValueError"})
+    write_one(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1})
+    write_one(origin(), Status.RETRYING, t.retrying_order(1), {"error_type": "ValueError"})
     # A stale "running" of attempt 1 (a duplicate delivery) cannot undo the retry...
-    assert (
-        t.write(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1}, same_order_wins=True)
-        is None
-    )
+    assert write_one(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1}) is None
     # ...but attempt 2 starts.
-    task = t.write(
-        origin(), Status.RUNNING, t.running_order(2), {"attempts": 2}, same_order_wins=True
-    )
+    task = write_one(origin(), Status.RUNNING, t.running_order(2), {"attempts": 2})
     assert task is not None and task.status == Status.RUNNING and task.attempts == 2
     assert task.error_type == "ValueError"
 
@@ -132,7 +126,7 @@ def test_a_failed_write_is_logged_and_returns_none(caplog, monkeypatch):
     def broken(*args, **kwargs):
         raise DatabaseError("server closed the connection")
 
-    monkeypatch.setattr(t, "_execute_returning", broken)
+    monkeypatch.setattr(t, "_batch_once", broken)
     assert apply("enqueued") is None
     assert apply("running") is None
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
@@ -144,34 +138,11 @@ def test_a_failed_write_is_logged_and_returns_none(caplog, monkeypatch):
     assert "answers again" in caplog.text
 
 
-def test_progress_update_touches_only_the_running_attempt():
-    t.write(origin(), Status.RUNNING, t.running_order(2), {"attempts": 2}, same_order_wins=True)
-    assert not t.update_progress("m-1", 1, 50, "old attempt")
-    assert t.update_progress("m-1", 2, 60, "now")
+def test_a_progress_report_lands_only_on_the_running_attempt():
+    write_one(origin(), Status.RUNNING, t.running_order(2), {"attempts": 2})
+    assert progress_one(origin(), 1, 50, "old attempt") is None
+    assert progress_one(origin(), 2, 60, "now") is not None
     task = Task.objects.get()
     assert (task.progress, task.progress_message) == (60, "now")
     apply("done")
-    assert not t.update_progress("m-1", 2, 70, None)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_asynchronous_commit_writes_the_same_and_leaves_the_connection_alone(
-    settings, count_queries
-):
-    from django.db import connection
-
-    settings.TASKSTATE = {"SYNCHRONOUS_COMMIT": False}
-    t.write(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1}, same_order_wins=True)
-    assert t.update_progress("m-1", 1, 30, "a third")
-    apply("done")
-    task = Task.objects.get()
-    assert (task.status, task.progress, task.attempts) == (Status.DONE, 100, 1)
-    writes = count_queries.starting("INSERT") + count_queries.starting("UPDATE")
-    assert len(writes) == 3
-    if connection.vendor == "postgresql":
-        assert all("set_config('synchronous_commit', 'off', true)" in w for w in writes)
-        with connection.cursor() as cursor:
-            cursor.execute("SHOW synchronous_commit")
-            assert cursor.fetchone()[0] == "on"
-    else:
-        assert not any("set_config" in w for w in writes)
+    assert progress_one(origin(), 2, 70) is None

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from taskstate.models import Status, Task
+from tests.support.writes import progress_one, write_one
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -174,7 +175,7 @@ def test_a_value_the_database_refuses_costs_the_value_not_the_status(user, caplo
 
     values = {"result": result, "error_message": "kept?", "progress": 100}
     with caplog.at_level(logging.WARNING, logger="taskstate"):
-        task = t.write(_origin("refused", user.pk), Status.DONE, t.TERMINAL_ORDER, values)
+        task = write_one(_origin("refused", user.pk), Status.DONE, t.TERMINAL_ORDER, values)
     row = Task.objects.get(message_id="refused")
     assert task is not None and task.pk == row.pk
     assert (row.status, row.progress, row.user_id) == (Status.DONE, 100, user.pk)
@@ -189,8 +190,8 @@ def test_a_value_the_database_refuses_costs_the_value_not_the_status(user, caplo
 def test_progress_message_with_a_lone_surrogate_is_stored_cleaned(user):
     from taskstate import transitions as t
 
-    t.write(_origin("progress", user.pk), Status.RUNNING, t.running_order(1), {"attempts": 1})
-    assert t.update_progress("progress", 1, 40, "bad \udcff") is True
+    write_one(_origin("progress", user.pk), Status.RUNNING, t.running_order(1), {"attempts": 1})
+    assert progress_one(_origin("progress", user.pk), 1, 40, "bad \udcff") is not None
     row = Task.objects.get(message_id="progress")
     assert (row.progress, row.progress_message) == (40, "bad \ufffd")
 

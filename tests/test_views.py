@@ -52,17 +52,24 @@ def test_events_streams_for_a_logged_in_user_under_asgi(async_client, user):
     assert response.streaming
 
 
-def test_events_under_wsgi_answer_an_error_event_and_log_it(alice, caplog):
+def test_events_under_wsgi_answer_an_error_event_and_log_it_once(alice, caplog, monkeypatch):
     # runserver and gunicorn are WSGI: the stream would hang, sending nothing.
+    from taskstate import views
+
+    monkeypatch.setattr(views, "_cannot_stream_logged", False)  # as in a fresh process
     with caplog.at_level("ERROR", logger="taskstate"):
-        response = alice.get(reverse("taskstate:events"))
-    assert response.status_code == 200
-    assert response["Content-Type"].startswith("text/event-stream")
-    assert not response.streaming
-    body = response.content.decode()
-    assert body.startswith("event: stream-error")
-    assert "stream-unavailable" in body
-    assert "ASGI" in body
+        responses = [alice.get(reverse("taskstate:events")) for _ in range(3)]
+    for response in responses:
+        assert response.status_code == 200
+        assert response["Content-Type"].startswith("text/event-stream")
+        assert not response.streaming
+        body = response.content.decode()
+        assert body.startswith("event: stream-error")
+        assert "stream-unavailable" in body
+        assert "ASGI" in body
+        # Clients other than the page's script wait as long before they ask again.
+        assert f"\nretry: {views.CANNOT_STREAM_RETRY_MS}\n\n" in body
+    # Every page asks at least once: the log says it once per process.
     lines = [r.getMessage() for r in caplog.records if r.name == "taskstate"]
     assert len(lines) == 1
     assert "needs an ASGI server" in lines[0]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from django.db import connection
+from dramatiq.middleware import Middleware
 
+from taskstate import conf
 from taskstate import transitions as t
 from taskstate.for_state import Origin, TaskIdentity
 from taskstate.models import Status, Task
@@ -17,6 +19,7 @@ from taskstate.signals import progress_committed, task_changed
 from taskstate.writer import writer
 from tests.support.factories import make_task
 from tests.support.faults import wait_for
+from tests.support.writes import write_one
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,21 +62,11 @@ def inserts(count_queries: Any) -> list[str]:
     return count_queries.starting("INSERT")
 
 
-def several_rows(sql: str, params: Any) -> bool:
-    """Whether the statement upserts more than one row: a VALUES list of several, or, on
-    PostgreSQL, arrays of several values each."""
-    if "INSERT INTO" not in sql:
-        return False
-    if " unnest(" in sql:
-        return any(isinstance(p, list) and len(p) >= 2 for p in params or ())
-    return "), (" in sql
-
-
 # --- write_batch ---------------------------------------------------------------------
 
 
 def test_a_batch_of_many_messages_is_one_statement_and_returns_each_row(count_queries):
-    t.write(origin("m-old"), Status.DONE, t.TERMINAL_ORDER, {"attempts": 1})
+    write_one(origin("m-old"), Status.DONE, t.TERMINAL_ORDER, {"attempts": 1})
     count_queries.statements = []
     changes = [running(f"m-{i}") for i in range(5)] + [running("m-old")]
     rows = t.write_batch(changes)
@@ -91,6 +84,49 @@ def test_a_batch_of_many_messages_is_one_statement_and_returns_each_row(count_qu
     assert len(count_queries.statements) == 1 + reads, count_queries.statements
     assert Task.objects.get(message_id="m-old").status == Status.DONE
     assert Task.objects.filter(status=Status.RUNNING).count() == 5
+
+
+def test_rows_of_one_batch_keep_their_own_columns_and_take_every_default(django_user_model):
+    user = django_user_model.objects.create(username="batch-owner")
+    sent_at = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    changes = [
+        t.Change(
+            Origin(
+                message_id=f"m-own-{i}",
+                actor_name=f"actor-{i}",
+                queue_name=f"queue-{i}",
+                sent_at=sent_at + timedelta(seconds=i),
+                identity=TaskIdentity(
+                    user_pk=user.pk if i else None,
+                    description=f"Row {i}",
+                    app_name=f"app{i}",
+                    model_name=f"model{i}",
+                ),
+                language=f"l{i}",
+            ),
+            Status.ENQUEUED,
+            t.ENQUEUED_ORDER,
+            {},
+        )
+        for i in range(3)
+    ]
+    t.write_batch(changes)
+    rows = {task.message_id: task for task in Task.objects.filter(message_id__startswith="m-own-")}
+    for i in range(3):
+        row = rows[f"m-own-{i}"]
+        assert (row.actor_name, row.queue_name, row.description) == (
+            f"actor-{i}",
+            f"queue-{i}",
+            f"Row {i}",
+        )
+        assert (row.app_name, row.model_name, row.language) == (f"app{i}", f"model{i}", f"l{i}")
+        assert row.created_at == sent_at + timedelta(seconds=i)
+        assert row.user_id == (user.pk if i else None)
+    # The columns no message and no change sets hold the model's defaults in every row.
+    for name in ("progress", "result", "attempts", "seen", "kind", "position", "retry_message"):
+        assert {getattr(row, name) for row in rows.values()} == {
+            Task._meta.get_field(name).get_default()
+        }
 
 
 def test_a_batch_over_the_database_s_parameter_limit_is_split_in_one_transaction(
@@ -219,18 +255,18 @@ def test_a_progress_merged_after_a_running_change_is_still_the_running_change():
 # --- the writer thread, with a worker ---------------------------------------------------
 
 
-def test_the_workers_changes_share_batches(run_all, user, count_queries, settings):
+def test_the_workers_changes_share_batches(run_all, user, count_queries, monkeypatch):
     # Batches wait (60 s) for a change someone waits for, or for the test's flush.
-    settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MAX_DELAY": 60}
+    monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)
     messages = [actors.noop.send(for_state={"user_pk": user.pk}) for _ in range(6)]
     run_all()
     rows = Task.objects.filter(message_id__in=[m.message_id for m in messages])
     assert {row.status for row in rows} == {Status.DONE} and len(rows) == 6
-    # Immediate writes: 6 enqueued + 6 running + 6 done = 18 statements. Here each running
-    # write has its batch written at once (taking whatever else waits along), and the
-    # done changes wait: at most 6 running batches and one last batch.
+    # One statement per change would be 6 enqueued + 6 running + 6 done = 18. Each running
+    # write has its batch written at once (taking whatever else waits along), and each
+    # ack hurries its done change (taking whatever else waits along): never more than
+    # one statement per message and state.
     assert len(inserts(count_queries)) <= 6 + 6 + 1, inserts(count_queries)
-    assert any(several_rows(sql, params) for sql, params in count_queries.calls)
 
 
 def test_progress_is_written_and_announced_with_the_task_and_its_group(
@@ -296,61 +332,120 @@ def test_rows_are_announced_once_each_in_the_order_written(run_all, user):
     assert mine[-1][0] == "failed" and [s for s, _ in mine].count("failed") == 1
 
 
-def test_a_worker_that_looked_lately_starts_a_message_without_a_read_or_a_wait(
-    broker, worker, run_all, user, count_queries
+def test_a_start_looks_for_cancel_requests_with_one_read_on_the_watch_s_own_connection(
+    broker, worker, run_all, user, count_queries, monkeypatch
 ):
+    from django.db import connections
+
+    from taskstate import writer as writer_module
     from taskstate.writer import cancels
 
-    assert cancels.refresh()  # as the writer does with its batches
+    used: list[Any] = []
+    real_read = writer_module.cancels_since
+
+    def read(since: Any, connection: Any = None) -> list[str] | None:
+        used.append(connection)
+        return real_read(since, connection)
+
+    monkeypatch.setattr(writer_module, "cancels_since", read)
+    assert cancels.refresh()  # as the writer does with its batches: the start reads anyway
+    used.clear()
     count_queries.statements = []
     message = actors.runs_once.send("writer-key", for_state={"user_pk": user.pk})
     run_all()
-    # Nothing read to look for a cancel, no batch waited for; MySQL and MariaDB read each
-    # batch back.
+    # One read of cancel requests, on a connection the watch keeps open (a worker thread's
+    # own may be closed after each message); no batch waited for. MySQL and MariaDB read
+    # each batch back.
+    assert len(used) == 1 and used[0] is not None
+    assert used[0] not in connections.all(initialized_only=True)
     if connection.vendor != "mysql":
-        assert count_queries.starting("SELECT") == []
-    assert cancels.worker_reads == 0
+        assert len(count_queries.starting("SELECT")) == 1
     assert Task.objects.get(message_id=message.message_id).status == Status.DONE
 
 
-def test_an_idle_worker_looks_once_then_the_writer_keeps_what_it_knows_fresh(
-    broker, worker, run_all, user, settings
+def test_a_cancel_read_sends_one_fixed_text_of_message_ids_and_compiles_no_query(monkeypatch):
+    from django.db import connections
+    from django.db.models.sql.compiler import SQLCompiler
+
+    from tests.support.factories import ago
+
+    make_task(message_id="m-asked", status=Status.ENQUEUED, cancel_requested_at=ago(5))
+    make_task(message_id="m-not-asked", status=Status.ENQUEUED)
+    compiled: list[Any] = []
+    real_as_sql = SQLCompiler.as_sql
+
+    def as_sql(self: SQLCompiler, *args: Any, **kwargs: Any) -> Any:
+        compiled.append(self.query.model)
+        return real_as_sql(self, *args, **kwargs)
+
+    sent: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        sent.append(sql)
+        return execute(sql, params, many, context)
+
+    own = connections.create_connection(connection.alias)
+    own.execute_wrappers.append(record)
+    monkeypatch.setattr(SQLCompiler, "as_sql", as_sql)
+    try:
+        first = t.cancels_since(None, own)
+        later = [t.cancels_since(since, own) for since in (ago(1), ago(9))]
+    finally:
+        monkeypatch.undo()
+        own.close()
+
+    assert first == ["m-asked"] and later == [["m-asked"], ["m-asked"]]
+    assert compiled == []  # no query built by the ORM
+    # The reads themselves (a backend may send session settings around them, as the
+    # statement bounds do on MySQL): the same text, whatever the time.
+    reads = [sql for sql in sent if "cancel_requested_at" in sql]
+    assert len(reads) == 3 and reads[1] == reads[2]
+
+
+def test_each_start_looks_once_and_the_writer_keeps_what_running_messages_know_fresh(
+    broker, worker, run_all, user, monkeypatch, cancel_reads
 ):
     from taskstate.writer import cancels
 
-    settings.TASKSTATE = {**settings.TASKSTATE, "CANCEL_CHECK_INTERVAL": 3.0}
+    monkeypatch.setattr(conf, "CANCEL_CHECK_INTERVAL", 3.0)
     actors.runs_once.send("idle-1", for_state={"user_pk": user.pk})
     run_all()
     assert writer.flush(10)
-    assert (cancels.reads, cancels.worker_reads) == (1, 1)  # nothing known yet: one look
+    assert (cancel_reads.count, cancel_reads.by_workers) == (1, 1)  # the start's look
     time.sleep(1.6)  # older than half the interval: the next batch refreshes it
-    actors.runs_once.send("idle-2", for_state={"user_pk": user.pk})
-    run_all()
+    assert writer.submit(running("m-fresh"))
     assert writer.flush(10)
-    assert (cancels.reads, cancels.worker_reads) == (2, 1)
+    assert (cancel_reads.count, cancel_reads.by_workers) == (2, 1)
     assert cancels.age() < 1.5
 
 
-def test_flush_writes_what_waits_and_release_lets_go_of_the_connection(settings):
-    settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MAX_DELAY": 60}
+def test_flush_writes_what_waits_and_release_lets_go_of_the_connection(monkeypatch):
+    monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)
     assert writer.submit(running("m-flush"))
-    assert writer.pending() == 1
+    assert writer.unwritten() == 1
     assert not Task.objects.filter(message_id="m-flush").exists()
     assert writer.flush(10)
-    assert writer.pending() == 0
+    assert writer.unwritten() == 0
     assert Task.objects.get(message_id="m-flush").status == Status.RUNNING
     writer.release()
 
 
-def test_write_and_wait_returns_the_row_as_written():
-    task, written = writer.write_and_wait(running("m-wait"), 10)
-    assert written and task is not None
-    assert (task.message_id, task.status) == ("m-wait", Status.RUNNING)
-    task, written = writer.write_and_wait(running("m-wait", progress=5), 10)
-    assert written and task is not None and task.progress == 5
-    t.write_batch([done("m-wait")])
-    task, written = writer.write_and_wait(running("m-wait"), 10)
-    assert written and task is None  # refused: done is final
+def test_a_queued_change_is_told_the_row_as_written_or_none_when_refused():
+    told: list[tuple[Any, bool]] = []
+
+    def queue(change: t.Change) -> None:
+        change.notify.append(lambda task, written: told.append((task, written)))
+        assert writer.submit(change)
+        assert writer.flush(10)
+
+    queue(running("m-told"))
+    queue(running("m-told", progress=5))
+    t.write_batch([done("m-told")])
+    queue(running("m-told"))
+    [(first, written_1), (second, written_2), (refused, written_3)] = told
+    assert written_1 and (first.message_id, first.status) == ("m-told", Status.RUNNING)
+    assert written_2 and second.progress == 5
+    assert written_3 and refused is None  # refused: done is final
 
 
 # --- CancelWatch: what a process knows of cancel requests ------------------------------
@@ -393,12 +488,13 @@ def test_the_first_look_finds_every_request_a_worker_may_still_meet(user):
     assert cancels.known("asked-now")
 
 
-def test_the_watch_reads_nothing_while_the_database_is_failing(monkeypatch):
+def test_the_watch_reads_nothing_while_the_database_is_failing(monkeypatch, cancel_reads):
     from taskstate import writer as writer_module
 
     monkeypatch.setattr(writer_module, "database_down", lambda: True)
     assert not writer_module.cancels.requested("m-down")
-    assert writer_module.cancels.reads == 0
+    assert not writer_module.cancels.heard_of("m-down")
+    assert cancel_reads.count == 0
 
 
 # --- the bound: a database that is away -----------------------------------------------
@@ -429,13 +525,13 @@ def test_an_outage_fills_the_queue_to_its_bound_then_merges_and_recovery_writes_
     assert not writer.submit(running("m-out-new"))
     assert not writer.submit(done("m-out-new-2"))
     assert time.monotonic() - started < 0.5
-    assert writer.pending() == 3
+    assert writer.unwritten() == 3
     full = [r for r in caplog.records if "further messages are dropped" in r.getMessage()]
     assert len(full) == 1
     # A message already waiting still takes its newest state.
     assert writer.submit(running("m-out-1", progress=40))
     assert writer.submit(done("m-out-2"))
-    assert writer.pending() == 3
+    assert writer.unwritten() == 3
 
     monkeypatch.setattr(writer_module, "write_batch", real_write)
     assert writer.flush(10)
@@ -453,49 +549,114 @@ def test_an_outage_fills_the_queue_to_its_bound_then_merges_and_recovery_writes_
 # --- shutdown -------------------------------------------------------------------------
 
 
-def test_a_worker_stopping_writes_what_waits_without_waiting_for_the_delay(broker, user, settings):
+def test_an_ack_waits_for_its_final_change_and_hurries_it_past_the_delay(broker, user, monkeypatch):
+    """The ack of a finished message follows the commit of its final change, at once:
+    not after conf.WRITE_MAX_DELAY (60 s here)."""
     import dramatiq
     from dramatiq.brokers.stub import StubBroker
 
     from tests.support.workers import stop_worker
 
-    settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MAX_DELAY": 60}
+    monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)
     w = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
     w.start()
     try:
+        started = time.monotonic()
         message = actors.runs_once.send("m-stop", for_state={"user_pk": user.pk})
         if isinstance(broker, StubBroker):
             broker.join("default", timeout=30_000, fail_fast=False)
         else:
             broker.join("default", timeout=30_000)
-        w.join()
-        assert Task.objects.get(message_id=message.message_id).status == Status.ENQUEUED
-        assert writer.pending() == 1  # its end waits for the 60 s delay
+        w.join()  # returns once the message is acked
+        assert Task.objects.get(message_id=message.message_id).status == Status.DONE
+        assert writer.unwritten() == 0
+        assert time.monotonic() - started < 10
     finally:
-        started = time.monotonic()
-        stop_worker(broker, w)  # after_worker_shutdown flushes the writer
-    assert time.monotonic() - started < 10
-    assert writer.pending() == 0
-    assert Task.objects.get(message_id=message.message_id).status == Status.DONE
+        stop_worker(broker, w)
 
 
-def test_a_task_that_ends_while_its_worker_stops_is_written_by_the_stop(broker, user, settings):
+class _SeesTheRowAtTheAck(Middleware):
+    """Reads each tracked message's row where Dramatiq is about to ack or reject it (a
+    middleware after StateMiddleware)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    def _look(self, kind: str, message: Any) -> None:
+        # A retry's delayed copy is acked when its eta comes (it ran nothing): left out.
+        if "for_state" in message.kwargs and "eta" not in message.options:
+            status = (
+                Task.objects.filter(message_id=message.message_id)
+                .values_list("status", flat=True)
+                .first()
+            )
+            self.seen.append((message.actor_name, kind, status))
+
+    def before_ack(self, broker: Any, message: Any) -> None:
+        self._look("ack", message)
+
+    def before_nack(self, broker: Any, message: Any) -> None:
+        self._look("nack", message)
+
+
+def test_every_ack_and_rejection_comes_after_the_final_row_is_committed(broker, user, monkeypatch):
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    from tests.support.workers import stop_worker
+
+    # A batch would otherwise wait a minute: the ack must not.
+    monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)
+    sees = _SeesTheRowAtTheAck()
+    broker.add_middleware(sees)
+    w = dramatiq.Worker(broker, worker_timeout=20, worker_threads=4)
+    w.start()
+    try:
+        for_state = {"user_pk": user.pk}
+        actors.runs_once.send("m-ack-done", for_state=for_state)
+        actors.always_fails.send(for_state=for_state)
+        actors.skips.send(for_state=for_state)
+        wait_for(lambda: len(sees.seen) >= 5, 30, "five acks and rejections")
+        if isinstance(broker, StubBroker):
+            broker.join(actors.always_fails.queue_name, fail_fast=False)
+        else:
+            broker.join(actors.always_fails.queue_name)
+        w.join()
+    finally:
+        stop_worker(broker, w)
+        broker.middleware.remove(sees)
+    # The row at each ack: the attempt's own final state, or one further on (the next
+    # attempt may end before this thread reads); never enqueued or running.
+    allowed = {
+        ("runs_once", "ack"): {"done"},
+        ("always_fails", "ack"): {"retrying", "failed"},
+        ("always_fails", "nack"): {"failed"},
+        ("skips", "ack"): {"skipped"},
+    }
+    assert sorted((actor, kind) for actor, kind, _ in sees.seen) == sorted(
+        [*allowed, ("always_fails", "ack")]
+    )
+    wrong = [seen for seen in sees.seen if seen[2] not in allowed[seen[:2]]]
+    assert not wrong, sees.seen
+
+
+def test_a_task_that_ends_while_its_worker_stops_is_written_by_the_stop(broker, user, monkeypatch):
     """Dramatiq sends before_worker_shutdown before it waits for the running actors and
     the consumers' acks: what they hand over is written by after_worker_shutdown."""
     import dramatiq
 
     from tests.support.workers import stop_worker
 
-    settings.TASKSTATE = {**settings.TASKSTATE, "WRITE_MAX_DELAY": 60}
+    monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)
     w = dramatiq.Worker(broker, worker_timeout=20, worker_threads=2)
     w.start()
     try:
         message = actors.paced.send(2, 0.3, for_state={"user_pk": user.pk})
         # Its running change waits in the queue (60 s delay): the actor has started.
-        wait_for(lambda: writer.pending() == 1, 30, "the actor to start")
+        wait_for(lambda: writer.unwritten() == 1, 30, "the actor to start")
     finally:
         stop_worker(broker, w)  # waits for the actor to end, then for its ack
-    assert writer.pending() == 0
+    assert writer.unwritten() == 0
     task = Task.objects.get(message_id=message.message_id)
     assert (task.status, task.result) == (Status.DONE, 2)
 
@@ -518,7 +679,7 @@ def test_shutdown_with_the_database_away_gives_up_within_its_bound_and_says_so(m
     # Tried again every FLUSH_RETRY_PAUSE (0.1 s) meanwhile, not in a tight loop.
     assert 1 <= len(tries) <= 8, len(tries)
     said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert any("2 messages' last state changes could not be written" in m for m in said), said
+    assert any("2 messages' state changes could not be written" in m for m in said), said
     # The changes are still there: written once the database is back.
     monkeypatch.undo()
     assert writer.flush(10)
@@ -528,13 +689,13 @@ def test_shutdown_with_the_database_away_gives_up_within_its_bound_and_says_so(m
 # --- CancelWatch under faults, async actors and many requests ---------------------------
 
 
-def test_one_failed_read_serves_every_thread_that_waited_for_it(monkeypatch, settings):
+def test_one_failed_read_serves_every_thread_that_waited_for_it(monkeypatch):
     from taskstate import writer as writer_module
 
-    settings.TASKSTATE = {**settings.TASKSTATE, "CANCEL_CHECK_INTERVAL": 0.01}
+    monkeypatch.setattr(conf, "CANCEL_CHECK_INTERVAL", 0.01)
     gate, calls = threading.Event(), []
 
-    def hung_then_failed(since: Any) -> None:
+    def hung_then_failed(since: Any, connection: Any = None) -> None:
         calls.append(since)
         gate.wait(10)
         return None  # the database could not be read
@@ -557,16 +718,140 @@ def test_one_failed_read_serves_every_thread_that_waited_for_it(monkeypatch, set
     assert len(calls) == 1, "each waiting thread read again"
 
 
-def test_an_async_actor_s_look_never_reads_in_the_event_loop(monkeypatch, settings):
+class CountingLock:
+    """A lock that counts the attempts to take it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tries = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.tries += 1
+        return self.lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_one_read_begun_after_them_serves_every_start_waiting_and_none_trusts_an_older_one(
+    monkeypatch,
+):
+    from taskstate import writer as writer_module
+    from taskstate.writer import cancels
+
+    gates, calls = [threading.Event(), threading.Event()], []
+
+    def read(since: Any, connection: Any = None) -> list[str]:
+        calls.append(threading.current_thread().name)
+        gates[len(calls) - 1].wait(10)
+        # The request commits while the first read is in flight: only the second sees it.
+        return [] if len(calls) == 1 else ["m-late"]
+
+    reading = CountingLock()
+    monkeypatch.setattr(writer_module, "cancels_since", read)
+    monkeypatch.setattr(writer_module, "database_down", lambda: False)
+    monkeypatch.setattr(cancels, "_reading", reading)
+    answers: dict[str, bool] = {}
+
+    def start(name: str) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: answers.update({name: cancels.heard_of("m-late")}), name=name
+        )
+        thread.start()
+        return thread
+
+    early = start("early")
+    wait_for(lambda: len(calls) == 1, 10, "the first read")
+    # Three starts arrive while that read is in flight: it began before them, so they wait
+    # for the next one, made by one of them, which they share.
+    late = [start(f"late-{n}") for n in range(3)]
+    wait_for(lambda: reading.tries == 4, 10, "the starts to wait")
+    gates[0].set()
+    early.join(10)
+    assert answers == {"early": False}
+    wait_for(lambda: len(calls) == 2, 10, "the second read")
+    assert all(thread.is_alive() for thread in late)
+    gates[1].set()
+    for thread in late:
+        thread.join(10)
+    assert answers == {"early": False, "late-0": True, "late-1": True, "late-2": True}
+    assert calls[0] == "early" and calls[1].startswith("late-") and len(calls) == 2
+
+
+def test_a_hung_read_holds_other_starts_only_within_the_bound_and_later_ones_not_at_all(
+    monkeypatch, caplog
+):
+    from taskstate import writer as writer_module
+    from taskstate.writer import cancels
+
+    gate, calls = threading.Event(), []
+
+    def hung(since: Any, connection: Any = None) -> list[str]:
+        calls.append(since)
+        gate.wait(10)  # a statement the database bounds would end
+        return ["m-hung"]
+
+    monkeypatch.setattr(writer_module, "cancels_since", hung)
+    monkeypatch.setattr(writer_module, "database_down", lambda: False)
+    monkeypatch.setattr(writer_module, "_start_wait", lambda: 0.3)
+    first = threading.Thread(target=cancels.heard_of, args=("m-hung",))
+    first.start()
+    try:
+        wait_for(lambda: len(calls) == 1, 10, "the first start's read")
+        began = time.monotonic()
+        assert not cancels.heard_of("m-hung")  # nothing known: it starts
+        assert 0.3 <= time.monotonic() - began < 5
+        said = [r.getMessage() for r in caplog.records]
+        assert any("no read of cancel requests ended" in m for m in said), said
+        began = time.monotonic()
+        assert not cancels.heard_of("m-hung")
+        assert time.monotonic() - began < 0.2  # no wait while the read is overdue
+    finally:
+        gate.set()
+        first.join(10)
+    assert cancels.heard_of("m-hung")  # the read ended: known
+    assert len(calls) == 1
+
+
+def test_a_start_in_an_event_loop_thread_waits_for_a_read_made_elsewhere(monkeypatch):
     import asyncio
 
     from taskstate import writer as writer_module
-    from taskstate.handoff import handoff
+    from taskstate.writer import cancels
 
-    settings.TASKSTATE = {**settings.TASKSTATE, "CANCEL_CHECK_INTERVAL": 0.01}
     readers: list[int] = []
 
-    def read(since: Any) -> list[str]:
+    def read(since: Any, connection: Any = None) -> list[str]:
+        readers.append(threading.get_ident())
+        return ["m-loop"]
+
+    monkeypatch.setattr(writer_module, "cancels_since", read)
+    monkeypatch.setattr(writer_module, "database_down", lambda: False)
+
+    async def look() -> tuple[bool, int]:
+        return cancels.heard_of("m-loop"), threading.get_ident()
+
+    known, loop_thread = asyncio.run(look())
+    assert known
+    assert readers and loop_thread not in readers
+
+
+def test_an_async_actor_s_look_never_reads_in_the_event_loop(monkeypatch):
+    import asyncio
+
+    from taskstate import writer as writer_module
+    from taskstate.background import background
+
+    monkeypatch.setattr(conf, "CANCEL_CHECK_INTERVAL", 0.01)
+    readers: list[int] = []
+
+    def read(since: Any, connection: Any = None) -> list[str]:
         readers.append(threading.get_ident())
         return ["m-async"]
 
@@ -579,7 +864,7 @@ def test_an_async_actor_s_look_never_reads_in_the_event_loop(monkeypatch, settin
 
     known, loop_thread = asyncio.run(actor_look())
     assert not known  # nothing known yet, and no read here
-    assert handoff.flush(10)
+    assert background.flush(10)
     assert readers and loop_thread not in readers
     assert watch.known("m-async")  # read by another thread: the next look sees it
 
@@ -591,7 +876,7 @@ def test_requests_forgotten_at_the_bound_are_read_back_by_the_next_first_look(mo
     looks: list[Any] = []
     answers = iter([["a", "b", "c"], ["d", "e"], ["a", "b", "c", "d", "e"]])
 
-    def read(since: Any) -> list[str]:
+    def read(since: Any, connection: Any = None) -> list[str]:
         looks.append(since)
         return next(answers)
 
@@ -636,7 +921,7 @@ def test_rows_written_one_by_one_before_an_outage_are_announced_not_lost(monkeyp
         # The first row is committed: announced now, and not queued again.
         assert announced == [("m-part-0", "done")]
         assert Task.objects.get(message_id="m-part-0").status == Status.DONE
-        assert writer.pending() == 2
+        assert writer.unwritten() == 2
         monkeypatch.setattr(t, "_batch_once", real_once)
         assert writer.flush(10)
     finally:

@@ -5,16 +5,28 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any
 
+import django
 import dramatiq
 from django.utils import timezone
+from dramatiq.middleware import CurrentMessage
 
 import taskstate
+from taskstate.control import RETRY_OF_OPTION
 
 REPORT_SECTIONS = 12
+#: How fast the demo's work goes: each pause and back-off is multiplied by it (the
+#: browser tests set 0.5; 1 shows the pace the actions' descriptions give).
+PACE = float(os.environ.get("DEMO_PACE", "1"))
+
+
+def pause(seconds: float) -> None:
+    """A moment of (pretend) work, at the demo's pace."""
+    time.sleep(seconds * PACE)
 
 
 class FeedUnavailable(Exception):
@@ -31,7 +43,7 @@ def build_report(for_state: dict[str, Any] | None = None) -> dict[str, Any]:
     rows = 0
     try:
         for section in range(1, REPORT_SECTIONS + 1):
-            time.sleep(random.uniform(0.8, 1.2))
+            pause(random.uniform(0.8, 1.2))
             rows += random.randint(40, 120)
             taskstate.progress(
                 section, REPORT_SECTIONS, message=f"Section {section} of {REPORT_SECTIONS}"
@@ -44,33 +56,42 @@ def build_report(for_state: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"url": f"/reports/{number}.csv", "rows": rows}
 
 
-@dramatiq.actor(max_retries=2, min_backoff=1_500, max_backoff=3_000, time_limit=30_000)
-def flaky_import(feed_back_at: float = 0.0, for_state: dict[str, Any] | None = None) -> int:
-    """Fails while the supplier feed is down (until ``feed_back_at``, a Unix time).
+@dramatiq.actor(
+    max_retries=2, min_backoff=int(1_500 * PACE), max_backoff=int(3_000 * PACE), time_limit=30_000
+)
+def flaky_import(feed_down: bool = True, for_state: dict[str, Any] | None = None) -> int:
+    """Fails every attempt while the supplier feed is down, then Dramatiq gives up.
 
-    The feed stays down through Dramatiq's two retries, so the task fails; sent with
-    ``retryable``, its row then offers Retry, which sends it again: by then the feed is
-    back and the import goes through.
+    The feed is down for a message the demo sends and back for one sent again from its
+    row (Retry: the message carries ``taskstate_retry_of``), however long the retries
+    take; ``feed_down=False`` finds it back from the start.
     """
     taskstate.progress(10, message="Connecting to the supplier feed")
-    time.sleep(0.8)
-    if time.time() < feed_back_at:
+    pause(0.8)
+    message = CurrentMessage.get_current_message()
+    resent = message is not None and RETRY_OF_OPTION in message.options
+    if feed_down and not resent:
         raise FeedUnavailable("The supplier feed answered 503 Service Unavailable")
-    for _ in taskstate.track(range(20)):
-        time.sleep(0.05)
+    for record in range(1, 21):
+        pause(0.05)
+        taskstate.progress(record, 20, message=f"Record {record} of 20 imported")
     return 20
 
 
 @dramatiq.actor(max_retries=0, time_limit=10_000)
 def quick_ping(for_state: dict[str, Any] | None = None) -> dict[str, str]:
     """Done in a blink."""
-    time.sleep(0.2)
+    pause(0.2)
     return {"pong": timezone.now().isoformat()}
 
 
 @dramatiq.actor(max_retries=0, time_limit=60_000)
 def batch_item(items: int, for_state: dict[str, Any] | None = None) -> int:
-    """One of a batch: works through ``items`` items, progress from ``track()``."""
+    """One of a batch: works through ``items`` items, progress from ``track()``.
+
+    At full pace whatever ``DEMO_PACE`` says: a batch ends in a few seconds anyway, and
+    its row's time left shows only once it has run for a while.
+    """
     for _ in taskstate.track(range(items)):
         time.sleep(random.uniform(0.05, 0.15))
     return items
@@ -80,7 +101,7 @@ def batch_item(items: int, for_state: dict[str, Any] | None = None) -> int:
 def fetch_orders(for_state: dict[str, Any] | None = None) -> int:
     """Pipeline step 1: "downloads" a file; its result goes to the next step."""
     for _ in taskstate.track(range(20)):
-        time.sleep(random.uniform(0.1, 0.2))
+        pause(random.uniform(0.1, 0.2))
     return random.randint(500, 900)
 
 
@@ -88,7 +109,7 @@ def fetch_orders(for_state: dict[str, Any] | None = None) -> int:
 def check_orders(fail: bool, orders: int, for_state: dict[str, Any] | None = None) -> int:
     """Pipeline step 2: checks the orders; with ``fail`` it finds a bad one halfway."""
     for done in range(1, 11):
-        time.sleep(random.uniform(0.2, 0.3))
+        pause(random.uniform(0.2, 0.3))
         if fail and done == 5:
             raise ValueError(f"Order {random.randint(1000, 9999)} has no customer")
         taskstate.progress(done, 10, message=f"{orders * done // 10} of {orders} orders checked")
@@ -99,5 +120,10 @@ def check_orders(fail: bool, orders: int, for_state: dict[str, Any] | None = Non
 def load_orders(orders: int, for_state: dict[str, Any] | None = None) -> dict[str, int]:
     """Pipeline step 3: loads the checked orders."""
     for _ in taskstate.track(range(10)):
-        time.sleep(random.uniform(0.1, 0.2))
+        pause(random.uniform(0.1, 0.2))
     return {"loaded": orders}
+
+
+if django.VERSION >= (6, 0):
+    # The django.tasks function: importing it declares its actor on this broker.
+    from demo import jobs  # noqa: F401

@@ -6,6 +6,7 @@ app_name = "demo"
 
 urlpatterns = [
     path("", views.index, name="index"),
+    path("json/", views.json_page, name="json"),
     path("start/<slug:key>/", views.start, name="start"),
     path("reports/<int:number>.csv", views.report, name="report"),
 ]

@@ -161,6 +161,8 @@ _DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.Retries",
     # Sends each pipeline step once the one before it succeeded (the pipeline demo).
     "dramatiq.middleware.Pipelines",
+    # The flaky import reads its message's options (is it sent again from its row?).
+    "dramatiq.middleware.CurrentMessage",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
     "taskstate.middleware.StateMiddleware",
 ]
@@ -180,8 +182,13 @@ else:
         "MIDDLEWARE": _DRAMATIQ_MIDDLEWARE,
     }
 
-# Only a channel's owner may read it, even through django-eventstream's own views.
+# A taskstate channel is served only by taskstate:events, to its owner; django-eventstream's
+# own views refuse it.
 EVENTSTREAM_CHANNELMANAGER_CLASS = "taskstate.channels.TaskstateChannelManager"
+
+# django.tasks (Django >= 6): @task functions run on the Dramatiq broker above
+# (docs/django-tasks.md). Django 5.2 ignores this setting.
+TASKS = {"default": {"BACKEND": "taskstate.backends.DramatiqBackend"}}
 
 TASKSTATE = {
     "PROGRESS_INTERVAL": 0.5,

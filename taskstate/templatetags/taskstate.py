@@ -4,21 +4,26 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from django import template
+from django.conf import settings
+from django.db import models
 from django.templatetags.static import static
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
-from django.utils.translation import gettext
+from django.utils.translation import gettext, pgettext
 
+from taskstate.channels import object_token
 from taskstate.conf import get_settings
+from taskstate.diagnostics import EVENT_BUS_ID, event_bus_problem
 from taskstate.estimates import estimator
+from taskstate.for_state import object_reference
 from taskstate.models import Task
-from taskstate.policy import allowed
-from taskstate.states import Status
+from taskstate.policy import allowed, may_dismiss, may_see_object
+from taskstate.task_json import result_url
 
 register = template.Library()
 
@@ -30,12 +35,88 @@ _SCRIPTS = (
 )
 
 
-@register.inclusion_tag("taskstate/task_list.html", takes_context=True)
-def taskstate_list(context: template.Context) -> dict[str, Any]:
+@register.simple_tag(takes_context=True)
+def taskstate_list(context: template.Context, **options: Any) -> SafeString:
     """The live task list of ``request.user``, connected to its event stream.
 
     At most ``LIST_MAX_ROWS`` tasks (one query), then "and N more" (one count).
+
+    ``{% taskstate_list for=order %}``: instead, the live list of the tasks about
+    ``order`` (sent with ``for_state={"object": order}``), for a user the policy lets see
+    them (``taskstate.policy``); nothing for anyone else.
     """
+    unknown = set(options) - {"for"}
+    if unknown:
+        raise template.TemplateSyntaxError(
+            f"taskstate_list takes no option {', '.join(sorted(unknown))}; it knows for=<object>."
+        )
+    if "for" in options:
+        return _render(
+            context, "taskstate/object_task_list.html", _object_list(context, options["for"])
+        )
+    return _render(context, "taskstate/task_list.html", _own_list(context))
+
+
+def _render(context: template.Context, name: str, data: dict[str, Any]) -> SafeString:
+    # As an inclusion tag renders: the page's engine, a new context of the tag's own.
+    engine = (
+        context.template.engine if context.template is not None else template.Engine.get_default()
+    )
+    return SafeString(engine.get_template(name).render(context.new(data)))
+
+
+def _object_list(context: template.Context, obj: Any) -> dict[str, Any]:
+    from taskstate.views import object_list_context
+
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    data: dict[str, Any] = {"request": request, "user": user, "visible": False}
+    about = _seen_object(obj, user, "taskstate_list")
+    if about is None or request is None:
+        return data
+    token = object_token(*about)
+    return {
+        **data,
+        **object_list_context(request, token, *about),
+        "visible": True,
+        "object": obj,
+        "csrf_token": context.get("csrf_token"),
+        "notify": get_settings().NOTIFY_WHEN_HIDDEN,
+    }
+
+
+def _seen_object(obj: Any, user: Any, tag: str) -> tuple[str, str] | None:
+    """``(object_type, object_pk)`` of a saved ``obj`` whose tasks the policy lets ``user``
+    see; else None."""
+    if not isinstance(obj, models.Model) or obj.pk is None or user is None:
+        return None
+    reference = object_reference(obj, tag)
+    if reference is None:
+        return None
+    object_type, object_pk = reference["model"], reference["pk"]
+    if not may_see_object(user, object_type, object_pk, obj):
+        return None
+    return object_type, object_pk
+
+
+@register.simple_tag(takes_context=True)
+def taskstate_object_json_urls(context: template.Context, obj: Any) -> dict[str, str]:
+    """The JSON URLs of the tasks about ``obj`` for a page not built with htmx:
+    ``{% taskstate_object_json_urls order as urls %}`` gives ``urls.list``
+    (``taskstate:json-object-list``) and ``urls.events`` (``taskstate:json-object-events``)
+    to a user the policy lets see them; an empty dict to anyone else."""
+    user = getattr(context.get("request"), "user", None)
+    about = _seen_object(obj, user, "taskstate_object_json_urls")
+    if about is None:
+        return {}
+    token = object_token(*about)
+    return {
+        "list": reverse("taskstate:json-object-list", args=[token]),
+        "events": reverse("taskstate:json-object-events", args=[token]),
+    }
+
+
+def _own_list(context: template.Context) -> dict[str, Any]:
     request = context.get("request")
     user = getattr(request, "user", None)
     tasks, more = Task.objects.for_user(user).for_display().first_rows(get_settings().LIST_MAX_ROWS)
@@ -47,6 +128,9 @@ def taskstate_list(context: template.Context) -> dict[str, Any]:
         "csrf_token": context.get("csrf_token"),
         "show_traceback": bool(getattr(user, "is_staff", False)),
         "notify": get_settings().NOTIFY_WHEN_HIDDEN,
+        # In DEBUG, a stream that cannot carry a worker's events says so on the page.
+        "setup_problem": event_bus_problem() if settings.DEBUG else None,
+        "setup_problem_id": EVENT_BUS_ID,
     }
 
 
@@ -112,7 +196,9 @@ def taskstate_ago(value: datetime | None) -> str:
     if value is None:
         return ""
     if timezone.now() - value < timedelta(minutes=1):
-        return gettext("just now")
+        # The word taskstate.js puts there (Intl.RelativeTimeFormat, numeric "auto"), so
+        # that rows drawn here and rows redrawn in the browser read alike.
+        return pgettext("a time seconds ago", "now")
     return gettext("%(time)s ago") % {"time": timesince(value, depth=1)}
 
 
@@ -123,40 +209,20 @@ def taskstate_result_url(task: Task) -> str:
     Only ``http``/``https`` URLs and paths on this site: never ``javascript:``, ``data:``
     or anything a browser could run.
     """
-    result = task.result
-    if not isinstance(result, dict) or task.status != Status.DONE:
-        return ""
-    url = result.get("url")
-    if not isinstance(url, str) or not url or len(url) > 2048:
-        return ""
-    if any(ord(c) <= 0x20 or c == "\\" or ord(c) == 0x7F for c in url):
-        return ""  # browsers ignore some of these inside a scheme ("java\tscript:")
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https") and parts.netloc:
-        return url
-    if not parts.scheme and not parts.netloc and not url.startswith("//"):
-        return url
-    return ""
-
-
-@register.filter
-def taskstate_meta_below(task: Task) -> bool:
-    """Whether the row's time goes on its second line, not beside its name.
-
-    A failed row has a second line anyway (its error, or a group's counts): its time sits
-    there, leaving the first line to the name and the Retry and Dismiss buttons.
-    """
-    return task.status == Status.FAILED and bool(task.kind or task.error_message or task.error_type)
+    return result_url(task)
 
 
 @register.simple_tag(takes_context=True)
 def taskstate_may(context: template.Context, task: Task, action: str) -> bool:
-    """Whether the page's user may ``action`` ("cancel", "retry") ``task``: shows a button.
+    """Whether the page's user may ``action`` ("cancel", "retry", "dismiss") ``task``:
+    shows a button.
 
     A row pushed to its owner's channel has no request: its user is the task's owner.
     """
     request = context.get("request")
     user = getattr(request, "user", None)
+    if action == "dismiss":
+        return may_dismiss(user, task)
     if user is None:
         return allowed(None, task, action, owner=True)
     return allowed(user, task, action)

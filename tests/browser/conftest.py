@@ -26,9 +26,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 ARTIFACTS = REPO / "test-artifacts"
 SERVICES = os.environ.get("TASKSTATE_TEST_SERVICES") == "1"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-#: How long the demo's flaky import fails (example_project/demo/actions.py): three times
-#: its retries' usual 8 s, so that on a loaded machine it still fails them all.
+
+
+#: How long the feed of the demo's django.tasks price import stays down
+#: (example_project/demo/actions.py): long enough to see its row fail before a Retry.
 DEMO_FEED_DOWN_SECONDS = 30
+#: The demo's work at this fraction of its shown pace (example_project/demo/tasks.py):
+#: a report of about 6 s instead of 12, still long enough to be seen running, estimated
+#: and cancelled on a loaded machine.
+DEMO_PACE = 0.5
 
 
 def _missing_browser() -> str | None:
@@ -69,6 +75,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = child_env(
         DJANGO_SETTINGS_MODULE="demo_site.settings",
         DEMO_FEED_DOWN_SECONDS=str(DEMO_FEED_DOWN_SECONDS),
+        DEMO_PACE=str(DEMO_PACE),
     )
     db_name = f"taskstate_browser_{os.getpid()}"
     if SERVICES:
@@ -187,6 +194,24 @@ def screenshot(page: Any, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}-{'services' if SERVICES else 'embedded'}.png"
     page.screenshot(path=str(path))
+    return path
+
+
+#: The accessibility tests' pages, saved for the docs as axe checked them:
+#: ``TASKSTATE_SCREENSHOTS_DIR=docs/screenshots pytest tests/browser -k accessibility``
+#: (docs/templates.md, "Screenshots"). Unset, they are kept in test-artifacts/ only.
+SCREENSHOTS_DIR = os.environ.get("TASKSTATE_SCREENSHOTS_DIR", "")
+
+
+def docs_screenshot(page: Any, name: str) -> Path:
+    """The whole page as ``name``.png in test-artifacts/, and in SCREENSHOTS_DIR if set."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True, animations="disabled", caret="hide")
+    if SCREENSHOTS_DIR:
+        target = Path(SCREENSHOTS_DIR)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / path.name)
     return path
 
 

@@ -68,6 +68,26 @@ RESYNC = """async ([html]) => {
 }"""
 
 
+# The live stream closed: replaced, through htmx (which closes the connection of an
+# element it swaps out), by an element of the same kind that connects nowhere, for INJECT
+# to use. Resolves true once hx-sse reports the connection closed.
+DETACH = """() => new Promise(resolve => {
+  const stream = document.querySelector('[data-taskstate-stream]');
+  stream.addEventListener('htmx:sse:close', () => resolve(true), {once: true});
+  setTimeout(() => resolve(false), 10000);
+  const inert = stream.cloneNode(false);
+  inert.removeAttribute('hx-sse:connect');
+  htmx.swap({target: stream, swap: 'outerHTML', text: inert.outerHTML});
+})"""
+
+
+def detach_stream(page: Any) -> None:
+    """Close the page's task stream, then wait until no request of the page is open: no
+    event and no resync can reach the list afterwards."""
+    assert page.evaluate(DETACH), "the task stream did not close"
+    page.wait_for_load_state("networkidle")
+
+
 def test_a_resync_read_before_a_dismissal_does_not_bring_the_row_back(new_page):
     """The list re-reads its rows when its stream opens. If another tab dismisses a row
     while that read is on its way, the removal event arrives first and the response, read
@@ -79,6 +99,9 @@ def test_a_resync_read_before_a_dismissal_does_not_bring_the_row_back(new_page):
     wait_status(page, row, "done")
     as_read = page.evaluate("id => document.getElementById(id).outerHTML", row)
     other = as_read.replace(f'id="{row}"', 'id="taskstate-task-999999"')
+    # The test plays the stream and the resync itself: a real resync landing in between
+    # (a stream-reset, a reconnection) would replace the rows it injects.
+    detach_stream(page)
 
     # The other tab's dismissal, as the stream delivers it.
     page.evaluate(INJECT, [f'<hx-partial hx-target="#{row}" hx-swap="delete"></hx-partial>'])

@@ -1,27 +1,29 @@
-"""The README's Quickstart, followed word for word in a new project.
+"""The tutorial (docs/tutorial.md), followed word for word in a new project.
 
-``django-admin startproject`` and ``startapp``, then the README's marked code blocks pasted
+``django-admin startproject`` and ``startapp``, then the tutorial's marked code blocks pasted
 where it says; the test's only additions are a PostgreSQL database of its own (the
-Quickstart leaves the database to the project) and its own Redis db number. The project
-then runs under uvicorn with the README's command line and a real ``rundramatiq``
+tutorial leaves the database to the project) and its own Redis db number. The project
+then runs under uvicorn with the tutorial's command line and a real ``rundramatiq``
 worker, and Chromium sees a row go live. Ctrl+C stops uvicorn with the page still open.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from urllib.request import urlopen
 
 import pytest
 
 from tests.support.processes import Process, child_env, free_port
-from tests.support.quickstart import commands, quickstart_blocks
+from tests.support.quickstart import TUTORIAL, commands, quickstart_blocks
 
 pytestmark = pytest.mark.integration
 
@@ -63,11 +65,15 @@ def project(tmp_path: Path, database: str) -> tuple[Path, dict[str, str]]:
     _run([*django_admin, "startproject", "mysite", "."], tmp_path, env)
     _run([sys.executable, "manage.py", "startapp", "orders"], tmp_path, env)
 
-    redis_db = REDIS_URL.rsplit("/", 1)[-1]
-    settings = blocks["settings"].replace("6379/0", f"6379/{redis_db}")
+    # The tutorial's Redis is 127.0.0.1:6379 db 0; the test's, REDIS_URL.
+    redis = urlsplit(REDIS_URL)
+    redis_db = redis.path.lstrip("/") or "0"
+    settings = blocks["settings"].replace("127.0.0.1:6379/0", f"{redis.netloc}/{redis_db}")
+    settings = settings.replace('"port": 6379', f'"port": {redis.port or 6379}')
     settings = settings.replace('"db": 0', f'"db": {redis_db}')
+    assert settings.count(redis.netloc) == 2 and f'"db": {redis_db}' in settings
     own_db = (
-        "\n# The test's own database (the Quickstart leaves it to the project).\n"
+        "\n# The test's own database (the tutorial leaves it to the project).\n"
         "DATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', "
         f"'NAME': {database!r}, 'USER': 'postgres', 'HOST': '127.0.0.1'}}}}\n"
     )
@@ -93,6 +99,13 @@ def test_quickstart_verbatim_goes_live_under_uvicorn(project: Any, browser: Any)
         ["python", "manage.py", "rundramatiq"],
     ]
     assert run[3][0] == "uvicorn"
+    # The tutorial names the address to open after these.
+    said = re.search(
+        r"^Open <?(http://127\.0\.0\.1:8000/[^\s>]*)", TUTORIAL.read_text(encoding="utf-8"), re.M
+    )
+    assert said is not None
+    open_url = said.group(1).rstrip(",.")
+    assert open_url == "http://127.0.0.1:8000/", "the list's own address, not a login page's"
 
     check = _run([sys.executable, "manage.py", "check"], root, env)
     assert "no issues" in check, check
@@ -133,7 +146,10 @@ def test_quickstart_verbatim_goes_live_under_uvicorn(project: Any, browser: Any)
         context = browser.new_context()
         page = context.new_page()
         page.set_default_timeout(40_000)
-        page.goto(f"{base}/admin/login/?next=/")
+        # The address the tutorial says to open leads to a login page that exists in a
+        # fresh project, and back to the list once logged in.
+        opened = page.goto(base + open_url.removeprefix("http://127.0.0.1:8000"))
+        assert opened is not None and opened.ok, opened and opened.url
         page.fill("input[name=username]", "ada")
         page.fill("input[name=password]", "ada-password")
         page.click("input[type=submit]")
@@ -142,6 +158,16 @@ def test_quickstart_verbatim_goes_live_under_uvicorn(project: Any, browser: Any)
         page.wait_for_selector("li.taskstate-task[data-status='running']")
         page.wait_for_selector("li.taskstate-task[data-status='done']")
         assert "Orders of November" in page.text_content("li.taskstate-task")
+        # The finished row's "Open" link resolves: the export the actor wrote.
+        href = page.get_attribute("li.taskstate-task a.taskstate-open", "href")
+        assert href == "/exports/2026-11.csv"
+        export = context.request.get(base + href)
+        assert export.status == 200, export.status
+        assert export.headers["content-type"].startswith("text/csv")
+        lines = export.text().splitlines()
+        assert lines[0] == "day,orders" and lines[-1].startswith("2026-11-30,"), lines
+        assert len(lines) == 31
+        assert context.request.get(f"{base}/exports/1999-01.csv").status == 404
         # Still on the page, its stream open: Ctrl+C stops the server all the same.
         server.proc.send_signal(signal.SIGINT)
         server.proc.wait(timeout=20)
@@ -149,5 +175,8 @@ def test_quickstart_verbatim_goes_live_under_uvicorn(project: Any, browser: Any)
     finally:
         server.stop()
         worker.stop()
-    assert "Results middleware" not in worker.output(), worker.output()
+    # Dramatiq says nothing about the returned value: neither "no Results middleware"
+    # nor "store_results not set" (Dramatiq 2.x).
+    assert "returned a value" not in worker.output(), worker.output()
+    assert "store_results" not in worker.output(), worker.output()
     assert "Traceback" not in worker.output(), worker.output()

@@ -194,7 +194,7 @@ def test_killed_worker_loses_only_its_unwritten_changes_and_redelivery_repairs_t
         tmp_path,
         private_redis,
         TASKSTATE_TEST_BROKER_OPTIONS=FAST_REQUEUE,
-        TASKSTATE_TEST_SETTINGS=json.dumps({"WRITE_MAX_DELAY": 120}),
+        TASKSTATE_TEST_CONSTANTS=json.dumps({"WRITE_MAX_DELAY": 120}),
     )
     first = children.worker(held)
     started = tmp_path / "started"
@@ -218,7 +218,8 @@ def test_killed_worker_loses_only_its_unwritten_changes_and_redelivery_repairs_t
     )
     assert (task.status, task.attempts, task.error_type) == (Status.DONE, 1, "")
     assert (task.progress, task.progress_message) == (100, "half way")
-    assert unacked(private_redis) == 0
+    # The row is committed before the ack: the ack follows.
+    wait_for(lambda: unacked(private_redis) == 0, 10, "the redelivered message's ack")
 
 
 def test_cleanup_that_gives_up_first_keeps_the_row_failed_when_the_message_comes_back(
@@ -463,31 +464,36 @@ def test_postgres_restart_under_a_running_worker(private_redis, sender, children
 
         pg.stop("fast")
         stopped = time.monotonic()
-        during = [send(sender, actors.returns, i, description=f"during {i}") for i in range(30)]
-        wait_for(lambda: unacked(private_redis) == 0, 30, "the worker to process every message")
-        processed = time.monotonic() - stopped
+        files = [tmp_path / f"during-{i}" for i in range(30)]
+        during = [send(sender, actors.leaves_file, str(f), description="during") for f in files]
+        # Three threads run a message each (the fourth runs the long task), and each holds
+        # its message's ack until the final row is committed: nothing is acked meanwhile.
+        wait_for(lambda: sum(f.exists() for f in files) >= 3, 30, "three bodies to run")
+        ran = sum(f.exists() for f in files)
+        held = unacked(private_redis)
+        assert ran <= 4 and held == len(during) + 1, (ran, held)
         assert unacked(private_redis, "default.XQ") == 0, "no message was dead-lettered"
 
         pg.start()
         restarted = time.monotonic()
         after = [send(sender, actors.returns, i, description=f"after {i}") for i in range(5)]
+        wait_for(lambda: unacked(private_redis) == 0, 60, "every message to be acked")
         wait_for(lambda: all_done(after), 30, "tasks after the restart to be recorded")
         resumed = time.monotonic() - restarted
 
         assert {result for _, result in rows(after).values()} == set(range(5))
-        # The background writer (the default) kept the worker's changes that fell in the
-        # outage (merged per message) and wrote them once the database answered again:
-        # every row ends right, though the sender's own writes were lost. (Immediate writes
-        # lose them: the 30 have no row, the straddling task stays running until the
-        # cleanup fails it.)
-        wait_for(lambda: all_done([*during, straddling]), 30, "the outage's changes to land")
-        assert {result for _, result in rows(during).values()} == set(range(30))
+        # The changes that fell in the outage waited in the writer's queue (merged per
+        # message) and were written once the database answered, before their acks: every
+        # row ends right, though the sender's own writes were lost.
+        assert all_done([*during, straddling])
+        assert {result for _, result in rows(during).values()} == {str(f) for f in files}
         # One line per record through dramatiq's root handler ("[taskstate] [LEVEL]").
         cannot = count_lines(worker, "[ERROR] taskstate: cannot write task state")
         again = count_lines(worker, "[WARNING] taskstate: database 'default' answers again")
         figure(
-            f"case 3 PostgreSQL restart: {len(during) + 1} messages ended in {processed:.1f}s "
-            f"while it was down; tracking back {resumed:.1f}s after the restart; "
+            f"case 3 PostgreSQL restart: {ran} bodies ran while it was down "
+            f"({restarted - stopped:.1f}s), their acks held, {held} messages "
+            f"unacked; everything acked and recorded {resumed:.1f}s after the restart; "
             f"'cannot write task state' logged {cannot}x, 'answers again' {again}x"
         )
         assert 1 <= cannot <= 2, worker.output()
@@ -617,18 +623,17 @@ def test_hung_postgres_neither_stops_the_worker_nor_blocks_send(
             ran = lambda prefix, n: sum(  # noqa: E731
                 (tmp_path / f"{prefix}-{i}").exists() for i in range(n)
             )
-            wait_for(
-                lambda: ran("untracked", 10) == 10 and ran("tracked", 8) == 8,
-                max(1.0, hang - (time.monotonic() - stopped)),
-                "every actor to run while PostgreSQL hangs",
-            )
-            ran_in = time.monotonic() - stopped
+            # The first tracked messages run, one per thread, and each thread then holds
+            # its message's ack until the row is committed: the rest wait for the database.
+            wait_for(lambda: ran("tracked", 8) == 4, 20, "a tracked body on every thread")
+            during = (ran("tracked", 8), ran("untracked", 10), unacked(private_redis))
         finally:
             remaining = hang - (time.monotonic() - stopped)
             if remaining > 0:
                 time.sleep(remaining)  # the hang lasts its full length, whatever happened
             pg.resume()
         resumed = time.monotonic()
+        wait_for(lambda: unacked(private_redis) == 0, 60, "every message to be acked")
         after = send(sender, actors.returns, 7, description="after the hang")
         wait_for(
             lambda: pg.query(
@@ -639,15 +644,24 @@ def test_hung_postgres_neither_stops_the_worker_nor_blocks_send(
             "tracking to come back",
         )
         back = time.monotonic() - resumed
+        done = pg.query(
+            "SELECT count(*) FROM taskstate_task WHERE message_id = ANY(%s) AND status = 'done'",
+            ([m.message_id for m in tracked],),
+        )[0][0]
         cannot = count_lines(worker, "[ERROR] taskstate: cannot write task state")
         again = count_lines(worker, "[WARNING] taskstate: database 'default' answers again")
         figure(
-            f"case 5 PostgreSQL hung {hang:.0f}s: 10/10 untracked and 8/8 tracked actors ran "
-            f"within {ran_in:.1f}s; send() took {max(took):.1f}s at most "
-            f"({', '.join(f'{s:.1f}' for s in took)}); tracking back {back:.1f}s after; "
-            f"'cannot write task state' logged {cannot}x, 'answers again' {again}x"
+            f"case 5 PostgreSQL hung {hang:.0f}s: during it {during[0]}/8 tracked and "
+            f"{during[1]}/10 untracked actors ran, {during[2]} messages unacked; send() took "
+            f"{max(took):.1f}s at most ({', '.join(f'{s:.1f}' for s in took)}); everything "
+            f"acked and tracking back {back:.1f}s after; 'cannot write task state' logged "
+            f"{cannot}x, 'answers again' {again}x"
         )
         assert len(warm) == 4 and len(tracked) == 8 and len(untracked) == 10
+        # Nothing acked without its row: every message sent was held during the hang (the
+        # sender process's too).
+        assert during == (4, 0, 8 + 10 + len(took)), during
+        assert ran("tracked", 8) == 8 and ran("untracked", 10) == 10 and done == 8
         # Each send() within its bound: DB_CONNECT_TIMEOUT (5 s) for the connection it
         # opens, or DB_STATEMENT_TIMEOUT + 1 s (6 s) on an open one; slack for a busy host.
         assert max(took) < 9, took

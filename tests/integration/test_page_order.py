@@ -1,8 +1,8 @@
 """A page never ends on an older state than the database's, under a burst of quick tasks.
 
 The sender's ``enqueued`` row and the worker's ``running``/``done`` rows are published by
-different processes, so they can reach a page in any order (issue 9 saw "Queued" stay on a
-finished task twice in about 3,900 tasks). Every row carries its order key, and the page
+different processes, so they can reach a page in any order: a page that kept the last row
+it got could show "Queued" for a finished task. Every row carries its order key, and the page
 keeps the row with the highest key (``taskstate.js``); a ``stream-reset`` makes it re-read
 its rows from the database. This test plays that page against a real worker process, a
 real uvicorn stream and 1,000 tasks sent as fast as the sender can.

@@ -37,7 +37,7 @@ from django.test import Client
 
 from taskstate import publish
 from taskstate.channels import user_channel
-from taskstate.models import Task
+from taskstate.models import Status, Task
 from tests.support.processes import Process, free_port, start_uvicorn, start_worker
 from tests.support.pushpin import SIG_ISS, PushpinProcess, grip_last, start_pushpin
 from tests.support.sse import Frame, assert_each_hears_only_their_own, session_cookie
@@ -128,11 +128,11 @@ class Stack:
         for server in self.web:
             server.stop()
 
-    def open_hold(self, user) -> Hold:
+    def open_hold(self, user, path: str = EVENTS) -> Hold:
         """Open a stream of ``user`` straight on uvicorn as Pushpin does (the browser's
         cookies, Pushpin's signature); the hold's next link and its Grip-Last."""
         cookie = "; ".join(f"{k}={v}" for k, v in session_cookie(user).items())
-        opened = _get(self.web_ports[0], EVENTS, {"Grip-Sig": self.grip_sig(), "Cookie": cookie})
+        opened = _get(self.web_ports[0], path, {"Grip-Sig": self.grip_sig(), "Cookie": cookie})
         assert opened.status == 200 and opened.getheader("Grip-Hold") == "stream"
         return Hold.of(opened)
 
@@ -325,7 +325,7 @@ def test_the_next_link_pushpin_follows_is_answered_without_cookies(stack, user):
 
 def test_a_next_link_without_pushpins_signature_opens_nothing(stack, user, other_user):
     """The link alone (its es-meta token names the user) is not a way in for a client,
-    not even with a session of their own (issue 10, case 3): a bad request."""
+    not even with a session of their own: a bad request."""
     _, link = stack.refresh(user)
     assert _get(stack.web_ports[0], link, {}).status == 400
     assert _get(stack.web_ports[0], link, {"Grip-Sig": "forged"}).status == 400
@@ -334,7 +334,7 @@ def test_a_next_link_without_pushpins_signature_opens_nothing(stack, user, other
 
 
 def test_a_refresh_after_the_user_is_deactivated_is_refused(stack, user):
-    """Issue 10, case 2 under Pushpin: the refresh answered 200 with a fresh token."""
+    """Pushpin's signed refresh of a deactivated user's hold gets no fresh token."""
     response, hold = stack.follow(stack.open_hold(user))
     assert response.status == 200 and hold is not None
     type(user).objects.filter(pk=user.pk).update(is_active=False)
@@ -453,7 +453,7 @@ def _pushpin_sent_everything() -> None:
 
 
 def test_logout_closes_the_streams_pushpin_holds_for_that_session(stack, streams, user):
-    """Issue 10, case 2 under Pushpin: logging out ends that session's held streams at
+    """Under Pushpin, logging out ends that session's held streams at
     once (taskstate publishes a close on the session's GRIP channel); another session of
     the same user keeps its stream."""
     stack.require_next_link(user)
@@ -514,3 +514,112 @@ def test_a_leaked_next_link_requested_through_pushpin_reads_nothing(
     actors.noop.send(for_state={"user_pk": user.pk, "description": "SECRET of alice"})
     alice.wait_for(lambda f: "SECRET of alice" in f.data and 'data-status="done"' in f.data)
     assert not any("SECRET of alice" in f.data for a in attackers for f in a.frames)
+
+
+def test_django_eventstreams_own_view_through_pushpin_opens_no_taskstate_channel(
+    stack, streams, user
+):
+    """django-eventstream's view, mounted next to ours (tests/urls.py), through Pushpin:
+    the owner with their session, and a next link of the owner's hold sent there
+    anonymously. Neither is held, so neither skips the rules of ``taskstate:events``."""
+    stack.require_next_link(user)
+    theirs = f"/eventstream/?channel={user_channel(user.pk)}"
+    hold = stack.open_hold(user)
+    leaked = "/eventstream/?" + urlsplit(hold.link).query
+    alice = streams(f"{stack.url}{EVENTS}", user)
+    alice.wait_for(lambda f: f.event == "stream-open")
+    doors = [streams(f"{stack.url}{theirs}", user), streams(f"{stack.url}{leaked}")]
+    for door in doors:
+        first = door.wait_for(lambda f: f.event in ("stream-open", "stream-error"))
+        assert first.event == "stream-error" and '"forbidden"' in first.data
+    actors.noop.send(for_state={"user_pk": user.pk, "description": "SECRET of alice"})
+    alice.wait_for(lambda f: "SECRET of alice" in f.data and 'data-status="done"' in f.data)
+    assert not any("SECRET of alice" in f.data for door in doors for f in door.frames)
+
+
+def test_the_json_stream_through_pushpin_gets_every_change_as_json(stack, streams, user):
+    import json
+
+    from taskstate.channels import json_channel
+    from tests.test_task_json import validate
+
+    stream = streams(f"{stack.url}/taskstate/json/events/", user)
+    assert stream.status == 200
+    stream.wait_for(lambda f: f.event == "stream-open")
+    assert stack.held(json_channel(user.pk)) == 1
+    html = rf"channel=events-{re.escape(user_channel(user.pk))}$"
+    assert not [line for line in stack.lines() if re.search(html, line)]
+    message = actors.paced.send(3, 0.1, for_state={"user_pk": user.pk, "description": "json pp"})
+    stream.wait_for(lambda f: f.event == "task" and '"status":"done"' in f.data)
+    task = Task.objects.get(message_id=message.message_id)
+    rows = [json.loads(f.data) for f in stream.frames if f.event == "task"]
+    for row in rows:
+        validate(row)
+    assert {"enqueued", "running", "done"} <= {r["status"] for r in rows if r["id"] == task.pk}
+
+
+def test_an_objects_stream_through_pushpin_reaches_a_viewer_until_the_permission_goes(
+    stack, streams, user, other_user
+):
+    """A viewer of a team gets the team's task through Pushpin (run by the worker for
+    another user); once the viewer loses the permission, Pushpin's refresh is refused."""
+    from django.contrib.auth.models import Group, Permission
+
+    from taskstate.channels import object_channel, object_token
+    from taskstate.publish import OBJECT_CHANGED_EVENT
+    from tests.support.faults import wait_for
+
+    team = Group.objects.create(name="Team Orion")
+    permission = Permission.objects.get(codename="view_group")
+    user.user_permissions.add(permission)
+    path = f"/taskstate/object/{object_token('auth.group', str(team.pk))}/events/"
+    response, hold = stack.follow(stack.open_hold(user, path))
+    assert response.status == 200 and hold is not None, f"{NEXT_LINK_REFUSED} (object stream)"
+    assert streams(f"{stack.url}{path}", other_user).status == 403
+    stream = streams(f"{stack.url}{path}", user)
+    assert stream.status == 200
+    stream.wait_for(lambda f: f.event == "stream-open")
+    assert stack.held(object_channel("auth.group", str(team.pk))) == 1
+    message = actors.noop.send(
+        for_state={"user_pk": other_user.pk, "description": "team import", "object": team}
+    )
+    task = wait_for(
+        lambda: Task.objects.filter(message_id=message.message_id, status=Status.DONE).first(),
+        timeout=30,
+        what="the team's task done",
+    )
+    stream.wait_for(lambda f: f.event == OBJECT_CHANGED_EVENT and f'"task": {task.pk}' in f.data)
+    user.user_permissions.remove(permission)
+    refused, _ = stack.follow(hold)
+    assert refused.status == 403
+
+
+def test_an_objects_json_stream_through_pushpin_gets_its_changes_as_json(
+    stack, streams, user, other_user
+):
+    import json
+
+    from django.contrib.auth.models import Group, Permission
+
+    from taskstate.channels import object_channel, object_json_channel, object_token
+    from tests.support.faults import wait_for
+    from tests.test_task_json import validate
+
+    team = Group.objects.create(name="Team Orion")
+    user.user_permissions.add(Permission.objects.get(codename="view_group"))
+    path = f"/taskstate/object/{object_token('auth.group', str(team.pk))}/json/events/"
+    assert streams(f"{stack.url}{path}", other_user).status == 403
+    stream = streams(f"{stack.url}{path}", user)
+    assert stream.status == 200
+    stream.wait_for(lambda f: f.event == "stream-open")
+    assert stack.held(object_json_channel("auth.group", str(team.pk))) == 1
+    html = rf"channel=events-{re.escape(object_channel('auth.group', str(team.pk)))}$"
+    assert not [line for line in stack.lines() if re.search(html, line)]
+    message = actors.noop.send(for_state={"user_pk": other_user.pk, "object": team})
+    task = wait_for(
+        lambda: Task.objects.filter(message_id=message.message_id, status=Status.DONE).first(),
+        timeout=30,
+        what="the team's task done",
+    )
+    changed = stream.wait_for(lambda f: f.event == "changed" and f'"id":{task.pk}' in f.data)
+    validate(json.loads(changed.data), "ChangedEvent")

@@ -1,5 +1,5 @@
-"""Issue 10, cases 2 and 5, against uvicorn: a stream ends with its session, and one
-user's streams are capped without touching anyone else's."""
+"""Against uvicorn: a stream ends with its session (logout, password change,
+deactivation), and one user's streams are capped without touching anyone else's."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
+from taskstate import conf
 from taskstate.conf import get_settings
 from tests.testapp import tasks as actors
 
@@ -27,7 +28,7 @@ def ended_by_server(stream, since: float, what: str) -> None:
     error = stream.wait_for(lambda f: f.event == "stream-error", timeout=15)
     assert '"forbidden"' in error.data
     assert stream.wait_ended(15), "the server kept the connection open"
-    bound = get_settings().STREAM_CHECK_INTERVAL
+    bound = conf.STREAM_CHECK_INTERVAL
     print(f"{what}: stream ended {time.monotonic() - since:.2f} s later (check every {bound} s)")
 
 

@@ -3,7 +3,7 @@
 Redis pub/sub ignores db numbers and django-eventstream publishes every event on one
 fixed pub/sub channel, so each web process hears the other site's events too. Only the
 channel names keep them apart: the same user pk on both sites must never see a row of
-the other site (issue 10, case 1).
+the other site.
 """
 
 from __future__ import annotations
@@ -116,10 +116,15 @@ def two_sites(process_env, broker, user) -> Iterator[tuple[Site, Site]]:
             admin.execute(f'DROP DATABASE IF EXISTS "{site_b_db}" WITH (FORCE)')
 
 
-def test_two_sites_on_one_redis_never_see_each_others_rows(two_sites, user):
+@pytest.mark.parametrize(
+    ("events", "done"),
+    [(EVENTS, 'data-status="done"'), ("/taskstate/json/events/", '"status":"done"')],
+    ids=["html", "json"],
+)
+def test_two_sites_on_one_redis_never_see_each_others_rows(two_sites, user, events, done):
     site_a, site_b = two_sites
-    on_a = SSEClient(f"{site_a.base}{EVENTS}", cookies=session_cookie(user))
-    on_b = SSEClient(f"{site_b.base}{EVENTS}", cookies=site_b.session_cookie(user.pk))
+    on_a = SSEClient(f"{site_a.base}{events}", cookies=session_cookie(user))
+    on_b = SSEClient(f"{site_b.base}{events}", cookies=site_b.session_cookie(user.pk))
     try:
         assert on_a.status == 200 and on_b.status == 200
         on_a.wait_for(lambda f: f.event == "stream-open")
@@ -127,14 +132,14 @@ def test_two_sites_on_one_redis_never_see_each_others_rows(two_sites, user):
 
         # B's task for its user `pk`; A listens for its own user `pk`.
         site_b.send(user.pk, "SECRET payroll export of SITE B")
-        on_b.wait_for(lambda f: "SITE B" in f.data and 'data-status="done"' in f.data)
+        on_b.wait_for(lambda f: "SITE B" in f.data and done in f.data)
         # A's own task after B's: A's process hears both on the one pub/sub connection,
         # in order, so once A's row arrived B's had its chance to cross.
         actors.noop.send(for_state={"user_pk": user.pk, "description": "report of SITE A"})
-        on_a.wait_for(lambda f: "SITE A" in f.data and 'data-status="done"' in f.data)
+        on_a.wait_for(lambda f: "SITE A" in f.data and done in f.data)
         # And the other way round: a last row of B after A's.
         site_b.send(user.pk, "closing row of SITE B")
-        on_b.wait_for(lambda f: "closing row" in f.data and 'data-status="done"' in f.data)
+        on_b.wait_for(lambda f: "closing row" in f.data and done in f.data)
 
         assert not [f for f in on_a.frames if "SITE B" in f.data]
         assert not [f for f in on_b.frames if "SITE A" in f.data]

@@ -193,9 +193,16 @@ class PostgresServer:
 
     def pause(self) -> None:
         """SIGSTOP the whole cluster: connections stay open, the kernel still ACKs, nobody
-        answers (a hung server, not a refused or reset one)."""
-        for pid in self._pids():
-            os.kill(pid, signal.SIGSTOP)
+        answers (a hung server, not a refused or reset one).
+
+        The postmaster first, so that it forks no backend meanwhile; then its children as
+        they are now, less any that ended since (a backend whose client closed its
+        connection: it answers nobody anyway)."""
+        postmaster, *_ = self._pids()
+        os.kill(postmaster, signal.SIGSTOP)
+        for pid in self._pids()[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
 
     def resume(self) -> None:
         for pid in reversed(self._pids()):

@@ -1,16 +1,16 @@
-"""The README's Quickstart as code blocks, found by their ``<!-- quickstart:NAME -->`` marker."""
+"""The tutorial's code blocks (docs/tutorial.md), found by their ``<!-- quickstart:NAME -->`` marker."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent.parent / "README.md"
+TUTORIAL = Path(__file__).resolve().parent.parent.parent / "docs" / "tutorial.md"
 
 
-def quickstart_blocks(readme: Path = README) -> dict[str, str]:
+def quickstart_blocks(page: Path = TUTORIAL) -> dict[str, str]:
     """Each marked block's text, by name; the fence line is the one after the marker."""
-    text = readme.read_text(encoding="utf-8")
+    text = page.read_text(encoding="utf-8")
     pattern = re.compile(r"<!-- quickstart:([a-z]+) -->\n```[a-z]*\n(.*?)\n```", re.S)
     return {name: body + "\n" for name, body in pattern.findall(text)}
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
+import django
 import dramatiq
 
 import taskstate
@@ -125,15 +126,49 @@ async def async_steps(steps: int, for_state: dict[str, Any] | None = None) -> in
     Each step waits, off the loop, until its progress write is done, so the test sees
     every step land while the task runs.
     """
-    from taskstate.handoff import handoff
+    from taskstate.background import background
     from taskstate.writer import writer
 
     for step in range(1, steps + 1):
         taskstate.progress(step, steps, message=f"async step {step}")
-        await asyncio.to_thread(handoff.flush, 10)
+        await asyncio.to_thread(background.flush, 10)
         # The background writer: each step written before the next is reported.
         await asyncio.to_thread(writer.flush, 10)
     return steps
+
+
+#: Set by a test to let ``async_until_cancelled`` go on after its first report.
+GO_ON: dict[str, threading.Event] = {}
+
+
+@dramatiq.actor(max_retries=0, time_limit=60_000)
+async def async_until_cancelled(
+    key: str, ask: bool = False, for_state: dict[str, Any] | None = None
+) -> str:
+    """An ``async def`` actor reporting progress until a cancel stops it.
+
+    After its first report it waits for the test (which asks to cancel it meanwhile);
+    then each step waits, off the loop, until its report is written and whatever it
+    handed to a thread is done, so the next step sees what they learnt. ``ask``: after
+    one more report it asks ``cancel_requested()`` instead, and returns when told.
+    """
+    from taskstate.background import background
+    from taskstate.writer import writer
+
+    _ran(key)
+    taskstate.progress(1, message="async step 1")
+    await asyncio.to_thread(writer.flush, 10)
+    STARTED[key].set()
+    await asyncio.to_thread(GO_ON.setdefault(key, threading.Event()).wait, 30)
+    for step in range(2, 11):
+        if not ask or step == 2:
+            taskstate.progress(step, message=f"async step {step}")
+        elif taskstate.cancel_requested():
+            return "cleaned up"
+        await asyncio.to_thread(background.flush, 10)
+        await asyncio.to_thread(writer.flush, 10)
+    FINISHED.add(key)
+    return "finished"
 
 
 # --- hostile outcomes (tests/test_values.py) -------------------------------------------
@@ -269,6 +304,18 @@ def counts_until_cancelled_after(key: str, for_state: dict[str, Any] | None = No
     return counts_until_cancelled.fn(key, for_state)
 
 
+@dramatiq.actor(max_retries=0, time_limit=60_000, priority=5)
+def ignores_cancel_after(key: str, for_state: dict[str, Any] | None = None) -> str:
+    """``ignores_cancel``, taken after ``runs_once`` and before ``runs_once_after``."""
+    return ignores_cancel.fn(key, for_state)
+
+
+@dramatiq.actor(max_retries=0, time_limit=60_000, priority=10)
+def counts_until_cancelled_last(key: str, for_state: dict[str, Any] | None = None) -> str:
+    """``counts_until_cancelled``, taken after every message of a lower priority."""
+    return counts_until_cancelled.fn(key, for_state)
+
+
 @dramatiq.actor(max_retries=1, min_backoff=4_000, max_backoff=4_000)
 def fails_then_backs_off(key: str, for_state: dict[str, Any] | None = None) -> None:
     """Fails; its retry is 2 to 4 seconds away (the test cancels it in between)."""
@@ -345,3 +392,35 @@ class BrokenNotes(Exception):
 @dramatiq.actor(max_retries=0)
 def raises_with_broken_notes(for_state: dict[str, Any] | None = None) -> None:
     raise BrokenNotes("broken")
+
+
+# --- time left after a retry (tests/test_estimates.py) --------------------------------
+#
+#: When each key's second attempt began its body; events set once it is half-way, and
+#: by the test to let it end.
+SECOND_ATTEMPT_BEGAN: dict[str, Any] = {}
+HALFWAY: dict[str, threading.Event] = {}
+FINISH: dict[str, threading.Event] = {}
+
+
+@dramatiq.actor(max_retries=1, min_backoff=1_000, max_backoff=2_000, time_limit=60_000)
+def fails_then_reports_half(key: str, for_state: dict[str, Any] | None = None) -> None:
+    """The first attempt fails (a back-off of 0.5 to 2 s follows); the second reports 50 %
+    and stays running until the test sets ``FINISH[key]``."""
+    from django.utils import timezone
+
+    with _lock:
+        FLAKY_CALLS[key] = FLAKY_CALLS.get(key, 0) + 1
+        calls = FLAKY_CALLS[key]
+    if calls == 1:
+        raise RuntimeError("first attempt fails")
+    SECOND_ATTEMPT_BEGAN[key] = timezone.now()
+    taskstate.progress(50)
+    HALFWAY.setdefault(key, threading.Event()).set()
+    FINISH.setdefault(key, threading.Event()).wait(timeout=20)
+
+
+if django.VERSION >= (6, 0):
+    # django.tasks functions (tests/test_backends.py): rundramatiq imports this module, so
+    # importing them here declares their actors in its workers.
+    from tests.testapp import jobs  # noqa: F401

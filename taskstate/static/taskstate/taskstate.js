@@ -18,6 +18,9 @@
  *
  * While a stream is down the list says "Reconnecting…" and marks its rows as possibly out
  * of date (data-taskstate-stale); the resync that follows a new connection clears both.
+ * A server that cannot stream at all (WSGI: runserver, gunicorn) answers with a
+ * "stream-unavailable" error: the list then says what the server needs, once, and asks
+ * again only after a long pause that grows each time (htmx would ask twice a second).
  * Times (<time data-taskstate-relative>) read "2 minutes ago" in the list's language, with
  * the date and time in the browser's time zone on hover. A task seen to finish is announced
  * once in the list's live region; while the tab is hidden, the page title counts finished
@@ -29,6 +32,9 @@
   "use strict";
   var SILENT_MS = 50000;
   var MAX_PAUSE_MS = 5000;
+  var UNAVAILABLE_PAUSE_MS = 300000;
+  var MAX_UNAVAILABLE_PAUSE_MS = 3600000;
+  var UNAVAILABLE = "data-taskstate-unavailable";
   var SELECTOR = "[data-taskstate-stream]";
 
   function isStream(element) {
@@ -41,9 +47,11 @@
 
   function restart(stream, pause) {
     if (!stream.isConnected) return;
-    markStale(stream, true);
+    // Asking again a server that said it cannot stream: its message stays until it can.
+    if (!stream.hasAttribute(UNAVAILABLE)) markStale(stream, true);
     var fresh = stream.cloneNode(false);
     fresh.taskstatePause = pause || 0;
+    fresh.taskstateUnavailablePause = stream.taskstateUnavailablePause || 0;
     heard(fresh);
     stream.replaceWith(fresh);
     window.htmx.process(fresh);
@@ -63,6 +71,7 @@
     if (indicator) {
       var text = stale ? indicator.getAttribute("data-taskstate-reconnecting") : "";
       if (indicator.textContent !== text) indicator.textContent = text;
+      indicator.classList.remove("taskstate-connection-off");
     }
   }
 
@@ -83,6 +92,35 @@
     Array.prototype.forEach.call(document.querySelectorAll(SELECTOR), fn);
   }
 
+  // The server cannot stream (django-eventstream's error event, condition from the view).
+  // The element is replaced, which ends htmx's reconnection loop; a copy asks again later.
+  document.addEventListener("stream-error", function (event) {
+    var stream = event.target;
+    if (!isStream(stream)) return;
+    var condition = "";
+    try { condition = JSON.parse(event.detail.data).condition; } catch (e) { return; }
+    if (condition !== "stream-unavailable") return;
+    var list = listOf(stream);
+    var indicator = list && list.querySelector("[data-taskstate-connection]");
+    if (indicator) {
+      var text = indicator.getAttribute(UNAVAILABLE) || "";
+      if (indicator.textContent !== text) indicator.textContent = text;
+      indicator.classList.add("taskstate-connection-off");
+    }
+    var rows = list && list.querySelector(".taskstate-rows");
+    if (rows) rows.removeAttribute("data-taskstate-stale");
+    var pause = Math.min(Math.max((stream.taskstateUnavailablePause || 0) * 2, UNAVAILABLE_PAUSE_MS),
+                         MAX_UNAVAILABLE_PAUSE_MS);
+    var waiting = stream.cloneNode(false);
+    waiting.setAttribute(UNAVAILABLE, "");
+    waiting.taskstateUnavailablePause = pause;
+    stream.replaceWith(waiting);
+    window.setTimeout(function () { restart(waiting); }, pause);
+  });
+  document.addEventListener("stream-open", function (event) {
+    if (isStream(event.target)) event.target.removeAttribute(UNAVAILABLE);
+  });
+
   document.addEventListener("htmx:sse:before:message", function (event) {
     if (isStream(event.target)) heard(event.target);
   });
@@ -97,6 +135,7 @@
     document.addEventListener(name, function (event) {
       var stream = event.target;
       if (!isStream(stream) || stream.taskstateRetrying) return;
+      stream.removeAttribute(UNAVAILABLE); // no answer at all this time: the usual pauses
       markStale(stream, true);
       stream.taskstateRetrying = true;
       var pause = Math.min(Math.max((stream.taskstatePause || 0) * 2, 1000), MAX_PAUSE_MS);
@@ -284,9 +323,13 @@
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
-  window.addEventListener("online", function () { each(function (s) { restart(s); }); });
+  // A stream waiting out a server that cannot stream asks again when its pause ends only.
+  window.addEventListener("online", function () {
+    each(function (s) { if (!s.hasAttribute(UNAVAILABLE)) restart(s); });
+  });
   window.setInterval(function () {
     each(function (stream) {
+      if (stream.hasAttribute(UNAVAILABLE)) return;
       if (Date.now() - (stream.taskstateHeardAt || Date.now()) > SILENT_MS) restart(stream);
     });
   }, 5000);

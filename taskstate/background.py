@@ -1,0 +1,166 @@
+"""One thread per process for taskstate's database work that no caller may wait for.
+
+Two kinds of job run on it, in order, on a connection of its own within the bounds of
+``taskstate.bounds``:
+
+- writes and reads asked for inside an event loop (an async view, a Dramatiq
+  ``async def`` actor): Django refuses database calls in a thread that runs an event
+  loop, and a blocking call there would stall every coroutine of the loop
+  (:meth:`Background.submit`);
+- group and pipeline refreshes, each at the time ``taskstate.group_refresh`` chose
+  (:meth:`Background.submit_at`).
+
+A job's exception is logged and the next job runs. While nothing is due the thread holds
+no database connection (a test database could not be dropped, a pooler would count it).
+A forked child starts with an empty queue and no thread; at exit, ``taskstate.shutdown``
+runs what is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from django.db import close_old_connections
+
+from taskstate.idle import close_idle_connections
+
+logger = logging.getLogger("taskstate")
+
+#: Jobs waiting beyond this are dropped (logged): a hung database must not eat memory.
+MAX_PENDING = 10_000
+
+Job = Callable[[], object]
+
+
+def in_event_loop() -> bool:
+    """True when this thread runs an asyncio event loop (database calls are refused)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class Background:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._cond = threading.Condition()
+        self._now: deque[Job] = deque()
+        self._later: list[tuple[float, int, Job]] = []  # (when, tie-break, job)
+        self._ticket = itertools.count()
+        self._running = False
+        self._dropping = False
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def submit(self, job: Job) -> None:
+        """Run ``job`` as soon as the jobs before it are done; returns at once."""
+        with self._cond:
+            if len(self._now) + len(self._later) >= MAX_PENDING:
+                if not self._dropping:
+                    self._dropping = True
+                    logger.error(
+                        "taskstate: %d background database jobs are waiting; "
+                        "dropping new ones until the database catches up.",
+                        MAX_PENDING,
+                    )
+                return
+            self._dropping = False
+            self._now.append(job)
+            self._wake()
+
+    def submit_at(self, when: float, job: Job) -> None:
+        """Run ``job`` once :attr:`clock` reads ``when``, after the jobs submitted for now
+        (:meth:`submit`) that wait at that moment."""
+        with self._cond:
+            heapq.heappush(self._later, (when, next(self._ticket), job))
+            self._wake()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every job submitted so far, and every one due by now, is done
+        (tests, shutdown); False on timeout. Jobs due later are left for their time."""
+        done = threading.Event()
+        with self._cond:
+            if self._pid != os.getpid():
+                return True  # a forked child: the parent's jobs are the parent's
+            now = self.clock()
+            while self._later and self._later[0][0] <= now:
+                self._now.append(heapq.heappop(self._later)[2])
+            if not self._now and not self._running:
+                return True
+            self._now.append(done.set)
+            self._wake()
+        return done.wait(timeout)
+
+    def _wake(self) -> None:
+        # Called with the lock held.
+        if self._pid != os.getpid():
+            self._init_state_in_child()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name="taskstate-background", daemon=True
+            )
+            self._thread.start()
+        self._cond.notify()
+
+    def _init_state_in_child(self) -> None:
+        # Only reached without the fork hook (a process forked some other way).
+        self._now.clear()
+        self._later.clear()
+        self._thread = None
+        self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        # The parent's jobs are the parent's; its lock may be held by a thread the child
+        # does not have.
+        self._init_state()
+
+    def _next(self) -> Job:
+        with self._cond:
+            self._running = False
+            closed = False
+            while True:
+                # Jobs asked for now (code in an event loop waits for them) before those
+                # whose time has come (group refreshes, throttled anyway).
+                if self._now:
+                    self._running = True
+                    return self._now.popleft()
+                if self._later and self._later[0][0] <= self.clock():
+                    self._running = True
+                    return heapq.heappop(self._later)[2]
+                if not closed:
+                    # Nothing due: hold no connection while waiting. Closing lets go of
+                    # the lock, and a job may come meanwhile: look again before waiting.
+                    closed = True
+                    self._cond.release()
+                    try:
+                        close_idle_connections()
+                    finally:
+                        self._cond.acquire()
+                    continue
+                self._cond.wait(self._later[0][0] - self.clock() if self._later else None)
+
+    def _run(self) -> None:
+        while True:
+            job = self._next()
+            # A connection broken by an outage is replaced, as a request or a message would.
+            close_old_connections()
+            try:
+                job()
+            except Exception:
+                logger.exception("taskstate: a background database job failed")
+
+
+background = Background()
+os.register_at_fork(after_in_child=background._after_fork)
