@@ -38,7 +38,7 @@ def wait_for(predicate: Any, timeout: float, step: float = 0.005) -> Any:
 def one_try(client: Any, send: Any, user: Any, *, running_fields: dict[str, Any]) -> float:
     from django.urls import reverse
 
-    from taskstate.models import Status, Task
+    from taskstate.core.models import Status, Task
 
     message = send(user)
     task = wait_for(
@@ -76,7 +76,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.test import Client, override_settings
 
-    from taskstate.models import Task
+    from taskstate.core.models import Task
     from tests.support.processes import child_env, start_worker
     from tests.testapp import tasks as actors
     from tests.testapp.abort import TestAbortable

@@ -39,9 +39,10 @@ def main() -> None:
     import redis
     from django.conf import settings
 
-    from taskstate import courier as courier_module
-    from taskstate import publish
-    from taskstate.channels import user_channel
+    from taskstate import shutdown
+    from taskstate.web import courier as courier_module
+    from taskstate.web import publish
+    from taskstate.web.channels import user_channel
 
     if args.smoke:
         courier_module.MAX_PENDING = 1_000
@@ -58,7 +59,7 @@ def main() -> None:
     handed = time.monotonic() - began
     opened.set()
     drained_from = time.monotonic()
-    assert publish.flush(120), "the sender did not drain"
+    assert shutdown.flush(120), "the sender did not drain"
     drained = time.monotonic() - drained_from
 
     received: Counter[tuple[str, str]] = Counter()

@@ -97,10 +97,10 @@ def main() -> None:
     from dramatiq.middleware import Pipelines
 
     import taskstate
-    from taskstate.group_refresh import group_refresher
-    from taskstate.middleware import StateMiddleware
-    from taskstate.models import Task
-    from taskstate.publish import flush
+    from taskstate.core.group_refresh import group_refresher
+    from taskstate.core.models import Task
+    from taskstate.shutdown import flush
+    from taskstate.worker.middleware import StateMiddleware
 
     statements = Statements()
 

@@ -1,7 +1,7 @@
 """What the JSON form of the stream costs the HTML form, per committed change.
 
 Each committed change is one courier job that sends the change in both forms
-(``taskstate.publish``). The HTML part is what it always was; the JSON part adds:
+(``taskstate.web.publish``). The HTML part is what it always was; the JSON part adds:
 
 - **naming**: the JSON channel's name (``json_channel``, an HMAC of the site's identity
   unless ``CHANNEL_NAMESPACE`` is set), once when the job is queued and once when it runs;
@@ -63,11 +63,11 @@ def measure(changes: int, rounds: int) -> None:
     from django_eventstream import send_event
     from django_eventstream.views import get_listener_manager
 
-    from taskstate.channels import json_channel, user_channel
-    from taskstate.models import Task
-    from taskstate.publish import render_row
-    from taskstate.states import Status
-    from taskstate.task_json import dumps, task_json
+    from taskstate.core.models import Task
+    from taskstate.core.states import Status
+    from taskstate.web.channels import json_channel, user_channel
+    from taskstate.web.publish import render_row
+    from taskstate.web.task_json import dumps, task_json
 
     user, _ = get_user_model().objects.get_or_create(username="bench-json-cost")
     task = Task.objects.create(

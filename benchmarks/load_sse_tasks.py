@@ -184,7 +184,7 @@ class Sender:
 
 def wait_complete(token: str, sent: int, timeout: float) -> tuple[bool, float]:
     """Until every task of the run is complete in the database; (all done?, seconds)."""
-    from taskstate.models import COMPLETE_STATUSES, Task
+    from taskstate.core.models import COMPLETE_STATUSES, Task
 
     started = time.monotonic()
     mine = Task.objects.filter(description__startswith=f"[r={token} ")
@@ -197,7 +197,7 @@ def wait_complete(token: str, sent: int, timeout: float) -> tuple[bool, float]:
 
 
 def analyse(token: str, sender: Sender, frames_path: Path, resync_path: Path) -> dict[str, Any]:
-    from taskstate.models import Task
+    from taskstate.core.models import Task
 
     tasks = {
         t["pk"]: t

@@ -38,11 +38,11 @@ def main() -> None:
     from django.utils import timezone
 
     import taskstate
-    from taskstate import transitions
-    from taskstate.for_state import Origin, TaskIdentity
-    from taskstate.models import Status, Task
-    from taskstate.tracking import MessageRun, _current
-    from taskstate.writer import cancels, writer
+    from taskstate.core import transitions
+    from taskstate.core.for_state import Origin, TaskIdentity
+    from taskstate.core.models import Status, Task
+    from taskstate.worker.tracking import MessageRun, _current
+    from taskstate.worker.writer import cancels, writer
 
     def empty(done: float, total: float | None = None, message: str | None = None) -> None:
         return None

@@ -48,7 +48,7 @@ def main() -> None:
     from django.test.utils import CaptureQueriesContext
 
     from taskstate.cleanup import cleanup
-    from taskstate.models import Task
+    from taskstate.core.models import Task
 
     user, _ = get_user_model().objects.get_or_create(username="bench-render")
     template = Template("{% load taskstate %}{% taskstate_list %}")

@@ -65,10 +65,10 @@ def main() -> None:
     from django.utils import timezone
     from django_eventstream import send_event
 
-    from taskstate.channels import user_channel
-    from taskstate.models import Task
-    from taskstate.publish import render_row
-    from taskstate.states import Status
+    from taskstate.core.models import Task
+    from taskstate.core.states import Status
+    from taskstate.web.channels import user_channel
+    from taskstate.web.publish import render_row
 
     user, _ = get_user_model().objects.get_or_create(username="bench-render-where")
     task = Task.objects.create(

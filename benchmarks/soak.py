@@ -6,7 +6,7 @@
 
 Real ``rundramatiq`` workers (``_bench/soak_actors.py``) on a private Redis and a private
 PostgreSQL, the worker stopped four ways and the database restarted on a seeded schedule,
-owners cancelling tasks through ``taskstate.control.cancel``; then every row is checked
+owners cancelling tasks through ``taskstate.core.control.cancel``; then every row is checked
 against what the actors recorded outside the database (benchmarks/README.md, "Soak").
 Exits 1 on any violation, when the broker still holds messages, or when nothing was
 measured.
@@ -234,8 +234,8 @@ class Soak:
     def cancel(self, key: str) -> None:
         from django.db import DatabaseError, close_old_connections, connection
 
-        from taskstate import control
-        from taskstate.models import Task
+        from taskstate.core import control
+        from taskstate.core.models import Task
 
         deadline = time.monotonic() + CANCEL_TRIES_FOR
         while time.monotonic() < deadline:
@@ -303,7 +303,7 @@ class Soak:
         from _bench import soak_record as records
         from django.db import connection
 
-        from taskstate.models import Task
+        from taskstate.core.models import Task
 
         for raw in self.records.lrange(records.LOG, 0, -1):
             event, key, at = json.loads(raw)

@@ -5,7 +5,7 @@
 For each N (1, 100, 1000 users; ``--smoke``: 1 and 20), N distinct logged-in users each
 hold one SSE connection to ``/taskstate/events/`` on ONE uvicorn process, all from one
 asyncio client process. A publisher here writes task transitions with
-``taskstate.transitions.write_batch()`` (a batch of one) for randomly chosen users at a fixed rate; each row's
+``taskstate.core.transitions.write_batch()`` (a batch of one) for randomly chosen users at a fixed rate; each row's
 description carries the user's pk, a sequence number and the time, so every arrival is
 checked (right user? delivered once?) and timed from the commit of its write (taken
 right after the upsert statement returns, through a database execute wrapper).
@@ -86,7 +86,7 @@ class Publisher:
             from django.template.loader import render_to_string
             from django.utils import timezone
 
-            from taskstate.models import Status, Task
+            from taskstate.core.models import Status, Task
 
             now = timezone.now()
             task = Task(
@@ -118,17 +118,17 @@ class Publisher:
         def work(k: int) -> None:
             from django.db import connection
 
-            from taskstate.channels import user_channel
-            from taskstate.for_state import Origin, TaskIdentity
-            from taskstate.models import Status
-            from taskstate.signals import announce
-            from taskstate.transitions import (
+            from taskstate.core.for_state import Origin, TaskIdentity
+            from taskstate.core.models import Status
+            from taskstate.core.signals import announce
+            from taskstate.core.transitions import (
                 ENQUEUED_ORDER,
                 TERMINAL_ORDER,
                 Change,
                 running_order,
                 write_batch,
             )
+            from taskstate.web.channels import user_channel
 
             rng = random.Random(f"{self.token}-{base}-{k}")
             committed = threading.local()
@@ -357,7 +357,7 @@ def seed_lists(users: list[int], token: str) -> None:
     """Three rows per user (queued, running, done): the page both sides show."""
     from django.utils import timezone
 
-    from taskstate.models import Status, Task
+    from taskstate.core.models import Status, Task
 
     clear_tasks()
     now = timezone.now()

@@ -76,7 +76,7 @@ SERVER_OPTIONS = (
     "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.max=20000 "
     "-c track_commit_timestamp=on -c max_connections=300"
 )
-#: The timeouts' prefix of a tracking write (taskstate.transitions._with_bounds), as
+#: The timeouts' prefix of a tracking write (taskstate.core.transitions._with_bounds), as
 #: pg_stat_statements normalises it: two or three set_config calls, sent in one string
 #: with the upsert. Django's own "SELECT set_config('TimeZone', ...)" on connecting is one
 #: call, a round trip of its own, and does not match.
@@ -348,14 +348,14 @@ def main() -> None:
 
 
 class ReadCount:
-    """Counts the cancel watch's reads (``taskstate.writer.cancels_since``) while installed."""
+    """Counts the cancel watch's reads (``taskstate.worker.writer.cancels_since``) while installed."""
 
     def __init__(self) -> None:
         self.count = 0
 
     @contextlib.contextmanager
     def installed(self) -> Any:
-        from taskstate import writer as writer_module
+        from taskstate.worker import writer as writer_module
 
         read = writer_module.cancels_since
 
@@ -378,10 +378,10 @@ def orm_cancels_since(since: Any, connection: Any = None) -> list[str] | None:
     from django.db.models import F, Q
     from django.utils import timezone
 
-    from taskstate.bounds import bounded
-    from taskstate.models import Task
-    from taskstate.states import ACTIVE_STATUSES
-    from taskstate.transitions import CANCEL_LOOK_OVERLAP
+    from taskstate.core.bounds import bounded
+    from taskstate.core.models import Task
+    from taskstate.core.states import ACTIVE_STATUSES
+    from taskstate.core.transitions import CANCEL_LOOK_OVERLAP
 
     rows = Task.objects.filter(cancel_requested_at__isnull=False)
     if since is not None:
@@ -420,11 +420,11 @@ def hooks(n: int, rounds: int) -> None:
     from dramatiq.broker import MessageProxy
     from dramatiq.brokers.stub import StubBroker
 
-    from taskstate import conf
-    from taskstate.courier import courier
-    from taskstate.middleware import StateMiddleware
-    from taskstate.models import Task
-    from taskstate.writer import cancels, writer
+    from taskstate.core import conf
+    from taskstate.core.models import Task
+    from taskstate.web.courier import courier
+    from taskstate.worker.middleware import StateMiddleware
+    from taskstate.worker.writer import cancels, writer
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
     broker = StubBroker()
@@ -510,12 +510,12 @@ def cells(args: argparse.Namespace, server: Server) -> None:
     from django_dramatiq.models import Task as AdminTask
     from dramatiq.brokers.stub import StubBroker
 
-    from taskstate import writer as writer_module
-    from taskstate.conf import get_settings
-    from taskstate.courier import courier
-    from taskstate.middleware import StateMiddleware
-    from taskstate.models import Task
-    from taskstate.writer import cancels, writer
+    from taskstate.core.conf import get_settings
+    from taskstate.core.models import Task
+    from taskstate.web.courier import courier
+    from taskstate.worker import writer as writer_module
+    from taskstate.worker.middleware import StateMiddleware
+    from taskstate.worker.writer import cancels, writer
 
     fixed_read = writer_module.cancels_since
     counter = Counter()
@@ -755,7 +755,7 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
     from django.contrib.auth import get_user_model
     from django.db import connection, connections
 
-    from taskstate.models import Task
+    from taskstate.core.models import Task
     from tests.support.processes import child_env, start_worker
     from tests.testapp import tasks as actors
 

@@ -41,13 +41,13 @@ def main() -> None:
     from django.contrib.auth import get_user_model
     from django.db.backends.signals import connection_created
 
-    import taskstate.writer as writer_module
-    from taskstate import conf
-    from taskstate import transitions as t
-    from taskstate.for_state import Origin, TaskIdentity
-    from taskstate.models import Status, Task
-    from taskstate.publish import flush
-    from taskstate.writer import writer
+    import taskstate.worker.writer as writer_module
+    from taskstate.core import conf
+    from taskstate.core import transitions as t
+    from taskstate.core.for_state import Origin, TaskIdentity
+    from taskstate.core.models import Status, Task
+    from taskstate.shutdown import flush
+    from taskstate.worker.writer import writer
 
     spent: dict[str, float] = {}
     calls: dict[str, int] = {}

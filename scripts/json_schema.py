@@ -1,6 +1,6 @@
-"""Write taskstate/static/taskstate/task.schema.json from taskstate/task_json.py.
+"""Write taskstate/static/taskstate/task.schema.json from taskstate/web/task_json.py.
 
-The ``TypedDict`` classes in ``taskstate.task_json`` are the one source of the JSON form of
+The ``TypedDict`` classes in ``taskstate.web.task_json`` are the one source of the JSON form of
 a task; this file is generated from them. Run ``python scripts/json_schema.py`` after
 changing them; ``--check`` exits 1 when the file is out of date (tests/test_task_json.py
 checks it too).
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     import django
 
     django.setup()
-    from taskstate.task_json import schema_text
+    from taskstate.web.task_json import schema_text
 
     text = schema_text()
     if "--check" in argv:

@@ -1,4 +1,4 @@
-"""MkDocs hooks (mkdocs.yml ``hooks``): the settings page must match taskstate/conf.py.
+"""MkDocs hooks (mkdocs.yml ``hooks``): the settings page must match taskstate/core/conf.py.
 
 docs/reference/settings.md is written by scripts/settings_reference.py; a build with a
 page that no longer matches the settings' definitions logs a warning, which
@@ -24,6 +24,6 @@ def on_pre_build(config: Any) -> None:
 
     if settings_reference.PAGE.read_text(encoding="utf-8") != settings_reference.render():
         log.warning(
-            "docs/reference/settings.md does not match taskstate/conf.py: "
+            "docs/reference/settings.md does not match taskstate/core/conf.py: "
             "run python scripts/settings_reference.py"
         )

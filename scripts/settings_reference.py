@@ -1,4 +1,4 @@
-"""Write docs/reference/settings.md from taskstate/conf.py, the one source of the settings.
+"""Write docs/reference/settings.md from taskstate/core/conf.py, the one source of the settings.
 
 Each key of ``TaskstateSettings`` becomes a section: its default, the values it accepts
 (from the same rules ``manage.py check`` applies) and its ``#:`` comment; the keys of
@@ -26,7 +26,7 @@ _FIELD = re.compile(r"^    ([A-Z][A-Z0-9_]*): ")
 _INTRO = """\
 # Settings
 
-<!-- Written by scripts/settings_reference.py from taskstate/conf.py: edit those, not this page. -->
+<!-- Written by scripts/settings_reference.py from taskstate/core/conf.py: edit those, not this page. -->
 
 Every setting lives in one dict in your project's settings:
 
@@ -91,7 +91,7 @@ def _value(value: Any) -> str:
 
 
 def _accepts(name: str, default: Any, metadata: Any) -> str:
-    from taskstate import conf
+    from taskstate.core import conf
 
     rule = metadata.get("rule")
     if isinstance(default, bool):
@@ -107,7 +107,7 @@ def _accepts(name: str, default: Any, metadata: Any) -> str:
 
 def render() -> str:
     """The whole page, from the settings' definitions and comments."""
-    from taskstate import conf
+    from taskstate.core import conf
 
     comments = _comments(inspect.getsource(conf.TaskstateSettings))
     definitions = fields(conf.TaskstateSettings)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from taskstate.grouping import track_group
-    from taskstate.tracking import Cancelled, cancel_requested, progress, track
+    from taskstate.core.grouping import track_group
+    from taskstate.worker.tracking import Cancelled, cancel_requested, progress, track
 
 __all__ = ["Cancelled", "cancel_requested", "progress", "track", "track_group"]
 __version__ = "1.0.0.dev0"
@@ -21,11 +21,11 @@ def __getattr__(name: str) -> Any:
     # Django imports this package before its models can be: the actor API, which writes
     # through them, is imported on first use.
     if name == "track_group":
-        from taskstate import grouping
+        from taskstate.core import grouping
 
         return grouping.track_group
     if name in __all__:
-        from taskstate import tracking
+        from taskstate.worker import tracking
 
         return getattr(tracking, name)
     raise AttributeError(f"module 'taskstate' has no attribute {name!r}")

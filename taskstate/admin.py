@@ -12,11 +12,11 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from taskstate import control
-from taskstate.models import Task
-from taskstate.policy import CANCEL, RETRY, allowed, controlled_by_group
-from taskstate.publish import publish_removed_tasks
+from taskstate.core import control
+from taskstate.core.models import Task
+from taskstate.core.policy import CANCEL, RETRY, allowed, controlled_by_group
 from taskstate.templatetags.taskstate import taskstate_duration
+from taskstate.web.publish import publish_removed_tasks
 
 if TYPE_CHECKING:
     _TaskAdminBase = admin.ModelAdmin[Task]

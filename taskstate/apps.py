@@ -15,11 +15,10 @@ class TaskstateConfig(AppConfig):
 
         from taskstate import (
             checks,  # importing it registers the system checks
-            diagnostics,
             logfilters,
-            publish,
-            signals,
         )
+        from taskstate.core import diagnostics, signals
+        from taskstate.web import publish
 
         # uvicorn runs no system check: the first request logs what they would say, and
         # a send with for_state to a broker without StateMiddleware says it goes untracked.
@@ -40,13 +39,13 @@ class TaskstateConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_out
         from django.db.models.signals import post_save
 
-        from taskstate import streams
+        from taskstate.web import streams
 
-        user_logged_out.connect(streams.on_logged_out, dispatch_uid="taskstate.streams.logout")
+        user_logged_out.connect(streams.on_logged_out, dispatch_uid="taskstate.web.streams.logout")
         post_save.connect(
             streams.on_user_saved,
             sender=get_user_model(),
-            dispatch_uid="taskstate.streams.user_saved",
+            dispatch_uid="taskstate.web.streams.user_saved",
         )
 
         # Before the process goes: the last changes written, then their events sent.
@@ -55,21 +54,25 @@ class TaskstateConfig(AppConfig):
         from taskstate import shutdown
 
         atexit.register(shutdown.at_exit)
+        # A worker process may end without running atexit hooks: its worker says when.
+        signals.worker_stopped.connect(
+            shutdown.on_worker_stopped, dispatch_uid="taskstate.shutdown"
+        )
 
         # task_changed names one sender, whichever part of taskstate wrote the row.
-        from taskstate.middleware import StateMiddleware
+        from taskstate.worker.middleware import StateMiddleware
 
         signals.use_sender(StateMiddleware)
 
         # The live page follows every committed change; dispatch_uid keeps it to one.
         signals.task_committed.connect(
-            publish.on_task_committed, dispatch_uid="taskstate.publish.task"
+            publish.on_task_committed, dispatch_uid="taskstate.web.publish.task"
         )
         signals.progress_committed.connect(
-            publish.on_progress_committed, dispatch_uid="taskstate.publish.progress"
+            publish.on_progress_committed, dispatch_uid="taskstate.web.publish.progress"
         )
 
         if apps.is_installed("django_eventstream"):
-            from taskstate import eventstream_repair
+            from taskstate.web import eventstream_repair
 
             eventstream_repair.install()

@@ -6,7 +6,7 @@ Each ``@task`` function becomes a Dramatiq actor of its own, named by the functi
 dotted path and declared on the broker when the ``Task`` is made (Django validates every
 ``Task`` with its backend): workers know it as soon as they import the module, as they do
 for actors. Every message is tracked by ``StateMiddleware``, so results are read from the
-``taskstate.models.Task`` rows; :func:`owned_by` gives the tasks enqueued inside it an
+``taskstate.core.models.Task`` rows; :func:`owned_by` gives the tasks enqueued inside it an
 owner, whose live list then shows them. docs/django-tasks.md has the whole picture.
 """
 
@@ -49,10 +49,10 @@ from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.utils.json import normalize_json
 
-from taskstate.conf import get_settings
-from taskstate.middleware import StateMiddleware
-from taskstate.states import Status
-from taskstate.tracking import current_run
+from taskstate.core.conf import get_settings
+from taskstate.core.states import Status
+from taskstate.worker.middleware import StateMiddleware
+from taskstate.worker.tracking import current_run
 
 __all__ = ["DramatiqBackend", "owned_by"]
 
@@ -79,7 +79,7 @@ STATUS_MAP: dict[str, TaskResultStatus] = {
 }
 # What ended a cancelled or skipped task: its row keeps no error of its own.
 _END_EXCEPTIONS = {
-    Status.CANCELLED: "taskstate.tracking.Cancelled",
+    Status.CANCELLED: "taskstate.worker.tracking.Cancelled",
     Status.SKIPPED: "dramatiq.middleware.SkipMessage",
 }
 
@@ -240,7 +240,7 @@ class DramatiqBackend(BaseTaskBackend):
     # --- results --------------------------------------------------------------------
 
     def get_result(self, result_id: str) -> TaskResult[..., Any]:
-        from taskstate.models import Task as Row
+        from taskstate.core.models import Task as Row
 
         row = (
             Row.objects.using(get_settings().DATABASE)

@@ -11,13 +11,13 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
-from taskstate.conf import DEFAULTS, REMOVED_KEYS, setting_problem
-from taskstate.diagnostics import (
+from taskstate.core.conf import DEFAULTS, REMOVED_KEYS, setting_problem
+from taskstate.core.diagnostics import (
     EVENT_BUS_ID,
     MIDDLEWARE_HINT,
     MIDDLEWARE_ID,
     MIDDLEWARE_MISSING,
-    MIDDLEWARE_PATH,
+    MIDDLEWARE_PATHS,
     event_bus_problem,
 )
 
@@ -100,7 +100,7 @@ def check_middleware(
     if not isinstance(broker, dict):
         return []
     middleware = broker.get("MIDDLEWARE") or []
-    if MIDDLEWARE_PATH not in middleware:
+    if not any(path in middleware for path in MIDDLEWARE_PATHS):
         return [Warning(MIDDLEWARE_MISSING, hint=MIDDLEWARE_HINT, id=MIDDLEWARE_ID)]
     return []
 
@@ -127,7 +127,7 @@ def check_channel_manager(
 ) -> list[CheckMessage]:
     """W003: without taskstate's channel manager, django-eventstream's own views would
     serve a user's channel to anyone who asks for it."""
-    from taskstate.channels import TaskstateChannelManager
+    from taskstate.web.channels import TaskstateChannelManager
 
     hint = f"Set EVENTSTREAM_CHANNELMANAGER_CLASS = {_CHANNEL_MANAGER_PATH!r} (or a subclass)."
     path = getattr(settings, "EVENTSTREAM_CHANNELMANAGER_CLASS", None)

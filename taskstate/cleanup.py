@@ -17,12 +17,12 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from taskstate.conf import get_settings
-from taskstate.group_refresh import group_refresher
-from taskstate.models import Task
-from taskstate.publish import publish_removed_tasks
-from taskstate.signals import announce
-from taskstate.states import Status
+from taskstate.core.conf import get_settings
+from taskstate.core.group_refresh import group_refresher
+from taskstate.core.models import Task
+from taskstate.core.signals import announce
+from taskstate.core.states import Status
+from taskstate.web.publish import publish_removed_tasks
 
 logger = logging.getLogger("taskstate")
 

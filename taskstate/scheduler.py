@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskstate.conf import get_settings
+from taskstate.core.conf import get_settings
 
 JOB_ID = "taskstate-cleanup"
 

@@ -9,10 +9,23 @@ Dramatiq side and the web side alike.
 
 from __future__ import annotations
 
-from taskstate.background import background
-from taskstate.courier import courier
-from taskstate.group_refresh import group_refresher
-from taskstate.writer import SHUTDOWN_FLUSH, writer
+from typing import Any
+
+from taskstate.core.background import background
+from taskstate.core.group_refresh import group_refresher
+from taskstate.web.courier import courier
+from taskstate.worker.writer import SHUTDOWN_FLUSH, writer
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until everything handed over so far is written and its events sent: the
+    background writer's changes, then the refreshes of the groups they touched (without
+    waiting for their turn), the background thread's other jobs, then the events. Whether
+    all of it was done within ``timeout`` a step."""
+    written = writer.flush(timeout)
+    refreshed = group_refresher.flush(timeout)
+    done = background.flush(timeout)
+    return courier.flush(timeout) and written and refreshed and done
 
 
 def flush_all(timeout: float = SHUTDOWN_FLUSH) -> None:
@@ -21,6 +34,11 @@ def flush_all(timeout: float = SHUTDOWN_FLUSH) -> None:
     group_refresher.flush(timeout)
     background.flush(timeout)
     courier.flush(timeout)
+
+
+def on_worker_stopped(sender: Any, **kwargs: Any) -> None:
+    """The worker's ``after_worker_shutdown`` (the ``worker_stopped`` signal)."""
+    flush_all()
 
 
 def at_exit() -> None:

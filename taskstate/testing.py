@@ -1,8 +1,8 @@
 """What a project's own test suite needs to test its tracked actors and pages.
 
-A worker hook hands its change to a background thread (``taskstate.writer``), a group's
-row is refreshed by another (``taskstate.group_refresh``) and events are sent by a third
-(``taskstate.courier``). So when ``worker.join()`` returns, the last changes may still be
+A worker hook hands its change to a background thread (``taskstate.worker.writer``), a group's
+row is refreshed by another (``taskstate.core.group_refresh``) and events are sent by a third
+(``taskstate.web.courier``). So when ``worker.join()`` returns, the last changes may still be
 on their way to the database: :func:`settle` waits for all three.
 
 - :func:`settle`: every state change handed over so far is written, every group refreshed,
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 
 if TYPE_CHECKING:
-    from taskstate.models import Task
+    from taskstate.core.models import Task
 
 #: Seconds :func:`settle` waits at most by default.
 SETTLE_TIMEOUT = 10.0
@@ -56,7 +56,7 @@ def require_committed_data() -> None:
     with connections of their own, could not see what the test wrote."""
     from django.db import connections
 
-    from taskstate.conf import get_settings
+    from taskstate.core.conf import get_settings
 
     if connections[get_settings().DATABASE].in_atomic_block:
         raise UncommittedTestData(
@@ -76,9 +76,9 @@ def settle(timeout: float = SETTLE_TIMEOUT) -> None:
     code directly) and before reading a ``Task`` row or the events a page received.
     Raises :class:`NotSettled` when ``timeout`` seconds are not enough.
     """
-    from taskstate.courier import courier
-    from taskstate.group_refresh import group_refresher
-    from taskstate.writer import writer
+    from taskstate.core.group_refresh import group_refresher
+    from taskstate.web.courier import courier
+    from taskstate.worker.writer import writer
 
     deadline = time.monotonic() + timeout
 
@@ -104,14 +104,14 @@ def wait_for_status(message: Any, *statuses: str, timeout: float = SETTLE_TIMEOU
     """Wait until the row of ``message`` (a Dramatiq message, or its id) has one of
     ``statuses`` committed, and return it as read then.
 
-    Woken by ``taskstate.signals.task_changed``, not by polling. A status the worker
+    Woken by ``taskstate.core.signals.task_changed``, not by polling. A status the worker
     passes through within one batch of the background writer is not announced on its own
     (its row goes straight to the later one): ask for every status that would do, e.g.
     ``wait_for_status(message, "running")`` before cancelling a task that runs for a while.
     Raises :class:`NotSettled` on timeout.
     """
-    from taskstate.models import Task
-    from taskstate.signals import task_changed
+    from taskstate.core.models import Task
+    from taskstate.core.signals import task_changed
 
     message_id = str(getattr(message, "message_id", message))
     wanted = {str(status) for status in statuses}
@@ -278,8 +278,8 @@ def record_events(*owners: Any) -> Iterator[EventLog]:
     they would be to a browser; every event still goes on to django-eventstream. Nest or
     overlap freely; not for use across processes (a worker process records nothing here).
     """
-    from taskstate import presence
-    from taskstate.channels import user_channel
+    from taskstate.web import presence
+    from taskstate.web.channels import user_channel
 
     channels = frozenset(
         owner if isinstance(owner, str) else user_channel(getattr(owner, "pk", owner))

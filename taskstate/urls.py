@@ -1,6 +1,6 @@
 from django.urls import path
 
-from taskstate import json_views, views
+from taskstate.web import json_views, views
 
 app_name = "taskstate"
 

@@ -14,7 +14,7 @@ from django.db.backends.signals import connection_created
 from dramatiq.brokers.stub import StubBroker
 
 from taskstate.testing import settle
-from taskstate.writer import writer
+from taskstate.worker.writer import writer
 from tests.support.workers import Sent, stop_worker
 
 
@@ -56,7 +56,7 @@ class QueryCounter:
         """Statements of one kind (INSERT, UPDATE, SELECT, ...) that touch ``table``.
 
         A write sent with its own timeouts first (``SELECT set_config(...); INSERT ...``,
-        see taskstate.bounds) counts as the write it carries.
+        see taskstate.core.bounds) counts as the write it carries.
         """
         return [
             s
@@ -106,9 +106,9 @@ def count_queries() -> Iterator[QueryCounter]:
 
 @pytest.fixture(autouse=True)
 def _groups_refreshed_within_the_test() -> Iterator[None]:
-    """A group refresh a test caused runs before its database goes (taskstate.group_refresh)."""
+    """A group refresh a test caused runs before its database goes (taskstate.core.group_refresh)."""
     yield
-    from taskstate.group_refresh import group_refresher
+    from taskstate.core.group_refresh import group_refresher
 
     group_refresher.flush(10)
 
@@ -117,13 +117,13 @@ def _groups_refreshed_within_the_test() -> Iterator[None]:
 def _cancel_watch_starts_empty() -> None:
     """Each test's workers know of no cancel request until they read (an earlier test's
     read is of an earlier test's database)."""
-    from taskstate.writer import cancels
+    from taskstate.worker.writer import cancels
 
     cancels.forget()
 
 
 class CancelReads:
-    """The cancel watch's reads (``taskstate.writer.cancels_since``) made during a test."""
+    """The cancel watch's reads (``taskstate.worker.writer.cancels_since``) made during a test."""
 
     def __init__(self) -> None:
         self.threads: list[str] = []
@@ -142,7 +142,7 @@ class CancelReads:
 def cancel_reads(monkeypatch: pytest.MonkeyPatch) -> CancelReads:
     import threading
 
-    from taskstate import writer as writer_module
+    from taskstate.worker import writer as writer_module
 
     reads = CancelReads()
     read = writer_module.cancels_since
@@ -170,7 +170,7 @@ def _writer_lets_go_of_the_test_database(request: pytest.FixtureRequest) -> Iter
     yield
     writer.flush(10)
     writer.release()
-    from taskstate.writer import cancels
+    from taskstate.worker.writer import cancels
 
     cancels.close()
 
@@ -324,7 +324,7 @@ class EventCapture:
         import json
         import time
 
-        from taskstate.publish import flush
+        from taskstate.shutdown import flush
 
         flush()
         out: list[tuple[str, str, str]] = []

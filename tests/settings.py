@@ -156,10 +156,10 @@ TASKSTATE = {
     # TASKSTATE_TEST_SETTINGS: more TASKSTATE keys, as JSON (for processes a test starts).
     **json.loads(os.environ.get("TASKSTATE_TEST_SETTINGS") or "{}"),
 }
-# TASKSTATE_TEST_CONSTANTS: values for taskstate.conf's constants, as JSON (for processes a
+# TASKSTATE_TEST_CONSTANTS: values for taskstate.core.conf's constants, as JSON (for processes a
 # test starts).
 if _constants := json.loads(os.environ.get("TASKSTATE_TEST_CONSTANTS") or "{}"):
-    from taskstate import conf as _conf
+    from taskstate.core import conf as _conf
 
     for _name, _value in _constants.items():
         assert hasattr(_conf, _name), _name

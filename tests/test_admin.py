@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from taskstate.models import ACTIVE_STATUSES, COMPLETE_STATUSES, Status, Task
+from taskstate.core.models import ACTIVE_STATUSES, COMPLETE_STATUSES, Status, Task
 from tests.support.factories import make_task
 
 pytestmark = pytest.mark.django_db
@@ -247,7 +247,7 @@ def test_mark_seen_action_with_the_change_permission_works(client, django_user_m
 def test_mark_seen_action_removes_the_rows_from_their_owners_pages(
     admin_client, user, other_user, capture_events, django_capture_on_commit_callbacks
 ):
-    from taskstate.channels import user_channel
+    from taskstate.web.channels import user_channel
 
     mine = make_task(user=user, status=Status.DONE)
     theirs = make_task(user=other_user, status=Status.FAILED)
@@ -275,7 +275,7 @@ def test_delete_completed_action_removes_the_rows_from_their_owners_pages(
     admin_client, user, other_user, capture_events, django_capture_on_commit_callbacks
 ):
     """The rows were deleted but stayed on their owners' open pages."""
-    from taskstate.channels import user_channel
+    from taskstate.web.channels import user_channel
 
     mine = make_task(user=user, status=Status.DONE)
     seen = make_task(user=user, status=Status.DONE, seen=True)
@@ -385,7 +385,7 @@ def test_retry_selected_retries_a_group_once_and_never_its_children_on_their_own
     )
     old = taskstate.track_group(batch, for_state={"user_pk": user.pk, "retryable": True}).run()
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
     # status=failed, select all: the group and its failed child.
     failed = admin_client.get(reverse(CHANGELIST), {"status__exact": "failed"})
     assert listed(failed) == {old.task.pk, Task.objects.get(parent=old.task, status="failed").pk}
@@ -396,7 +396,7 @@ def test_retry_selected_retries_a_group_once_and_never_its_children_on_their_own
         follow=True,
     )
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
 
     page = response.content.decode()
     assert "1 task sent again." in page

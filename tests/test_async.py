@@ -14,11 +14,11 @@ from django.test import AsyncClient
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware.asyncio import AsyncIO
 
-from taskstate import conf, control
-from taskstate.background import background
-from taskstate.models import Status, Task
-from taskstate.signals import progress_committed
-from taskstate.writer import writer
+from taskstate.core import conf, control
+from taskstate.core.background import background
+from taskstate.core.models import Status, Task
+from taskstate.core.signals import progress_committed
+from taskstate.worker.writer import writer
 from tests.testapp import tasks
 
 pytestmark = pytest.mark.django_db(transaction=True)

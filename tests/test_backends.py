@@ -13,8 +13,8 @@ import django
 import pytest
 from django.utils import timezone
 
-from taskstate.models import Task as Row
-from taskstate.states import Status
+from taskstate.core.models import Task as Row
+from taskstate.core.states import Status
 
 if django.VERSION >= (6, 0):
     from django.tasks import TaskResultStatus, task, task_backends
@@ -68,7 +68,7 @@ def test_using_sends_to_another_queue_and_get_result_keeps_the_options(broker, w
 def _run_queue(broker: Any, worker: Any, queue_name: str) -> None:
     from dramatiq.brokers.stub import StubBroker
 
-    from taskstate.writer import writer
+    from taskstate.worker.writer import writer
 
     if isinstance(broker, StubBroker):
         broker.join(queue_name, timeout=30_000, fail_fast=False)
@@ -166,7 +166,7 @@ def test_a_cancelled_task_reads_failed_with_taskstates_cancel(broker):
     Row.objects.filter(message_id=result.id).update(status=Status.CANCELLED, attempts=1)
 
     errors = jobs.add.get_result(result.id).errors
-    assert [e.exception_class_path for e in errors] == ["taskstate.tracking.Cancelled"]
+    assert [e.exception_class_path for e in errors] == ["taskstate.worker.tracking.Cancelled"]
     import taskstate
 
     assert errors[0].exception_class is taskstate.Cancelled
@@ -253,7 +253,7 @@ async def _closing(work: Any) -> Any:
 
 def _wait_for_row(result_id: str) -> None:
     """The sender's row of an async enqueue is written by a thread moments later."""
-    from taskstate.background import background
+    from taskstate.core.background import background
 
     background.flush(10)
     assert Row.objects.filter(message_id=result_id).exists()
@@ -318,7 +318,7 @@ def test_a_task_not_reachable_by_its_path_is_refused_at_enqueue(broker):
 
 
 def test_checks_name_a_broker_without_state_middleware(broker, settings):
-    from taskstate.middleware import StateMiddleware
+    from taskstate.worker.middleware import StateMiddleware
 
     backend = task_backends["default"]
     assert [m.id for m in backend.check()] == []
@@ -351,8 +351,8 @@ def test_checks_name_bad_queues_and_results_not_kept(settings):
 def test_owner_cancel_ends_a_running_task_failed(run_all, user):
     import threading
 
-    from taskstate import control
-    from taskstate.writer import writer
+    from taskstate.core import control
+    from taskstate.worker.writer import writer
 
     started = threading.Event()
 
@@ -376,7 +376,7 @@ def test_owner_cancel_ends_a_running_task_failed(run_all, user):
 
 
 def test_owner_retry_sends_the_task_again(run_all, user):
-    from taskstate import control
+    from taskstate.core import control
 
     with owned_by(user):
         result = jobs.fails.enqueue("once")
@@ -410,7 +410,7 @@ def test_checks_name_queues_the_broker_does_not_know(broker):
     import dramatiq
     from dramatiq.brokers.stub import StubBroker
 
-    from taskstate.middleware import StateMiddleware
+    from taskstate.worker.middleware import StateMiddleware
 
     backend = task_backends["default"]
     other = StubBroker(middleware=[StateMiddleware()])

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from taskstate import background as background_module
-from taskstate.background import Background
-from taskstate.group_refresh import GroupRefresher
+from taskstate.core import background as background_module
+from taskstate.core.background import Background
+from taskstate.core.group_refresh import GroupRefresher
 
 
 class Clock:
@@ -99,7 +99,7 @@ def test_a_job_for_later_runs_without_being_asked_once_due():
 
 
 def test_a_busy_group_is_refreshed_at_once_then_once_its_interval_is_over(monkeypatch):
-    from taskstate import conf
+    from taskstate.core import conf
 
     monkeypatch.setattr(conf, "GROUP_INTERVAL", 30.0)
     clock = Clock()
@@ -134,7 +134,7 @@ def test_a_worker_process_runs_at_most_four_kinds_of_taskstate_thread(run_all, u
     import dramatiq
 
     import taskstate
-    from taskstate.group_refresh import group_refresher
+    from taskstate.core.group_refresh import group_refresher
     from tests.testapp import tasks as actors
 
     actors.noop.send(for_state={"user_pk": user.pk})
@@ -178,7 +178,7 @@ def test_a_job_for_later_submitted_while_the_thread_lets_go_of_its_connections_r
 def test_a_refresh_is_never_dropped_with_the_queue_full_and_the_group_refreshed_after(
     monkeypatch,
 ):
-    from taskstate import conf
+    from taskstate.core import conf
 
     monkeypatch.setattr(background_module, "MAX_PENDING", 2)
     monkeypatch.setattr(conf, "GROUP_INTERVAL", 0.0)
@@ -200,7 +200,8 @@ def test_a_refresh_is_never_dropped_with_the_queue_full_and_the_group_refreshed_
 
 
 def test_at_exit_a_refresh_due_later_is_run_and_then_its_events_sent(monkeypatch):
-    from taskstate import conf, shutdown
+    from taskstate import shutdown
+    from taskstate.core import conf
 
     monkeypatch.setattr(conf, "GROUP_INTERVAL", 30.0)
     steps: list[str] = []

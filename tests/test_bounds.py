@@ -1,4 +1,4 @@
-"""Bounded waits of the tracking writes (taskstate.bounds) on a live database.
+"""Bounded waits of the tracking writes (taskstate.core.bounds) on a live database.
 
 A hung server (SIGSTOP) is tested in tests/integration/test_faults.py; here the
 server-side bounds: a write that waits for a lock gives up, the connection stays usable
@@ -14,10 +14,10 @@ import psycopg
 import pytest
 from django.db import connection
 
-from taskstate import conf
-from taskstate import transitions as t
-from taskstate.group_refresh import GroupRefresher
-from taskstate.models import Kind, Status, Task
+from taskstate.core import conf
+from taskstate.core import transitions as t
+from taskstate.core.group_refresh import GroupRefresher
+from taskstate.core.models import Kind, Status, Task
 from tests.support.factories import make_task
 from tests.support.writes import progress_one, write_one
 from tests.test_transitions import apply, origin
@@ -114,7 +114,7 @@ def test_a_write_inside_the_caller_s_transaction_never_breaks_it(monkeypatch, dj
 def test_the_watchdog_shuts_a_socket_whose_peer_never_answers_and_spares_a_disarmed_one():
     import socket
 
-    from taskstate.bounds import _Watchdog
+    from taskstate.core.bounds import _Watchdog
 
     with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts, never answers
         hung = socket.create_connection(listener.getsockname())
@@ -138,7 +138,7 @@ def test_the_watchdog_shuts_a_socket_whose_peer_never_answers_and_spares_a_disar
 def test_shutting_a_descriptor_that_is_gone_or_not_connected_never_raises():
     import socket
 
-    from taskstate.bounds import _shut
+    from taskstate.core.bounds import _shut
 
     _shut(2**20)  # no such descriptor
     with socket.socket() as unconnected:
@@ -147,7 +147,7 @@ def test_shutting_a_descriptor_that_is_gone_or_not_connected_never_raises():
 
 @pytest.mark.postgresql
 def test_the_server_bounds_are_the_constants_in_milliseconds(monkeypatch):
-    from taskstate.bounds import client_bound, server_bounds
+    from taskstate.core.bounds import client_bound, server_bounds
 
     monkeypatch.setattr(conf, "DB_STATEMENT_TIMEOUT", 1.5)
     monkeypatch.setattr(conf, "DB_LOCK_TIMEOUT", 0.25)

@@ -17,7 +17,7 @@ from taskstate.checks import (
     check_middleware,
     check_settings,
 )
-from taskstate.conf import DEFAULTS, get_settings
+from taskstate.core.conf import DEFAULTS, get_settings
 
 
 def ids(messages: list[checks.CheckMessage]) -> list[str]:
@@ -128,7 +128,7 @@ def test_database_naming_an_unknown_alias_is_e004(settings):
     assert "'tasks'" in messages[0].msg
 
 
-@pytest.mark.parametrize("path", ["tests.nowhere.policy", "taskstate.conf.DEFAULTS"])
+@pytest.mark.parametrize("path", ["tests.nowhere.policy", "taskstate.core.conf.DEFAULTS"])
 def test_control_policy_that_is_not_an_importable_callable_is_e005(settings, path):
     settings.TASKSTATE = {"CONTROL_POLICY": path}
     messages = check_settings()

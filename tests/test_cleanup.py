@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from taskstate import conf
 from taskstate.cleanup import CleanupReport, cleanup
-from taskstate.middleware import StateMiddleware
-from taskstate.models import Status, Task
-from taskstate.signals import task_changed
+from taskstate.core import conf
+from taskstate.core.models import Status, Task
+from taskstate.core.signals import task_changed
 from taskstate.tasks import cleanup_tasks
+from taskstate.worker.middleware import StateMiddleware
 from tests.support.factories import ago, make_task
 
 pytestmark = pytest.mark.django_db
@@ -251,7 +251,7 @@ def _start_worker(broker: Any, workers: list[Any]) -> Any:
 def _join(broker: Any, worker: Any) -> None:
     from dramatiq.brokers.stub import StubBroker
 
-    from taskstate.writer import writer
+    from taskstate.worker.writer import writer
 
     if isinstance(broker, StubBroker):
         broker.join("default", timeout=30_000, fail_fast=False)
@@ -280,7 +280,7 @@ def owner(client: Any, user: Any) -> Any:
 
 def _restart_workers() -> None:
     """What a new worker process knows of cancel requests: nothing until it reads."""
-    from taskstate.writer import cancels
+    from taskstate.worker.writer import cancels
 
     cancels.forget()
 
@@ -291,7 +291,7 @@ def test_cancelled_scheduled_task_dismissed_and_cleaned_up_never_runs_when_due(
 ):
     from django.urls import reverse
 
-    from taskstate import states
+    from taskstate.core import states
     from tests.testapp import tasks as actors
 
     # Scheduled "well ahead" means here: more than 0.1 s ahead (the margin made small, so
@@ -326,7 +326,7 @@ def test_task_cancelled_before_its_message_came_is_deleted_once_a_worker_refused
 ):
     from django.urls import reverse
 
-    from taskstate import states
+    from taskstate.core import states
     from tests.testapp import tasks as actors
 
     monkeypatch.setattr(states, "CANCEL_AT_ONCE_MARGIN", 0.0)
@@ -483,7 +483,7 @@ def test_delete_old_keeps_a_group_while_a_child_may_still_get_its_message(retent
 
 
 def test_rows_the_cleanup_deletes_leave_the_owners_open_pages(retention, user, capture_events):
-    from taskstate.channels import user_channel
+    from taskstate.web.channels import user_channel
 
     stale = make_task(user=user, status=Status.ENQUEUED, updated_at=ago(600))
     unseen_old = make_task(user=user, finished_at=ago(2000))
@@ -521,7 +521,7 @@ def test_task_asked_to_cancel_and_failed_as_lost_is_kept_for_its_message(retenti
 def test_rows_the_cleanup_deletes_leave_the_pages_of_the_object_they_are_about(
     retention, user, capture_events
 ):
-    from taskstate.channels import object_channel, object_json_channel
+    from taskstate.web.channels import object_channel, object_json_channel
 
     about = {"object_type": "auth.group", "object_pk": "7"}
     stale = make_task(user=user, status=Status.ENQUEUED, updated_at=ago(600), **about)

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
 
 pytestmark = pytest.mark.django_db
 

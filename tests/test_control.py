@@ -15,14 +15,14 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from taskstate import conf, states
-from taskstate import transitions as t
-from taskstate.control import RETRY_OF_OPTION
-from taskstate.middleware import StateMiddleware
-from taskstate.models import Status, Task
-from taskstate.states import TERMINAL_ORDER, cancelling_order
+from taskstate.core import conf, states
+from taskstate.core import transitions as t
+from taskstate.core.control import RETRY_OF_OPTION
+from taskstate.core.models import Status, Task
+from taskstate.core.states import TERMINAL_ORDER, cancelling_order
 from taskstate.testing import settle
-from taskstate.writer import cancels
+from taskstate.worker.middleware import StateMiddleware
+from taskstate.worker.writer import cancels
 from tests.support.faults import wait_for
 from tests.support.workers import stop_worker
 from tests.support.writes import write_one
@@ -383,7 +383,7 @@ def test_a_cancelled_attempt_is_never_retried_whatever_the_middleware_order(
 def _origin(message_id: str, user: Any) -> Any:
     from datetime import datetime, timezone
 
-    from taskstate.for_state import Origin, TaskIdentity
+    from taskstate.core.for_state import Origin, TaskIdentity
 
     return Origin(
         message_id=message_id,
@@ -531,7 +531,7 @@ def test_a_cancel_is_pushed_to_the_owners_pages_at_once(owner, user, capture_eve
 
     from django.utils import timezone
 
-    from taskstate.channels import user_channel
+    from taskstate.web.channels import user_channel
     from tests.support.factories import make_task
 
     running = make_task(status=Status.RUNNING, user=user)

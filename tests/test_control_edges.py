@@ -9,9 +9,9 @@ from typing import Any
 import dramatiq
 import pytest
 
-from taskstate import control
-from taskstate.control import RetryRefused
-from taskstate.models import Status, Task
+from taskstate.core import control
+from taskstate.core.control import RetryRefused
+from taskstate.core.models import Status, Task
 from tests.testapp import tasks  # noqa: F401  (declares the actors retried here)
 
 pytestmark = pytest.mark.django_db

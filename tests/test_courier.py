@@ -1,4 +1,4 @@
-"""taskstate.courier: the background sender. Jobs run on its own thread, in order;
+"""taskstate.web.courier: the background sender. Jobs run on its own thread, in order;
 progress is coalesced; nothing is dropped without a ``stream-reset`` for its channel."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from taskstate import courier as courier_module
-from taskstate.courier import Courier
+from taskstate.web import courier as courier_module
+from taskstate.web.courier import Courier
 from tests.support.processes import REPO, child_env
 
 
@@ -272,7 +272,7 @@ def test_a_dead_thread_is_replaced_by_the_next_submit(courier, recorder):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_starts_its_own_courier_without_the_parents_jobs(recorder):
-    from taskstate.courier import courier as shared
+    from taskstate.web.courier import courier as shared
 
     gate = held(shared)
     shared.submit(recorder.job("parent's"))
@@ -320,7 +320,7 @@ def test_pending_events_are_sent_when_the_process_exits(tmp_path):
         "import threading\n"
         "import django\n"
         "django.setup()\n"  # the app's ready() registers the exit flush
-        "from taskstate.courier import courier\n"
+        "from taskstate.web.courier import courier\n"
         "gate = threading.Event()\n"
         "courier.submit(gate.wait)\n"  # the thread is busy when the interpreter exits
         f"courier.submit(lambda: open({str(sent)!r}, 'w').write('sent'))\n"
@@ -339,7 +339,7 @@ def test_events_pending_at_exit_go_out_before_the_grip_publisher_is_closed(tmp_p
         "import threading\n"
         "import django\n"
         "django.setup()\n"
-        "from taskstate.courier import courier\n"
+        "from taskstate.web.courier import courier\n"
         "from pubcontrol import PubControl\n"  # imported after taskstate, as in a project
         "publisher = PubControl()\n"
         "gate = threading.Event()\n"

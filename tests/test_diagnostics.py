@@ -12,8 +12,8 @@ from django.template import Context, Template
 from django.urls import reverse
 from dramatiq.brokers.stub import StubBroker
 
-from taskstate import diagnostics
 from taskstate.checks import check_channel_manager, check_event_bus, check_middleware
+from taskstate.core import diagnostics
 
 REDIS_BROKER = {
     "BROKER": "dramatiq.brokers.redis.RedisBroker",
@@ -69,7 +69,7 @@ def test_a_send_for_state_to_a_broker_without_state_middleware_warns_once(settin
 
 
 def test_a_broker_with_state_middleware_is_not_watched(caplog):
-    from taskstate.middleware import StateMiddleware
+    from taskstate.worker.middleware import StateMiddleware
 
     broker = StubBroker(middleware=[StateMiddleware()])
     diagnostics.watch_sends(broker)

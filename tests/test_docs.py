@@ -1,5 +1,5 @@
 """The documentation: the README as a landing page, the tutorial the browser test follows,
-the settings reference written from taskstate/conf.py, and the MkDocs site built strict."""
+the settings reference written from taskstate/core/conf.py, and the MkDocs site built strict."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from taskstate.conf import DEFAULTS
+from taskstate.core.conf import DEFAULTS
 from tests.support.quickstart import TUTORIAL, commands, quickstart_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def test_settings_reference_has_a_section_for_every_key_of_conf():
 
 
 def test_settings_reference_is_what_conf_py_says_now():
-    """Edit taskstate/conf.py, then run ``python scripts/settings_reference.py``."""
+    """Edit taskstate/core/conf.py, then run ``python scripts/settings_reference.py``."""
     assert SETTINGS_PAGE.read_text(encoding="utf-8") == _settings_reference().render()
 
 

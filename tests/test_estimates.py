@@ -1,4 +1,4 @@
-"""Time left (taskstate.estimates), on a fake clock: no sleeps, no wall-clock asserts."""
+"""Time left (taskstate.core.estimates), on a fake clock: no sleeps, no wall-clock asserts."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from django.template.loader import render_to_string
 
-from taskstate.estimates import HISTORY_WEIGHT, Estimator, describe_seconds
-from taskstate.groups import refresh_group
-from taskstate.models import Kind, Status, Task
-from taskstate.writer import writer
+from taskstate.core.estimates import HISTORY_WEIGHT, Estimator, describe_seconds
+from taskstate.core.groups import refresh_group
+from taskstate.core.models import Kind, Status, Task
+from taskstate.worker.writer import writer
 from tests.support.factories import make_task
 from tests.testapp import tasks as actors
 
@@ -172,7 +172,7 @@ def test_time_left_reads_roughly(seconds: float, text: str) -> None:
 
 
 def test_the_progress_partial_shows_the_estimate(monkeypatch: Any, clock: FakeClock) -> None:
-    from taskstate import estimates
+    from taskstate.core import estimates
 
     estimator = Estimator(clock)
     monkeypatch.setattr(estimates, "estimator", estimator)

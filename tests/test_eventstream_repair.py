@@ -1,4 +1,4 @@
-"""taskstate.eventstream_repair: only taskstate's channels are repaired, others behave as
+"""taskstate.web.eventstream_repair: only taskstate's channels are repaired, others behave as
 django-eventstream delivers them; the supervised subscription notices a dead connection.
 
 The unit tests drive django-eventstream's real listener manager and stream loop. Tests
@@ -22,9 +22,9 @@ import pytest
 from django_eventstream.event import Event
 from django_eventstream.views import MAX_PENDING, Listener, get_listener_manager
 
-from taskstate import conf
-from taskstate import eventstream_repair as repair
-from taskstate.channels import admit, user_channel
+from taskstate.core import conf
+from taskstate.web import eventstream_repair as repair
+from taskstate.web.channels import admit, user_channel
 from tests.conftest import current_loop
 
 PROJECT = "project-news"

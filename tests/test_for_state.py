@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -120,7 +120,7 @@ NOT_CANONICAL_INT_PKS = [" 1 ", "1 ", "\u0661", "+2", "1_0", "01", "0x1", "1.0",
 
 @pytest.mark.parametrize("bad_pk", NOT_CANONICAL_INT_PKS)
 def test_user_pk_that_is_not_a_canonical_integer_is_dropped(caplog, bad_pk):
-    from taskstate.for_state import parse_for_state
+    from taskstate.core.for_state import parse_for_state
 
     identity = parse_for_state({"user_pk": bad_pk}, "m1", warn=True)
     assert identity.user_pk is None
@@ -129,14 +129,14 @@ def test_user_pk_that_is_not_a_canonical_integer_is_dropped(caplog, bad_pk):
 
 @pytest.mark.parametrize(("given", "expected"), [(7, 7), ("7", 7), ("123456789", 123456789)])
 def test_canonical_integer_user_pks_are_kept_as_ints(given, expected):
-    from taskstate.for_state import parse_for_state
+    from taskstate.core.for_state import parse_for_state
 
     assert parse_for_state({"user_pk": given}, "m1", warn=True).user_pk == expected
 
 
 @pytest.mark.parametrize("bad_pk", [-1, "-1", 0])
 def test_user_pk_outside_what_an_auto_field_hands_out_is_dropped(caplog, bad_pk):
-    from taskstate.for_state import parse_for_state
+    from taskstate.core.for_state import parse_for_state
 
     assert parse_for_state({"user_pk": bad_pk}, "m1", warn=True).user_pk is None
 
@@ -149,7 +149,7 @@ class _ItemsFail(dict):  # type: ignore[type-arg]
 
 
 def test_for_state_whose_items_cannot_be_read_is_replaced_by_none(caplog):
-    from taskstate.for_state import make_encodable
+    from taskstate.core.for_state import make_encodable
 
     kwargs = {"for_state": _ItemsFail(user_pk=object())}
     with caplog.at_level(logging.WARNING, logger="taskstate"):
@@ -164,7 +164,7 @@ def test_uuid_and_text_primary_keys_are_taken_only_when_canonical():
     from django.core.exceptions import ValidationError
     from django.db import models
 
-    from taskstate.for_state import _canonical_pk
+    from taskstate.core.for_state import _canonical_pk
 
     uuid_pk = models.UUIDField(primary_key=True)
     key = uuid.UUID("12345678-1234-5678-1234-567812345678")

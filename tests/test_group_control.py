@@ -16,8 +16,8 @@ from django.test import Client
 from django.urls import reverse
 
 import taskstate
-from taskstate.models import Kind, Status, Task
-from taskstate.writer import writer
+from taskstate.core.models import Kind, Status, Task
+from taskstate.worker.writer import writer
 from tests.support.faults import wait_for
 from tests.support.workers import Sent, stop_worker
 from tests.testapp import tasks as actors
@@ -55,7 +55,7 @@ def join(broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
     else:
         broker.join("default", timeout=30_000)
     worker.join()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
 
 
 def children(group: Task) -> list[Task]:
@@ -94,7 +94,7 @@ def test_cancel_of_a_group_ends_waiting_children_unrun_stops_the_running_one_kee
     tracked = taskstate.track_group(batch, for_state={"user_pk": user.pk}).run()
     wait_started(running_key)
     wait_for(lambda: children(tracked.task)[0].status == Status.DONE, what="the first child")
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
 
     count_queries.statements = []
     response = cancel(owner, tracked.task, **HTMX)
@@ -211,7 +211,7 @@ def test_cancel_of_a_pipeline_mid_way_never_sends_the_later_steps(
 
     cancel(owner, tracked.task)
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
 
     steps = children(tracked.task)
     assert [s.status for s in steps] == [Status.CANCELLED] * 3
@@ -236,7 +236,7 @@ def test_a_step_that_returns_after_its_cancel_does_not_pipe_on(
 
     cancel(owner, Task.objects.get(pk=tracked.task.pk))
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
 
     steps = children(tracked.task)
     # The step's own end landed first; the step after it was never sent.
@@ -249,8 +249,8 @@ def _ends_cancelled_once_every_worker_knows(group: Task, monkeypatch: Any) -> No
     # The step not sent reads Cancelling (a step that had not seen the request would
     # have sent it) until every worker has heard of the request: then the group's
     # refresh (the cleanup refreshes quiet groups) ends it. The margin made small here.
-    from taskstate import states
-    from taskstate.groups import refresh_group
+    from taskstate.core import states
+    from taskstate.core.groups import refresh_group
 
     steps = children(group)
     assert steps[1].status == Status.ENQUEUED and steps[1].is_cancelling
@@ -271,7 +271,7 @@ def test_a_running_group_shows_cancel_and_a_failed_one_retry(owner, user, worker
 
     tracked.run()
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
     page = owner.get(reverse("taskstate:list")).content.decode()
     assert reverse("taskstate:cancel", args=[tracked.task.pk]) not in page
     assert reverse("taskstate:retry", args=[tracked.task.pk]) in page
@@ -297,14 +297,14 @@ def test_retry_of_a_group_resends_only_its_failed_children_as_a_new_group(
     for_state = {"user_pk": user.pk, "description": "Import", "retryable": True}
     old = taskstate.track_group(batch, for_state=for_state).run().task
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
     old.refresh_from_db()
     assert (old.status, old.children_failed) == (Status.FAILED, 2)
 
     response = retry(owner, old, **HTMX)
     assert response.status_code == 200
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
 
     old.refresh_from_db()
     assert old.seen and all(r.seen for r in children(old))
@@ -340,12 +340,12 @@ def test_retry_of_a_failed_pipeline_resends_from_the_failed_step_with_the_steps_
     )
     old = taskstate.track_group(chain, for_state={"user_pk": user.pk, "retryable": True}).run()
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
     assert [s.status for s in children(old.task)] == [Status.DONE, Status.FAILED, Status.SKIPPED]
 
     assert retry(owner, Task.objects.get(pk=old.task.pk)).status_code == 302
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
 
     new = Task.objects.get(retry_of=old.task)
     assert (new.kind, new.status, new.children_total) == (Kind.PIPELINE, Status.DONE, 2)
@@ -374,7 +374,7 @@ def test_a_pipeline_step_is_retried_only_with_its_pipeline_and_no_step_runs_twic
     )
     old = taskstate.track_group(chain, for_state={"user_pk": user.pk, "retryable": True}).run()
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
     _, check, load = children(old.task)
     assert (check.status, load.is_not_run) == (Status.FAILED, True)
 
@@ -396,20 +396,20 @@ def test_a_pipeline_step_is_retried_only_with_its_pipeline_and_no_step_runs_twic
     # The pipeline's retry is the one new run of the failed work.
     assert retry(owner, Task.objects.get(pk=old.task.pk)).status_code == 302
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
     new = Task.objects.get(retry_of=old.task)
     assert (new.status, [s.description for s in children(new)]) == (Status.DONE, ["Check", "Load"])
     assert (actors.RUNS[first], actors.RUNS[second], actors.RUNS[third]) == (1, 2, 1)
 
 
 def test_a_failed_child_cannot_be_retried_and_its_group_can(worker, run_all, user):
-    from taskstate import control
-    from taskstate.policy import RETRY, possible
+    from taskstate.core import control
+    from taskstate.core.policy import RETRY, possible
 
     batch = dramatiq.group(actors.fails_on_first_run.message(new_key(), [1]) for _ in range(2))
     old = taskstate.track_group(batch, for_state={"user_pk": user.pk, "retryable": True}).run()
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
     group = Task.objects.get(pk=old.task.pk)
     child = children(group)[0]
     assert child.status == Status.FAILED and child.retry_message is not None
@@ -423,7 +423,7 @@ def test_a_failed_child_cannot_be_retried_and_its_group_can(worker, run_all, use
 
 
 def test_a_child_is_cancelled_only_with_its_group(owner, user):
-    from taskstate.policy import CANCEL, possible
+    from taskstate.core.policy import CANCEL, possible
 
     batch = dramatiq.group(actors.runs_once.message(new_key()) for _ in range(2))
     group = taskstate.track_group(batch, for_state={"user_pk": user.pk}).task
@@ -439,7 +439,7 @@ def test_retry_of_a_group_with_no_retryable_child_is_refused(worker, run_all, ow
     batch = dramatiq.group(actors.fails_on_first_run.message(new_key(), [1]) for _ in range(2))
     old = taskstate.track_group(batch, for_state={"user_pk": user.pk}).run().task
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
     old.refresh_from_db()
     assert old.status == Status.FAILED
 
@@ -463,7 +463,7 @@ def test_another_users_cancel_and_retry_of_a_group_are_404(
         for_state={"user_pk": user.pk, "retryable": True},
     ).run()
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
     assert Task.objects.get(pk=failed.task.pk).status == Status.FAILED
 
     client.force_login(other_user)
@@ -483,8 +483,8 @@ def test_a_step_that_returns_after_its_cancel_does_not_pipe_on_with_state_listed
     from dramatiq.brokers.stub import StubBroker
     from dramatiq.middleware import Pipelines
 
-    from taskstate import control
-    from taskstate.middleware import StateMiddleware
+    from taskstate.core import control
+    from taskstate.worker.middleware import StateMiddleware
 
     recorder = Sent()
     broker = StubBroker(

@@ -1,5 +1,5 @@
-"""Groups and pipelines tracked as one row: taskstate.grouping, taskstate.groups and the
-live page's side of them (taskstate.group_refresh, publish)."""
+"""Groups and pipelines tracked as one row: taskstate.core.grouping, taskstate.core.groups and the
+live page's side of them (taskstate.core.group_refresh, publish)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 from django.urls import reverse
 
 import taskstate
-from taskstate import conf
-from taskstate.channels import user_channel
-from taskstate.group_refresh import GroupRefresher
-from taskstate.groups import Refreshed, refresh_group
-from taskstate.models import Kind, Status, Task
-from taskstate.states import NOT_RUN_ERROR, WAITING_ORDER
+from taskstate.core import conf
+from taskstate.core.group_refresh import GroupRefresher
+from taskstate.core.groups import Refreshed, refresh_group
+from taskstate.core.models import Kind, Status, Task
+from taskstate.core.states import NOT_RUN_ERROR, WAITING_ORDER
+from taskstate.web.channels import user_channel
 from tests.support.factories import make_task
 from tests.testapp import tasks
 
@@ -144,7 +144,7 @@ def test_a_group_run_by_a_worker_ends_done_with_every_child_counted(
 ) -> None:
     tracked = _group_of(6, user.pk).run()
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
 
     parent = Task.objects.get(pk=tracked.task.pk)
     assert parent.status == Status.DONE
@@ -162,7 +162,7 @@ def test_a_pipeline_passes_results_along_and_ends_done(
     tracked = taskstate.track_group(chain, for_state={"user_pk": user.pk, "description": "3"})
     tracked.run()
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
 
     parent = Task.objects.get(pk=tracked.task.pk)
     assert (parent.kind, parent.status, parent.children_done) == (Kind.PIPELINE, "done", 3)
@@ -183,7 +183,7 @@ def test_a_failing_middle_step_fails_the_pipeline_naming_it_and_later_steps_read
     )
     tracked = taskstate.track_group(chain, for_state={"user_pk": user.pk}).run()
     run_all()
-    taskstate.publish.flush()
+    taskstate.shutdown.flush()
 
     parent = Task.objects.get(pk=tracked.task.pk)
     assert parent.status == Status.FAILED
@@ -238,7 +238,7 @@ def test_a_refresh_costs_the_same_statements_whatever_the_group_s_size(
     parent = _group_with(*({"status": "running", "state_order": 15} for _ in range(size)))
     count_queries.statements = []
     refresh_group(parent.pk)
-    # On PostgreSQL, one more sets the refresh's bounds (taskstate.bounds).
+    # On PostgreSQL, one more sets the refresh's bounds (taskstate.core.bounds).
     own = [s for s in count_queries.statements if not s.startswith("SELECT set_config(")]
     assert len(own) == 3
 
@@ -414,7 +414,7 @@ def test_a_group_whose_child_waits_for_a_retry_outlives_the_running_timeout(sett
 
 def test_a_group_whose_running_child_s_worker_died_fails_through_the_child(settings: Any) -> None:
     from taskstate.cleanup import cleanup
-    from taskstate.group_refresh import group_refresher
+    from taskstate.core.group_refresh import group_refresher
     from tests.support.factories import ago
 
     settings.TASKSTATE = {"RUNNING_TIMEOUT": 300}

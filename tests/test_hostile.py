@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from taskstate.channels import TaskstateChannelManager, admit, user_channel
-from taskstate.for_state import make_encodable, parse_for_state
-from taskstate.models import Status, Task
+from taskstate.core.for_state import make_encodable, parse_for_state
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import TaskstateChannelManager, admit, user_channel
 from tests.support.writes import write_one
 
 pytestmark = pytest.mark.django_db
@@ -198,8 +198,8 @@ _counter = iter(range(10**9))
 def test_fuzzed_for_state_always_gets_a_row(for_state, caplog):
     from django.utils import timezone
 
-    from taskstate import transitions
-    from taskstate.for_state import Origin
+    from taskstate.core import transitions
+    from taskstate.core.for_state import Origin
 
     kwargs = {"for_state": for_state}
     make_encodable(kwargs, "fuzz")

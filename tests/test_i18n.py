@@ -13,8 +13,8 @@ import pytest
 from django.core.management import call_command
 from django.utils import translation
 
-from taskstate.channels import user_channel
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import user_channel
 from tests.testapp import tasks as actors
 
 PACKAGE = Path(__file__).resolve().parent.parent / "taskstate"

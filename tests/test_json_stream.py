@@ -9,10 +9,11 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.urls import reverse
 from django.utils import timezone
 
-from taskstate import transitions as t
-from taskstate.channels import admit, json_channel, user_channel
-from taskstate.for_state import Origin, TaskIdentity
-from taskstate.models import Status, Task
+from taskstate import shutdown
+from taskstate.core import transitions as t
+from taskstate.core.for_state import Origin, TaskIdentity
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import admit, json_channel, user_channel
 from tests.conftest import lifecycle_announced
 from tests.support.writes import write_one
 from tests.test_task_json import validate
@@ -76,7 +77,8 @@ def test_the_html_channel_still_carries_html_only(run_all, user, capture_events)
 
 
 def test_dismissed_tasks_are_removed_from_json_pages(user, capture_events):
-    from taskstate.publish import flush, publish_removed
+    from taskstate.shutdown import flush
+    from taskstate.web.publish import publish_removed
 
     flush()
     capture = capture_events(json_channel(user.pk))
@@ -85,7 +87,8 @@ def test_dismissed_tasks_are_removed_from_json_pages(user, capture_events):
 
 
 def test_a_seen_task_goes_as_a_removal(user, capture_events):
-    from taskstate.publish import flush, publish_task
+    from taskstate.shutdown import flush
+    from taskstate.web.publish import publish_task
 
     task = write_one(
         Origin(
@@ -108,14 +111,14 @@ def test_nothing_is_built_for_a_json_channel_nobody_listens_to(
 ):
     """Embedded: nothing. With Redis the streams may be in other processes, so the JSON
     form is built and sent for every change (its cost: benchmarks/json_stream_cost.py)."""
-    from taskstate import publish
+    from taskstate.web import publish
 
     built = []
     monkeypatch.setattr(publish, "task_json", lambda task: built.append(task) or {})
     capture_events(user_channel(user.pk))  # an htmx page only
     actors.noop.send(for_state={"user_pk": user.pk})
     run_all()
-    publish.flush()
+    shutdown.flush()
     if hasattr(settings, "EVENTSTREAM_REDIS"):
         assert built, "with Redis every change is sent in both forms"
     else:
@@ -125,8 +128,8 @@ def test_nothing_is_built_for_a_json_channel_nobody_listens_to(
 def test_a_full_courier_resets_the_json_pages_too(user, capture_events, monkeypatch):
     import threading
 
-    from taskstate import courier as courier_module
-    from taskstate import publish
+    from taskstate.web import courier as courier_module
+    from taskstate.web import publish
 
     capture = capture_events(user_channel(user.pk), json_channel(user.pk))
     monkeypatch.setattr(courier_module, "MAX_PENDING", 1)
@@ -147,7 +150,7 @@ def test_a_full_courier_resets_the_json_pages_too(user, capture_events, monkeypa
 
 
 def test_only_the_json_events_view_admits_to_the_json_channel(user, other_user):
-    from taskstate.channels import TaskstateChannelManager
+    from taskstate.web.channels import TaskstateChannelManager
 
     manager = TaskstateChannelManager()
     assert not manager.can_read_channel(user, json_channel(user.pk))  # not admitted

@@ -9,8 +9,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from taskstate.channels import json_channel, user_channel
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import json_channel, user_channel
 from tests.test_task_json import validate
 
 pytestmark = pytest.mark.django_db
@@ -213,7 +213,7 @@ def test_the_json_events_refuse_anonymous_users(client):
 def test_the_json_channel_sits_beside_the_users_channel(user, other_user, settings):
     from django.contrib.auth.models import AnonymousUser
 
-    from taskstate.channels import may_read
+    from taskstate.web.channels import may_read
 
     settings.TASKSTATE = {"CHANNEL_NAMESPACE": "site-a"}
     assert json_channel(7) == "taskstate-user-site-a.json-7"

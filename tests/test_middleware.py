@@ -10,10 +10,10 @@ import dramatiq
 import pytest
 from django.db import transaction
 
-from taskstate import conf
-from taskstate.middleware import StateMiddleware
-from taskstate.models import Status, Task
-from taskstate.signals import task_changed
+from taskstate.core import conf
+from taskstate.core.models import Status, Task
+from taskstate.core.signals import task_changed
+from taskstate.worker.middleware import StateMiddleware
 from tests.conftest import lifecycle_announced
 from tests.testapp import tasks as actors
 

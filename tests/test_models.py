@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.utils import timezone
 
-from taskstate.models import ACTIVE_STATUSES, COMPLETE_STATUSES, Status, Task
+from taskstate.core.models import ACTIVE_STATUSES, COMPLETE_STATUSES, Status, Task
 from tests.support.factories import ago, make_task
 
 pytestmark = pytest.mark.django_db
@@ -191,7 +191,7 @@ def test_delete_old_applies_to_the_queryset_it_is_called_on(user, other_user):
 
 
 def test_delete_old_deletes_every_row_when_there_are_more_than_one_batch(monkeypatch):
-    monkeypatch.setattr("taskstate.models._DELETE_BATCH", 3)
+    monkeypatch.setattr("taskstate.core.models._DELETE_BATCH", 3)
     for _ in range(10):
         make_task(seen=True, seen_at=ago(120))
     keep = make_task(seen=True, seen_at=ago(1))
@@ -233,7 +233,7 @@ def test_delete_stale_default_max_age_is_twenty_minutes():
 
 
 def test_delete_stale_deletes_every_row_when_there_are_more_than_one_batch(monkeypatch):
-    monkeypatch.setattr("taskstate.models._DELETE_BATCH", 3)
+    monkeypatch.setattr("taskstate.core.models._DELETE_BATCH", 3)
     for _ in range(7):
         make_task(status=Status.ENQUEUED, updated_at=ago(5000))
     assert Task.objects.delete_stale(1200) == 7
@@ -287,7 +287,7 @@ def test_fail_abandoned_leaves_other_statuses_alone():
 
 
 def test_abandoned_task_cannot_be_moved_back_to_running_by_a_late_progress_write():
-    from taskstate.for_state import Origin, TaskIdentity
+    from taskstate.core.for_state import Origin, TaskIdentity
     from tests.support.writes import progress_one
 
     task = make_task(status=Status.RUNNING, attempts=1, progress=10, updated_at=ago(7200))

@@ -17,8 +17,10 @@ from django.db import connections
 from django.test import AsyncClient
 from django.urls import reverse
 
-from taskstate import conf
-from taskstate.channels import (
+from taskstate import shutdown
+from taskstate.core import conf
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import (
     TaskstateChannelManager,
     admit,
     json_channel,
@@ -27,8 +29,7 @@ from taskstate.channels import (
     object_json_channel,
     user_channel,
 )
-from taskstate.models import Status, Task
-from taskstate.publish import on_progress_committed, publish_object_change
+from taskstate.web.publish import on_progress_committed, publish_object_change
 from tests.conftest import with_perm
 from tests.test_object_tasks import about, logged_in, render_list, token_of
 from tests.test_task_json import validate
@@ -124,7 +125,9 @@ def test_the_json_list_refuses_as_the_html_list_does_in_json(
         assert "secret" not in refused(response, status)
     assert logged_in(viewer).post(list_url(team)).status_code == 405
     # Another site's token (its own SECRET_KEY) names nothing here.
-    theirs = signing.Signer(key="another-site-secret-key", salt="taskstate.channels.object_token")
+    theirs = signing.Signer(
+        key="another-site-secret-key", salt="taskstate.web.channels.object_token"
+    )
     token = theirs.sign_object(["auth.group", str(team.pk)])
     refused(logged_in(viewer).get(reverse("taskstate:json-object-list", args=[token])), 404)
 
@@ -344,7 +347,7 @@ def test_nothing_is_sent_on_an_objects_json_channel_nobody_listens_to(
     run_all, user, team, capture_events, monkeypatch, settings
 ):
     """Embedded: nothing. With Redis the streams may be in other processes: always."""
-    from taskstate import publish
+    from taskstate.web import publish
 
     html, as_json = channels_of(team)
     sent: list[str] = []
@@ -357,7 +360,7 @@ def test_nothing_is_sent_on_an_objects_json_channel_nobody_listens_to(
     capture_events(html)  # an htmx page of the object only
     actors.noop.send(for_state={"user_pk": user.pk, "object": team})
     run_all()
-    publish.flush()
+    shutdown.flush()
     assert html in sent
     assert (as_json in sent) == hasattr(settings, "EVENTSTREAM_REDIS")
 

@@ -17,8 +17,11 @@ from django.template import Context, Template, TemplateSyntaxError
 from django.test import AsyncClient, Client, RequestFactory
 from django.urls import reverse
 
-from taskstate import conf, streams
-from taskstate.channels import (
+from taskstate.core import conf
+from taskstate.core.models import Status, Task
+from taskstate.core.policy import VIEW, allowed, may_see_object
+from taskstate.web import streams
+from taskstate.web.channels import (
     TaskstateChannelManager,
     admit,
     may_read,
@@ -27,9 +30,7 @@ from taskstate.channels import (
     object_token,
     user_channel,
 )
-from taskstate.models import Status, Task
-from taskstate.policy import VIEW, allowed, may_see_object
-from taskstate.publish import OBJECT_CHANGED_EVENT, on_progress_committed, publish_object_change
+from taskstate.web.publish import OBJECT_CHANGED_EVENT, on_progress_committed, publish_object_change
 from tests.conftest import with_perm
 from tests.testapp import tasks as actors
 
@@ -405,7 +406,7 @@ def test_a_viewer_who_loses_the_permission_stops_receiving_at_the_next_check(
 def test_the_steps_of_a_group_about_an_object_open_for_its_viewers_only(
     user, viewer, stranger, team
 ):
-    from taskstate.models import Kind
+    from taskstate.core.models import Kind
 
     group = about(team, owner=user, kind=Kind.GROUP, description="Import in steps")
     for position, name in enumerate(("Fetch", "Load"), start=1):

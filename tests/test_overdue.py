@@ -17,8 +17,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from taskstate.cleanup import cleanup
-from taskstate.models import Status, Task
-from taskstate.signals import task_changed
+from taskstate.core.models import Status, Task
+from taskstate.core.signals import task_changed
 from tests.support.factories import ago, make_task
 from tests.testapp import tasks as actors
 

@@ -9,8 +9,8 @@ import pytest
 from django.template import Context, Template
 from django.urls import reverse
 
-from taskstate.channels import user_channel
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import user_channel
 from tests.testapp import tasks as actors
 
 HTMX = {"HTTP_HX_REQUEST": "true"}

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import AnonymousUser
 
-from taskstate import policy
-from taskstate.models import Status, Task
+from taskstate.core import policy
+from taskstate.core.models import Status, Task
 
 pytestmark = pytest.mark.django_db
 

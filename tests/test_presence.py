@@ -1,4 +1,4 @@
-"""Rows are rendered only for someone who may receive them (taskstate.presence).
+"""Rows are rendered only for someone who may receive them (taskstate.web.presence).
 
 Without ``EVENTSTREAM_REDIS`` and GRIP (the embedded setup) that is django-eventstream's
 own listener manager; otherwise every row is rendered. Across processes through Redis,
@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from taskstate import presence
-from taskstate import publish as pub
-from taskstate import transitions as t
-from taskstate.channels import admit, json_channel, user_channel
-from taskstate.for_state import Origin, TaskIdentity
-from taskstate.models import Status, Task
+from taskstate import shutdown
+from taskstate.core import transitions as t
+from taskstate.core.for_state import Origin, TaskIdentity
+from taskstate.core.models import Status, Task
+from taskstate.web import presence
+from taskstate.web import publish as pub
+from taskstate.web.channels import admit, json_channel, user_channel
 from tests.support.writes import write_one
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -52,7 +53,7 @@ def local_only(settings, monkeypatch) -> None:
 
 def done_task(user: Any, message_id: str) -> Task:
     """A task written done and announced, as a worker's write is."""
-    from taskstate.signals import announce
+    from taskstate.core.signals import announce
 
     task = write_one(
         Origin(message_id, "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
@@ -69,10 +70,10 @@ def test_a_user_with_no_stream_open_costs_no_render_and_gets_the_rows_once_liste
     user, capture_events, renders, local_only
 ):
     task = done_task(user, "m-nobody")
-    assert pub.flush()
+    assert shutdown.flush()
     assert renders == [], "nobody listens: the committed row is not rendered"
     pub.publish_progress(task.pk, user.pk, 40, "half", 1)
-    assert pub.flush()
+    assert shutdown.flush()
     assert renders == [], "nor is a progress bar"
 
     capture = capture_events(user_channel(user.pk))
@@ -89,7 +90,7 @@ def test_another_users_stream_does_not_make_mine_rendered(
 ):
     capture_events(user_channel(other_user.pk))
     done_task(user, "m-mine")
-    assert pub.flush()
+    assert shutdown.flush()
     assert renders == []
 
 
@@ -114,7 +115,7 @@ def test_rows_are_rendered_for_everyone_when_streams_may_be_in_other_processes(
     for name, value in setting.items():
         setattr(settings, name, value)
     done_task(user, "m-everyone")
-    assert pub.flush()
+    assert shutdown.flush()
     assert renders == ["taskstate/_task_row.html"]
     # Its JSON form too: a JSON page may be open in another process.
     assert sent == [user_channel(user.pk), json_channel(user.pk)]
@@ -182,7 +183,7 @@ def test_a_change_committed_once_the_stream_is_open_reaches_the_page(user, local
         following = loop.create_task(body.__anext__())
         loop.run_until_complete(asyncio.wait_for(watched.waiting.wait(), 30))  # caught up
         task = done_task(user, "m-after-open")
-        assert pub.flush()
+        assert shutdown.flush()
         row = loop.run_until_complete(asyncio.wait_for(following, 30))
     finally:
         if following is not None and not following.done():

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from taskstate import conf
-from taskstate import transitions as t
-from taskstate.channels import may_read, user_channel
-from taskstate.for_state import Origin, TaskIdentity
-from taskstate.models import Status, Task
+from taskstate import shutdown
+from taskstate.core import conf
+from taskstate.core import transitions as t
+from taskstate.core.for_state import Origin, TaskIdentity
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import may_read, user_channel
 from tests.conftest import lifecycle_announced
 from tests.support.writes import write_one
 from tests.testapp import tasks as actors
@@ -32,7 +33,7 @@ def test_user_channel_uses_the_prefix_and_the_configured_namespace(settings, mon
 def test_the_default_namespace_differs_by_secret_key_and_database_name(settings):
     from django.db import connections
 
-    from taskstate.channels import site_namespace
+    from taskstate.web.channels import site_namespace
 
     first = site_namespace()
     assert re.fullmatch(r"[0-9a-f]{12}", first)
@@ -120,7 +121,8 @@ def test_tasks_without_user_publish_nothing(run_all, capture_events, user):
 
 
 def test_seen_task_is_removed_from_the_page(user, capture_events):
-    from taskstate.publish import flush, publish_task
+    from taskstate.shutdown import flush
+    from taskstate.web.publish import publish_task
 
     task = write_one(
         Origin("m-seen", "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
@@ -142,7 +144,7 @@ def test_seen_task_is_removed_from_the_page(user, capture_events):
 def test_publishing_failure_is_logged_once_and_never_raises(user, monkeypatch, caplog):
     import django_eventstream
 
-    from taskstate import publish
+    from taskstate.web import publish
 
     def down(*args, **kwargs):
         raise ConnectionError("redis is down")
@@ -151,12 +153,12 @@ def test_publishing_failure_is_logged_once_and_never_raises(user, monkeypatch, c
     publish._failures.down = False
     for _ in range(3):
         publish.publish_removed(user.pk, [1])
-    publish.flush()
+    shutdown.flush()
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1
     monkeypatch.undo()
     publish.publish_removed(user.pk, [1])
-    publish.flush()
+    shutdown.flush()
     assert "works again" in caplog.text
 
 
@@ -197,8 +199,8 @@ def test_events_dropped_by_a_full_courier_end_in_a_stream_reset_to_their_user(
 ):
     import threading
 
-    from taskstate import courier as courier_module
-    from taskstate import publish
+    from taskstate.web import courier as courier_module
+    from taskstate.web import publish
 
     mine, theirs = user_channel(user.pk), user_channel(other_user.pk)
     capture = capture_events(mine, theirs)
@@ -225,8 +227,8 @@ def test_a_failed_publish_ends_in_a_stream_reset_once_sending_works(
 ):
     import django_eventstream
 
-    from taskstate import courier as courier_module
-    from taskstate import publish
+    from taskstate.web import courier as courier_module
+    from taskstate.web import publish
 
     mine = user_channel(user.pk)
     capture = capture_events(mine)
@@ -247,7 +249,7 @@ def test_a_failed_publish_ends_in_a_stream_reset_once_sending_works(
 
 
 def test_a_database_alias_that_does_not_exist_still_gives_a_namespace(settings):
-    from taskstate.channels import site_namespace
+    from taskstate.web.channels import site_namespace
 
     settings.TASKSTATE = {"DATABASE": "no-such-alias"}  # taskstate.E004 reports it
     assert re.fullmatch(r"[0-9a-f]{12}", site_namespace())
@@ -260,7 +262,7 @@ def test_a_deactivated_user_may_not_read_even_their_own_channel(user):
 
 
 def test_a_receiver_of_task_changed_that_raises_is_logged_and_the_others_still_run(user, caplog):
-    from taskstate.signals import announce, task_changed, task_committed
+    from taskstate.core.signals import announce, task_changed, task_committed
 
     task = Task.objects.create(message_id="sig", actor_name="a", status=Status.DONE, user=user)
     heard: list[str] = []
@@ -290,8 +292,8 @@ def test_channel_and_mark_hmacs_name_their_algorithm():
     every channel between two Django versions. Ours name sha256."""
     import warnings
 
-    from taskstate.channels import site_namespace
-    from taskstate.streams import _refresh_mark, grip_session_channel
+    from taskstate.web.channels import site_namespace
+    from taskstate.web.streams import _refresh_mark, grip_session_channel
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

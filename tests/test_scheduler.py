@@ -10,7 +10,7 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from django.utils import timezone
 
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
 from taskstate.scheduler import JOB_ID, add_cleanup_job
 
 
@@ -107,7 +107,7 @@ def test_the_scheduler_command_cleans_up_on_its_interval_and_stops_cleanly(tmp_p
             *django,
             "shell",
             "-c",
-            "from taskstate.models import Task; "
+            "from taskstate.core.models import Task; "
             "Task.objects.create(message_id='stale', actor_name='export', status='done'); "
             f"Task.objects.update(updated_at='{old}', finished_at='{old}')",
         ],

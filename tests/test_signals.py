@@ -12,17 +12,17 @@ import pytest
 from django.utils import timezone
 
 import taskstate
-from taskstate import control
-from taskstate.group_refresh import group_refresher
-from taskstate.middleware import StateMiddleware
-from taskstate.models import Kind, Status, Task
-from taskstate.signals import (
+from taskstate.core import control
+from taskstate.core.group_refresh import group_refresher
+from taskstate.core.models import Kind, Status, Task
+from taskstate.core.signals import (
     announce,
     announce_progress,
     progress_committed,
     task_changed,
     task_committed,
 )
+from taskstate.worker.middleware import StateMiddleware
 from tests.support.factories import make_task
 from tests.testapp import tasks as actors
 

@@ -19,8 +19,8 @@ from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from taskstate import conf
-from taskstate.channels import user_channel
+from taskstate.core import conf
+from taskstate.web.channels import user_channel
 from tests.support.pushpin import grip_last
 
 pytestmark = pytest.mark.django_db
@@ -294,7 +294,7 @@ def test_the_session_check_finds_each_ended_session_in_two_queries(
 ):
     from django.contrib.sessions.backends.db import SessionStore
 
-    from taskstate.streams import _ended_sessions
+    from taskstate.web.streams import _ended_sessions
 
     users = [django_user_model.objects.create_user(f"u{n}", password="pw") for n in range(40)]
     live = {(u.pk, session_of(u)) for u in users[:30]}
@@ -325,7 +325,7 @@ def test_the_session_check_keeps_its_database_connection_between_runs(django_use
     from django.db import connections
     from django.db.backends.signals import connection_created
 
-    from taskstate.streams import Registry
+    from taskstate.web.streams import Registry
 
     alice = django_user_model.objects.create_user("alice2", password="pw")
     live = (alice.pk, session_of(alice))
@@ -377,7 +377,7 @@ def test_with_cache_or_file_sessions_the_check_finds_the_ended_ones(
 ):
     from importlib import import_module
 
-    from taskstate.streams import _ended_sessions
+    from taskstate.web.streams import _ended_sessions
 
     store = import_module(django_settings.SESSION_ENGINE).SessionStore
     users = [django_user_model.objects.create_user(f"s{n}", password="pw") for n in range(4)]
@@ -401,7 +401,7 @@ def test_a_session_check_the_database_fails_is_logged_once_and_streams_end_once_
     from django.contrib.sessions.backends.db import SessionStore
     from django.db import connection
 
-    from taskstate.streams import Registry
+    from taskstate.web.streams import Registry
 
     monkeypatch.setattr(conf, "STREAM_CHECK_INTERVAL", 0.05)
     carol = django_user_model.objects.create_user("carol", password="pw")
@@ -485,7 +485,7 @@ JSON_EVENTS = "/taskstate/json/events/"
 
 
 def test_the_json_stream_is_held_and_refreshed_on_the_json_channel_only(grip, user):
-    from taskstate.channels import json_channel
+    from taskstate.web.channels import json_channel
 
     opened = logged_in(user).get(JSON_EVENTS, HTTP_GRIP_SIG=grip_sig())
     hold = Hold.of(opened)
@@ -497,7 +497,7 @@ def test_the_json_stream_is_held_and_refreshed_on_the_json_channel_only(grip, us
 
 
 def test_a_json_link_naming_another_users_channel_is_refused(grip, user, other_user):
-    from taskstate.channels import json_channel
+    from taskstate.web.channels import json_channel
 
     hold = Hold.of(logged_in(user).get(JSON_EVENTS, HTTP_GRIP_SIG=grip_sig()))
     forged = with_es_meta(hold, es_meta(user, channels=[json_channel(other_user.pk)]))
@@ -515,13 +515,13 @@ def team():
 
 
 def object_events_url(team) -> str:
-    from taskstate.channels import object_token
+    from taskstate.web.channels import object_token
 
     return f"/taskstate/object/{object_token('auth.group', str(team.pk))}/events/"
 
 
 def team_channel(team) -> str:
-    from taskstate.channels import object_channel
+    from taskstate.web.channels import object_channel
 
     return object_channel("auth.group", str(team.pk))
 
@@ -539,7 +539,7 @@ def set_view_permission(user, granted: bool) -> None:
 def test_an_objects_stream_through_grip_is_held_on_its_channel_for_viewers_only(
     grip, user, other_user, team
 ):
-    from taskstate.streams import grip_session_channel, grip_user_channel
+    from taskstate.web.streams import grip_session_channel, grip_user_channel
 
     set_view_permission(user, True)
     url = object_events_url(team)
@@ -600,7 +600,7 @@ def test_an_objects_next_link_naming_another_channel_is_refused(grip, user, team
 def test_an_objects_json_stream_through_grip_is_held_and_refreshed_on_its_json_channel_only(
     grip, user, other_user, team
 ):
-    from taskstate.channels import object_json_channel, object_token
+    from taskstate.web.channels import object_json_channel, object_token
 
     set_view_permission(user, True)
     url = f"/taskstate/object/{object_token('auth.group', str(team.pk))}/json/events/"

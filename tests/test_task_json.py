@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 from django.utils import timezone
 
-from taskstate.models import Status, Task
-from taskstate.states import Kind
-from taskstate.task_json import (
+from taskstate.core.models import Status, Task
+from taskstate.core.states import Kind
+from taskstate.web.task_json import (
     SCHEMA_TYPES,
     StatusName,
     dumps,

@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 from django.template.loader import render_to_string
 
-from taskstate.models import Status
-from taskstate.publish import render_row
-from taskstate.states import Kind
+from taskstate.core.models import Status
+from taskstate.core.states import Kind
 from taskstate.templatetags.taskstate import taskstate_duration, taskstate_result_url
+from taskstate.web.publish import render_row
 from tests.support.factories import ago, make_task
 
 pytestmark = pytest.mark.django_db

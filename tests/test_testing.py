@@ -19,9 +19,9 @@ from django.urls import reverse
 from dramatiq.brokers.stub import StubBroker
 
 import taskstate
-from taskstate.channels import user_channel
-from taskstate.models import Kind, Status, Task
+from taskstate.core.models import Kind, Status, Task
 from taskstate.testing import TaskstateTestMixin, record_events, settle
+from taskstate.web.channels import user_channel
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -158,7 +158,7 @@ def test_recording_ends_with_its_block_and_puts_send_event_back(user):
 
 def test_settle_raises_when_the_writer_cannot_finish(monkeypatch):
     from taskstate.testing import NotSettled
-    from taskstate.writer import writer
+    from taskstate.worker.writer import writer
 
     monkeypatch.setattr(writer, "flush", lambda timeout: False)
     with pytest.raises(NotSettled, match=r"did not finish within 0\.2 s"):

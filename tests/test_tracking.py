@@ -15,22 +15,22 @@ import pytest
 from django.utils import timezone
 
 import taskstate
-from taskstate import conf
-from taskstate import transitions as t
-from taskstate.for_state import Origin, TaskIdentity
-from taskstate.models import Status, Task
-from taskstate.tracking import MessageRun, _current, current_run, held_back, progress, track
-from taskstate.writer import cancels, writer
+from taskstate.core import conf
+from taskstate.core import transitions as t
+from taskstate.core.for_state import Origin, TaskIdentity
+from taskstate.core.models import Status, Task
+from taskstate.worker.tracking import MessageRun, _current, current_run, held_back, progress, track
+from taskstate.worker.writer import cancels, writer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MESSAGE_ID = "progress-message"
-progress_module = importlib.import_module("taskstate.tracking")
+progress_module = importlib.import_module("taskstate.worker.tracking")
 
 
 @dataclass
 class Clock:
-    """Stands in for the ``time`` module inside taskstate.tracking: time moves when told."""
+    """Stands in for the ``time`` module inside taskstate.worker.tracking: time moves when told."""
 
     now: float = 1000.0
 

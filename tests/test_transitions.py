@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from taskstate import transitions as t
-from taskstate.for_state import Origin, TaskIdentity
-from taskstate.models import Status, Task
+from taskstate.core import transitions as t
+from taskstate.core.for_state import Origin, TaskIdentity
+from taskstate.core.models import Status, Task
 from tests.support.writes import progress_one, write_one
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
 from tests.support.writes import progress_one, write_one
 from tests.testapp import tasks as actors
 
@@ -142,7 +142,7 @@ def test_description_with_a_surrogate_still_gets_a_row(run_all, user):
 def _origin(message_id: str, user_pk: Any, description: str = "d") -> Any:
     from datetime import datetime, timezone
 
-    from taskstate.for_state import Origin, TaskIdentity
+    from taskstate.core.for_state import Origin, TaskIdentity
 
     return Origin(
         message_id=message_id,
@@ -171,7 +171,7 @@ def test_a_value_the_database_refuses_costs_the_value_not_the_status(user, caplo
     # database (or the driver) refuses, as an unforeseen one would be.
     from django.db import connection
 
-    from taskstate import transitions as t
+    from taskstate.core import transitions as t
 
     values = {"result": result, "error_message": "kept?", "progress": 100}
     with caplog.at_level(logging.WARNING, logger="taskstate"):
@@ -188,7 +188,7 @@ def test_a_value_the_database_refuses_costs_the_value_not_the_status(user, caplo
 
 
 def test_progress_message_with_a_lone_surrogate_is_stored_cleaned(user):
-    from taskstate import transitions as t
+    from taskstate.core import transitions as t
 
     write_one(_origin("progress", user.pk), Status.RUNNING, t.running_order(1), {"attempts": 1})
     assert progress_one(_origin("progress", user.pk), 1, 40, "bad \udcff") is not None
@@ -200,7 +200,7 @@ def test_progress_message_with_a_lone_surrogate_is_stored_cleaned(user):
 
 
 def test_clean_text_replaces_lone_surrogates_joins_pairs_drops_nul_and_cuts():
-    from taskstate.values import clean_text
+    from taskstate.core.values import clean_text
 
     assert clean_text("a\udcffb\ud83d\ude00\x00c") == "a\ufffdb\U0001f600c"
     assert clean_text("x" * 10, 5) == "xxxx\u2026"
@@ -208,7 +208,7 @@ def test_clean_text_replaces_lone_surrogates_joins_pairs_drops_nul_and_cuts():
 
 
 def test_text_of_never_raises():
-    from taskstate.values import text_of
+    from taskstate.core.values import text_of
 
     assert text_of(StrRaises("x")) == "StrRaises('x')"  # repr when str() fails
     assert text_of(StrAndReprRaise()) == "<unprintable tests.test_values.StrAndReprRaise>"
@@ -216,7 +216,7 @@ def test_text_of_never_raises():
 
 
 def test_json_value_turns_nan_to_null_and_refuses_what_cannot_be_stored():
-    from taskstate.values import MAX_DEPTH, NotStorable, json_value
+    from taskstate.core.values import MAX_DEPTH, NotStorable, json_value
 
     assert json_value({"a": float("nan"), float("inf"): [float("-inf")]}) == {
         "a": None,
@@ -239,7 +239,7 @@ def _nested(depth: int) -> list[Any]:
 
 
 def test_json_value_keeps_scalar_keys_as_json_does_and_refuses_other_keys():
-    from taskstate.values import NotStorable, json_value
+    from taskstate.core.values import NotStorable, json_value
 
     assert json_value({None: 1, True: 2, 3: 3, 1.5: 4}) == {
         "null": 1,
@@ -259,7 +259,7 @@ class _QualnameRaises(type):
 
 
 def test_type_name_of_a_class_whose_names_fail_or_are_missing_never_raises():
-    from taskstate.values import type_name
+    from taskstate.core.values import type_name
 
     class Odd(metaclass=_QualnameRaises):
         pass

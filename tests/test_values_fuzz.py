@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
 from tests.test_values import StrAndReprRaise, StrRaises, StrReturnsNonStr, WeirdName
 from tests.testapp import tasks as actors
 

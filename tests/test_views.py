@@ -8,8 +8,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from taskstate.channels import user_channel
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import user_channel
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +54,7 @@ def test_events_streams_for_a_logged_in_user_under_asgi(async_client, user):
 
 def test_events_under_wsgi_answer_an_error_event_and_log_it_once(alice, caplog, monkeypatch):
     # runserver and gunicorn are WSGI: the stream would hang, sending nothing.
-    from taskstate import views
+    from taskstate.web import views
 
     monkeypatch.setattr(views, "_cannot_stream_logged", False)  # as in a fresh process
     with caplog.at_level("ERROR", logger="taskstate"):

@@ -1,4 +1,4 @@
-"""The background state writer (taskstate.writer): batches, merges, announcements, waits."""
+"""The background state writer (taskstate.worker.writer): batches, merges, announcements, waits."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 from django.db import connection
 from dramatiq.middleware import Middleware
 
-from taskstate import conf
-from taskstate import transitions as t
-from taskstate.for_state import Origin, TaskIdentity
-from taskstate.models import Status, Task
-from taskstate.signals import progress_committed, task_changed
-from taskstate.writer import writer
+from taskstate.core import conf
+from taskstate.core import transitions as t
+from taskstate.core.for_state import Origin, TaskIdentity
+from taskstate.core.models import Status, Task
+from taskstate.core.signals import progress_committed, task_changed
+from taskstate.worker.writer import writer
 from tests.support.factories import make_task
 from tests.support.faults import wait_for
 from tests.support.writes import write_one
@@ -337,8 +337,8 @@ def test_a_start_looks_for_cancel_requests_with_one_read_on_the_watch_s_own_conn
 ):
     from django.db import connections
 
-    from taskstate import writer as writer_module
-    from taskstate.writer import cancels
+    from taskstate.worker import writer as writer_module
+    from taskstate.worker.writer import cancels
 
     used: list[Any] = []
     real_read = writer_module.cancels_since
@@ -405,7 +405,7 @@ def test_a_cancel_read_sends_one_fixed_text_of_message_ids_and_compiles_no_query
 def test_each_start_looks_once_and_the_writer_keeps_what_running_messages_know_fresh(
     broker, worker, run_all, user, monkeypatch, cancel_reads
 ):
-    from taskstate.writer import cancels
+    from taskstate.worker.writer import cancels
 
     monkeypatch.setattr(conf, "CANCEL_CHECK_INTERVAL", 3.0)
     actors.runs_once.send("idle-1", for_state={"user_pk": user.pk})
@@ -456,7 +456,7 @@ def test_the_first_look_finds_every_request_a_worker_may_still_meet(user):
 
     from django.utils import timezone
 
-    from taskstate.writer import cancels
+    from taskstate.worker.writer import cancels
 
     now = timezone.now()
     long_ago = now - timedelta(days=3)
@@ -489,7 +489,7 @@ def test_the_first_look_finds_every_request_a_worker_may_still_meet(user):
 
 
 def test_the_watch_reads_nothing_while_the_database_is_failing(monkeypatch, cancel_reads):
-    from taskstate import writer as writer_module
+    from taskstate.worker import writer as writer_module
 
     monkeypatch.setattr(writer_module, "database_down", lambda: True)
     assert not writer_module.cancels.requested("m-down")
@@ -503,7 +503,7 @@ def test_the_watch_reads_nothing_while_the_database_is_failing(monkeypatch, canc
 def test_an_outage_fills_the_queue_to_its_bound_then_merges_and_recovery_writes_it_all(
     monkeypatch, caplog
 ):
-    from taskstate import writer as writer_module
+    from taskstate.worker import writer as writer_module
 
     monkeypatch.setattr(writer_module, "MAX_PENDING", 3)
     monkeypatch.setattr(writer_module, "FIRST_RETRY_PAUSE", 0.05)
@@ -662,7 +662,7 @@ def test_a_task_that_ends_while_its_worker_stops_is_written_by_the_stop(broker, 
 
 
 def test_shutdown_with_the_database_away_gives_up_within_its_bound_and_says_so(monkeypatch, caplog):
-    from taskstate import writer as writer_module
+    from taskstate.worker import writer as writer_module
 
     tries: list[int] = []
 
@@ -690,7 +690,7 @@ def test_shutdown_with_the_database_away_gives_up_within_its_bound_and_says_so(m
 
 
 def test_one_failed_read_serves_every_thread_that_waited_for_it(monkeypatch):
-    from taskstate import writer as writer_module
+    from taskstate.worker import writer as writer_module
 
     monkeypatch.setattr(conf, "CANCEL_CHECK_INTERVAL", 0.01)
     gate, calls = threading.Event(), []
@@ -742,8 +742,8 @@ class CountingLock:
 def test_one_read_begun_after_them_serves_every_start_waiting_and_none_trusts_an_older_one(
     monkeypatch,
 ):
-    from taskstate import writer as writer_module
-    from taskstate.writer import cancels
+    from taskstate.worker import writer as writer_module
+    from taskstate.worker.writer import cancels
 
     gates, calls = [threading.Event(), threading.Event()], []
 
@@ -787,8 +787,8 @@ def test_one_read_begun_after_them_serves_every_start_waiting_and_none_trusts_an
 def test_a_hung_read_holds_other_starts_only_within_the_bound_and_later_ones_not_at_all(
     monkeypatch, caplog
 ):
-    from taskstate import writer as writer_module
-    from taskstate.writer import cancels
+    from taskstate.worker import writer as writer_module
+    from taskstate.worker.writer import cancels
 
     gate, calls = threading.Event(), []
 
@@ -822,8 +822,8 @@ def test_a_hung_read_holds_other_starts_only_within_the_bound_and_later_ones_not
 def test_a_start_in_an_event_loop_thread_waits_for_a_read_made_elsewhere(monkeypatch):
     import asyncio
 
-    from taskstate import writer as writer_module
-    from taskstate.writer import cancels
+    from taskstate.worker import writer as writer_module
+    from taskstate.worker.writer import cancels
 
     readers: list[int] = []
 
@@ -845,8 +845,8 @@ def test_a_start_in_an_event_loop_thread_waits_for_a_read_made_elsewhere(monkeyp
 def test_an_async_actor_s_look_never_reads_in_the_event_loop(monkeypatch):
     import asyncio
 
-    from taskstate import writer as writer_module
-    from taskstate.background import background
+    from taskstate.core.background import background
+    from taskstate.worker import writer as writer_module
 
     monkeypatch.setattr(conf, "CANCEL_CHECK_INTERVAL", 0.01)
     readers: list[int] = []
@@ -870,7 +870,7 @@ def test_an_async_actor_s_look_never_reads_in_the_event_loop(monkeypatch):
 
 
 def test_requests_forgotten_at_the_bound_are_read_back_by_the_next_first_look(monkeypatch):
-    from taskstate import writer as writer_module
+    from taskstate.worker import writer as writer_module
 
     monkeypatch.setattr(writer_module, "MAX_KNOWN_CANCELS", 4)
     looks: list[Any] = []
@@ -894,7 +894,7 @@ def test_requests_forgotten_at_the_bound_are_read_back_by_the_next_first_look(mo
 def test_rows_written_one_by_one_before_an_outage_are_announced_not_lost(monkeypatch):
     from django.db import DatabaseError, OperationalError
 
-    from taskstate import writer as writer_module
+    from taskstate.worker import writer as writer_module
 
     monkeypatch.setattr(writer_module, "FIRST_RETRY_PAUSE", 0.05)
     real_once = t._batch_once

@@ -16,7 +16,7 @@ from django.utils import timezone
 from dramatiq.middleware import CurrentMessage
 
 import taskstate
-from taskstate.control import RETRY_OF_OPTION
+from taskstate.core.control import RETRY_OF_OPTION
 
 REPORT_SECTIONS = 12
 #: How fast the demo's work goes: each pause and back-off is multiplied by it (the

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-import taskstate.control
+import taskstate.core.control
 from demo import actions
 from taskstate.models import Task
 
@@ -37,7 +37,7 @@ def test_a_failed_import_retried_from_its_row_goes_through_and_says_so(taskstate
     failed = Task.objects.get(user=user)
     assert failed.status == "failed"
 
-    taskstate.control.retry(failed)
+    taskstate.core.control.retry(failed)
     taskstate_worker.drain()
 
     again = Task.objects.filter(user=user).exclude(pk=failed.pk).get()

@@ -16,14 +16,14 @@ from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.utils.translation import gettext, pgettext
 
-from taskstate.channels import object_token
-from taskstate.conf import get_settings
-from taskstate.diagnostics import EVENT_BUS_ID, event_bus_problem
-from taskstate.estimates import estimator
-from taskstate.for_state import object_reference
-from taskstate.models import Task
-from taskstate.policy import allowed, may_dismiss, may_see_object
-from taskstate.task_json import result_url
+from taskstate.core.conf import get_settings
+from taskstate.core.diagnostics import EVENT_BUS_ID, event_bus_problem
+from taskstate.core.estimates import estimator
+from taskstate.core.for_state import object_reference
+from taskstate.core.models import Task
+from taskstate.core.policy import allowed, may_dismiss, may_see_object
+from taskstate.web.channels import object_token
+from taskstate.web.task_json import result_url
 
 register = template.Library()
 
@@ -43,7 +43,7 @@ def taskstate_list(context: template.Context, **options: Any) -> SafeString:
 
     ``{% taskstate_list for=order %}``: instead, the live list of the tasks about
     ``order`` (sent with ``for_state={"object": order}``), for a user the policy lets see
-    them (``taskstate.policy``); nothing for anyone else.
+    them (``taskstate.core.policy``); nothing for anyone else.
     """
     unknown = set(options) - {"for"}
     if unknown:
@@ -66,7 +66,7 @@ def _render(context: template.Context, name: str, data: dict[str, Any]) -> SafeS
 
 
 def _object_list(context: template.Context, obj: Any) -> dict[str, Any]:
-    from taskstate.views import object_list_context
+    from taskstate.web.views import object_list_context
 
     request = context.get("request")
     user = getattr(request, "user", None)
@@ -233,6 +233,6 @@ def taskstate_time_left(task: Task) -> str:
     """``"about 2 min left"`` for a running task, or ``""`` while no estimate is meaningful.
 
     From the task's own progress rate and the recent durations of its actor in this
-    process (``taskstate.estimates``); reads nothing from the database.
+    process (``taskstate.core.estimates``); reads nothing from the database.
     """
     return estimator.describe(task)

@@ -38,7 +38,7 @@ LONG_ERROR = "The supplier feed answered 503 Service Unavailable " + "and said m
 
 def _rows(user: Any) -> dict[str, Any]:
     """One row of each kind a newcomer sees in the first hour."""
-    from taskstate.states import Status
+    from taskstate.core.states import Status
     from tests.support.factories import ago, make_task
 
     started = ago(40)

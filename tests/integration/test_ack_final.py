@@ -23,7 +23,7 @@ import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
-from taskstate.models import Task
+from taskstate.core.models import Task
 from tests.support.faults import (
     PostgresServer,
     RedisServer,

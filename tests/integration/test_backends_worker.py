@@ -8,7 +8,7 @@ import django
 import pytest
 from django.utils import timezone
 
-from taskstate.models import Task as Row
+from taskstate.core.models import Task as Row
 from tests.integration.test_worker_process import final, wait_for
 
 if django.VERSION >= (6, 0):

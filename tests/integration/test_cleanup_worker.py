@@ -10,9 +10,9 @@ import pytest
 from django.test import override_settings
 from django.urls import reverse
 
-from taskstate import states
 from taskstate.cleanup import cleanup
-from taskstate.models import Status, Task
+from taskstate.core import states
+from taskstate.core.models import Status, Task
 from tests.support.factories import ago
 from tests.support.faults import wait_for
 from tests.support.processes import start_worker

@@ -10,7 +10,7 @@ import pytest
 from django.test import override_settings
 from django.urls import reverse
 
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
 from tests.support.faults import wait_for
 from tests.support.processes import Process, start_worker
 from tests.testapp import tasks as actors

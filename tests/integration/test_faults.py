@@ -21,9 +21,9 @@ from django.utils import timezone
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
-from taskstate import eventstream_repair
-from taskstate.models import Status, Task
-from taskstate.transitions import ABANDONED_ERROR
+from taskstate.core.models import Status, Task
+from taskstate.core.transitions import ABANDONED_ERROR
+from taskstate.web import eventstream_repair
 from tests.support.faults import (
     PostgresServer,
     RedisServer,

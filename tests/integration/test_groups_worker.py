@@ -7,8 +7,8 @@ from __future__ import annotations
 import dramatiq
 
 import taskstate
-from taskstate.channels import user_channel
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import user_channel
 from tests.integration.test_worker_process import wait_for
 from tests.testapp import tasks as actors
 

@@ -11,9 +11,9 @@ import httpx
 from django.conf import settings
 from django.test import Client
 
-from taskstate import conf
-from taskstate.conf import get_settings
-from taskstate.models import Task
+from taskstate.core import conf
+from taskstate.core.conf import get_settings
+from taskstate.core.models import Task
 from tests.test_task_json import validate
 from tests.testapp import tasks as actors
 

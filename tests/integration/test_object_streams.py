@@ -19,10 +19,10 @@ from django.contrib.auth.models import Group, Permission
 from django.db import connections
 from django.test import Client
 
-from taskstate import conf
-from taskstate.channels import object_token
-from taskstate.models import Status, Task
-from taskstate.publish import OBJECT_CHANGED_EVENT
+from taskstate.core import conf
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import object_token
+from taskstate.web.publish import OBJECT_CHANGED_EVENT
 from tests.browser.conftest import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -83,7 +83,7 @@ def test_a_task_about_an_object_reaches_its_viewers_and_no_one_else(
     team = str(people.team.pk)
     url_a = events_url(site_a.base, object_token("auth.group", team))
     token_b = site_b.run(
-        "from taskstate.channels import object_token; "
+        "from taskstate.web.channels import object_token; "
         f"print('TOKEN', object_token('auth.group', {team!r}))"
     )
     url_b = events_url(site_b.base, token_b.split("TOKEN ")[-1].split()[0])
@@ -115,7 +115,7 @@ def test_a_task_about_an_object_reaches_its_viewers_and_no_one_else(
         # so once B's event arrived A's had its chance to cross.
         out = site_b.run(
             "from django.contrib.auth.models import Group; from tests.testapp import tasks; "
-            "from taskstate.publish import flush; from taskstate.models import Task; "
+            "from taskstate.shutdown import flush; from taskstate.core.models import Task; "
             f"m = tasks.noop.send(for_state={{'user_pk': {people.owner.pk}, "
             f"'object': Group.objects.get(pk={team})}}); flush(); "
             "import time\n"

@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 import time
 
-from taskstate.models import Task
-from taskstate.states import Status
+from taskstate.core.models import Task
+from taskstate.core.states import Status
 from tests.testapp import tasks as actors
 
 ROW = re.compile(

@@ -35,9 +35,9 @@ import pytest
 from django.db import connections
 from django.test import Client
 
-from taskstate import publish
-from taskstate.channels import user_channel
-from taskstate.models import Status, Task
+from taskstate import shutdown
+from taskstate.core.models import Status, Task
+from taskstate.web.channels import user_channel
 from tests.support.processes import Process, free_port, start_uvicorn, start_worker
 from tests.support.pushpin import SIG_ISS, PushpinProcess, grip_last, start_pushpin
 from tests.support.sse import Frame, assert_each_hears_only_their_own, session_cookie
@@ -210,7 +210,7 @@ def publishing_to(grip_url: str, settings, monkeypatch) -> Iterator[None]:
         yield
     finally:
         # Let taskstate's courier hand over, and the publisher deliver, what is queued.
-        publish.flush()
+        shutdown.flush()
         django_grip.get_pubcontrol().finish()
 
 
@@ -540,7 +540,7 @@ def test_django_eventstreams_own_view_through_pushpin_opens_no_taskstate_channel
 def test_the_json_stream_through_pushpin_gets_every_change_as_json(stack, streams, user):
     import json
 
-    from taskstate.channels import json_channel
+    from taskstate.web.channels import json_channel
     from tests.test_task_json import validate
 
     stream = streams(f"{stack.url}/taskstate/json/events/", user)
@@ -565,8 +565,8 @@ def test_an_objects_stream_through_pushpin_reaches_a_viewer_until_the_permission
     another user); once the viewer loses the permission, Pushpin's refresh is refused."""
     from django.contrib.auth.models import Group, Permission
 
-    from taskstate.channels import object_channel, object_token
-    from taskstate.publish import OBJECT_CHANGED_EVENT
+    from taskstate.web.channels import object_channel, object_token
+    from taskstate.web.publish import OBJECT_CHANGED_EVENT
     from tests.support.faults import wait_for
 
     team = Group.objects.create(name="Team Orion")
@@ -601,7 +601,7 @@ def test_an_objects_json_stream_through_pushpin_gets_its_changes_as_json(
 
     from django.contrib.auth.models import Group, Permission
 
-    from taskstate.channels import object_channel, object_json_channel, object_token
+    from taskstate.web.channels import object_channel, object_json_channel, object_token
     from tests.support.faults import wait_for
     from tests.test_task_json import validate
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from taskstate.channels import user_channel
-from taskstate.models import Task
+from taskstate.core.models import Task
+from taskstate.web.channels import user_channel
 from tests.support.sse import assert_each_hears_only_their_own
 from tests.testapp import tasks as actors
 

@@ -18,9 +18,9 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from taskstate import conf
-from taskstate.channels import user_channel
-from taskstate.conf import get_settings
+from taskstate.core import conf
+from taskstate.core.conf import get_settings
+from taskstate.web.channels import user_channel
 from tests.integration.test_stream_lifetime import EVENTS, ended_by_server, opened, still_delivers
 from tests.testapp import tasks as actors
 

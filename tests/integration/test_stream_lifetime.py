@@ -9,8 +9,8 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from taskstate import conf
-from taskstate.conf import get_settings
+from taskstate.core import conf
+from taskstate.core.conf import get_settings
 from tests.testapp import tasks as actors
 
 EVENTS = "/taskstate/events/"

@@ -9,7 +9,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
 from tests.testapp import tasks as actors
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from taskstate.models import Status, Task
+from taskstate.core.models import Status, Task
 
 _ids = itertools.count(1)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from taskstate.for_state import Origin
-from taskstate.models import Task
-from taskstate.states import Status, running_order
-from taskstate.transitions import Change, Outage, write_batch
+from taskstate.core.for_state import Origin
+from taskstate.core.models import Task
+from taskstate.core.states import Status, running_order
+from taskstate.core.transitions import Change, Outage, write_batch
 
 
 def write_one(

@@ -126,8 +126,8 @@ async def async_steps(steps: int, for_state: dict[str, Any] | None = None) -> in
     Each step waits, off the loop, until its progress write is done, so the test sees
     every step land while the task runs.
     """
-    from taskstate.background import background
-    from taskstate.writer import writer
+    from taskstate.core.background import background
+    from taskstate.worker.writer import writer
 
     for step in range(1, steps + 1):
         taskstate.progress(step, steps, message=f"async step {step}")
@@ -152,8 +152,8 @@ async def async_until_cancelled(
     handed to a thread is done, so the next step sees what they learnt. ``ask``: after
     one more report it asks ``cancel_requested()`` instead, and returns when told.
     """
-    from taskstate.background import background
-    from taskstate.writer import writer
+    from taskstate.core.background import background
+    from taskstate.worker.writer import writer
 
     _ran(key)
     taskstate.progress(1, message="async step 1")

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from taskstate.models import Task
+from taskstate.core.models import Task
 
 
 class Command(BaseCommand):

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from taskstate.cleanup import cleanup
-from taskstate.conf import get_settings
+from taskstate.core.conf import get_settings
 from taskstate.scheduler import add_cleanup_job
 
 

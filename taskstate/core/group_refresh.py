@@ -1,8 +1,8 @@
 """Refresh group and pipeline rows as their children move, throttled per group.
 
 The publisher reports each committed change of a child (:meth:`GroupRefresher.changed`);
-the process's background thread (``taskstate.background``) refreshes the parent row
-(``taskstate.groups``) and announces it. A group is refreshed at once when it has not been for
+the process's background thread (``taskstate.core.background``) refreshes the parent row
+(``taskstate.core.groups``) and announces it. A group is refreshed at once when it has not been for
 ``conf.GROUP_INTERVAL`` seconds, else once that interval is over: a thousand
 children finishing in one second cost one refresh and one event, and the last change is
 always refreshed. Nothing here runs on the worker's path but a lock and a dict insert.
@@ -17,12 +17,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from taskstate import conf
-from taskstate.background import Background, background
-from taskstate.signals import announce
+from taskstate.core import conf
+from taskstate.core.background import Background, background
+from taskstate.core.signals import announce
 
 if TYPE_CHECKING:
-    from taskstate.groups import Refreshed
+    from taskstate.core.groups import Refreshed
 
 logger = logging.getLogger("taskstate")
 
@@ -85,7 +85,7 @@ class GroupRefresher:
     def _refresh_one(self, pk: int) -> None:
         # The middleware imports this module while Django is still loading apps: the
         # model behind the refresh is imported once one runs.
-        from taskstate.groups import refresh_group
+        from taskstate.core.groups import refresh_group
 
         try:
             refreshed = (self._refresh or refresh_group)(pk)

@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from taskstate.idle import close_idle_connections
+from taskstate.core.idle import close_idle_connections
 
 logger = logging.getLogger("taskstate")
 

@@ -1,16 +1,16 @@
 """Push task changes to their owner's browser: render a partial, send it on the channel.
 
-A receiver of the committed-change signals in ``taskstate.signals`` (connected in
+A receiver of the committed-change signals in ``taskstate.core.signals`` (connected in
 ``TaskstateConfig.ready``); views call :func:`publish_removed_tasks` for dismissed rows.
 
-Sending happens in the background (``taskstate.courier``): a worker or a view only hands
+Sending happens in the background (``taskstate.web.courier``): a worker or a view only hands
 the job over. A row or bar is rendered only when someone may receive it
-(``taskstate.presence``): in the embedded setup, a user with no page open costs no
+(``taskstate.web.presence``): in the embedded setup, a user with no page open costs no
 render. Messages are sent
 with an empty event type, which htmx 4's ``hx-sse`` swaps (named events would only be
 dispatched as DOM events). Rows go in ``<hx-upsert>`` so one
 message both updates a row shown and inserts a new one; progress goes out-of-band to the
-bar alone. The same job sends the JSON form of the change (``taskstate.task_json``) on the
+bar alone. The same job sends the JSON form of the change (``taskstate.web.task_json``) on the
 user's JSON channel (``taskstate:json-events``) as named events ``task``, ``progress`` and
 ``removed``, when that channel may be listened to. A task about an object is also told to
 the object's two channels (``taskstate:object-events``, ``taskstate:json-object-events``):
@@ -31,14 +31,14 @@ from django.contrib.auth import get_user_model
 from django.template.loader import render_to_string
 from django.utils import translation
 
-from taskstate.channels import json_channel, object_channels, own_channels, user_channel
-from taskstate.courier import courier
-from taskstate.estimates import estimator
-from taskstate.group_refresh import group_refresher
-from taskstate.models import Task
-from taskstate.presence import listened
-from taskstate.states import Status
-from taskstate.task_json import (
+from taskstate.core.estimates import estimator
+from taskstate.core.group_refresh import group_refresher
+from taskstate.core.models import Task
+from taskstate.core.states import Status
+from taskstate.web.channels import json_channel, object_channels, own_channels, user_channel
+from taskstate.web.courier import courier
+from taskstate.web.presence import listened
+from taskstate.web.task_json import (
     ChangedEvent,
     ProgressEvent,
     RemovedEvent,
@@ -47,13 +47,12 @@ from taskstate.task_json import (
     progress_json,
     task_json,
 )
-from taskstate.writer import writer
 
 logger = logging.getLogger("taskstate")
 
 #: The SSE event type of every message: empty, so htmx swaps it.
 EVENT_TYPE = ""
-#: The event types of the JSON channels, whose data are ``taskstate.task_json`` shapes:
+#: The event types of the JSON channels, whose data are ``taskstate.web.task_json`` shapes:
 #: a task's row (``TaskJSON``, a user's channel only), a running attempt's bar
 #: (``ProgressEvent``), tasks gone from the list (``RemovedEvent``), and on an object's
 #: channel, that its tasks changed (``ChangedEvent``: as ``OBJECT_CHANGED_EVENT``).
@@ -106,10 +105,10 @@ def publish_progress(
 
 
 def on_task_committed(sender: Any, *, task: Task, **kwargs: Any) -> None:
-    """Receiver of ``taskstate.signals.task_committed``.
+    """Receiver of ``taskstate.core.signals.task_committed``.
 
     A child of a group or pipeline is not sent on its own: its group's row is refreshed
-    (throttled, see ``taskstate.group_refresh``) and sent instead.
+    (throttled, see ``taskstate.core.group_refresh``) and sent instead.
     """
     estimator.observe(task)
     if task.parent_id is not None:
@@ -130,7 +129,7 @@ def on_progress_committed(
     group_pk: int | None = None,
     **kwargs: Any,
 ) -> None:
-    """Receiver of ``taskstate.signals.progress_committed``.
+    """Receiver of ``taskstate.core.signals.progress_committed``.
 
     A child's progress counts in its group's combined progress: the group is refreshed.
     """
@@ -145,7 +144,7 @@ def publish_object_change(task: Task) -> None:
     """Tell the pages of the object ``task`` is about that its tasks changed.
 
     Not the row itself, in either form: its buttons (its ``actions``) depend on who looks
-    (``taskstate.policy``), so each page reads its rows again. Changes that come together
+    (``taskstate.core.policy``), so each page reads its rows again. Changes that come together
     are told once.
     """
     if not task.object_type:
@@ -272,16 +271,6 @@ def _removal(html: str, as_json: str, pks: list[int]) -> Callable[[], None]:
     return _in_both_forms(send_html, send_json)
 
 
-def flush(timeout: float = 5.0) -> bool:
-    """Wait until every event handed over so far has been sent (tests, shutdown).
-
-    Changes handed to the background writer are written first, then groups with a change
-    pending are refreshed, without waiting for their turn.
-    """
-    written = writer.flush(timeout)
-    return group_refresher.flush(timeout) and courier.flush(timeout) and written
-
-
 def _send_row(task: Task) -> None:
     channel = user_channel(task.user_id)
     if not listened(channel):
@@ -323,7 +312,7 @@ def _send_bar(task: Task, user_pk: Any) -> None:
 # --- the JSON stream (taskstate:json-events) ----------------------------------------
 # Each change is one courier job that sends both forms, so the JSON form changes nothing
 # of the HTML form's queueing, coalescing or resets. Each form is built only while its
-# channel may be listened to (taskstate.presence): with events in this process, a site
+# channel may be listened to (taskstate.web.presence): with events in this process, a site
 # whose pages all use htmx pays the JSON channel's name and a dictionary lookup per change
 # (benchmarks/json_stream_cost.py).
 

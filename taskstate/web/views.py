@@ -22,13 +22,20 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from taskstate import control, streams
-from taskstate.access import Refused, controlled_task, seen_object, visible_task
-from taskstate.channels import admit, json_channel, object_channels, object_of_token, user_channel
-from taskstate.conf import get_settings
-from taskstate.models import Task
-from taskstate.policy import CANCEL, RETRY, share_object_reads, still_sees_object
-from taskstate.publish import publish_removed_tasks
+from taskstate.core import control
+from taskstate.core.conf import get_settings
+from taskstate.core.models import Task
+from taskstate.core.policy import CANCEL, RETRY, share_object_reads, still_sees_object
+from taskstate.web import streams
+from taskstate.web.access import Refused, controlled_task, seen_object, visible_task
+from taskstate.web.channels import (
+    admit,
+    json_channel,
+    object_channels,
+    object_of_token,
+    user_channel,
+)
+from taskstate.web.publish import publish_removed_tasks
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -43,17 +50,17 @@ def events(request: HttpRequest, form: str = "html") -> HttpResponseBase:
     """The SSE stream of the logged-in user's own channel, and no other.
 
     ``form="json"`` (``taskstate:json-events``): the channel of the JSON form of the
-    user's tasks (``taskstate.channels.json_channel``), under every same rule.
+    user's tasks (``taskstate.web.channels.json_channel``), under every same rule.
 
     The channel comes from the session, never from the request: query parameters
     such as ``channel`` are ignored. One exception: behind a GRIP proxy (Pushpin), the
     proxy refreshes each held stream through the "next" link django-eventstream gave it,
     without the browser's cookies; that request must carry the proxy's verified
     signature, and the session the stream was opened with must still be valid
-    (``taskstate.streams``). A stream served here ends when its session does.
+    (``taskstate.web.streams``). A stream served here ends when its session does.
 
     This is the only door to a taskstate channel: django-eventstream serves one only
-    to a user this view admitted (``taskstate.channels``), so its own views refuse them.
+    to a user this view admitted (``taskstate.web.channels``), so its own views refuse them.
     """
     refused = streams.refuse_unsigned_grip_parameters(request)
     if refused is not None:
@@ -93,7 +100,7 @@ def _own_channel(request: HttpRequest, form: str) -> str:
 
 def _stream(request: HttpRequest, channel: str) -> HttpResponseBase:
     """django-eventstream's answer for ``channel``, the checks done: the user is admitted
-    to it (``taskstate.channels.admit``), which no other door's request is."""
+    to it (``taskstate.web.channels.admit``), which no other door's request is."""
     from django_eventstream.views import events as eventstream_events
 
     response: HttpResponseBase = eventstream_events(
@@ -248,7 +255,7 @@ def retry(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _controlled(request: HttpRequest, pk: int, action: str) -> Task | HttpResponse:
-    # The rule of taskstate.access: 404 for a task the user may not see (or their own the
+    # The rule of taskstate.web.access: 404 for a task the user may not see (or their own the
     # policy refuses), 409 for a child of a group, 403 through an object.
     try:
         return controlled_task(request.user, pk, action)
@@ -272,7 +279,7 @@ def _row_or_back(request: HttpRequest, task: Task) -> HttpResponse:
 
 def publish_removed_on_commit(tasks: list[Task]) -> None:
     """Once the dismissal is committed, take ``tasks`` off every page of their owners and
-    of their objects (``taskstate.publish.publish_removed_tasks``)."""
+    of their objects (``taskstate.web.publish.publish_removed_tasks``)."""
     transaction.on_commit(lambda: publish_removed_tasks(tasks), robust=True)
 
 
@@ -298,7 +305,7 @@ def _back_url(request: HttpRequest) -> str:
 
 def _object_or_refusal(request: HttpRequest, token: str) -> tuple[str, str] | HttpResponse:
     """The object a signed ``token`` names, when the policy lets the user see its tasks;
-    else 404 (not a token of this site) or 403 (``taskstate.access.seen_object``)."""
+    else 404 (not a token of this site) or 403 (``taskstate.web.access.seen_object``)."""
     try:
         return seen_object(request.user, token)
     except Refused as refused:
@@ -311,7 +318,7 @@ def object_events(request: HttpRequest, token: str, form: str = "html") -> HttpR
     """The SSE stream of the tasks about one object, for a user the policy lets see it.
 
     ``form="json"`` (``taskstate:json-object-events``): the object's JSON channel
-    (``taskstate.channels.object_json_channel``), under every same rule.
+    (``taskstate.web.channels.object_json_channel``), under every same rule.
 
     The rules of :func:`events`: the channel comes from the signed token in the path, never
     from a query parameter; the session, the per-user cap (these streams count in it) and

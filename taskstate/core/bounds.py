@@ -1,7 +1,7 @@
 """Bounded waits: no tracking write waits for the database forever.
 
 A tracking write runs on the project's own connection (``TASKSTATE["DATABASE"]``), in a
-worker thread or inside ``send()``. Three bounds (constants in ``taskstate.conf``) apply to
+worker thread or inside ``send()``. Three bounds (constants in ``taskstate.core.conf``) apply to
 our statements only; the project's own queries on the same connection keep its settings:
 
 - ``DB_CONNECT_TIMEOUT``: when the write itself has to open the connection, it opens it
@@ -40,7 +40,7 @@ from typing import Any
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from taskstate import conf
+from taskstate.core import conf
 
 #: Seconds the server gets to report its own statement timeout before the watchdog cuts.
 GRACE = 1.0
@@ -91,7 +91,7 @@ def bounded(connection: BaseDatabaseWrapper) -> Iterator[None]:
 def bounded_transaction(alias: str) -> Iterator[None]:
     """Run several tracking statements on ``alias`` as one transaction within the bounds.
 
-    The statements of a group refresh (``taskstate.groups``): ``lock_timeout`` and
+    The statements of a group refresh (``taskstate.core.groups``): ``lock_timeout`` and
     ``statement_timeout`` are made local to the transaction, so each statement is bounded
     by the server; the watchdog bounds the whole transaction, as it bounds one write.
     Inside a caller's transaction nothing is bounded (see :func:`bounded`); other backends

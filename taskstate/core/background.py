@@ -1,13 +1,13 @@
 """One thread per process for taskstate's database work that no caller may wait for.
 
 Two kinds of job run on it, in order, on a connection of its own within the bounds of
-``taskstate.bounds``:
+``taskstate.core.bounds``:
 
 - writes and reads asked for inside an event loop (an async view, a Dramatiq
   ``async def`` actor): Django refuses database calls in a thread that runs an event
   loop, and a blocking call there would stall every coroutine of the loop
   (:meth:`Background.submit`);
-- group and pipeline refreshes, each at the time ``taskstate.group_refresh`` chose
+- group and pipeline refreshes, each at the time ``taskstate.core.group_refresh`` chose
   (:meth:`Background.submit_at`).
 
 A job's exception is logged and the next job runs. While nothing is due the thread holds
@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from django.db import close_old_connections
 
-from taskstate.idle import close_idle_connections
+from taskstate.core.idle import close_idle_connections
 
 logger = logging.getLogger("taskstate")
 

@@ -5,11 +5,11 @@ actor reports progress without knowing its task. Writes are throttled per messag
 most one per ``PROGRESS_INTERVAL`` and only when the value changed; the value held back
 last is written with the final status, so it is never lost.
 
-Reports go to the background writer (``taskstate.writer``); none waits for the database.
+Reports go to the background writer (``taskstate.worker.writer``); none waits for the database.
 
 They are also where a running actor hears that its owner asked to cancel it: both raise
 :class:`Cancelled` once the request is known, and :func:`cancel_requested` asks without
-raising. They ask what the process knows (``taskstate.writer.CancelWatch``, at most
+raising. They ask what the process knows (``taskstate.worker.writer.CancelWatch``, at most
 ``conf.CANCEL_CHECK_INTERVAL`` old); after a change of the attempt was refused (the row
 may have been asked to cancel) the next look reads the row, or, in an event loop's thread
 (an ``async def`` actor), has another thread read it for a later look.
@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.utils.translation import gettext
 
-from taskstate.background import background, in_event_loop
-from taskstate.for_state import Origin
-from taskstate.states import Status, running_order
-from taskstate.transitions import Change
-from taskstate.transitions import cancel_requested as cancel_was_requested
-from taskstate.values import text_of
-from taskstate.writer import cancels, writer
+from taskstate.core.background import background, in_event_loop
+from taskstate.core.for_state import Origin
+from taskstate.core.states import Status, running_order
+from taskstate.core.transitions import Change
+from taskstate.core.transitions import cancel_requested as cancel_was_requested
+from taskstate.core.values import text_of
+from taskstate.worker.writer import cancels, writer
 
 if TYPE_CHECKING:
-    from taskstate.models import Task
+    from taskstate.core.models import Task
 
 logger = logging.getLogger("taskstate")
 T = TypeVar("T")

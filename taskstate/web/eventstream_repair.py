@@ -55,7 +55,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from taskstate import conf
+from taskstate.core import conf
 
 logger = logging.getLogger("taskstate")
 

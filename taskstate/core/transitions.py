@@ -1,13 +1,13 @@
 """The state machine's writes: one guarded upsert per change, which tells no one.
 
 Every transition is a single upsert keyed by the message id and guarded by
-``state_order`` (see ``taskstate.states``): a write lands only when it moves the task
+``state_order`` (see ``taskstate.core.states``): a write lands only when it moves the task
 forwards. Hooks may run in any order, in any process, before or after the sender's
 transaction commits; the row always ends at the furthest state any of them reached.
 
 Every write is a batch (:func:`write_batch`; the sender's row alone is a batch of one):
 one statement for the rows of one shape, whose text on PostgreSQL depends only on its
-columns. A write returns the row as written; announcing it (``taskstate.signals``) is the
+columns. A write returns the row as written; announcing it (``taskstate.core.signals``) is the
 caller's business, so this module knows nothing of who listens.
 """
 
@@ -45,11 +45,11 @@ from django.db.models import (
 from django.db.models.expressions import Col
 from django.utils import timezone
 
-from taskstate import conf
-from taskstate.bounds import bounded, server_bounds
-from taskstate.conf import get_settings
-from taskstate.for_state import Origin
-from taskstate.states import (
+from taskstate.core import conf
+from taskstate.core.bounds import bounded, server_bounds
+from taskstate.core.conf import get_settings
+from taskstate.core.for_state import Origin
+from taskstate.core.states import (
     ABANDONED_ERROR,
     ACTIVE_STATUSES,
     DELAYED_ORDER,
@@ -61,10 +61,10 @@ from taskstate.states import (
     retrying_order,
     running_order,
 )
-from taskstate.values import clean_text, text_of
+from taskstate.core.values import clean_text, text_of
 
 if TYPE_CHECKING:
-    from taskstate.models import Task
+    from taskstate.core.models import Task
 
 __all__ = [
     "ABANDONED_ERROR",
@@ -93,7 +93,7 @@ logger = logging.getLogger("taskstate")
 def _model() -> type[Task]:
     # django_dramatiq imports the middleware, and with it this module, while Django is
     # still creating app configs: the model can only be imported once a write happens.
-    from taskstate.models import Task
+    from taskstate.core.models import Task
 
     return Task
 
@@ -199,7 +199,7 @@ def request_group_cancel(pk: int) -> bool:
     pipeline's steps not sent yet among them) ends ``cancelled`` when a worker takes its
     message, or when the group's refresh finds that nothing will send it; running ones
     stop at their next ``progress()``. The group's own status follows its children
-    (``taskstate.groups.refresh_group``).
+    (``taskstate.core.groups.refresh_group``).
     """
     now = timezone.now()
     alias = _alias()
@@ -716,7 +716,7 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
     # One commit per batch: a single statement is its own transaction, several share one.
     # Inside a caller's transaction (an actor's own atomic()) a savepoint keeps a failed
     # write from breaking it, and nothing is bounded: settings made local to the
-    # transaction would outlast the write (taskstate.bounds).
+    # transaction would outlast the write (taskstate.core.bounds).
     in_caller = connection.in_atomic_block
     several = len(statements) > 1 or in_caller
     guard = transaction.atomic(using=alias) if several else nullcontext()

@@ -5,7 +5,7 @@ is sent (a pipeline copies them and gives each the next one as its ``pipe_target
 the whole can be written down first: one parent row, and one child row per message,
 linked to it. Each message gets ``for_state`` (the group's, with the message's own keys
 over it, and ``"group": <parent pk>``), which is what makes the middleware track it; the
-parent row follows its children (``taskstate.groups``). No result backend, no group
+parent row follows its children (``taskstate.core.groups``). No result backend, no group
 callbacks needed.
 """
 
@@ -24,13 +24,13 @@ from django.utils import timezone
 from django.utils.translation import get_language
 from dramatiq.common import q_name
 
-from taskstate.bounds import bounded
-from taskstate.conf import get_settings
-from taskstate.for_state import make_encodable, parse_for_state, tracked_for_state
-from taskstate.groups import Member, create_group
-from taskstate.models import Task
-from taskstate.signals import announce
-from taskstate.states import WAITING_ORDER, Kind, Status
+from taskstate.core.bounds import bounded
+from taskstate.core.conf import get_settings
+from taskstate.core.for_state import make_encodable, parse_for_state, tracked_for_state
+from taskstate.core.groups import Member, create_group
+from taskstate.core.models import Task
+from taskstate.core.signals import announce
+from taskstate.core.states import WAITING_ORDER, Kind, Status
 
 C = TypeVar("C", dramatiq.group, dramatiq.pipeline)
 logger = logging.getLogger("taskstate")
@@ -105,7 +105,7 @@ def track_group(composition: C, for_state: dict[str, Any] | None = None) -> Trac
 def _track(
     composition: C, for_state: dict[str, Any] | None, *, retry_of: int | None = None
 ) -> TrackedGroup[C]:
-    """:func:`track_group`, and for a retry (``taskstate.control``) the group it retries."""
+    """:func:`track_group`, and for a retry (``taskstate.core.control``) the group it retries."""
     if isinstance(composition, dramatiq.pipeline):
         kind, messages = Kind.PIPELINE, list(composition.messages)
     elif isinstance(composition, dramatiq.group):

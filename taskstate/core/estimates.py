@@ -2,7 +2,7 @@
 
 No query anywhere: an estimate is made from the row or progress bar being rendered (its
 progress and start) and from the recent durations of the same actor, which this process
-saw finish. The renderer of the live page (``taskstate.publish``) and the list view both
+saw finish. The renderer of the live page (``taskstate.web.publish``) and the list view both
 ask :data:`estimator`; each process keeps its own memory.
 
 - Own rate: ``elapsed * (100 - progress) / progress``, trusted more as progress grows.

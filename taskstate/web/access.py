@@ -11,9 +11,15 @@ from typing import Any
 
 from django.utils.translation import gettext
 
-from taskstate.channels import object_of_token
-from taskstate.models import Task
-from taskstate.policy import VIEW, allowed, controlled_by_group, group_only_reason, may_see_object
+from taskstate.core.models import Task
+from taskstate.core.policy import (
+    VIEW,
+    allowed,
+    controlled_by_group,
+    group_only_reason,
+    may_see_object,
+)
+from taskstate.web.channels import object_of_token
 
 
 class Refused(Exception):

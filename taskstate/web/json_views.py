@@ -2,11 +2,11 @@
 and dismiss answering JSON.
 
 For pages not built with htmx (docs/how-to/json.md). The same rules as the HTML views
-(``taskstate.access``): the session's user, their own tasks and those about objects the
+(``taskstate.web.access``): the session's user, their own tasks and those about objects the
 policy lets them see (any other task is a 404, exactly like a task that does not exist),
 CSRF on every POST, and the control policy (``TASKSTATE["CONTROL_POLICY"]``) for cancel
 and retry. Anonymous requests get 403, in JSON, rather than a redirect to the login page a
-script cannot follow. Every body is one of the shapes in ``taskstate.task_json``.
+script cannot follow. Every body is one of the shapes in ``taskstate.web.task_json``.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from django.utils.http import urlencode
 from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_POST
 
-from taskstate import control
-from taskstate.access import Refused, controlled_task, seen_object
-from taskstate.conf import get_settings
-from taskstate.models import Task, TaskQuerySet
-from taskstate.policy import CANCEL, RETRY, share_object_reads
-from taskstate.states import Status
-from taskstate.task_json import ActionAnswer, ErrorAnswer, TaskPage, dumps, task_json
-from taskstate.views import finished_unseen, publish_removed_on_commit
+from taskstate.core import control
+from taskstate.core.conf import get_settings
+from taskstate.core.models import Task, TaskQuerySet
+from taskstate.core.policy import CANCEL, RETRY, share_object_reads
+from taskstate.core.states import Status
+from taskstate.web.access import Refused, controlled_task, seen_object
+from taskstate.web.task_json import ActionAnswer, ErrorAnswer, TaskPage, dumps, task_json
+from taskstate.web.views import finished_unseen, publish_removed_on_commit
 
 View = Callable[..., HttpResponse]
 
@@ -166,7 +166,7 @@ def retry(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _controlled(request: HttpRequest, pk: int, action: str) -> Task | HttpResponse:
-    # The HTML views' rule (taskstate.access), answered in JSON.
+    # The HTML views' rule (taskstate.web.access), answered in JSON.
     try:
         return controlled_task(request.user, pk, action)
     except Refused as refused:

@@ -4,9 +4,9 @@ A parent row (``Task.kind`` group or pipeline) stands for its children, which po
 (``Task.parent``). Its counts, combined progress and status are not written by the
 children's own writes (those stay one statement each): :func:`refresh_group` recomputes
 them from one aggregate query over the children, and the publisher calls it at most once
-per ``conf.GROUP_INTERVAL`` per group and process (``taskstate.group_refresh``),
+per ``conf.GROUP_INTERVAL`` per group and process (``taskstate.core.group_refresh``),
 so the cost per child transition does not grow with the group. Like
-``taskstate.transitions``, this module writes and tells no one.
+``taskstate.core.transitions``, this module writes and tells no one.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from django.db.models import Case, Count, IntegerField, Max, Min, Q, QuerySet, S
 from django.utils import timezone
 from django.utils.translation import gettext
 
-from taskstate import conf
-from taskstate.bounds import bounded_transaction
-from taskstate.conf import get_settings
-from taskstate.for_state import TaskIdentity
-from taskstate.models import Task
-from taskstate.states import (
+from taskstate.core import conf
+from taskstate.core.bounds import bounded_transaction
+from taskstate.core.conf import get_settings
+from taskstate.core.for_state import TaskIdentity
+from taskstate.core.models import Task
+from taskstate.core.states import (
     COMPLETE_STATUSES,
     ENQUEUED_ORDER,
     NOT_RUN_ERROR,
@@ -41,7 +41,7 @@ from taskstate.states import (
     cancelling_order,
     running_order,
 )
-from taskstate.values import clean_text, text_of
+from taskstate.core.values import clean_text, text_of
 
 logger = logging.getLogger("taskstate")
 
@@ -49,7 +49,7 @@ logger = logging.getLogger("taskstate")
 #: running group may land again (same order wins), none after it ended.
 GROUP_RUNNING_ORDER = running_order(1)
 #: The order key of a running group once its owner asked to cancel it
-#: (``taskstate.transitions.request_group_cancel`` writes it too).
+#: (``taskstate.core.transitions.request_group_cancel`` writes it too).
 GROUP_CANCELLING_ORDER = cancelling_order(1)
 #: Failed children named on the group's row at most.
 NAMED_FAILURES = 3
@@ -78,7 +78,7 @@ def create_group(
 
     The children start as waiting (status enqueued, order ``WAITING_ORDER``): the
     middleware's own write when a message is sent moves each on, as for any task.
-    ``retry_of``: the group this one retries (``taskstate.control``). ``language``: the
+    ``retry_of``: the group this one retries (``taskstate.core.control``). ``language``: the
     sender's (``Task.language``), in which the rows pushed to the owner's page read.
     """
     language = language[:16]

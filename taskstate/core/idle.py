@@ -1,6 +1,6 @@
 """Background threads hold no database connection while they wait for work.
 
-The courier and ``taskstate.background`` each run one thread per process that reads the
+The courier and ``taskstate.core.background`` each run one thread per process that reads the
 database in bursts. Between bursts each closes its connections: one broken by a
 database restart would fail every later burst, a pooler would count it, and a test
 database could not be dropped while a thread still held it.

@@ -72,7 +72,7 @@ RETRY = "retry"
 #: A scheduled task (delayed, or between retries) is ended ``cancelled`` by the cancel
 #: request itself only when its message is due at least this many seconds later, plus
 #: twice ``CANCEL_CHECK_INTERVAL``: by then every worker has heard of the request
-#: (``taskstate.writer.CancelWatch``), so none can start its body. Any other waiting task
+#: (``taskstate.worker.writer.CancelWatch``), so none can start its body. Any other waiting task
 #: is ended by the worker that takes its message, without running it
 #: (docs/owner-control.md).
 CANCEL_AT_ONCE_MARGIN = 60.0

@@ -84,7 +84,7 @@ class TaskstateSettings:
     OVERDUE_AFTER: int = field(default=3_600, metadata=_ABOVE_ZERO)
     #: The site's part of every channel name, so that two sites sharing a Redis (or a
     #: Pushpin) never read each other's events. Empty: derived from SECRET_KEY and the
-    #: NAME of the DATABASE alias (taskstate.channels.site_namespace). Set it when the web
+    #: NAME of the DATABASE alias (taskstate.web.channels.site_namespace). Set it when the web
     #: and worker processes of one site differ in either.
     CHANNEL_NAMESPACE: str = field(default="", metadata=_MAY_BE_EMPTY)
     #: Open streams one user may have on one web process; one more is answered 429.
@@ -137,7 +137,7 @@ REMOVED_KEYS: dict[str, str] = {
     "SYNCHRONOUS_COMMIT": "Task-state commits wait for the WAL flush, as the project's "
     "other commits do (skipping it gained under 1 %).",
     **{
-        name: f"Fixed at {globals()[name]!r} (taskstate.conf.{name})."
+        name: f"Fixed at {globals()[name]!r} (taskstate.core.conf.{name})."
         for name in (
             "WRITE_BATCH_SIZE",
             "WRITE_MAX_DELAY",

@@ -19,7 +19,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, models
 
-from taskstate.values import text_of
+from taskstate.core.values import text_of
 
 logger = logging.getLogger("taskstate")
 

@@ -13,6 +13,8 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 MIDDLEWARE_PATH = "taskstate.middleware.StateMiddleware"
+#: Both paths name the one class: the one projects write, and where it is defined.
+MIDDLEWARE_PATHS = (MIDDLEWARE_PATH, "taskstate.worker.middleware.StateMiddleware")
 MIDDLEWARE_ID = "taskstate.W001"
 MIDDLEWARE_MISSING = (
     f"{MIDDLEWARE_PATH} is not in DRAMATIQ_BROKER['MIDDLEWARE']; no task is tracked."
@@ -72,7 +74,7 @@ class UntrackedSendWarning(dramatiq.Middleware):
 
 def _has_state_middleware(broker: dramatiq.Broker) -> bool:
     return any(
-        f"{cls.__module__}.{cls.__qualname__}" == MIDDLEWARE_PATH
+        f"{cls.__module__}.{cls.__qualname__}" in MIDDLEWARE_PATHS
         for middleware in broker.middleware
         for cls in type(middleware).__mro__
     )

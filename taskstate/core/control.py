@@ -1,13 +1,13 @@
 """Owner control: cancel a task, or send a failed or cancelled one again.
 
-Called by the views and the admin once the policy (``taskstate.policy``) allowed it. A
-cancel is one guarded statement (``taskstate.transitions.request_cancel``) announced at
-once; the worker does the rest (``taskstate.middleware``, ``taskstate.tracking``). A retry
+Called by the views and the admin once the policy (``taskstate.core.policy``) allowed it. A
+cancel is one guarded statement (``taskstate.core.transitions.request_cancel``) announced at
+once; the worker does the rest (``taskstate.worker.middleware``, ``taskstate.worker.tracking``). A retry
 sends the stored message again to the same actor, and dismisses the old row.
 
 A group or pipeline row is controlled as one: a cancel reaches every unfinished child
 (two statements whatever the group's size), a retry sends its failed and cancelled
-children again as a new group (``taskstate.grouping``), linked to the old one.
+children again as a new group (``taskstate.core.grouping``), linked to the old one.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import dramatiq
 from django.db import transaction
 from django.utils import timezone
 
-from taskstate.conf import get_settings
-from taskstate.policy import controlled_by_group
-from taskstate.signals import announce
-from taskstate.states import RETRYABLE_STATUSES, Kind, Status
-from taskstate.transitions import request_cancel, request_group_cancel
+from taskstate.core.conf import get_settings
+from taskstate.core.policy import controlled_by_group
+from taskstate.core.signals import announce
+from taskstate.core.states import RETRYABLE_STATUSES, Kind, Status
+from taskstate.core.transitions import request_cancel, request_group_cancel
 
 if TYPE_CHECKING:
-    from taskstate.models import Task
+    from taskstate.core.models import Task
 
 __all__ = ["RETRY_OF_OPTION", "RetryRefused", "cancel", "retry"]
 
@@ -54,7 +54,7 @@ def cancel(task: Task) -> Task | None:
         return _cancel_group(task)
     if not request_cancel(task.pk):
         return None
-    from taskstate.models import Task  # the middleware imports this module before models
+    from taskstate.core.models import Task  # the middleware imports this module before models
 
     written = Task.objects.using(get_settings().DATABASE).filter(pk=task.pk).first()
     if written is None:
@@ -73,7 +73,7 @@ def retry(task: Task) -> dramatiq.Message[Any] | Task:
     double click), has no stored message, or its actor is not declared here.
 
     A group or pipeline: see :func:`_retry_group`; returns the new group's row. A child
-    of one is retried only with its group (``taskstate.policy.controlled_by_group``):
+    of one is retried only with its group (``taskstate.core.policy.controlled_by_group``):
     refused.
     """
     if controlled_by_group(task):
@@ -93,7 +93,7 @@ def retry(task: Task) -> dramatiq.Message[Any] | Task:
     message = actor.message_with_options(
         args=tuple(stored.get("args") or ()), kwargs=dict(stored.get("kwargs") or {}), **options
     )
-    from taskstate.models import Task
+    from taskstate.core.models import Task
 
     with transaction.atomic():
         now = timezone.now()
@@ -108,8 +108,8 @@ def retry(task: Task) -> dramatiq.Message[Any] | Task:
 
 
 def _cancel_group(task: Task) -> Task | None:
-    from taskstate.groups import refresh_group
-    from taskstate.models import Task
+    from taskstate.core.groups import refresh_group
+    from taskstate.core.models import Task
 
     if not request_group_cancel(task.pk):
         return None
@@ -138,8 +138,8 @@ def _retry_group(task: Task) -> Task:
     new child to the one it retries; ``task`` and its children are dismissed. Raises
     :class:`RetryRefused` when no child can be sent again, or ``task`` was retried already.
     """
-    from taskstate.grouping import _track
-    from taskstate.models import Task
+    from taskstate.core.grouping import _track
+    from taskstate.core.models import Task
 
     alias = get_settings().DATABASE
     rows = Task.objects.using(alias)

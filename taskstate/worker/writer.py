@@ -1,14 +1,14 @@
 """The background state writer: the worker's state changes, written in batches off its path.
 
-Every worker hook, and ``progress()``, hands a :class:`taskstate.transitions.Change`
+Every worker hook, and ``progress()``, hands a :class:`taskstate.core.transitions.Change`
 over here (a lock and a dict insert) and returns: no database call, no render, no publish
 on the actor's thread. One thread per process takes what is pending, at most
-:data:`~taskstate.conf.WRITE_BATCH_SIZE` messages once the oldest change has waited
-:data:`~taskstate.conf.WRITE_MAX_DELAY` seconds (at once when that many are pending, or
+:data:`~taskstate.core.conf.WRITE_BATCH_SIZE` messages once the oldest change has waited
+:data:`~taskstate.core.conf.WRITE_MAX_DELAY` seconds (at once when that many are pending, or
 when someone waits for a change), writes them with
-:func:`taskstate.transitions.write_batch` (one transaction, one commit, usually one
+:func:`taskstate.core.transitions.write_batch` (one transaction, one commit, usually one
 statement), and only then announces each row written, in the order the changes came
-(``taskstate.signals``).
+(``taskstate.core.signals``).
 
 The running change and progress reports are not waited for. A message's final change
 (done, failed, retrying, cancelled, skipped) is: Dramatiq acks a message only once its
@@ -52,15 +52,15 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
-from taskstate import conf
-from taskstate.background import background, in_event_loop
-from taskstate.bounds import client_bound
-from taskstate.conf import get_settings
-from taskstate.signals import announce, announce_progress
-from taskstate.transitions import Change, Outage, cancels_since, database_down, write_batch
+from taskstate.core import conf
+from taskstate.core.background import background, in_event_loop
+from taskstate.core.bounds import client_bound
+from taskstate.core.conf import get_settings
+from taskstate.core.signals import announce, announce_progress
+from taskstate.core.transitions import Change, Outage, cancels_since, database_down, write_batch
 
 if TYPE_CHECKING:
-    from taskstate.models import Task
+    from taskstate.core.models import Task
 
 logger = logging.getLogger("taskstate")
 
@@ -367,13 +367,13 @@ class CancelWatch:
     """The cancel requests this process knows of, so a worker need not read the row.
 
     A message's start asks :meth:`heard_of`: it is answered by a read of the requests made
-    since the last read (:func:`taskstate.transitions.cancels_since`, one indexed read)
+    since the last read (:func:`taskstate.core.transitions.cancels_since`, one indexed read)
     that began after the start asked, so every request committed before the start is
     known, and a body whose cancel the owner saw never starts. One read at a time, made by
     the first start waiting, serves every start that asked before it began, like a group
     commit. A start of a message known to be asked already reads nothing. Reads run on a
     connection the watch keeps open (whatever CONN_MAX_AGE says, as the writer's), within
-    the bounds of ``taskstate.bounds``.
+    the bounds of ``taskstate.core.bounds``.
 
     A running message asks :meth:`requested` at a pipeline step's end and at each
     ``progress()``: a dictionary lookup. What is known is also refreshed by the writer
@@ -582,7 +582,7 @@ def _max_age_of_cancels() -> float:
 
 def _start_wait() -> float:
     """Seconds a start waits for another thread's read (bounded as every statement of
-    ours, taskstate.bounds, with a connect first), then for one of its own."""
+    ours, taskstate.core.bounds, with a connect first), then for one of its own."""
     return float(conf.DB_CONNECT_TIMEOUT) + 2 * client_bound()
 
 

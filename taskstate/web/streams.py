@@ -1,6 +1,6 @@
 """The event streams of this web process: opened by whom, with which session, for how long.
 
-Three rules, applied by ``taskstate.views.events``, the only door to a taskstate channel
+Three rules, applied by ``taskstate.web.views.events``, the only door to a taskstate channel
 (``taskstate.channels.TaskstateChannelManager`` refuses the streams of every other door):
 
 1. **GRIP parameters are for the proxy's own refresh of a held stream.** ``es-meta``
@@ -64,9 +64,9 @@ from django.http import (
 )
 from django.utils.crypto import constant_time_compare, salted_hmac
 
-from taskstate import conf
-from taskstate.channels import own_channels, site_namespace
-from taskstate.conf import get_settings
+from taskstate.core import conf
+from taskstate.core.conf import get_settings
+from taskstate.web.channels import own_channels, site_namespace
 
 logger = logging.getLogger("taskstate")
 

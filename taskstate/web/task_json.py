@@ -6,7 +6,7 @@ classes, their docstrings and the :class:`Doc` notes on their keys. The schema s
 ``taskstate/static/taskstate/task.schema.json`` (``scripts/json_schema.py`` writes it; a
 test fails when it differs from what this module generates).
 
-Every text comes from :func:`taskstate.values.clean_text` (no lone surrogates, no NUL) and
+Every text comes from :func:`taskstate.core.values.clean_text` (no lone surrogates, no NUL) and
 is cut to a bound, numbers are integers, and the result appears only as its link: a
 payload is always strict JSON (:func:`dumps` refuses NaN rather than write it), and never
 larger than a few kilobytes, whatever an actor returned.
@@ -26,12 +26,12 @@ from urllib.parse import urlsplit
 from django.urls import reverse
 from django.utils.translation import gettext
 
-from taskstate.policy import CANCEL, RETRY, allowed, may_dismiss
-from taskstate.states import COMPLETE_STATUSES, Status
-from taskstate.values import clean_text
+from taskstate.core.policy import CANCEL, RETRY, allowed, may_dismiss
+from taskstate.core.states import COMPLETE_STATUSES, Status
+from taskstate.core.values import clean_text
 
 if typing.TYPE_CHECKING:
-    from taskstate.models import Task
+    from taskstate.core.models import Task
 
 #: The schema's ``$id``: where the schema file is served (under ``STATIC_URL``).
 SCHEMA_PATH = "taskstate/task.schema.json"

@@ -1,0 +1,452 @@
+"""The ``Task`` row that follows one tracked Dramatiq message through its life."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Exists, F, OuterRef
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from taskstate.core.conf import get_settings
+from taskstate.core.states import (
+    ABANDONED_ERROR,
+    ACTIVE_STATUSES,
+    COMPLETE_STATUSES,
+    LOST_ERROR,
+    NOT_RUN_ERROR,
+    TERMINAL_ORDER,
+    WAITING_ORDER,
+    Kind,
+    Status,
+)
+
+__all__ = ["ACTIVE_STATUSES", "COMPLETE_STATUSES", "Kind", "Status", "Task", "TaskQuerySet"]
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+
+class TaskQuerySet(models.QuerySet["Task"]):
+    def completed(self) -> TaskQuerySet:
+        """Tasks that are done, failed, skipped or cancelled."""
+        return self.filter(status__in=COMPLETE_STATUSES)
+
+    def active(self) -> TaskQuerySet:
+        """Tasks that are queued, scheduled, running or waiting for a retry."""
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+    def for_user(self, user: AbstractBaseUser | AnonymousUser | None) -> TaskQuerySet:
+        """The tasks of ``user``; none for anonymous users."""
+        if user is None or not user.is_authenticated or user.pk is None:
+            return self.none()
+        return self.filter(user_id=user.pk)
+
+    def for_display(self, seconds_since_seen: int | None = None) -> TaskQuerySet:
+        """Tasks to show in a list: unseen ones, and ones seen in the last few seconds.
+
+        ``seconds_since_seen`` defaults to ``TASKSTATE["DISPLAY_SECONDS_SINCE_SEEN"]``.
+        Newest first. The children of a group or pipeline are left out: its one row
+        stands for them (see :meth:`top_level`).
+        """
+        if seconds_since_seen is None:
+            seconds_since_seen = get_settings().DISPLAY_SECONDS_SINCE_SEEN
+        since = timezone.now() - timedelta(seconds=seconds_since_seen)
+        return (
+            self.top_level()
+            .filter(models.Q(seen=False) | models.Q(seen_at__gte=since))
+            .order_by("-created_at", "-id")
+        )
+
+    def top_level(self) -> TaskQuerySet:
+        """Tasks that belong to no group or pipeline, and the groups and pipelines."""
+        return self.filter(parent__isnull=True)
+
+    def about(self, object_type: str, object_pk: str) -> TaskQuerySet:
+        """The tasks about one object: its model's label (``"app_label.model_name"``) and
+        its pk as text (``Task.object_type``, ``Task.object_pk``). None for an empty label."""
+        if not object_type:
+            return self.none()
+        return self.filter(object_type=object_type, object_pk=object_pk)
+
+    def first_rows(self, limit: int) -> tuple[list[Task], int]:
+        """At most ``limit`` of these tasks, and how many more there are.
+
+        One query; a second (a count) only when the tasks do not all fit.
+        """
+        rows = list(self[: limit + 1])
+        if len(rows) <= limit:
+            return rows, 0
+        return rows[:limit], self.count() - limit
+
+    def delete_old(
+        self, max_task_age: int, only_if_seen: bool = True, *, removed: Removed | None = None
+    ) -> int:
+        """Delete completed tasks that finished more than ``max_task_age`` seconds ago.
+
+        With ``only_if_seen`` (the default) only tasks a user has seen are deleted, and
+        their age counts from when they were seen. Returns the number of rows deleted.
+        A group or pipeline goes as one: its children with it, never on their own.
+
+        Never deleted: a task whose message may still come and must then be refused (see
+        :func:`awaits_its_message`), and a group while one of its children may still get
+        its message (an unfinished child among them). ``removed`` is called with the
+        ``(user pk, task pk)`` of each deleted row a page may still show.
+        """
+        cutoff = timezone.now() - timedelta(seconds=max_task_age)
+        if only_if_seen:
+            old = self.completed().filter(seen=True, seen_at__lt=cutoff)
+        else:
+            old = self.completed().filter(finished_at__lt=cutoff)
+        pending_child = Task.objects.filter(parent_id=OuterRef("pk")).filter(
+            models.Q(status__in=ACTIVE_STATUSES) | awaits_its_message()
+        )
+        old = old.top_level().exclude(awaits_its_message()).exclude(Exists(pending_child))
+        return _delete_in_batches(old, removed)
+
+    def delete_stale(self, max_age: int = 1200, *, removed: Removed | None = None) -> int:
+        """Delete tasks still queued ``max_age`` seconds after their last change.
+
+        Such a message was most likely lost (a purged queue, a broker without
+        persistence). If it does run after all, the worker writes the row again. Never
+        deleted: a task asked to cancel (it reads "Cancelling" until a worker takes its
+        message, which must find the request however long the queue ahead of it), and a
+        group while it is scheduled (a child waits for its due time or a retry, runs, or
+        is asked to cancel). A child of a group or pipeline is never deleted on its own
+        (its group would count it missing); a stale group goes with its children.
+        ``removed``: as for :meth:`delete_old`.
+        """
+        cutoff = timezone.now() - timedelta(seconds=max_age)
+        busy_child = Task.objects.filter(parent_id=OuterRef("pk")).filter(
+            models.Q(status__in=(Status.DELAYED, Status.RUNNING, Status.RETRYING))
+            | models.Q(cancel_requested_at__isnull=False)
+        )
+        stale = (
+            self.top_level()
+            .filter(status=Status.ENQUEUED, updated_at__lt=cutoff, cancel_requested_at__isnull=True)
+            .exclude(Exists(busy_child))
+        )
+        return _delete_in_batches(stale, removed)
+
+    def fail_abandoned_candidates(self, max_age: int) -> TaskQuerySet:
+        """Running tasks with no change for ``max_age`` seconds: their worker most likely died.
+
+        Never a group or pipeline row: no worker runs it, and its status is its children's
+        (``taskstate.core.groups``). It keeps reading running while a child waits for a retry,
+        however long the back-off; a child failed here fails its group through the
+        group's refresh.
+        """
+        return self.filter(
+            status=Status.RUNNING,
+            kind="",
+            updated_at__lt=timezone.now() - timedelta(seconds=max_age),
+        )
+
+    def fail_abandoned(self, max_age: int) -> int:
+        """Mark failed the running tasks with no change for ``max_age`` seconds.
+
+        A late write from a worker that was only slow cannot undo this: failed is
+        terminal. Returns the number of tasks marked.
+        """
+        now = timezone.now()
+        return self.fail_abandoned_candidates(max_age).update(
+            status=Status.FAILED,
+            state_order=TERMINAL_ORDER,
+            error_type=ABANDONED_ERROR,
+            error_message=_abandoned_message(max_age),
+            finished_at=now,
+            updated_at=now,
+        )
+
+    def fail_overdue_candidates(self, max_overdue: int) -> TaskQuerySet:
+        """Retrying or delayed tasks due more than ``max_overdue`` seconds ago.
+
+        Their message should have run by then: most likely it was lost. Rows without a
+        due time (written before ``due_at`` existed) are never candidates.
+        """
+        return self.filter(
+            status__in=(Status.RETRYING, Status.DELAYED),
+            due_at__lt=timezone.now() - timedelta(seconds=max_overdue),
+        )
+
+    def fail_overdue(self, max_overdue: int) -> int:
+        """Mark failed the retrying or delayed tasks overdue by ``max_overdue`` seconds.
+
+        If the message does run after all, its writes are refused: failed is terminal.
+        Returns the number of tasks marked.
+        """
+        now = timezone.now()
+        return self.fail_overdue_candidates(max_overdue).update(
+            status=Status.FAILED,
+            state_order=TERMINAL_ORDER,
+            error_type=LOST_ERROR,
+            error_message=_lost_message(max_overdue),
+            finished_at=now,
+            updated_at=now,
+        )
+
+    def mark_seen(self) -> int:
+        """Mark these tasks seen (completed ones only). Returns the number marked.
+
+        A group or pipeline marked seen takes its children with it (not counted).
+        """
+        now = timezone.now()
+        pks = list(self.completed().filter(seen=False).values_list("pk", flat=True))
+        if not pks:
+            return 0
+        marked = Task.objects.filter(pk__in=pks, seen=False).update(
+            seen=True, seen_at=now, updated_at=now
+        )
+        Task.objects.filter(parent_id__in=pks, seen=False).update(
+            seen=True, seen_at=now, updated_at=now
+        )
+        return marked
+
+
+def _abandoned_message(max_age: int) -> str:
+    return (
+        f"No update for {max_age} seconds while running: the worker most likely stopped. "
+        "Raise TASKSTATE['RUNNING_TIMEOUT'] if your actors run longer without progress."
+    )
+
+
+def _lost_message(max_overdue: int) -> str:
+    return (
+        f"Still waiting {max_overdue} seconds after its message was due: the message was "
+        "most likely lost (a purged queue, a broker restarted without persistence). Raise "
+        "TASKSTATE['OVERDUE_AFTER'] if your queues are often that far behind."
+    )
+
+
+def awaits_its_message() -> models.Q:
+    """Tasks ended without their message whose message must be refused if it comes.
+
+    Asked to cancel and ended by something other than the worker that took the message:
+    cancelled before its message was due (a task scheduled well ahead, cancelled at once),
+    or failed by the cleanup (its message lost, or its worker gone: a copy may still be
+    delivered). A worker refuses the message by this row (``cancel_requested_at``); the
+    worker's own final write for the message is what ends it otherwise, and after it no
+    copy can come. A worker that refuses the message of a row cancelled before it was due
+    clears the row's due time (the message came; ``transitions.write``), so the row goes
+    as any finished one. The cleanup keeps these rows (docs/reliability.md).
+    """
+    return models.Q(cancel_requested_at__isnull=False) & (
+        models.Q(due_at__isnull=False, finished_at__lt=F("due_at"))
+        | models.Q(error_type__in=(LOST_ERROR, ABANDONED_ERROR))
+    )
+
+
+#: Called with the deleted rows a page may still show (unsaved, only ``pk``, ``user_id``,
+#: ``object_type`` and ``object_pk`` set): their owners' pages and their objects'.
+Removed = Callable[[list["Task"]], None]
+
+_DELETE_BATCH = 5_000
+
+
+def _delete_in_batches(queryset: TaskQuerySet, removed: Removed | None = None) -> int:
+    """Delete in primary-key batches, so a large cleanup never holds one huge lock.
+
+    Each batch is deleted through ``queryset`` again: a row that changed since it was
+    read (a cancel request, a worker's write) and no longer matches stays.
+    """
+    deleted = 0
+    while True:
+        batch = list(
+            queryset.values_list("pk", "user_id", "seen", "seen_at", "object_type", "object_pk")[
+                :_DELETE_BATCH
+            ]
+        )
+        if not batch:
+            return deleted
+        pks = [row[0] for row in batch]
+        count, _ = queryset.filter(pk__in=pks).delete()
+        deleted += count
+        if removed is not None:
+            kept = set(
+                Task.objects.using(queryset.db).filter(pk__in=pks).values_list("pk", flat=True)
+            )
+            _tell_removed(removed, [row for row in batch if row[0] not in kept])
+
+
+def _tell_removed(removed: Removed, batch: list[tuple[int, Any, bool, Any, str, str]]) -> None:
+    since = timezone.now() - timedelta(seconds=get_settings().DISPLAY_SECONDS_SINCE_SEEN)
+    shown = [
+        Task(pk=pk, user_id=user_pk, object_type=object_type, object_pk=object_pk)
+        for pk, user_pk, seen, seen_at, object_type, object_pk in batch
+        if (user_pk is not None or object_type)
+        and (not seen or (seen_at is not None and seen_at >= since))
+    ]
+    if shown:
+        removed(shown)
+
+
+class Task(models.Model):
+    message_id = models.CharField(_("message id"), max_length=64, unique=True)
+    actor_name = models.CharField(_("actor"), max_length=255)
+    queue_name = models.CharField(_("queue"), max_length=255, default="default")
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.ENQUEUED
+    )
+    # Orders transitions so a late hook never moves a task backwards: see transitions.py.
+    state_order = models.PositiveIntegerField(default=0, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="taskstate_tasks",
+        # taskstate_user_seen_idx starts with user_id and serves the same lookups.
+        db_index=False,
+    )
+    description = models.CharField(_("description"), max_length=255, blank=True)
+    app_name = models.CharField(_("app name"), max_length=100, blank=True)
+    model_name = models.CharField(_("model name"), max_length=100, blank=True)
+    progress = models.PositiveSmallIntegerField(_("progress"), default=0)
+    progress_message = models.CharField(_("progress message"), max_length=255, blank=True)
+    result = models.JSONField(_("result"), null=True, blank=True)
+    error_type = models.CharField(_("error type"), max_length=255, blank=True)
+    error_message = models.TextField(_("error message"), blank=True)
+    traceback = models.TextField(_("traceback"), blank=True)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    seen = models.BooleanField(_("seen"), default=False)
+    seen_at = models.DateTimeField(_("seen at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    # The current (or last) attempt's own start: started_at stays the first attempt's, and
+    # time left and the actor's history count from this one (taskstate.core.estimates).
+    attempt_started_at = models.DateTimeField(_("attempt started"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    # When a delayed message's eta is, or a retrying task's next attempt: the cleanup fails
+    # the rows whose message never came (OVERDUE_AFTER).
+    due_at = models.DateTimeField(_("due"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated"), default=timezone.now)
+    # The sender's active language when the message was sent: rows pushed to the owner's
+    # page are rendered in it (no request there to say which). Empty: the site's default.
+    language = models.CharField(_("language"), max_length=16, blank=True, default="")
+    # Owner control (taskstate.core.control): when the owner asked to cancel the task; what a
+    # retry sends again (only for_state={"retryable": True}); the task this one retries.
+    cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
+    retry_message = models.JSONField(_("message to retry"), null=True, blank=True)
+    retry_of = models.ForeignKey(
+        "self",
+        verbose_name=_("retry of"),
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="retries",
+        # Indexed only where set (taskstate_retry_of_idx): most tasks are no retry.
+        db_index=False,
+    )
+    # Groups and pipelines (taskstate.core.grouping): a parent row stands for its children,
+    # which point to it; the parent's counts are refreshed from theirs (taskstate.core.groups).
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices, blank=True, default="")
+    parent = models.ForeignKey(
+        "self",
+        verbose_name=_("group"),
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="children",
+    )
+    #: A child's place in its group or pipeline, from 1.
+    position = models.PositiveIntegerField(_("position"), default=0)
+    children_total = models.PositiveIntegerField(_("children"), default=0)
+    children_done = models.PositiveIntegerField(_("children done"), default=0)
+    children_failed = models.PositiveIntegerField(_("children failed"), default=0)
+    children_running = models.PositiveIntegerField(_("children running"), default=0)
+    # The object the task is about (for_state={"object": ...}): its model's label
+    # ("app_label.model_name") and its pk as text. Whoever the policy lets see that object
+    # sees the task (taskstate.core.policy); "" for a task about no object.
+    object_type = models.CharField(_("object type"), max_length=201, blank=True, default="")
+    object_pk = models.CharField(_("object id"), max_length=255, blank=True, default="")
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("task")
+        verbose_name_plural = _("tasks")
+        ordering = ("-created_at", "-id")
+        # Few indexes, on columns that rarely change: every index is work on each of the
+        # worker's writes, and progress writes (progress, updated_at) touch none of them.
+        indexes = (
+            # A user's display list: WHERE user_id = ? AND (seen = false OR seen_at >= ?).
+            models.Index(fields=("user", "seen", "created_at"), name="taskstate_user_seen_idx"),
+            # Cleanup of stale queued, abandoned running and lost waiting tasks: few rows,
+            # filtered by status and then by updated_at or due_at.
+            models.Index(
+                fields=("status",),
+                name="taskstate_active_idx",
+                condition=models.Q(status__in=("enqueued", "running")),
+            ),
+            models.Index(
+                fields=("due_at",),
+                name="taskstate_waiting_idx",
+                condition=models.Q(status__in=("retrying", "delayed")),
+            ),
+            # Cleanup of finished tasks by age, and of seen tasks by when they were seen.
+            models.Index(fields=("finished_at",), name="taskstate_finished_idx"),
+            models.Index(fields=("seen_at",), name="taskstate_seen_at_idx"),
+            # Workers look for new cancel requests (transitions.cancels_since): few rows.
+            models.Index(
+                fields=("cancel_requested_at",),
+                name="taskstate_cancel_asked_idx",
+                condition=models.Q(cancel_requested_at__isnull=False),
+            ),
+            # Deleting a task clears retry_of on its retries (SET_NULL): a lookup by it.
+            models.Index(
+                fields=("retry_of",),
+                name="taskstate_retry_of_idx",
+                condition=models.Q(retry_of__isnull=False),
+            ),
+            # The tasks about one object (its list and its stream's resync): few rows.
+            models.Index(
+                fields=("object_type", "object_pk", "created_at"),
+                name="taskstate_object_idx",
+                condition=~models.Q(object_type=""),
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.description or self.actor_name} ({self.get_status_display()})"
+
+    @property
+    def is_complete(self) -> bool:
+        return self.status in COMPLETE_STATUSES
+
+    @property
+    def is_cancelling(self) -> bool:
+        """A cancel was requested and the task has not ended yet."""
+        return self.cancel_requested_at is not None and not self.is_complete
+
+    @property
+    def is_group(self) -> bool:
+        """A group or pipeline row, standing for its children."""
+        return bool(self.kind)
+
+    @property
+    def is_waiting(self) -> bool:
+        """A child whose message is not sent yet (a pipeline step after a running one)."""
+        return (
+            self.parent_id is not None
+            and self.status == Status.ENQUEUED
+            and self.state_order == WAITING_ORDER
+        )
+
+    @property
+    def is_not_run(self) -> bool:
+        """A pipeline step that never ran because an earlier step failed."""
+        return self.status == Status.SKIPPED and self.error_type == NOT_RUN_ERROR
+
+    @property
+    def duration(self) -> timedelta | None:
+        """Time from the first start to the end (or to now while still running)."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or timezone.now()
+        return end - self.started_at

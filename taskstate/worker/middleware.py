@@ -1,0 +1,650 @@
+"""``StateMiddleware``: Dramatiq hooks turned into task state transitions, nothing else.
+
+Only messages whose kwargs hold a ``for_state`` dict are tracked; for any other message
+each hook is a dictionary lookup and no query. Every hook catches its own errors: a
+tracking problem is logged and never reaches the sender or the actor.
+
+A tracked message is acked only once its final state is committed: ``before_ack`` and
+``before_nack`` wait for it (docs/reliability.md, "Acks and final rows"). While the worker
+stops and the database does not answer, they raise :class:`AckWithheld` after a bounded
+wait, and Dramatiq leaves the message for the broker to deliver again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+import weakref
+from collections.abc import Callable
+from datetime import datetime, timezone
+from functools import wraps
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import dramatiq
+from django.db import connections, transaction
+from django.utils import timezone as dj_timezone
+from django.utils.translation import get_language
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
+
+from taskstate.core import conf
+from taskstate.core import transitions as t
+from taskstate.core.background import background, in_event_loop
+from taskstate.core.conf import get_settings
+from taskstate.core.control import RETRY_OF_OPTION
+from taskstate.core.for_state import Origin, make_encodable, parse_for_state, tracked_for_state
+from taskstate.core.signals import announce, worker_stopped
+from taskstate.core.states import TERMINAL_ORDER, Status
+from taskstate.core.values import (
+    UNPRINTABLE,
+    NotStorable,
+    clean_text,
+    exception_facts,
+    json_value,
+)
+from taskstate.worker.tracking import Cancelled, MessageRun, _current, held_back, mark_cancelled
+from taskstate.worker.writer import cancels, writer
+
+if TYPE_CHECKING:
+    from taskstate.core.models import Task
+
+logger = logging.getLogger("taskstate")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _never_raises(hook: F) -> F:
+    @wraps(hook)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(*args, **kwargs)
+        except Exception:
+            logger.exception("taskstate: %s failed; the message goes on untracked", hook.__name__)
+            return None
+
+    return guarded  # type: ignore[return-value]
+
+
+class StateMiddleware(Middleware):
+    """Record the life of messages sent with ``for_state={...}`` in ``taskstate.core.models.Task``.
+
+    Add ``"taskstate.middleware.StateMiddleware"`` to ``DRAMATIQ_BROKER["MIDDLEWARE"]``;
+    where it stands in the list does not change what it records.
+    """
+
+    def __init__(self) -> None:
+        # Attempts in flight in this process, by message proxy: the hooks of one
+        # message may run in different threads (ack in the consumer thread on older
+        # Dramatiq), so a context variable alone would not reach them all.
+        self._runs: dict[int, tuple[weakref.ref[Any], MessageRun]] = {}
+        self._lock = threading.Lock()
+        # When the next attempt of a message being retried is due, by message id: known
+        # when Retries re-enqueues it, written with the retrying status at the ack. A
+        # message acked after an exception and absent here was not retried.
+        self._retry_due: dict[str, datetime | None] = {}
+
+    # --- sender side -------------------------------------------------------------------
+
+    @_never_raises
+    def before_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
+        if message.kwargs and "for_state" in message.kwargs:
+            make_encodable(message.kwargs, message.message_id)
+            # The sender's language travels with the message, so that whichever write
+            # creates the row (the sender's or a quicker worker's) records it.
+            language = _sender_language()
+            if language and LANGUAGE_OPTION not in message.options:
+                message.options[LANGUAGE_OPTION] = language
+
+    @_never_raises
+    def after_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
+        for_state = tracked_for_state(message.kwargs)
+        if for_state is None:
+            return
+        if message.options.get("retries"):
+            # A retry's re-enqueue: the worker records it as retrying when it acks.
+            self._note_retry_due(message)
+            return
+        origin = _origin(message, for_state, warn=True)
+        values: dict[str, Any] = _control_columns(message, origin)
+        if delay is not None or "eta" in message.options:
+            status, order = Status.DELAYED, t.DELAYED_ORDER
+            values["due_at"] = _due(message)
+        else:
+            status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
+        # Written now (after the sender's commit), not queued for the background writer:
+        # a page rendered right after send() shows the task.
+        _sent(t.Change(origin, status, order, values, keep=_CONTROL_KEEP))
+
+    # --- worker side -------------------------------------------------------------------
+
+    def before_process_message(
+        self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy
+    ) -> None:
+        if self._start(message):
+            # Outside _never_raises: Dramatiq skips the message (the body never runs) and
+            # calls after_skip_message, which records it cancelled.
+            raise SkipMessage("taskstate: cancelled by its owner")
+
+    @_never_raises
+    def _start(self, message: dramatiq.broker.MessageProxy) -> bool | None:
+        """Record the attempt as running; True when it was cancelled before it started."""
+        for_state = tracked_for_state(message.kwargs)
+        if for_state is None:
+            return None
+        attempt = int(message.options.get("retries") or 0) + 1
+        run = MessageRun(
+            origin=_origin(message, for_state, warn=False),
+            attempt=attempt,
+            interval=float(get_settings().PROGRESS_INTERVAL),
+            started_at=_now(),
+            options=message.options,
+        )
+        self._remember(message, run)
+        _current.set(run)
+        if cancels.heard_of(run.origin.message_id):
+            # Every request committed before this start is known (CancelWatch: one read
+            # shared by the starts waiting for it, or none when known already): the body
+            # never runs, and after_skip_message records it cancelled.
+            _not_started(run)
+            return True
+        # Not waited for: a request committed after the watch's read is a running task's
+        # cancel, seen when the row comes back or at the next look.
+        _write(
+            run.origin,
+            Status.RUNNING,
+            t.running_order(attempt),
+            {
+                **_attempt(run),
+                "finished_at": None,
+                "due_at": None,
+                "progress": 0,
+                "progress_message": "",
+                **_control_columns(message, run.origin),
+            },
+            keep=_KEEP + _CONTROL_KEEP,
+            notify=lambda task, written: _running_written(run, task, written),
+        )
+        return False
+
+    @_never_raises
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.broker.MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        run = self._run_of(message)
+        if run is None:
+            return
+        _current.set(None)
+        if exception is not None and _is_cancel(exception):
+            mark_cancelled(run)
+        if exception is not None and run.cancel_requested:
+            # Final now, whatever the other middleware do: Retries leaves it alone (see
+            # mark_cancelled), or its retry is skipped; no need to wait for the ack.
+            run.finished = True
+            _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
+            return
+        if exception is None and not message.failed:
+            run.finished = True
+            values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
+            values.update(progress=100, **_no_error(), **_attempt(run))
+            _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
+            if "pipe_target" in message.options and cancels.requested(run.origin.message_id):
+                # Asked to cancel, and ended before it noticed (as far as this process
+                # knows, CancelWatch): a pipeline goes no further. Pipelines reads this after us when it comes
+                # before StateMiddleware in the list; otherwise the next step is sent and
+                # skipped, as its row was cancelled with the group.
+                message.options.pop("pipe_target", None)
+            return
+        # Whether Dramatiq retries this attempt is known only once every middleware
+        # has run (Retries may come before or after us): decided in before_ack/before_nack.
+        run.exception = exception
+
+    @_never_raises
+    def after_skip_message(
+        self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy
+    ) -> None:
+        for_state = tracked_for_state(message.kwargs)
+        if for_state is None:
+            return
+        _current.set(None)
+        run = self._run_of(message)
+        origin = run.origin if run else _origin(message, for_state, warn=False)
+        values = {**_finished(), **(held_back(run) if run else {}), **_attempt(run)}
+        if run is not None:
+            run.finished = True
+            if run.cancel_requested:
+                _write_cancelled(origin, run, values)
+                return
+        _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, values, keep=_KEEP)
+
+    def before_ack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
+        # Dramatiq calls this after every middleware's after_process_message, just before
+        # the ack: the last moment to decide, and the moment to hold the ack until the
+        # message's final change is committed.
+        self._end(message, rejected=False)
+        self._hold_ack(message)
+
+    def before_nack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
+        self._end(message, rejected=True)
+        self._hold_ack(message)
+
+    @_never_raises
+    def _end(self, message: dramatiq.broker.MessageProxy, *, rejected: bool) -> None:
+        """Write the final change of an attempt that ended with an exception."""
+        run = self._forget(message)
+        if run is None:
+            if rejected:
+                # Rejected before any of our worker hooks ran (unknown actor, an earlier
+                # middleware failed it): still a tracked task that will never run.
+                for_state = tracked_for_state(message.kwargs)
+                if for_state is not None:
+                    self._fail(_origin(message, for_state, warn=False), None, message)
+            return
+        if run.finished:
+            return
+        run.finished = True
+        if run.cancel_requested:
+            _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
+            return
+        # Acked after an exception: Retries has enqueued the next attempt (after_enqueue
+        # saw it), or the message is over: no Retries middleware, or one that could not
+        # act on this exception (before Python 3.13 Retries raises formatting the
+        # traceback of an exception whose __notes__ fail, and the message is acked).
+        # Rejected: Retries gave up (or another middleware failed the message).
+        retried = not rejected and message.message_id in self._retry_due
+        due_at = self._retry_due.pop(message.message_id, None)
+        if retried:
+            values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
+            values["due_at"] = due_at
+            _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values, keep=_KEEP)
+        else:
+            self._fail(run.origin, run, message)
+
+    def _hold_ack(self, message: dramatiq.broker.MessageProxy) -> None:
+        """Return once the message's final change is committed; raise (Dramatiq then
+        leaves the message unacked, for the broker to deliver again) when the worker is
+        stopping and the database did not answer within ``writer.STOP_ACK_WAIT``."""
+        try:
+            if tracked_for_state(message.kwargs) is None or "eta" in message.options:
+                # Untracked; or a delayed message's copy, acked by the consumer thread once
+                # its eta has come and the copy to run is enqueued: it ran nothing, and the
+                # consumer must not wait (it fetches, and sends the worker's heartbeats).
+                return
+            if writer.wait_written(message.message_id):
+                return
+        except Exception:
+            logger.exception("taskstate: waiting for the final state of %s failed", message)
+            return
+        logger.error(
+            "taskstate: message %s is left unacknowledged: its final state could not be "
+            "written before the worker stops (the database does not answer). The broker "
+            "delivers it again to a worker (Redis: once this worker's heartbeat expires).",
+            message.message_id,
+        )
+        raise AckWithheld(message.message_id)
+
+    def _fail(
+        self, origin: Origin, run: MessageRun | None, message: dramatiq.broker.MessageProxy
+    ) -> None:
+        exception = run.exception if run else None
+        values = {
+            **_error(exception, message),
+            **_finished(),
+            **(held_back(run) if run else {}),
+            **_attempt(run),
+        }
+        _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        writer.stopping(False)
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # Acks still held for a database that does not answer wait a bounded time now.
+        writer.stopping()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # Write the last changes, then let them reach the browsers, before the process
+        # goes: groups with a change pending are refreshed now, not when their turn comes.
+        # After, not before, since Dramatiq sends before_worker_shutdown before it waits for
+        # the running actors and the consumers' acks, whose changes would be left behind.
+        # What owns both sides does it (``taskstate.shutdown``, connected by ``ready()``).
+        worker_stopped.send_robust(StateMiddleware)
+
+    # --- per-message bookkeeping -------------------------------------------------------
+
+    def _note_retry_due(self, message: Any) -> None:
+        with self._lock:
+            if len(self._retry_due) > 10_000:
+                # Retries whose ack never came (a lost broker connection): forget the
+                # oldest half (dicts keep insertion order).
+                for key in list(self._retry_due)[:5_000]:
+                    del self._retry_due[key]
+            self._retry_due[message.message_id] = _due(message)
+
+    def _remember(self, message: Any, run: MessageRun) -> None:
+        with self._lock:
+            if len(self._runs) > 10_000:
+                # Entries whose message never reached an ack (a lost broker connection).
+                self._runs = {k: v for k, v in self._runs.items() if v[0]() is not None}
+            self._runs[id(message)] = (weakref.ref(message), run)
+
+    def _run_of(self, message: Any) -> MessageRun | None:
+        entry = self._runs.get(id(message))
+        if entry is None or entry[0]() is not message:
+            return None
+        return entry[1]
+
+    def _forget(self, message: Any) -> MessageRun | None:
+        with self._lock:
+            entry = self._runs.pop(id(message), None)
+        if entry is None or entry[0]() is not message:
+            return None
+        return entry[1]
+
+
+class AckWithheld(MiddlewareError):
+    """Raised from ``before_ack``/``before_nack`` so that Dramatiq does not ack a message
+    whose final state is not written (the worker stops during a database outage).
+
+    A ``MiddlewareError``: Dramatiq's broker logs and swallows any other exception of a
+    ``before_`` hook and acks all the same."""
+
+
+def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
+    language = message.options.get(LANGUAGE_OPTION)
+    return Origin(
+        message_id=message.message_id,
+        actor_name=message.actor_name,
+        queue_name=q_name(message.queue_name),
+        sent_at=datetime.fromtimestamp(message.message_timestamp / 1000, tz=timezone.utc),
+        identity=parse_for_state(for_state, message.message_id, warn=warn),
+        language=language[:16] if isinstance(language, str) else "",
+    )
+
+
+#: The message option that carries the sender's active language (``Task.language``).
+LANGUAGE_OPTION = "taskstate_language"
+
+
+def _sender_language() -> str:
+    """The language active where the message is sent (a view: the request's), or ""."""
+    return (get_language() or "")[:16]
+
+
+def _due(message: Any) -> datetime | None:
+    """When a delayed message is due to run: its ``eta`` option (milliseconds)."""
+    eta = message.options.get("eta")
+    if isinstance(eta, (int, float)) and not isinstance(eta, bool):
+        try:
+            return datetime.fromtimestamp(eta / 1000, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _write(
+    origin: Origin,
+    status: Status,
+    order: int,
+    values: dict[str, Any],
+    *,
+    keep: tuple[str, ...] = (),
+    notify: t.Notify | None = None,
+) -> None:
+    """One worker-side transition, handed to the background writer, which calls
+    ``notify`` once it is written and announces it once committed; never waits.
+
+    Any change but a running attempt's is final: its message's ack waits for it
+    (before_ack), and a full queue never drops it.
+    """
+    change = t.Change(origin, status, order, values, keep=keep)
+    if notify is not None:
+        change.notify.append(notify)
+    writer.submit(change, final=not t.is_running_order(order))
+
+
+def _running_written(run: MessageRun, task: Task | None, written: bool) -> None:
+    """In the writer's thread, once an attempt's running change is written."""
+    if not written:
+        return  # the database is away: it is tried again; nothing is known meanwhile
+    if task is None:
+        # Refused: the row had ended already (cancelled early, or this is a redelivery
+        # of an ended message). The attempt's next look reads the row.
+        run.read_row = True
+    elif task.cancel_requested_at is not None:
+        mark_cancelled(run)
+
+
+def _sent(change: t.Change) -> None:
+    """Write a sender's row after the sender's transaction commits, outside it; without
+    one, now. The rows of one transaction are written together, in one statement.
+
+    A failure can then never break the caller's transaction, and a worker that starts
+    the message first is never blocked by the sender's uncommitted row.
+    """
+    if in_event_loop():
+        # Async code (an async view): the loop must not wait and Django refuses database
+        # calls here; a thread writes it, in order, moments later. No transaction to wait
+        # for: Django runs none in a thread with an event loop.
+        background.submit(lambda: _write_sent([change]))
+        return
+    connection = connections[get_settings().DATABASE]
+    if not connection.in_atomic_block:
+        # No transaction: written now, a batch of one, opening the connection within
+        # the write's bounds if it has none.
+        _write_sent([change])
+        return
+    _SentRows.of(connection).add(change)
+
+
+class _SentRows:
+    """The sender's rows of one transaction, written by one ``on_commit`` callback.
+
+    One per transaction and savepoint: Django drops the callback of a savepoint rolled
+    back, and with it the rows sent inside it, as it drops the transaction's on rollback.
+    """
+
+    #: The collector in use, by connection (a connection runs one transaction at a time)
+    #: and by the savepoints open when it was made.
+    _open: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], _SentRows]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self.changes: dict[str, t.Change] = {}
+        #: The connection's list of pending callbacks this one was last seen in.
+        self.hooks: list[Any] | None = None
+
+    @classmethod
+    def of(cls, connection: Any) -> _SentRows:
+        """The collector of ``connection``'s transaction at its current savepoint."""
+        key = tuple(connection.savepoint_ids)
+        hooks = connection.run_on_commit
+        rows = cls._open.get(connection, {}).get(key)
+        if rows is not None and rows.hooks is hooks:
+            return rows  # Django drops a callback only by replacing the list: still pending
+        pending = {id(hook[1]) for hook in hooks}
+        if rows is not None and id(rows) in pending:
+            rows.hooks = hooks
+            return rows
+        # A collector whose callback is no longer pending belongs to a transaction (or
+        # savepoint) that has ended: committed, or rolled back with its rows.
+        by_savepoint = {k: v for k, v in cls._open.get(connection, {}).items() if id(v) in pending}
+        rows = by_savepoint[key] = cls()
+        cls._open[connection] = by_savepoint
+        transaction.on_commit(rows, using=connection.alias, robust=True)
+        rows.hooks = connection.run_on_commit
+        return rows
+
+    def add(self, change: t.Change) -> None:
+        known = self.changes.get(change.origin.message_id)
+        # The same message sent twice: one row, as two writes in turn would leave it.
+        self.changes[change.origin.message_id] = change if known is None else known.then(change)
+
+    def __call__(self) -> None:
+        changes, self.changes = list(self.changes.values()), {}
+        _write_sent(changes)
+
+
+def _write_sent(changes: list[t.Change]) -> None:
+    """The senders' rows in one statement (on PostgreSQL, the same text for any number of
+    rows), each announced when it landed; never raises."""
+    try:
+        written = t.write_batch(changes)
+    except t.Outage as outage:
+        # Not kept for later: the worker writes the row when it takes the message.
+        written = outage.written
+    except Exception:
+        logger.exception("taskstate: the senders' rows of %d messages failed", len(changes))
+        return
+    for task in written:
+        if task is not None:
+            announce(task, committed=True)
+
+
+def _now() -> datetime:
+    return dj_timezone.now()
+
+
+# The first start of a task stays its start, whichever write lands first.
+_KEEP = ("started_at",)
+
+
+def _attempt(run: MessageRun | None) -> dict[str, Any]:
+    """The attempt's own facts, sent with every worker write so any order ends right."""
+    if run is None:
+        return {}
+    return {
+        "attempts": run.attempt,
+        "started_at": run.started_at,
+        "attempt_started_at": run.started_at,
+    }
+
+
+def _finished() -> dict[str, Any]:
+    return {"finished_at": _now()}
+
+
+def _no_error() -> dict[str, Any]:
+    return {"error_type": "", "error_message": "", "traceback": ""}
+
+
+def _error(exception: BaseException | None, message: Any) -> dict[str, Any]:
+    exception = exception or getattr(message, "_exception", None)
+    if exception is None:
+        return {"error_type": "", "error_message": "", "traceback": ""}
+    name, text = exception_facts(exception, 2000)
+    return {
+        "error_type": name,
+        "error_message": text,
+        "traceback": _traceback(exception, conf.TRACEBACK_MAX_CHARS),
+    }
+
+
+def _traceback(exception: BaseException, limit: int) -> str:
+    try:
+        text = "".join(
+            traceback.format_exception(type(exception), exception, exception.__traceback__)
+        )
+    except Exception:
+        # A hostile exception can break even the traceback module; its type still tells.
+        text = UNPRINTABLE.format("traceback")
+    return clean_text(text[-limit:])
+
+
+def _storable_result(result: Any, run: MessageRun) -> Any:
+    settings = get_settings()
+    if result is None or not settings.STORE_RESULT:
+        return None
+    try:
+        return json_value(result, settings.RESULT_MAX_BYTES)
+    except NotStorable as exc:
+        logger.warning(
+            "taskstate: result of message %s not stored: %s.", run.origin.message_id, exc
+        )
+        return None
+
+
+# --- owner control: what a cancel or a retry decides and needs -----------------------
+
+#: Options Dramatiq or a broker sets on a message in flight: a retry sends none of them.
+_IN_FLIGHT_OPTIONS = frozenset(
+    {"eta", "retries", "traceback", "requeue_timestamp", "redis_message_id", "throws"}
+)
+# Kept as first written, whichever of the sender's and the worker's writes lands first.
+_CONTROL_KEEP = ("retry_message", "retry_of_id")
+
+
+def _control_columns(message: Any, origin: Origin) -> dict[str, Any]:
+    """What a retry of this task needs (opted in) and which task it retries, if any."""
+    values: dict[str, Any] = {}
+    retry_of = message.options.get(RETRY_OF_OPTION)
+    if isinstance(retry_of, int) and not isinstance(retry_of, bool) and retry_of > 0:
+        values["retry_of_id"] = retry_of
+    if origin.identity.retryable:
+        values["retry_message"] = _retry_message(message)
+    return values
+
+
+def _retry_message(message: Any) -> dict[str, Any] | None:
+    """The actor, arguments and options a retry sends again; None when over the cap."""
+    options = {
+        key: value
+        for key, value in message.options.items()
+        # Our own options: the retry's sender sets its language and the task it retries.
+        if key not in _IN_FLIGHT_OPTIONS and key not in (RETRY_OF_OPTION, LANGUAGE_OPTION)
+    }
+    stored = {
+        "actor_name": message.actor_name,
+        "args": list(message.args),
+        "kwargs": message.kwargs,
+        "options": options,
+    }
+    try:
+        return dict(json_value(stored, get_settings().RETRY_MESSAGE_MAX_BYTES))
+    except NotStorable as exc:
+        logger.warning(
+            "taskstate: message %s is not kept for a retry: %s (RETRY_MESSAGE_MAX_BYTES).",
+            message.message_id,
+            exc,
+        )
+        return None
+
+
+def _not_started(run: MessageRun) -> None:
+    """The attempt was asked to cancel before its body started (its running change was
+    never queued): it does not count as one."""
+    mark_cancelled(run)
+    run.attempt -= 1
+    run.started_at = None
+
+
+def _is_cancel(exception: BaseException) -> bool:
+    """Our cooperative cancel, or dramatiq-abort's interrupt (a hard cancel)."""
+    if isinstance(exception, Cancelled):
+        return True
+    cls = type(exception)
+    return cls.__name__ == "Abort" and cls.__module__.startswith("dramatiq_abort")
+
+
+def _write_cancelled(origin: Origin, run: MessageRun, values: dict[str, Any]) -> None:
+    """The attempt ended after a cancel request: the task is ``cancelled``, for good."""
+    values = {
+        **values,
+        **_no_error(),
+        **_attempt(run),
+        # Also when the cancel came from elsewhere (dramatiq-abort called directly): a
+        # redelivered or retried copy of the message then finds it and is skipped.
+        "cancel_requested_at": _now(),
+    }
+    # An attempt that never started leaves the start time as it was before it (COALESCE
+    # keeps an earlier attempt's).
+    _write(origin, Status.CANCELLED, TERMINAL_ORDER, values, keep=(*_KEEP, "cancel_requested_at"))
