@@ -42,7 +42,9 @@ class Statements:
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         name = threading.current_thread().name
-        kind = "refresh" if name == "taskstate-group-refresh" else "other"
+        # Group refreshes run on the background thread (with nothing else here: the actor
+        # is not async).
+        kind = "refresh" if name == "taskstate-background" else "other"
         with self.lock:
             self.by_thread[kind] += 1
         return execute(sql, params, many, context)
@@ -189,6 +191,9 @@ def main() -> None:
                 assert (group.status, group.children_done) == ("done", size), label
             own = statements.by_thread["other"] - created
             refresh = statements.by_thread["refresh"]
+            # A group is refreshed on the background thread: none counted means the count
+            # looked in the wrong place.
+            assert refresh > 0 if grouped else refresh == 0, (label, refresh)
             # A child's transitions: enqueued, running, done, and its progress writes.
             transitions = own  # each of the children's own statements is one transition
             rows.append(
