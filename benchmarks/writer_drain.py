@@ -70,10 +70,10 @@ def main() -> None:
             return execute(sql, params, many, context)
         return timed("statements", execute)(sql, params, many, context)
 
-    def batch(changes: Any, write_batch: Any = writer_module.write_batch) -> Any:
+    def batch(changes: Any, write_batch: Any = writer_module.write_batch, **kwargs: Any) -> Any:
         in_batch.on = True
         try:
-            return write_batch(changes)
+            return write_batch(changes, **kwargs)
         finally:
             in_batch.on = False
 

@@ -511,7 +511,7 @@ def test_an_outage_fills_the_queue_to_its_bound_then_merges_and_recovery_writes_
     real_write = writer_module.write_batch
     tries: list[int] = []
 
-    def away(batch: list[t.Change]) -> list[Any]:
+    def away(batch: list[t.Change], durable: bool = True) -> list[Any]:
         tries.append(len(batch))
         raise t.Outage("the database is away")
 
@@ -666,7 +666,7 @@ def test_shutdown_with_the_database_away_gives_up_within_its_bound_and_says_so(m
 
     tries: list[int] = []
 
-    def away(batch: list[t.Change]) -> list[Any]:
+    def away(batch: list[t.Change], durable: bool = True) -> list[Any]:
         tries.append(len(batch))
         raise t.Outage("the database is away")
 
@@ -900,13 +900,13 @@ def test_rows_written_one_by_one_before_an_outage_are_announced_not_lost(monkeyp
     real_once = t._batch_once
     calls: list[int] = []
 
-    def refused_then_away(alias: str, changes: Any) -> Any:
+    def refused_then_away(alias: str, changes: Any, durable: bool) -> Any:
         calls.append(len(changes))
         if len(calls) == 1:
             raise DatabaseError("a value refused: one by one")  # the whole batch
         if len(calls) == 3:
             raise OperationalError("the database went away")  # the second row alone
-        return real_once(alias, changes)
+        return real_once(alias, changes, durable)
 
     monkeypatch.setattr(t, "_batch_once", refused_then_away)
     announced: list[tuple[str, str]] = []

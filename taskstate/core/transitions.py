@@ -615,7 +615,7 @@ class Change:
         )
 
 
-def write_batch(changes: Sequence[Change]) -> list[Task | None]:
+def write_batch(changes: Sequence[Change], *, durable: bool = True) -> list[Task | None]:
     """Write ``changes`` (at most one per message) in one transaction: one statement per
     shape of row (usually one), one commit.
 
@@ -631,10 +631,18 @@ def write_batch(changes: Sequence[Change]) -> list[Task | None]:
     A ``cancelled`` change is a worker's, with the message in hand: refused by a row
     cancelled before its message was due, it records that the message came (one more
     statement, :func:`_message_came`), so the cleanup may delete the row.
+
+    ``durable=False`` (PostgreSQL, in the batch's own transaction): the commit returns
+    without waiting for the write-ahead log to reach the disk (``synchronous_commit``
+    off for this transaction alone). The rows are seen by every other session at once,
+    as always; only a crash of the database server within a fraction of a second can
+    lose them, never half of them, and never a write committed after them (the log is
+    flushed in order). For rows that a later write of the same task repairs: the
+    sender's ``enqueued``, a ``running``, a progress report.
     """
     alias = _alias()
     try:
-        written = _batch_once(alias, changes)
+        written = _batch_once(alias, changes, durable)
     except _OUTAGES as exc:
         _outage.failed(alias, exc)
         raise Outage(str(exc)) from exc
@@ -650,7 +658,7 @@ def write_batch(changes: Sequence[Change]) -> list[Task | None]:
             one_by_one: list[Task | None] = []
             for change in changes:
                 try:
-                    one_by_one.extend(write_batch([change]))
+                    one_by_one.extend(write_batch([change], durable=durable))
                 except Outage as outage:
                     # The rows before this one are committed: the caller announces them.
                     raise Outage(str(outage), written=one_by_one) from outage
@@ -672,7 +680,7 @@ def write_batch(changes: Sequence[Change]) -> list[Task | None]:
         change, origin=_plain_origin(change.origin), values=_without_values(change.values)
     )
     try:
-        written = _batch_once(alias, [plain])
+        written = _batch_once(alias, [plain], durable)
     except _OUTAGES as exc:
         _outage.failed(alias, exc)
         raise Outage(str(exc)) from exc
@@ -683,7 +691,7 @@ def write_batch(changes: Sequence[Change]) -> list[Task | None]:
     return written
 
 
-def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
+def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Task | None]:
     connection = connections[alias]
     now = timezone.now()
     shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
@@ -723,6 +731,8 @@ def _batch_once(alias: str, changes: Sequence[Change]) -> list[Task | None]:
     with bounded(connection), guard, connection.cursor() as cursor:
         own = not in_caller  # the batch's own transaction
         bounds = _statement_bounds(connection) if own else []
+        if bounds and not durable:
+            bounds = [*bounds, ("synchronous_commit", "off")]
         for number, (sql, params) in enumerate(statements):
             if bounds and number == 0:
                 # Local to the batch's transaction: they bound every statement of it.

@@ -496,9 +496,15 @@ class _SentRows:
 
 def _write_sent(changes: list[t.Change]) -> None:
     """The senders' rows in one statement (on PostgreSQL, the same text for any number of
-    rows), each announced when it landed; never raises."""
+    rows), each announced when it landed; never raises.
+
+    Not durable: the sender does not wait for the database's disk. A row lost with a
+    crash of the database server is written again by the worker's first write of its
+    message (the broker holds the message), and a cancel committed after it makes it
+    durable too (the log is flushed in order).
+    """
     try:
-        written = t.write_batch(changes)
+        written = t.write_batch(changes, durable=False)
     except t.Outage as outage:
         # Not kept for later: the worker writes the row when it takes the message.
         written = outage.written

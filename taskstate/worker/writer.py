@@ -18,7 +18,9 @@ stops the process afterwards. Acks that wait together share a batch: one commit 
 every worker thread waiting at that moment (a group commit). Whether a message was asked
 to cancel before it starts is known from :class:`CancelWatch`: a start waits for a read
 begun after it, shared by the starts waiting together (docs/owner-control.md, "Not
-started yet").
+started yet"). A batch of running and progress changes alone commits without waiting
+for the database's disk (``write_batch(durable=False)``); a batch with a final change
+waits for it, so the ack's promise holds through a crash of the database server.
 
 Changes of one message are merged while they wait (:meth:`Change.then`): a progress
 report and the final status of a message written in one batch are written once.
@@ -57,7 +59,14 @@ from taskstate.core.background import background, in_event_loop
 from taskstate.core.bounds import client_bound
 from taskstate.core.conf import get_settings
 from taskstate.core.signals import announce, announce_progress
-from taskstate.core.transitions import Change, Outage, cancels_since, database_down, write_batch
+from taskstate.core.transitions import (
+    Change,
+    Outage,
+    cancels_since,
+    database_down,
+    is_running_order,
+    write_batch,
+)
 
 if TYPE_CHECKING:
     from taskstate.core.models import Task
@@ -296,8 +305,12 @@ class Writer:
         # The writer keeps its one connection open across batches, whatever CONN_MAX_AGE
         # says (it is one per process, and a connection per batch would cost more than the
         # batch); after an outage it is closed, so the next try connects afresh.
+        # Durable when a change of it ends an attempt (an ack waits for it, and nothing
+        # repairs it later); a batch of running and progress changes alone is not waited
+        # for on disk: the attempt's final change, durable, repairs the row.
+        durable = not all(is_running_order(change.order) for change in batch)
         try:
-            tasks = write_batch(batch)
+            tasks = write_batch(batch, durable=durable)
         except Outage as outage:
             with contextlib.suppress(Exception):
                 connections[get_settings().DATABASE].close()
