@@ -47,6 +47,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -400,7 +401,9 @@ class CancelWatch:
     (logged): a worker that cannot reach the database cannot hear of a request.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Monotonic seconds: the age of what is known.
+        self.clock = clock
         self._init_state()
 
     def _init_state(self) -> None:
@@ -419,7 +422,7 @@ class CancelWatch:
 
     def age(self) -> float:
         """Seconds since the last read that is known to have succeeded started."""
-        return time.monotonic() - self._fresh_at
+        return self.clock() - self._fresh_at
 
     def known(self, message_id: str) -> bool:
         """Whether ``message_id`` is known to have been asked to cancel; never reads."""
@@ -528,7 +531,7 @@ class CancelWatch:
 
     def _read(self) -> bool:
         # Called with ``_reading`` held: one read at a time, on the watch's connection.
-        started, wall = time.monotonic(), timezone.now()
+        started, wall = self.clock(), timezone.now()
         with self._lock:
             self._begun += 1
             number = self._begun
