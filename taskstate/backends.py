@@ -79,7 +79,7 @@ STATUS_MAP: dict[str, TaskResultStatus] = {
 }
 # What ended a cancelled or skipped task: its row keeps no error of its own.
 _END_EXCEPTIONS = {
-    Status.CANCELLED: "taskstate.worker.tracking.Cancelled",
+    Status.CANCELLED: "taskstate.Cancelled",
     Status.SKIPPED: "dramatiq.middleware.SkipMessage",
 }
 

@@ -166,7 +166,7 @@ def test_a_cancelled_task_reads_failed_with_taskstates_cancel(broker):
     Row.objects.filter(message_id=result.id).update(status=Status.CANCELLED, attempts=1)
 
     errors = jobs.add.get_result(result.id).errors
-    assert [e.exception_class_path for e in errors] == ["taskstate.worker.tracking.Cancelled"]
+    assert [e.exception_class_path for e in errors] == ["taskstate.Cancelled"]
     import taskstate
 
     assert errors[0].exception_class is taskstate.Cancelled

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 from django.db import connection, transaction
 
+from taskstate.core import conf
 from taskstate.core import transitions as t
 from taskstate.core.states import Status
 from taskstate.worker.writer import writer
@@ -103,3 +104,22 @@ def test_one_setting_holds_for_every_row_of_a_batchs_transaction(commits):
         ("m-2", "failed", "on"),
         ("m-3", "running", "off"),
     ]
+
+
+def test_the_senders_row_of_a_retryable_task_waits_for_the_disk(commits, broker):
+    # What a retry needs is written with the sender's and the running change only: no
+    # later write would put it back after a crash.
+    message = tasks.noop.send(for_state={"description": "again", "retryable": True})
+    assert _read(commits) == [(message.message_id, "enqueued", "on")]
+
+
+def test_a_final_change_merged_into_the_next_attempts_running_still_waits(commits, monkeypatch):
+    # Attempt 1's retrying (its ack waits) and attempt 2's running meet in the queue: one
+    # change, whose order is running's, still written as the final change it holds.
+    monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)
+    retrying = t.Change(origin("m-1"), Status.RETRYING, t.retrying_order(1), {"attempts": 1})
+    running = t.Change(origin("m-1"), Status.RUNNING, t.running_order(2), {"attempts": 2})
+    assert writer.submit(retrying, final=True)
+    assert writer.submit(running)
+    assert writer.flush(10)
+    assert _read(commits) == [("m-1", "running", "on")]

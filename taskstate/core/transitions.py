@@ -84,6 +84,7 @@ __all__ = [
     "request_group_cancel",
     "retrying_order",
     "running_order",
+    "waits_for_disk",
     "write_batch",
 ]
 
@@ -574,6 +575,8 @@ class Change:
     notify: list[Notify] = dataclass_field(default_factory=list)
     #: Set by the writer: the monotonic time of the oldest change merged in.
     since: float = 0.0
+    #: It ends an attempt (an ack waits for it), or a change merged into it did.
+    final: bool = False
 
     def then(self, later: Change) -> Change:
         """This change and a later one of the same message, as one change.
@@ -584,11 +587,12 @@ class Change:
         """
         notify = self.notify + later.notify
         urgent = self.urgent or later.urgent
+        final = self.final or later.final
         since = min(self.since, later.since) if self.since and later.since else self.since
         if later.order < self.order or (
             later.order == self.order and not is_running_order(later.order)
         ):
-            return replace(self, notify=notify, urgent=urgent, since=since)
+            return replace(self, notify=notify, urgent=urgent, since=since, final=final)
         values = {**self.values, **later.values}
         for column in self.keep:
             if self.values.get(column) is not None:
@@ -612,7 +616,20 @@ class Change:
             urgent=urgent,
             notify=notify,
             since=since,
+            final=final,
         )
+
+
+#: What a retry needs and the task it retries: written by the sender's and the running
+#: change only, so no later write of the task puts them back.
+_WRITTEN_ONCE = ("retry_message", "retry_of_id")
+
+
+def waits_for_disk(change: Change) -> bool:
+    """Whether ``change``'s commit must wait for the database's disk (``write_batch``'s
+    ``durable``): when it ends an attempt (an ack relies on it), or when it carries what
+    no later write of the task repeats. Any other write is repaired by the task's next."""
+    return change.final or any(change.values.get(c) is not None for c in _WRITTEN_ONCE)
 
 
 def write_batch(changes: Sequence[Change], *, durable: bool = True) -> list[Task | None]:

@@ -316,7 +316,7 @@ class StateMiddleware(Middleware):
         # After, not before, since Dramatiq sends before_worker_shutdown before it waits for
         # the running actors and the consumers' acks, whose changes would be left behind.
         # What owns both sides does it (``taskstate.shutdown``, connected by ``ready()``).
-        worker_stopped.send_robust(StateMiddleware)
+        worker_stopped.send(StateMiddleware)
 
     # --- per-message bookkeeping -------------------------------------------------------
 
@@ -498,13 +498,14 @@ def _write_sent(changes: list[t.Change]) -> None:
     """The senders' rows in one statement (on PostgreSQL, the same text for any number of
     rows), each announced when it landed; never raises.
 
-    Not durable: the sender does not wait for the database's disk. A row lost with a
-    crash of the database server is written again by the worker's first write of its
-    message (the broker holds the message), and a cancel committed after it makes it
-    durable too (the log is flushed in order).
+    Not durable unless a row carries what a retry needs (``t.waits_for_disk``): the
+    sender does not wait for the database's disk. A row lost with a crash of the
+    database server is written again by the worker's first write of its message (the
+    broker holds the message), and a cancel committed after it makes it durable too (the
+    log is flushed in order).
     """
     try:
-        written = t.write_batch(changes, durable=False)
+        written = t.write_batch(changes, durable=any(t.waits_for_disk(c) for c in changes))
     except t.Outage as outage:
         # Not kept for later: the worker writes the row when it takes the message.
         written = outage.written

@@ -65,7 +65,7 @@ from taskstate.core.transitions import (
     Outage,
     cancels_since,
     database_down,
-    is_running_order,
+    waits_for_disk,
     write_batch,
 )
 
@@ -119,6 +119,7 @@ class Writer:
         was dropped (the queue is full). A ``final`` change (the one the message's ack
         waits for) is never dropped."""
         change.since = time.monotonic()
+        change.final = change.final or final
         message_id = change.origin.message_id
         with self._cond:
             earlier = self._pending.get(message_id)
@@ -306,10 +307,10 @@ class Writer:
         # The writer keeps its one connection open across batches, whatever CONN_MAX_AGE
         # says (it is one per process, and a connection per batch would cost more than the
         # batch); after an outage it is closed, so the next try connects afresh.
-        # Durable when a change of it ends an attempt (an ack waits for it, and nothing
-        # repairs it later); a batch of running and progress changes alone is not waited
-        # for on disk: the attempt's final change, durable, repairs the row.
-        durable = not all(is_running_order(change.order) for change in batch)
+        # Durable when a change of it ends an attempt (an ack waits for it) or carries what
+        # no later write repeats; running and progress changes alone are not waited for
+        # on disk: the attempt's final change, durable, repairs the row.
+        durable = any(waits_for_disk(change) for change in batch)
         try:
             tasks = write_batch(batch, durable=durable)
         except Outage as outage:
