@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -929,3 +930,36 @@ def test_rows_written_one_by_one_before_an_outage_are_announced_not_lost(monkeyp
     finally:
         task_changed.disconnect(receiver)
     assert sorted(announced) == [(f"m-part-{i}", "done") for i in range(3)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_each_background_worker_afresh(monkeypatch):
+    """The writer, the courier and the background thread (each an ``OwnThread``): in a
+    forked child, none of the parent's work, no thread yet, and a lock of its own."""
+    from taskstate.core.background import background
+    from taskstate.web.courier import courier
+
+    monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)
+    assert writer.submit(running("m-parent"))  # held: pending when the child is forked
+    locks = [owner._cond for owner in (writer, courier, background)]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            owners = (writer, courier, background)
+            fresh = all(o._thread is None for o in owners) and writer.unwritten() == 0
+            if fresh and all(o._cond is not lock for o, lock in zip(owners, locks, strict=True)):
+                code = 0
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(code)
+    os.close(write_end)
+    try:
+        answer = os.read(read_end, 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(read_end)
+    assert answer == b"\x00" and os.waitstatus_to_exitcode(status) == 0
+    assert writer.unwritten() == 1  # the parent's change is still the parent's
+    assert writer.flush(10)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from django.db import close_old_connections
 
-from taskstate.core.idle import close_idle_connections
+from taskstate.core.threads import OwnThread, close_idle_connections
 
 logger = logging.getLogger("taskstate")
 
@@ -49,20 +49,20 @@ def in_event_loop() -> bool:
     return True
 
 
-class Background:
+class Background(OwnThread):
+    thread_name = "taskstate-background"
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._init_state()
+        super().__init__()
 
     def _init_state(self) -> None:
-        self._cond = threading.Condition()
+        super()._init_state()
         self._now: deque[Job] = deque()
         self._later: list[tuple[float, int, Job]] = []  # (when, tie-break, job)
         self._ticket = itertools.count()
         self._running = False
         self._dropping = False
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
 
     def submit(self, job: Job) -> None:
         """Run ``job`` as soon as the jobs before it are done; returns at once."""
@@ -105,26 +105,12 @@ class Background:
 
     def _wake(self) -> None:
         # Called with the lock held.
-        if self._pid != os.getpid():
-            self._init_state_in_child()
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(
-                target=self._run, name="taskstate-background", daemon=True
-            )
-            self._thread.start()
+        self._start()
         self._cond.notify()
 
-    def _init_state_in_child(self) -> None:
-        # Only reached without the fork hook (a process forked some other way).
+    def _forget_parent(self) -> None:
         self._now.clear()
         self._later.clear()
-        self._thread = None
-        self._pid = os.getpid()
-
-    def _after_fork(self) -> None:
-        # The parent's jobs are the parent's; its lock may be held by a thread the child
-        # does not have.
-        self._init_state()
 
     def _next(self) -> Job:
         with self._cond:
@@ -163,4 +149,3 @@ class Background:
 
 
 background = Background()
-os.register_at_fork(after_in_child=background._after_fork)

@@ -23,13 +23,11 @@ import importlib
 import itertools
 import json
 import logging
-import os
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from taskstate.core.idle import close_idle_connections
+from taskstate.core.threads import OwnThread, close_idle_connections
 
 logger = logging.getLogger("taskstate")
 
@@ -53,21 +51,21 @@ def send_reset(channel: str) -> None:
     send_event(channel, RESET, json.dumps({"channels": [channel]}), json_encode=False)
 
 
-class Courier:
+class Courier(OwnThread):
+    thread_name = "taskstate-courier"
+
     def __init__(self, reset: Callable[[str], None] = send_reset) -> None:
         self._reset = reset
-        self._init_state()
+        super().__init__()
 
     def _init_state(self) -> None:
-        self._cond = threading.Condition()
+        super()._init_state()
         # Each job with the channels it sends on (reset when the job is dropped or fails).
         self._jobs: OrderedDict[Hashable, tuple[Callable[[], None], Channels]] = OrderedDict()
         self._lost: dict[str, None] = {}  # insertion-ordered set
         self._busy = False
         self._retry_at = 0.0  # monotonic time before which resets are not tried again
         self._pause = 0.0  # after the next failed reset; 0: the first pause
-        self._thread: threading.Thread | None = None
-        self._pid = 0
         self._order = itertools.count()
         self._dropping = False
         self._forgetting = False
@@ -151,19 +149,6 @@ class Courier:
     def _waiting_to_retry(self) -> bool:
         return time.monotonic() < self._retry_at
 
-    def _start(self) -> None:
-        # Called with the lock held. A forked child starts over (see _after_fork).
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="taskstate-courier", daemon=True)
-        self._thread.start()
-
-    def _after_fork(self) -> None:
-        # The parent's jobs are the parent's to send, and its lock may have been held by
-        # a thread the child does not have.
-        self._init_state()
-
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -227,4 +212,3 @@ courier = Courier()
 # before it and the last events still go out.
 with contextlib.suppress(ImportError):
     importlib.import_module("pubcontrol.pubcontrol")
-os.register_at_fork(after_in_child=courier._after_fork)

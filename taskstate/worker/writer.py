@@ -60,6 +60,7 @@ from taskstate.core.background import background, in_event_loop
 from taskstate.core.bounds import client_bound
 from taskstate.core.conf import get_settings
 from taskstate.core.signals import announce, announce_progress
+from taskstate.core.threads import OwnThread
 from taskstate.core.transitions import (
     Change,
     Outage,
@@ -89,14 +90,13 @@ STOP_ACK_WAIT = 5.0
 FLUSH_RETRY_PAUSE = 0.1
 
 
-class Writer:
+class Writer(OwnThread):
     """One per process (:data:`writer`); a forked child starts with an empty one."""
 
-    def __init__(self) -> None:
-        self._init_state()
+    thread_name = "taskstate-writer"
 
     def _init_state(self) -> None:
-        self._cond = threading.Condition()
+        super()._init_state()
         self._pending: OrderedDict[str, Change] = OrderedDict()
         self._urgent = 0
         self._busy = False
@@ -105,8 +105,6 @@ class Writer:
         self._stopping_at: float | None = None
         self._failed_at = 0.0
         self._flushing = 0
-        self._thread: threading.Thread | None = None
-        self._pid = 0
         self._retry_at = 0.0
         self._pause = 0.0
         self._full = False
@@ -240,19 +238,6 @@ class Writer:
                 )
 
     # --- the writer thread ---------------------------------------------------------------
-
-    def _start(self) -> None:
-        # Called with the lock held.
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="taskstate-writer", daemon=True)
-        self._thread.start()
-
-    def _after_fork(self) -> None:
-        # The parent's changes are the parent's to write; its lock may be held by a thread
-        # the child does not have.
-        self._init_state()
 
     def _run(self) -> None:
         while True:
@@ -620,5 +605,4 @@ def _max_delay() -> float:
 
 writer = Writer()
 cancels = CancelWatch()
-os.register_at_fork(after_in_child=writer._after_fork)
 os.register_at_fork(after_in_child=cancels.forget)
