@@ -14,7 +14,7 @@ import pytest
 
 from taskstate.web import courier as courier_module
 from taskstate.web.courier import Courier
-from tests.support.processes import REPO, child_env
+from tests.support.processes import REPO, child_env, passes_in_forked_child
 
 
 class Recorder:
@@ -276,27 +276,16 @@ def test_a_forked_child_starts_its_own_courier_without_the_parents_jobs(recorder
 
     gate = held(shared)
     shared.submit(recorder.job("parent's"))
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its own thread, none of the parent's jobs
-        code = 1
-        try:
-            sent: list[str] = []
-            shared.submit(lambda: sent.append("child's"))
-            flushed = shared.flush(5)
-            if flushed and sent == ["child's"] and recorder.sent == []:
-                code = 0
-        finally:
-            os.write(write_end, bytes([code]))
-            os._exit(code)
-    os.close(write_end)
+
+    def on_its_own() -> bool:  # the child: its own thread, none of the parent's jobs
+        sent: list[str] = []
+        shared.submit(lambda: sent.append("child's"))
+        return shared.flush(5) and sent == ["child's"] and recorder.sent == []
+
     try:
-        answer = os.read(read_end, 1)
-        _, status = os.waitpid(pid, 0)
+        assert passes_in_forked_child(on_its_own)
     finally:
-        os.close(read_end)
         gate.opened.set()
-    assert answer == b"\x00" and os.waitstatus_to_exitcode(status) == 0
     assert shared.flush()
     assert recorder.sent == ["parent's"]
 

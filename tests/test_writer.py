@@ -20,6 +20,7 @@ from taskstate.core.signals import progress_committed, task_changed
 from taskstate.worker.writer import writer
 from tests.support.factories import make_task
 from tests.support.faults import wait_for
+from tests.support.processes import passes_in_forked_child
 from tests.support.writes import write_one
 from tests.testapp import tasks as actors
 
@@ -941,25 +942,14 @@ def test_a_forked_child_starts_each_background_worker_afresh(monkeypatch):
 
     monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)
     assert writer.submit(running("m-parent"))  # held: pending when the child is forked
-    locks = [owner._cond for owner in (writer, courier, background)]
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            owners = (writer, courier, background)
-            fresh = all(o._thread is None for o in owners) and writer.unwritten() == 0
-            if fresh and all(o._cond is not lock for o, lock in zip(owners, locks, strict=True)):
-                code = 0
-        finally:
-            os.write(write_end, bytes([code]))
-            os._exit(code)
-    os.close(write_end)
-    try:
-        answer = os.read(read_end, 1)
-        _, status = os.waitpid(pid, 0)
-    finally:
-        os.close(read_end)
-    assert answer == b"\x00" and os.waitstatus_to_exitcode(status) == 0
+    owners = (writer, courier, background)
+    locks = [owner._cond for owner in owners]
+
+    def fresh() -> bool:
+        started = any(owner._thread is not None for owner in owners)
+        shared = any(o._cond is lock for o, lock in zip(owners, locks, strict=True))
+        return not started and not shared and writer.unwritten() == 0
+
+    assert passes_in_forked_child(fresh)
     assert writer.unwritten() == 1  # the parent's change is still the parent's
     assert writer.flush(10)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,3 +151,24 @@ def start_uvicorn(app: str, env: dict[str, str], port: int, app_dir: Path = REPO
     )
     server.wait_for_output("Uvicorn running on", timeout=60)
     return server
+
+
+def passes_in_forked_child(check: Callable[[], bool]) -> bool:
+    """Whether ``check()`` returns True in a child forked from this process (which then
+    exits at once, running none of the parent's cleanup)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            code = 0 if check() else 1
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(code)
+    os.close(write_end)
+    try:
+        answer = os.read(read_end, 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(read_end)
+    return answer == b"\x00" and os.waitstatus_to_exitcode(status) == 0
