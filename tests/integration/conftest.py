@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from dramatiq.brokers.redis import RedisBroker
 
+from tests.support.faults import RedisServer
 from tests.support.processes import Process, child_env, free_port, start_uvicorn, start_worker
 from tests.support.sse import SSEClient, session_cookie
 
@@ -56,3 +58,23 @@ def streams() -> Iterator[Callable[..., SSEClient]]:
     yield open_stream
     for stream in opened:
         stream.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis server of the test's own, to break (tests.support.faults)."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def sender(private_redis) -> Iterator[RedisBroker]:
+    """Sends straight to the private Redis, without middleware: the worker creates the rows."""
+    broker = RedisBroker(url=private_redis.url, middleware=[])
+    try:
+        yield broker
+    finally:
+        broker.close()

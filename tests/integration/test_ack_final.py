@@ -21,7 +21,6 @@ from collections.abc import Iterator
 import pytest
 import redis
 from dramatiq import Message
-from dramatiq.brokers.redis import RedisBroker
 
 from taskstate.core.models import Task
 from tests.support.faults import (
@@ -44,25 +43,6 @@ FAST_REQUEUE = json.dumps({"heartbeat_timeout": 3000, "maintenance_chance": 1_00
 #: then always meets finished messages whose final change is not written yet.
 SLOW_BATCHES = json.dumps({"WRITE_MAX_DELAY": 0.5})
 FINAL = ("done", "failed", "skipped", "cancelled")
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def sender(private_redis) -> Iterator[RedisBroker]:
-    """Sends straight to the private Redis, without middleware: the worker creates the rows."""
-    broker = RedisBroker(url=private_redis.url, middleware=[])
-    try:
-        yield broker
-    finally:
-        broker.close()
 
 
 @pytest.fixture

@@ -81,25 +81,6 @@ def children() -> Iterator[Children]:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def sender(private_redis) -> Iterator[RedisBroker]:
-    """Sends straight to the private Redis, without middleware: the worker creates the rows."""
-    broker = RedisBroker(url=private_redis.url, middleware=[])
-    try:
-        yield broker
-    finally:
-        broker.close()
-
-
-@pytest.fixture
 def tabs() -> Iterator[list[ResyncingStream]]:
     opened: list[ResyncingStream] = []
     try:
