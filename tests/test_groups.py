@@ -62,7 +62,6 @@ def test_track_group_records_a_parent_and_its_waiting_children_before_anything_i
         assert message.kwargs["for_state"] == {
             "user_pk": user.pk,
             "description": "Import",
-            "group": parent.pk,
         }
 
 

@@ -25,7 +25,7 @@ logger = logging.getLogger("taskstate")
 
 #: The keys ``for_state`` may hold; all optional.
 KNOWN_KEYS = frozenset(
-    {"user_pk", "description", "app_name", "model_name", "retryable", "group", "object"}
+    {"user_pk", "description", "app_name", "model_name", "retryable", "object"}
 )
 _MAX_LENGTHS = {"description": 255, "app_name": 100, "model_name": 100}
 #: Longest ``Task.object_type`` ("app_label.model_name") and ``Task.object_pk``.
@@ -44,9 +44,6 @@ class TaskIdentity:
     #: ``for_state={"retryable": True}``: keep what a retry needs (the message's
     #: arguments and options) on the row.
     retryable: bool = False
-    #: The pk of the group or pipeline row this task belongs to (``for_state["group"]``,
-    #: set by ``taskstate.track_group``), or None.
-    group: int | None = None
     #: The object the task is about (``for_state["object"]``): its model as
     #: ``"app_label.model_name"`` and its primary key as text; both "" for none.
     object_type: str = ""
@@ -190,7 +187,6 @@ def parse_for_state(for_state: dict[str, Any], message_id: str, *, warn: bool) -
         app_name=texts["app_name"],
         model_name=texts["model_name"],
         retryable=for_state.get("retryable") is True,
-        group=_group_pk(for_state.get("group")),
         **_object_columns(for_state.get("object"), message_id, log),
     )
 
@@ -252,13 +248,6 @@ def _object_columns(value: Any, message_id: str, log: Any) -> dict[str, str]:
         value,
     )
     return {}
-
-
-def _group_pk(value: Any) -> int | None:
-    # Written by track_group, so either a pk or absent; anything else is ignored.
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return None
 
 
 def _user_pk(value: Any, message_id: str, log: Any) -> Any:

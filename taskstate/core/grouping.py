@@ -4,8 +4,7 @@ Dramatiq's ``group`` and ``pipeline`` hold their messages, ids and all, before a
 is sent (a pipeline copies them and gives each the next one as its ``pipe_target``). So
 the whole can be written down first: one parent row, and one child row per message,
 linked to it. Each message gets ``for_state`` (the group's, with the message's own keys
-over it, and ``"group": <parent pk>``), which is what makes the middleware track it; the
-parent row follows its children (``taskstate.core.groups``). No result backend, no group
+over it), which is what makes the middleware track it; the parent row follows its children (``taskstate.core.groups``). No result backend, no group
 callbacks needed.
 """
 
@@ -117,9 +116,7 @@ def _track(
         )
     if not messages:
         raise ValueError("taskstate.track_group(): the group or pipeline holds no message")
-    group_state = dict(for_state or {})
-    group_state.pop("group", None)
-    encodable = {"for_state": group_state}
+    encodable = {"for_state": dict(for_state or {})}
     make_encodable(encodable, f"{kind.value} of {messages[0].message_id}")
     group_state = encodable["for_state"] or {}
     identity = parse_for_state(group_state, kind.value, warn=True)
@@ -152,7 +149,7 @@ def _track(
             exc_info=True,
         )
         return TrackedGroup(composition, None)
-    tracked = [_with_for_state(message, group_state, parent.pk) for message in messages]
+    tracked = [_with_for_state(message, group_state) for message in messages]
     if kind == Kind.PIPELINE:
         # Rebuilt, so that each step's pipe_target is the next step as tracked.
         rebuilt: Any = dramatiq.pipeline(tracked, broker=composition.broker)
@@ -176,10 +173,10 @@ def _group_messages(composition: dramatiq.group) -> list[dramatiq.Message[Any]]:
 
 
 def _with_for_state(
-    message: dramatiq.Message[Any], group_state: dict[str, Any], parent_pk: int
+    message: dramatiq.Message[Any], group_state: dict[str, Any]
 ) -> dramatiq.Message[Any]:
     own = tracked_for_state(message.kwargs) or {}
-    for_state = {**group_state, **own, "group": parent_pk}
+    for_state = {**group_state, **own}
     return message.copy(kwargs={**(message.kwargs or {}), "for_state": for_state})
 
 

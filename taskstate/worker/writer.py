@@ -339,7 +339,7 @@ class Writer(OwnThread):
                     percent=task.progress,
                     message=task.progress_message,
                     order=task.state_order,
-                    group_pk=change.origin.identity.group,
+                    group_pk=task.parent_id,
                 )
             else:
                 announce(task, committed=True)
