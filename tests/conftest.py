@@ -448,3 +448,13 @@ def _uses_a_browser(item: pytest.Item) -> bool:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     mode = "PostgreSQL + Redis (TASKSTATE_TEST_SERVICES=1)" if SERVICES else "SQLite + StubBroker"
     return [f"taskstate test mode: {mode}; CI={IN_CI}"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Under pytest-xdist, a report travels to the main process as UTF-8: the hostile
+    values some tests log (lone surrogates) are escaped in its captured output first."""
+    report.sections = [
+        (name, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        for name, text in report.sections
+    ]
