@@ -597,8 +597,10 @@ def cells(args: argparse.Namespace, server: Server) -> None:
                     actor.send(**kwargs)
             broker.join(actor.queue_name)
             worker.join()
+            idle = time.perf_counter()
             assert writer.flush(30), "the background writer did not drain"
             elapsed = time.perf_counter() - start
+            drain = time.perf_counter() - idle
             # What was timed happened: every tracked message has its final row.
             if kwargs:
                 done = Task.objects.filter(status="done").count()
@@ -613,6 +615,7 @@ def cells(args: argparse.Namespace, server: Server) -> None:
             return {
                 "secs": elapsed / n,
                 "send": sending / n,
+                "drain": drain,
                 "statements": (counter.count - before) / n,
                 "looks": (reads.count - looks) / n,
                 "server statements": counts.statements,
@@ -717,6 +720,7 @@ def cells(args: argparse.Namespace, server: Server) -> None:
         "commits / message (server)",
         "µs / message",
         "send() µs (sender)",
+        "drain after idle ms",
         "CPU µs / message: worker and main threads, writer, courier",
         "vs untracked",
         "vs AdminMiddleware",
@@ -750,6 +754,7 @@ def cells(args: argparse.Namespace, server: Server) -> None:
                         server_cell(m["commits"]),
                         f"{m['secs'] * 1e6:,.0f}",
                         "n/a" if m["send"] != m["send"] else f"{m['send'] * 1e6:,.0f}",
+                        f"{m['drain'] * 1e3:.1f}",
                         f"{m['cpu rest'] * 1e6:,.0f}, {m['cpu writer'] * 1e6:,.0f}, "
                         f"{m['cpu courier'] * 1e6:,.0f}",
                         f"{m['secs'] / base:.1f}x",
