@@ -24,9 +24,7 @@ from taskstate.core.values import text_of
 logger = logging.getLogger("taskstate")
 
 #: The keys ``for_state`` may hold; all optional.
-KNOWN_KEYS = frozenset(
-    {"user_pk", "description", "app_name", "model_name", "retryable", "object"}
-)
+KNOWN_KEYS = frozenset({"user_pk", "description", "app_name", "model_name", "retryable", "object"})
 _MAX_LENGTHS = {"description": 255, "app_name": 100, "model_name": 100}
 #: Longest ``Task.object_type`` ("app_label.model_name") and ``Task.object_pk``.
 OBJECT_TYPE_MAX = 201
