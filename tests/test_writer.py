@@ -710,35 +710,6 @@ def test_shutdown_with_the_database_away_gives_up_within_its_bound_and_says_so(m
 # --- CancelWatch under faults, async actors and many requests ---------------------------
 
 
-def test_one_failed_read_serves_every_thread_that_waited_for_it(monkeypatch):
-    from taskstate.worker import writer as writer_module
-
-    monkeypatch.setattr(conf, "CANCEL_CHECK_INTERVAL", 0.01)
-    gate, calls = threading.Event(), []
-
-    def hung_then_failed(since: Any, connection: Any = None) -> None:
-        calls.append(since)
-        gate.wait(10)
-        return None  # the database could not be read
-
-    monkeypatch.setattr(writer_module, "cancels_since", hung_then_failed)
-    monkeypatch.setattr(writer_module, "database_down", lambda: False)
-    watch = writer_module.CancelWatch()
-    answers: list[bool] = []
-    threads = [
-        threading.Thread(target=lambda: answers.append(watch.requested("m-hung"))) for _ in range(4)
-    ]
-    for thread in threads:
-        thread.start()
-    wait_for(lambda: len(calls) == 1, 10, "the first read")
-    time.sleep(0.2)  # the other three wait for it
-    gate.set()
-    for thread in threads:
-        thread.join(10)
-    assert answers == [False] * 4
-    assert len(calls) == 1, "each waiting thread read again"
-
-
 class CountingLock:
     """A lock that counts the attempts to take it."""
 
@@ -758,6 +729,37 @@ class CountingLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def test_one_failed_read_serves_every_thread_that_waited_for_it(monkeypatch):
+    from taskstate.worker import writer as writer_module
+
+    monkeypatch.setattr(conf, "CANCEL_CHECK_INTERVAL", 0.01)
+    gate, calls = threading.Event(), []
+
+    def hung_then_failed(since: Any, connection: Any = None) -> None:
+        calls.append(since)
+        gate.wait(10)
+        return None  # the database could not be read
+
+    monkeypatch.setattr(writer_module, "cancels_since", hung_then_failed)
+    monkeypatch.setattr(writer_module, "database_down", lambda: False)
+    watch = writer_module.CancelWatch()
+    reading = CountingLock()
+    watch._reading = reading  # type: ignore[assignment]
+    answers: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(watch.requested("m-hung"))) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(calls) == 1, 10, "the first read")
+    wait_for(lambda: reading.tries == 4, 10, "the other three waiting for it")
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert answers == [False] * 4
+    assert len(calls) == 1, "each waiting thread read again"
 
 
 def test_one_read_begun_after_them_serves_every_start_waiting_and_none_trusts_an_older_one(
