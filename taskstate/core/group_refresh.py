@@ -41,8 +41,6 @@ class GroupRefresher:
         self._lock = threading.Lock()
         self._due: set[int] = set()  # groups with a refresh to come
         self._last: dict[int, float] = {}  # group pk -> when it was last refreshed
-        #: Refreshes run so far (benchmarks, tests).
-        self.refreshes = 0
 
     def changed(self, group_pk: int) -> None:
         """A child of ``group_pk`` changed (committed): refresh the group soon."""
@@ -89,7 +87,6 @@ class GroupRefresher:
 
         try:
             refreshed = (self._refresh or refresh_group)(pk)
-            self.refreshes += 1
             if refreshed is not None:
                 announce(
                     refreshed.task,
