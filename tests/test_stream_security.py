@@ -8,6 +8,8 @@ still be valid. Hostile query strings get a 400, never a 500.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -621,3 +623,57 @@ def test_an_objects_json_stream_through_grip_is_held_and_refreshed_on_its_json_c
     set_view_permission(user, False)
     response = refresh(Hold.of(refreshed))
     assert response.status_code == 403 and "Grip-Hold" not in response
+
+
+def test_many_open_streams_are_checked_in_turns_each_once_per_interval(monkeypatch):
+    """Reading a thousand sessions at once holds the event loop back for about 100 ms
+    (the check thread takes the GIL), a tail in every stream's delivery. So one check
+    reads at most STREAMS_PER_CHECK sessions; more streams are checked in turns, the
+    longest unchecked first, as many turns per interval as it takes to check each once."""
+    import asyncio
+    from concurrent.futures import Future
+
+    from taskstate.web.streams import Registry
+
+    monkeypatch.setattr(conf, "STREAM_CHECK_INTERVAL", 0.2)
+    monkeypatch.setattr(conf, "STREAMS_PER_CHECK", 3)
+    registry = Registry()
+    streams = [registry.admit(pk, f"session-{pk}") for pk in range(1, 11)]
+    checks: list[set[Any]] = []
+    enough = threading.Event()
+
+    def check(pairs: set[Any]) -> Future[set[Any]]:
+        checks.append(pairs)
+        if len(checks) >= 12:
+            enough.set()
+        done: Future[set[Any]] = Future()
+        done.set_result(set())
+        return done
+
+    monkeypatch.setattr(registry, "check", check)
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+        await real_sleep(delay)
+
+    async def watch() -> None:
+        monkeypatch.setattr(asyncio, "sleep", sleep)
+        registry.watch()
+        assert await asyncio.to_thread(enough.wait, 30), "fewer than 12 checks in 30 s"
+        assert registry._watcher is not None
+        registry._watcher.cancel()
+
+    asyncio.run(watch())
+    # Ten streams, three a check: four turns an interval, a quarter of it apart.
+    assert all(len(pairs) == 3 for pairs in checks), [len(p) for p in checks]
+    assert set(slept[:12]) == {0.2 / 4}, slept
+    for stream in streams:
+        assert stream is not None
+        turns = [
+            n for n, pairs in enumerate(checks) if (stream.user_pk, stream.session_key) in pairs
+        ]
+        # Read within the first four checks, then never more than four checks apart.
+        assert turns and turns[0] < 4, (stream.user_pk, turns)
+        assert all(b - a <= 4 for a, b in itertools.pairwise(turns)), (stream.user_pk, turns)

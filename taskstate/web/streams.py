@@ -400,6 +400,8 @@ class LocalStream:
     user_pk: Any
     session_key: str | None
     opened: float = field(default_factory=time.monotonic)
+    #: When the session check last read this stream's session (at first: when it opened).
+    checked: float = field(default_factory=time.monotonic)
     reason: str | None = None
     #: Asked at each check, in the check's thread: False closes the stream (an object's
     #: stream whose user may no longer see the object).
@@ -481,12 +483,22 @@ class Registry:
             executor.shutdown()
 
     async def _watch(self) -> None:
+        # One check reads at most STREAMS_PER_CHECK sessions: a check holds the GIL, and
+        # so the event loop serving the streams, for as long as it reads (about 100 ms
+        # for a thousand). More open streams are checked in turns spread over the
+        # interval, the longest unchecked first: each still once per interval.
         failing = False
         while True:
-            await asyncio.sleep(conf.STREAM_CHECK_INTERVAL)
-            streams = [s for s in self.open_streams() if s.reason is None]
+            turns = max(1, -(-len(self.open_streams()) // conf.STREAMS_PER_CHECK))
+            await asyncio.sleep(conf.STREAM_CHECK_INTERVAL / turns)
+            streams = sorted(
+                (s for s in self.open_streams() if s.reason is None), key=lambda s: s.checked
+            )[: conf.STREAMS_PER_CHECK]
             if not streams:
                 continue
+            checked = time.monotonic()
+            for stream in streams:
+                stream.checked = checked
             try:
                 ended = await asyncio.wrap_future(
                     self.check({(s.user_pk, s.session_key) for s in streams})
