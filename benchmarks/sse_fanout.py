@@ -1,6 +1,8 @@
 """SSE fan-out on one uvicorn process, against the same page done by 1-second polling.
 
     python benchmarks/sse_fanout.py [--smoke]
+    python benchmarks/sse_fanout.py --users 1000 --write-rates --direct-rates 1000 1000 1000 \
+        --step 10 --no-poll        # one rate held, three 10-second windows
 
 For each N (1, 100, 1000 users; ``--smoke``: 1 and 20), N distinct logged-in users each
 hold one SSE connection to ``/taskstate/events/`` on ONE uvicorn process, all from one
@@ -479,6 +481,8 @@ def run_n(
         finally:
             clients.stop()
 
+        if not cfg.poll:
+            return out
         # The same page by polling: N users, one GET a second each.
         user_pks = [uid for uid, _ in users[:n]]
         seed_lists(user_pks, token)
@@ -609,6 +613,8 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace, token: str) -
     for r in results:
         rows.append([r["n"], _max_ok(r["ramp"], cfg.ramp), _max_ok(r["direct"], cfg.direct_ramp)])
     lines.append(table(["users N", "through write_batch()", "send_event only"], rows))
+    if not cfg.poll:
+        return "\n".join(lines)
     lines += [
         "",
         f"**Same page by 1-second polling** of `GET /taskstate/list/` (HX-Request, 3 rows per "
@@ -693,7 +699,22 @@ def main() -> None:
         default=50,
         help="connection limit of the web process's PostgreSQL role (default 50)",
     )
-    cfg = parser.parse_args()
+    parser.add_argument(
+        "--direct-rates",
+        type=float,
+        nargs="+",
+        help="events/s of the send_event steps (default 500 1000 2000 4000 8000)",
+    )
+    parser.add_argument(
+        "--write-rates",
+        type=float,
+        nargs="*",
+        help="transitions/s of the write_batch() steps (none: skip them)",
+    )
+    parser.add_argument("--step", type=float, help="seconds of each step (default 5)")
+    parser.add_argument("--no-poll", action="store_true", help="skip the polling comparison")
+    given = parser.parse_args()
+    cfg = argparse.Namespace(**vars(given))
     if cfg.smoke:
         cfg.users = cfg.users or [1, 20]
         cfg.rate, cfg.duration, cfg.step, cfg.threads, cfg.poll = 20.0, 2.0, 1.5, 2, 3.0
@@ -703,6 +724,14 @@ def main() -> None:
         cfg.rate, cfg.duration, cfg.step, cfg.threads, cfg.poll = 100.0, 10.0, 5.0, 4, 10.0
         cfg.ramp = [100.0, 200.0, 400.0, 800.0, 1600.0]
         cfg.direct_ramp = [500.0, 1000.0, 2000.0, 4000.0, 8000.0]
+    if given.direct_rates is not None:
+        cfg.direct_ramp = given.direct_rates
+    if given.write_rates is not None:
+        cfg.ramp = given.write_rates
+    if given.step is not None:
+        cfg.step = given.step
+    if given.no_poll:
+        cfg.poll = 0.0
 
     setup = setup_django(DB_NAME, cfg.redis_url, cfg.pg_connections)
     env = setup.web_env
