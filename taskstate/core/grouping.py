@@ -4,8 +4,8 @@ Dramatiq's ``group`` and ``pipeline`` hold their messages, ids and all, before a
 is sent (a pipeline copies them and gives each the next one as its ``pipe_target``). So
 the whole can be written down first: one parent row, and one child row per message,
 linked to it. Each message gets ``for_state`` (the group's, with the message's own keys
-over it), which is what makes the middleware track it; the parent row follows its children (``taskstate.core.groups``). No result backend, no group
-callbacks needed.
+over it), which is what makes the middleware track it; the parent row follows its
+children (``taskstate.core.groups``). No result backend, no group callbacks needed.
 """
 
 from __future__ import annotations
