@@ -231,7 +231,8 @@ def request_group_cancel(pk: int) -> bool:
 def _cancel_changes(now: Any) -> dict[str, Any]:
     # Only a task whose message cannot be taken before every worker knows of the request
     # ends now; a worker that had not heard of it would run the body of a cancelled row.
-    at_once = Q(status__in=(Status.DELAYED, Status.RETRYING), due_at__gt=now + _at_once_margin())
+    margin = cancel_at_once_margin(float(conf.CANCEL_CHECK_INTERVAL))
+    at_once = Q(status__in=(Status.DELAYED, Status.RETRYING), due_at__gt=now + margin)
     # Assignments in this order: MySQL evaluates each one with the columns set before it,
     # so status, which the others test, is set last.
     return {
@@ -249,10 +250,6 @@ def _cancel_changes(now: Any) -> dict[str, Any]:
         ),
         "status": Case(When(at_once, then=Value(Status.CANCELLED.value)), default=F("status")),
     }
-
-
-def _at_once_margin() -> timedelta:
-    return cancel_at_once_margin(float(conf.CANCEL_CHECK_INTERVAL))
 
 
 #: How far back each look for new cancel requests reaches beyond the previous look: the
@@ -311,9 +308,7 @@ def _cancel_reads(connection: BaseDatabaseWrapper) -> tuple[str, str]:
     if known is not None:
         return known
 
-    def q(name: str) -> str:
-        return _quote(connection, name)
-
+    q = connection.ops.quote_name
     asked = q("cancel_requested_at")
     read = f"SELECT {q('message_id')} FROM {q(_model()._meta.db_table)} WHERE {asked} IS NOT NULL"
     statuses = ", ".join("%s" for _ in ACTIVE_STATUSES)
@@ -370,10 +365,6 @@ def _alias() -> str:
 # --- SQL -------------------------------------------------------------------------------
 
 
-def _quote(connection: BaseDatabaseWrapper, name: str) -> str:
-    return connection.ops.quote_name(name)
-
-
 @functools.cache
 def _field(column: str) -> Field[Any, Any]:
     # Called for every column of every write: looked up once per column, then cached.
@@ -398,10 +389,7 @@ def _links(connection: BaseDatabaseWrapper) -> tuple[Field[Any, Any], str, str]:
     a bad pk can neither fail the write nor need a lookup; likewise a retried task
     deleted meanwhile leaves no link.
     """
-
-    def q(name: str) -> str:
-        return _quote(connection, name)
-
+    q = connection.ops.quote_name
     table = q(_model()._meta.db_table)
     user_model = get_user_model()
     user_pk_field = user_model._meta.pk
@@ -452,11 +440,6 @@ def _placeholder_maker(
         return placeholders, params
 
     return make
-
-
-def _returned_columns() -> list[str]:
-    # Task has no db_column overrides: its column names are its attribute names.
-    return [f.attname for f in _model()._meta.concrete_fields]
 
 
 def _statement_bounds(connection: BaseDatabaseWrapper) -> list[tuple[str, str]]:
@@ -659,31 +642,25 @@ def write_batch(changes: Sequence[Change], *, durable: bool = True) -> list[Task
     """
     alias = _alias()
     try:
-        written = _batch_once(alias, changes, durable)
-    except _OUTAGES as exc:
-        _outage.failed(alias, exc)
-        raise Outage(str(exc)) from exc
+        return _write_or_raise(alias, changes, durable)
     except _BAD_VALUES as exc:
-        if len(changes) > 1:
-            logger.info(
-                "taskstate: a batch of %d task-state rows was refused (%s: %s); writing "
-                "them one by one.",
-                len(changes),
-                type(exc).__name__,
-                text_of(exc, 300),
-            )
-            one_by_one: list[Task | None] = []
-            for change in changes:
-                try:
-                    one_by_one.extend(write_batch([change], durable=durable))
-                except Outage as outage:
-                    # The rows before this one are committed: the caller announces them.
-                    raise Outage(str(outage), written=one_by_one) from outage
-            return one_by_one
         problem: BaseException = exc
-    else:
-        _outage.recovered(alias)
-        return written
+    if len(changes) > 1:
+        logger.info(
+            "taskstate: a batch of %d task-state rows was refused (%s: %s); writing "
+            "them one by one.",
+            len(changes),
+            type(problem).__name__,
+            text_of(problem, 300),
+        )
+        one_by_one: list[Task | None] = []
+        for change in changes:
+            try:
+                one_by_one.extend(write_batch([change], durable=durable))
+            except Outage as outage:
+                # The rows before this one are committed: the caller announces them.
+                raise Outage(str(outage), written=one_by_one) from outage
+        return one_by_one
     (change,) = changes
     logger.warning(
         "taskstate: task %s could not be written as %s with its values (%s: %s); writing "
@@ -697,13 +674,21 @@ def write_batch(changes: Sequence[Change], *, durable: bool = True) -> list[Task
         change, origin=_plain_origin(change.origin), values=_without_values(change.values)
     )
     try:
-        written = _batch_once(alias, [plain], durable)
-    except _OUTAGES as exc:
-        _outage.failed(alias, exc)
-        raise Outage(str(exc)) from exc
+        return _write_or_raise(alias, [plain], durable)
+    except Outage:
+        raise
     except Exception as exc:
         _outage.failed(alias, exc)
         return [None]
+
+
+def _write_or_raise(alias: str, changes: Sequence[Change], durable: bool) -> list[Task | None]:
+    """:func:`_batch_once`, with an unreachable database raised as :class:`Outage`."""
+    try:
+        written = _batch_once(alias, changes, durable)
+    except _OUTAGES as exc:
+        _outage.failed(alias, exc)
+        raise Outage(str(exc)) from exc
     _outage.recovered(alias)
     return written
 
@@ -778,10 +763,7 @@ def _message_came(connection: BaseDatabaseWrapper, message_ids: list[str]) -> tu
     was due (``models.awaits_its_message``) no longer have a due time, as a running write
     would leave them. A worker refused the message: no copy of it is still to come, and
     the cleanup may delete the row. Any other row is left as it is."""
-
-    def q(name: str) -> str:
-        return _quote(connection, name)
-
+    q = connection.ops.quote_name
     table = q(_model()._meta.db_table)
     ids = ", ".join("%s" for _ in message_ids)
     sql = (
@@ -809,14 +791,9 @@ _ORIGIN_COLUMNS = frozenset(
 )
 
 
-def _row(
-    origin: Origin, updated: dict[str, Any], defaults: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def _row(origin: Origin, updated: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """Every column of the row an upsert inserts (``updated`` on top of the message's own
-    columns and the defaults), each as the database stores it. ``defaults``: those of
-    :func:`_stored_defaults`, when the caller has them already (a batch)."""
-    if defaults is None:
-        defaults = _stored_defaults()
+    columns and ``defaults``, from :func:`_stored_defaults`), each as the database stores it."""
     own: dict[str, Any] = {
         "message_id": origin.message_id,
         "actor_name": origin.actor_name,
@@ -929,10 +906,7 @@ def _upsert_text(
     keep: Sequence[str],
 ) -> str:
     """The upsert of the rows of ``source`` (columns ``names``), guarded row by row."""
-
-    def q(name: str) -> str:
-        return _quote(connection, name)
-
+    q = connection.ops.quote_name
     table = q(_model()._meta.db_table)
     # %% : a literal % in a statement with parameters.
     running = f"%% {_RUNNING_STEP} = {_RUNNING_REST}"
@@ -956,7 +930,9 @@ def _upsert_text(
             f"{new_order} AND {new_order} {running})"
         )
         if connection.features.can_return_rows_from_bulk_insert:
-            sql += " RETURNING " + ", ".join(f"{table}.{q(c)}" for c in _returned_columns())
+            # Task has no db_column overrides: its column names are its attribute names.
+            returned = (f"{table}.{q(f.attname)}" for f in _model()._meta.concrete_fields)
+            sql += " RETURNING " + ", ".join(returned)
         return sql
     if connection.vendor == "mysql":
         new_order = f"VALUES({q('state_order')})"
@@ -981,7 +957,7 @@ def _upsert_text(
 
 
 def _unnest(
-    connection: BaseDatabaseWrapper, names: list[str], shared: Sequence[str] = ()
+    connection: BaseDatabaseWrapper, names: list[str], shared: Sequence[str]
 ) -> tuple[str, list[_Prepare]]:
     """PostgreSQL: the rows as one array per column, unnested into a row source; and how
     each column's array is made. Columns in ``shared`` hold one value for every row: sent
@@ -993,10 +969,7 @@ def _unnest(
     value is prepared as for a single row; user and retried-task links are looked up in
     the statement, as there.
     """
-
-    def q(name: str) -> str:
-        return _quote(connection, name)
-
+    q = connection.ops.quote_name
     user_pk_field, user_lookup, retry_lookup = _links(connection)
     selected = []
     arrays = []
