@@ -15,12 +15,10 @@ The running change and progress reports are not waited for. A message's final ch
 final change is committed (:meth:`Writer.wait_written`, called from the middleware's
 ``before_ack``/``before_nack``), so the ack of a message never outruns its row, whatever
 stops the process afterwards. Acks that wait together share a batch: one commit serves
-every worker thread waiting at that moment (a group commit). Whether a message was asked
-to cancel before it starts is known from :class:`CancelWatch`: a start waits for a read
-begun after it, shared by the starts waiting together (docs/owner-control.md, "Not
-started yet"). A batch of running and progress changes alone commits without waiting
-for the database's disk (``write_batch(durable=False)``); a batch with a final change
-waits for it, so the ack's promise holds through a crash of the database server.
+every worker thread waiting at that moment (a group commit). Cancel requests are known
+from :class:`CancelWatch`. A batch of running and progress changes alone commits without
+waiting for the database's disk (``write_batch(durable=False)``); a batch with a final
+change waits for it, so the ack's promise holds through a crash of the database server.
 
 Changes of one message are merged while they wait (:meth:`Change.then`): a progress
 report and the final status of a message written in one batch are written once.
@@ -142,7 +140,8 @@ class Writer(OwnThread):
             if change.urgent:
                 self._urgent += 1
             self._start()
-            if change.urgent or len(self._pending) == 1 or len(self._pending) >= _batch_size():
+            waiting = len(self._pending)
+            if change.urgent or waiting == 1 or waiting >= conf.WRITE_BATCH_SIZE:
                 self._cond.notify_all()
             return True
 
@@ -267,7 +266,7 @@ class Writer(OwnThread):
         while True:
             if self._release and not self._pending:
                 return []
-            size = _batch_size()
+            size = conf.WRITE_BATCH_SIZE
             now = time.monotonic()
             if not self._pending:
                 self._cond.wait()
@@ -279,7 +278,7 @@ class Writer(OwnThread):
                 self._cond.wait(retry_at - now)
                 continue
             oldest = next(iter(self._pending.values()))
-            due = oldest.since + _max_delay()
+            due = oldest.since + conf.WRITE_MAX_DELAY
             if self._flushing or self._urgent or len(self._pending) >= size or now >= due:
                 break
             self._cond.wait(due - now)
@@ -292,9 +291,6 @@ class Writer(OwnThread):
         # The writer keeps its one connection open across batches, whatever CONN_MAX_AGE
         # says (it is one per process, and a connection per batch would cost more than the
         # batch); after an outage it is closed, so the next try connects afresh.
-        # Durable when a change of it ends an attempt (an ack waits for it) or carries what
-        # no later write repeats; running and progress changes alone are not waited for
-        # on disk: the attempt's final change, durable, repairs the row.
         durable = any(waits_for_disk(change) for change in batch)
         try:
             tasks = write_batch(batch, durable=durable)
@@ -318,7 +314,7 @@ class Writer(OwnThread):
             self._pause = 0.0
             self._retry_at = 0.0
         self._written(batch, tasks)
-        if cancels.age() > _max_age_of_cancels() / 2:
+        if cancels.age() > conf.CANCEL_CHECK_INTERVAL / 2:
             # Once in a while, with a batch: the workers of this process then hear of
             # cancel requests without a read of their own (CancelWatch).
             cancels.refresh()
@@ -475,7 +471,7 @@ class CancelWatch:
         database is failing: then False, as a read would have said)."""
         if self.known(message_id):
             return True
-        limit = _max_age_of_cancels()
+        limit = conf.CANCEL_CHECK_INTERVAL
         if self.age() <= limit or database_down():
             return False
         if in_event_loop():
@@ -578,10 +574,6 @@ class CancelWatch:
 MAX_KNOWN_CANCELS = 100_000
 
 
-def _max_age_of_cancels() -> float:
-    return float(conf.CANCEL_CHECK_INTERVAL)
-
-
 def _start_wait() -> float:
     """Seconds a start waits for another thread's read (bounded as every statement of
     ours, taskstate.core.bounds, with a connect first), then for one of its own."""
@@ -593,14 +585,6 @@ def _tell(batch: list[Change], task: Task | None, *, written: bool) -> None:
         for notify in change.notify:
             with contextlib.suppress(Exception):
                 notify(task, written)
-
-
-def _batch_size() -> int:
-    return int(conf.WRITE_BATCH_SIZE)
-
-
-def _max_delay() -> float:
-    return float(conf.WRITE_MAX_DELAY)
 
 
 writer = Writer()
