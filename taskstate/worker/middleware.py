@@ -93,7 +93,7 @@ class StateMiddleware(Middleware):
             make_encodable(message.kwargs, message.message_id)
             # The sender's language travels with the message, so that whichever write
             # creates the row (the sender's or a quicker worker's) records it.
-            language = _sender_language()
+            language = (get_language() or "")[:16]
             if language and LANGUAGE_OPTION not in message.options:
                 message.options[LANGUAGE_OPTION] = language
 
@@ -140,7 +140,7 @@ class StateMiddleware(Middleware):
             origin=_origin(message, for_state, warn=False),
             attempt=attempt,
             interval=float(get_settings().PROGRESS_INTERVAL),
-            started_at=_now(),
+            started_at=dj_timezone.now(),
             options=message.options,
         )
         self._remember(message, run)
@@ -189,18 +189,18 @@ class StateMiddleware(Middleware):
             # Final now, whatever the other middleware do: Retries leaves it alone (see
             # mark_cancelled), or its retry is skipped; no need to wait for the ack.
             run.finished = True
-            _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
+            _write_cancelled(run)
             return
         if exception is None and not message.failed:
             run.finished = True
-            values = {"result": _storable_result(result, run), **_finished(), **held_back(run)}
-            values.update(progress=100, **_no_error(), **_attempt(run))
+            values = {**_ended(run), **_no_error(), "progress": 100}
+            values["result"] = _storable_result(result, run)
             _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
             if "pipe_target" in message.options and cancels.requested(run.origin.message_id):
                 # Asked to cancel, and ended before it noticed (as far as this process
-                # knows, CancelWatch): a pipeline goes no further. Pipelines reads this after us when it comes
-                # before StateMiddleware in the list; otherwise the next step is sent and
-                # skipped, as its row was cancelled with the group.
+                # knows, CancelWatch): a pipeline goes no further. Pipelines reads this
+                # after us when it comes before StateMiddleware in the list; otherwise the
+                # next step is sent and skipped, as its row was cancelled with the group.
                 message.options.pop("pipe_target", None)
             return
         # Whether Dramatiq retries this attempt is known only once every middleware
@@ -216,14 +216,13 @@ class StateMiddleware(Middleware):
             return
         _current.set(None)
         run = self._run_of(message)
-        origin = run.origin if run else _origin(message, for_state, warn=False)
-        values = {**_finished(), **(held_back(run) if run else {}), **_attempt(run)}
         if run is not None:
             run.finished = True
             if run.cancel_requested:
-                _write_cancelled(origin, run, values)
+                _write_cancelled(run)
                 return
-        _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, values, keep=_KEEP)
+        origin = run.origin if run else _origin(message, for_state, warn=False)
+        _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, _ended(run), keep=_KEEP)
 
     def before_ack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
         # Dramatiq calls this after every middleware's after_process_message, just before
@@ -252,7 +251,7 @@ class StateMiddleware(Middleware):
             return
         run.finished = True
         if run.cancel_requested:
-            _write_cancelled(run.origin, run, {**_finished(), **held_back(run)})
+            _write_cancelled(run)
             return
         # Acked after an exception: Retries has enqueued the next attempt (after_enqueue
         # saw it), or the message is over: no Retries middleware, or one that could not
@@ -294,13 +293,7 @@ class StateMiddleware(Middleware):
     def _fail(
         self, origin: Origin, run: MessageRun | None, message: dramatiq.broker.MessageProxy
     ) -> None:
-        exception = run.exception if run else None
-        values = {
-            **_error(exception, message),
-            **_finished(),
-            **(held_back(run) if run else {}),
-            **_attempt(run),
-        }
+        values = {**_error(run.exception if run else None, message), **_ended(run)}
         _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
@@ -372,11 +365,6 @@ def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
 
 #: The message option that carries the sender's active language (``Task.language``).
 LANGUAGE_OPTION = "taskstate_language"
-
-
-def _sender_language() -> str:
-    """The language active where the message is sent (a view: the request's), or ""."""
-    return (get_language() or "")[:16]
 
 
 def _due(message: Any) -> datetime | None:
@@ -517,10 +505,6 @@ def _write_sent(changes: list[t.Change]) -> None:
             announce(task, committed=True)
 
 
-def _now() -> datetime:
-    return dj_timezone.now()
-
-
 # The first start of a task stays its start, whichever write lands first.
 _KEEP = ("started_at",)
 
@@ -536,8 +520,11 @@ def _attempt(run: MessageRun | None) -> dict[str, Any]:
     }
 
 
-def _finished() -> dict[str, Any]:
-    return {"finished_at": _now()}
+def _ended(run: MessageRun | None) -> dict[str, Any]:
+    """What every final change of an attempt carries: its end, its progress and its facts."""
+    if run is None:
+        return {"finished_at": dj_timezone.now()}
+    return {"finished_at": dj_timezone.now(), **held_back(run), **_attempt(run)}
 
 
 def _no_error() -> dict[str, Any]:
@@ -547,7 +534,7 @@ def _no_error() -> dict[str, Any]:
 def _error(exception: BaseException | None, message: Any) -> dict[str, Any]:
     exception = exception or getattr(message, "_exception", None)
     if exception is None:
-        return {"error_type": "", "error_message": "", "traceback": ""}
+        return _no_error()
     name, text = exception_facts(exception, 2000)
     return {
         "error_type": name,
@@ -642,16 +629,16 @@ def _is_cancel(exception: BaseException) -> bool:
     return cls.__name__ == "Abort" and cls.__module__.startswith("dramatiq_abort")
 
 
-def _write_cancelled(origin: Origin, run: MessageRun, values: dict[str, Any]) -> None:
+def _write_cancelled(run: MessageRun) -> None:
     """The attempt ended after a cancel request: the task is ``cancelled``, for good."""
     values = {
-        **values,
+        **_ended(run),
         **_no_error(),
-        **_attempt(run),
         # Also when the cancel came from elsewhere (dramatiq-abort called directly): a
         # redelivered or retried copy of the message then finds it and is skipped.
-        "cancel_requested_at": _now(),
+        "cancel_requested_at": dj_timezone.now(),
     }
     # An attempt that never started leaves the start time as it was before it (COALESCE
     # keeps an earlier attempt's).
-    _write(origin, Status.CANCELLED, TERMINAL_ORDER, values, keep=(*_KEEP, "cancel_requested_at"))
+    keep = (*_KEEP, "cancel_requested_at")
+    _write(run.origin, Status.CANCELLED, TERMINAL_ORDER, values, keep=keep)
