@@ -93,10 +93,11 @@ def refuse_unsigned_grip_parameters(request: HttpRequest) -> HttpResponse | None
     """400 for ``es-meta`` or ``recover`` on a request the proxy did not sign."""
     if grip_signed(request) or not any(name in request.GET for name in _GRIP_ONLY):
         return None
-    return HttpResponseBadRequest(
-        "es-meta and recover are accepted only from the GRIP proxy.\n",
-        content_type="text/plain",
-    )
+    return _bad_request("es-meta and recover are accepted only from the GRIP proxy.")
+
+
+def _bad_request(text: str) -> HttpResponse:
+    return HttpResponseBadRequest(text + "\n", content_type="text/plain")
 
 
 def check_refresh(request: HttpRequest, channel: str | None = None) -> HttpResponse | None:
@@ -120,7 +121,7 @@ def check_refresh(request: HttpRequest, channel: str | None = None) -> HttpRespo
             options={"require": ["exp"]},
         )
     except jwt.InvalidTokenError:
-        return HttpResponseBadRequest("Invalid es-meta.\n", content_type="text/plain")
+        return _bad_request("Invalid es-meta.")
     user_id, channels = claims.get("user"), claims.get("channels")
     if (
         not isinstance(user_id, str)
@@ -128,20 +129,18 @@ def check_refresh(request: HttpRequest, channel: str | None = None) -> HttpRespo
         or len(channels) != 1
         or channels[0] not in ((channel,) if channel is not None else own_channels(user_id))
     ):
-        return HttpResponseBadRequest("Invalid es-meta.\n", content_type="text/plain")
+        return _bad_request("Invalid es-meta.")
     reference = request.GET.get(SESSION_REF_PARAM)
     if not _marked_by_proxy(request, user_id, reference):
-        return HttpResponseBadRequest(
-            "es-meta is accepted only on the GRIP proxy's own refresh of a held stream.\n",
-            content_type="text/plain",
+        return _bad_request(
+            "es-meta is accepted only on the GRIP proxy's own refresh of a held stream."
         )
     if _cookie_sessions():
         # No server-side session to refer to: the user must still exist and be active.
         user = get_user_model()._default_manager.filter(pk=user_id).first()
         if user is None or not getattr(user, "is_active", True):
             return HttpResponseForbidden("The user of this stream is inactive.\n")
-        request._taskstate_stream = (None, user.pk)  # type: ignore[attr-defined]
-        _serve_as(request, user)
+        _serve_as(request, user, None)
         return None
     session_key = _referenced_session_key(reference)
     user = session_user(session_key) if session_key else None
@@ -154,12 +153,13 @@ def check_refresh(request: HttpRequest, channel: str | None = None) -> HttpRespo
     ):
         return HttpResponseForbidden("The session of this stream has ended.\n")
     _refer_to(request, _session_store()(session_key))
-    request._taskstate_stream = (session_key, user.pk)  # type: ignore[attr-defined]
-    _serve_as(request, user)
+    _serve_as(request, user, session_key)
     return None
 
 
-def _serve_as(request: HttpRequest, user: Any) -> None:
+def _serve_as(request: HttpRequest, user: Any, session_key: str | None) -> None:
+    # What add_close_channels subscribes the refreshed stream to.
+    request._taskstate_stream = (session_key, user.pk)  # type: ignore[attr-defined]
     request.user = user
     params = request.GET.copy()
     params.pop("es-meta", None)
