@@ -98,7 +98,6 @@ class Writer(OwnThread):
         self._pending: OrderedDict[str, Change] = OrderedDict()
         self._urgent = 0
         self._busy = False
-        self._in_flight = 0
         self._in_flight_ids: frozenset[str] = frozenset()
         self._stopping_at: float | None = None
         self._failed_at = 0.0
@@ -183,7 +182,7 @@ class Writer(OwnThread):
         """Messages whose changes are not written yet: waiting, or in the batch being
         written."""
         with self._cond:
-            return len(self._pending) + self._in_flight
+            return len(self._pending) + len(self._in_flight_ids)
 
     def flush(self, timeout: float = SHUTDOWN_FLUSH) -> bool:
         """Write everything pending now, and wait for it; False if ``timeout`` ran out
@@ -242,12 +241,10 @@ class Writer(OwnThread):
         while True:
             with self._cond:
                 self._busy = False
-                self._in_flight = 0
                 self._in_flight_ids = frozenset()
                 self._cond.notify_all()
                 batch = self._next_batch()
                 self._busy = True
-                self._in_flight = len(batch)
                 self._in_flight_ids = frozenset(change.origin.message_id for change in batch)
             if not batch:  # asked to let go of the connection
                 with contextlib.suppress(Exception):
