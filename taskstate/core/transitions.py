@@ -258,24 +258,19 @@ def _cancel_changes(now: Any) -> dict[str, Any]:
 CANCEL_LOOK_OVERLAP = 30.0
 
 
-def cancels_since(
-    since: datetime | None, connection: BaseDatabaseWrapper | None = None
-) -> list[str] | None:
+def cancels_since(since: datetime | None, connection: BaseDatabaseWrapper) -> list[str] | None:
     """Message ids of the tasks asked to cancel since ``since`` (None: every request a
-    worker may still meet). One indexed read (``taskstate_cancel_asked_idx``); None
-    when the database could not be read (logged once per outage, as writes are).
-
-    ``connection``: a connection of the task database to read on instead of this
-    thread's (a connection of its own kept by ``writer.CancelWatch``); closed after a
-    failure, so that the next read connects afresh.
+    worker may still meet). One indexed read (``taskstate_cancel_asked_idx``) on
+    ``connection``, a connection of the task database kept by its caller
+    (``writer.CancelWatch``); None when the database could not be read (logged once per
+    outage, as writes are), and the connection is closed, so that the next read connects
+    afresh.
 
     Every message start may wait for this read: its text is fixed (:func:`_cancel_reads`,
     worked out once per backend), so nothing is compiled per read, and psycopg prepares it
     on a connection that binds parameters on the server (``OPTIONS["server_side_binding"]``).
     """
     alias = _alias()
-    own = connection is not None
-    connection = connection if connection is not None else connections[alias]
     later, first = _cancel_reads(connection)
     adapt = connection.ops.adapt_datetimefield_value
     if since is not None:
@@ -289,9 +284,8 @@ def cancels_since(
             found = [row[0] for row in cursor.fetchall()]
     except Exception as exc:
         _outage.failed(alias, exc)
-        if own:
-            with contextlib.suppress(Exception):
-                connection.close()
+        with contextlib.suppress(Exception):
+            connection.close()
         return None
     _outage.recovered(alias)
     return found
