@@ -9,7 +9,6 @@ still be valid. Hostile query strings get a 400, never a 500.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -625,55 +624,102 @@ def test_an_objects_json_stream_through_grip_is_held_and_refreshed_on_its_json_c
     assert response.status_code == 403 and "Grip-Hold" not in response
 
 
-def test_many_open_streams_are_checked_in_turns_each_once_per_interval(monkeypatch):
-    """Reading a thousand sessions at once holds the event loop back for about 100 ms
-    (the check thread takes the GIL), a tail in every stream's delivery. So one check
-    reads at most STREAMS_PER_CHECK sessions; more streams are checked in turns, the
-    longest unchecked first, as many turns per interval as it takes to check each once."""
+class SteppedClock:
+    """A clock that moves only when the session check sleeps (``asyncio.sleep`` patched
+    to advance it), so that a test reads the check's own schedule."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run_checks(
+    monkeypatch: pytest.MonkeyPatch, registry: Any, clock: SteppedClock, ended: Any, count: int
+) -> list[tuple[float, set[Any]]]:
+    """Run ``registry``'s session check until it has made ``count`` checks, on ``clock``;
+    ``ended(pairs)`` answers each. Returns (clock time, pairs) of each check."""
     import asyncio
     from concurrent.futures import Future
 
-    from taskstate.web.streams import Registry
-
-    monkeypatch.setattr(conf, "STREAM_CHECK_INTERVAL", 0.2)
-    monkeypatch.setattr(conf, "STREAMS_PER_CHECK", 3)
-    registry = Registry()
-    streams = [registry.admit(pk, f"session-{pk}") for pk in range(1, 11)]
-    checks: list[set[Any]] = []
-    enough = threading.Event()
+    checks: list[tuple[float, set[Any]]] = []
 
     def check(pairs: set[Any]) -> Future[set[Any]]:
-        checks.append(pairs)
-        if len(checks) >= 12:
-            enough.set()
+        checks.append((clock(), pairs))
+        over = ended(pairs)
+        for stream in registry.open_streams():
+            if (stream.user_pk, stream.session_key) in over:
+                registry.remove(stream)  # as its response does once it has ended
         done: Future[set[Any]] = Future()
-        done.set_result(set())
+        done.set_result(over)
         return done
 
     monkeypatch.setattr(registry, "check", check)
-    slept: list[float] = []
     real_sleep = asyncio.sleep
 
     async def sleep(delay: float) -> None:
-        slept.append(delay)
-        await real_sleep(delay)
+        clock.now += delay
+        await real_sleep(0)
 
     async def watch() -> None:
         monkeypatch.setattr(asyncio, "sleep", sleep)
         registry.watch()
-        assert await asyncio.to_thread(enough.wait, 30), "fewer than 12 checks in 30 s"
+        for _ in range(10_000):
+            if len(checks) >= count:
+                break
+            await real_sleep(0)
         assert registry._watcher is not None
         registry._watcher.cancel()
 
     asyncio.run(watch())
-    # Ten streams, three a check: four turns an interval, a quarter of it apart.
-    assert all(len(pairs) == 3 for pairs in checks), [len(p) for p in checks]
-    assert set(slept[:12]) == {0.2 / 4}, slept
+    assert len(checks) >= count, f"{len(checks)} checks"
+    return checks
+
+
+def test_many_open_streams_are_checked_in_turns_each_once_per_interval(monkeypatch):
+    """Reading a thousand sessions at once holds the event loop back for about 100 ms
+    (the check thread takes the GIL), a tail in every stream's delivery. So one check
+    reads at most STREAMS_PER_CHECK sessions; more streams are checked in turns at even
+    steps of the interval, the longest unchecked first, each once per interval."""
+    from taskstate.web.streams import Registry
+
+    monkeypatch.setattr(conf, "STREAM_CHECK_INTERVAL", 0.2)
+    monkeypatch.setattr(conf, "STREAMS_PER_CHECK", 3)
+    clock = SteppedClock()
+    registry = Registry(clock=clock)
+    start = clock()
+    streams = [registry.admit(pk, f"session-{pk}") for pk in range(1, 11)]
+    checks = _run_checks(monkeypatch, registry, clock, lambda pairs: set(), 12)
+    assert all(len(pairs) <= 3 for _, pairs in checks), [len(p) for _, p in checks]
     for stream in streams:
         assert stream is not None
-        turns = [
-            n for n, pairs in enumerate(checks) if (stream.user_pk, stream.session_key) in pairs
-        ]
-        # Read within the first four checks, then never more than four checks apart.
-        assert turns and turns[0] < 4, (stream.user_pk, turns)
-        assert all(b - a <= 4 for a, b in itertools.pairwise(turns)), (stream.user_pk, turns)
+        times = [at for at, pairs in checks if (stream.user_pk, stream.session_key) in pairs]
+        assert times and times[0] - start <= 0.2 + 1e-9, (stream.user_pk, times)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(gap <= 0.2 + 1e-9 for gap in gaps), (stream.user_pk, gaps)
+
+
+def test_streams_left_after_most_sessions_end_are_still_checked_once_per_interval(
+    monkeypatch,
+):
+    """A check that closes most of the streams shortens the next round, never the pace
+    of the streams left: the last of them is checked again within one interval."""
+    from taskstate.web.streams import Registry
+
+    monkeypatch.setattr(conf, "STREAM_CHECK_INTERVAL", 0.2)
+    monkeypatch.setattr(conf, "STREAMS_PER_CHECK", 10)
+    clock = SteppedClock()
+    registry = Registry(clock=clock)
+    streams = [registry.admit(pk, f"session-{pk}") for pk in range(1, 101)]
+    kept = {(s.user_pk, s.session_key) for s in streams[::10] if s is not None}
+    # Every session but one in ten has ended (a mass logout).
+    checks = _run_checks(monkeypatch, registry, clock, lambda pairs: pairs - kept, 14)
+    for pair in kept:
+        times = [at for at, pairs in checks if pair in pairs]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert len(times) >= 2 and all(gap <= 0.2 + 1e-9 for gap in gaps), (pair, times)
+    assert all(
+        s is not None and (s.reason is None) == ((s.user_pk, s.session_key) in kept)
+        for s in streams
+    )

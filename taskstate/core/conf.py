@@ -35,11 +35,11 @@ DB_STATEMENT_TIMEOUT = 5.0
 DB_LOCK_TIMEOUT = 2.0
 #: Seconds between two checks that each open stream's session is still valid (not logged
 #: out, password unchanged, user active). A stream whose session fails is closed within
-#: this plus the time the check takes.
+#: this plus the time its check takes.
 STREAM_CHECK_INTERVAL = 2.0
-#: Sessions one stream check reads at most; more open streams are checked in turns spread
-#: over STREAM_CHECK_INTERVAL (a thousand sessions read at once delay every stream's
-#: events by up to a tenth of a second).
+#: Sessions one stream check reads at most; more open streams are checked in turns at even
+#: steps of STREAM_CHECK_INTERVAL (a thousand sessions read at once delay every stream's
+#: events by about a tenth of a second).
 STREAMS_PER_CHECK = 100
 #: Seconds a running message's knowledge of cancel requests may be old: what
 #: progress()/track()/cancel_requested() ask is read again once it is older.

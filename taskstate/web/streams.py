@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 import weakref
@@ -418,7 +419,9 @@ class LocalStream:
 
 
 class Registry:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Monotonic seconds: when streams were checked, and the check's schedule.
+        self.clock = clock
         self._lock = threading.Lock()
         self._streams: set[LocalStream] = set()
         self._watcher: asyncio.Task[None] | None = None
@@ -435,7 +438,9 @@ class Registry:
         with self._lock:
             if sum(1 for s in self._streams if s.user_pk == user_pk) >= cap:
                 return None
-            stream = LocalStream(user_pk, session_key, still_allowed=still_allowed)
+            stream = LocalStream(
+                user_pk, session_key, checked=self.clock(), still_allowed=still_allowed
+            )
             self._streams.add(stream)
             return stream
 
@@ -483,49 +488,67 @@ class Registry:
             executor.shutdown()
 
     async def _watch(self) -> None:
-        # One check reads at most STREAMS_PER_CHECK sessions: a check holds the GIL, and
-        # so the event loop serving the streams, for as long as it reads (about 100 ms
-        # for a thousand). More open streams are checked in turns spread over the
-        # interval, the longest unchecked first: each still once per interval.
+        # Rounds of STREAM_CHECK_INTERVAL. A check holds the GIL, and so the event loop
+        # serving the streams, for as long as it reads (about 100 ms for a thousand
+        # sessions), so a round checks the streams open at its start in turns of at most
+        # STREAMS_PER_CHECK, the longest unchecked first, at even steps of the interval;
+        # streams opened meanwhile join its last turn. Each stream is checked once a
+        # round, never more than an interval after its last check.
         failing = False
         while True:
-            turns = max(1, -(-len(self.open_streams()) // conf.STREAMS_PER_CHECK))
-            await asyncio.sleep(conf.STREAM_CHECK_INTERVAL / turns)
-            streams = sorted(
-                (s for s in self.open_streams() if s.reason is None), key=lambda s: s.checked
-            )[: conf.STREAMS_PER_CHECK]
-            if not streams:
-                continue
-            checked = time.monotonic()
-            for stream in streams:
-                stream.checked = checked
-            try:
-                ended = await asyncio.wrap_future(
-                    self.check({(s.user_pk, s.session_key) for s in streams})
+            start = self.clock()
+            due = sorted(self.open_streams(), key=lambda s: s.checked)
+            size = conf.STREAMS_PER_CHECK
+            turns = max(1, -(-len(due) // size))
+            for turn in range(turns):
+                streams = due[turn * size : (turn + 1) * size]
+                # At its even step, or sooner when one of its streams would otherwise
+                # wait longer than an interval (fewer turns than its last round had).
+                step = min(
+                    start + conf.STREAM_CHECK_INTERVAL * (turn + 1) / turns,
+                    min((s.checked for s in streams), default=math.inf)
+                    + conf.STREAM_CHECK_INTERVAL,
                 )
-                rechecked = [
-                    s
-                    for s in streams
-                    if s.still_allowed is not None and (s.user_pk, s.session_key) not in ended
-                ]
-                refused = await asyncio.wrap_future(self.recheck(rechecked)) if rechecked else []
-            except Exception:
-                if not failing:
-                    logger.error(
-                        "taskstate: cannot check the sessions of open streams; they stay "
-                        "open until the check works again.",
-                        exc_info=True,
-                    )
-                failing = True
-                continue
-            if failing:
-                logger.warning("taskstate: checking the sessions of open streams works again.")
-                failing = False
-            for stream in streams:
-                if (stream.user_pk, stream.session_key) in ended:
-                    stream.close("The session of this stream has ended.")
-            for stream in refused:
-                stream.close("You may no longer see these tasks.")
+                await asyncio.sleep(max(0.0, step - self.clock()))
+                if turn == turns - 1:
+                    known = set(due)
+                    streams += [s for s in self.open_streams() if s not in known]
+                streams = [s for s in streams if s.reason is None]
+                if streams:
+                    failing = await self._check_turn(streams, failing)
+
+    async def _check_turn(self, streams: list[LocalStream], failing: bool) -> bool:
+        """Check ``streams`` and close those whose session ended or whose user may no
+        longer see them; whether the check is failing (logged once per outage)."""
+        checked = self.clock()
+        for stream in streams:
+            stream.checked = checked
+        try:
+            ended = await asyncio.wrap_future(
+                self.check({(s.user_pk, s.session_key) for s in streams})
+            )
+            rechecked = [
+                s
+                for s in streams
+                if s.still_allowed is not None and (s.user_pk, s.session_key) not in ended
+            ]
+            refused = await asyncio.wrap_future(self.recheck(rechecked)) if rechecked else []
+        except Exception:
+            if not failing:
+                logger.error(
+                    "taskstate: cannot check the sessions of open streams; they stay "
+                    "open until the check works again.",
+                    exc_info=True,
+                )
+            return True
+        if failing:
+            logger.warning("taskstate: checking the sessions of open streams works again.")
+        for stream in streams:
+            if (stream.user_pk, stream.session_key) in ended:
+                stream.close("The session of this stream has ended.")
+        for stream in refused:
+            stream.close("You may no longer see these tasks.")
+        return False
 
 
 def _ended_sessions(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
