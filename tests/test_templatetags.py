@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -139,3 +140,43 @@ def test_notifications_can_be_turned_off(client, user, settings):
     page = client.get("/taskstate/list/").text
     assert "data-taskstate-notify" not in page
     assert '"pauseOnBackground": true' in page
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_ids_and_order_keys_stay_plain_digits_with_thousand_separators(
+    user, settings, language, client
+):
+    # Sites that set USE_THOUSAND_SEPARATOR would write "taskstate-task-1,234" (or "1.234"):
+    # the stream's targets (#taskstate-task-1234) and the page's ordering would miss them.
+    settings.USE_THOUSAND_SEPARATOR = True
+    settings.LANGUAGE_CODE = language
+    common = {"user": user, "started_at": ago(5), "language": language}
+    running = make_task(
+        pk=1_234_567, status=Status.RUNNING, progress=40, state_order=12_345_678, **common
+    )
+    group = make_task(
+        pk=2_345_678,
+        status=Status.RUNNING,
+        kind=Kind.GROUP,
+        children_total=12_000,
+        children_done=1_500,
+        **common,
+    )
+    child = make_task(pk=3_456_789, status=Status.RUNNING, parent=group, progress=5, **common)
+    pieces = [
+        render_row(running),
+        render_row(group),
+        render_to_string("taskstate/_progress.html", {"task": running, "oob": True}),
+        render_to_string("taskstate/_child_row.html", {"task": child}),
+    ]
+    client.force_login(user)
+    pieces.append(client.get("/taskstate/list/", HTTP_HX_REQUEST="true").text)
+    for html in pieces:
+        numbers = re.findall(r'(?:id|data-taskstate-order|aria-valuenow)="[^"]*\d[^"]*"', html)
+        assert numbers and all(re.fullmatch(r'[\w-]+="[a-z-]*\d+"', n) for n in numbers), numbers
+    assert 'id="taskstate-task-1234567"' in pieces[0]
+    assert 'data-taskstate-order="12345678"' in pieces[0]
+    assert 'id="taskstate-children-2345678"' in pieces[1]
+    # The counts people read keep the site's format.
+    done, total = ("1,500", "12,000") if language == "en" else ("1.500", "12.000")
+    assert f"{done} " in pieces[1] and f" {total} " in pieces[1]
