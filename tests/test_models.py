@@ -357,3 +357,13 @@ def test_str_shows_description_or_actor_and_readable_status():
         "Export (Scheduled)"
     )
     assert str(Task(actor_name="export", status=Status.ENQUEUED)) == "export (Queued)"
+
+
+def test_status_display_is_the_label_in_the_active_language_and_the_value_when_unknown():
+    from django.utils import translation
+
+    task = Task(status=Status.RUNNING)
+    assert task.get_status_display() == "Running"
+    with translation.override("de"):
+        assert task.get_status_display() == str(Status.RUNNING.label) != "Running"
+    assert Task(status="lost").get_status_display() == "lost"

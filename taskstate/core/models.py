@@ -415,6 +415,14 @@ class Task(models.Model):
     def __str__(self) -> str:
         return f"{self.description or self.actor_name} ({self.get_status_display()})"
 
+    def get_status_display(self) -> str:
+        # Django's own translates every choice to find one, on each call: rows render it
+        # on every change.
+        try:
+            return str(Status(self.status).label)
+        except ValueError:
+            return str(self.status)
+
     @property
     def is_complete(self) -> bool:
         return self.status in COMPLETE_STATUSES
