@@ -150,7 +150,7 @@ def test_publishing_failure_is_logged_once_and_never_raises(user, monkeypatch, c
         raise ConnectionError("redis is down")
 
     monkeypatch.setattr(django_eventstream, "send_event", down)
-    publish._failures.down = False
+    publish._down.clear()
     for _ in range(3):
         publish.publish_removed(user.pk, [1])
     shutdown.flush()

@@ -415,7 +415,7 @@ class Task(models.Model):
     def __str__(self) -> str:
         return f"{self.description or self.actor_name} ({self.get_status_display()})"
 
-    def get_status_display(self) -> str:
+    def get_status_display(self) -> str:  # type: ignore[no-redef,unused-ignore]
         # Django's own translates every choice to find one, on each call: rows render it
         # on every change.
         try:

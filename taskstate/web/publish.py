@@ -1,23 +1,12 @@
-"""Push task changes to their owner's browser: render a partial, send it on the channel.
+"""Push committed changes to the pages that show them: render, then send on their channels.
 
-A receiver of the committed-change signals in ``taskstate.core.signals`` (connected in
-``TaskstateConfig.ready``); views call :func:`publish_removed_tasks` for dismissed rows.
-
-Sending happens in the background (``taskstate.web.courier``): a worker or a view only hands
-the job over. A row or bar is rendered only when someone may receive it
-(``taskstate.web.presence``): in the embedded setup, a user with no page open costs no
-render. Messages are sent
-with an empty event type, which htmx 4's ``hx-sse`` swaps (named events would only be
-dispatched as DOM events). Rows go in ``<hx-upsert>`` so one
-message both updates a row shown and inserts a new one; progress goes out-of-band to the
-bar alone. The same job sends the JSON form of the change (``taskstate.web.task_json``) on the
-user's JSON channel (``taskstate:json-events``) as named events ``task``, ``progress`` and
-``removed``, when that channel may be listened to. A task about an object is also told to
-the object's two channels (``taskstate:object-events``, ``taskstate:json-object-events``):
-that it changed, its bar, its removal. Publishing is a notification: when it
-fails the database is still right and the page resyncs from it, so errors are logged once
-per outage and the channel is handed to the courier, which sends it ``stream-reset`` once
-sending works again.
+Receivers of the signals in ``taskstate.core.signals`` (connected in
+``TaskstateConfig.ready``). Each change is one job on the courier's thread
+(``taskstate.web.courier``) that sends both forms, each only while its channel may be
+listened to (``taskstate.web.presence``): HTML for htmx (unnamed events, which ``hx-sse``
+swaps; rows in ``<hx-upsert>``, bars out-of-band) and JSON (``taskstate.web.task_json``).
+A failed send is logged once per outage and ends in a ``stream-reset`` for its channel:
+the database stays the truth, and pages resync from it.
 """
 
 from __future__ import annotations
@@ -25,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.template.loader import render_to_string
@@ -35,81 +24,39 @@ from taskstate.core.estimates import estimator
 from taskstate.core.group_refresh import group_refresher
 from taskstate.core.models import Task
 from taskstate.core.states import Status
-from taskstate.web.channels import json_channel, object_channels, own_channels, user_channel
+from taskstate.web.channels import object_channels, own_channels
 from taskstate.web.courier import courier
 from taskstate.web.presence import listened
 from taskstate.web.task_json import (
     ChangedEvent,
     ProgressEvent,
     RemovedEvent,
-    TaskJSON,
     dumps,
     progress_json,
     task_json,
 )
 
 logger = logging.getLogger("taskstate")
+T = TypeVar("T")
 
-#: The SSE event type of every message: empty, so htmx swaps it.
+#: The event type of every HTML message: empty, so htmx swaps it.
 EVENT_TYPE = ""
-#: The event types of the JSON channels, whose data are ``taskstate.web.task_json`` shapes:
-#: a task's row (``TaskJSON``, a user's channel only), a running attempt's bar
-#: (``ProgressEvent``), tasks gone from the list (``RemovedEvent``), and on an object's
-#: channel, that its tasks changed (``ChangedEvent``: as ``OBJECT_CHANGED_EVENT``).
+#: The named events of the JSON channels: a row (a user's channel only), a running
+#: attempt's bar, rows gone, and on an object's channel, that its tasks changed.
 TASK_EVENT = "task"
 PROGRESS_EVENT = "progress"
 REMOVED_EVENT = "removed"
 CHANGED_EVENT = "changed"
-#: The one named event: tells an object's list that its tasks changed (data: the pk of the
-#: latest of the tasks told together, ``{"task": 12}``). The list reads its rows again
-#: (``taskstate:object-list``), each page as its own user may see them.
+#: Tells an object's HTML list that its tasks changed (data ``{"task": 12}``): the list
+#: reads its rows again (``taskstate:object-list``), with the buttons its own user may use.
 OBJECT_CHANGED_EVENT = "taskstate-changed"
 #: Running tasks about an object whose progress this process may publish.
 _OBJECT_BARS_MAX = 10_000
 
 
-def publish_task(task: Task) -> None:
-    """Send ``task``'s row to its owner: upserted while unseen, removed once seen."""
-    if task.user_id is None:
-        return
-    if task.seen:
-        publish_removed(task.user_id, [task.pk])
-        return
-    courier.submit(
-        _in_both_forms(lambda: _send_row(task), lambda: _send_task_json(task)),
-        supersedes=("progress", task.pk),
-        channel=own_channels(task.user_id),
-    )
-
-
-def publish_progress(
-    task_pk: int, user_pk: Any, percent: int, message: str | None, order: int | None = None
-) -> None:
-    """Send the progress bar of a running attempt, built from what the worker knows.
-
-    ``order`` (the attempt's order key) goes with the bar, so that a page showing a
-    newer state of the row keeps it (taskstate.js).
-    """
-    if user_pk is None:
-        return
-    task = Task(pk=task_pk, status=Status.RUNNING, progress=percent, progress_message=message or "")
-    task.state_order = order  # type: ignore[assignment]
-    courier.submit(
-        _in_both_forms(
-            lambda: _send_bar(task, user_pk),
-            lambda: _send_progress_json(json_channel(user_pk), task_pk, percent, message, order),
-        ),
-        replaces=("progress", task_pk),
-        channel=own_channels(user_pk),
-    )
-
-
 def on_task_committed(sender: Any, *, task: Task, **kwargs: Any) -> None:
-    """Receiver of ``taskstate.core.signals.task_committed``.
-
-    A child of a group or pipeline is not sent on its own: its group's row is refreshed
-    (throttled, see ``taskstate.core.group_refresh``) and sent instead.
-    """
+    """Receiver of ``task_committed``. A child of a group is not sent on its own: its
+    group's row is refreshed (throttled, ``taskstate.core.group_refresh``) and sent."""
     estimator.observe(task)
     if task.parent_id is not None:
         group_refresher.changed(task.parent_id)
@@ -129,10 +76,7 @@ def on_progress_committed(
     group_pk: int | None = None,
     **kwargs: Any,
 ) -> None:
-    """Receiver of ``taskstate.core.signals.progress_committed``.
-
-    A child's progress counts in its group's combined progress: the group is refreshed.
-    """
+    """Receiver of ``progress_committed``; a child's progress refreshes its group."""
     if group_pk is not None:
         group_refresher.changed(group_pk)
         return
@@ -140,49 +84,95 @@ def on_progress_committed(
     publish_object_progress(task_pk, percent, message, order)
 
 
-def publish_object_change(task: Task) -> None:
-    """Tell the pages of the object ``task`` is about that its tasks changed.
-
-    Not the row itself, in either form: its buttons (its ``actions``) depend on who looks
-    (``taskstate.core.policy``), so each page reads its rows again. Changes that come together
-    are told once.
-    """
-    if not task.object_type:
+def publish_task(task: Task) -> None:
+    """Send ``task``'s row to its owner: upserted while unseen, removed once seen."""
+    if task.user_id is None:
         return
-    channels = object_channels(task.object_type, task.object_pk)
-    _object_bars.follow(task, channels)
-    html, as_json = channels
-    pk = task.pk
-    courier.submit(
-        _in_both_forms(lambda: _notify(html, pk), lambda: _notify_json(as_json, pk)),
-        replaces=("object-changed", html),
-        channel=channels,
-    )
+    if task.seen:
+        publish_removed(task.user_id, [task.pk])
+        return
+    html, as_json = channels = own_channels(task.user_id)
+
+    def send() -> None:
+        if listened(html):  # else their next page reads the row from the database
+            row = render_row(task)
+            _send(html, f'<hx-upsert hx-target="#taskstate-rows" sort="desc">{row}</hx-upsert>')
+        if listened(as_json):
+            _send(as_json, dumps(_in_language(task, lambda: task_json(task))), TASK_EVENT)
+
+    courier.submit(send, supersedes=("progress", task.pk), channel=channels)
+
+
+def publish_progress(
+    task_pk: int, user_pk: Any, percent: int, message: str | None, order: int | None = None
+) -> None:
+    """Send a running attempt's bar to its owner, built from what the worker knows.
+
+    ``order`` (the attempt's order key) goes with it, so that a page showing a newer
+    state of the row keeps that (taskstate.js).
+    """
+    if user_pk is not None:
+        channels = own_channels(user_pk)
+        send = _bar(channels, task_pk, percent, message, order)
+        courier.submit(send, replaces=("progress", task_pk), channel=channels)
 
 
 def publish_object_progress(
     task_pk: int, percent: int, message: str | None, order: int | None = None
 ) -> None:
-    """Send a running task's bar to its object's pages too (when this process published
-    the task's start: progress is reported where the task runs)."""
+    """Send a running task's bar to its object's pages too, when this process published
+    the task's start (progress is reported where the task runs)."""
     channels = _object_bars.channels(task_pk)
-    if channels is None:
-        return
+    if channels is not None:
+        send = _bar(channels, task_pk, percent, message, order)
+        courier.submit(send, replaces=("object-progress", task_pk), channel=channels)
+
+
+def _bar(
+    channels: tuple[str, str], task_pk: int, percent: int, message: str | None, order: int | None
+) -> Callable[[], None]:
     html, as_json = channels
-    task = Task(pk=task_pk, status=Status.RUNNING, progress=percent, progress_message=message or "")
-    task.state_order = order  # type: ignore[assignment]
 
-    def send_bar() -> None:
+    def send() -> None:
         if listened(html):
+            task = Task(
+                pk=task_pk, status=Status.RUNNING, progress=percent, progress_message=message or ""
+            )
+            task.state_order = order  # type: ignore[assignment]
             _send(html, render_to_string("taskstate/_progress.html", {"task": task, "oob": True}))
+        if listened(as_json):
+            payload: ProgressEvent = {
+                "id": task_pk,
+                "status": "running",
+                "progress": progress_json(percent, message),
+                "order": order,
+            }
+            _send(as_json, dumps(payload), PROGRESS_EVENT)
 
-    courier.submit(
-        _in_both_forms(
-            send_bar, lambda: _send_progress_json(as_json, task_pk, percent, message, order)
-        ),
-        replaces=("object-progress", task_pk),
-        channel=channels,
-    )
+    return send
+
+
+def publish_object_change(task: Task) -> None:
+    """Tell the pages of the object ``task`` is about that its tasks changed.
+
+    Not the row itself, in either form: its buttons depend on who looks
+    (``taskstate.core.policy``), so each page reads its rows again. Changes that come
+    together are told once.
+    """
+    if not task.object_type:
+        return
+    html, as_json = channels = object_channels(task.object_type, task.object_pk)
+    _object_bars.follow(task, channels)
+    pk = int(task.pk)
+
+    def send() -> None:
+        if listened(html):
+            _send(html, f'{{"task": {pk}}}', OBJECT_CHANGED_EVENT)
+        if listened(as_json):
+            payload: ChangedEvent = {"id": pk}
+            _send(as_json, dumps(payload), CHANGED_EVENT)
+
+    courier.submit(send, replaces=("object-changed", html), channel=channels)
 
 
 class _ObjectBars:
@@ -211,31 +201,18 @@ class _ObjectBars:
 _object_bars = _ObjectBars(_OBJECT_BARS_MAX)
 
 
-def _notify(channel: str, task_pk: int) -> None:
-    if listened(channel):
-        _send(channel, f'{{"task": {int(task_pk)}}}', event_type=OBJECT_CHANGED_EVENT)
-
-
-def _notify_json(channel: str, task_pk: int) -> None:
-    if listened(channel):
-        payload: ChangedEvent = {"id": int(task_pk)}
-        _send(channel, dumps(payload), CHANGED_EVENT)
-
-
 def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:
     """Remove rows from every page of the user (another tab dismissed them)."""
     pks = [int(pk) for pk in task_pks]
     if pks:
-        html, as_json = own_channels(user_pk)
-        courier.submit(_removal(html, as_json, pks), channel=(html, as_json))
+        _remove(own_channels(user_pk), pks)
 
 
 def publish_object_removed(object_type: str, object_pk: str, task_pks: Iterable[int]) -> None:
     """Remove rows from every page of an object (its owner dismissed them)."""
     pks = [int(pk) for pk in task_pks]
     if pks and object_type:
-        html, as_json = object_channels(object_type, object_pk)
-        courier.submit(_removal(html, as_json, pks), channel=(html, as_json))
+        _remove(object_channels(object_type, object_pk), pks)
 
 
 def publish_removed_tasks(tasks: Iterable[Task]) -> None:
@@ -255,28 +232,19 @@ def publish_removed_tasks(tasks: Iterable[Task]) -> None:
         publish_object_removed(object_type, object_pk, pks)
 
 
-def _removal(html: str, as_json: str, pks: list[int]) -> Callable[[], None]:
+def _remove(channels: tuple[str, str], pks: list[int]) -> None:
+    html, as_json = channels
     parts = "".join(
         f'<hx-partial hx-target="#taskstate-task-{pk}" hx-swap="delete"></hx-partial>' for pk in pks
     )
 
-    def send_html() -> None:
+    def send() -> None:
         _send(html, parts)  # nothing to render: sent whoever listens
-
-    def send_json() -> None:
         if listened(as_json):
             payload: RemovedEvent = {"ids": pks}
             _send(as_json, dumps(payload), REMOVED_EVENT)
 
-    return _in_both_forms(send_html, send_json)
-
-
-def _send_row(task: Task) -> None:
-    channel = user_channel(task.user_id)
-    if not listened(channel):
-        return  # nobody to receive it: their next page reads the row from the database
-    row = render_row(task)
-    _send(channel, f'<hx-upsert hx-target="#taskstate-rows" sort="desc">{row}</hx-upsert>')
+    courier.submit(send, channel=channels)
 
 
 def render_row(task: Task) -> str:
@@ -286,10 +254,14 @@ def render_row(task: Task) -> str:
     failed task only when its owner is staff (one query, for failed rows alone).
     """
     context = {"task": task, "show_traceback": _owner_is_staff(task)}
+    return _in_language(task, lambda: render_to_string("taskstate/_task_row.html", context))
+
+
+def _in_language(task: Task, build: Callable[[], T]) -> T:
     if task.language and translation.check_for_language(task.language):
         with translation.override(task.language):
-            return render_to_string("taskstate/_task_row.html", context)
-    return render_to_string("taskstate/_task_row.html", context)
+            return build()
+    return build()
 
 
 def _owner_is_staff(task: Task) -> bool:
@@ -301,81 +273,8 @@ def _owner_is_staff(task: Task) -> bool:
     return users._default_manager.filter(pk=task.user_id, is_staff=True).exists()
 
 
-def _send_bar(task: Task, user_pk: Any) -> None:
-    channel = user_channel(user_pk)
-    if not listened(channel):
-        return
-    bar = render_to_string("taskstate/_progress.html", {"task": task, "oob": True})
-    _send(channel, bar)
-
-
-# --- the JSON stream (taskstate:json-events) ----------------------------------------
-# Each change is one courier job that sends both forms, so the JSON form changes nothing
-# of the HTML form's queueing, coalescing or resets. Each form is built only while its
-# channel may be listened to (taskstate.web.presence): with events in this process, a site
-# whose pages all use htmx pays the JSON channel's name and a dictionary lookup per change
-# (benchmarks/json_stream_cost.py).
-
-
-def _in_both_forms(html: Callable[[], None], json: Callable[[], None]) -> Callable[[], None]:
-    def send() -> None:
-        html()
-        json()
-
-    return send
-
-
-def _send_task_json(task: Task) -> None:
-    channel = json_channel(task.user_id)
-    if listened(channel):
-        _send(channel, dumps(_task_payload(task)), TASK_EVENT)
-
-
-def _send_progress_json(
-    channel: str, task_pk: int, percent: int, message: str | None, order: int | None
-) -> None:
-    if listened(channel):
-        payload: ProgressEvent = {
-            "id": task_pk,
-            "status": "running",
-            "progress": progress_json(percent, message),
-            "order": order,
-        }
-        _send(channel, dumps(payload), PROGRESS_EVENT)
-
-
-def _task_payload(task: Task) -> TaskJSON:
-    if task.language and translation.check_for_language(task.language):
-        with translation.override(task.language):
-            return task_json(task)
-    return task_json(task)
-
-
-class _SendFailures:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.down = False
-
-    def failed(self) -> None:
-        with self._lock:
-            first, self.down = not self.down, True
-        if first:
-            logger.error(
-                "taskstate: cannot publish task events; pages catch up when they "
-                "reconnect. Further failures are logged at DEBUG.",
-                exc_info=True,
-            )
-        else:
-            logger.debug("taskstate: publishing still fails", exc_info=True)
-
-    def sent(self) -> None:
-        if self.down:
-            with self._lock:
-                self.down = False
-            logger.warning("taskstate: publishing task events works again.")
-
-
-_failures = _SendFailures()
+#: Set while sending fails, so that an outage is logged once.
+_down = threading.Event()
 
 
 def _send(channel: str, data: str, event_type: str = EVENT_TYPE) -> None:
@@ -384,7 +283,17 @@ def _send(channel: str, data: str, event_type: str = EVENT_TYPE) -> None:
     try:
         send_event(channel, event_type, data, json_encode=False)
     except Exception:
-        _failures.failed()
+        if _down.is_set():
+            logger.debug("taskstate: publishing still fails", exc_info=True)
+        else:
+            _down.set()
+            logger.error(
+                "taskstate: cannot publish task events; pages catch up when they "
+                "reconnect. Further failures are logged at DEBUG.",
+                exc_info=True,
+            )
         courier.lost(channel)  # its pages get stream-reset once sending works again
     else:
-        _failures.sent()
+        if _down.is_set():
+            _down.clear()
+            logger.warning("taskstate: publishing task events works again.")
