@@ -37,13 +37,9 @@ _SCRIPTS = (
 
 @register.simple_tag(takes_context=True)
 def taskstate_list(context: template.Context, **options: Any) -> SafeString:
-    """The live task list of ``request.user``, connected to its event stream.
-
-    At most ``LIST_MAX_ROWS`` tasks (one query), then "and N more" (one count).
-
-    ``{% taskstate_list for=order %}``: instead, the live list of the tasks about
-    ``order`` (sent with ``for_state={"object": order}``), for a user the policy lets see
-    them (``taskstate.core.policy``); nothing for anyone else.
+    """The live task list of ``request.user``: at most ``LIST_MAX_ROWS`` rows (one query),
+    then "and N more" (one count). ``for=order``: the tasks about ``order`` instead, for a
+    user the policy lets see them; nothing for anyone else.
     """
     unknown = set(options) - {"for"}
     if unknown:
@@ -138,14 +134,10 @@ def _own_list(context: template.Context) -> dict[str, Any]:
 def taskstate_scripts(context: template.Context, nonce: str | None = None) -> SafeString:
     """The vendored htmx 4, its SSE and upsert extensions, and the app's stylesheet.
 
-    Plain blocking scripts, in this order: with ``defer`` htmx may start processing the
-    page before the extensions have registered, and the list would never connect.
-
-    Under a Content Security Policy each tag carries a nonce: ``nonce`` when given (for
-    example ``{% taskstate_scripts nonce=request.csp_nonce %}``), else the template's
-    ``csp_nonce`` (Django 6's context processor), else the request's: django-csp's
-    ``request.csp_nonce`` or Django 6's ``ContentSecurityPolicyMiddleware``. Reading it
-    tells those middlewares to put the nonce in the header.
+    Plain blocking scripts, in order: with ``defer`` htmx may process the page before the
+    extensions register, and the list would never connect. Each tag carries the CSP nonce:
+    ``nonce``, else the template's ``csp_nonce``, else the request's (django-csp, Django 6),
+    whose reading puts it in the header.
     """
     if nonce is None:
         nonce = context.get("csp_nonce") or _request_nonce(context.get("request"))
@@ -179,9 +171,8 @@ def taskstate_duration(value: timedelta | None) -> str:
         return ""
     if value.total_seconds() < 1:
         return gettext("under 1 s")
-    seconds = int(value.total_seconds())
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
+    minutes, secs = divmod(int(value.total_seconds()), 60)
+    hours, minutes = divmod(minutes, 60)
     if hours:
         return gettext("%(h)d h %(m)d min") % {"h": hours, "m": minutes}
     if minutes:
@@ -204,21 +195,14 @@ def taskstate_ago(value: datetime | None) -> str:
 
 @register.filter
 def taskstate_result_url(task: Task) -> str:
-    """The ``url`` of the task's result when it is a link to follow, else "".
-
-    Only ``http``/``https`` URLs and paths on this site: never ``javascript:``, ``data:``
-    or anything a browser could run.
-    """
+    """The ``url`` of the task's result when it is a safe link to follow, else ""."""
     return result_url(task)
 
 
 @register.simple_tag(takes_context=True)
 def taskstate_may(context: template.Context, task: Task, action: str) -> bool:
-    """Whether the page's user may ``action`` ("cancel", "retry", "dismiss") ``task``:
-    shows a button.
-
-    A row pushed to its owner's channel has no request: its user is the task's owner.
-    """
+    """Whether the page's user may ``action`` ("cancel", "retry", "dismiss") ``task``.
+    A row pushed to its owner's channel has no request: its user is the owner."""
     request = context.get("request")
     user = getattr(request, "user", None)
     if action == "dismiss":
@@ -230,9 +214,6 @@ def taskstate_may(context: template.Context, task: Task, action: str) -> bool:
 
 @register.simple_tag
 def taskstate_time_left(task: Task) -> str:
-    """``"about 2 min left"`` for a running task, or ``""`` while no estimate is meaningful.
-
-    From the task's own progress rate and the recent durations of its actor in this
-    process (``taskstate.core.estimates``); reads nothing from the database.
-    """
+    """``"about 2 min left"`` for a running task, or ``""`` while no estimate is meaningful
+    (``taskstate.core.estimates``; no query)."""
     return estimator.describe(task)
