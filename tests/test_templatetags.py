@@ -180,3 +180,26 @@ def test_ids_and_order_keys_stay_plain_digits_with_thousand_separators(
     # The counts people read keep the site's format.
     done, total = ("1,500", "12,000") if language == "en" else ("1.500", "12.000")
     assert f"{done} " in pieces[1] and f" {total} " in pieces[1]
+
+
+def test_no_template_variable_is_missing_where_projects_make_that_loud(user, settings, client):
+    # string_if_invalid is how projects (and pytest-django's --fail-on-template-vars) catch
+    # a template reading a variable that is not there: rows pushed by a worker have no
+    # request, and must not read one.
+    settings.TEMPLATES = [
+        {**settings.TEMPLATES[0], "OPTIONS": {**settings.TEMPLATES[0]["OPTIONS"]}}
+    ]
+    settings.TEMPLATES[0]["OPTIONS"]["string_if_invalid"] = "INVALID(%s)"
+    tasks = [
+        make_task(user=user, status=status, started_at=ago(5), error_message="x")
+        for status in Status.values
+    ]
+    group = make_task(user=user, status=Status.RUNNING, kind=Kind.GROUP, children_total=2)
+    child = make_task(user=user, status=Status.RUNNING, parent=group, started_at=ago(1))
+    pieces = [render_row(task) for task in [*tasks, group]]
+    pieces.append(render_to_string("taskstate/_progress.html", {"task": child, "oob": True}))
+    pieces.append(render_to_string("taskstate/_child_row.html", {"task": child}))
+    client.force_login(user)
+    pieces.append(client.get("/taskstate/list/", HTTP_HX_REQUEST="true").text)
+    pieces.append(client.get(f"/taskstate/children/{group.pk}/").text)
+    assert not [m for html in pieces for m in re.findall(r"INVALID\([^)]*\)", html)]
