@@ -23,7 +23,7 @@ from taskstate.core.for_state import object_reference
 from taskstate.core.models import Task
 from taskstate.core.policy import allowed, may_dismiss, may_see_object
 from taskstate.web.channels import object_token
-from taskstate.web.task_json import result_url
+from taskstate.web.task_json import iso, result_url
 
 register = template.Library()
 
@@ -191,6 +191,12 @@ def taskstate_ago(value: datetime | None) -> str:
         # that rows drawn here and rows redrawn in the browser read alike.
         return pgettext("a time seconds ago", "now")
     return gettext("%(time)s ago") % {"time": timesince(value, depth=1)}
+
+
+@register.filter
+def taskstate_iso(value: datetime | None) -> str:
+    """For ``<time datetime>``: ISO 8601 with the offset, also under ``USE_TZ = False``."""
+    return iso(value) or ""
 
 
 @register.filter

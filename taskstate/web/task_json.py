@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal, TypedDict, Union
 from urllib.parse import urlsplit
 
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.translation import gettext
 
 from taskstate.core.policy import CANCEL, RETRY, allowed, may_dismiss
@@ -220,11 +221,11 @@ def task_json(task: Task, user: Any = None) -> TaskJSON:
         "actor": clean_text(task.actor_name, TEXT_LIMIT),
         "progress": progress_json(task.progress, task.progress_message),
         "times": {
-            "created": _iso(task.created_at) or "",
-            "started": _iso(task.started_at),
-            "finished": _iso(task.finished_at),
-            "updated": _iso(task.updated_at) or "",
-            "due": _iso(task.due_at),
+            "created": iso(task.created_at) or "",
+            "started": iso(task.started_at),
+            "finished": iso(task.finished_at),
+            "updated": iso(task.updated_at) or "",
+            "due": iso(task.due_at),
         },
         "attempts": int(task.attempts or 0),
         "seen": bool(task.seen),
@@ -312,8 +313,11 @@ def _group(task: Task) -> GroupCounts | None:
     }
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 with the offset; a naive value (``USE_TZ = False``) is in ``TIME_ZONE``."""
+    if value is None:
+        return None
+    return (timezone.make_aware(value) if timezone.is_naive(value) else value).isoformat()
 
 
 def dumps(payload: Any) -> str:

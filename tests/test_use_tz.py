@@ -1,0 +1,58 @@
+"""Projects with ``USE_TZ = False``: naive local times in every column, offsets on the page."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.utils import timezone
+
+from taskstate.core.models import Status, Task
+from taskstate.web.publish import render_row
+from taskstate.web.task_json import task_json
+from tests.testapp import tasks as actors
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+@pytest.fixture
+def naive_times(settings):
+    settings.USE_TZ = False
+    settings.TIME_ZONE = "Europe/Berlin"
+
+
+def _near_now(value: datetime | None, ahead: float = 0) -> bool:
+    local_now = datetime.now(BERLIN).replace(tzinfo=None)
+    return value is not None and value.tzinfo is None and (
+        abs((value - local_now).total_seconds() - ahead) < 60
+    )
+
+
+def test_a_tracked_task_is_written_whole_in_local_time(naive_times, run_all, user, caplog):
+    caplog.set_level(logging.WARNING, logger="taskstate")
+    message = actors.returns.send({"rows": 3}, for_state={"user_pk": user.pk})
+    run_all()
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DONE and task.result == {"rows": 3}
+    assert _near_now(task.created_at) and _near_now(task.started_at)
+    assert _near_now(task.finished_at)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # The page and the JSON say which zone those times are in.
+    finished = timezone.make_aware(task.finished_at, BERLIN).isoformat()
+    assert finished.endswith(("+01:00", "+02:00"))
+    assert f'datetime="{finished}"' in render_row(task)
+    assert task_json(task)["times"]["finished"] == finished
+
+
+def test_a_delayed_message_is_due_in_local_time(naive_times, broker, user):
+    message = actors.noop.send_with_options(
+        kwargs={"for_state": {"user_pk": user.pk}}, delay=600_000
+    )
+    task = Task.objects.get(message_id=message.message_id)
+    assert task.status == Status.DELAYED
+    assert _near_now(task.due_at, ahead=600)
+    assert task.created_at <= timezone.now() < task.due_at - timedelta(minutes=9)
