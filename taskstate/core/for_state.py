@@ -172,19 +172,12 @@ def parse_for_state(for_state: dict[str, Any], message_id: str, *, warn: bool) -
 def object_reference(obj: Any, message_id: str = "") -> dict[str, str] | None:
     """``for_state["object"]`` as a message carries it, ``{"model": label, "pk": text}``,
     or None (logged) for a value that names no saved object."""
-    if not isinstance(obj, models.Model):
+    saved = isinstance(obj, models.Model) and obj.pk is not None and not obj._state.adding
+    if not saved:
         logger.warning(
-            "taskstate: for_state['object'] of message %s is a %s, not a model instance; "
-            "the task is about no object.",
+            "taskstate: for_state['object'] of message %s is %s %s; the task is about no object.",
             message_id,
-            type(obj).__name__,
-        )
-        return None
-    if obj.pk is None or obj._state.adding:
-        logger.warning(
-            "taskstate: for_state['object'] of message %s is an unsaved %s; save it before "
-            "sending. The task is about no object.",
-            message_id,
+            "an unsaved" if isinstance(obj, models.Model) else "not a model instance but a",
             type(obj).__name__,
         )
         return None
@@ -203,8 +196,7 @@ def _object_columns(value: Any, message_id: str, log: Any) -> dict[str, str]:
     if (
         isinstance(value, dict)
         and isinstance(value.get("model"), str)
-        and isinstance(value.get("pk"), (str, int))
-        and not isinstance(value.get("pk"), bool)
+        and _is_plain(value.get("pk"))
     ):
         label, pk = value["model"].lower(), text_of(value["pk"])
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
@@ -129,7 +129,10 @@ class TaskQuerySet(models.QuerySet["Task"]):
         """Mark failed (terminal: a late write cannot undo it) the running tasks with no
         change for ``max_age`` seconds. Returns how many."""
         return _fail(
-            self.fail_abandoned_candidates(max_age), ABANDONED_ERROR, _abandoned_message(max_age)
+            self.fail_abandoned_candidates(max_age),
+            ABANDONED_ERROR,
+            f"No update for {max_age} seconds while running: the worker most likely stopped. "
+            "Raise TASKSTATE['RUNNING_TIMEOUT'] if your actors run longer without progress.",
         )
 
     def fail_overdue_candidates(self, max_overdue: int) -> TaskQuerySet:
@@ -144,7 +147,11 @@ class TaskQuerySet(models.QuerySet["Task"]):
         """Mark failed (terminal: a late write cannot undo it) the retrying or delayed tasks
         overdue by ``max_overdue`` seconds. Returns how many."""
         return _fail(
-            self.fail_overdue_candidates(max_overdue), LOST_ERROR, _lost_message(max_overdue)
+            self.fail_overdue_candidates(max_overdue),
+            LOST_ERROR,
+            f"Still waiting {max_overdue} seconds after its message was due: the message was "
+            "most likely lost (a purged queue, a broker restarted without persistence). Raise "
+            "TASKSTATE['OVERDUE_AFTER'] if your queues are often that far behind.",
         )
 
     def mark_seen(self) -> int:
@@ -172,21 +179,6 @@ def _fail(tasks: TaskQuerySet, error_type: str, error_message: str) -> int:
         error_message=error_message,
         finished_at=now,
         updated_at=now,
-    )
-
-
-def _abandoned_message(max_age: int) -> str:
-    return (
-        f"No update for {max_age} seconds while running: the worker most likely stopped. "
-        "Raise TASKSTATE['RUNNING_TIMEOUT'] if your actors run longer without progress."
-    )
-
-
-def _lost_message(max_overdue: int) -> str:
-    return (
-        f"Still waiting {max_overdue} seconds after its message was due: the message was "
-        "most likely lost (a purged queue, a broker restarted without persistence). Raise "
-        "TASKSTATE['OVERDUE_AFTER'] if your queues are often that far behind."
     )
 
 
@@ -227,19 +219,16 @@ def _delete_in_batches(queryset: TaskQuerySet, removed: Removed | None = None) -
             kept = set(
                 Task.objects.using(queryset.db).filter(pk__in=pks).values_list("pk", flat=True)
             )
-            _tell_removed(removed, [row for row in batch if row[0] not in kept])
-
-
-def _tell_removed(removed: Removed, batch: list[tuple[int, Any, bool, Any, str, str]]) -> None:
-    since = timezone.now() - timedelta(seconds=get_settings().DISPLAY_SECONDS_SINCE_SEEN)
-    shown = [
-        Task(pk=pk, user_id=user_pk, object_type=object_type, object_pk=object_pk)
-        for pk, user_pk, seen, seen_at, object_type, object_pk in batch
-        if (user_pk is not None or object_type)
-        and (not seen or (seen_at is not None and seen_at >= since))
-    ]
-    if shown:
-        removed(shown)
+            since = timezone.now() - timedelta(seconds=get_settings().DISPLAY_SECONDS_SINCE_SEEN)
+            shown = [
+                Task(pk=pk, user_id=user_pk, object_type=object_type, object_pk=object_pk)
+                for pk, user_pk, seen, seen_at, object_type, object_pk in batch
+                if pk not in kept
+                and (user_pk is not None or object_type)
+                and (not seen or (seen_at is not None and seen_at >= since))
+            ]
+            if shown:
+                removed(shown)
 
 
 class Task(models.Model):

@@ -83,20 +83,16 @@ def object_of(task: Task) -> Any:
     shared: dict[tuple[str, str], Any] = getattr(task, _SHARED, {})
     key = (task.object_type, task.object_pk)
     if key not in shared:
-        shared[key] = _read_object(*key)
+        shared[key] = None
+        if task.object_type:
+            try:
+                model = apps.get_model(task.object_type)
+                pk = model._meta.pk.to_python(task.object_pk)
+                shared[key] = model._default_manager.filter(pk=pk).first()
+            except (LookupError, ValueError, TypeError, ValidationError):
+                pass
     setattr(task, _OBJECT, shared[key])
     return shared[key]
-
-
-def _read_object(object_type: str, object_pk: str) -> Any:
-    if not object_type:
-        return None
-    try:
-        model = apps.get_model(object_type)
-        pk = model._meta.pk.to_python(object_pk)
-        return model._default_manager.filter(pk=pk).first()
-    except (LookupError, ValueError, TypeError, ValidationError):
-        return None
 
 
 def share_object_reads(tasks: Iterable[Task]) -> None:

@@ -95,12 +95,11 @@ def _model() -> type[Task]:
 def _stored_defaults() -> dict[str, Any]:
     # Every column's default for an upsert's insert: callable ones (a time) made each call.
     fixed = _fixed_defaults()
-    made = {
+    return fixed | {
         f.attname: _storable(f.attname, f.get_default())
         for f in _model()._meta.concrete_fields
         if not f.primary_key and f.attname not in fixed
     }
-    return {**fixed, **made}
 
 
 @functools.cache
