@@ -335,45 +335,49 @@ def _field(column: str) -> Field[Any, Any]:
 _STORED_AS_IS: dict[type, type] = {CharField: str, TextField: str}
 
 
-def _links(connection: BaseDatabaseWrapper) -> tuple[Field[Any, Any], str, str]:
-    """The user model's pk field, and the subqueries that turn a user pk and a retried
-    task's pk into links (``{}``: the key): a pk that names no row leaves no link."""
+def _links(
+    connection: BaseDatabaseWrapper,
+) -> dict[str, tuple[str, str | None, Callable[[Any], Any]]]:
+    """For the user and the retried task: the subquery that turns a key into a link (``{}``:
+    the key; one that names no row leaves no link, so it never fails the write), the key's
+    type, and how a key is prepared."""
     q = connection.ops.quote_name
-    table = q(_model()._meta.db_table)
     user_model = get_user_model()
-    user_pk_field = user_model._meta.pk
-    assert user_pk_field is not None
-    user_pk_column = q(user_pk_field.column or user_pk_field.attname)
-    user = (
-        f"(SELECT {user_pk_column} FROM {q(user_model._meta.db_table)} "
-        f"WHERE {user_pk_column} = {{}})"
-    )
-    retry_of = f"(SELECT {q('id')} FROM {table} AS _old WHERE {q('id')} = {{}})"
-    return user_pk_field, user, retry_of
+    user_pk, own_pk = user_model._meta.pk, _model()._meta.pk
+    assert user_pk is not None
+    assert own_pk is not None
+    user_column = q(user_pk.column or user_pk.attname)
+    return {
+        "user_id": (
+            f"(SELECT {user_column} FROM {q(user_model._meta.db_table)} "
+            f"WHERE {user_column} = {{}})",
+            user_pk.rel_db_type(connection),
+            functools.partial(user_pk.get_db_prep_value, connection=connection),
+        ),
+        "retry_of_id": (
+            f"(SELECT {q('id')} FROM {q(_model()._meta.db_table)} AS _old WHERE {q('id')} = {{}})",
+            own_pk.rel_db_type(connection),
+            int,
+        ),
+    }
 
 
 def _placeholder_maker(
     connection: BaseDatabaseWrapper,
 ) -> Callable[[dict[str, Any]], tuple[list[str], list[Any]]]:
     # A row's VALUES placeholders and parameters; what does not depend on the row made once.
-    user_pk_field, user_lookup, retry_lookup = _links(connection)
-    user, retry_of = user_lookup.format("%s"), retry_lookup.format("%s")
+    links = _links(connection)
     prepare: dict[str, tuple[type | None, Callable[[Any], Any]]] = {}
 
     def make(columns: dict[str, Any]) -> tuple[list[str], list[Any]]:
         placeholders: list[str] = []
         params: list[Any] = []
         for column, value in columns.items():
-            if column == "retry_of_id" and value is not None:
-                placeholders.append(retry_of)
-                params.append(int(value))
-                continue
-            if column == "user_id":
-                if value is None:
-                    placeholders.append("NULL")
-                else:
-                    placeholders.append(user)
-                    params.append(user_pk_field.get_db_prep_value(value, connection))
+            link = links.get(column)
+            if link is not None:
+                lookup, _, prepare_key = link
+                placeholders.append(lookup.format("%s"))
+                params.append(None if value is None else prepare_key(value))
                 continue
             placeholders.append("%s")
             known = prepare.get(column)
@@ -857,7 +861,7 @@ def _unnest(
     value), so the text does not depend on the number of rows and is parsed once; and how
     each column's array is made."""
     q = connection.ops.quote_name
-    user_pk_field, user_lookup, retry_lookup = _links(connection)
+    links = _links(connection)
     selected = []
     arrays = []
     prepares: list[_Prepare] = []
@@ -867,16 +871,11 @@ def _unnest(
         single = name in shared
         if single:
             column = f"%s::{field.db_type(connection)}"
-        if name == "user_id":
-            selected.append(user_lookup.format(column))
-            db_type = user_pk_field.rel_db_type(connection)
-            prepares.append(functools.partial(_user_pks, user_pk_field))
-        elif name == "retry_of_id":
-            selected.append(retry_lookup.format(column))
-            own_pk = _model()._meta.pk
-            assert own_pk is not None
-            db_type = own_pk.rel_db_type(connection)
-            prepares.append(_task_pks)
+        link = links.get(name)
+        if link is not None:
+            lookup, db_type, prepare_key = link
+            selected.append(lookup.format(column))
+            prepares.append(functools.partial(_keys, prepare_key))
         else:
             selected.append(column)
             db_type = field.db_type(connection)
@@ -891,14 +890,10 @@ def _unnest(
     return source, prepares
 
 
-def _user_pks(
-    field: Field[Any, Any], values: list[Any], connection: BaseDatabaseWrapper
+def _keys(
+    prepare_key: Callable[[Any], Any], values: list[Any], connection: BaseDatabaseWrapper
 ) -> list[Any]:
-    return [None if v is None else field.get_db_prep_value(v, connection) for v in values]
-
-
-def _task_pks(values: list[Any], connection: BaseDatabaseWrapper) -> list[Any]:
-    return [None if v is None else int(v) for v in values]
+    return [None if v is None else prepare_key(v) for v in values]
 
 
 #: In arrays the statement casts, fields whose database value is a value of this type (or
