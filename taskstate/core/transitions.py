@@ -804,54 +804,42 @@ def _upsert_text(
     keep: Sequence[str],
 ) -> str:
     """The upsert of the rows of ``source`` (columns ``names``), guarded row by row."""
+    mysql = connection.vendor == "mysql"
+    if not mysql and connection.vendor not in ("postgresql", "sqlite"):
+        raise NotImplementedError(f"taskstate does not support the {connection.vendor} backend")
     q = connection.ops.quote_name
     table = q(_model()._meta.db_table)
+
+    def old(c: str) -> str:
+        return q(c) if mysql else f"{table}.{q(c)}"
+
+    def new(c: str) -> str:
+        return f"VALUES({q(c)})" if mysql else f"EXCLUDED.{q(c)}"
+
+    order, new_order = old("state_order"), new("state_order")
     # %% : a literal % in a statement with parameters.
-    running = f"%% {_RUNNING_STEP} = {_RUNNING_REST}"
-    if connection.vendor in ("postgresql", "sqlite"):
-        new_order = f"EXCLUDED.{q('state_order')}"
-        sets = []
-        for c in updated:
-            if c in keep:
-                sets.append(f"{q(c)} = COALESCE({table}.{q(c)}, EXCLUDED.{q(c)})")
-            elif c in _ERROR_COLUMNS:
-                sets.append(
-                    f"{q(c)} = CASE WHEN {new_order} {running} AND EXCLUDED.{q('error_type')} = '' "
-                    f"THEN {table}.{q(c)} ELSE EXCLUDED.{q(c)} END"
-                )
-            else:
-                sets.append(f"{q(c)} = EXCLUDED.{q(c)}")
-        sql = (
-            f"INSERT INTO {table} ({', '.join(q(c) for c in names)}) {source} "
-            f"ON CONFLICT ({q('message_id')}) DO UPDATE SET {', '.join(sets)} "
-            f"WHERE {table}.{q('state_order')} < {new_order} OR ({table}.{q('state_order')} = "
-            f"{new_order} AND {new_order} {running})"
-        )
-        if connection.features.can_return_rows_from_bulk_insert:
-            # Task has no db_column overrides: its column names are its attribute names.
-            returned = (f"{table}.{q(f.attname)}" for f in _model()._meta.concrete_fields)
-            sql += " RETURNING " + ", ".join(returned)
-        return sql
-    if connection.vendor == "mysql":
-        new_order = f"VALUES({q('state_order')})"
-        cond = (
-            f"({q('state_order')} < {new_order} OR ({q('state_order')} = {new_order} "
-            f"AND {new_order} {running}))"
-        )
-        assignments = []
-        for c in [c for c in updated if c != "state_order"] + ["state_order"]:
-            new = f"VALUES({q(c)})"
-            if c in keep:
-                new = f"COALESCE({q(c)}, {new})"
-            elif c in _ERROR_COLUMNS:
-                new = f"IF({new_order} {running} AND VALUES({q('error_type')}) = '', {q(c)}, {new})"
-            assignments.append(f"{q(c)} = IF({cond}, {new}, {q(c)})")
-        sql = (
-            f"INSERT INTO {table} ({', '.join(q(c) for c in names)}) {source} "
-            f"ON DUPLICATE KEY UPDATE {', '.join(assignments)}"
-        )
-        return sql
-    raise NotImplementedError(f"taskstate does not support the {connection.vendor} backend")
+    running = f"{new_order} %% {_RUNNING_STEP} = {_RUNNING_REST}"
+    forwards = f"({order} < {new_order} OR ({order} = {new_order} AND {running}))"
+    sets = []
+    # MySQL evaluates each assignment with the columns set before it: state_order goes last.
+    for c in sorted(updated, key=lambda c: c == "state_order"):
+        value = new(c)
+        if c in keep:
+            value = f"COALESCE({old(c)}, {value})"
+        elif c in _ERROR_COLUMNS:
+            value = (
+                f"CASE WHEN {running} AND {new('error_type')} = '' THEN {old(c)} ELSE {value} END"
+            )
+        sets.append(f"{q(c)} = IF({forwards}, {value}, {q(c)})" if mysql else f"{q(c)} = {value}")
+    sql = f"INSERT INTO {table} ({', '.join(q(c) for c in names)}) {source} "
+    if mysql:
+        return sql + f"ON DUPLICATE KEY UPDATE {', '.join(sets)}"
+    sql += f"ON CONFLICT ({q('message_id')}) DO UPDATE SET {', '.join(sets)} WHERE {forwards}"
+    if connection.features.can_return_rows_from_bulk_insert:
+        # Task has no db_column overrides: its column names are its attribute names.
+        returned = (f"{table}.{q(f.attname)}" for f in _model()._meta.concrete_fields)
+        sql += " RETURNING " + ", ".join(returned)
+    return sql
 
 
 def _unnest(
