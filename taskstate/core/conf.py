@@ -1,9 +1,6 @@
 """The ``TASKSTATE`` settings dict: every key, its default and its rule, in one place.
 
-``get_settings()`` merges the project's ``TASKSTATE`` over the defaults once and caches
-the result; Django's ``setting_changed`` signal (``override_settings`` in tests) clears
-the cache. A bad value falls back to its default here, and ``taskstate.checks`` reports
-it at startup from the same definitions.
+A bad value falls back to its default here; ``taskstate.checks`` reports it.
 """
 
 from __future__ import annotations
@@ -11,7 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -33,19 +30,13 @@ DB_STATEMENT_TIMEOUT = 5.0
 #: PostgreSQL: seconds one tracking write may wait for a row lock (``lock_timeout``, local
 #: to our statement).
 DB_LOCK_TIMEOUT = 2.0
-#: Seconds between two checks that each open stream's session is still valid (not logged
-#: out, password unchanged, user active). A stream whose session fails is closed within
-#: this plus the time its check takes.
+#: Seconds between two checks that each open stream's session is still valid.
 STREAM_CHECK_INTERVAL = 2.0
-#: Sessions one stream check reads at most; more open streams are checked in turns at even
-#: steps of STREAM_CHECK_INTERVAL (a thousand sessions read at once delay every stream's
-#: events by about a tenth of a second).
+#: Sessions one stream check reads at most; more are checked in turns within the interval.
 STREAMS_PER_CHECK = 100
-#: Seconds a running message's knowledge of cancel requests may be old: what
-#: progress()/track()/cancel_requested() ask is read again once it is older.
+#: Seconds a running message's knowledge of cancel requests may be old.
 CANCEL_CHECK_INTERVAL = 1.0
-#: Seconds between two refreshes of one group's or pipeline's row (its counts, combined
-#: progress and status) in one process; the last change is always refreshed.
+#: Seconds between two refreshes of one group's row in one process; the last one always runs.
 GROUP_INTERVAL = 1.0
 #: Tracebacks are cut to their last this many characters.
 TRACEBACK_MAX_CHARS = 16_000
@@ -55,7 +46,6 @@ CHANNEL_PREFIX = "taskstate-user-"
 
 # --- settings: the ``TASKSTATE`` dict ----------------------------------------------------
 
-#: Rules a number may have to meet besides its type.
 _ABOVE_ZERO = {"rule": "above zero"}
 #: A string whose empty value means "work it out".
 _MAY_BE_EMPTY = {"rule": "may be empty"}
@@ -121,16 +111,8 @@ class TaskstateSettings:
     HARD_CANCEL_AFTER: float = 0.0
 
 
-def _defaults() -> dict[str, Any]:
-    values = {}
-    for f in fields(TaskstateSettings):
-        assert f.default is not MISSING
-        values[f.name] = f.default
-    return values
-
-
 #: Every key a project may set in ``settings.TASKSTATE``, with its default.
-DEFAULTS: dict[str, Any] = _defaults()
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TaskstateSettings)}
 #: Keys taskstate no longer reads, each with what replaces it. A project that still sets
 #: one gets a warning (taskstate.W005) and the key is ignored.
 REMOVED_KEYS: dict[str, str] = {
@@ -156,29 +138,18 @@ REMOVED_KEYS: dict[str, str] = {
         )
     },
 }
-_ABOVE_ZERO_KEYS = frozenset(
-    f.name for f in fields(TaskstateSettings) if f.metadata.get("rule") == "above zero"
-)
-_MAY_BE_EMPTY_KEYS = frozenset(
-    f.name for f in fields(TaskstateSettings) if f.metadata.get("rule") == "may be empty"
-)
-
-
-def user_settings() -> dict[str, Any]:
-    """The project's raw ``TASKSTATE`` dict (empty when unset or not a dict)."""
-    value = getattr(django_settings, "TASKSTATE", None)
-    return value if isinstance(value, dict) else {}
+_RULES = {f.name: f.metadata.get("rule") for f in fields(TaskstateSettings)}
 
 
 @functools.cache
 def get_settings() -> TaskstateSettings:
     """The effective settings: the project's valid ``TASKSTATE`` values over the defaults."""
-    chosen = {
-        key: value
-        for key, value in user_settings().items()
-        if key in DEFAULTS and setting_problem(key, value) is None
-    }
-    return TaskstateSettings(**chosen)
+    given = getattr(django_settings, "TASKSTATE", None)
+    if not isinstance(given, dict):
+        given = {}
+    return TaskstateSettings(
+        **{k: v for k, v in given.items() if k in DEFAULTS and setting_problem(k, v) is None}
+    )
 
 
 @receiver(setting_changed)
@@ -193,7 +164,7 @@ def setting_problem(key: str, value: Any) -> str | None:
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be True or False"
     if isinstance(default, str):
-        if key not in _MAY_BE_EMPTY_KEYS and not (isinstance(value, str) and value):
+        if _RULES[key] != "may be empty" and not (isinstance(value, str) and value):
             return "must be a non-empty string"
         if not isinstance(value, str):
             return "must be a string"
@@ -208,6 +179,6 @@ def setting_problem(key: str, value: Any) -> str | None:
         return "must be a finite number"
     if value < 0:
         return "must not be negative"
-    if value == 0 and key in _ABOVE_ZERO_KEYS:
+    if value == 0 and _RULES[key] == "above zero":
         return "must be above zero"
     return None

@@ -1,6 +1,5 @@
-"""Problems of the setup, told where its user looks: in the log of a send that asks for
-tracking on a broker without ``StateMiddleware``, and in the words the system checks use
-(``taskstate.checks`` and the DEBUG note of the task list share them)."""
+"""Problems of the setup: the words the system checks and the list's DEBUG note share, and
+a warning at a tracked send on a broker without ``StateMiddleware``."""
 
 from __future__ import annotations
 
@@ -26,11 +25,8 @@ _IN_PROCESS_BROKERS = ("dramatiq.brokers.stub.StubBroker",)
 
 
 def event_bus_problem() -> tuple[str, str] | None:
-    """W002's message and hint when workers in other processes cannot reach the streams.
-
-    Without ``EVENTSTREAM_REDIS`` (or a GRIP proxy such as Pushpin) django-eventstream
-    keeps events in the process that sent them: the worker's, where no browser listens.
-    """
+    """W002's message and hint: without ``EVENTSTREAM_REDIS`` or a GRIP proxy, events stay
+    in the worker's process, where no browser listens."""
     broker = getattr(settings, "DRAMATIQ_BROKER", None)
     if not isinstance(broker, dict):
         return None
@@ -72,18 +68,12 @@ class UntrackedSendWarning(dramatiq.Middleware):
             )
 
 
-def _has_state_middleware(broker: dramatiq.Broker) -> bool:
-    return any(
-        f"{cls.__module__}.{cls.__qualname__}" in MIDDLEWARE_PATHS
-        for middleware in broker.middleware
-        for cls in type(middleware).__mro__
-    )
-
-
 def watch_sends(broker: dramatiq.Broker | None) -> None:
     """Give ``broker`` an :class:`UntrackedSendWarning` when it has no ``StateMiddleware``."""
-    if broker is None or _has_state_middleware(broker):
-        return
-    if any(isinstance(m, UntrackedSendWarning) for m in broker.middleware):
+    if broker is None or any(
+        isinstance(m, UntrackedSendWarning)
+        or any(f"{c.__module__}.{c.__qualname__}" in MIDDLEWARE_PATHS for c in type(m).__mro__)
+        for m in broker.middleware
+    ):
         return
     broker.add_middleware(UntrackedSendWarning())

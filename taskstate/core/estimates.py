@@ -1,18 +1,6 @@
-"""Time left for running tasks: "about 2 min left", from what the renderer already knows.
-
-No query anywhere: an estimate is made from the row or progress bar being rendered (its
-progress and start) and from the recent durations of the same actor, which this process
-saw finish. The renderer of the live page (``taskstate.web.publish``) and the list view both
-ask :data:`estimator`; each process keeps its own memory.
-
-- Own rate: ``elapsed * (100 - progress) / progress``, trusted more as progress grows.
-  Elapsed counts from the current attempt's start (``Task.attempt_started_at``): an
-  earlier attempt and the back-off before this one are no work of this attempt.
-- History: a moving average of the actor's recent durations (each the last attempt's own,
-  back-off and failed attempts left out), scaled to the part left.
-- Shown only once meaningful: enough progress and time, or enough history.
-- Smoothed: each new estimate moves the shown one part of the way, from where the shown
-  one has counted down to, so it neither jumps wildly nor goes negative.
+"""Time left for running tasks, "about 2 min left", without a query: from the row being
+rendered and the durations of the actor's runs this process saw finish (each process
+keeps its own memory). How it is worked out: docs/reference/template-tags.md.
 """
 
 from __future__ import annotations
@@ -39,7 +27,7 @@ MIN_HISTORY = 2
 HISTORY_WEIGHT = 0.3
 #: Part of the way a new estimate moves the shown one.
 SMOOTHING = 0.35
-#: Tasks and actors remembered at most (oldest forgotten first).
+#: Tasks and actors remembered at most.
 MAX_TASKS = 10_000
 MAX_ACTORS = 1_000
 
@@ -114,7 +102,6 @@ class Estimator:
         return "" if seconds is None else describe_seconds(seconds)
 
     def forget(self) -> None:
-        """Forget every run and every actor's history (tests)."""
         with self._lock:
             self._runs.clear()
             self._actors.clear()
@@ -159,8 +146,7 @@ class Estimator:
 
 
 def _attempt_start(task: Any) -> datetime | None:
-    """When the task's current (or last) attempt started; its first start for rows that do
-    not say (a group's row, a row written before the column existed)."""
+    # A group's row has no attempt start: its first start.
     started_at: datetime | None = getattr(task, "attempt_started_at", None) or task.started_at
     return started_at
 

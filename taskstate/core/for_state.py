@@ -23,7 +23,6 @@ from taskstate.core.values import text_of
 
 logger = logging.getLogger("taskstate")
 
-#: The keys ``for_state`` may hold; all optional.
 KNOWN_KEYS = frozenset({"user_pk", "description", "app_name", "model_name", "retryable", "object"})
 _MAX_LENGTHS = {"description": 255, "app_name": 100, "model_name": 100}
 #: Longest ``Task.object_type`` ("app_label.model_name") and ``Task.object_pk``.
@@ -39,18 +38,15 @@ class TaskIdentity:
     description: str
     app_name: str
     model_name: str
-    #: ``for_state={"retryable": True}``: keep what a retry needs (the message's
-    #: arguments and options) on the row.
     retryable: bool = False
-    #: The object the task is about (``for_state["object"]``): its model as
-    #: ``"app_label.model_name"`` and its primary key as text; both "" for none.
+    #: ``for_state["object"]``: its model as ``"app_label.model_name"``, its pk as text.
     object_type: str = ""
     object_pk: str = ""
 
 
 @dataclass(frozen=True)
 class Origin:
-    """What the message itself says about a task: enough to create its row anywhere."""
+    """What the message says about a task: enough to create its row anywhere."""
 
     message_id: str
     actor_name: str
@@ -70,30 +66,23 @@ def tracked_for_state(kwargs: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def make_encodable(kwargs: dict[str, Any], message_id: str) -> None:
-    """Make ``kwargs["for_state"]`` JSON-encodable in place, before the broker encodes it.
-
-    A model instance becomes its primary key, any other value its ``str()``; a
-    ``for_state`` that is not a dict and cannot be encoded becomes None.
-    """
+    """Make ``kwargs["for_state"]`` JSON-encodable in place, before the broker encodes it:
+    a model instance becomes its pk, any other value its ``str()``, a non-dict None."""
     value = kwargs.get("for_state")
     if value is None:
         return
-    if _json_encodable(value):
-        if not isinstance(value, dict):
-            logger.warning(
-                "taskstate: for_state of message %s is a %s, not a dict; not tracking it.",
-                message_id,
-                type(value).__name__,
-            )
-        return
+    encodable = _json_encodable(value)
     if not isinstance(value, dict):
         logger.warning(
-            "taskstate: for_state of message %s is a %s, not a dict, and cannot be "
-            "encoded; sending None instead.",
+            "taskstate: for_state of message %s is a %s, not a dict; %s.",
             message_id,
             type(value).__name__,
+            "not tracking it" if encodable else "it cannot be encoded: sending None instead",
         )
-        kwargs["for_state"] = None
+        if not encodable:
+            kwargs["for_state"] = None
+        return
+    if encodable:
         return
     try:
         kwargs["for_state"] = {
@@ -109,9 +98,7 @@ def make_encodable(kwargs: dict[str, Any], message_id: str) -> None:
 
 
 def _json_encodable(value: Any) -> bool:
-    """Whether the broker's JSON encoder can encode ``value``. Any exception counts as
-    no: besides TypeError and ValueError, RecursionError (nested too deep), or whatever
-    a hostile ``__iter__`` or ``__str__`` raises."""
+    # Any exception means no: a RecursionError, whatever a hostile __str__ raises.
     try:
         json.dumps(value)
     except Exception:
@@ -147,11 +134,8 @@ def _is_plain(value: Any) -> bool:
 
 
 def parse_for_state(for_state: dict[str, Any], message_id: str, *, warn: bool) -> TaskIdentity:
-    """The identity a tracked message's ``for_state`` describes.
-
-    Unknown keys are ignored, over-long strings cut, a malformed ``user_pk`` dropped.
-    ``warn`` logs each problem; the worker passes False, the sender already warned.
-    """
+    """The identity ``for_state`` describes: unknown keys ignored, long strings cut, a bad
+    ``user_pk`` dropped. ``warn``: log each problem (the worker's False: the sender did)."""
     log = logger.warning if warn else logger.debug
     unknown = set(for_state) - KNOWN_KEYS
     if unknown:
@@ -164,11 +148,7 @@ def parse_for_state(for_state: dict[str, Any], message_id: str, *, warn: bool) -
     texts = {}
     for key, limit in _MAX_LENGTHS.items():
         value = for_state.get(key)
-        if value is None:
-            texts[key] = ""
-            continue
-        # Cleaned of what no database stores (lone surrogates, NUL).
-        text = text_of(value)
+        text = "" if value is None else text_of(value)
         if len(text) > limit:
             log(
                 "taskstate: for_state[%r] of message %s is %d characters long; keeping %d.",
@@ -190,21 +170,14 @@ def parse_for_state(for_state: dict[str, Any], message_id: str, *, warn: bool) -
 
 
 def object_reference(obj: Any, message_id: str = "") -> dict[str, str] | None:
-    """How ``for_state["object"]`` travels in a message: ``{"model": "app_label.model_name",
-    "pk": "<pk as text>"}``, or None (logged) for a value that names no saved object."""
-    if not isinstance(obj, models.Model):
+    """``for_state["object"]`` as a message carries it, ``{"model": label, "pk": text}``,
+    or None (logged) for a value that names no saved object."""
+    saved = isinstance(obj, models.Model) and obj.pk is not None and not obj._state.adding
+    if not saved:
         logger.warning(
-            "taskstate: for_state['object'] of message %s is a %s, not a model instance; "
-            "the task is about no object.",
+            "taskstate: for_state['object'] of message %s is %s %s; the task is about no object.",
             message_id,
-            type(obj).__name__,
-        )
-        return None
-    if obj.pk is None or obj._state.adding:
-        logger.warning(
-            "taskstate: for_state['object'] of message %s is an unsaved %s; save it before "
-            "sending. The task is about no object.",
-            message_id,
+            "an unsaved" if isinstance(obj, models.Model) else "not a model instance but a",
             type(obj).__name__,
         )
         return None
@@ -212,8 +185,8 @@ def object_reference(obj: Any, message_id: str = "") -> dict[str, str] | None:
 
 
 def _object_columns(value: Any, message_id: str, log: Any) -> dict[str, str]:
-    """``object_type`` and ``object_pk`` of a ``for_state["object"]``; none when it does
-    not name a model of this project (or is too long to store)."""
+    """``object_type`` and ``object_pk`` of a ``for_state["object"]`` that names a model
+    of this project and fits the columns; else none."""
     if value is None:
         return {}
     if isinstance(value, models.Model):
@@ -223,8 +196,7 @@ def _object_columns(value: Any, message_id: str, log: Any) -> dict[str, str]:
     if (
         isinstance(value, dict)
         and isinstance(value.get("model"), str)
-        and isinstance(value.get("pk"), (str, int))
-        and not isinstance(value.get("pk"), bool)
+        and _is_plain(value.get("pk"))
     ):
         label, pk = value["model"].lower(), text_of(value["pk"])
         try:
@@ -280,7 +252,7 @@ def _user_pk(value: Any, message_id: str, log: Any) -> Any:
     return pk
 
 
-#: User pks found valid, by pk field, type and value as given (a few, however many sends).
+#: User pks found valid, by pk field, type and value as given.
 _valid_pks: dict[tuple[Any, type, Any], Any] = {}
 _UNCHECKED = object()
 
@@ -289,13 +261,9 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 def _canonical_pk(pk_field: models.Field[Any, Any], value: Any) -> Any:
-    """``value`` as the pk field's Python value, when it is written canonically.
-
-    Integer keys: an int, or ASCII digits without sign, spaces, underscores or leading
-    zeros; above zero for auto fields (the database never hands out 0 or less), any
-    sign for a plain integer field. UUID keys: a UUID, or its 36-character hyphenated
-    form. Other keys: whatever the field accepts, from a str or an int.
-    """
+    """``value`` as the pk field's Python value, when written canonically: an int or plain
+    ASCII digits (above zero for auto fields), a UUID or its hyphenated form, else what the
+    field accepts from a str or an int."""
     if isinstance(value, (bool, float, dict, list)):
         raise ValidationError("not a primary key")
     if isinstance(pk_field, models.IntegerField):  # AutoField and BigAutoField too

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
@@ -48,12 +48,8 @@ class TaskQuerySet(models.QuerySet["Task"]):
         return self.filter(user_id=user.pk)
 
     def for_display(self, seconds_since_seen: int | None = None) -> TaskQuerySet:
-        """Tasks to show in a list: unseen ones, and ones seen in the last few seconds.
-
-        ``seconds_since_seen`` defaults to ``TASKSTATE["DISPLAY_SECONDS_SINCE_SEEN"]``.
-        Newest first. The children of a group or pipeline are left out: its one row
-        stands for them (see :meth:`top_level`).
-        """
+        """Unseen tasks, and ones seen in the last ``seconds_since_seen`` (default: the
+        setting DISPLAY_SECONDS_SINCE_SEEN), newest first; a group's row stands for its children."""
         if seconds_since_seen is None:
             seconds_since_seen = get_settings().DISPLAY_SECONDS_SINCE_SEEN
         since = timezone.now() - timedelta(seconds=seconds_since_seen)
@@ -68,17 +64,13 @@ class TaskQuerySet(models.QuerySet["Task"]):
         return self.filter(parent__isnull=True)
 
     def about(self, object_type: str, object_pk: str) -> TaskQuerySet:
-        """The tasks about one object: its model's label (``"app_label.model_name"``) and
-        its pk as text (``Task.object_type``, ``Task.object_pk``). None for an empty label."""
+        """The tasks about one object (its model's label, its pk as text); none for no label."""
         if not object_type:
             return self.none()
         return self.filter(object_type=object_type, object_pk=object_pk)
 
     def first_rows(self, limit: int) -> tuple[list[Task], int]:
-        """At most ``limit`` of these tasks, and how many more there are.
-
-        One query; a second (a count) only when the tasks do not all fit.
-        """
+        """At most ``limit`` of these tasks, and how many more there are (counted only then)."""
         rows = list(self[: limit + 1])
         if len(rows) <= limit:
             return rows, 0
@@ -87,16 +79,12 @@ class TaskQuerySet(models.QuerySet["Task"]):
     def delete_old(
         self, max_task_age: int, only_if_seen: bool = True, *, removed: Removed | None = None
     ) -> int:
-        """Delete completed tasks that finished more than ``max_task_age`` seconds ago.
+        """Delete completed tasks finished (with ``only_if_seen``: seen) more than
+        ``max_task_age`` seconds ago; returns how many. A group goes with its children.
 
-        With ``only_if_seen`` (the default) only tasks a user has seen are deleted, and
-        their age counts from when they were seen. Returns the number of rows deleted.
-        A group or pipeline goes as one: its children with it, never on their own.
-
-        Never deleted: a task whose message may still come and must then be refused (see
-        :func:`awaits_its_message`), and a group while one of its children may still get
-        its message (an unfinished child among them). ``removed`` is called with the
-        ``(user pk, task pk)`` of each deleted row a page may still show.
+        Never deleted: a task whose message may still come and must be refused
+        (:func:`awaits_its_message`), and a group while a child may still get its message.
+        ``removed`` is told the deleted rows a page may still show.
         """
         cutoff = timezone.now() - timedelta(seconds=max_task_age)
         if only_if_seen:
@@ -110,16 +98,11 @@ class TaskQuerySet(models.QuerySet["Task"]):
         return _delete_in_batches(old, removed)
 
     def delete_stale(self, max_age: int = 1200, *, removed: Removed | None = None) -> int:
-        """Delete tasks still queued ``max_age`` seconds after their last change.
+        """Delete tasks still queued ``max_age`` seconds after their last change: their
+        message was most likely lost (if it runs after all, the worker writes the row again).
 
-        Such a message was most likely lost (a purged queue, a broker without
-        persistence). If it does run after all, the worker writes the row again. Never
-        deleted: a task asked to cancel (it reads "Cancelling" until a worker takes its
-        message, which must find the request however long the queue ahead of it), and a
-        group while it is scheduled (a child waits for its due time or a retry, runs, or
-        is asked to cancel). A child of a group or pipeline is never deleted on its own
-        (its group would count it missing); a stale group goes with its children.
-        ``removed``: as for :meth:`delete_old`.
+        Never deleted: a task asked to cancel (the worker that takes its message must find
+        the request), a group while a child is busy, and a child on its own.
         """
         cutoff = timezone.now() - timedelta(seconds=max_age)
         busy_child = Task.objects.filter(parent_id=OuterRef("pk")).filter(
@@ -134,13 +117,8 @@ class TaskQuerySet(models.QuerySet["Task"]):
         return _delete_in_batches(stale, removed)
 
     def fail_abandoned_candidates(self, max_age: int) -> TaskQuerySet:
-        """Running tasks with no change for ``max_age`` seconds: their worker most likely died.
-
-        Never a group or pipeline row: no worker runs it, and its status is its children's
-        (``taskstate.core.groups``). It keeps reading running while a child waits for a retry,
-        however long the back-off; a child failed here fails its group through the
-        group's refresh.
-        """
+        """Running tasks with no change for ``max_age`` seconds: their worker most likely
+        died. Never a group's row: its status is its children's."""
         return self.filter(
             status=Status.RUNNING,
             kind="",
@@ -148,53 +126,37 @@ class TaskQuerySet(models.QuerySet["Task"]):
         )
 
     def fail_abandoned(self, max_age: int) -> int:
-        """Mark failed the running tasks with no change for ``max_age`` seconds.
-
-        A late write from a worker that was only slow cannot undo this: failed is
-        terminal. Returns the number of tasks marked.
-        """
-        now = timezone.now()
-        return self.fail_abandoned_candidates(max_age).update(
-            status=Status.FAILED,
-            state_order=TERMINAL_ORDER,
-            error_type=ABANDONED_ERROR,
-            error_message=_abandoned_message(max_age),
-            finished_at=now,
-            updated_at=now,
+        """Mark failed (terminal: a late write cannot undo it) the running tasks with no
+        change for ``max_age`` seconds. Returns how many."""
+        return _fail(
+            self.fail_abandoned_candidates(max_age),
+            ABANDONED_ERROR,
+            f"No update for {max_age} seconds while running: the worker most likely stopped. "
+            "Raise TASKSTATE['RUNNING_TIMEOUT'] if your actors run longer without progress.",
         )
 
     def fail_overdue_candidates(self, max_overdue: int) -> TaskQuerySet:
-        """Retrying or delayed tasks due more than ``max_overdue`` seconds ago.
-
-        Their message should have run by then: most likely it was lost. Rows without a
-        due time (written before ``due_at`` existed) are never candidates.
-        """
+        """Retrying or delayed tasks due more than ``max_overdue`` seconds ago: their message
+        was most likely lost."""
         return self.filter(
             status__in=(Status.RETRYING, Status.DELAYED),
             due_at__lt=timezone.now() - timedelta(seconds=max_overdue),
         )
 
     def fail_overdue(self, max_overdue: int) -> int:
-        """Mark failed the retrying or delayed tasks overdue by ``max_overdue`` seconds.
-
-        If the message does run after all, its writes are refused: failed is terminal.
-        Returns the number of tasks marked.
-        """
-        now = timezone.now()
-        return self.fail_overdue_candidates(max_overdue).update(
-            status=Status.FAILED,
-            state_order=TERMINAL_ORDER,
-            error_type=LOST_ERROR,
-            error_message=_lost_message(max_overdue),
-            finished_at=now,
-            updated_at=now,
+        """Mark failed (terminal: a late write cannot undo it) the retrying or delayed tasks
+        overdue by ``max_overdue`` seconds. Returns how many."""
+        return _fail(
+            self.fail_overdue_candidates(max_overdue),
+            LOST_ERROR,
+            f"Still waiting {max_overdue} seconds after its message was due: the message was "
+            "most likely lost (a purged queue, a broker restarted without persistence). Raise "
+            "TASKSTATE['OVERDUE_AFTER'] if your queues are often that far behind.",
         )
 
     def mark_seen(self) -> int:
-        """Mark these tasks seen (completed ones only). Returns the number marked.
-
-        A group or pipeline marked seen takes its children with it (not counted).
-        """
+        """Mark these tasks seen (completed ones only; a group's children with it, not
+        counted). Returns the number marked."""
         now = timezone.now()
         pks = list(self.completed().filter(seen=False).values_list("pk", flat=True))
         if not pks:
@@ -208,32 +170,22 @@ class TaskQuerySet(models.QuerySet["Task"]):
         return marked
 
 
-def _abandoned_message(max_age: int) -> str:
-    return (
-        f"No update for {max_age} seconds while running: the worker most likely stopped. "
-        "Raise TASKSTATE['RUNNING_TIMEOUT'] if your actors run longer without progress."
-    )
-
-
-def _lost_message(max_overdue: int) -> str:
-    return (
-        f"Still waiting {max_overdue} seconds after its message was due: the message was "
-        "most likely lost (a purged queue, a broker restarted without persistence). Raise "
-        "TASKSTATE['OVERDUE_AFTER'] if your queues are often that far behind."
+def _fail(tasks: TaskQuerySet, error_type: str, error_message: str) -> int:
+    now = timezone.now()
+    return tasks.update(
+        status=Status.FAILED,
+        state_order=TERMINAL_ORDER,
+        error_type=error_type,
+        error_message=error_message,
+        finished_at=now,
+        updated_at=now,
     )
 
 
 def awaits_its_message() -> models.Q:
-    """Tasks ended without their message whose message must be refused if it comes.
-
-    Asked to cancel and ended by something other than the worker that took the message:
-    cancelled before its message was due (a task scheduled well ahead, cancelled at once),
-    or failed by the cleanup (its message lost, or its worker gone: a copy may still be
-    delivered). A worker refuses the message by this row (``cancel_requested_at``); the
-    worker's own final write for the message is what ends it otherwise, and after it no
-    copy can come. A worker that refuses the message of a row cancelled before it was due
-    clears the row's due time (the message came; ``transitions.write``), so the row goes
-    as any finished one. The cleanup keeps these rows (docs/reliability.md).
+    """Tasks ended without their message, which must be refused if it comes: asked to
+    cancel, and cancelled before it was due or failed by the cleanup. A worker that refuses
+    the message clears ``due_at``; the row then goes as any finished one (docs/reliability.md).
     """
     return models.Q(cancel_requested_at__isnull=False) & (
         models.Q(due_at__isnull=False, finished_at__lt=F("due_at"))
@@ -249,11 +201,8 @@ _DELETE_BATCH = 5_000
 
 
 def _delete_in_batches(queryset: TaskQuerySet, removed: Removed | None = None) -> int:
-    """Delete in primary-key batches, so a large cleanup never holds one huge lock.
-
-    Each batch is deleted through ``queryset`` again: a row that changed since it was
-    read (a cancel request, a worker's write) and no longer matches stays.
-    """
+    """Delete in primary-key batches, so a large cleanup never holds one huge lock; each
+    through ``queryset`` again, so a row changed since it was read and no longer matching stays."""
     deleted = 0
     while True:
         batch = list(
@@ -270,19 +219,16 @@ def _delete_in_batches(queryset: TaskQuerySet, removed: Removed | None = None) -
             kept = set(
                 Task.objects.using(queryset.db).filter(pk__in=pks).values_list("pk", flat=True)
             )
-            _tell_removed(removed, [row for row in batch if row[0] not in kept])
-
-
-def _tell_removed(removed: Removed, batch: list[tuple[int, Any, bool, Any, str, str]]) -> None:
-    since = timezone.now() - timedelta(seconds=get_settings().DISPLAY_SECONDS_SINCE_SEEN)
-    shown = [
-        Task(pk=pk, user_id=user_pk, object_type=object_type, object_pk=object_pk)
-        for pk, user_pk, seen, seen_at, object_type, object_pk in batch
-        if (user_pk is not None or object_type)
-        and (not seen or (seen_at is not None and seen_at >= since))
-    ]
-    if shown:
-        removed(shown)
+            since = timezone.now() - timedelta(seconds=get_settings().DISPLAY_SECONDS_SINCE_SEEN)
+            shown = [
+                Task(pk=pk, user_id=user_pk, object_type=object_type, object_pk=object_pk)
+                for pk, user_pk, seen, seen_at, object_type, object_pk in batch
+                if pk not in kept
+                and (user_pk is not None or object_type)
+                and (not seen or (seen_at is not None and seen_at >= since))
+            ]
+            if shown:
+                removed(shown)
 
 
 class Task(models.Model):
@@ -318,19 +264,15 @@ class Task(models.Model):
     seen_at = models.DateTimeField(_("seen at"), null=True, blank=True)
     created_at = models.DateTimeField(_("created"), default=timezone.now)
     started_at = models.DateTimeField(_("started"), null=True, blank=True)
-    # The current (or last) attempt's own start: started_at stays the first attempt's, and
-    # time left and the actor's history count from this one (taskstate.core.estimates).
+    # The current attempt's start (started_at stays the first's): time left counts from it.
     attempt_started_at = models.DateTimeField(_("attempt started"), null=True, blank=True)
     finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
-    # When a delayed message's eta is, or a retrying task's next attempt: the cleanup fails
-    # the rows whose message never came (OVERDUE_AFTER).
+    # A delayed message's eta, or a retrying task's next attempt (the cleanup's OVERDUE_AFTER).
     due_at = models.DateTimeField(_("due"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated"), default=timezone.now)
-    # The sender's active language when the message was sent: rows pushed to the owner's
-    # page are rendered in it (no request there to say which). Empty: the site's default.
+    # The sender's language: pushed rows are rendered in it (no request there). "": the site's.
     language = models.CharField(_("language"), max_length=16, blank=True, default="")
-    # Owner control (taskstate.core.control): when the owner asked to cancel the task; what a
-    # retry sends again (only for_state={"retryable": True}); the task this one retries.
+    # Owner control: a cancel request; what a retry sends again; the task this one retries.
     cancel_requested_at = models.DateTimeField(_("cancel requested"), null=True, blank=True)
     retry_message = models.JSONField(_("message to retry"), null=True, blank=True)
     retry_of = models.ForeignKey(
@@ -343,8 +285,7 @@ class Task(models.Model):
         # Indexed only where set (taskstate_retry_of_idx): most tasks are no retry.
         db_index=False,
     )
-    # Groups and pipelines (taskstate.core.grouping): a parent row stands for its children,
-    # which point to it; the parent's counts are refreshed from theirs (taskstate.core.groups).
+    # Groups and pipelines: a parent row stands for its children; its counts are theirs.
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices, blank=True, default="")
     parent = models.ForeignKey(
         "self",
@@ -360,9 +301,7 @@ class Task(models.Model):
     children_done = models.PositiveIntegerField(_("children done"), default=0)
     children_failed = models.PositiveIntegerField(_("children failed"), default=0)
     children_running = models.PositiveIntegerField(_("children running"), default=0)
-    # The object the task is about (for_state={"object": ...}): its model's label
-    # ("app_label.model_name") and its pk as text. Whoever the policy lets see that object
-    # sees the task (taskstate.core.policy); "" for a task about no object.
+    # The object the task is about: its model's label and its pk as text ("" for none).
     object_type = models.CharField(_("object type"), max_length=201, blank=True, default="")
     object_pk = models.CharField(_("object id"), max_length=255, blank=True, default="")
 
@@ -429,12 +368,10 @@ class Task(models.Model):
 
     @property
     def is_cancelling(self) -> bool:
-        """A cancel was requested and the task has not ended yet."""
         return self.cancel_requested_at is not None and not self.is_complete
 
     @property
     def is_group(self) -> bool:
-        """A group or pipeline row, standing for its children."""
         return bool(self.kind)
 
     @property

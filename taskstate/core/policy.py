@@ -1,16 +1,7 @@
-"""Who may see, cancel or retry a task: ``TASKSTATE["CONTROL_POLICY"]``, and what is possible.
-
-A policy is a callable ``(user, task, action) -> bool`` named by a dotted path, where
-``action`` is ``"cancel"``, ``"retry"`` or ``"view"``. It says *who* may; whether the task
-can be cancelled or retried at all (its status, a stored message, whether it belongs to a
-group) is decided here, by :func:`possible`, before it is asked. Views and the admin
-enforce it; the row template shows a button only where it allows.
-
-``"view"`` is asked for the tasks about an object (``for_state={"object": obj}``), by
-their list and stream, and for the object's rows someone other than the owner asks to
-cancel or retry. A list or stream asks once for the object, not per task: ``task`` is then
-an unsaved :class:`~taskstate.core.models.Task` that names the object (``object_type``,
-``object_pk``) and has no user. An owner always sees their own tasks in their own list.
+"""Who may see, cancel or retry a task (``TASKSTATE["CONTROL_POLICY"]``, a callable
+``(user, task, action) -> bool``), and whether the task can take the action at all
+(:func:`possible`, decided before the policy is asked). ``"view"`` is asked once per object
+list or stream, with an unsaved ``Task`` that names the object (docs/owner-control.md).
 """
 
 from __future__ import annotations
@@ -51,7 +42,7 @@ Policy = Callable[[Any, "Task", str], bool]
 
 #: The action of seeing the tasks about an object (their list, their stream).
 VIEW = "view"
-#: Attribute of a task that holds the object it is about, once loaded.
+#: Attributes of a task: the object it is about, once loaded; the reads its list shares.
 _OBJECT = "_taskstate_object"
 _SHARED = "_taskstate_shared_objects"
 _NOT_LOADED = object()
@@ -59,13 +50,8 @@ _NOT_LOADED = object()
 
 def owner_or_staff(user: Any, task: Task, action: str) -> bool:
     """The default policy: the task's owner; for a task about an object, whoever holds the
-    object's ``view`` permission (to see it) or ``change`` permission (to cancel or retry
-    it); and staff with the change permission of tasks.
-
-    A permission counts for the whole model (``user.has_perm("shop.view_order")``) or for
-    the one object (``user.has_perm("shop.view_order", order)``, which django-guardian and
-    django-rules answer), so object permissions work without any setting.
-    """
+    object's ``view`` (to see) or ``change`` (to act) permission, on its model or on the
+    object itself; and staff with the change permission of tasks."""
     if user is None or not getattr(user, "is_authenticated", False):
         return False
     if task.user_id is not None and user.pk == task.user_id:
@@ -94,41 +80,31 @@ def object_of(task: Task) -> Any:
     loaded = getattr(task, _OBJECT, _NOT_LOADED)
     if loaded is not _NOT_LOADED:
         return loaded
-    shared: dict[tuple[str, str], Any] | None = getattr(task, _SHARED, None)
+    shared: dict[tuple[str, str], Any] = getattr(task, _SHARED, {})
     key = (task.object_type, task.object_pk)
-    if shared is not None and key in shared:
-        obj = shared[key]
-    else:
-        obj = _read_object(task.object_type, task.object_pk)
-        if shared is not None:
-            shared[key] = obj
-    setattr(task, _OBJECT, obj)
-    return obj
-
-
-def _read_object(object_type: str, object_pk: str) -> Any:
-    if not object_type:
-        return None
-    try:
-        model = apps.get_model(object_type)
-        pk = model._meta.pk.to_python(object_pk)
-        return model._default_manager.filter(pk=pk).first()
-    except (LookupError, ValueError, TypeError, ValidationError):
-        return None
+    if key not in shared:
+        shared[key] = None
+        if task.object_type:
+            try:
+                model = apps.get_model(task.object_type)
+                pk = model._meta.pk.to_python(task.object_pk)
+                shared[key] = model._default_manager.filter(pk=pk).first()
+            except (LookupError, ValueError, TypeError, ValidationError):
+                pass
+    setattr(task, _OBJECT, shared[key])
+    return shared[key]
 
 
 def share_object_reads(tasks: Iterable[Task]) -> None:
-    """Let ``tasks`` (the rows of one list) share their reads of the objects they are
-    about: the policy then reads each object once for the list, not once per row."""
+    """Let the rows of one list read each object they are about once, not once per row."""
     shared: dict[tuple[str, str], Any] = {}
     for task in tasks:
         setattr(task, _SHARED, shared)
 
 
 def may_dismiss(user: Any, task: Task) -> bool:
-    """Whether ``user`` may dismiss ``task`` (mark it seen): its owner alone, whatever the
-    policy (seen is the owner's own mark, so an object's list offers it on their rows
-    only). ``user=None``: the owner (a row pushed to their own channel)."""
+    """Whether ``user`` may mark ``task`` seen: its owner alone, whatever the policy (seen is
+    the owner's own mark). ``user=None``: the owner (a row pushed to their own channel)."""
     return user is None or (task.user_id is not None and task.user_id == user.pk)
 
 
@@ -144,8 +120,7 @@ def may_see_object(user: Any, object_type: str, object_pk: str, obj: Any = None)
 
 
 def still_sees_object(user_pk: Any, object_type: str, object_pk: str) -> bool:
-    """:func:`may_see_object` for the user whose pk is ``user_pk``, read afresh (an open
-    stream's periodic check: permissions the user object cached are not reused)."""
+    """:func:`may_see_object` for a user read afresh (no cached permissions): a stream's check."""
     user = get_user_model()._default_manager.filter(pk=user_pk).first()
     if user is None or not getattr(user, "is_active", True):
         return False
@@ -153,12 +128,8 @@ def still_sees_object(user_pk: Any, object_type: str, object_pk: str) -> bool:
 
 
 def possible(task: Task, action: str) -> bool:
-    """Whether ``task`` can take ``action`` at all, whoever asks.
-
-    The one rule behind the row's buttons, the views and the admin actions. A child of a
-    group or pipeline never can (:func:`controlled_by_group`): the group is cancelled and
-    retried as one.
-    """
+    """Whether ``task`` can take ``action`` at all, whoever asks: the one rule behind the
+    row's buttons, the views and the admin actions."""
     if action == VIEW:
         return True
     if controlled_by_group(task):
@@ -171,13 +142,8 @@ def possible(task: Task, action: str) -> bool:
 
 
 def controlled_by_group(task: Task) -> bool:
-    """Whether ``task`` is a child of a group or pipeline, cancelled and retried only with it.
-
-    A child's own retry would send its stored message as it was sent: a pipeline step's
-    carries the steps after it (``pipe_target``), which would run again under their old
-    ids while their rows read "Not run", and the group's later retry would run the step
-    once more. The group's retry sends exactly the children that did not do their work.
-    """
+    """Whether ``task`` is a child of a group or pipeline, cancelled and retried only with it:
+    a step's own stored message would run the steps after it again (``pipe_target``)."""
     return task.parent_id is not None
 
 
@@ -194,12 +160,8 @@ def group_only_reason(action: str) -> str:
 
 
 def allowed(user: Any, task: Task, action: str, *, owner: bool = False) -> bool:
-    """Whether ``user`` may take ``action`` on ``task`` now. Never raises.
-
-    ``owner=True``: ``user`` is unknown but is the task's owner (a row pushed to the
-    owner's own channel has no request); the task's user is read only for a policy other
-    than the default.
-    """
+    """Whether ``user`` may take ``action`` on ``task`` now; never raises. ``owner=True``:
+    ``user`` is the task's owner, unknown (a pushed row), read only for another policy."""
     if not possible(task, action):
         return False
     path = get_settings().CONTROL_POLICY

@@ -1,16 +1,8 @@
-"""Statuses and the order they follow: the bottom layer, which imports no model.
-
-Every write of a task carries an order key (``state_order``); a write lands only when it
-moves the task forwards, so hooks may run in any order, in any process::
+"""Statuses and their order keys (``state_order``): a write lands only when it moves the
+task forwards; a running key may repeat (a redelivery); nothing follows a terminal one::
 
     delayed 0 < enqueued 1 < running(n) 10n+5 < cancelling(n) 10n+6 < retrying(n) 10n+7
         < done | failed | skipped | cancelled
-
-``n`` counts attempts from 1. A second ``running`` at the same attempt (a message
-redelivered after its worker died) is accepted; nothing is accepted after a terminal state.
-``cancelling`` is a running attempt whose owner asked for a cancel: its status still reads
-``running`` (with ``cancel_requested_at`` set), and its higher key keeps a late ``running``
-row or bar of the same attempt from hiding the request.
 """
 
 from __future__ import annotations
@@ -44,8 +36,6 @@ class Kind(models.TextChoices):
 COMPLETE_STATUSES = (Status.DONE, Status.FAILED, Status.SKIPPED, Status.CANCELLED)
 #: Statuses of a task that is still under way.
 ACTIVE_STATUSES = (Status.ENQUEUED, Status.DELAYED, Status.RUNNING, Status.RETRYING)
-#: Active statuses of a task whose actor is not running now.
-WAITING_STATUSES = (Status.ENQUEUED, Status.DELAYED, Status.RETRYING)
 #: Statuses from which a task may be sent again (``taskstate:retry``).
 RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)
 
@@ -69,17 +59,13 @@ CANCEL = "cancel"
 RETRY = "retry"
 
 
-#: A scheduled task (delayed, or between retries) is ended ``cancelled`` by the cancel
-#: request itself only when its message is due at least this many seconds later, plus
-#: twice ``CANCEL_CHECK_INTERVAL``: by then every worker has heard of the request
-#: (``taskstate.worker.writer.CancelWatch``), so none can start its body. Any other waiting task
-#: is ended by the worker that takes its message, without running it
-#: (docs/owner-control.md).
+#: A cancel ends a scheduled task at once only when its message is due this much later
+#: (plus twice CANCEL_CHECK_INTERVAL): by then every worker knows of the request, so none
+#: can start its body (docs/owner-control.md).
 CANCEL_AT_ONCE_MARGIN = 60.0
 
 
 def cancel_at_once_margin(check_interval: float) -> timedelta:
-    """:data:`CANCEL_AT_ONCE_MARGIN` with ``CANCEL_CHECK_INTERVAL`` (``check_interval``)."""
     return timedelta(seconds=CANCEL_AT_ONCE_MARGIN + 2 * check_interval)
 
 

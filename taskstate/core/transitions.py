@@ -1,14 +1,7 @@
-"""The state machine's writes: one guarded upsert per change, which tells no one.
-
-Every transition is a single upsert keyed by the message id and guarded by
-``state_order`` (see ``taskstate.core.states``): a write lands only when it moves the task
-forwards. Hooks may run in any order, in any process, before or after the sender's
-transaction commits; the row always ends at the furthest state any of them reached.
-
-Every write is a batch (:func:`write_batch`; the sender's row alone is a batch of one):
-one statement for the rows of one shape, whose text on PostgreSQL depends only on its
-columns. A write returns the row as written; announcing it (``taskstate.core.signals``) is the
-caller's business, so this module knows nothing of who listens.
+"""The state machine's writes: upserts keyed by the message id and guarded by
+``state_order``, so hooks may run in any order, in any process, and the row ends at the
+furthest state any of them reached. Every write is a batch (:func:`write_batch`), one
+statement per shape of row; it returns the rows as written and tells no one.
 """
 
 from __future__ import annotations
@@ -100,21 +93,17 @@ def _model() -> type[Task]:
 
 
 def _stored_defaults() -> dict[str, Any]:
-    """Every column's default as stored (:func:`_storable`), for the insert branch of an
-    upsert (no DB defaults exist): the fixed ones worked out once, those made by a
-    callable (a time) each call. A new dict each time."""
+    # Every column's default for an upsert's insert: callable ones (a time) made each call.
     fixed = _fixed_defaults()
-    made = {
+    return fixed | {
         f.attname: _storable(f.attname, f.get_default())
         for f in _model()._meta.concrete_fields
         if not f.primary_key and f.attname not in fixed
     }
-    return {**fixed, **made}
 
 
 @functools.cache
 def _fixed_defaults() -> dict[str, Any]:
-    # Never changed by its callers (they copy it): one dict for the process.
     return {
         f.attname: _storable(f.attname, f.get_default())
         for f in _model()._meta.concrete_fields
@@ -176,12 +165,8 @@ def _ascii(value: Any, limit: int) -> str:
 def request_cancel(pk: int) -> bool:
     """Record a cancel request on task ``pk`` in one guarded statement. True if it landed.
 
-    A task scheduled comfortably ahead (``states.cancel_at_once_margin``) ends ``cancelled``
-    at once. Any other task keeps its status, marked (``cancel_requested_at``; a running
-    one with order key ``cancelling``): a queued one reads "Cancelling" until a worker
-    takes its message and ends it ``cancelled`` without running it; a running one stops at
-    its next ``progress()``. A task already complete, or already asked, is left alone:
-    whichever end lands first stays.
+    A task scheduled well ahead ends ``cancelled`` at once; any other active task keeps its
+    status, marked, for a worker to end (docs/owner-control.md).
     """
     return bool(
         _model()
@@ -192,16 +177,8 @@ def request_cancel(pk: int) -> bool:
 
 
 def request_group_cancel(pk: int) -> bool:
-    """Record a cancel request on group ``pk`` and on each of its unfinished children.
-
-    Two guarded statements whatever the group's size, in one transaction: the group's row
-    (asked once: a second request changes nothing and returns False), then every child
-    still active, as :func:`request_cancel` does one task: a child waiting to run (a
-    pipeline's steps not sent yet among them) ends ``cancelled`` when a worker takes its
-    message, or when the group's refresh finds that nothing will send it; running ones
-    stop at their next ``progress()``. The group's own status follows its children
-    (``taskstate.core.groups.refresh_group``).
-    """
+    """Record a cancel request on group ``pk`` (False if asked already) and, as
+    :func:`request_cancel` does, on each active child: two statements in one transaction."""
     now = timezone.now()
     alias = _alias()
     rows = _model().objects.using(alias)
@@ -252,24 +229,15 @@ def _cancel_changes(now: Any) -> dict[str, Any]:
     }
 
 
-#: How far back each look for new cancel requests reaches beyond the previous look: the
-#: requests' times come from the web servers' clocks and land when their transaction
-#: commits, so a look starting at T may not yet see a request stamped a little before T.
+#: Seconds each look for cancel requests reaches back beyond the last: a request stamped by
+#: a web server's clock a little before a look may commit after it.
 CANCEL_LOOK_OVERLAP = 30.0
 
 
 def cancels_since(since: datetime | None, connection: BaseDatabaseWrapper) -> list[str] | None:
     """Message ids of the tasks asked to cancel since ``since`` (None: every request a
-    worker may still meet). One indexed read (``taskstate_cancel_asked_idx``) on
-    ``connection``, a connection of the task database kept by its caller
-    (``writer.CancelWatch``); None when the database could not be read (logged once per
-    outage, as writes are), and the connection is closed, so that the next read connects
-    afresh.
-
-    Every message start may wait for this read: its text is fixed (:func:`_cancel_reads`,
-    worked out once per backend), so nothing is compiled per read, and psycopg prepares it
-    on a connection that binds parameters on the server (``OPTIONS["server_side_binding"]``).
-    """
+    worker may still meet), in one indexed read of fixed text on the caller's
+    ``connection``. None when the database could not be read (the connection is closed)."""
     alias = _alias()
     later, first = _cancel_reads(connection)
     adapt = connection.ops.adapt_datetimefield_value
@@ -295,9 +263,7 @@ _CANCEL_READS: dict[str, tuple[str, str]] = {}
 
 
 def _cancel_reads(connection: BaseDatabaseWrapper) -> tuple[str, str]:
-    """The texts of :func:`cancels_since`'s reads on this backend: the requests since a
-    time, and the first look. Unordered (the model's default order would sort every row
-    read); ``%s`` placeholders, as Django's cursors take them on every backend."""
+    # The requests since a time, and the first look; unordered (no sort of every row read).
     known = _CANCEL_READS.get(connection.vendor)
     if known is not None:
         return known
@@ -324,10 +290,7 @@ def database_down() -> bool:
 
 def cancel_requested(message_id: str) -> bool:
     """Whether the task of ``message_id`` was asked to cancel: one read, never raises.
-
-    While the database is failing (the write before this one failed) nothing is read: a
-    cancel cannot be known then, and a second wait would double the hold-up of the actor.
-    """
+    Nothing is read while the database is failing: a second wait would double the actor's."""
     alias = _alias()
     if _outage.is_down(alias):
         return False
@@ -361,65 +324,60 @@ def _alias() -> str:
 
 @functools.cache
 def _field(column: str) -> Field[Any, Any]:
-    # Called for every column of every write: looked up once per column, then cached.
     for field in _model()._meta.concrete_fields:
         if field.attname == column:
             return field
     raise LookupError(column)
 
 
-#: Fields whose database value is the Python value itself when it has this exact type
-#: (Django's get_db_prep_save returns a str unchanged for these on every backend; integers
-#: are not here: on PostgreSQL Django wraps them in typed adapters): skipping the call
-#: saves about half of a batch's parameter preparation.
+#: Fields whose database value is a value of this exact type unchanged, on every backend:
+#: skipping get_db_prep_save saves half of a batch's parameter preparation.
 _STORED_AS_IS: dict[type, type] = {CharField: str, TextField: str}
 
 
-def _links(connection: BaseDatabaseWrapper) -> tuple[Field[Any, Any], str, str]:
-    """The user model's pk field, and the lookups that turn a user pk and a retried
-    task's pk into links, each with ``{}`` where the key goes.
-
-    A user_pk that names no user leaves the task without one, in the same statement, so
-    a bad pk can neither fail the write nor need a lookup; likewise a retried task
-    deleted meanwhile leaves no link.
-    """
+def _links(
+    connection: BaseDatabaseWrapper,
+) -> dict[str, tuple[str, str | None, Callable[[Any], Any]]]:
+    """For the user and the retried task: the subquery that turns a key into a link (``{}``:
+    the key; one that names no row leaves no link, so it never fails the write), the key's
+    type, and how a key is prepared."""
     q = connection.ops.quote_name
-    table = q(_model()._meta.db_table)
     user_model = get_user_model()
-    user_pk_field = user_model._meta.pk
-    assert user_pk_field is not None
-    user_pk_column = q(user_pk_field.column or user_pk_field.attname)
-    user = (
-        f"(SELECT {user_pk_column} FROM {q(user_model._meta.db_table)} "
-        f"WHERE {user_pk_column} = {{}})"
-    )
-    retry_of = f"(SELECT {q('id')} FROM {table} AS _old WHERE {q('id')} = {{}})"
-    return user_pk_field, user, retry_of
+    user_pk, own_pk = user_model._meta.pk, _model()._meta.pk
+    assert user_pk is not None
+    assert own_pk is not None
+    user_column = q(user_pk.column or user_pk.attname)
+    return {
+        "user_id": (
+            f"(SELECT {user_column} FROM {q(user_model._meta.db_table)} "
+            f"WHERE {user_column} = {{}})",
+            user_pk.rel_db_type(connection),
+            functools.partial(user_pk.get_db_prep_value, connection=connection),
+        ),
+        "retry_of_id": (
+            f"(SELECT {q('id')} FROM {q(_model()._meta.db_table)} AS _old WHERE {q('id')} = {{}})",
+            own_pk.rel_db_type(connection),
+            int,
+        ),
+    }
 
 
 def _placeholder_maker(
     connection: BaseDatabaseWrapper,
 ) -> Callable[[dict[str, Any]], tuple[list[str], list[Any]]]:
-    """The VALUES placeholders of a row, and their parameters, for many rows: what does
-    not depend on the row worked out once."""
-    user_pk_field, user_lookup, retry_lookup = _links(connection)
-    user, retry_of = user_lookup.format("%s"), retry_lookup.format("%s")
+    # A row's VALUES placeholders and parameters; what does not depend on the row made once.
+    links = _links(connection)
     prepare: dict[str, tuple[type | None, Callable[[Any], Any]]] = {}
 
     def make(columns: dict[str, Any]) -> tuple[list[str], list[Any]]:
         placeholders: list[str] = []
         params: list[Any] = []
         for column, value in columns.items():
-            if column == "retry_of_id" and value is not None:
-                placeholders.append(retry_of)
-                params.append(int(value))
-                continue
-            if column == "user_id":
-                if value is None:
-                    placeholders.append("NULL")
-                else:
-                    placeholders.append(user)
-                    params.append(user_pk_field.get_db_prep_value(value, connection))
+            link = links.get(column)
+            if link is not None:
+                lookup, _, prepare_key = link
+                placeholders.append(lookup.format("%s"))
+                params.append(None if value is None else prepare_key(value))
                 continue
             placeholders.append("%s")
             known = prepare.get(column)
@@ -436,21 +394,11 @@ def _placeholder_maker(
     return make
 
 
-def _statement_bounds(connection: BaseDatabaseWrapper) -> list[tuple[str, str]]:
-    # Server-side binding (OPTIONS server_side_binding) cannot send two statements at once.
-    if connection.settings_dict.get("OPTIONS", {}).get("server_side_binding") is True:
-        return []
-    return server_bounds(connection)
-
-
 def _with_bounds(
     bounds: list[tuple[str, str]], sql: str, params: list[Any]
 ) -> tuple[str, list[Any]]:
-    """Prefix the upsert with its own timeouts, in the same round trip and transaction.
-
-    A statement_timeout set inside a statement does not bound that statement, so the
-    set_config runs as a statement of its own, first, in the same implicit transaction.
-    """
+    """Prefix the upsert with its timeouts: a statement of their own (a statement_timeout
+    set inside a statement does not bound it), in the same round trip and transaction."""
     calls = ", ".join("set_config(%s, %s, true)" for _ in bounds)
     prefix = [value for pair in bounds for value in pair]
     return f"SELECT {calls}; {sql}", prefix + params
@@ -460,22 +408,18 @@ def _is_psycopg3(connection: BaseDatabaseWrapper) -> bool:
     return getattr(getattr(connection, "Database", None), "__name__", "") == "psycopg"
 
 
-def _row_reader(connection: BaseDatabaseWrapper, alias: str) -> Callable[[Sequence[Any]], Task]:
-    """Turns a returned row into a Task, as Django's queries do (the converters of every
-    column worked out once per connection, for all the rows of its statements)."""
-    known = _readers.get(connection)
-    if known is None or known[0] != alias:
-        known = _readers[connection] = (alias, _new_row_reader(connection, alias))
-    return known[1]
-
-
 #: Row readers by connection (each thread has its own connection object), with the alias.
 _readers: weakref.WeakKeyDictionary[
     BaseDatabaseWrapper, tuple[str, Callable[[Sequence[Any]], Task]]
 ] = weakref.WeakKeyDictionary()
 
 
-def _new_row_reader(connection: BaseDatabaseWrapper, alias: str) -> Callable[[Sequence[Any]], Task]:
+def _row_reader(connection: BaseDatabaseWrapper, alias: str) -> Callable[[Sequence[Any]], Task]:
+    """Turns a returned row into a Task as Django's queries do, with the column converters
+    worked out once per connection."""
+    known = _readers.get(connection)
+    if known is not None and known[0] == alias:
+        return known[1]
     model = _model()
     fields = model._meta.concrete_fields
     attnames = [f.attname for f in fields]
@@ -499,6 +443,7 @@ def _new_row_reader(connection: BaseDatabaseWrapper, alias: str) -> Callable[[Se
             values[index] = value
         return model.from_db(alias, attnames, values)
 
+    _readers[connection] = (alias, read)
     return read
 
 
@@ -511,7 +456,7 @@ _RUNNING_REST = running_order(1) % _RUNNING_STEP
 _ERROR_COLUMNS = ("error_type", "error_message", "traceback")
 
 #: Told how a queued change ended: the row as written (None: refused, or not written),
-#: and whether it was written at all (False: the database could not be reached).
+#: and whether it was written (False: the database could not be reached).
 Notify = Callable[["Task | None", bool], None]
 
 
@@ -521,9 +466,8 @@ def is_running_order(order: int) -> bool:
 
 
 class Outage(Exception):
-    """The database could not be reached: the batch was not written (logged once), or,
-    written row by row, only its first ``len(written)`` changes were (committed, as
-    ``written`` says)."""
+    """The database could not be reached: nothing of the batch was written, or, row by row,
+    only the first ``len(written)`` changes (committed)."""
 
     def __init__(self, *args: object, written: list[Task | None] | None = None) -> None:
         super().__init__(*args)
@@ -532,12 +476,7 @@ class Outage(Exception):
 
 @dataclass(eq=False)
 class Change:
-    """One transition (or progress report) of one message, for :func:`write_batch`.
-
-    Two rules let the changes of many messages share one statement: the same order key
-    is accepted again only for a running attempt (a redelivery), and a running change
-    keeps the error columns the row has unless it carries an error itself.
-    """
+    """One transition (or progress report) of one message, for :func:`write_batch`."""
 
     origin: Origin
     status: Status
@@ -556,12 +495,8 @@ class Change:
     final: bool = False
 
     def then(self, later: Change) -> Change:
-        """This change and a later one of the same message, as one change.
-
-        What the row would hold had both been written in turn: the later one wins when it
-        moves the task forwards (its values over this one's); otherwise it would have been
-        refused, and this one stands (both are told how it ended).
-        """
+        """This change and a later one of the same message, as one: what the row would hold
+        had both been written in turn (both are told how it ended)."""
         notify = self.notify + later.notify
         urgent = self.urgent or later.urgent
         final = self.final or later.final
@@ -579,8 +514,7 @@ class Change:
             and self.values.get("error_type")
             and not later.values.get("error_type")
         ):
-            # A retrying attempt's error, merged into the next attempt's running: the row
-            # would have shown it (a running write keeps the error columns).
+            # A running write keeps the error of the retrying attempt before it.
             for column in _ERROR_COLUMNS:
                 values[column] = self.values.get(column, "")
         return Change(
@@ -597,42 +531,27 @@ class Change:
         )
 
 
-#: What a retry needs and the task it retries: written by the sender's and the running
-#: change only, so no later write of the task puts them back.
+#: Written by the sender's and the running change only: no later write puts them back.
 _WRITTEN_ONCE = ("retry_message", "retry_of_id")
 
 
 def waits_for_disk(change: Change) -> bool:
-    """Whether ``change``'s commit must wait for the database's disk (``write_batch``'s
-    ``durable``): when it ends an attempt (an ack relies on it), or when it carries what
-    no later write of the task repeats. Any other write is repaired by the task's next."""
+    """Whether ``change``'s commit must wait for the disk: an ack relies on it, or no later
+    write of the task repeats what it carries (any other is repaired by the task's next)."""
     return change.final or any(change.values.get(c) is not None for c in _WRITTEN_ONCE)
 
 
 def write_batch(changes: Sequence[Change], *, durable: bool = True) -> list[Task | None]:
     """Write ``changes`` (at most one per message) in one transaction: one statement per
-    shape of row (usually one), one commit.
+    shape of row (usually one), one commit. Returns each change's row as written, or None
+    when it was refused (a step backwards); raises :class:`Outage` when the database
+    cannot be reached. A refused value costs the batch its statement: its rows are written
+    one by one, and a row refused alone without the values at fault. ``keep`` columns keep
+    a value the row has (``COALESCE``); the same order key lands again only for a running
+    attempt (a redelivery); a running change keeps the row's error unless it brings one.
 
-    Returns, for each change, the row as written or None when it was refused (a step
-    backwards). Raises :class:`Outage` when the database cannot be reached (nothing of
-    the batch is committed then). A value the database refuses costs the batch its
-    statement: its rows are then written one by one, and a row refused alone is written
-    with its status but without the values at fault (result, progress message, error
-    text). The same order key is accepted again only for a running attempt (a
-    redelivery); columns in a change's ``keep`` keep a value the row already has
-    (``COALESCE``).
-
-    A ``cancelled`` change is a worker's, with the message in hand: refused by a row
-    cancelled before its message was due, it records that the message came (one more
-    statement, :func:`_message_came`), so the cleanup may delete the row.
-
-    ``durable=False`` (PostgreSQL, in the batch's own transaction): the commit returns
-    without waiting for the write-ahead log to reach the disk (``synchronous_commit``
-    off for this transaction alone). The rows are seen by every other session at once,
-    as always; only a crash of the database server within a fraction of a second can
-    lose them, never half of them, and never a write committed after them (the log is
-    flushed in order). For rows that a later write of the same task repairs: the
-    sender's ``enqueued``, a ``running``, a progress report.
+    ``durable=False`` (PostgreSQL, own transaction): ``synchronous_commit`` off for this
+    transaction alone, for rows a later write of the task repairs (docs/reliability.md).
     """
     alias = _alias()
     try:
@@ -677,7 +596,6 @@ def write_batch(changes: Sequence[Change], *, durable: bool = True) -> list[Task
 
 
 def _write_or_raise(alias: str, changes: Sequence[Change], durable: bool) -> list[Task | None]:
-    """:func:`_batch_once`, with an unreachable database raised as :class:`Outage`."""
     try:
         written = _batch_once(alias, changes, durable)
     except _OUTAGES as exc:
@@ -692,7 +610,6 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
     now = timezone.now()
     shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], list[int]] = {}
     rows = []
-    # Read-only here, and stored as is: one set for every row of the batch.
     defaults = _stored_defaults()
     for index, change in enumerate(changes):
         updated = _batch_values(change, now)
@@ -703,8 +620,7 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
     found: dict[str, Task] = {}
     statements = []
     for (names, kept), indexes in shapes.items():
-        # As many rows per statement as the database takes parameters.
-        # PostgreSQL: one parameter per column (arrays), however many rows.
+        # As many rows per statement as the database takes parameters (PostgreSQL: arrays).
         per = (
             len(indexes)
             if connection.vendor == "postgresql"
@@ -715,18 +631,20 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
             statements.append(_batch_sql(connection, chunk, list(names), kept))
     came = [change.origin.message_id for change in changes if change.status is Status.CANCELLED]
     if came:
-        # After the upserts, in the same transaction: a row one of them ended is left alone.
+        # A worker's cancel refused by a row cancelled before its message was due: the
+        # message came, so the cleanup may delete the row. After the upserts, same transaction.
         statements.append(_message_came(connection, came))
-    # One commit per batch: a single statement is its own transaction, several share one.
-    # Inside a caller's transaction (an actor's own atomic()) a savepoint keeps a failed
-    # write from breaking it, and nothing is bounded: settings made local to the
-    # transaction would outlast the write (taskstate.core.bounds).
+    # One commit per batch. Inside a caller's transaction a savepoint keeps a failed write
+    # from breaking it, and nothing is bounded: settings local to the transaction would
+    # outlast the write. Server-side binding cannot send two statements at once.
     in_caller = connection.in_atomic_block
     several = len(statements) > 1 or in_caller
     guard = transaction.atomic(using=alias) if several else nullcontext()
     with bounded(connection), guard, connection.cursor() as cursor:
-        own = not in_caller  # the batch's own transaction
-        bounds = _statement_bounds(connection) if own else []
+        options = connection.settings_dict.get("OPTIONS", {})
+        bounds = []
+        if not in_caller and options.get("server_side_binding") is not True:
+            bounds = server_bounds(connection)
         if bounds and not durable:
             bounds = [*bounds, ("synchronous_commit", "off")]
         for number, (sql, params) in enumerate(statements):
@@ -742,9 +660,8 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
                     task = read(row)
                     found[task.message_id] = task
     if not any(" RETURNING " in sql for sql, _ in statements):
-        # MySQL, MariaDB: one read for the whole batch; a row whose updated_at is ours is
-        # a row this batch wrote: only a write that landed set it to ours (their row count
-        # cannot tell a refused write from an insert).
+        # MySQL: one read for the batch; only a write that landed set updated_at to ours
+        # (the row count cannot tell a refused write from an insert).
         ids = [change.origin.message_id for change in changes]
         for task in _model().objects.using(alias).filter(message_id__in=ids):
             if task.updated_at == now:
@@ -753,10 +670,7 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
 
 
 def _message_came(connection: BaseDatabaseWrapper, message_ids: list[str]) -> tuple[str, list[Any]]:
-    """One guarded UPDATE: of these messages' rows, those cancelled before their message
-    was due (``models.awaits_its_message``) no longer have a due time, as a running write
-    would leave them. A worker refused the message: no copy of it is still to come, and
-    the cleanup may delete the row. Any other row is left as it is."""
+    # Of these rows, those cancelled before their message was due lose their due time.
     q = connection.ops.quote_name
     table = q(_model()._meta.db_table)
     ids = ", ".join("%s" for _ in message_ids)
@@ -768,8 +682,7 @@ def _message_came(connection: BaseDatabaseWrapper, message_ids: list[str]) -> tu
     return sql, [*message_ids, Status.CANCELLED.value]
 
 
-#: The columns of a row that come from its message (:func:`_row`): with the columns a
-#: change sets, the only ones whose values differ between the rows of one batch.
+#: With the columns a change sets, the only ones whose values differ between rows of a batch.
 _ORIGIN_COLUMNS = frozenset(
     {
         "message_id",
@@ -786,8 +699,7 @@ _ORIGIN_COLUMNS = frozenset(
 
 
 def _row(origin: Origin, updated: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Every column of the row an upsert inserts (``updated`` on top of the message's own
-    columns and ``defaults``, from :func:`_stored_defaults`), each as the database stores it."""
+    """Every column of the row an upsert inserts, each as the database stores it."""
     own: dict[str, Any] = {
         "message_id": origin.message_id,
         "actor_name": origin.actor_name,
@@ -806,9 +718,7 @@ def _row(origin: Origin, updated: dict[str, Any], defaults: dict[str, Any]) -> d
 
 
 def _max_params(connection: BaseDatabaseWrapper) -> int:
-    """Parameters one statement may carry: SQLite's own limit (999 before 3.32, 32,766
-    since; Django's features say 999 for every version), 65,535 elsewhere (PostgreSQL's
-    protocol; MySQL's prepared statements)."""
+    # SQLite's own limit (Django says 999 for every version); 65,535 elsewhere.
     if connection.vendor == "sqlite":
         import sqlite3
 
@@ -817,12 +727,8 @@ def _max_params(connection: BaseDatabaseWrapper) -> int:
 
 
 def _batch_values(change: Change, now: Any) -> dict[str, Any]:
-    """The columns ``change`` sets, made alike for the changes of one attempt.
-
-    A change of an attempt (it carries ``attempts``) sets every column the attempt's
-    changes set, each with the value the row holds at that point anyway, so that the
-    running, progress and final changes of many messages have one shape (one statement).
-    """
+    """The columns ``change`` sets. A change of an attempt sets every column any of the
+    attempt's changes sets (with the value the row holds anyway): one shape, one statement."""
     values = change.values
     updated: dict[str, Any] = {"status": change.status.value, "state_order": change.order}
     if "attempts" in values:
@@ -847,14 +753,13 @@ def _batch_sql(
     """One multi-row upsert of ``rows`` (same columns), guarded row by row."""
     names = list(rows[0])
     if connection.vendor == "postgresql":
-        # Its text depends on the columns alone: built once per shape, not per write.
+        # Its text depends on the columns alone: built once per shape.
         key = (connection.alias, tuple(names), tuple(updated), tuple(keep))
         known = _pg_statements.get(key)
         if known is None:
             if len(_pg_statements) > 256:
                 _pg_statements.clear()  # shapes are few: only a changed schema gets here
-            # A column neither the message nor the change sets holds its default in
-            # every row: one value, not an array (most columns, for a sender's row).
+            # A column neither the message nor the change sets: one value, not an array.
             shared = [n for n in names if n not in updated and n not in _ORIGIN_COLUMNS]
             source, prepares = _unnest(connection, names, shared)
             known = _pg_statements[key] = (
@@ -863,7 +768,7 @@ def _batch_sql(
             )
         sql, steps = known
         first = rows[0]
-        # The single values come first in the text (the selected columns), then the arrays.
+        # The single values come first in the text, then the arrays.
         params = [
             prepare([first[name]], connection)[0]
             for name, (single, prepare) in zip(names, steps, strict=True)
@@ -885,8 +790,7 @@ def _batch_sql(
     return _upsert_text(connection, f"VALUES {', '.join(tuples)}", names, updated, keep), params
 
 
-#: PostgreSQL statements by database and shape: their text, and how each column's
-#: array is made.
+#: PostgreSQL statements by database and shape: their text, how each column's array is made.
 _pg_statements: dict[tuple[Any, ...], tuple[str, list[tuple[bool, _Prepare]]]] = {}
 #: Makes one column's array of database values from its Python values.
 _Prepare = Callable[[list[Any], BaseDatabaseWrapper], list[Any]]
@@ -900,71 +804,52 @@ def _upsert_text(
     keep: Sequence[str],
 ) -> str:
     """The upsert of the rows of ``source`` (columns ``names``), guarded row by row."""
+    mysql = connection.vendor == "mysql"
+    if not mysql and connection.vendor not in ("postgresql", "sqlite"):
+        raise NotImplementedError(f"taskstate does not support the {connection.vendor} backend")
     q = connection.ops.quote_name
     table = q(_model()._meta.db_table)
+
+    def old(c: str) -> str:
+        return q(c) if mysql else f"{table}.{q(c)}"
+
+    def new(c: str) -> str:
+        return f"VALUES({q(c)})" if mysql else f"EXCLUDED.{q(c)}"
+
+    order, new_order = old("state_order"), new("state_order")
     # %% : a literal % in a statement with parameters.
-    running = f"%% {_RUNNING_STEP} = {_RUNNING_REST}"
-    if connection.vendor in ("postgresql", "sqlite"):
-        new_order = f"EXCLUDED.{q('state_order')}"
-        sets = []
-        for c in updated:
-            if c in keep:
-                sets.append(f"{q(c)} = COALESCE({table}.{q(c)}, EXCLUDED.{q(c)})")
-            elif c in _ERROR_COLUMNS:
-                sets.append(
-                    f"{q(c)} = CASE WHEN {new_order} {running} AND EXCLUDED.{q('error_type')} = '' "
-                    f"THEN {table}.{q(c)} ELSE EXCLUDED.{q(c)} END"
-                )
-            else:
-                sets.append(f"{q(c)} = EXCLUDED.{q(c)}")
-        sql = (
-            f"INSERT INTO {table} ({', '.join(q(c) for c in names)}) {source} "
-            f"ON CONFLICT ({q('message_id')}) DO UPDATE SET {', '.join(sets)} "
-            f"WHERE {table}.{q('state_order')} < {new_order} OR ({table}.{q('state_order')} = "
-            f"{new_order} AND {new_order} {running})"
-        )
-        if connection.features.can_return_rows_from_bulk_insert:
-            # Task has no db_column overrides: its column names are its attribute names.
-            returned = (f"{table}.{q(f.attname)}" for f in _model()._meta.concrete_fields)
-            sql += " RETURNING " + ", ".join(returned)
-        return sql
-    if connection.vendor == "mysql":
-        new_order = f"VALUES({q('state_order')})"
-        cond = (
-            f"({q('state_order')} < {new_order} OR ({q('state_order')} = {new_order} "
-            f"AND {new_order} {running}))"
-        )
-        assignments = []
-        for c in [c for c in updated if c != "state_order"] + ["state_order"]:
-            new = f"VALUES({q(c)})"
-            if c in keep:
-                new = f"COALESCE({q(c)}, {new})"
-            elif c in _ERROR_COLUMNS:
-                new = f"IF({new_order} {running} AND VALUES({q('error_type')}) = '', {q(c)}, {new})"
-            assignments.append(f"{q(c)} = IF({cond}, {new}, {q(c)})")
-        sql = (
-            f"INSERT INTO {table} ({', '.join(q(c) for c in names)}) {source} "
-            f"ON DUPLICATE KEY UPDATE {', '.join(assignments)}"
-        )
-        return sql
-    raise NotImplementedError(f"taskstate does not support the {connection.vendor} backend")
+    running = f"{new_order} %% {_RUNNING_STEP} = {_RUNNING_REST}"
+    forwards = f"({order} < {new_order} OR ({order} = {new_order} AND {running}))"
+    sets = []
+    # MySQL evaluates each assignment with the columns set before it: state_order goes last.
+    for c in sorted(updated, key=lambda c: c == "state_order"):
+        value = new(c)
+        if c in keep:
+            value = f"COALESCE({old(c)}, {value})"
+        elif c in _ERROR_COLUMNS:
+            value = (
+                f"CASE WHEN {running} AND {new('error_type')} = '' THEN {old(c)} ELSE {value} END"
+            )
+        sets.append(f"{q(c)} = IF({forwards}, {value}, {q(c)})" if mysql else f"{q(c)} = {value}")
+    sql = f"INSERT INTO {table} ({', '.join(q(c) for c in names)}) {source} "
+    if mysql:
+        return sql + f"ON DUPLICATE KEY UPDATE {', '.join(sets)}"
+    sql += f"ON CONFLICT ({q('message_id')}) DO UPDATE SET {', '.join(sets)} WHERE {forwards}"
+    if connection.features.can_return_rows_from_bulk_insert:
+        # Task has no db_column overrides: its column names are its attribute names.
+        returned = (f"{table}.{q(f.attname)}" for f in _model()._meta.concrete_fields)
+        sql += " RETURNING " + ", ".join(returned)
+    return sql
 
 
 def _unnest(
     connection: BaseDatabaseWrapper, names: list[str], shared: Sequence[str]
 ) -> tuple[str, list[_Prepare]]:
-    """PostgreSQL: the rows as one array per column, unnested into a row source; and how
-    each column's array is made. Columns in ``shared`` hold one value for every row: sent
-    once (a parameter of its own, before the arrays), not as an array.
-
-    The statement's text depends only on the columns, not on the number of rows: built
-    once, and psycopg parses it once (a VALUES list is parsed again for every batch,
-    which cost a third of the writer's time); it carries one parameter per column. Each
-    value is prepared as for a single row; user and retried-task links are looked up in
-    the statement, as there.
-    """
+    """PostgreSQL: the rows as one array per column, unnested (``shared`` columns: one
+    value), so the text does not depend on the number of rows and is parsed once; and how
+    each column's array is made."""
     q = connection.ops.quote_name
-    user_pk_field, user_lookup, retry_lookup = _links(connection)
+    links = _links(connection)
     selected = []
     arrays = []
     prepares: list[_Prepare] = []
@@ -974,16 +859,11 @@ def _unnest(
         single = name in shared
         if single:
             column = f"%s::{field.db_type(connection)}"
-        if name == "user_id":
-            selected.append(user_lookup.format(column))
-            db_type = user_pk_field.rel_db_type(connection)
-            prepares.append(functools.partial(_user_pks, user_pk_field))
-        elif name == "retry_of_id":
-            selected.append(retry_lookup.format(column))
-            own_pk = _model()._meta.pk
-            assert own_pk is not None
-            db_type = own_pk.rel_db_type(connection)
-            prepares.append(_task_pks)
+        link = links.get(name)
+        if link is not None:
+            lookup, db_type, prepare_key = link
+            selected.append(lookup.format(column))
+            prepares.append(functools.partial(_keys, prepare_key))
         else:
             selected.append(column)
             db_type = field.db_type(connection)
@@ -998,19 +878,14 @@ def _unnest(
     return source, prepares
 
 
-def _user_pks(
-    field: Field[Any, Any], values: list[Any], connection: BaseDatabaseWrapper
+def _keys(
+    prepare_key: Callable[[Any], Any], values: list[Any], connection: BaseDatabaseWrapper
 ) -> list[Any]:
-    return [None if v is None else field.get_db_prep_value(v, connection) for v in values]
+    return [None if v is None else prepare_key(v) for v in values]
 
 
-def _task_pks(values: list[Any], connection: BaseDatabaseWrapper) -> list[Any]:
-    return [None if v is None else int(v) for v in values]
-
-
-#: PostgreSQL arrays (cast to the column's type in the statement): fields whose database
-#: value is the Python value itself when it has this exact type or is None (an integer
-#: needs no typed adapter in an array the statement casts; a datetime must be aware).
+#: In arrays the statement casts, fields whose database value is a value of this type (or
+#: None) unchanged; a datetime must be aware.
 _IN_ARRAY_AS_IS: dict[type, type] = {
     CharField: str,
     TextField: str,
@@ -1061,7 +936,6 @@ class _OutageLog:
             logger.debug("taskstate: database %r still failing: %s", alias, exc)
 
     def is_down(self, alias: str) -> bool:
-        """Whether the last write through ``alias`` failed for want of the database."""
         return alias in self._down
 
     def recovered(self, alias: str) -> None:

@@ -1,17 +1,6 @@
-"""Making whatever an actor or a sender hands over storable, on every backend.
-
-Values reach a row from code we do not control: file names with undecodable bytes (lone
-surrogates, which no backend can encode to UTF-8), NaN in a result (PostgreSQL's jsonb
-refuses it), structures nested thousands deep, exceptions whose ``__str__`` raises. Each
-function here returns something every backend stores, and never raises, so such a value
-costs at most itself, never the row or the actor's outcome:
-
-- text: lone surrogates become U+FFFD (a valid surrogate pair becomes its character),
-  NUL characters are dropped, and the text is cut to its column with a trailing "…";
-- JSON: NaN and the infinities become ``null`` (what JavaScript's ``JSON.stringify``
-  does), strings and keys are cleaned as text; a result nested deeper than
-  :data:`MAX_DEPTH`, circular, not JSON-serialisable or over its size cap is not stored;
-- an object's text (``str()``, then ``repr()``, then ``<unprintable TypeName>``).
+"""Making whatever an actor or a sender hands over storable on every backend (lone
+surrogates, NUL, NaN, deep nesting, a raising ``__str__``), so that an odd value costs at
+most itself, never the row or the actor's outcome (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -27,13 +16,12 @@ logger = logging.getLogger("taskstate")
 
 #: Results nested deeper than this are not stored (MySQL's JSON allows 100 levels).
 MAX_DEPTH = 64
-#: What a text becomes when it cannot be given at all.
 UNPRINTABLE = "<unprintable {}>"
 _ELLIPSIS = "\u2026"
 
 
 class NotStorable(ValueError):
-    """A value that cannot be stored; its message says why, for the log."""
+    """A value that cannot be stored; its message says why."""
 
 
 def clean_text(value: str, limit: int | None = None) -> str:
@@ -52,11 +40,8 @@ def clean_text(value: str, limit: int | None = None) -> str:
 
 
 def text_of(value: Any, limit: int | None = None) -> str:
-    """The text of any object, cleaned and cut; never raises.
-
-    ``str()`` first; when that raises or gives no string, ``repr()``; when that fails
-    too, ``<unprintable TypeName>``.
-    """
+    """The text of any object (``str()``, else ``repr()``, else ``<unprintable TypeName>``),
+    cleaned and cut; never raises."""
     if type(value) is str:
         return clean_text(value, limit)
     for render in (str, repr):
@@ -87,11 +72,7 @@ def _attribute_text(kind: type, name: str) -> str | None:
 
 
 def exception_facts(exception: BaseException, message_limit: int) -> tuple[str, str]:
-    """(type name, message) of an exception, both storable; never raises.
-
-    The message is ``str(exception)``, or ``<unprintable TypeName>`` when that raises or
-    gives no string (as the traceback module says ``<exception str() failed>``).
-    """
+    """(type name, ``str()`` or ``<unprintable TypeName>``) of an exception; never raises."""
     try:
         message = str(exception)
     except Exception:
@@ -104,12 +85,8 @@ def exception_facts(exception: BaseException, message_limit: int) -> tuple[str, 
 
 
 def json_value(value: Any, max_bytes: int | None = None) -> Any:
-    """``value`` made storable as JSON on every backend.
-
-    NaN and infinities become None, text is cleaned (surrogates, NUL). Raises
-    :class:`NotStorable` (a ``ValueError``) when the value is nested deeper than
-    :data:`MAX_DEPTH`, circular, not JSON-serialisable, or its JSON is over ``max_bytes``.
-    """
+    """``value`` as storable JSON: NaN and infinities None (as ``JSON.stringify``), text
+    cleaned. :class:`NotStorable` when too deep, circular, not serialisable or too big."""
     try:
         cleaned = _clean_json(value, 0)
         encoded = json.dumps(cleaned, cls=DjangoJSONEncoder, allow_nan=False)
