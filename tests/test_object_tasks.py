@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group
 from django.core import signing
-from django.db import connections
+from django.db import connections, transaction
 from django.template import Context, Template, TemplateSyntaxError
 from django.test import AsyncClient, Client, RequestFactory
 from django.urls import reverse
@@ -77,6 +77,19 @@ def test_a_task_names_its_object_and_the_message_carries_text(run_all, user, tea
         str(team.pk),
     )
     assert list(Task.objects.about("auth.group", str(team.pk))) == [task]
+
+
+def test_tasks_about_different_objects_sent_together_each_keep_their_own(broker, user):
+    # Sends inside one transaction are written by one statement at commit: each row of it
+    # must carry its own object, or viewers of one object would see another's tasks.
+    teams = [Group.objects.create(name=f"team {n}") for n in range(3)]
+    with transaction.atomic():
+        messages = [actors.noop.send(for_state={"user_pk": user.pk, "object": t}) for t in teams]
+        plain = actors.noop.send(for_state={"user_pk": user.pk})
+    for message, team in zip(messages, teams, strict=True):
+        task = Task.objects.get(message_id=message.message_id)
+        assert (task.object_type, task.object_pk) == ("auth.group", str(team.pk))
+    assert Task.objects.get(message_id=plain.message_id).object_type == ""
 
 
 @pytest.mark.parametrize(

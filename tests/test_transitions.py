@@ -146,3 +146,9 @@ def test_a_progress_report_lands_only_on_the_running_attempt():
     assert (task.progress, task.progress_message) == (60, "now")
     apply("done")
     assert progress_one(origin(), 2, 70) is None
+
+
+def test_every_column_a_message_gives_its_row_varies_between_rows_of_a_batch():
+    # A column left out is written from the batch's first row for all of them (PostgreSQL).
+    from_origin = t._row(origin(), {}, {})
+    assert set(from_origin) == t._ORIGIN_COLUMNS

@@ -691,6 +691,8 @@ _ORIGIN_COLUMNS = frozenset(
         "description",
         "app_name",
         "model_name",
+        "object_type",
+        "object_pk",
         "created_at",
         "user_id",
         "language",
