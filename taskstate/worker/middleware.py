@@ -129,23 +129,20 @@ class StateMiddleware(Middleware):
             run.attempt -= 1
             run.started_at = None
             return True
-        # A request committed after the watch's read is a running task's cancel, seen
-        # when this row comes back or at the next look.
-        _write(
-            run.origin,
-            Status.RUNNING,
-            t.running_order(attempt),
-            {
-                **_attempt(run),
-                "finished_at": None,
-                "due_at": None,
-                "progress": 0,
-                "progress_message": "",
-                **_control_columns(message, run.origin),
-            },
-            keep=_KEEP + _CONTROL_KEEP,
-            notify=lambda task, written: _running_written(run, task, written),
-        )
+        values = {
+            **_attempt(run),
+            "finished_at": None,
+            "due_at": None,
+            "progress": 0,
+            "progress_message": "",
+            **_control_columns(message, run.origin),
+        }
+        order, keep = t.running_order(attempt), _KEEP + _CONTROL_KEEP
+        change = t.Change(run.origin, Status.RUNNING, order, values, keep=keep)
+        # Not waited for: a request committed after the watch's read is a running task's
+        # cancel, seen when this row comes back or at the next look.
+        change.notify.append(lambda task, written: _running_written(run, task, written))
+        writer.submit(change)
         return False
 
     @_never_raises
@@ -172,7 +169,7 @@ class StateMiddleware(Middleware):
             run.finished = True
             values = {**_ended(run), **_NO_ERROR, "progress": 100}
             values["result"] = _storable_result(result, run)
-            _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
+            _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values)
             if "pipe_target" in message.options and cancels.requested(run.origin.message_id):
                 # Asked to cancel and ended before it noticed: the pipeline goes no further
                 # (or, with Pipelines after us, its next step is sent and skipped).
@@ -194,7 +191,7 @@ class StateMiddleware(Middleware):
                 _write_cancelled(run)
                 return
         origin = run.origin if run else _origin(message, for_state, warn=False)
-        _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, _ended(run), keep=_KEEP)
+        _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, _ended(run))
 
     def before_ack(self, broker: Broker, message: MessageProxy) -> None:
         # After every after_process_message: decide, then hold the ack until committed.
@@ -230,7 +227,7 @@ class StateMiddleware(Middleware):
         if retried:
             values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
             values["due_at"] = due_at
-            _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values, keep=_KEEP)
+            _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values)
         else:
             self._fail(run.origin, run, message)
 
@@ -257,7 +254,7 @@ class StateMiddleware(Middleware):
 
     def _fail(self, origin: Origin, run: MessageRun | None, message: MessageProxy) -> None:
         values = {**_error(run.exception if run else None, message), **_ended(run)}
-        _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
+        _write(origin, Status.FAILED, t.TERMINAL_ORDER, values)
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         writer.stopping(False)
@@ -324,21 +321,20 @@ def _due(message: Any) -> datetime | None:
     return None
 
 
+# The first start of a task stays its start, whichever write lands first.
+_KEEP = ("started_at",)
+
+
 def _write(
     origin: Origin,
     status: Status,
     order: int,
     values: dict[str, Any],
-    *,
-    keep: tuple[str, ...] = (),
-    notify: t.Notify | None = None,
+    keep: tuple[str, ...] = _KEEP,
 ) -> None:
-    """Hand one transition to the background writer; never waits. Any change but a
-    running one is final: the ack waits for it and a full queue never drops it."""
-    change = t.Change(origin, status, order, values, keep=keep)
-    if notify is not None:
-        change.notify.append(notify)
-    writer.submit(change, final=not t.is_running_order(order))
+    """Hand a final change to the background writer; never waits. The ack waits for it,
+    and a full queue never drops it."""
+    writer.submit(t.Change(origin, status, order, values, keep=keep), final=True)
 
 
 def _running_written(run: MessageRun, task: Task | None, written: bool) -> None:
@@ -426,10 +422,6 @@ def _write_sent(changes: list[t.Change]) -> None:
     for task in written:
         if task is not None:
             announce(task, committed=True)
-
-
-# The first start of a task stays its start, whichever write lands first.
-_KEEP = ("started_at",)
 
 
 def _attempt(run: MessageRun) -> dict[str, Any]:
@@ -540,5 +532,4 @@ def _write_cancelled(run: MessageRun) -> None:
         # Also for a cancel from elsewhere (dramatiq-abort): a redelivered copy is skipped.
         "cancel_requested_at": dj_timezone.now(),
     }
-    keep = (*_KEEP, "cancel_requested_at")
-    _write(run.origin, Status.CANCELLED, TERMINAL_ORDER, values, keep=keep)
+    _write(run.origin, Status.CANCELLED, TERMINAL_ORDER, values, (*_KEEP, "cancel_requested_at"))

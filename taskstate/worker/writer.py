@@ -182,16 +182,14 @@ class Writer(OwnThread):
         """Flush within ``timeout``; log what could not be written."""
         if self.flush(timeout):
             self.release(1.0)
-        else:
-            left = self.unwritten()
-            if left:
-                logger.error(
-                    "taskstate: %d messages' state changes could not be written before the "
-                    "process ends. None of these messages was acknowledged (an ack waits for "
-                    "its final change): the broker delivers them again and their rows are "
-                    "written then.",
-                    left,
-                )
+        elif left := self.unwritten():
+            logger.error(
+                "taskstate: %d messages' state changes could not be written before the "
+                "process ends. None of these messages was acknowledged (an ack waits for "
+                "its final change): the broker delivers them again and their rows are "
+                "written then.",
+                left,
+            )
 
     def _run(self) -> None:
         while True:
