@@ -7,6 +7,7 @@ with the final status. Both raise :class:`Cancelled` once a cancel request is kn
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -108,10 +109,8 @@ def track(iterable: Iterable[T], total: int | None = None) -> Iterator[T]:
     """Yield from ``iterable``, reporting progress after each item (``total`` defaults to
     its ``len()``; without one the progress message counts the items done)."""
     if total is None:
-        try:
+        with contextlib.suppress(TypeError):
             total = len(iterable)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
     for count, item in enumerate(iterable, start=1):
         yield item
         if total:

@@ -146,37 +146,28 @@ class Writer(OwnThread):
 
     def flush(self, timeout: float = SHUTDOWN_FLUSH) -> bool:
         """Write everything pending now and wait for it; False if it was not written in time."""
-        deadline = time.monotonic() + timeout
         with self._cond:
             if self._pid != os.getpid():
                 return not self._pending
             self._flushing += 1
             self._cond.notify_all()
             try:
-                while self._pending or self._busy:
-                    if self._thread is None or not self._thread.is_alive():
-                        return not self._pending
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._cond.wait(remaining)
+                # Done, or no thread left to do it.
+                ended = self._cond.wait_for(
+                    lambda: not (self._pending or self._busy) or not self._running_here(), timeout
+                )
+                return ended and not self._pending
             finally:
                 self._flushing -= 1
-        return True
 
     def release(self, timeout: float = SHUTDOWN_FLUSH) -> None:
         """Close the writer's connection once nothing is pending (shutdown, tests)."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            if self._thread is None or not self._running_here():
+            if not self._running_here():
                 return
             self._release = True
             self._cond.notify_all()
-            while self._release and self._thread.is_alive():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._cond.wait(remaining)
+            self._cond.wait_for(lambda: not self._release or not self._running_here(), timeout)
 
     def shutdown(self, timeout: float = SHUTDOWN_FLUSH) -> None:
         """Flush within ``timeout``; log what could not be written."""
