@@ -9,49 +9,39 @@ class TaskstateConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        import atexit
+
         from django.apps import apps
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.signals import user_logged_out
         from django.core.signals import request_started
+        from django.db.models.signals import post_save
         from django.test.signals import setting_changed
 
-        from taskstate import (
-            checks,  # importing it registers the system checks
-            logfilters,
-        )
+        from taskstate import checks, logfilters, shutdown  # importing checks registers them
         from taskstate.core import diagnostics, signals
-        from taskstate.web import publish
+        from taskstate.web import publish, streams
+        from taskstate.worker.middleware import StateMiddleware
 
-        # uvicorn runs no system check: the first request logs what they would say, and
-        # a send with for_state to a broker without StateMiddleware says it goes untracked.
+        # uvicorn runs no system check: the first request logs what they would say.
         request_started.connect(checks.log_setup_problems, dispatch_uid="taskstate.checks.log")
         setting_changed.connect(checks.forget_logged_setup, dispatch_uid="taskstate.checks.forget")
         if apps.is_installed("django_dramatiq"):
             import dramatiq.broker
 
-            # Only a broker django_dramatiq has set up: get_broker() would make one.
+            # A send with for_state to a broker without StateMiddleware is logged. Only a
+            # broker django_dramatiq has set up: get_broker() would make one.
             diagnostics.watch_sends(dramatiq.broker.global_broker)
 
-        # GRIP refresh links carry tokens in their query string: not in access logs.
         logfilters.install()
 
-        # Streams end with their session: at once on logout (this process, the GRIP
-        # proxy) and on deactivation (GRIP proxy); the periodic check covers the rest.
-        from django.contrib.auth import get_user_model
-        from django.contrib.auth.signals import user_logged_out
-        from django.db.models.signals import post_save
-
-        from taskstate.web import streams
-
+        # Streams end with their session: at once on logout and on deactivation.
         user_logged_out.connect(streams.on_logged_out, dispatch_uid="taskstate.web.streams.logout")
         post_save.connect(
             streams.on_user_saved,
             sender=get_user_model(),
             dispatch_uid="taskstate.web.streams.user_saved",
         )
-
-        # Before the process goes: the last changes written, then their events sent.
-        import atexit
-
-        from taskstate import shutdown
 
         atexit.register(shutdown.at_exit)
         # A worker process may end without running atexit hooks: its worker says when.
@@ -60,8 +50,6 @@ class TaskstateConfig(AppConfig):
         )
 
         # task_changed names one sender, whichever part of taskstate wrote the row.
-        from taskstate.worker.middleware import StateMiddleware
-
         signals.use_sender(StateMiddleware)
 
         # The live page follows every committed change; dispatch_uid keeps it to one.

@@ -24,12 +24,11 @@ from taskstate.core.diagnostics import (
 logger = logging.getLogger(__name__)
 _CHANNEL_MANAGER_PATH = "taskstate.channels.TaskstateChannelManager"
 _HTMX_MIDDLEWARE_PATH = "django_htmx.middleware.HtmxMiddleware"
+_Configs = Sequence[AppConfig] | None
 
 
 @register()
-def check_settings(
-    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
-) -> list[CheckMessage]:
+def check_settings(app_configs: _Configs = None, **kwargs: Any) -> list[CheckMessage]:
     value = getattr(settings, "TASKSTATE", None)
     if value is None:
         return []
@@ -51,8 +50,7 @@ def check_settings(
                     id="taskstate.W005",
                 )
             )
-            continue
-        if key not in DEFAULTS:
+        elif key not in DEFAULTS:
             messages.append(
                 Error(
                     f"TASKSTATE[{key!r}] is not a taskstate setting.",
@@ -60,9 +58,7 @@ def check_settings(
                     id="taskstate.E002",
                 )
             )
-            continue
-        problem = setting_problem(key, item)
-        if problem:
+        elif problem := setting_problem(key, item):
             messages.append(
                 Error(
                     f"TASKSTATE[{key!r}] {problem} (got {item!r}).",
@@ -71,7 +67,7 @@ def check_settings(
                 )
             )
     policy = value.get("CONTROL_POLICY")
-    if isinstance(policy, str) and policy and not _is_callable_path(policy):
+    if isinstance(policy, str) and policy and not callable(_imported(policy)):
         messages.append(
             Error(
                 f"TASKSTATE['CONTROL_POLICY'] names {policy!r}, which is not an importable "
@@ -93,9 +89,7 @@ def check_settings(
 
 
 @register()
-def check_middleware(
-    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
-) -> list[CheckMessage]:
+def check_middleware(app_configs: _Configs = None, **kwargs: Any) -> list[CheckMessage]:
     broker = getattr(settings, "DRAMATIQ_BROKER", None)
     if not isinstance(broker, dict):
         return []
@@ -106,14 +100,8 @@ def check_middleware(
 
 
 @register()
-def check_event_bus(
-    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
-) -> list[CheckMessage]:
-    """W002: with a broker whose workers are other processes, events need a shared bus.
-
-    Without ``EVENTSTREAM_REDIS`` (or a GRIP proxy such as Pushpin) django-eventstream
-    keeps events in the process that sent them: the worker's, where no browser listens.
-    """
+def check_event_bus(app_configs: _Configs = None, **kwargs: Any) -> list[CheckMessage]:
+    """W002: with workers in other processes, events need a shared bus (Redis or GRIP)."""
     problem = event_bus_problem()
     if problem is None:
         return []
@@ -122,44 +110,30 @@ def check_event_bus(
 
 
 @register()
-def check_channel_manager(
-    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
-) -> list[CheckMessage]:
+def check_channel_manager(app_configs: _Configs = None, **kwargs: Any) -> list[CheckMessage]:
     """W003: without taskstate's channel manager, django-eventstream's own views would
     serve a user's channel to anyone who asks for it."""
     from taskstate.web.channels import TaskstateChannelManager
 
-    hint = f"Set EVENTSTREAM_CHANNELMANAGER_CLASS = {_CHANNEL_MANAGER_PATH!r} (or a subclass)."
     path = getattr(settings, "EVENTSTREAM_CHANNELMANAGER_CLASS", None)
     if not path:
-        return [
-            Warning(
-                "EVENTSTREAM_CHANNELMANAGER_CLASS is not set: django-eventstream's own views "
-                "would let anyone read a taskstate channel.",
-                hint=hint,
-                id="taskstate.W003",
-            )
-        ]
-    try:
-        manager = import_string(path)
-    except ImportError:
-        manager = None
-    if isinstance(manager, type) and issubclass(manager, TaskstateChannelManager):
-        return []
-    return [
-        Warning(
-            f"EVENTSTREAM_CHANNELMANAGER_CLASS is {path!r}, which is not "
-            f"{_CHANNEL_MANAGER_PATH} or a subclass: taskstate channels are not kept private.",
-            hint=hint,
-            id="taskstate.W003",
+        problem = (
+            "is not set: django-eventstream's own views would let anyone read a taskstate channel."
         )
-    ]
+    else:
+        manager = _imported(path)
+        if isinstance(manager, type) and issubclass(manager, TaskstateChannelManager):
+            return []
+        problem = (
+            f"is {path!r}, which is not {_CHANNEL_MANAGER_PATH} or a subclass: taskstate "
+            "channels are not kept private."
+        )
+    hint = f"Set EVENTSTREAM_CHANNELMANAGER_CLASS = {_CHANNEL_MANAGER_PATH!r} (or a subclass)."
+    return [Warning(f"EVENTSTREAM_CHANNELMANAGER_CLASS {problem}", hint=hint, id="taskstate.W003")]
 
 
 @register()
-def check_htmx_middleware(
-    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
-) -> list[CheckMessage]:
+def check_htmx_middleware(app_configs: _Configs = None, **kwargs: Any) -> list[CheckMessage]:
     """W004: the list view tells an htmx resync from a page load by ``request.htmx``."""
     if _HTMX_MIDDLEWARE_PATH in (getattr(settings, "MIDDLEWARE", None) or []):
         return []
@@ -173,15 +147,14 @@ def check_htmx_middleware(
     ]
 
 
-def _is_callable_path(path: str) -> bool:
+def _imported(path: str) -> Any:
     try:
-        return callable(import_string(path))
+        return import_string(path)
     except ImportError:
-        return False
+        return None
 
 
-# The checks run by manage.py, never by uvicorn: the first request of a process logs
-# what they say, once (again after a settings change, as in tests).
+# uvicorn runs no checks: the first request of a process logs what they say, once.
 _SETUP_CHECKS = (
     check_settings,
     check_middleware,

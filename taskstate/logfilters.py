@@ -1,15 +1,5 @@
-"""Keep GRIP refresh tokens out of access logs.
-
-The proxy's refresh link carries django-eventstream's ``es-meta`` token and taskstate's
-``ts-stream`` session reference in its query string. Neither opens anything without
-the proxy's signature and its ``Grip-Last`` mark, and a logged reference has already
-been used, but neither belongs in a log either. :class:`RedactStreamTokens`
-replaces their values; ``TaskstateConfig.ready`` adds it to the access loggers of the
-servers that run Django in-process and log through :mod:`logging` (uvicorn, gunicorn,
-hypercorn, and the ``runserver`` of Django and of daphne). Logs written outside this
-process (Pushpin's, a reverse proxy's), and daphne's own access log, which daphne
-writes straight to its stream, are the operator's to configure (docs/pushpin.md).
-"""
+"""Keep GRIP refresh tokens (``es-meta``, ``ts-stream``) out of the access logs of the
+servers that log through :mod:`logging`; other logs are the operator's (docs/pushpin.md)."""
 
 from __future__ import annotations
 
@@ -28,7 +18,7 @@ _NAMES = ("es-meta", "ts-stream")
 
 
 def _spelled_any_way(name: str) -> str:
-    """A pattern for ``name`` in any case, any of its characters possibly %-encoded."""
+    """A pattern for ``name``, any of its characters possibly %-encoded."""
     return "".join(f"(?:{re.escape(c)}|%{ord(c):02x})" for c in name)
 
 
@@ -40,8 +30,7 @@ REDACTED = "[redacted]"
 
 
 def redact(text: str) -> str:
-    """``text`` with the values of ``es-meta`` and ``ts-stream`` parameters redacted,
-    however their names are spelled (any case, %-encoded characters)."""
+    """``text`` with the values of the token parameters redacted, however spelled."""
     return _TOKEN.sub(rf"\g<1>{REDACTED}", text)
 
 

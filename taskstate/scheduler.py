@@ -23,17 +23,10 @@ def run_cleanup_job() -> None:
 
 
 def add_cleanup_job(scheduler: Any, *, seconds: float | None = None, **job_kwargs: Any) -> Any:
-    """Add the taskstate cleanup to an APScheduler 3 ``scheduler``; return the job.
-
-    Runs every ``seconds`` (default ``TASKSTATE["CLEANUP_INTERVAL"]``). Extra keyword
-    arguments go to ``scheduler.add_job``. Adding it twice replaces the first job.
-    """
+    """Add the taskstate cleanup to an APScheduler 3 ``scheduler``, every ``seconds``
+    (default ``CLEANUP_INTERVAL``); return the job. Adding it twice replaces the first."""
     interval = seconds if seconds is not None else get_settings().CLEANUP_INTERVAL
-    options: dict[str, Any] = {
-        "id": JOB_ID,
-        "replace_existing": True,
-        "max_instances": 1,
-        "coalesce": True,
-        **job_kwargs,
-    }
-    return scheduler.add_job(run_cleanup_job, "interval", seconds=interval, **options)
+    options = {"id": JOB_ID, "replace_existing": True, "max_instances": 1, "coalesce": True}
+    return scheduler.add_job(
+        run_cleanup_job, "interval", seconds=interval, **{**options, **job_kwargs}
+    )

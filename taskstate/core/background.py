@@ -1,19 +1,8 @@
 """One thread per process for taskstate's database work that no caller may wait for.
 
-Two kinds of job run on it, in order, on a connection of its own within the bounds of
-``taskstate.core.bounds``:
-
-- writes and reads asked for inside an event loop (an async view, a Dramatiq
-  ``async def`` actor): Django refuses database calls in a thread that runs an event
-  loop, and a blocking call there would stall every coroutine of the loop
-  (:meth:`Background.submit`);
-- group and pipeline refreshes, each at the time ``taskstate.core.group_refresh`` chose
-  (:meth:`Background.submit_at`).
-
-A job's exception is logged and the next job runs. While nothing is due the thread holds
-no database connection (a test database could not be dropped, a pooler would count it).
-A forked child starts with an empty queue and no thread; at exit, ``taskstate.shutdown``
-runs what is due.
+Database calls asked for inside an event loop, where Django refuses them
+(:meth:`Background.submit`), and group refreshes at their chosen time
+(:meth:`Background.submit_at`). A job's exception is logged and the next job runs.
 """
 
 from __future__ import annotations
@@ -59,7 +48,7 @@ class Background(OwnThread):
     def _init_state(self) -> None:
         super()._init_state()
         self._now: deque[Job] = deque()
-        self._later: list[tuple[float, int, Job]] = []  # (when, tie-break, job)
+        self._later: list[tuple[float, int, Job]] = []  # (when, ticket, job)
         self._ticket = itertools.count()
         self._running = False
         self._dropping = False
@@ -81,15 +70,13 @@ class Background(OwnThread):
             self._wake()
 
     def submit_at(self, when: float, job: Job) -> None:
-        """Run ``job`` once :attr:`clock` reads ``when``, after the jobs submitted for now
-        (:meth:`submit`) that wait at that moment."""
+        """Run ``job`` once :attr:`clock` reads ``when``, after the jobs then waiting."""
         with self._cond:
             heapq.heappush(self._later, (when, next(self._ticket), job))
             self._wake()
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every job submitted so far, and every one due by now, is done
-        (tests, shutdown); False on timeout. Jobs due later are left for their time."""
+        """Wait until every job submitted so far or due by now is done; False on timeout."""
         done = threading.Event()
         with self._cond:
             if self._pid != os.getpid():
@@ -104,7 +91,7 @@ class Background(OwnThread):
         return done.wait(timeout)
 
     def _wake(self) -> None:
-        # Called with the lock held.
+        # With the lock held.
         self._start()
         self._cond.notify()
 
@@ -117,8 +104,7 @@ class Background(OwnThread):
             self._running = False
             closed = False
             while True:
-                # Jobs asked for now (code in an event loop waits for them) before those
-                # whose time has come (group refreshes, throttled anyway).
+                # Jobs asked for now (an event loop waits for them) before scheduled ones.
                 if self._now:
                     self._running = True
                     return self._now.popleft()
@@ -126,8 +112,8 @@ class Background(OwnThread):
                     self._running = True
                     return heapq.heappop(self._later)[2]
                 if not closed:
-                    # Nothing due: hold no connection while waiting. Closing lets go of
-                    # the lock, and a job may come meanwhile: look again before waiting.
+                    # Nothing due: hold no connection while waiting, then look again (a
+                    # job may come while the lock is let go).
                     closed = True
                     self._cond.release()
                     try:

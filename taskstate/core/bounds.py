@@ -1,31 +1,13 @@
-"""Bounded waits: no tracking write waits for the database forever.
+"""Bounded waits: no tracking write waits for the database forever (PostgreSQL only).
 
-A tracking write runs on the project's own connection (``TASKSTATE["DATABASE"]``), in a
-worker thread or inside ``send()``. Three bounds (constants in ``taskstate.core.conf``) apply to
-our statements only; the project's own queries on the same connection keep its settings:
-
-- ``DB_CONNECT_TIMEOUT``: when the write itself has to open the connection, it opens it
-  with libpq's ``connect_timeout`` (a client-side bound; the project's own ``OPTIONS``
-  win when they set one).
-- ``DB_LOCK_TIMEOUT`` and ``DB_STATEMENT_TIMEOUT``: PostgreSQL's ``lock_timeout`` and
-  ``statement_timeout``, made local to the write's own transaction
-  (``set_config(..., true)``). The server enforces them, so a slow or locked database
-  answers with an error and the connection stays usable.
-- A client-side bound, ``DB_STATEMENT_TIMEOUT`` plus :data:`GRACE` seconds: a server that
-  stopped answering (SIGSTOP, a network that drops packets) can enforce nothing, while
-  the kernel may still acknowledge every byte. A watchdog thread then shuts the
-  connection's socket down; the driver raises, the write gives up, and the connection is
-  closed so the next write connects afresh.
-
-A group refresh runs several statements: :func:`bounded_transaction` applies the same
-three bounds to them, as one transaction.
-
-PostgreSQL only (psycopg 3 or psycopg2); other backends run unbounded by us (SQLite has
-its own ``timeout`` option; see docs/reliability.md).
+Our statements only: a connect timeout when the write opens the connection, the server's
+``lock_timeout`` and ``statement_timeout`` local to the write's transaction, and a
+watchdog that shuts the socket of a server that stopped answering (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -35,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections, transaction
@@ -63,13 +46,8 @@ def client_bound() -> float:
 
 @contextmanager
 def bounded(connection: BaseDatabaseWrapper) -> Iterator[None]:
-    """Run one tracking write on ``connection`` within the bounds above.
-
-    Exceptions from the write pass through (the caller logs them as an outage). Inside a
-    caller's transaction (progress from an actor's own ``atomic()``) nothing is bounded:
-    the write behaves like the caller's own queries on that connection, which cutting it
-    would break.
-    """
+    """Run one tracking write on ``connection`` within the bounds; exceptions pass through.
+    Inside a caller's transaction nothing is bounded: cutting it would break the caller's."""
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         yield
         return
@@ -83,29 +61,19 @@ def bounded(connection: BaseDatabaseWrapper) -> Iterator[None]:
         yield
     finally:
         if _watchdog.disarm(alarm):
-            # Its socket is shut: let the next write (or query) connect again.
-            connection.close()
+            connection.close()  # its socket is shut: the next query connects again
 
 
 @contextmanager
 def bounded_transaction(alias: str) -> Iterator[None]:
-    """Run several tracking statements on ``alias`` as one transaction within the bounds.
-
-    The statements of a group refresh (``taskstate.core.groups``): ``lock_timeout`` and
-    ``statement_timeout`` are made local to the transaction, so each statement is bounded
-    by the server; the watchdog bounds the whole transaction, as it bounds one write.
-    Inside a caller's transaction nothing is bounded (see :func:`bounded`); other backends
-    run the statements without these bounds, each in autocommit.
-    """
+    """Run several tracking statements on ``alias`` as one bounded transaction (a group
+    refresh); unbounded in autocommit elsewhere, as :func:`bounded`."""
     connection = connections[alias]
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         yield
         return
     with bounded(connection):
         settings = server_bounds(connection)
-        if not settings:
-            yield
-            return
         with transaction.atomic(using=alias):
             with connection.cursor() as cursor:
                 calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
@@ -116,8 +84,7 @@ def bounded_transaction(alias: str) -> Iterator[None]:
 def _connect(connection: BaseDatabaseWrapper, seconds: float) -> None:
     if connection.connection is not None:
         return
-    # Only this connect, in this thread (a DatabaseWrapper belongs to one thread), gets
-    # the timeout; once open the connection behaves as the project configured it.
+    # Only this connect gets the timeout (a DatabaseWrapper belongs to one thread).
     project_params = connection.get_connection_params
 
     def with_timeout() -> dict[str, Any]:
@@ -133,14 +100,12 @@ def _connect(connection: BaseDatabaseWrapper, seconds: float) -> None:
         del connection.get_connection_params
 
 
+@dataclass(eq=False)
 class _Alarm:
-    __slots__ = ("armed", "deadline", "fd", "fired")
-
-    def __init__(self, deadline: float, fd: int) -> None:
-        self.deadline = deadline
-        self.fd = fd
-        self.fired = False
-        self.armed = True
+    deadline: float
+    fd: int
+    fired: bool = False
+    armed: bool = True
 
 
 class _Watchdog:
@@ -194,16 +159,8 @@ class _Watchdog:
 
 
 def _shut(fd: int) -> None:
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    try:
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
 
 
 _watchdog = _Watchdog()

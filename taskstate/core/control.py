@@ -1,13 +1,8 @@
 """Owner control: cancel a task, or send a failed or cancelled one again.
 
-Called by the views and the admin once the policy (``taskstate.core.policy``) allowed it. A
-cancel is one guarded statement (``taskstate.core.transitions.request_cancel``) announced at
-once; the worker does the rest (``taskstate.worker.middleware``, ``taskstate.worker.tracking``). A retry
-sends the stored message again to the same actor, and dismisses the old row.
-
-A group or pipeline row is controlled as one: a cancel reaches every unfinished child
-(two statements whatever the group's size), a retry sends its failed and cancelled
-children again as a new group (``taskstate.core.grouping``), linked to the old one.
+Called by the views and the admin once the policy allowed it. A group or pipeline row is
+controlled as one: a cancel reaches every unfinished child, a retry sends its failed and
+cancelled children again as a new group linked to the old one.
 """
 
 from __future__ import annotations
@@ -26,14 +21,17 @@ from taskstate.core.states import RETRYABLE_STATUSES, Kind, Status
 from taskstate.core.transitions import request_cancel, request_group_cancel
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
+    from django.db.models import QuerySet
+
     from taskstate.core.models import Task
 
 __all__ = ["RETRY_OF_OPTION", "RetryRefused", "cancel", "retry"]
 
 logger = logging.getLogger("taskstate")
 
-#: Option on a message sent by a retry: the pk of the task it retries (read by the
-#: middleware, which links the new row to the old one).
+#: Option on a message sent by a retry: the pk of the task it retries.
 RETRY_OF_OPTION = "taskstate_retry_of"
 
 
@@ -43,13 +41,8 @@ class RetryRefused(Exception):
 
 
 def cancel(task: Task) -> Task | None:
-    """Ask for ``task`` to be cancelled; the row as written, or None when it had ended.
-
-    Announced (pushed to the owner's page) when committed: ``cancelled`` at once for a
-    task still waiting to run, "Cancelling" for a running one. A group or pipeline:
-    every unfinished child is asked, and the group's row reads ``cancelled`` once none
-    runs any more.
-    """
+    """Ask for ``task`` to be cancelled; the row as written and announced, or None when it
+    had ended. A task still waiting reads ``cancelled`` at once, a running one "Cancelling"."""
     if task.is_group:
         return _cancel_group(task)
     if not request_cancel(task.pk):
@@ -66,15 +59,11 @@ def cancel(task: Task) -> Task | None:
 
 
 def retry(task: Task) -> dramatiq.Message[Any] | Task:
-    """Send ``task``'s stored message again, and dismiss ``task``. Returns the new message.
+    """Send ``task``'s stored message again (a new message whose row links to ``task``)
+    and dismiss ``task``; returns the new message, or a group's new row.
 
-    A new message id and a fresh attempt count; the new row links to ``task``
-    (``retry_of``). Raises :class:`RetryRefused` when the task was retried already (a
-    double click), has no stored message, or its actor is not declared here.
-
-    A group or pipeline: see :func:`_retry_group`; returns the new group's row. A child
-    of one is retried only with its group (``taskstate.core.policy.controlled_by_group``):
-    refused.
+    Raises :class:`RetryRefused` when the task was retried already, has no stored message,
+    its actor is not declared here, or it is a child of a group (retried with its group).
     """
     if controlled_by_group(task):
         raise RetryRefused("a task of a group or pipeline is retried with its group")
@@ -84,24 +73,14 @@ def retry(task: Task) -> dramatiq.Message[Any] | Task:
     if not isinstance(stored, dict):
         raise RetryRefused("no stored message")
     broker = dramatiq.get_broker()
-    try:
-        actor = broker.get_actor(str(stored.get("actor_name")))
-    except dramatiq.errors.ActorNotFound as exc:
-        raise RetryRefused(f"actor {stored.get('actor_name')!r} is not declared") from exc
-    options = dict(stored.get("options") or {})
-    options[RETRY_OF_OPTION] = task.pk
-    message = actor.message_with_options(
-        args=tuple(stored.get("args") or ()), kwargs=dict(stored.get("kwargs") or {}), **options
-    )
+    message = _message(broker, stored, task.pk, keep_pipe_target=True)
     from taskstate.core.models import Task
 
     with transaction.atomic():
-        now = timezone.now()
         # Guarded: of two retries of one row (two tabs, a double click), one sends.
-        dismissed = Task.objects.filter(
-            pk=task.pk, status__in=RETRYABLE_STATUSES, seen=False
-        ).update(seen=True, seen_at=now, updated_at=now)
-        if not dismissed:
+        if not _dismiss(
+            Task.objects.all(), timezone.now(), pk=task.pk, status__in=RETRYABLE_STATUSES
+        ):
             raise RetryRefused("retried already")
         broker.enqueue(message)
     return message
@@ -114,8 +93,7 @@ def _cancel_group(task: Task) -> Task | None:
     if not request_group_cancel(task.pk):
         return None
     rows = Task.objects.using(get_settings().DATABASE)
-    # Refreshed now, not when the refresher's turn comes: the row the owner gets back
-    # reads "Cancelling" or, with no child running, cancelled.
+    # Refreshed now: the row the owner gets back reads "Cancelling" or cancelled.
     refreshed = refresh_group(task.pk)
     written = refreshed.task if refreshed is not None else rows.filter(pk=task.pk).first()
     if written is None:
@@ -129,15 +107,9 @@ def _cancel_group(task: Task) -> Task | None:
 
 
 def _retry_group(task: Task) -> Task:
-    """Send the failed and cancelled children of group ``task`` again, as a new group.
-
-    Only children with a stored message (sent with ``retryable``); those that did their
-    work are not run again. A pipeline is sent again from its first failed or cancelled
-    step, with the steps after it (their messages ride with that step's, as Dramatiq's
-    ``Pipelines`` sends them). The new group's row links to ``task`` (``retry_of``), each
-    new child to the one it retries; ``task`` and its children are dismissed. Raises
-    :class:`RetryRefused` when no child can be sent again, or ``task`` was retried already.
-    """
+    """Send the failed and cancelled children of group ``task`` that have a stored message
+    again, as a new group; a pipeline from its first such step, with the steps after it.
+    ``task`` and its children are dismissed."""
     from taskstate.core.grouping import _track
     from taskstate.core.models import Task
 
@@ -157,15 +129,12 @@ def _retry_group(task: Task) -> Task:
         stored = dict(first.retry_message or {})
         steps = [_message(broker, stored, first.pk)]
         later = _later_steps(stored)
-        if later:
-            known = dict(
-                rows.filter(
-                    parent_id=task.pk, message_id__in=[step.get("message_id") for step in later]
-                ).values_list("message_id", "pk")
-            )
-            steps += [
-                _message(broker, step, known.get(str(step.get("message_id")))) for step in later
-            ]
+        ids = [step.get("message_id") for step in later]
+        # An empty ``__in`` runs no query.
+        known = dict(
+            rows.filter(parent_id=task.pk, message_id__in=ids).values_list("message_id", "pk")
+        )
+        steps += [_message(broker, step, known.get(str(step.get("message_id")))) for step in later]
         composition = dramatiq.pipeline(steps, broker=broker)
     else:
         messages = [_message(broker, child.retry_message or {}, child.pk) for child in stopped]
@@ -179,12 +148,9 @@ def _retry_group(task: Task) -> Task:
     with transaction.atomic(using=alias):
         now = timezone.now()
         # Guarded as for one task: of two retries of one group, one sends.
-        dismissed = rows.filter(pk=task.pk, status__in=RETRYABLE_STATUSES, seen=False).update(
-            seen=True, seen_at=now, updated_at=now
-        )
-        if not dismissed:
+        if not _dismiss(rows, now, pk=task.pk, status__in=RETRYABLE_STATUSES):
             raise RetryRefused("retried already")
-        rows.filter(parent_id=task.pk, seen=False).update(seen=True, seen_at=now, updated_at=now)
+        _dismiss(rows, now, parent_id=task.pk)
         tracked = _track(composition, for_state, retry_of=task.pk)
         if tracked.task is None:
             raise RetryRefused("the new group could not be recorded")
@@ -192,16 +158,25 @@ def _retry_group(task: Task) -> Task:
     return tracked.task
 
 
+def _dismiss(rows: QuerySet[Task], now: datetime, **lookup: Any) -> int:
+    return int(rows.filter(seen=False, **lookup).update(seen=True, seen_at=now, updated_at=now))
+
+
 def _message(
-    broker: dramatiq.Broker, stored: dict[str, Any], retry_of: int | None
+    broker: dramatiq.Broker,
+    stored: dict[str, Any],
+    retry_of: int | None,
+    *,
+    keep_pipe_target: bool = False,
 ) -> dramatiq.Message[Any]:
-    """A new message (new id) from a stored one, without the pipeline's own option."""
+    """A new message (new id) from a stored one."""
     try:
         actor = broker.get_actor(str(stored.get("actor_name")))
     except dramatiq.errors.ActorNotFound as exc:
         raise RetryRefused(f"actor {stored.get('actor_name')!r} is not declared") from exc
     options = dict(stored.get("options") or {})
-    options.pop("pipe_target", None)  # dramatiq.pipeline sets it again
+    if not keep_pipe_target:
+        options.pop("pipe_target", None)  # dramatiq.pipeline sets it again
     if retry_of is not None:
         options[RETRY_OF_OPTION] = retry_of
     return actor.message_with_options(

@@ -1,17 +1,13 @@
 """``StateMiddleware``: Dramatiq hooks turned into task state transitions, nothing else.
 
-Only messages whose kwargs hold a ``for_state`` dict are tracked; for any other message
-each hook is a dictionary lookup and no query. Every hook catches its own errors: a
-tracking problem is logged and never reaches the sender or the actor.
-
-A tracked message is acked only once its final state is committed: ``before_ack`` and
-``before_nack`` wait for it (docs/reliability.md, "Acks and final rows"). While the worker
-stops and the database does not answer, they raise :class:`AckWithheld` after a bounded
-wait, and Dramatiq leaves the message for the broker to deliver again.
+Only messages with a ``for_state`` dict are tracked; hooks never raise into the sender or
+the actor. A tracked message is acked only once its final state is committed
+(docs/reliability.md, "Acks and final rows").
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import traceback
@@ -21,10 +17,11 @@ from datetime import datetime, timezone
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import dramatiq
 from django.db import connections, transaction
 from django.utils import timezone as dj_timezone
 from django.utils.translation import get_language
+from dramatiq import Broker, Message, Worker
+from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware, MiddlewareError, SkipMessage
 
@@ -36,13 +33,7 @@ from taskstate.core.control import RETRY_OF_OPTION
 from taskstate.core.for_state import Origin, make_encodable, parse_for_state, tracked_for_state
 from taskstate.core.signals import announce, worker_stopped
 from taskstate.core.states import TERMINAL_ORDER, Status
-from taskstate.core.values import (
-    UNPRINTABLE,
-    NotStorable,
-    clean_text,
-    exception_facts,
-    json_value,
-)
+from taskstate.core.values import UNPRINTABLE, NotStorable, clean_text, exception_facts, json_value
 from taskstate.worker.tracking import Cancelled, MessageRun, _current, held_back, mark_cancelled
 from taskstate.worker.writer import cancels, writer
 
@@ -66,41 +57,32 @@ def _never_raises(hook: F) -> F:
 
 
 class StateMiddleware(Middleware):
-    """Record the life of messages sent with ``for_state={...}`` in ``taskstate.core.models.Task``.
+    """Record the life of messages sent with ``for_state={...}`` in ``Task`` rows.
 
-    Add ``"taskstate.middleware.StateMiddleware"`` to ``DRAMATIQ_BROKER["MIDDLEWARE"]``;
-    where it stands in the list does not change what it records.
+    Add ``"taskstate.middleware.StateMiddleware"`` to ``DRAMATIQ_BROKER["MIDDLEWARE"]``,
+    anywhere in the list.
     """
 
     def __init__(self) -> None:
-        # Attempts in flight in this process, by message proxy: the hooks of one
-        # message may run in different threads (ack in the consumer thread on older
-        # Dramatiq), so a context variable alone would not reach them all.
+        # Attempts in flight, by message proxy: one message's hooks may run in different
+        # threads (the ack in the consumer thread on older Dramatiq).
         self._runs: dict[int, tuple[weakref.ref[Any], MessageRun]] = {}
         self._lock = threading.Lock()
-        # When the next attempt of a message being retried is due, by message id: known
-        # when Retries re-enqueues it, written with the retrying status at the ack. A
-        # message acked after an exception and absent here was not retried.
+        # Due time of each retried message's next attempt, noted when Retries re-enqueues
+        # it: a message acked after an exception and absent here was not retried.
         self._retry_due: dict[str, datetime | None] = {}
 
-    # --- sender side -------------------------------------------------------------------
-
     @_never_raises
-    def before_enqueue(
-        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
-    ) -> None:
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         if message.kwargs and "for_state" in message.kwargs:
             make_encodable(message.kwargs, message.message_id)
-            # The sender's language travels with the message, so that whichever write
-            # creates the row (the sender's or a quicker worker's) records it.
+            # Travels with the message: whichever write creates the row records it.
             language = (get_language() or "")[:16]
             if language and LANGUAGE_OPTION not in message.options:
                 message.options[LANGUAGE_OPTION] = language
 
     @_never_raises
-    def after_enqueue(
-        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
-    ) -> None:
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int | None) -> None:
         for_state = tracked_for_state(message.kwargs)
         if for_state is None:
             return
@@ -115,22 +97,17 @@ class StateMiddleware(Middleware):
             values["due_at"] = _due(message)
         else:
             status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
-        # Written now (after the sender's commit), not queued for the background writer:
-        # a page rendered right after send() shows the task.
+        # Not queued for the background writer: a page rendered right after send() shows it.
         _sent(t.Change(origin, status, order, values, keep=_CONTROL_KEEP))
 
-    # --- worker side -------------------------------------------------------------------
-
-    def before_process_message(
-        self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy
-    ) -> None:
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         if self._start(message):
             # Outside _never_raises: Dramatiq skips the message (the body never runs) and
             # calls after_skip_message, which records it cancelled.
             raise SkipMessage("taskstate: cancelled by its owner")
 
     @_never_raises
-    def _start(self, message: dramatiq.broker.MessageProxy) -> bool | None:
+    def _start(self, message: MessageProxy) -> bool | None:
         """Record the attempt as running; True when it was cancelled before it started."""
         for_state = tracked_for_state(message.kwargs)
         if for_state is None:
@@ -146,35 +123,33 @@ class StateMiddleware(Middleware):
         self._remember(message, run)
         _current.set(run)
         if cancels.heard_of(run.origin.message_id):
-            # Every request committed before this start is known (CancelWatch: one read
-            # shared by the starts waiting for it, or none when known already): the body
-            # never runs, and after_skip_message records it cancelled.
-            _not_started(run)
+            # Every request committed before this start is known: the body never runs,
+            # and the attempt does not count as one.
+            mark_cancelled(run)
+            run.attempt -= 1
+            run.started_at = None
             return True
+        values = {
+            **_attempt(run),
+            "finished_at": None,
+            "due_at": None,
+            "progress": 0,
+            "progress_message": "",
+            **_control_columns(message, run.origin),
+        }
+        order, keep = t.running_order(attempt), _KEEP + _CONTROL_KEEP
+        change = t.Change(run.origin, Status.RUNNING, order, values, keep=keep)
         # Not waited for: a request committed after the watch's read is a running task's
-        # cancel, seen when the row comes back or at the next look.
-        _write(
-            run.origin,
-            Status.RUNNING,
-            t.running_order(attempt),
-            {
-                **_attempt(run),
-                "finished_at": None,
-                "due_at": None,
-                "progress": 0,
-                "progress_message": "",
-                **_control_columns(message, run.origin),
-            },
-            keep=_KEEP + _CONTROL_KEEP,
-            notify=lambda task, written: _running_written(run, task, written),
-        )
+        # cancel, seen when this row comes back or at the next look.
+        change.notify.append(lambda task, written: _running_written(run, task, written))
+        writer.submit(change)
         return False
 
     @_never_raises
     def after_process_message(
         self,
-        broker: dramatiq.Broker,
-        message: dramatiq.broker.MessageProxy,
+        broker: Broker,
+        message: MessageProxy,
         *,
         result: Any = None,
         exception: BaseException | None = None,
@@ -186,31 +161,25 @@ class StateMiddleware(Middleware):
         if exception is not None and _is_cancel(exception):
             mark_cancelled(run)
         if exception is not None and run.cancel_requested:
-            # Final now, whatever the other middleware do: Retries leaves it alone (see
-            # mark_cancelled), or its retry is skipped; no need to wait for the ack.
+            # Final now: Retries leaves it alone (mark_cancelled), or its retry is skipped.
             run.finished = True
             _write_cancelled(run)
             return
         if exception is None and not message.failed:
             run.finished = True
-            values = {**_ended(run), **_no_error(), "progress": 100}
+            values = {**_ended(run), **_NO_ERROR, "progress": 100}
             values["result"] = _storable_result(result, run)
-            _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values, keep=_KEEP)
+            _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values)
             if "pipe_target" in message.options and cancels.requested(run.origin.message_id):
-                # Asked to cancel, and ended before it noticed (as far as this process
-                # knows, CancelWatch): a pipeline goes no further. Pipelines reads this
-                # after us when it comes before StateMiddleware in the list; otherwise the
-                # next step is sent and skipped, as its row was cancelled with the group.
+                # Asked to cancel and ended before it noticed: the pipeline goes no further
+                # (or, with Pipelines after us, its next step is sent and skipped).
                 message.options.pop("pipe_target", None)
             return
-        # Whether Dramatiq retries this attempt is known only once every middleware
-        # has run (Retries may come before or after us): decided in before_ack/before_nack.
+        # Whether Retries retries it is known once every middleware ran: see _end.
         run.exception = exception
 
     @_never_raises
-    def after_skip_message(
-        self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy
-    ) -> None:
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         for_state = tracked_for_state(message.kwargs)
         if for_state is None:
             return
@@ -222,27 +191,24 @@ class StateMiddleware(Middleware):
                 _write_cancelled(run)
                 return
         origin = run.origin if run else _origin(message, for_state, warn=False)
-        _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, _ended(run), keep=_KEEP)
+        _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, _ended(run))
 
-    def before_ack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
-        # Dramatiq calls this after every middleware's after_process_message, just before
-        # the ack: the last moment to decide, and the moment to hold the ack until the
-        # message's final change is committed.
+    def before_ack(self, broker: Broker, message: MessageProxy) -> None:
+        # After every after_process_message: decide, then hold the ack until committed.
         self._end(message, rejected=False)
         self._hold_ack(message)
 
-    def before_nack(self, broker: dramatiq.Broker, message: dramatiq.broker.MessageProxy) -> None:
+    def before_nack(self, broker: Broker, message: MessageProxy) -> None:
         self._end(message, rejected=True)
         self._hold_ack(message)
 
     @_never_raises
-    def _end(self, message: dramatiq.broker.MessageProxy, *, rejected: bool) -> None:
+    def _end(self, message: MessageProxy, *, rejected: bool) -> None:
         """Write the final change of an attempt that ended with an exception."""
-        run = self._forget(message)
+        run = self._run_of(message, forget=True)
         if run is None:
             if rejected:
-                # Rejected before any of our worker hooks ran (unknown actor, an earlier
-                # middleware failed it): still a tracked task that will never run.
+                # Rejected before our worker hooks ran: a tracked task that never runs.
                 for_state = tracked_for_state(message.kwargs)
                 if for_state is not None:
                     self._fail(_origin(message, for_state, warn=False), None, message)
@@ -253,29 +219,25 @@ class StateMiddleware(Middleware):
         if run.cancel_requested:
             _write_cancelled(run)
             return
-        # Acked after an exception: Retries has enqueued the next attempt (after_enqueue
-        # saw it), or the message is over: no Retries middleware, or one that could not
-        # act on this exception (before Python 3.13 Retries raises formatting the
-        # traceback of an exception whose __notes__ fail, and the message is acked).
-        # Rejected: Retries gave up (or another middleware failed the message).
+        # Acked after an exception: retried if Retries re-enqueued it (after_enqueue saw
+        # it), else over (no Retries, or one that failed on this exception). Rejected:
+        # Retries gave up, or another middleware failed it.
         retried = not rejected and message.message_id in self._retry_due
         due_at = self._retry_due.pop(message.message_id, None)
         if retried:
             values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
             values["due_at"] = due_at
-            _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values, keep=_KEEP)
+            _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values)
         else:
             self._fail(run.origin, run, message)
 
-    def _hold_ack(self, message: dramatiq.broker.MessageProxy) -> None:
-        """Return once the message's final change is committed; raise (Dramatiq then
-        leaves the message unacked, for the broker to deliver again) when the worker is
-        stopping and the database did not answer within ``writer.STOP_ACK_WAIT``."""
+    def _hold_ack(self, message: MessageProxy) -> None:
+        """Return once the message's final change is committed; raise :class:`AckWithheld`
+        when the worker stops and the database did not answer in ``STOP_ACK_WAIT``."""
         try:
             if tracked_for_state(message.kwargs) is None or "eta" in message.options:
-                # Untracked; or a delayed message's copy, acked by the consumer thread once
-                # its eta has come and the copy to run is enqueued: it ran nothing, and the
-                # consumer must not wait (it fetches, and sends the worker's heartbeats).
+                # A delayed copy, acked by the consumer thread once the copy to run is
+                # enqueued: it ran nothing, and the consumer (heartbeats) must not wait.
                 return
             if writer.wait_written(message.message_id):
                 return
@@ -290,34 +252,25 @@ class StateMiddleware(Middleware):
         )
         raise AckWithheld(message.message_id)
 
-    def _fail(
-        self, origin: Origin, run: MessageRun | None, message: dramatiq.broker.MessageProxy
-    ) -> None:
+    def _fail(self, origin: Origin, run: MessageRun | None, message: MessageProxy) -> None:
         values = {**_error(run.exception if run else None, message), **_ended(run)}
-        _write(origin, Status.FAILED, t.TERMINAL_ORDER, values, keep=_KEEP)
+        _write(origin, Status.FAILED, t.TERMINAL_ORDER, values)
 
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+    def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         writer.stopping(False)
 
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # Acks still held for a database that does not answer wait a bounded time now.
-        writer.stopping()
+    def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        writer.stopping()  # acks held for a database that does not answer: bounded now
 
-    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # Write the last changes, then let them reach the browsers, before the process
-        # goes: groups with a change pending are refreshed now, not when their turn comes.
-        # After, not before, since Dramatiq sends before_worker_shutdown before it waits for
-        # the running actors and the consumers' acks, whose changes would be left behind.
-        # What owns both sides does it (``taskstate.shutdown``, connected by ``ready()``).
+    def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
+        # After the running actors and acks are done, not before (their changes would be
+        # left behind): ``taskstate.shutdown`` writes and sends what is left.
         worker_stopped.send(StateMiddleware)
-
-    # --- per-message bookkeeping -------------------------------------------------------
 
     def _note_retry_due(self, message: Any) -> None:
         with self._lock:
             if len(self._retry_due) > 10_000:
-                # Retries whose ack never came (a lost broker connection): forget the
-                # oldest half (dicts keep insertion order).
+                # Retries whose ack never came (a lost broker connection): oldest half.
                 for key in list(self._retry_due)[:5_000]:
                     del self._retry_due[key]
             self._retry_due[message.message_id] = _due(message)
@@ -329,15 +282,9 @@ class StateMiddleware(Middleware):
                 self._runs = {k: v for k, v in self._runs.items() if v[0]() is not None}
             self._runs[id(message)] = (weakref.ref(message), run)
 
-    def _run_of(self, message: Any) -> MessageRun | None:
-        entry = self._runs.get(id(message))
-        if entry is None or entry[0]() is not message:
-            return None
-        return entry[1]
-
-    def _forget(self, message: Any) -> MessageRun | None:
+    def _run_of(self, message: Any, *, forget: bool = False) -> MessageRun | None:
         with self._lock:
-            entry = self._runs.pop(id(message), None)
+            entry = self._runs.pop(id(message), None) if forget else self._runs.get(id(message))
         if entry is None or entry[0]() is not message:
             return None
         return entry[1]
@@ -345,10 +292,8 @@ class StateMiddleware(Middleware):
 
 class AckWithheld(MiddlewareError):
     """Raised from ``before_ack``/``before_nack`` so that Dramatiq does not ack a message
-    whose final state is not written (the worker stops during a database outage).
-
-    A ``MiddlewareError``: Dramatiq's broker logs and swallows any other exception of a
-    ``before_`` hook and acks all the same."""
+    whose final state is not written. A ``MiddlewareError``: Dramatiq swallows any other
+    exception of a ``before_`` hook and acks all the same."""
 
 
 def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
@@ -371,11 +316,13 @@ def _due(message: Any) -> datetime | None:
     """When a delayed message is due to run: its ``eta`` option (milliseconds)."""
     eta = message.options.get("eta")
     if isinstance(eta, (int, float)) and not isinstance(eta, bool):
-        try:
+        with contextlib.suppress(OverflowError, OSError, ValueError):
             return datetime.fromtimestamp(eta / 1000, tz=timezone.utc)
-        except (OverflowError, OSError, ValueError):
-            return None
     return None
+
+
+# The first start of a task stays its start, whichever write lands first.
+_KEEP = ("started_at",)
 
 
 def _write(
@@ -383,65 +330,44 @@ def _write(
     status: Status,
     order: int,
     values: dict[str, Any],
-    *,
-    keep: tuple[str, ...] = (),
-    notify: t.Notify | None = None,
+    keep: tuple[str, ...] = _KEEP,
 ) -> None:
-    """One worker-side transition, handed to the background writer, which calls
-    ``notify`` once it is written and announces it once committed; never waits.
-
-    Any change but a running attempt's is final: its message's ack waits for it
-    (before_ack), and a full queue never drops it.
-    """
-    change = t.Change(origin, status, order, values, keep=keep)
-    if notify is not None:
-        change.notify.append(notify)
-    writer.submit(change, final=not t.is_running_order(order))
+    """Hand a final change to the background writer; never waits. The ack waits for it,
+    and a full queue never drops it."""
+    writer.submit(t.Change(origin, status, order, values, keep=keep), final=True)
 
 
 def _running_written(run: MessageRun, task: Task | None, written: bool) -> None:
     """In the writer's thread, once an attempt's running change is written."""
     if not written:
-        return  # the database is away: it is tried again; nothing is known meanwhile
+        return  # the database is away: it is tried again
     if task is None:
-        # Refused: the row had ended already (cancelled early, or this is a redelivery
-        # of an ended message). The attempt's next look reads the row.
+        # Refused: the row had ended (cancelled early, or a redelivery); the next look reads it.
         run.read_row = True
     elif task.cancel_requested_at is not None:
         mark_cancelled(run)
 
 
 def _sent(change: t.Change) -> None:
-    """Write a sender's row after the sender's transaction commits, outside it; without
-    one, now. The rows of one transaction are written together, in one statement.
-
-    A failure can then never break the caller's transaction, and a worker that starts
-    the message first is never blocked by the sender's uncommitted row.
-    """
+    """Write a sender's row once the sender's transaction commits (now without one), the
+    rows of one transaction in one statement: a failure never breaks the caller's
+    transaction, and a worker is never blocked by the sender's uncommitted row."""
     if in_event_loop():
-        # Async code (an async view): the loop must not wait and Django refuses database
-        # calls here; a thread writes it, in order, moments later. No transaction to wait
-        # for: Django runs none in a thread with an event loop.
+        # Django refuses database calls here (and runs no transaction): a thread writes it.
         background.submit(lambda: _write_sent([change]))
         return
     connection = connections[get_settings().DATABASE]
     if not connection.in_atomic_block:
-        # No transaction: written now, a batch of one, opening the connection within
-        # the write's bounds if it has none.
         _write_sent([change])
         return
     _SentRows.of(connection).add(change)
 
 
 class _SentRows:
-    """The sender's rows of one transaction, written by one ``on_commit`` callback.
+    """The sender's rows of one transaction, written by one ``on_commit`` callback: one per
+    savepoint, so a rollback drops the rows sent inside it with the callback."""
 
-    One per transaction and savepoint: Django drops the callback of a savepoint rolled
-    back, and with it the rows sent inside it, as it drops the transaction's on rollback.
-    """
-
-    #: The collector in use, by connection (a connection runs one transaction at a time)
-    #: and by the savepoints open when it was made.
+    #: The collector in use, by connection and by the savepoints open when it was made.
     _open: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], _SentRows]] = (
         weakref.WeakKeyDictionary()
     )
@@ -463,8 +389,7 @@ class _SentRows:
         if rows is not None and id(rows) in pending:
             rows.hooks = hooks
             return rows
-        # A collector whose callback is no longer pending belongs to a transaction (or
-        # savepoint) that has ended: committed, or rolled back with its rows.
+        # A collector whose callback is no longer pending belongs to an ended transaction.
         by_savepoint = {k: v for k, v in cls._open.get(connection, {}).items() if id(v) in pending}
         rows = by_savepoint[key] = cls()
         cls._open[connection] = by_savepoint
@@ -483,15 +408,9 @@ class _SentRows:
 
 
 def _write_sent(changes: list[t.Change]) -> None:
-    """The senders' rows in one statement (on PostgreSQL, the same text for any number of
-    rows), each announced when it landed; never raises.
-
-    Not durable unless a row carries what a retry needs (``t.waits_for_disk``): the
-    sender does not wait for the database's disk. A row lost with a crash of the
-    database server is written again by the worker's first write of its message (the
-    broker holds the message), and a cancel committed after it makes it durable too (the
-    log is flushed in order).
-    """
+    """The senders' rows in one statement, each announced when it landed; never raises.
+    Not durable unless a row carries what a retry needs: a row lost with a database crash
+    is written again by the worker's first write of its message."""
     try:
         written = t.write_batch(changes, durable=any(t.waits_for_disk(c) for c in changes))
     except t.Outage as outage:
@@ -505,14 +424,8 @@ def _write_sent(changes: list[t.Change]) -> None:
             announce(task, committed=True)
 
 
-# The first start of a task stays its start, whichever write lands first.
-_KEEP = ("started_at",)
-
-
-def _attempt(run: MessageRun | None) -> dict[str, Any]:
+def _attempt(run: MessageRun) -> dict[str, Any]:
     """The attempt's own facts, sent with every worker write so any order ends right."""
-    if run is None:
-        return {}
     return {
         "attempts": run.attempt,
         "started_at": run.started_at,
@@ -527,31 +440,23 @@ def _ended(run: MessageRun | None) -> dict[str, Any]:
     return {"finished_at": dj_timezone.now(), **held_back(run), **_attempt(run)}
 
 
-def _no_error() -> dict[str, Any]:
-    return {"error_type": "", "error_message": "", "traceback": ""}
+_NO_ERROR = {"error_type": "", "error_message": "", "traceback": ""}
 
 
 def _error(exception: BaseException | None, message: Any) -> dict[str, Any]:
     exception = exception or getattr(message, "_exception", None)
     if exception is None:
-        return _no_error()
+        return dict(_NO_ERROR)
     name, text = exception_facts(exception, 2000)
-    return {
-        "error_type": name,
-        "error_message": text,
-        "traceback": _traceback(exception, conf.TRACEBACK_MAX_CHARS),
-    }
-
-
-def _traceback(exception: BaseException, limit: int) -> str:
     try:
-        text = "".join(
+        trace = "".join(
             traceback.format_exception(type(exception), exception, exception.__traceback__)
         )
     except Exception:
         # A hostile exception can break even the traceback module; its type still tells.
-        text = UNPRINTABLE.format("traceback")
-    return clean_text(text[-limit:])
+        trace = UNPRINTABLE.format("traceback")
+    trace = clean_text(trace[-conf.TRACEBACK_MAX_CHARS :])
+    return {"error_type": name, "error_message": text, "traceback": trace}
 
 
 def _storable_result(result: Any, run: MessageRun) -> Any:
@@ -566,8 +471,6 @@ def _storable_result(result: Any, run: MessageRun) -> Any:
         )
         return None
 
-
-# --- owner control: what a cancel or a retry decides and needs -----------------------
 
 #: Options Dramatiq or a broker sets on a message in flight: a retry sends none of them.
 _IN_FLIGHT_OPTIONS = frozenset(
@@ -593,7 +496,7 @@ def _retry_message(message: Any) -> dict[str, Any] | None:
     options = {
         key: value
         for key, value in message.options.items()
-        # Our own options: the retry's sender sets its language and the task it retries.
+        # Our own: the retry's sender sets its language and the task it retries.
         if key not in _IN_FLIGHT_OPTIONS and key not in (RETRY_OF_OPTION, LANGUAGE_OPTION)
     }
     stored = {
@@ -613,14 +516,6 @@ def _retry_message(message: Any) -> dict[str, Any] | None:
         return None
 
 
-def _not_started(run: MessageRun) -> None:
-    """The attempt was asked to cancel before its body started (its running change was
-    never queued): it does not count as one."""
-    mark_cancelled(run)
-    run.attempt -= 1
-    run.started_at = None
-
-
 def _is_cancel(exception: BaseException) -> bool:
     """Our cooperative cancel, or dramatiq-abort's interrupt (a hard cancel)."""
     if isinstance(exception, Cancelled):
@@ -633,12 +528,8 @@ def _write_cancelled(run: MessageRun) -> None:
     """The attempt ended after a cancel request: the task is ``cancelled``, for good."""
     values = {
         **_ended(run),
-        **_no_error(),
-        # Also when the cancel came from elsewhere (dramatiq-abort called directly): a
-        # redelivered or retried copy of the message then finds it and is skipped.
+        **_NO_ERROR,
+        # Also for a cancel from elsewhere (dramatiq-abort): a redelivered copy is skipped.
         "cancel_requested_at": dj_timezone.now(),
     }
-    # An attempt that never started leaves the start time as it was before it (COALESCE
-    # keeps an earlier attempt's).
-    keep = (*_KEEP, "cancel_requested_at")
-    _write(run.origin, Status.CANCELLED, TERMINAL_ORDER, values, keep=keep)
+    _write(run.origin, Status.CANCELLED, TERMINAL_ORDER, values, (*_KEEP, "cancel_requested_at"))

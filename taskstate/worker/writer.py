@@ -1,40 +1,9 @@
 """The background state writer: the worker's state changes, written in batches off its path.
 
-Every worker hook, and ``progress()``, hands a :class:`taskstate.core.transitions.Change`
-over here (a lock and a dict insert) and returns: no database call, no render, no publish
-on the actor's thread. One thread per process takes what is pending, at most
-:data:`~taskstate.core.conf.WRITE_BATCH_SIZE` messages once the oldest change has waited
-:data:`~taskstate.core.conf.WRITE_MAX_DELAY` seconds (at once when that many are pending, or
-when someone waits for a change), writes them with
-:func:`taskstate.core.transitions.write_batch` (one transaction, one commit, usually one
-statement), and only then announces each row written, in the order the changes came
-(``taskstate.core.signals``).
-
-The running change and progress reports are not waited for. A message's final change
-(done, failed, retrying, cancelled, skipped) is: Dramatiq acks a message only once its
-final change is committed (:meth:`Writer.wait_written`, called from the middleware's
-``before_ack``/``before_nack``), so the ack of a message never outruns its row, whatever
-stops the process afterwards. Acks that wait together share a batch: one commit serves
-every worker thread waiting at that moment (a group commit). Cancel requests are known
-from :class:`CancelWatch`. A batch of running and progress changes alone commits without
-waiting for the database's disk (``write_batch(durable=False)``); a batch with a final
-change waits for it, so the ack's promise holds through a crash of the database server.
-
-Changes of one message are merged while they wait (:meth:`Change.then`): a progress
-report and the final status of a message written in one batch are written once.
-
-Faults. When the database cannot be reached the batch goes back in front of the queue
-(merged with what came since) and is tried again after a pause growing from
-:data:`FIRST_RETRY_PAUSE` to :data:`MAX_RETRY_PAUSE`; a running or progress change's
-waiter is told at once, an ack keeps waiting: a worker holds the acks of the messages it
-finished until the database answers, and takes no new message on those threads
-meanwhile. Once the worker stops, an ack waits at most :data:`STOP_ACK_WAIT` more
-seconds; then the message stays unacked and the broker delivers it again. The queue
-holds at most :data:`MAX_PENDING` messages: past that a new message's running and
-progress changes are dropped (logged once per episode; its final change, which its ack
-waits for, is always kept). At worker shutdown (and at exit) the queue is flushed within
-a bound; what is still unwritten then belongs to messages that were not acked, which the
-broker delivers again (docs/reliability.md).
+Hooks and ``progress()`` queue a :class:`~taskstate.core.transitions.Change` and return; one
+thread per process writes what is pending with ``write_batch`` and then announces it. A
+message's final change is waited for by its ack (:meth:`Writer.wait_written`), so no ack
+outruns its row; docs/reliability.md ("The background writer") tells the rest.
 """
 
 from __future__ import annotations
@@ -73,19 +42,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("taskstate")
 
-#: Messages whose changes may wait at most; past that a new message's changes are dropped.
+#: Messages whose changes may wait; past that a new message's non-final changes are dropped.
 MAX_PENDING = 10_000
 #: Pauses before a batch the database could not take is tried again.
 FIRST_RETRY_PAUSE = 0.5
 MAX_RETRY_PAUSE = 5.0
-#: Seconds a worker's shutdown (and the interpreter's exit) waits for the queue to drain.
+#: Seconds a shutdown waits for the queue to drain.
 SHUTDOWN_FLUSH = 5.0
-#: Seconds an ack waits for its message's final change once the worker stops (while the
-#: database is away); past that the message is left unacked for the broker to deliver again.
+#: Seconds an ack still waits once the worker stops; then the message is left unacked.
 STOP_ACK_WAIT = 5.0
-#: While a flush waits, a batch the database could not take is tried again this soon
-#: (not at once: a refused connection fails in microseconds).
+#: A flush retries a failed batch this soon (a refused connection fails in microseconds).
 FLUSH_RETRY_PAUSE = 0.1
+#: Cancel requests a process keeps in memory at most (:class:`CancelWatch`).
+MAX_KNOWN_CANCELS = 100_000
 
 
 class Writer(OwnThread):
@@ -107,12 +76,9 @@ class Writer(OwnThread):
         self._full = False
         self._release = False
 
-    # --- the worker's side ---------------------------------------------------------------
-
     def submit(self, change: Change, *, final: bool = False) -> bool:
-        """Queue ``change``; returns at once, never raises for the database. False when it
-        was dropped (the queue is full). A ``final`` change (the one the message's ack
-        waits for) is never dropped."""
+        """Queue ``change`` and return; False when dropped (queue full). A ``final`` change,
+        which the message's ack waits for, is never dropped."""
         change.since = time.monotonic()
         change.final = change.final or final
         message_id = change.origin.message_id
@@ -146,12 +112,8 @@ class Writer(OwnThread):
 
     def wait_written(self, message_id: str) -> bool:
         """Wait until every change of ``message_id`` queued so far is committed, hurrying
-        its batch; True once it is (also when nothing was queued).
-
-        Waits through a database outage as long as it lasts, unless the worker stops
-        (:meth:`stopping`): then at most :data:`STOP_ACK_WAIT` seconds from the later of
-        the stop and this call. False: that bound ran out, the change is still queued.
-        """
+        its batch. Waits through an outage, unless the worker stops: then False after
+        :data:`STOP_ACK_WAIT` seconds from the later of the stop and this call."""
         called = time.monotonic()
         with self._cond:
             while True:
@@ -172,70 +134,53 @@ class Writer(OwnThread):
                 self._cond.wait(timeout)
 
     def stopping(self, stopping: bool = True) -> None:
-        """The worker stops (False: runs again): from now on :meth:`wait_written` waits
-        within its bound."""
+        """The worker stops (False: runs again): :meth:`wait_written` is bounded from now."""
         with self._cond:
             self._stopping_at = time.monotonic() if stopping else None
             self._cond.notify_all()
 
     def unwritten(self) -> int:
-        """Messages whose changes are not written yet: waiting, or in the batch being
-        written."""
+        """Messages whose changes are not written yet (waiting or in flight)."""
         with self._cond:
             return len(self._pending) + len(self._in_flight_ids)
 
     def flush(self, timeout: float = SHUTDOWN_FLUSH) -> bool:
-        """Write everything pending now, and wait for it; False if ``timeout`` ran out
-        (the database is away) or the changes could not be written."""
-        deadline = time.monotonic() + timeout
+        """Write everything pending now and wait for it; False if it was not written in time."""
         with self._cond:
             if self._pid != os.getpid():
                 return not self._pending
             self._flushing += 1
             self._cond.notify_all()
             try:
-                while self._pending or self._busy:
-                    if self._thread is None or not self._thread.is_alive():
-                        return not self._pending
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._cond.wait(remaining)
+                # Done, or no thread left to do it.
+                ended = self._cond.wait_for(
+                    lambda: not (self._pending or self._busy) or not self._running_here(), timeout
+                )
+                return ended and not self._pending
             finally:
                 self._flushing -= 1
-        return True
 
     def release(self, timeout: float = SHUTDOWN_FLUSH) -> None:
-        """Close the writer's database connection once nothing is pending (it reconnects
-        for the next batch): at shutdown, and for tests that drop their database."""
-        deadline = time.monotonic() + timeout
+        """Close the writer's connection once nothing is pending (shutdown, tests)."""
         with self._cond:
-            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+            if not self._running_here():
                 return
             self._release = True
             self._cond.notify_all()
-            while self._release and self._thread.is_alive():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._cond.wait(remaining)
+            self._cond.wait_for(lambda: not self._release or not self._running_here(), timeout)
 
     def shutdown(self, timeout: float = SHUTDOWN_FLUSH) -> None:
         """Flush within ``timeout``; log what could not be written."""
         if self.flush(timeout):
             self.release(1.0)
-        else:
-            left = self.unwritten()
-            if left:
-                logger.error(
-                    "taskstate: %d messages' state changes could not be written before the "
-                    "process ends. None of these messages was acknowledged (an ack waits for "
-                    "its final change): the broker delivers them again and their rows are "
-                    "written then.",
-                    left,
-                )
-
-    # --- the writer thread ---------------------------------------------------------------
+        elif left := self.unwritten():
+            logger.error(
+                "taskstate: %d messages' state changes could not be written before the "
+                "process ends. None of these messages was acknowledged (an ack waits for "
+                "its final change): the broker delivers them again and their rows are "
+                "written then.",
+                left,
+            )
 
     def _run(self) -> None:
         while True:
@@ -259,7 +204,7 @@ class Writer(OwnThread):
                 _tell(batch, None, written=False)
 
     def _next_batch(self) -> list[Change]:
-        # Called with the lock held: waits for a batch that is due, then takes it.
+        # With the lock held: waits for a batch that is due, then takes it.
         while True:
             if self._release and not self._pending:
                 return []
@@ -285,22 +230,21 @@ class Writer(OwnThread):
         return batch
 
     def _write(self, batch: list[Change]) -> None:
-        # The writer keeps its one connection open across batches, whatever CONN_MAX_AGE
-        # says (it is one per process, and a connection per batch would cost more than the
-        # batch); after an outage it is closed, so the next try connects afresh.
+        # One connection kept across batches, whatever CONN_MAX_AGE says; closed after an
+        # outage so the next try connects afresh.
         durable = any(waits_for_disk(change) for change in batch)
         try:
             tasks = write_batch(batch, durable=durable)
         except Outage as outage:
             with contextlib.suppress(Exception):
                 connections[get_settings().DATABASE].close()
-            # Rows written one by one before the outage are committed: announced now
-            # (tried again, they would be refused and never announced).
+            # Rows committed before the outage are announced now: tried again, they would
+            # be refused and never announced.
             done = len(outage.written)
             if done:
                 self._written(batch[:done], outage.written)
             rest = batch[done:]
-            # Whoever waits goes on now (it reads instead); the changes are tried again.
+            # Waiters go on now (they read instead); the changes are tried again.
             _tell(rest, None, written=False)
             for change in rest:
                 change.notify = []
@@ -312,8 +256,7 @@ class Writer(OwnThread):
             self._retry_at = 0.0
         self._written(batch, tasks)
         if cancels.age() > conf.CANCEL_CHECK_INTERVAL / 2:
-            # Once in a while, with a batch: the workers of this process then hear of
-            # cancel requests without a read of their own (CancelWatch).
+            # With a batch now and then: workers hear of cancels without reads of their own.
             cancels.refresh()
 
     def _written(self, batch: list[Change], tasks: list[Task | None]) -> None:
@@ -359,29 +302,13 @@ class Writer(OwnThread):
 class CancelWatch:
     """The cancel requests this process knows of, so a worker need not read the row.
 
-    A message's start asks :meth:`heard_of`: it is answered by a read of the requests made
-    since the last read (:func:`taskstate.core.transitions.cancels_since`, one indexed read)
-    that began after the start asked, so every request committed before the start is
-    known, and a body whose cancel the owner saw never starts. One read at a time, made by
-    the first start waiting, serves every start that asked before it began, like a group
-    commit. A start of a message known to be asked already reads nothing. Reads run on a
-    connection the watch keeps open (whatever CONN_MAX_AGE says, as the writer's), within
-    the bounds of ``taskstate.core.bounds``.
-
-    A running message asks :meth:`requested` at a pipeline step's end and at each
-    ``progress()``: a dictionary lookup. What is known is also refreshed by the writer
-    thread with its batches (at most twice per ``CANCEL_CHECK_INTERVAL``); a look reads
-    only when nothing was refreshed for longer than ``CANCEL_CHECK_INTERVAL`` (an idle
-    process), and then one read serves every thread. So a running message hears of its
-    cancel within ``CANCEL_CHECK_INTERVAL``.
-
-    While the database is failing nothing is read, and a start that has waited for
-    another's read longer than the database bounds allow goes on with what is known
-    (logged): a worker that cannot reach the database cannot hear of a request.
+    A start asks :meth:`heard_of`, answered by a read that began after it asked: every
+    request committed before the start is known, so a body whose cancel the owner saw
+    never runs. One read serves every start waiting for it (like a group commit). A
+    running message asks :meth:`requested`, known at most ``CANCEL_CHECK_INTERVAL`` ago.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        #: Monotonic seconds: the age of what is known.
         self.clock = clock
         self._init_state()
 
@@ -400,21 +327,17 @@ class CancelWatch:
         self._refresh_handed_over = False
 
     def age(self) -> float:
-        """Seconds since the last read that is known to have succeeded started."""
+        """Seconds since the last successful read started."""
         return self.clock() - self._fresh_at
 
     def known(self, message_id: str) -> bool:
-        """Whether ``message_id`` is known to have been asked to cancel; never reads."""
+        """Whether ``message_id`` is known to be asked to cancel; never reads."""
         return message_id in self._ids
 
     def heard_of(self, message_id: str) -> bool:
-        """Whether ``message_id`` was asked to cancel, as read after this call began.
-
-        Reads, or waits for the read another start began meanwhile; answers from what is
-        known while the database is failing, and after waiting :func:`_start_wait` for
-        another thread's read. In an event loop's thread (Django refuses a query there)
-        another thread reads and this one waits for it.
-        """
+        """Whether ``message_id`` was asked to cancel, as read after this call began; from
+        what is known while the database fails or once :func:`_start_wait` ran out. In an
+        event loop (Django refuses a query there) another thread reads for it."""
         if self.known(message_id):
             return True
         if database_down():
@@ -464,16 +387,14 @@ class CancelWatch:
 
     def requested(self, message_id: str) -> bool:
         """Whether ``message_id`` was asked to cancel, as known at most
-        ``CANCEL_CHECK_INTERVAL`` ago: reads first when what is known is older (unless the
-        database is failing: then False, as a read would have said)."""
+        ``CANCEL_CHECK_INTERVAL`` ago (reads first when older, unless the database fails)."""
         if self.known(message_id):
             return True
         limit = conf.CANCEL_CHECK_INTERVAL
         if self.age() <= limit or database_down():
             return False
         if in_event_loop():
-            # An async actor, in Dramatiq's event loop thread: Django refuses a query
-            # here. Another thread reads; this look answers from what is known.
+            # Django refuses a query here: another thread reads for a later look.
             self._hand_over_refresh(limit)
             return False
         self.refresh(unless_younger_than=limit)
@@ -495,21 +416,19 @@ class CancelWatch:
         background.submit(read)
 
     def refresh(self, *, unless_younger_than: float | None = None) -> bool:
-        """Read the requests made since the last read (the first read: every request a
-        worker may still meet). False when the database could not be read."""
+        """Read the requests made since the last read; False when the database failed."""
         tries = self._tries
         with self._reading:
             if unless_younger_than is not None:
                 if self.age() <= unless_younger_than:
                     return True  # another thread read meanwhile
                 if self._tries != tries or database_down():
-                    # A read failed while this thread waited for it (or the database is
-                    # failing): one failed read serves every thread that waited.
+                    # One failed read serves every thread that waited for it.
                     return False
             return self._read()
 
     def _read(self) -> bool:
-        # Called with ``_reading`` held: one read at a time, on the watch's connection.
+        # With ``_reading`` held: one read at a time, on the watch's connection.
         started, wall = self.clock(), timezone.now()
         with self._lock:
             self._begun += 1
@@ -527,8 +446,8 @@ class CancelWatch:
         return found is not None
 
     def _own_connection(self) -> BaseDatabaseWrapper:
-        # A connection of the task database used by one thread at a time (under
-        # ``_reading``), whichever: a worker thread's own may be closed after each message.
+        # Used by one thread at a time (under ``_reading``): a worker thread's own
+        # connection may be closed after each message.
         alias = get_settings().DATABASE
         connection = self._connection
         if connection is None or connection.alias != alias:
@@ -539,20 +458,18 @@ class CancelWatch:
         return connection
 
     def close(self) -> None:
-        """Close the watch's connection (it reconnects for the next read): for tests that
-        drop their database."""
+        """Close the watch's connection (it reconnects for the next read)."""
         connection, self._connection = self._connection, None
         if connection is not None and self._connection_pid == os.getpid():
             with contextlib.suppress(Exception):
                 connection.close()
 
     def _learn(self, found: list[str], wall: datetime, started: float) -> None:
-        # Called with the lock held.
+        # With the lock held.
         since: datetime | None = wall
         if len(self._ids) + len(found) > MAX_KNOWN_CANCELS:
-            # The oldest half: their messages, if still queued, start and are cancelled at
-            # their first progress(). The next read is a first look again, so a request
-            # forgotten here that still matters is read back.
+            # Forget the oldest half; the next read is a first look again, so a request
+            # that still matters is read back.
             for message_id in list(self._ids)[: MAX_KNOWN_CANCELS // 2]:
                 del self._ids[message_id]
             since = None
@@ -561,19 +478,13 @@ class CancelWatch:
         self._fresh_at = max(self._fresh_at, started)
 
     def forget(self) -> None:
-        """Know nothing (tests; a forked child starts so, and leaves the parent's
-        connection alone)."""
+        """Know nothing (tests; a forked child, leaving the parent's connection alone)."""
         self.close()
         self._init_state()
 
 
-#: Cancel requests a process keeps in memory at most (:class:`CancelWatch`).
-MAX_KNOWN_CANCELS = 100_000
-
-
 def _start_wait() -> float:
-    """Seconds a start waits for another thread's read (bounded as every statement of
-    ours, taskstate.core.bounds, with a connect first), then for one of its own."""
+    """Seconds a start waits for another thread's read: a connect plus two bounded reads."""
     return float(conf.DB_CONNECT_TIMEOUT) + 2 * client_bound()
 
 

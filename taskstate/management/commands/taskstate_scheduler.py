@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from types import FrameType
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -32,12 +31,8 @@ class Command(BaseCommand):
         add_cleanup_job(scheduler, seconds=interval)
         self.stdout.write(f"taskstate cleanup every {interval} s; Ctrl+C to stop.")
         # systemd, supervisord and `kill` stop a service with SIGTERM: a clean exit, as Ctrl+C.
-        signal.signal(signal.SIGTERM, _exit_cleanly)
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
         try:
             scheduler.start()
         except (KeyboardInterrupt, SystemExit):
             scheduler.shutdown(wait=False)
-
-
-def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
-    sys.exit(0)
