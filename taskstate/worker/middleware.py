@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from django.conf import settings as django_settings
 from django.db import connections, transaction
 from django.utils import timezone as dj_timezone
 from django.utils.translation import get_language
@@ -302,7 +303,7 @@ def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
         message_id=message.message_id,
         actor_name=message.actor_name,
         queue_name=q_name(message.queue_name),
-        sent_at=datetime.fromtimestamp(message.message_timestamp / 1000, tz=timezone.utc),
+        sent_at=_at(message.message_timestamp),
         identity=parse_for_state(for_state, message.message_id, warn=warn),
         language=language[:16] if isinstance(language, str) else "",
     )
@@ -317,8 +318,15 @@ def _due(message: Any) -> datetime | None:
     eta = message.options.get("eta")
     if isinstance(eta, (int, float)) and not isinstance(eta, bool):
         with contextlib.suppress(OverflowError, OSError, ValueError):
-            return datetime.fromtimestamp(eta / 1000, tz=timezone.utc)
+            return _at(eta)
     return None
+
+
+def _at(milliseconds: float) -> datetime:
+    """A message's time (epoch milliseconds) as Django stores it: naive and local under
+    ``USE_TZ = False``."""
+    moment = datetime.fromtimestamp(milliseconds / 1000, tz=timezone.utc)
+    return moment if django_settings.USE_TZ else dj_timezone.make_naive(moment)
 
 
 # The first start of a task stays its start, whichever write lands first.
