@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser
 
 logger = logging.getLogger("taskstate")
+T = TypeVar("T")
 
 
 @require_GET
@@ -160,10 +161,9 @@ def task_list(request: HttpRequest) -> HttpResponse:
 @vary_on_headers("HX-Request")
 def children(request: HttpRequest, pk: int) -> HttpResponse:
     """The children of a group or pipeline the user may see, in order; 404 for any other."""
-    try:
-        group = visible_task(request.user, pk)
-    except Refused as refused:
-        return _refusal(refused)
+    group = _or_refusal(visible_task, request.user, pk)
+    if isinstance(group, HttpResponse):
+        return group
     if not group.is_group:
         raise Http404("No such group.")
     rows = Task.objects.filter(parent_id=group.pk).order_by("position", "pk")
@@ -205,7 +205,7 @@ def finished_unseen(user: AbstractBaseUser | AnonymousUser) -> list[Task]:
 def cancel(request: HttpRequest, pk: int) -> HttpResponse:
     """Ask to cancel one of the user's active tasks; 404 for anyone else's, 409 for a
     child of a group (cancelled with its group). The row goes to every page of the user."""
-    task = _controlled(request, pk, CANCEL)
+    task = _or_refusal(controlled_task, request.user, pk, CANCEL)
     if isinstance(task, HttpResponse):
         return task
     written = control.cancel(task) or task
@@ -219,7 +219,7 @@ def cancel(request: HttpRequest, pk: int) -> HttpResponse:
 def retry(request: HttpRequest, pk: int) -> HttpResponse:
     """Send one of the user's failed or cancelled retryable tasks again and dismiss the old
     row; 404 otherwise, 409 for a child of a group (retried with its group)."""
-    task = _controlled(request, pk, RETRY)
+    task = _or_refusal(controlled_task, request.user, pk, RETRY)
     if isinstance(task, HttpResponse):
         return task
     try:
@@ -230,19 +230,17 @@ def retry(request: HttpRequest, pk: int) -> HttpResponse:
     return _done(request)
 
 
-def _controlled(request: HttpRequest, pk: int, action: str) -> Task | HttpResponse:
+def _or_refusal(check: Callable[..., T], *args: Any) -> T | HttpResponse:
+    """What ``check`` (a rule of ``taskstate.web.access``) returns, or its refusal: 404
+    raised, any other status returned."""
     try:
-        return controlled_task(request.user, pk, action)
+        return check(*args)
     except Refused as refused:
-        return _refusal(refused)
-
-
-def _refusal(refused: Refused) -> HttpResponse:
-    if refused.status == 404:
-        raise Http404(refused.message)
-    return HttpResponse(
-        refused.message, status=refused.status, content_type="text/plain; charset=utf-8"
-    )
+        if refused.status == 404:
+            raise Http404(refused.message) from refused
+        return HttpResponse(
+            refused.message, status=refused.status, content_type="text/plain; charset=utf-8"
+        )
 
 
 def publish_removed_on_commit(tasks: list[Task]) -> None:
@@ -271,13 +269,6 @@ def _back_url(request: HttpRequest) -> str:
 # --- the tasks about an object ----------------------------------------------------------
 
 
-def _object_or_refusal(request: HttpRequest, token: str) -> tuple[str, str] | HttpResponse:
-    try:
-        return seen_object(request.user, token)
-    except Refused as refused:
-        return _refusal(refused)
-
-
 @require_GET
 @transaction.non_atomic_requests
 def object_events(request: HttpRequest, token: str, form: str = "html") -> HttpResponseBase:
@@ -299,7 +290,7 @@ def object_events(request: HttpRequest, token: str, form: str = "html") -> HttpR
         refused = streams.check_refresh(request, _object_channel(named, form))
         if refused is not None:
             return refused
-    about = _object_or_refusal(request, token)
+    about = _or_refusal(seen_object, request.user, token)
     if isinstance(about, HttpResponse):
         return about
     still_allowed = functools.partial(still_sees_object, request.user.pk, *about)
@@ -315,7 +306,7 @@ def _object_channel(about: tuple[str, str], form: str) -> str:
 @vary_on_headers("HX-Request")
 def object_task_list(request: HttpRequest, token: str) -> HttpResponse:
     """The tasks about one object; 403 for a user the policy does not let see them."""
-    about = _object_or_refusal(request, token)
+    about = _or_refusal(seen_object, request.user, token)
     if isinstance(about, HttpResponse):
         return about
     context = object_list_context(request, token, *about)
