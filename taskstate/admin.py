@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -15,7 +13,7 @@ from taskstate.core import control
 from taskstate.core.models import Task
 from taskstate.core.policy import CANCEL, RETRY, allowed, controlled_by_group
 from taskstate.templatetags.taskstate import taskstate_duration
-from taskstate.web.publish import publish_removed_tasks
+from taskstate.web.views import publish_removed_on_commit
 
 if TYPE_CHECKING:
     _TaskAdminBase = admin.ModelAdmin[Task]
@@ -130,8 +128,7 @@ class TaskAdmin(_TaskAdminBase):
     def mark_seen(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         unseen = _removable(queryset.completed().filter(seen=False))  # type: ignore[attr-defined]
         count = Task.objects.filter(pk__in=[t.pk for t in unseen]).mark_seen() if unseen else 0
-        # Like the dismiss button: every open page of each owner and object drops the rows.
-        transaction.on_commit(functools.partial(publish_removed_tasks, unseen), robust=True)
+        publish_removed_on_commit(unseen)  # as the dismiss button does
         self.message_user(
             request,
             ngettext("%d task marked seen.", "%d tasks marked seen.", count) % count,
@@ -142,7 +139,7 @@ class TaskAdmin(_TaskAdminBase):
     def delete_completed(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         completed = _removable(queryset.completed().order_by("pk"))  # type: ignore[attr-defined]
         count, _ = Task.objects.filter(pk__in=[t.pk for t in completed]).delete()
-        transaction.on_commit(functools.partial(publish_removed_tasks, completed), robust=True)
+        publish_removed_on_commit(completed)
         self.message_user(
             request,
             ngettext("%d completed task deleted.", "%d completed tasks deleted.", count) % count,

@@ -124,7 +124,6 @@ def check_refresh(request: HttpRequest, channel: str | None = None) -> HttpRespo
 
 
 def _serve_as(request: HttpRequest, user: Any, session_key: str | None) -> None:
-    # What add_close_channels subscribes the refreshed stream to.
     request._taskstate_stream = (session_key, user.pk)  # type: ignore[attr-defined]
     request.user = user
     params = request.GET.copy()
@@ -203,13 +202,11 @@ def add_close_channels(request: HttpRequest) -> None:
         return
     from gripcontrol import Channel
 
-    refreshed = getattr(request, "_taskstate_stream", None)
-    if refreshed is not None:
-        session_key, user_pk = refreshed
-    else:
-        session = getattr(request, "session", None)
-        session_key = session.session_key if session is not None else None
-        user_pk = request.user.pk
+    # A refresh serves the stream's user and session (check_refresh), else the request's.
+    session_key, user_pk = getattr(request, "_taskstate_stream", None) or (
+        getattr(getattr(request, "session", None), "session_key", None),
+        request.user.pk,
+    )
     if session_key:
         instruct.add_channel(Channel(grip_session_channel(session_key)))
     instruct.add_channel(Channel(grip_user_channel(user_pk)))
@@ -254,8 +251,7 @@ def _close_held_streams(channel: str) -> None:
 def on_logged_out(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
     """End the streams of a session at logout: those served here and those the GRIP proxy
     holds (other processes': at their next check)."""
-    session = getattr(request, "session", None)
-    session_key = session.session_key if session is not None else None
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
     if not session_key:
         return
     for stream in registry.open_streams():
