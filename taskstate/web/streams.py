@@ -108,7 +108,8 @@ def check_refresh(request: HttpRequest, channel: str | None = None) -> HttpRespo
             return HttpResponseForbidden("The user of this stream is inactive.\n")
         _serve_as(request, user, None)
         return None
-    session_key = _referenced_session_key(reference)
+    stored = _session_store()(reference).get(_REF_KEY) if reference else None
+    session_key = stored if isinstance(stored, str) else None
     user = _session_user(session_key) if session_key else None
     if (
         user is None
@@ -184,13 +185,6 @@ def _consume_reference(reference: str) -> bool:
         return False
     store.delete(reference)
     return True
-
-
-def _referenced_session_key(reference: str | None) -> str | None:
-    if not reference:
-        return None
-    session_key = _session_store()(reference).get(_REF_KEY)
-    return session_key if isinstance(session_key, str) else None
 
 
 def add_close_channels(request: HttpRequest) -> None:
