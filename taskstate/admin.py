@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.contrib.auth import get_permission_codename
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -16,7 +13,7 @@ from taskstate.core import control
 from taskstate.core.models import Task
 from taskstate.core.policy import CANCEL, RETRY, allowed, controlled_by_group
 from taskstate.templatetags.taskstate import taskstate_duration
-from taskstate.web.publish import publish_removed_tasks
+from taskstate.web.views import publish_removed_on_commit
 
 if TYPE_CHECKING:
     _TaskAdminBase = admin.ModelAdmin[Task]
@@ -108,8 +105,9 @@ class TaskAdmin(_TaskAdminBase):
         return False
 
     def has_control_permission(self, request: HttpRequest) -> bool:
-        """Cancel and retry (admin actions): the change permission, which edits nothing
-        here (every field is read-only) but acts on the task."""
+        """The actions that act on a task (mark seen starts its deletion clock, cancel,
+        retry): the change permission, which ``has_change_permission`` cannot carry as it
+        keeps the change form read-only for all."""
         return request.user.has_perm("taskstate.change_task")
 
     @admin.display(description=_("task"), ordering="description")
@@ -119,32 +117,18 @@ class TaskAdmin(_TaskAdminBase):
     @admin.display(description=_("progress"), ordering="progress")
     def progress_bar(self, task: Task) -> str:
         return format_html(
-            '<progress max="100" value="{}" title="{} %"></progress> {} %',
-            task.progress,
-            task.progress,
-            task.progress,
+            '<progress max="100" value="{p}" title="{p} %"></progress> {p} %', p=task.progress
         )
 
     @admin.display(description=_("duration"))
     def duration_display(self, task: Task) -> str:
         return taskstate_duration(task.duration) or "-"
 
-    def has_mark_seen_permission(self, request: HttpRequest) -> bool:
-        """The model's change permission: marking seen starts a task's deletion clock.
-
-        ``has_change_permission`` stays False (the change form is read-only for all), so
-        the action checks the permission itself rather than through it.
-        """
-        opts = self.opts
-        codename = get_permission_codename("change", opts)
-        return bool(request.user.has_perm(f"{opts.app_label}.{codename}"))
-
-    @admin.action(description=_("Mark selected completed tasks seen"), permissions=("mark_seen",))
+    @admin.action(description=_("Mark selected completed tasks seen"), permissions=("control",))
     def mark_seen(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         unseen = _removable(queryset.completed().filter(seen=False))  # type: ignore[attr-defined]
         count = Task.objects.filter(pk__in=[t.pk for t in unseen]).mark_seen() if unseen else 0
-        # Like the dismiss button: every open page of each owner and object drops those rows.
-        transaction.on_commit(functools.partial(publish_removed_tasks, unseen), robust=True)
+        publish_removed_on_commit(unseen)  # as the dismiss button does
         self.message_user(
             request,
             ngettext("%d task marked seen.", "%d tasks marked seen.", count) % count,
@@ -155,8 +139,7 @@ class TaskAdmin(_TaskAdminBase):
     def delete_completed(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         completed = _removable(queryset.completed().order_by("pk"))  # type: ignore[attr-defined]
         count, _ = Task.objects.filter(pk__in=[t.pk for t in completed]).delete()
-        # Like the dismiss button: every open page of each owner and object drops those rows.
-        transaction.on_commit(functools.partial(publish_removed_tasks, completed), robust=True)
+        publish_removed_on_commit(completed)
         self.message_user(
             request,
             ngettext("%d completed task deleted.", "%d completed tasks deleted.", count) % count,
@@ -192,11 +175,8 @@ class TaskAdmin(_TaskAdminBase):
 
     @admin.action(description=_("Retry selected tasks"), permissions=("control",))
     def retry_tasks(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
-        """Retry each selected task the policy allows, and each selected group once.
-
-        A group's retry sends again exactly its children that did not do their work; a
-        child selected too (a status filter lists both) is not sent on its own.
-        """
+        """Retry each selected task the policy allows; a selected child of a group is not
+        sent on its own (its group's retry sends it)."""
         tasks, in_groups = _outside_groups(queryset)
         count = 0
         for task in tasks:
@@ -227,12 +207,12 @@ class TaskAdmin(_TaskAdminBase):
 
 
 def _outside_groups(queryset: QuerySet[Task]) -> tuple[list[Task], int]:
-    """The selected tasks that are no group's children, and how many children were selected."""
+    """The selected tasks that are no group's children, and how many children were."""
     tasks = list(queryset)
     own = [task for task in tasks if not controlled_by_group(task)]
     return own, len(tasks) - len(own)
 
 
 def _removable(queryset: QuerySet[Task]) -> list[Task]:
-    """The selected tasks with what tells the pages showing them (their owner, their object)."""
+    """The selected tasks with what tells the pages showing them."""
     return list(queryset.only("pk", "user_id", "object_type", "object_pk"))

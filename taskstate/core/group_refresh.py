@@ -1,11 +1,9 @@
 """Refresh group and pipeline rows as their children move, throttled per group.
 
-The publisher reports each committed change of a child (:meth:`GroupRefresher.changed`);
-the process's background thread (``taskstate.core.background``) refreshes the parent row
-(``taskstate.core.groups``) and announces it. A group is refreshed at once when it has not been for
-``conf.GROUP_INTERVAL`` seconds, else once that interval is over: a thousand
-children finishing in one second cost one refresh and one event, and the last change is
-always refreshed. Nothing here runs on the worker's path but a lock and a dict insert.
+A group is refreshed (``taskstate.core.groups``) at once when it has not been for
+``conf.GROUP_INTERVAL`` seconds, else once that interval is over: a thousand children
+finishing in one second cost one refresh and one event, and the last change is always
+refreshed. The caller's path costs a lock and a dict insert.
 """
 
 from __future__ import annotations
@@ -74,27 +72,19 @@ class GroupRefresher:
             self._last[pk] = self._runner.clock()
             while len(self._last) > MAX_REMEMBERED:
                 del self._last[next(iter(self._last))]
-        self._refresh_one(pk)
-
-    def _after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._due.clear()
-
-    def _refresh_one(self, pk: int) -> None:
-        # The middleware imports this module while Django is still loading apps: the
-        # model behind the refresh is imported once one runs.
+        # Imported here: the middleware imports this module while apps still load.
         from taskstate.core.groups import refresh_group
 
         try:
             refreshed = (self._refresh or refresh_group)(pk)
             if refreshed is not None:
-                announce(
-                    refreshed.task,
-                    status_changed=refreshed.status_changed,
-                    committed=True,
-                )
+                announce(refreshed.task, status_changed=refreshed.status_changed, committed=True)
         except Exception:
             logger.exception("taskstate: refreshing group %s failed", pk)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._due.clear()
 
 
 group_refresher = GroupRefresher()

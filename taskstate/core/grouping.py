@@ -1,11 +1,8 @@
 """``track_group()``: a Dramatiq group or pipeline tracked as one row.
 
-Dramatiq's ``group`` and ``pipeline`` hold their messages, ids and all, before anything
-is sent (a pipeline copies them and gives each the next one as its ``pipe_target``). So
-the whole can be written down first: one parent row, and one child row per message,
-linked to it. Each message gets ``for_state`` (the group's, with the message's own keys
-over it), which is what makes the middleware track it; the parent row follows its
-children (``taskstate.core.groups``). No result backend, no group callbacks needed.
+Dramatiq's ``group`` and ``pipeline`` hold their messages, ids and all, before anything is
+sent, so the parent row and a child row per message are written first; each message gets
+``for_state``, which makes the middleware track it. No result backend, no callbacks.
 """
 
 from __future__ import annotations
@@ -37,11 +34,8 @@ logger = logging.getLogger("taskstate")
 
 @dataclass(frozen=True)
 class TrackedGroup(Generic[C]):
-    """A group or pipeline whose messages are tracked, and its row.
-
-    ``composition`` is a copy of the one given, its messages carrying ``for_state``:
-    run it (or call :meth:`run`) instead of the original.
-    """
+    """A group or pipeline whose messages are tracked, and its row. ``composition`` is a
+    copy of the one given, its messages carrying ``for_state``: run it, not the original."""
 
     composition: C
     #: The group's row; None when it could not be written (the group then runs untracked).
@@ -50,10 +44,8 @@ class TrackedGroup(Generic[C]):
     def run(self, *, delay: int | None = None) -> TrackedGroup[C]:
         """Run the group or pipeline, as its own ``run()`` would; returns itself.
 
-        Inside a transaction (the one that wrote the rows), it is sent once that commits,
-        so that no worker waits for rows it cannot see yet; a rollback sends nothing, as
-        it leaves no rows. ``delay`` (milliseconds) shows the messages sent now as
-        scheduled.
+        Inside a transaction, once it commits: no worker waits for rows it cannot see yet,
+        and a rollback sends nothing. ``delay`` (ms) shows the messages as scheduled.
         """
         alias = get_settings().DATABASE
         if delay and self.task is not None:
@@ -65,9 +57,8 @@ class TrackedGroup(Generic[C]):
         return self
 
     def _send(self, delay: int | None) -> None:
-        # Sent in a transaction of its own that queries nothing: the children's rows, each
-        # written by StateMiddleware as its message is sent, are written together when it
-        # ends, in one statement. Without a database, sent all the same.
+        # In a transaction of its own: the children's rows, each written by StateMiddleware
+        # as its message is sent, go in one statement at its end. No database: sent anyway.
         alias = get_settings().DATABASE
         connection = connections[alias]
         try:
@@ -91,12 +82,9 @@ def track_group(composition: C, for_state: dict[str, Any] | None = None) -> Trac
         batch = dramatiq.group(process.message(item) for item in items)
         taskstate.track_group(batch, for_state={"user_pk": user.pk, "description": "Import"}).run()
 
-    A message's own ``for_state`` keys (a ``description`` per step, say) win over the
-    group's. A group may hold messages only (a group of pipelines or of groups raises
-    ``TypeError``: track each pipeline on its own). Inside a transaction, ``run()``
-    sends once it commits. It writes to the database: from async code, call it through
-    ``asgiref.sync.sync_to_async``. If the rows cannot be written, an error is logged and
-    the group runs untracked (``task`` is None).
+    A message's own ``for_state`` keys win over the group's. A group of groups or of
+    pipelines raises ``TypeError``. From async code, call it through ``sync_to_async``
+    (it writes). If the rows cannot be written, the group runs untracked (``task`` None).
     """
     return _track(composition, for_state)
 
@@ -104,11 +92,15 @@ def track_group(composition: C, for_state: dict[str, Any] | None = None) -> Trac
 def _track(
     composition: C, for_state: dict[str, Any] | None, *, retry_of: int | None = None
 ) -> TrackedGroup[C]:
-    """:func:`track_group`, and for a retry (``taskstate.core.control``) the group it retries."""
     if isinstance(composition, dramatiq.pipeline):
         kind, messages = Kind.PIPELINE, list(composition.messages)
     elif isinstance(composition, dramatiq.group):
-        kind, messages = Kind.GROUP, _group_messages(composition)
+        kind, messages = Kind.GROUP, list(composition.children)
+        if any(isinstance(child, (dramatiq.group, dramatiq.pipeline)) for child in messages):
+            raise TypeError(
+                "taskstate.track_group(): a group of groups or pipelines is not supported; "
+                "track each pipeline with its own track_group()"
+            )
     else:
         raise TypeError(
             "taskstate.track_group() takes a dramatiq.group or dramatiq.pipeline, "
@@ -160,18 +152,6 @@ def _track(
     return TrackedGroup(rebuilt, parent)
 
 
-def _group_messages(composition: dramatiq.group) -> list[dramatiq.Message[Any]]:
-    messages = []
-    for child in composition.children:
-        if isinstance(child, (dramatiq.group, dramatiq.pipeline)):
-            raise TypeError(
-                "taskstate.track_group(): a group of groups or pipelines is not supported; "
-                "track each pipeline with its own track_group()"
-            )
-        messages.append(child)
-    return messages
-
-
 def _with_for_state(
     message: dramatiq.Message[Any], group_state: dict[str, Any]
 ) -> dramatiq.Message[Any]:
@@ -197,8 +177,8 @@ def _actor_name(kind: Kind, messages: Sequence[dramatiq.Message[Any]]) -> str:
 
 
 def _show_delayed(task: Task, delay: int) -> None:
-    """Mark the children sent with a delay as scheduled (their own write cannot: a waiting
-    row's order is already the lowest). A pipeline sends its first step only."""
+    # Their own write cannot (a waiting row's order is already the lowest). A pipeline
+    # sends its first step only.
     children = Task.objects.using(get_settings().DATABASE).filter(
         parent_id=task.pk, status=Status.ENQUEUED, state_order=WAITING_ORDER
     )

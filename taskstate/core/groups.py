@@ -1,12 +1,8 @@
 """The writes of group and pipeline rows: created with their children, refreshed from them.
 
-A parent row (``Task.kind`` group or pipeline) stands for its children, which point to it
-(``Task.parent``). Its counts, combined progress and status are not written by the
-children's own writes (those stay one statement each): :func:`refresh_group` recomputes
-them from one aggregate query over the children, and the publisher calls it at most once
-per ``conf.GROUP_INTERVAL`` per group and process (``taskstate.core.group_refresh``),
-so the cost per child transition does not grow with the group. Like
-``taskstate.core.transitions``, this module writes and tells no one.
+A parent row's counts, progress and status are not written by its children's own writes
+(one statement each): :func:`refresh_group` recomputes them from one aggregate query,
+throttled per group by ``taskstate.core.group_refresh``. Writes, and tells no one.
 """
 
 from __future__ import annotations
@@ -16,6 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import connections, transaction
@@ -76,15 +73,21 @@ def create_group(
 ) -> Task:
     """Write a parent row and one child row per member, in one transaction; return the parent.
 
-    The children start as waiting (status enqueued, order ``WAITING_ORDER``): the
-    middleware's own write when a message is sent moves each on, as for any task.
-    ``retry_of``: the group this one retries (``taskstate.core.control``). ``language``: the
-    sender's (``Task.language``), in which the rows pushed to the owner's page read.
+    The children start waiting (enqueued, ``WAITING_ORDER``): the middleware's own write
+    when a message is sent moves each on. ``retry_of``: the group this one retries.
     """
-    language = language[:16]
     alias = get_settings().DATABASE
     now = timezone.now()
-    user_pk = _existing_user(identity.user_pk, alias)
+    common: dict[str, object] = {
+        "user_id": _existing_user(identity.user_pk, alias),
+        "app_name": identity.app_name,
+        "model_name": identity.model_name,
+        "object_type": identity.object_type,
+        "object_pk": identity.object_pk,
+        "language": language[:16],
+        "created_at": now,
+        "updated_at": now,
+    }
     with transaction.atomic(using=alias):
         parent = Task.objects.using(alias).create(
             message_id=f"taskstate-{kind.value}-{uuid.uuid4().hex}",
@@ -92,48 +95,31 @@ def create_group(
             kind=kind.value,
             status=Status.ENQUEUED,
             state_order=ENQUEUED_ORDER,
-            user_id=user_pk,
             description=identity.description,
-            app_name=identity.app_name,
-            model_name=identity.model_name,
-            object_type=identity.object_type,
-            object_pk=identity.object_pk,
             children_total=len(members),
             retry_of_id=retry_of,
-            language=language,
-            created_at=now,
-            updated_at=now,
+            **common,
         )
         shared = {
+            **common,
             "status": Status.ENQUEUED.value,
             "state_order": WAITING_ORDER,
-            "user_id": user_pk,
-            "app_name": identity.app_name,
-            "model_name": identity.model_name,
-            "object_type": identity.object_type,
-            "object_pk": identity.object_pk,
             "parent_id": parent.pk,
-            "language": language,
-            "created_at": now,
-            "updated_at": now,
         }
         _insert_children(alias, members, shared)
     return parent
 
 
-#: A child's own columns (the rest it shares with its siblings), as written by
-#: :func:`_insert_children`; ``position`` is its place in the list.
+#: A child's own columns (the rest it shares with its siblings, but ``position``).
 _OWN_COLUMNS = ("message_id", "actor_name", "queue_name", "description")
 
 
 def _insert_children(alias: str, members: Sequence[Member], shared: dict[str, object]) -> None:
-    """Insert one waiting child row per member: ``shared`` columns alike, every other
-    column its default.
+    """Insert one child row per member, ``shared`` columns alike, the others defaults.
 
-    On PostgreSQL one statement whatever the number of children: the children's own
-    columns go as one array each (unnested, numbered by the database), the shared ones
-    and the defaults as one value each, so that nothing is prepared per child and per
-    column; elsewhere ``bulk_create``.
+    On PostgreSQL one statement whatever the number of children (the own columns as one
+    array each, unnested and numbered by the database: nothing is prepared per child);
+    elsewhere ``bulk_create``.
     """
     own = [
         [member.message_id for member in members],
@@ -195,28 +181,14 @@ class Refreshed:
 
 
 def refresh_group(pk: int) -> Refreshed | None:
-    """Recompute the counts, progress and status of group ``pk`` from its children.
+    """Recompute the counts, progress and status of group ``pk`` from its children, in
+    three statements whatever its size; None when it is gone, ended or unchanged.
 
-    Three statements whatever the group's size (read the row, aggregate the children,
-    write the row); a failed child adds one to name it, a failed pipeline step one to
-    mark the steps after it as not run. None when the group is gone, already ended, or
-    unchanged (then nothing is written).
-
-    While any child has not ended, the group reads ``running`` once one has started (a
-    child waiting for its next attempt, ``retrying``, has not ended: however long its
-    back-off, the cleanup's dead-worker rule never fails a group's row, see
-    ``TaskQuerySet.fail_abandoned_candidates``). Once every child has ended, the group
-    reads ``failed`` if any child failed,
-    ``cancelled`` if none failed and any was cancelled (or never ran after a cancelled
-    step), and ``done`` only when every child did its work. A failed or cancelled group
-    keeps in ``retry_message`` how many of its children a retry would send again
-    (``{"children": n}``, None when none could be).
-
-    On PostgreSQL the statements run as one transaction within the tracking writes'
-    bounds (``DB_CONNECT_TIMEOUT``, ``DB_LOCK_TIMEOUT``, ``DB_STATEMENT_TIMEOUT``; one
-    more statement sets them): a refresh stuck behind a locked row raises instead of
-    holding up the refresher (logged); the group's next change, or the cleanup once it
-    has been quiet for a minute, refreshes it again.
+    Running once a child started, until every child ended (a ``retrying`` child has not);
+    then ``failed`` if any failed, else ``cancelled`` if any was (or never ran after a
+    cancelled step), else ``done``. ``retry_message`` keeps how many children a retry
+    would send (``{"children": n}``). Within the writes' database bounds: a refresh stuck
+    behind a lock raises (logged); the next change, or the cleanup, refreshes it again.
     """
     alias = get_settings().DATABASE
     with bounded_transaction(alias):
@@ -248,7 +220,6 @@ def _refresh(pk: int, alias: str) -> Refreshed | None:
             counts = _aggregate(children)  # they count as cancelled now
             ended = counts.ended
     total = counts.total
-    # Every child in a complete status (whatever statuses count as complete).
     settled = total > 0 and ended >= total
     now = timezone.now()
     values: dict[str, object] = {
@@ -259,8 +230,8 @@ def _refresh(pk: int, alias: str) -> Refreshed | None:
         "progress": min(100, counts.progress // total) if total else 0,
         "started_at": counts.started_at,
         "updated_at": now,
+        "retry_message": None,
     }
-    values["retry_message"] = None
     if settled:
         status, order = _settled_status(counts), TERMINAL_ORDER
         values["finished_at"] = counts.finished_at or now
@@ -353,24 +324,9 @@ def _aggregate(children: QuerySet[Task]) -> _Counts:
         started_at=Min("started_at"),
         finished_at=Max("finished_at"),
     )
-    numbers = (
-        "total",
-        "ended",
-        "done",
-        "failed",
-        "cancelled",
-        "running",
-        "queued",
-        "waiting",
-        "progress",
-        "retryable",
-    )
-    return _Counts(
-        **{key: int(result[key] or 0) for key in numbers},
-        first_stopped=result["first_stopped"],
-        started_at=result["started_at"],
-        finished_at=result["finished_at"],
-    )
+    nullable = ("first_stopped", "started_at", "finished_at")
+    counts: dict[str, Any] = {k: v if k in nullable else int(v or 0) for k, v in result.items()}
+    return _Counts(**counts)
 
 
 def _mark_not_run(children: QuerySet[Task], after_position: int | None) -> int:

@@ -1,19 +1,9 @@
 """A background sender, so that publishing never holds up a worker or a request.
 
-The worker's path only hands a job over (a lock and a dict insert); one thread per
-process renders and sends, in order. Progress jobs are coalesced per task: a bar that
-changed three times while Redis was slow is sent once, with its latest value, and a
-task's row makes its older pending bar moot.
-
-Nothing is dropped silently. A full queue (:data:`MAX_PENDING` jobs) drops new jobs,
-but remembers the channel each was for; so does a send that failed
-(:meth:`Courier.lost`) and a job that raised (a row that could not be rendered). Once
-the queue has drained, each such channel gets one ``stream-reset``, on which its pages
-re-read the database (the truth). A reset that cannot be sent is tried again after a
-pause growing to :data:`MAX_RETRY_PAUSE`, so it goes out once sending works again. At
-most :data:`MAX_LOST_CHANNELS` channels are remembered; past that, the pages of the
-others resync only when they reconnect (logged). Between bursts the thread holds no
-database connection (rendering a failed row reads its owner's staff flag).
+The caller only hands a job over; one thread per process renders and sends, in order,
+with progress coalesced per task. Nothing is dropped silently: the channel of a job
+dropped (full queue) or failed gets one ``stream-reset`` once the queue drains, retried
+until it goes out (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -38,14 +28,11 @@ MAX_LOST_CHANNELS = 10_000
 #: Pauses between two attempts to send the resets, growing from the first to the last.
 FIRST_RETRY_PAUSE = 0.5
 MAX_RETRY_PAUSE = 5.0
-#: The event that makes a page re-read its list.
 RESET = "stream-reset"
-#: The channels a job sends on.
 Channels = tuple[str, ...]
 
 
 def send_reset(channel: str) -> None:
-    """Tell the pages on ``channel`` to re-read their list (raises when it cannot)."""
     from django_eventstream import send_event
 
     send_event(channel, RESET, json.dumps({"channels": [channel]}), json_encode=False)
@@ -60,7 +47,6 @@ class Courier(OwnThread):
 
     def _init_state(self) -> None:
         super()._init_state()
-        # Each job with the channels it sends on (reset when the job is dropped or fails).
         self._jobs: OrderedDict[Hashable, tuple[Callable[[], None], Channels]] = OrderedDict()
         self._lost: dict[str, None] = {}  # insertion-ordered set
         self._busy = False
@@ -79,10 +65,9 @@ class Courier(OwnThread):
         supersedes: Hashable | None = None,
         channel: str | Channels | None = None,
     ) -> None:
-        """Queue ``job``. ``replaces``: a key; a pending job with it is swapped for this one.
-        ``supersedes``: a key whose pending job this one makes moot (it is dropped).
-        ``channel``: where the job sends (one channel, or several), reset when the job
-        has to be dropped or fails."""
+        """Queue ``job``, which sends on ``channel`` (reset should it be dropped or fail).
+        ``replaces``: the key of a pending job to swap for this one; ``supersedes``: of one
+        this job makes moot."""
         channels: Channels = (channel,) if isinstance(channel, str) else channel or ()
         with self._cond:
             if supersedes is not None:
@@ -102,9 +87,7 @@ class Courier(OwnThread):
                     self._remember(lost)
                 return
             if len(self._jobs) < MAX_PENDING // 2:
-                # Drained to half: an overflow from now on is a new episode (a queue kept
-                # at its bound by fast senders is one, logged once).
-                self._dropping = False
+                self._dropping = False  # drained to half: the next overflow is logged
             self._jobs[replaces if replaces is not None else next(self._order)] = (job, channels)
             self._start()
             self._cond.notify()
@@ -116,8 +99,7 @@ class Courier(OwnThread):
             self._start()
             self._cond.notify()
 
-    def _remember(self, channel: str) -> None:
-        # Called with the lock held.
+    def _remember(self, channel: str) -> None:  # the lock held
         self._losses += 1
         if channel in self._lost:
             return
@@ -154,9 +136,8 @@ class Courier(OwnThread):
             with self._cond:
                 idle = not self._jobs
             if idle:
-                # A row's render may read the database (its owner's staff flag). Hold no
-                # connection between bursts: one broken by a database restart would fail
-                # every later job, and a test database could not be dropped.
+                # No connection held between bursts: one broken by a database restart would
+                # fail every later job (a row's render reads its owner's staff flag).
                 close_idle_connections()
             with self._cond:
                 self._busy = False
@@ -206,9 +187,7 @@ class Courier(OwnThread):
 
 
 courier = Courier()
-# Exit handlers run last-registered first. django-grip's publisher (pubcontrol) closes
-# itself in one registered when pubcontrol is imported; import it now, so that the exit
-# flush (``taskstate.shutdown``, registered by the app's ready(), after this import) runs
-# before it and the last events still go out.
+# Exit handlers run last-registered first: import pubcontrol (whose handler closes
+# django-grip's publisher) now, so that taskstate.shutdown's exit flush runs before it.
 with contextlib.suppress(ImportError):
     importlib.import_module("pubcontrol.pubcontrol")

@@ -1,48 +1,13 @@
-"""Two repairs to django-eventstream's delivery inside a web process (5.3's internals).
+"""Two repairs to django-eventstream's delivery in a web process (5.3's internals).
 
-Both touch only taskstate's channels (names starting with ``CHANNEL_PREFIX``); every
-other channel of the process is delivered exactly as django-eventstream delivers it.
+1. A full per-stream queue of a taskstate channel (``CHANNEL_PREFIX``) becomes one
+   ``stream-reset`` (the page re-reads the database) instead of silently lost events.
+2. A supervised Redis subscription replaces upstream's, which dies for good after an
+   outage and hangs on a half-open connection: it pings when silent, subscribes again
+   for as long as the process lives, and sends ``stream-reset`` after an outage.
 
-1. **A full per-stream queue drops events silently.** django-eventstream queues at most
-   ``MAX_PENDING`` (10) events per open stream between two turns of the stream's loop.
-   Past that it sets the listener's ``overflow`` flag, on which the stream re-reads its
-   channels from event storage; a channel without storage (taskstate's, normally) just
-   loses the events. For a taskstate channel a full queue is replaced here by one
-   ``stream-reset`` event, on which the task list re-reads its rows from the database.
-   The ``overflow`` flag is still set when the dropped event was stored (it has an id):
-   upstream's re-read then carries the stream's last-event ids past the gap. Without
-   storage it is left alone, as upstream's re-read finds nothing for such a channel and
-   throws away whatever was queued meanwhile. Other channels go through upstream's own
-   ``add_to_queues``, so a project channel with ``EVENTSTREAM_STORAGE_CLASS`` keeps its
-   exact replay.
-2. **The Redis subscription dies for good, or silently.** django-eventstream starts one
-   task per process that subscribes to Redis; when Redis stays away longer than
-   redis-py's own retries (a few seconds) the task ends and is never started again, and
-   a half-open connection (a partition, a firewall that forgot the flow) blocks it
-   forever. Here a supervised subscription replaces that task. It delivers every
-   channel, as upstream's does; it pings Redis after :data:`HEALTH_CHECK_INTERVAL`
-   seconds without traffic and gives the connection up when nothing at all arrives
-   within :data:`REPLY_TIMEOUT` more, so a dead subscription is noticed at most
-   ``HEALTH_CHECK_INTERVAL + REPLY_TIMEOUT`` (15) seconds after the last thing it heard.
-   It then subscribes again, with a growing pause, for as long as the process lives,
-   logs once per outage, and after the outage sends ``stream-reset`` on every open
-   taskstate stream (events published meanwhile are lost; pages re-read the database).
-
-:func:`install` is called from ``TaskstateConfig.ready``. When the internals it needs
-are missing a warning says so and nothing is changed.
-
-How this module goes away: each repair is one upstream change, prepared as a patch
-against django-eventstream 5.3.4 in ``docs/upstream/`` (not sent yet).
-``0001-overflow-stream-reset``: an overflowed channel that event storage cannot replay
-gets ``stream-reset`` from django-eventstream itself; then repair 1 is dropped.
-``0002-supervised-redis-listener``: ``RedisListener`` resubscribes after any failure,
-pings an idle connection, and marks every open stream overflowed after an outage (so
-0001 resets what storage cannot replay); then repair 2 is dropped. Repair 1 alone could
-also go without an upstream change if taskstate stored its events
-(``EVENTSTREAM_STORAGE_CLASS`` and reliable channels: upstream's own re-read then
-replays exactly), at the price of a database write per event, which we do not want for
-progress bars; repair 2 has no such alternative. :func:`install` should check for the
-released versions and install nothing once both are out.
+Other channels are delivered as django-eventstream delivers them. docs/reliability.md
+tells the faults; docs/upstream/ holds the upstream patches that make this module go.
 """
 
 from __future__ import annotations
@@ -79,7 +44,8 @@ class SubscriptionSilent(ConnectionError):
 
 
 def install() -> None:
-    """Patch this process's listener manager (idempotent)."""
+    """Patch this process's listener manager (idempotent); only warn when the internals
+    it needs are missing."""
     from django_eventstream import views
 
     manager = views.get_listener_manager()
@@ -100,13 +66,8 @@ def install() -> None:
     manager._taskstate_installed = True
 
 
-def is_ours(channel: str) -> bool:
-    """Whether ``channel`` is a taskstate channel (the only ones repaired here)."""
-    return channel.startswith(conf.CHANNEL_PREFIX)
-
-
 def _add_to_queues(self: Any, channel: str, event: Any) -> None:
-    if not is_ours(channel):
+    if not channel.startswith(conf.CHANNEL_PREFIX):
         self._taskstate_upstream_add_to_queues(channel, event)
         return
 
@@ -122,7 +83,9 @@ def _add_to_queues(self: Any, channel: str, event: Any) -> None:
                 wake.append(listener)
                 continue
             if event.id is not None:
-                listener.overflow = True  # stored: upstream's re-read can follow on
+                # Stored: upstream's re-read carries the stream past the gap. Without
+                # storage it would find nothing and throw away what was queued meanwhile.
+                listener.overflow = True
             if items[0].type != RESET:
                 data = json.dumps({"channels": [channel]})
                 items[:] = [Event(channel, RESET, data, id=event.id)]
@@ -207,12 +170,8 @@ class _Outage:
 async def _listen(
     pubsub: Any, deliver: Callable[[Any], None], confirmed: Callable[[], None]
 ) -> None:
-    """Read ``pubsub`` until its connection fails or stays silent through a ping.
-
-    Whatever arrives (a message, the subscribe confirmation, a pong) proves the
-    connection alive. After :data:`HEALTH_CHECK_INTERVAL` of silence a PING is sent;
-    when :data:`REPLY_TIMEOUT` more pass without anything, :class:`SubscriptionSilent`.
-    """
+    """Read ``pubsub`` until its connection fails or stays silent through a ping; anything
+    that arrives (a message, the confirmation, a pong) proves it alive."""
     loop = asyncio.get_running_loop()
     heard = loop.time()
     pinged = False
@@ -254,7 +213,7 @@ def _reset_streams(manager: Any) -> None:
     from django_eventstream.event import Event
 
     with manager.lock:
-        channels = [channel for channel in manager.listeners_by_channel if is_ours(channel)]
+        channels = [c for c in manager.listeners_by_channel if c.startswith(conf.CHANNEL_PREFIX)]
     for channel in channels:
         data = json.dumps({"channels": [channel]})
         manager.add_to_queues(channel, Event(channel, RESET, data))

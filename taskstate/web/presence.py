@@ -1,17 +1,9 @@
 """Whether a change on a channel can reach a stream, so rows are rendered only for someone.
 
-Rendering a row is most of the background sender's work for a change. When events stay
-in this process (no ``EVENTSTREAM_REDIS``, no GRIP proxy: the embedded setup),
-django-eventstream's listener manager holds every stream that could receive them, so a
-channel with no listener there has nobody to send to and its rows are not rendered. A
-stream registers its listener before it reads its first events and sends
-``stream-open``, on which the page reads its rows from the database: a change committed
-before that read is in it, a change committed after it finds the listener.
-
-With ``EVENTSTREAM_REDIS`` or a GRIP proxy the streams may be held by other processes,
-which this one does not see: every row is rendered and sent. (Tracking them across
-processes saves about 0.3 % of a core at 1,000 tasks a minute, see
-docs/explanation/performance.md: not worth a protocol.)
+In the embedded setup django-eventstream's listener manager holds every stream that could
+receive an event. A stream registers its listener before its ``stream-open``, on which the
+page reads the database, so a change is in that read or finds the listener. With Redis or
+a GRIP proxy other processes may hold streams: every row is rendered (performance.md).
 """
 
 from __future__ import annotations
@@ -24,23 +16,18 @@ _held: Counter[str] = Counter()
 _held_lock = threading.Lock()
 
 
-def _delivered_elsewhere() -> bool:
-    """Whether events may reach streams this process does not hold."""
+def listened(channel: str) -> bool:
     from django.apps import apps
     from django.conf import settings
 
-    return (
+    if (
         # As django-eventstream decides: even ``{}`` means Redis (its defaults).
         hasattr(settings, "EVENTSTREAM_REDIS")
         or bool(getattr(settings, "GRIP_URL", None) or getattr(settings, "GRIP_PROXIES", None))
         # Without django-eventstream's streams, something else delivers the channels.
         or not apps.is_installed("django_eventstream")
-    )
-
-
-def listened(channel: str) -> bool:
-    """Whether a change on ``channel`` may reach anyone now (see the module's text)."""
-    if _delivered_elsewhere() or _held.get(channel, 0) > 0:
+        or _held.get(channel, 0) > 0
+    ):
         return True
     from django_eventstream.views import get_listener_manager
 
@@ -48,9 +35,8 @@ def listened(channel: str) -> bool:
 
 
 def hold(channels: Iterable[str]) -> None:
-    """Count ``channels`` as listened here until :func:`release` (for a consumer of
-    taskstate channels that is not a django-eventstream stream, e.g.
-    ``taskstate.testing.record_events``)."""
+    """Count ``channels`` as listened here until :func:`release` (for a consumer that is
+    not a django-eventstream stream, e.g. ``taskstate.testing.record_events``)."""
     with _held_lock:
         _held.update(channels)
 

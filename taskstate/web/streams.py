@@ -1,35 +1,9 @@
 """The event streams of this web process: opened by whom, with which session, for how long.
 
-Three rules, applied by ``taskstate.web.views.events``, the only door to a taskstate channel
-(``taskstate.channels.TaskstateChannelManager`` refuses the streams of every other door):
-
-1. **GRIP parameters are for the proxy's own refresh of a held stream.** ``es-meta``
-   (django-eventstream's token naming a user and channels) and ``recover`` are
-   refused with 400 without a verified ``Grip-Sig``. That is not enough: Pushpin
-   signs every request it forwards, a client's too. So each hold also subscribes to
-   a channel of taskstate's own with a ``prev-id`` that is an HMAC of the stream's
-   user and session reference; Pushpin sends it back as ``Grip-Last`` on its refresh,
-   and strips ``Grip-Last`` from what clients send. A refresh without that mark is a
-   client's request (a leaked link) and gets 400. A malformed token is a 400 too,
-   never a 500.
-2. **A stream lives only as long as its session.** A stream served by this process is
-   registered with the session it was opened with; every ``STREAM_CHECK_INTERVAL``
-   seconds one task per process re-reads those sessions and closes, with a
-   ``stream-error`` event, every stream whose session is gone (logout), expired, no
-   longer matches the user's password (``update_session_auth_hash`` not called) or whose
-   user is inactive. Under GRIP the proxy holds the stream, so the check happens on each
-   refresh: the next link carries a reference to the session (never the session key),
-   used once (each accepted refresh replaces it), and a refresh whose session fails is
-   refused with 403.
-3. **At most ``STREAMS_PER_USER`` open streams per user and process**; one more is
-   answered 429 and the open ones are left alone. Other users are never affected.
-
-A stream of an object's tasks (``taskstate:object-events``, and its JSON form
-``taskstate:json-object-events``) follows the same rules, counts towards its user's cap,
-and is also closed at the same check once the policy no longer lets its user see the
-object (``still_allowed``). Under GRIP its refresh must name that object's channel of the
-stream's form (:func:`check_refresh`), and its view asks the policy again after the
-session check: a user who may no longer see the object gets 403 at the next refresh.
+The rules every door to a taskstate channel applies (docs/pushpin.md): GRIP-only
+parameters need the proxy's signature and the hold's refresh mark; a stream lives only as
+long as its session (checked every ``STREAM_CHECK_INTERVAL`` here, on each refresh under
+GRIP); at most ``STREAMS_PER_USER`` open streams per user and process (429).
 """
 
 from __future__ import annotations
@@ -43,7 +17,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
@@ -73,7 +47,6 @@ logger = logging.getLogger("taskstate")
 
 #: Query parameter of the next link naming the stream's session reference.
 SESSION_REF_PARAM = "ts-stream"
-#: Key, in the reference record, of the session the stream was opened with.
 _REF_KEY = "_taskstate_stream_session"
 _SESSION_CHANNEL_SALT = "taskstate.streams.grip_session_channel"
 _REFRESH_MARK_SALT = "taskstate.streams.refresh_mark"
@@ -81,11 +54,7 @@ _REFRESH_MARK_SALT = "taskstate.streams.refresh_mark"
 _GRIP_ONLY = ("es-meta", "recover")
 
 
-# --- GRIP ---------------------------------------------------------------------------
-
-
 def grip_signed(request: HttpRequest) -> bool:
-    """Whether the request carries a GRIP proxy signature django_grip verified."""
     grip = getattr(request, "grip", None)
     return bool(grip is not None and grip.proxied and grip.signed)
 
@@ -102,15 +71,11 @@ def _bad_request(text: str) -> HttpResponse:
 
 
 def check_refresh(request: HttpRequest, channel: str | None = None) -> HttpResponse | None:
-    """For the proxy's refresh of a held stream (signed, with ``es-meta``): 400 for a
-    malformed token, or one naming any channel but the expected one (``channel``; by
-    default one of the user's own), 403 when the stream's session is no longer valid;
-    None to serve it (and the response to it should get :func:`add_close_channels`).
-
-    A refresh to serve becomes a request of the stream's user: ``request.user`` is that
-    user and ``es-meta`` is taken out of the query string (its user and channel are the
-    ones checked here; django-eventstream would load a user of its own from it, one that
-    ``taskstate:events`` never admitted).
+    """The proxy's refresh of a held stream: 400 for a malformed ``es-meta``, one naming
+    another channel than ``channel`` (by default one of the user's own) or one without the
+    hold's refresh mark; 403 once the stream's session is no longer valid. None to serve
+    it, as a request of the stream's user with ``es-meta`` taken out (django-eventstream
+    would load from it a user ``taskstate:events`` never admitted).
     """
     import jwt
 
@@ -137,14 +102,15 @@ def check_refresh(request: HttpRequest, channel: str | None = None) -> HttpRespo
             "es-meta is accepted only on the GRIP proxy's own refresh of a held stream."
         )
     if _cookie_sessions():
-        # No server-side session to refer to: the user must still exist and be active.
+        # No server-side session to refer to: the user must still be active.
         user = get_user_model()._default_manager.filter(pk=user_id).first()
         if user is None or not getattr(user, "is_active", True):
             return HttpResponseForbidden("The user of this stream is inactive.\n")
         _serve_as(request, user, None)
         return None
-    session_key = _referenced_session_key(reference)
-    user = session_user(session_key) if session_key else None
+    stored = _session_store()(reference).get(_REF_KEY) if reference else None
+    session_key = stored if isinstance(stored, str) else None
+    user = _session_user(session_key) if session_key else None
     if (
         user is None
         or str(user.pk) != user_id
@@ -159,7 +125,6 @@ def check_refresh(request: HttpRequest, channel: str | None = None) -> HttpRespo
 
 
 def _serve_as(request: HttpRequest, user: Any, session_key: str | None) -> None:
-    # What add_close_channels subscribes the refreshed stream to.
     request._taskstate_stream = (session_key, user.pk)  # type: ignore[attr-defined]
     request.user = user
     params = request.GET.copy()
@@ -168,10 +133,8 @@ def _serve_as(request: HttpRequest, user: Any, session_key: str | None) -> None:
 
 
 def refresh_channel() -> str:
-    """The GRIP channel whose prev-id marks a hold's refresh as the proxy's own.
-
-    Nothing is ever published on it, so the proxy keeps sending back the prev-id it was
-    given, as ``Grip-Last``, on every refresh of that hold."""
+    """The GRIP channel whose prev-id marks a hold's refresh as the proxy's own: nothing
+    is published on it, so the proxy sends that prev-id back as ``Grip-Last``."""
     return f"taskstate-refresh-{site_namespace()}"
 
 
@@ -182,11 +145,8 @@ def _refresh_mark(user_id: str, reference: str | None) -> str:
 
 
 def _marked_by_proxy(request: HttpRequest, user_id: str, reference: str | None) -> bool:
-    """Whether the request carries, in ``Grip-Last``, the mark of the hold it refreshes.
-
-    Pushpin sets ``Grip-Last`` only on its own refreshes of a hold, from the prev-ids
-    the hold's channels were given, and removes a client's ``Grip-Last`` before
-    forwarding its request (observed with Pushpin 1.36; docs/pushpin.md)."""
+    # Pushpin sets Grip-Last only on its own refreshes and strips a client's
+    # (docs/pushpin.md); Pushpin signs a client's request too, so the signature is not enough.
     last = getattr(getattr(request, "grip", None), "last", None)
     mark = last.get(refresh_channel()) if isinstance(last, dict) else None
     return isinstance(mark, str) and constant_time_compare(mark, _refresh_mark(user_id, reference))
@@ -194,13 +154,8 @@ def _marked_by_proxy(request: HttpRequest, user_id: str, reference: str | None) 
 
 def add_session_reference(request: HttpRequest) -> None:
     """Put a reference to the request's session into the query string, which
-    django-eventstream copies into the next link the proxy refreshes through.
-
-    The reference is the key of a record in the session store that names the session;
-    the session key itself never appears in a URL (it would be in access logs). With
-    the signed-cookies engine there is no server-side record to point to: the refresh
-    then checks the user only (active), see docs/pushpin.md.
-    """
+    django-eventstream copies into the next link the proxy refreshes through. The
+    session key itself never appears in a URL (it would be in access logs)."""
     session = getattr(request, "session", None)
     if session is None or session.session_key is None or _cookie_sessions():
         return
@@ -208,8 +163,6 @@ def add_session_reference(request: HttpRequest) -> None:
 
 
 def _refer_to(request: HttpRequest, session: Any) -> None:
-    """Store a new reference to ``session``, expiring with it, and put it into the
-    request's query string."""
     store = _session_store()()
     store[_REF_KEY] = session.session_key
     store.set_expiry(session.get_expiry_date())
@@ -220,9 +173,7 @@ def _refer_to(request: HttpRequest, session: Any) -> None:
 
 
 def _consume_reference(reference: str) -> bool:
-    """Delete the reference record; whether this call deleted it (one refresh per link).
-
-    Atomic for database-backed session engines; for the others a load then a delete."""
+    """Delete the reference record; whether this call deleted it (one refresh per link)."""
     store_class = _session_store()
     if hasattr(store_class, "get_model_class"):
         deleted, _ = (
@@ -236,30 +187,20 @@ def _consume_reference(reference: str) -> bool:
     return True
 
 
-def _referenced_session_key(reference: str | None) -> str | None:
-    if not reference:
-        return None
-    session_key = _session_store()(reference).get(_REF_KEY)
-    return session_key if isinstance(session_key, str) else None
-
-
 def add_close_channels(request: HttpRequest) -> None:
-    """Subscribe the stream Pushpin is about to hold to two more GRIP channels, on which
-    taskstate publishes a close: one for its session (logout), one for its user
-    (deactivation). A password change is caught at the next refresh. And to
-    :func:`refresh_channel`, with the mark its refresh must carry back."""
+    """Subscribe the stream Pushpin is about to hold to its session's and its user's
+    close channels (logout, deactivation; a password change is caught at the next
+    refresh), and to :func:`refresh_channel` with the mark its refresh must carry back."""
     instruct = getattr(getattr(request, "grip", None), "instruct", None)
     if instruct is None:
         return
     from gripcontrol import Channel
 
-    refreshed = getattr(request, "_taskstate_stream", None)
-    if refreshed is not None:
-        session_key, user_pk = refreshed
-    else:
-        session = getattr(request, "session", None)
-        session_key = session.session_key if session is not None else None
-        user_pk = request.user.pk
+    # A refresh serves the stream's user and session (check_refresh), else the request's.
+    session_key, user_pk = getattr(request, "_taskstate_stream", None) or (
+        getattr(getattr(request, "session", None), "session_key", None),
+        request.user.pk,
+    )
     if session_key:
         instruct.add_channel(Channel(grip_session_channel(session_key)))
     instruct.add_channel(Channel(grip_user_channel(user_pk)))
@@ -268,7 +209,7 @@ def add_close_channels(request: HttpRequest) -> None:
 
 
 def grip_session_channel(session_key: str) -> str:
-    """The GRIP channel of the streams of one session (an HMAC: no session key in it)."""
+    # An HMAC: no session key in a channel name.
     return (
         "taskstate-session-"
         + salted_hmac(_SESSION_CHANNEL_SALT, session_key, algorithm="sha256").hexdigest()
@@ -284,7 +225,6 @@ def _grip_configured() -> bool:
 
 
 def _close_held_streams(channel: str) -> None:
-    """Send a stream-error and close every stream the proxy holds on ``channel``."""
     from django_eventstream.utils import sse_encode_error
     from django_grip import publish
     from gripcontrol import HttpStreamFormat
@@ -303,10 +243,9 @@ def _close_held_streams(channel: str) -> None:
 
 
 def on_logged_out(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
-    """Receiver of ``user_logged_out``: end the streams of that session now, those this
-    process serves and those the GRIP proxy holds (other processes: next check)."""
-    session = getattr(request, "session", None)
-    session_key = session.session_key if session is not None else None
+    """End the streams of a session at logout: those served here and those the GRIP proxy
+    holds (other processes': at their next check)."""
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
     if not session_key:
         return
     for stream in registry.open_streams():
@@ -317,12 +256,8 @@ def on_logged_out(sender: Any, request: HttpRequest | None = None, **kwargs: Any
 
 
 def on_user_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
-    """Receiver of the user model's ``post_save``: a deactivated user's held streams end."""
     if getattr(instance, "is_active", True) is False and _grip_configured():
         _close_held_streams(grip_user_channel(instance.pk))
-
-
-# --- sessions -------------------------------------------------------------------------
 
 
 def _session_store() -> Any:
@@ -333,14 +268,9 @@ def _cookie_sessions() -> bool:
     return str(settings.SESSION_ENGINE).endswith("signed_cookies")
 
 
-def session_user(session_key: str) -> Any:
-    """The active user logged in with session ``session_key``, or None.
-
-    What ``django.contrib.auth.get_user`` checks (session exists and has not expired, its
-    backend is configured, the user exists, the stored hash matches the user's session
-    auth hash or one of its fallbacks), without its side effects (it would flush or
-    cycle the session), and the user must be active.
-    """
+def _session_user(session_key: str) -> Any:
+    """The active user logged in with ``session_key``, or None: the checks of
+    ``django.contrib.auth.get_user`` without its side effects (it flushes the session)."""
     data = _session_store()(session_key).load()
     user_id, backend_path = _session_login(data)
     if user_id is None or backend_path is None:
@@ -350,7 +280,6 @@ def session_user(session_key: str) -> Any:
 
 
 def _session_login(data: dict[str, Any]) -> tuple[Any, str | None]:
-    """The user pk and backend a session's data names, or (None, None)."""
     try:
         user_id = get_user_model()._meta.pk.to_python(data[SESSION_KEY])
         backend_path = data[BACKEND_SESSION_KEY]
@@ -375,8 +304,6 @@ def _session_holds(data: dict[str, Any], user: Any) -> bool:
 
 
 def _load_sessions(keys: set[str]) -> dict[str, dict[str, Any]]:
-    """The data of every live session among ``keys``: one query for database-backed
-    engines, one load per key for the others."""
     store_class = _session_store()
     if not hasattr(store_class, "get_model_class"):
         return {key: data for key in keys if (data := store_class(key).load())}
@@ -391,21 +318,14 @@ def _load_sessions(keys: set[str]) -> dict[str, dict[str, Any]]:
     }
 
 
-# --- streams served by this process ---------------------------------------------------
-
-
 @dataclass(eq=False)
 class LocalStream:
-    """One open stream: whose, with which session, and why it was closed (if it was)."""
-
     user_pk: Any
     session_key: str | None
-    opened: float = field(default_factory=time.monotonic)
     #: When the session check last read this stream's session (at first: when it opened).
-    checked: float = field(default_factory=time.monotonic)
-    reason: str | None = None
-    #: Asked at each check, in the check's thread: False closes the stream (an object's
-    #: stream whose user may no longer see the object).
+    checked: float
+    reason: str | None = None  # why it was closed
+    #: Asked at each check, in the check's thread: False closes an object's stream.
     still_allowed: Callable[[], bool] | None = None
     _wake: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -420,7 +340,6 @@ class LocalStream:
 
 class Registry:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        #: Monotonic seconds: when streams were checked, and the check's schedule.
         self.clock = clock
         self._lock = threading.Lock()
         self._streams: set[LocalStream] = set()
@@ -438,9 +357,7 @@ class Registry:
         with self._lock:
             if sum(1 for s in self._streams if s.user_pk == user_pk) >= cap:
                 return None
-            stream = LocalStream(
-                user_pk, session_key, checked=self.clock(), still_allowed=still_allowed
-            )
+            stream = LocalStream(user_pk, session_key, self.clock(), still_allowed=still_allowed)
             self._streams.add(stream)
             return stream
 
@@ -453,7 +370,7 @@ class Registry:
             return list(self._streams)
 
     def watch(self) -> None:
-        """Make sure this event loop runs the session check (called from a stream)."""
+        """Make sure this event loop runs the session check."""
         loop = asyncio.get_running_loop()
         with self._lock:
             task = self._watcher
@@ -470,17 +387,11 @@ class Registry:
             return self._checker
 
     def check(self, pairs: set[tuple[Any, str | None]]) -> Future[set[tuple[Any, str | None]]]:
-        """Run :func:`_ended_sessions` in the check's own thread, which keeps its
-        database connection from one check to the next."""
+        """:func:`_ended_sessions` in the check's own thread, which keeps its database
+        connection from one check to the next."""
         return self._check_executor().submit(_checked, pairs)
 
-    def recheck(self, streams: list[LocalStream]) -> Future[list[LocalStream]]:
-        """The streams among ``streams`` whose ``still_allowed`` says no (or fails), asked
-        in the check's own thread."""
-        return self._check_executor().submit(_refused, streams)
-
     def stop_checks(self) -> None:
-        """Close the check thread's database connections and end the thread."""
         with self._lock:
             executor, self._checker = self._checker, None
         if executor is not None:
@@ -488,12 +399,10 @@ class Registry:
             executor.shutdown()
 
     async def _watch(self) -> None:
-        # Rounds of STREAM_CHECK_INTERVAL. A check holds the GIL, and so the event loop
-        # serving the streams, for as long as it reads (about 100 ms for a thousand
-        # sessions), so a round checks the streams open at its start in turns of at most
-        # STREAMS_PER_CHECK, the longest unchecked first, at even steps of the interval;
-        # streams opened meanwhile join its last turn. Each stream is checked once a
-        # round, never more than an interval after its last check.
+        # A check holds the GIL, and so the event loop serving the streams, while it reads
+        # (~100 ms for a thousand sessions): a round of STREAM_CHECK_INTERVAL checks its
+        # streams in turns of at most STREAMS_PER_CHECK, the longest unchecked first, at
+        # even steps; each stream at most an interval after its last check.
         failing = False
         while True:
             start = self.clock()
@@ -502,8 +411,7 @@ class Registry:
             turns = max(1, -(-len(due) // size))
             for turn in range(turns):
                 streams = due[turn * size : (turn + 1) * size]
-                # At its even step, or sooner when one of its streams would otherwise
-                # wait longer than an interval (fewer turns than its last round had).
+                # Sooner when a stream would wait longer than an interval (fewer turns).
                 step = min(
                     start + conf.STREAM_CHECK_INTERVAL * (turn + 1) / turns,
                     min((s.checked for s in streams), default=math.inf)
@@ -518,8 +426,8 @@ class Registry:
                     failing = await self._check_turn(streams, failing)
 
     async def _check_turn(self, streams: list[LocalStream], failing: bool) -> bool:
-        """Check ``streams`` and close those whose session ended or whose user may no
-        longer see them; whether the check is failing (logged once per outage)."""
+        """Close those of ``streams`` whose session ended or whose user may no longer see
+        them; whether the check is failing (logged once per outage)."""
         checked = self.clock()
         for stream in streams:
             stream.checked = checked
@@ -532,7 +440,11 @@ class Registry:
                 for s in streams
                 if s.still_allowed is not None and (s.user_pk, s.session_key) not in ended
             ]
-            refused = await asyncio.wrap_future(self.recheck(rechecked)) if rechecked else []
+            refused = (
+                await asyncio.wrap_future(self._check_executor().submit(_refused, rechecked))
+                if rechecked
+                else []
+            )
         except Exception:
             if not failing:
                 logger.error(
@@ -552,11 +464,8 @@ class Registry:
 
 
 def _ended_sessions(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
-    """The (user pk, session key) pairs whose session no longer holds that active user.
-
-    Two queries for any number of streams with database-backed sessions: the sessions,
-    then their users (by the user model's default manager).
-    """
+    """The (user pk, session key) pairs whose session no longer holds that active user:
+    two queries for any number of streams with database-backed sessions."""
     sessions = _load_sessions({key for _, key in pairs if key})
     logins = {key: _session_login(data) for key, data in sessions.items()}
     wanted = {pk for pk, _ in pairs} | {uid for uid, _ in logins.values() if uid is not None}
@@ -578,9 +487,8 @@ def _ended_sessions(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | 
 
 
 def _checked(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
-    """:func:`_ended_sessions` through this thread's kept connection; when that fails
-    (the server restarted, or closed the idle connection), once more through a new one.
-    A connection that failed is closed, never kept."""
+    """:func:`_ended_sessions` through this thread's kept connection, and once more
+    through a new one when that fails (a restart, an idle timeout)."""
     try:
         return _ended_sessions(pairs)
     except Exception:
@@ -593,9 +501,8 @@ def _checked(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
 
 
 def _refused(streams: list[LocalStream]) -> list[LocalStream]:
-    """The streams whose ``still_allowed`` is false. One that raises counts as refused
-    (the browser reconnects, and the stream view asks again); its connection is closed,
-    never kept."""
+    """The streams whose ``still_allowed`` is false or raises (the browser reconnects and
+    the stream view asks again)."""
     refused = []
     for stream in streams:
         assert stream.still_allowed is not None
@@ -632,8 +539,7 @@ def too_many_streams() -> HttpResponse:
 
 
 def guard(response: StreamingHttpResponse, stream: LocalStream) -> None:
-    """Make ``response`` end when ``stream`` is closed, and forget ``stream`` when the
-    response ends, however it ends."""
+    """End ``response`` when ``stream`` is closed; forget ``stream`` however it ends."""
     if not response.is_async:
         registry.remove(stream)
         return

@@ -1,13 +1,14 @@
-"""Thin views: the event stream, the list partial, marking tasks seen, cancel and retry."""
+"""Thin views: the event streams, the lists, marking tasks seen, cancel and retry."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.contrib.auth.decorators import login_required
-from django.db import connections, transaction
+from django.db import transaction
 from django.http import (
     Http404,
     HttpRequest,
@@ -26,6 +27,7 @@ from taskstate.core import control
 from taskstate.core.conf import get_settings
 from taskstate.core.models import Task
 from taskstate.core.policy import CANCEL, RETRY, share_object_reads, still_sees_object
+from taskstate.core.threads import close_idle_connections
 from taskstate.web import streams
 from taskstate.web.access import Refused, controlled_task, seen_object, visible_task
 from taskstate.web.channels import (
@@ -42,65 +44,67 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser
 
 logger = logging.getLogger("taskstate")
+T = TypeVar("T")
 
 
 @require_GET
 @transaction.non_atomic_requests
 def events(request: HttpRequest, form: str = "html") -> HttpResponseBase:
-    """The SSE stream of the logged-in user's own channel, and no other.
+    """The SSE stream of the logged-in user's own channel (``form="json"``: its JSON form).
 
-    ``form="json"`` (``taskstate:json-events``): the channel of the JSON form of the
-    user's tasks (``taskstate.web.channels.json_channel``), under every same rule.
-
-    The channel comes from the session, never from the request: query parameters
-    such as ``channel`` are ignored. One exception: behind a GRIP proxy (Pushpin), the
-    proxy refreshes each held stream through the "next" link django-eventstream gave it,
-    without the browser's cookies; that request must carry the proxy's verified
-    signature, and the session the stream was opened with must still be valid
-    (``taskstate.web.streams``). A stream served here ends when its session does.
-
-    This is the only door to a taskstate channel: django-eventstream serves one only
-    to a user this view admitted (``taskstate.web.channels``), so its own views refuse them.
+    The channel comes from the session, never from the request. Behind a GRIP proxy the
+    proxy's signed refresh of a held stream is served only while the session it was
+    opened with is valid (``taskstate.web.streams``); a stream served here ends with its
+    session. The only door to a taskstate channel (``taskstate.web.channels.admit``).
     """
     refused = streams.refuse_unsigned_grip_parameters(request)
     if refused is not None:
         return refused
-    if streams.grip_signed(request) and "es-meta" in request.GET:
+    refreshing = streams.grip_signed(request) and "es-meta" in request.GET
+    if refreshing:
         refused = streams.check_refresh(request)
         if refused is not None:
             return refused
-        return _held(request, _own_channel(request, form))
-    if not request.user.is_authenticated:
+    elif not request.user.is_authenticated:
         return HttpResponseForbidden("Log in to follow your tasks.")
-    if "wsgi.version" in request.META and not streams.grip_signed(request):
-        return _cannot_stream(request)
+    channel = json_channel(request.user.pk) if form == "json" else user_channel(request.user.pk)
+    return _serve(request, channel, refreshing)
+
+
+def _serve(
+    request: HttpRequest,
+    channel: str,
+    refreshing: bool,
+    still_allowed: Callable[[], bool] | None = None,
+) -> HttpResponseBase:
+    """Hand the request, its checks done, to django-eventstream: held by the GRIP proxy
+    with taskstate's close channels, or streamed here under the per-user cap."""
     if streams.grip_signed(request):
-        streams.add_session_reference(request)
-        return _held(request, _own_channel(request, form))
+        if not refreshing:
+            streams.add_session_reference(request)
+        held = _stream(request, channel)
+        streams.add_close_channels(request)
+        return held
+    if "wsgi.version" in request.META:
+        return _cannot_stream(request)
     session = getattr(request, "session", None)
-    stream = streams.registry.admit(request.user.pk, getattr(session, "session_key", None))
+    stream = streams.registry.admit(
+        request.user.pk, getattr(session, "session_key", None), still_allowed
+    )
     if stream is None:
         return streams.too_many_streams()
-    response = _stream(request, _own_channel(request, form))
+    response = _stream(request, channel)
     if isinstance(response, StreamingHttpResponse):
         streams.guard(response, stream)
     else:
         streams.registry.remove(stream)
-    # Under ASGI this request keeps its own thread, and with it the database connection
-    # the session and user were read through, until the stream ends: one connection per
-    # open page, for hours. The stream itself reads nothing, so give the connection back.
-    _release_connections()
+    # Under ASGI the request's thread keeps the connection the session and user were read
+    # through until the stream ends (hours); the stream reads nothing, so give it back.
+    close_idle_connections()
     return response
 
 
-def _own_channel(request: HttpRequest, form: str) -> str:
-    """The request's user's own channel of ``form``."""
-    return json_channel(request.user.pk) if form == "json" else user_channel(request.user.pk)
-
-
 def _stream(request: HttpRequest, channel: str) -> HttpResponseBase:
-    """django-eventstream's answer for ``channel``, the checks done: the user is admitted
-    to it (``taskstate.web.channels.admit``), which no other door's request is."""
     from django_eventstream.views import events as eventstream_events
 
     response: HttpResponseBase = eventstream_events(
@@ -109,15 +113,7 @@ def _stream(request: HttpRequest, channel: str) -> HttpResponseBase:
     return response
 
 
-def _held(request: HttpRequest, channel: str) -> HttpResponseBase:
-    """The GRIP proxy's hold of ``channel``, with taskstate's close channels."""
-    held = _stream(request, channel)
-    streams.add_close_channels(request)
-    return held
-
-
-#: How long a client told that the server cannot stream waits before asking again
-#: (milliseconds; the SSE "retry" field, for clients other than taskstate.js, which backs
+#: The SSE "retry" (ms) told to a client the server cannot stream to (taskstate.js backs
 #: off on its own).
 CANNOT_STREAM_RETRY_MS = 300_000
 
@@ -125,8 +121,8 @@ _cannot_stream_logged = False
 
 
 def _cannot_stream(request: HttpRequest) -> HttpResponseBase:
-    # WSGI (runserver, gunicorn) cannot stream: the response would hold a thread and never
-    # send a byte. Say so in the stream and, once per process, in the log, and end it.
+    # WSGI cannot stream: the response would hold a thread and never send a byte. Say so
+    # in the stream and, once per process, in the log.
     global _cannot_stream_logged
     from django_eventstream.utils import sse_encode_error
 
@@ -143,16 +139,9 @@ def _cannot_stream(request: HttpRequest) -> HttpResponseBase:
     )
 
 
-def _release_connections() -> None:
-    for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            connection.close()
-
-
 @require_GET
 @vary_on_headers("HX-Request")
 def task_list(request: HttpRequest) -> HttpResponse:
-    """The user's task list: the rows alone for htmx (a resync), else the whole list."""
     tasks, more = (
         Task.objects.for_user(request.user).for_display().first_rows(get_settings().LIST_MAX_ROWS)
     )
@@ -163,7 +152,7 @@ def task_list(request: HttpRequest) -> HttpResponse:
         "notify": get_settings().NOTIFY_WHEN_HIDDEN,
     }
     if getattr(request, "htmx", False):
-        return render(request, "taskstate/_task_rows.html", context)
+        return render(request, "taskstate/_task_rows.html", context)  # a resync
     return render(request, "taskstate/task_list.html", context)
 
 
@@ -171,32 +160,25 @@ def task_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @vary_on_headers("HX-Request")
 def children(request: HttpRequest, pk: int) -> HttpResponse:
-    """The children of a group or pipeline the user may see (their own, or one about an
-    object the policy lets them see), in order; 404 for any other.
-
-    The rows alone for htmx (the expanded group row), else a page of their own.
-    """
-    try:
-        group = visible_task(request.user, pk)
-    except Refused as refused:
-        return _refusal(refused)
+    """The children of a group or pipeline the user may see, in order; 404 for any other."""
+    group = _or_refusal(visible_task, request.user, pk)
+    if isinstance(group, HttpResponse):
+        return group
     if not group.is_group:
         raise Http404("No such group.")
     rows = Task.objects.filter(parent_id=group.pk).order_by("position", "pk")
     children, more = rows.first_rows(get_settings().LIST_MAX_ROWS)
     context = {"group": group, "children": children, "more": more}
     if getattr(request, "htmx", False):
-        return render(request, "taskstate/_children.html", context)
+        return render(request, "taskstate/_children.html", context)  # the expanded row
     return render(request, "taskstate/task_children.html", context)
 
 
 @require_POST
 @login_required
 def seen(request: HttpRequest, pk: int) -> HttpResponse:
-    """Mark one of the user's completed tasks seen; 404 for anyone else's.
-
-    A group or pipeline is dismissed with its children.
-    """
+    """Mark one of the user's completed tasks (a group with its children) seen; 404 for
+    anyone else's."""
     task = get_object_or_404(Task.objects.for_user(request.user).completed(), pk=pk)
     if Task.objects.filter(pk=task.pk).mark_seen():
         publish_removed_on_commit([task])
@@ -206,7 +188,6 @@ def seen(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 @login_required
 def seen_all(request: HttpRequest) -> HttpResponse:
-    """Mark all of the user's completed, unseen tasks seen."""
     mine = finished_unseen(request.user)
     if mine and Task.objects.filter(pk__in=[task.pk for task in mine]).mark_seen():
         publish_removed_on_commit(mine)
@@ -222,28 +203,23 @@ def finished_unseen(user: AbstractBaseUser | AnonymousUser) -> list[Task]:
 @require_POST
 @login_required
 def cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    """Ask to cancel one of the user's active tasks; 404 for anyone else's.
-
-    The row (``cancelled``, or "Cancelling" while its actor runs) is pushed to every page
-    of the user; htmx swaps in the same row at once. A child of a group or pipeline: 409,
-    it is cancelled with its group.
-    """
-    task = _controlled(request, pk, CANCEL)
+    """Ask to cancel one of the user's active tasks; 404 for anyone else's, 409 for a
+    child of a group (cancelled with its group). The row goes to every page of the user."""
+    task = _or_refusal(controlled_task, request.user, pk, CANCEL)
     if isinstance(task, HttpResponse):
         return task
     written = control.cancel(task) or task
-    return _row_or_back(request, written)
+    if getattr(request, "htmx", False):
+        return render(request, "taskstate/_task_row.html", {"task": written})
+    return HttpResponseRedirect(_back_url(request))
 
 
 @require_POST
 @login_required
 def retry(request: HttpRequest, pk: int) -> HttpResponse:
-    """Send one of the user's failed or cancelled retryable tasks again; 404 otherwise.
-
-    The old row is dismissed; the new task's row arrives like any other. A child of a
-    group or pipeline: 409, it is retried with its group.
-    """
-    task = _controlled(request, pk, RETRY)
+    """Send one of the user's failed or cancelled retryable tasks again and dismiss the old
+    row; 404 otherwise, 409 for a child of a group (retried with its group)."""
+    task = _or_refusal(controlled_task, request.user, pk, RETRY)
     if isinstance(task, HttpResponse):
         return task
     try:
@@ -254,32 +230,22 @@ def retry(request: HttpRequest, pk: int) -> HttpResponse:
     return _done(request)
 
 
-def _controlled(request: HttpRequest, pk: int, action: str) -> Task | HttpResponse:
-    # The rule of taskstate.web.access: 404 for a task the user may not see (or their own the
-    # policy refuses), 409 for a child of a group, 403 through an object.
+def _or_refusal(check: Callable[..., T], *args: Any) -> T | HttpResponse:
+    """What ``check`` (a rule of ``taskstate.web.access``) returns, or its refusal: 404
+    raised, any other status returned."""
     try:
-        return controlled_task(request.user, pk, action)
+        return check(*args)
     except Refused as refused:
-        return _refusal(refused)
-
-
-def _refusal(refused: Refused) -> HttpResponse:
-    if refused.status == 404:
-        raise Http404(refused.message)
-    return HttpResponse(
-        refused.message, status=refused.status, content_type="text/plain; charset=utf-8"
-    )
-
-
-def _row_or_back(request: HttpRequest, task: Task) -> HttpResponse:
-    if getattr(request, "htmx", False):
-        return render(request, "taskstate/_task_row.html", {"task": task})
-    return HttpResponseRedirect(_back_url(request))
+        if refused.status == 404:
+            raise Http404(refused.message) from refused
+        return HttpResponse(
+            refused.message, status=refused.status, content_type="text/plain; charset=utf-8"
+        )
 
 
 def publish_removed_on_commit(tasks: list[Task]) -> None:
     """Once the dismissal is committed, take ``tasks`` off every page of their owners and
-    of their objects (``taskstate.web.publish.publish_removed_tasks``)."""
+    of their objects."""
     transaction.on_commit(lambda: publish_removed_tasks(tasks), robust=True)
 
 
@@ -303,34 +269,15 @@ def _back_url(request: HttpRequest) -> str:
 # --- the tasks about an object ----------------------------------------------------------
 
 
-def _object_or_refusal(request: HttpRequest, token: str) -> tuple[str, str] | HttpResponse:
-    """The object a signed ``token`` names, when the policy lets the user see its tasks;
-    else 404 (not a token of this site) or 403 (``taskstate.web.access.seen_object``)."""
-    try:
-        return seen_object(request.user, token)
-    except Refused as refused:
-        return _refusal(refused)
-
-
 @require_GET
 @transaction.non_atomic_requests
 def object_events(request: HttpRequest, token: str, form: str = "html") -> HttpResponseBase:
-    """The SSE stream of the tasks about one object, for a user the policy lets see it.
+    """The SSE stream of the tasks about one object (``form="json"``: its JSON form), for a
+    user the policy lets see it, under every rule of :func:`events`.
 
-    ``form="json"`` (``taskstate:json-object-events``): the object's JSON channel
-    (``taskstate.web.channels.object_json_channel``), under every same rule.
-
-    The rules of :func:`events`: the channel comes from the signed token in the path, never
-    from a query parameter; the session, the per-user cap (these streams count in it) and
-    the end with the session apply; and the stream also ends at the same periodic check
-    once the policy no longer lets its user see the object.
-
-    Behind a GRIP proxy (Pushpin) the proxy holds the stream, closed at once on logout and
-    deactivation as a user's stream is. Its refresh must name this object's channel, and
-    is refused (403) once the policy no longer lets the user see the object: Pushpin
-    refreshes a held stream every 120 s (its default; django-eventstream's next link sets
-    no timeout), so such a user stops receiving within 120 s, and Pushpin closes the
-    stream after its retries.
+    The channel comes from the signed token in the path. A stream served here also ends
+    at the session check once the policy no longer lets its user see the object; under
+    GRIP the refresh must name this object's channel and is refused (403) then.
     """
     refused = streams.refuse_unsigned_grip_parameters(request)
     if refused is not None:
@@ -343,36 +290,14 @@ def object_events(request: HttpRequest, token: str, form: str = "html") -> HttpR
         refused = streams.check_refresh(request, _object_channel(named, form))
         if refused is not None:
             return refused
-    about = _object_or_refusal(request, token)
+    about = _or_refusal(seen_object, request.user, token)
     if isinstance(about, HttpResponse):
         return about
-    channel = _object_channel(about, form)
-    if streams.grip_signed(request):
-        if not refreshing:
-            streams.add_session_reference(request)
-        return _held(request, channel)
-    if "wsgi.version" in request.META:
-        return _cannot_stream(request)
-    session = getattr(request, "session", None)
-    user_pk = request.user.pk
-    stream = streams.registry.admit(
-        user_pk,
-        getattr(session, "session_key", None),
-        still_allowed=functools.partial(still_sees_object, user_pk, *about),
-    )
-    if stream is None:
-        return streams.too_many_streams()
-    response = _stream(request, channel)
-    if isinstance(response, StreamingHttpResponse):
-        streams.guard(response, stream)
-    else:
-        streams.registry.remove(stream)
-    _release_connections()
-    return response
+    still_allowed = functools.partial(still_sees_object, request.user.pk, *about)
+    return _serve(request, _object_channel(about, form), refreshing, still_allowed)
 
 
 def _object_channel(about: tuple[str, str], form: str) -> str:
-    """The object's channel of ``form``."""
     html, as_json = object_channels(*about)
     return as_json if form == "json" else html
 
@@ -380,10 +305,8 @@ def _object_channel(about: tuple[str, str], form: str) -> str:
 @require_GET
 @vary_on_headers("HX-Request")
 def object_task_list(request: HttpRequest, token: str) -> HttpResponse:
-    """The tasks about one object: the rows alone for htmx (a resync, or the object's
-    stream said they changed), else the whole list. 403 for a user the policy does not
-    let see them."""
-    about = _object_or_refusal(request, token)
+    """The tasks about one object; 403 for a user the policy does not let see them."""
+    about = _or_refusal(seen_object, request.user, token)
     if isinstance(about, HttpResponse):
         return about
     context = object_list_context(request, token, *about)
