@@ -12,6 +12,7 @@ from django.utils import timezone
 from taskstate.core.models import Status, Task
 from taskstate.web.publish import render_row
 from taskstate.web.task_json import task_json
+from taskstate.worker.writer import cancels, writer
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,10 +20,21 @@ pytestmark = pytest.mark.django_db(transaction=True)
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
+def _reconnect() -> None:
+    # Background threads keep their connections, and PostgreSQL the time zone each was
+    # opened with: they open new ones under the settings of the moment.
+    writer.flush(10)
+    writer.release()
+    cancels.close()
+
+
 @pytest.fixture
 def naive_times(settings):
+    _reconnect()
     settings.USE_TZ = False
     settings.TIME_ZONE = "Europe/Berlin"
+    yield
+    _reconnect()
 
 
 def _near_now(value: datetime | None, ahead: float = 0) -> bool:
