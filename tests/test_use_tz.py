@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.db import connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
+from taskstate import shutdown
 from taskstate.core.models import Status, Task
 from taskstate.web.publish import render_row
 from taskstate.web.task_json import task_json
@@ -21,11 +25,18 @@ BERLIN = ZoneInfo("Europe/Berlin")
 
 
 def _reconnect() -> None:
-    # Background threads keep their connections, and PostgreSQL the time zone each was
-    # opened with: they open new ones under the settings of the moment.
-    writer.flush(10)
+    # A project sets USE_TZ once; a test changes it while background threads hold
+    # connections. Each connection keeps the time zone it was opened with, and each
+    # thread's wrapper the zone it worked out (Django resets the test thread's alone):
+    # everything is closed and forgotten, so that every thread opens anew.
+    shutdown.flush(10)  # rows rendered while the settings hold
     writer.release()
     cancels.close()
+    connections.close_all()
+    for wrapper in gc.get_objects():
+        if isinstance(wrapper, BaseDatabaseWrapper):
+            for cached in ("timezone", "timezone_name"):
+                wrapper.__dict__.pop(cached, None)
 
 
 @pytest.fixture
