@@ -430,7 +430,11 @@ def run_n(
     clear_tasks()
     port = free_port()
     out: dict[str, Any] = {"n": n, "ramp": [], "direct": []}
-    server = start_uvicorn("tests.asgi:application", env, port)
+    if cfg.gc_freeze:
+        bench = Path(__file__).resolve().parent
+        server = start_uvicorn("_bench.asgi_frozen:application", env, port, app_dir=bench)
+    else:
+        server = start_uvicorn("tests.asgi:application", env, port)
     try:
         pid = server.proc.pid
         clients = ClientProcess(port, users[:n], workdir)
@@ -512,7 +516,9 @@ def run_n(
 
 def report(results: list[dict[str, Any]], cfg: argparse.Namespace, token: str) -> str:
     lines = [
-        f"SSE fan-out, one uvicorn process (h11, asyncio loop); run `{token}`, "
+        "SSE fan-out, one uvicorn process (h11, asyncio loop"
+        + (", gc.freeze() at start" if cfg.gc_freeze else "")
+        + f"); run `{token}`, "
         f"load average at the end {load_average()}; the server's PostgreSQL role may open "
         f"{cfg.pg_limit} connections (the publisher has a role of its own).",
         "",
@@ -713,6 +719,11 @@ def main() -> None:
     )
     parser.add_argument("--step", type=float, help="seconds of each step (default 5)")
     parser.add_argument("--no-poll", action="store_true", help="skip the polling comparison")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="the server freezes what it loaded at start out of the garbage collector",
+    )
     given = parser.parse_args()
     cfg = argparse.Namespace(**vars(given))
     if cfg.smoke:
