@@ -81,3 +81,15 @@ def test_a_delayed_message_is_due_in_local_time(naive_times, broker, user):
     assert task.status == Status.DELAYED
     assert _near_now(task.due_at, ahead=600)
     assert task.created_at <= timezone.now() < task.due_at - timedelta(minutes=9)
+
+
+def test_local_times_are_in_time_zone_whatever_zone_is_active(naive_times, run_all, user):
+    # timezone.activate() works without USE_TZ too (a user's zone for display): stored
+    # times and offsets still follow TIME_ZONE.
+    with timezone.override("America/New_York"):
+        message = actors.returns.send({"rows": 1}, for_state={"user_pk": user.pk})
+        run_all()
+        task = Task.objects.get(message_id=message.message_id)
+        assert _near_now(task.created_at) and _near_now(task.finished_at)
+        finished = task_json(task)["times"]["finished"]
+        assert finished == timezone.make_aware(task.finished_at, BERLIN).isoformat()

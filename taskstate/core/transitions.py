@@ -374,10 +374,13 @@ def _placeholder_maker(
         params: list[Any] = []
         for column, value in columns.items():
             link = links.get(column)
+            if link is not None and value is None:
+                placeholders.append("NULL")  # no lookup: MySQL refuses a subquery on the table
+                continue
             if link is not None:
                 lookup, _, prepare_key = link
                 placeholders.append(lookup.format("%s"))
-                params.append(None if value is None else prepare_key(value))
+                params.append(prepare_key(value))
                 continue
             placeholders.append("%s")
             known = prepare.get(column)

@@ -317,7 +317,9 @@ def iso(value: datetime | None) -> str | None:
     """ISO 8601 with the offset; a naive value (``USE_TZ = False``) is in ``TIME_ZONE``."""
     if value is None:
         return None
-    return (timezone.make_aware(value) if timezone.is_naive(value) else value).isoformat()
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, timezone.get_default_timezone())
+    return value.isoformat()
 
 
 def dumps(payload: Any) -> str:

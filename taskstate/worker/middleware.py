@@ -326,7 +326,9 @@ def _at(milliseconds: float) -> datetime:
     """A message's time (epoch milliseconds) as Django stores it: naive and local under
     ``USE_TZ = False``."""
     moment = datetime.fromtimestamp(milliseconds / 1000, tz=timezone.utc)
-    return moment if django_settings.USE_TZ else dj_timezone.make_naive(moment)
+    if django_settings.USE_TZ:
+        return moment
+    return dj_timezone.make_naive(moment, dj_timezone.get_default_timezone())
 
 
 # The first start of a task stays its start, whichever write lands first.
