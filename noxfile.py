@@ -110,5 +110,7 @@ def unit(session: nox.Session, django: str, dramatiq: str) -> None:
 def services(session: nox.Session, django: str, dramatiq: str) -> None:
     """The whole suite against PostgreSQL, Redis, real worker and server processes."""
     _install(session, django, dramatiq)
-    # The slowest tests are listed: these cells set how long CI takes.
-    _pytest(session, "--durations=25", TASKSTATE_TEST_SERVICES="1")
+    # Two pytest workers: these tests spend most of their time waiting on the processes
+    # they start (each worker has Redis databases of its own: tests/settings.py). The
+    # slowest tests are listed: these cells set how long CI takes.
+    _pytest(session, "-n", "2", "--durations=25", TASKSTATE_TEST_SERVICES="1")

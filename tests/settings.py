@@ -9,9 +9,28 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 SERVICES = os.environ.get("TASKSTATE_TEST_SERVICES") == "1"
+
+# Under pytest-xdist (``-n 2``), each worker takes Redis databases of its own, eight
+# numbers on from the suite's: a worker process started by one pytest worker never takes
+# the other's messages. Done once, in the environment, so that the processes a test
+# starts (which inherit it, marker included) use the same databases.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if (
+    SERVICES
+    and _XDIST_WORKER.startswith("gw")
+    and os.environ.get("TASKSTATE_TEST_REDIS_SHIFTED") != _XDIST_WORKER
+):
+    for _key, _default in (
+        ("TASKSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
+        ("TASKSTATE_TEST_DEMO_REDIS_URL", "redis://127.0.0.1:6379/13"),
+    ):
+        _parts = urlsplit(os.environ.get(_key, _default))
+        _db = (int(_parts.path.lstrip("/") or 0) + 8 * int(_XDIST_WORKER[2:])) % 16
+        os.environ[_key] = urlunsplit(_parts._replace(path=f"/{_db}"))
+    os.environ["TASKSTATE_TEST_REDIS_SHIFTED"] = _XDIST_WORKER
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # TASKSTATE_TEST_SECRET_KEY: a second site in tests/integration/test_two_sites.py.
