@@ -7,6 +7,8 @@ and the project's own session settings are untouched.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -21,6 +23,7 @@ from taskstate.core.group_refresh import GroupRefresher
 from taskstate.core.groups import refresh_group
 from taskstate.core.models import Kind, Status, Task
 from tests.support.factories import make_task
+from tests.support.processes import passes_in_forked_child
 from tests.support.writes import progress_one, write_one
 from tests.test_transitions import apply, origin
 
@@ -135,6 +138,47 @@ def test_the_watchdog_shuts_a_socket_whose_peer_never_answers_and_spares_a_disar
         finally:
             hung.close()
             quick.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_has_a_watchdog_of_its_own_that_cuts_its_sockets():
+    """Forked while a thread of the parent holds the watchdog's lock (as its thread does
+    while it shuts a socket), with an alarm of the parent's pending: the child's watchdog
+    has its own lock, none of the parent's alarms, and cuts the child's own hung socket."""
+    import socket
+
+    from taskstate.core.bounds import _watchdog
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        parents = socket.create_connection(listener.getsockname())
+        parent_alarm = _watchdog.arm(parents.fileno(), 60)
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with _watchdog._cond:
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert held.wait(10)
+
+            def own_watchdog() -> bool:
+                signal.alarm(20)  # a child stuck on the parent's lock is ended, failing
+                hung = socket.create_connection(listener.getsockname())
+                alarm = _watchdog.arm(hung.fileno(), 0.2)
+                hung.settimeout(15)
+                cut = hung.recv(1) == b""
+                pending = [a for _, _, a in _watchdog._heap if a.armed]
+                return cut and _watchdog.disarm(alarm) and parent_alarm not in pending
+
+            assert passes_in_forked_child(own_watchdog)
+        finally:
+            release.set()
+            holder.join(10)
+            assert _watchdog.disarm(parent_alarm) is False
+            parents.close()
 
 
 def test_shutting_a_descriptor_that_is_gone_or_not_connected_never_raises():

@@ -13,7 +13,6 @@ import itertools
 import math
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from taskstate.core import conf
+from taskstate.core.threads import OwnThread
 
 #: Seconds the server gets to report its own statement timeout before the watchdog cuts.
 GRACE = 1.0
@@ -108,24 +108,21 @@ class _Alarm:
     armed: bool = True
 
 
-class _Watchdog:
+class _Watchdog(OwnThread):
     """One daemon thread that shuts down the sockets of writes past their deadline."""
 
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
+    thread_name = "taskstate-watchdog"
+
+    def _init_state(self) -> None:
+        super()._init_state()
         self._heap: list[tuple[float, int, _Alarm]] = []
         self._order = itertools.count()
-        self._thread: threading.Thread | None = None
 
     def arm(self, fd: int, seconds: float) -> _Alarm:
         alarm = _Alarm(time.monotonic() + seconds, fd)
         with self._cond:
             heapq.heappush(self._heap, (alarm.deadline, next(self._order), alarm))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="taskstate-watchdog", daemon=True
-                )
-                self._thread.start()
+            self._start()
             self._cond.notify()
         return alarm
 

@@ -1,5 +1,5 @@
 """The one daemon thread of each of taskstate's background workers (writer, courier,
-background): started when first needed, again if it died, and afresh in a forked child
+background, the database watchdog): started when first needed, again if it died, and afresh in a forked child
 (the parent's lock may be held by a thread the child does not have)."""
 
 from __future__ import annotations
