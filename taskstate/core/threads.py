@@ -4,6 +4,7 @@ background, the database watchdog): started when first needed, again if it died,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -63,4 +64,5 @@ def close_idle_connections() -> None:
     broken by a restart would fail later work, and a pooler would count it."""
     for connection in connections.all(initialized_only=True):
         if connection.connection is not None and not connection.in_atomic_block:
-            connection.close()
+            with contextlib.suppress(Exception):  # a connection the server broke
+                connection.close()

@@ -29,7 +29,6 @@ from django.contrib.auth import (
     get_user_model,
     load_backend,
 )
-from django.db import connections
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -41,6 +40,7 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 
 from taskstate.core import conf
 from taskstate.core.conf import get_settings
+from taskstate.core.threads import close_idle_connections
 from taskstate.web.channels import own_channels, site_namespace
 
 logger = logging.getLogger("taskstate")
@@ -395,7 +395,7 @@ class Registry:
         with self._lock:
             executor, self._checker = self._checker, None
         if executor is not None:
-            executor.submit(_close_connections).result()
+            executor.submit(close_idle_connections).result()
             executor.shutdown()
 
     async def _watch(self) -> None:
@@ -492,11 +492,11 @@ def _checked(pairs: set[tuple[Any, str | None]]) -> set[tuple[Any, str | None]]:
     try:
         return _ended_sessions(pairs)
     except Exception:
-        _close_connections()
+        close_idle_connections()
     try:
         return _ended_sessions(pairs)
     except Exception:
-        _close_connections()
+        close_idle_connections()
         raise
 
 
@@ -510,18 +510,11 @@ def _refused(streams: list[LocalStream]) -> list[LocalStream]:
             allowed = stream.still_allowed()
         except Exception:
             logger.warning("taskstate: could not check an object stream's user", exc_info=True)
-            _close_connections()
+            close_idle_connections()
             allowed = False
         if not allowed:
             refused.append(stream)
     return refused
-
-
-def _close_connections() -> None:
-    for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            with contextlib.suppress(Exception):
-                connection.close()
 
 
 registry = Registry()
