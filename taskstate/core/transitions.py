@@ -94,21 +94,17 @@ def _model() -> type[Task]:
 
 def _stored_defaults() -> dict[str, Any]:
     # Every column's default for an upsert's insert: callable ones (a time) made each call.
-    fixed = _fixed_defaults()
-    return fixed | {
-        f.attname: _storable(f.attname, f.get_default())
-        for f in _model()._meta.concrete_fields
-        if not f.primary_key and f.attname not in fixed
-    }
+    fixed, made = _defaults()
+    return fixed | {f.attname: _storable(f.attname, f.get_default()) for f in made}
 
 
 @functools.cache
-def _fixed_defaults() -> dict[str, Any]:
-    return {
-        f.attname: _storable(f.attname, f.get_default())
-        for f in _model()._meta.concrete_fields
-        if not f.primary_key and not callable(f.default)
+def _defaults() -> tuple[dict[str, Any], list[Field[Any, Any]]]:
+    fields = [f for f in _model()._meta.concrete_fields if not f.primary_key]
+    fixed = {
+        f.attname: _storable(f.attname, f.get_default()) for f in fields if not callable(f.default)
     }
+    return fixed, [f for f in fields if f.attname not in fixed]
 
 
 # A database that cannot be reached (or timed out): an outage, logged once.
@@ -362,10 +358,25 @@ def _links(
     }
 
 
+#: Placeholder makers by connection (each thread has its own connection object).
+_makers: weakref.WeakKeyDictionary[
+    BaseDatabaseWrapper, Callable[[dict[str, Any]], tuple[list[str], list[Any]]]
+] = weakref.WeakKeyDictionary()
+
+
 def _placeholder_maker(
     connection: BaseDatabaseWrapper,
 ) -> Callable[[dict[str, Any]], tuple[list[str], list[Any]]]:
     # A row's VALUES placeholders and parameters; what does not depend on the row made once.
+    known = _makers.get(connection)
+    if known is None:
+        known = _makers[connection] = _new_placeholder_maker(connection)
+    return known
+
+
+def _new_placeholder_maker(
+    connection: BaseDatabaseWrapper,
+) -> Callable[[dict[str, Any]], tuple[list[str], list[Any]]]:
     links = _links(connection)
     prepare: dict[str, tuple[type | None, Callable[[Any], Any]]] = {}
 
@@ -757,8 +768,9 @@ def _batch_sql(
 ) -> tuple[str, list[Any]]:
     """One multi-row upsert of ``rows`` (same columns), guarded row by row."""
     names = list(rows[0])
-    if connection.vendor == "postgresql":
-        # Its text depends on the columns alone: built once per shape.
+    if connection.vendor == "postgresql" and len(rows) > 1:
+        # Its text depends on the columns alone: built once per shape. A single row goes
+        # as VALUES: half the planning and execution on the server.
         key = (connection.alias, tuple(names), tuple(updated), tuple(keep))
         known = _pg_statements.get(key)
         if known is None:
@@ -792,7 +804,21 @@ def _batch_sql(
         placeholders, values = make(row)
         tuples.append(f"({', '.join(placeholders)})")
         params.extend(values)
-    return _upsert_text(connection, f"VALUES {', '.join(tuples)}", names, updated, keep), params
+    source = f"VALUES {', '.join(tuples)}"
+    if len(rows) > 1:
+        return _upsert_text(connection, source, names, updated, keep), params
+    # A single row's text depends on its shape and which links it leaves empty.
+    shape = (connection.alias, source, tuple(names), tuple(updated), tuple(keep))
+    text = _values_statements.get(shape)
+    if text is None:
+        if len(_values_statements) > 256:
+            _values_statements.clear()  # shapes are few: only a changed schema gets here
+        text = _values_statements[shape] = _upsert_text(connection, source, names, updated, keep)
+    return text, params
+
+
+#: Single-row VALUES statements by database, placeholders and shape: their text.
+_values_statements: dict[tuple[Any, ...], str] = {}
 
 
 #: PostgreSQL statements by database and shape: their text, how each column's array is made.
