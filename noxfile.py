@@ -60,6 +60,11 @@ if os.environ.get("TASKSTATE_MATRIX_CI") == "1":
 MARIADB_CELL = ("3.12", "6.0", "1.17")
 
 
+# Every pass runs in two pytest workers (pytest-xdist): CI's lanes end at about the same
+# time on two cores once the services cells, which mostly wait, are done.
+_TWO_WORKERS = ("-n", "2")
+
+
 def _ids(cells: list[tuple[str, str, str]]) -> list[str]:
     return [f"py{p}-django{d}-dramatiq{q}" for p, d, q in cells]
 
@@ -94,7 +99,12 @@ def unit(session: nox.Session, django: str, dramatiq: str) -> None:
         session.install("mysqlclient>=2.2")
         # Browser tests run in the other passes; coverage is recorded (the MySQL branches).
         _pytest(
-            session, "-m", "not browser", TASKSTATE_TEST_SERVICES="0", TASKSTATE_TEST_DB="mariadb"
+            session,
+            *_TWO_WORKERS,
+            "-m",
+            "not browser",
+            TASKSTATE_TEST_SERVICES="0",
+            TASKSTATE_TEST_DB="mariadb",
         )
         return
     # Coverage is recorded by the passes that exercise the most (services): not here.
@@ -102,7 +112,7 @@ def unit(session: nox.Session, django: str, dramatiq: str) -> None:
     # those a version brings (marked django6: Django 6's CSP page, django.tasks in the
     # demo), with tests/test_backends.py, which the Django 5.2 cells skip.
     args = ["-m", "not browser or django6"] if ci else []
-    _pytest(session, *args, TASKSTATE_TEST_SERVICES="0", COVERAGE_PROCESS_START="")
+    _pytest(session, *_TWO_WORKERS, *args, TASKSTATE_TEST_SERVICES="0", COVERAGE_PROCESS_START="")
 
 
 @nox.session(reuse_venv=True)
@@ -113,4 +123,4 @@ def services(session: nox.Session, django: str, dramatiq: str) -> None:
     # Two pytest workers: these tests spend most of their time waiting on the processes
     # they start (each worker has Redis databases of its own: tests/settings.py). The
     # slowest tests are listed: these cells set how long CI takes.
-    _pytest(session, "-n", "2", "--durations=25", TASKSTATE_TEST_SERVICES="1")
+    _pytest(session, *_TWO_WORKERS, "--durations=25", TASKSTATE_TEST_SERVICES="1")
