@@ -34,7 +34,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _setup import django_on_postgres, table
 
-
 #: A variant where no stream can listen (no Redis for django-eventstream, no page open in
 #: this process): the background sender renders nothing, so what is left is the send's own.
 QUIET = "tracked, nothing rendered (in-process streams only, none open)"

@@ -324,10 +324,13 @@ def publish_phase(
     duration: float,
     threads: int,
     direct: bool,
+    gc_log: Path,
 ) -> tuple[Phase, Delivery, dict[str, float], dict[str, float]]:
     """One publishing phase; CPU in % of one core of the server, of the one client
     process that reads every stream, and of this process (the publisher): on a small
-    machine a busy client or publisher is where a latency tail comes from, not the server."""
+    machine a busy client or publisher is where a latency tail comes from, not the server.
+    With it (in the CPU dict) the server's full garbage collections in the phase and its
+    longest collection pause."""
     from tests.settings import DATABASES
 
     db = DATABASES["default"]["NAME"]
@@ -338,9 +341,11 @@ def publish_phase(
         "client": CpuMeter(clients.proc.pid).start(),
     }
     mine, mine_at = cpu_seconds([os.getpid()]), time.monotonic()
+    began = time.time()
     phase = publisher.run(rate, duration, threads, direct=direct)
     wait_drained(clients, len(phase.records), timeout=10 + duration)
     cpu = {name: meter.stop() for name, meter in meters.items()}
+    cpu.update(collections(gc_log, began, time.time()))
     cpu["publisher"] = 100 * (cpu_seconds([os.getpid()]) - mine) / (time.monotonic() - mine_at)
     delivery = collect(clients, phase, publisher.token, workdir)
     time.sleep(0.2)
@@ -348,6 +353,18 @@ def publish_phase(
     wall = phase.elapsed or duration
     pg = {k: (after[k] - before[k]) / wall for k in after}
     return phase, delivery, cpu, pg
+
+
+def collections(gc_log: Path, began: float, ended: float) -> dict[str, float]:
+    """The server's full (generation 2) collections between two wall times, and the
+    longest pause of any collection then, from its log (``_bench/asgi_gc.py``)."""
+    full, longest = 0, 0.0
+    for line in gc_log.read_text().splitlines() if gc_log.exists() else []:
+        at, generation, pause = line.split()
+        if began <= float(at) <= ended:
+            full += generation == "2"
+            longest = max(longest, float(pause))
+    return {"gc_full": full, "gc_longest_ms": longest}
 
 
 def verdict(phase: Phase, d: Delivery) -> str:
@@ -430,11 +447,15 @@ def run_n(
     clear_tasks()
     port = free_port()
     out: dict[str, Any] = {"n": n, "ramp": [], "direct": []}
-    if cfg.gc_freeze:
-        bench = Path(__file__).resolve().parent
-        server = start_uvicorn("_bench.asgi_frozen:application", env, port, app_dir=bench)
-    else:
-        server = start_uvicorn("tests.asgi:application", env, port)
+    gc_log = workdir / f"gc-{n}.log"
+    env = {
+        **env,
+        "BENCH_GC_LOG": str(gc_log),
+        "BENCH_GC_FREEZE": "1" if cfg.gc_freeze else "",
+        "BENCH_GC_THRESHOLD": cfg.gc_threshold or "",
+    }
+    bench = Path(__file__).resolve().parent
+    server = start_uvicorn("_bench.asgi_gc:application", env, port, app_dir=bench)
     try:
         pid = server.proc.pid
         clients = ClientProcess(port, users[:n], workdir)
@@ -464,18 +485,42 @@ def run_n(
                 raise RuntimeError(f"no SSE stream opened: {connected['errors']}")
             publisher = Publisher(token, connected["uids"])
             out["steady"] = publish_phase(
-                publisher, clients, pid, workdir, cfg.rate, cfg.duration, 1, direct=False
+                publisher,
+                clients,
+                pid,
+                workdir,
+                cfg.rate,
+                cfg.duration,
+                1,
+                direct=False,
+                gc_log=gc_log,
             )
             for rate in cfg.ramp:
                 step = publish_phase(
-                    publisher, clients, pid, workdir, rate, cfg.step, cfg.threads, direct=False
+                    publisher,
+                    clients,
+                    pid,
+                    workdir,
+                    rate,
+                    cfg.step,
+                    cfg.threads,
+                    direct=False,
+                    gc_log=gc_log,
                 )
                 out["ramp"].append(step)
                 if verdict(step[0], step[1]) != "ok":
                     break
             for rate in cfg.direct_ramp:
                 step = publish_phase(
-                    publisher, clients, pid, workdir, rate, cfg.step, cfg.threads, direct=True
+                    publisher,
+                    clients,
+                    pid,
+                    workdir,
+                    rate,
+                    cfg.step,
+                    cfg.threads,
+                    direct=True,
+                    gc_log=gc_log,
                 )
                 out["direct"].append(step)
                 if verdict(step[0], step[1]) != "ok":
@@ -518,6 +563,7 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace, token: str) -
     lines = [
         "SSE fan-out, one uvicorn process (h11, asyncio loop"
         + (", gc.freeze() at start" if cfg.gc_freeze else "")
+        + (f", gc.set_threshold({cfg.gc_threshold})" if cfg.gc_threshold else "")
         + f"); run `{token}`, "
         f"load average at the end {load_average()}; the server's PostgreSQL role may open "
         f"{cfg.pg_limit} connections (the publisher has a role of its own).",
@@ -589,6 +635,7 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace, token: str) -
                         ms(percentile(d.latencies, 50)),
                         ms(percentile(d.latencies, 99)),
                         f"{cpu['server']:.0f} / {cpu['client']:.0f} / {cpu['publisher']:.0f}",
+                        f"{cpu['gc_full']:.0f} / {cpu['gc_longest_ms']:.0f}",
                         verdict(phase, d),
                     ]
                 )
@@ -604,6 +651,7 @@ def report(results: list[dict[str, Any]], cfg: argparse.Namespace, token: str) -
                     "p50 ms",
                     "p99 ms",
                     "CPU %: server / client / publisher",
+                    "server's full GCs / longest GC pause ms",
                     "verdict",
                 ],
                 rows,
@@ -723,6 +771,11 @@ def main() -> None:
         "--gc-freeze",
         action="store_true",
         help="the server freezes what it loaded at start out of the garbage collector",
+    )
+    parser.add_argument(
+        "--gc-threshold",
+        metavar="A,B,C",
+        help="the server's gc.set_threshold() (CPython's default: 700,10,10)",
     )
     given = parser.parse_args()
     cfg = argparse.Namespace(**vars(given))
