@@ -18,6 +18,14 @@ commit's flush waits its turn.
     python benchmarks/send_cost.py                  # 1,000 sends x 5 rounds
     python benchmarks/send_cost.py --disk-load 2    # the same, the disk kept busy
     python benchmarks/send_cost.py --smoke          # small, for CI
+    python benchmarks/send_cost.py --statement      # the statement alone, taken apart
+
+``--statement`` times the sender's statement (built as ``write_batch`` builds it) sent
+through a psycopg connection of its own, with no Django and no Python around it: as
+sent, then without each of its parts (the timeouts prefix, ``RETURNING`` every column,
+the owner, whose foreign key the database checks at commit), and a one-column insert
+into a table with no index beside the primary key: the floor for one round trip and a
+commit on this machine.
 """
 
 from __future__ import annotations
@@ -57,10 +65,14 @@ def main() -> None:
     parser.add_argument("--sends", type=int, default=1_000, help="per variant and round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--disk-load", type=int, default=0, metavar="N")
+    parser.add_argument("--statement", action="store_true", help="the statement, apart")
     args = parser.parse_args()
     sends, rounds = (50, 2) if args.smoke else (args.sends, args.rounds)
 
     django_on_postgres("taskstate_bench_send")
+    if args.statement:
+        statement_apart(sends, rounds)
+        return
     import os
     import signal
 
@@ -145,6 +157,95 @@ def main() -> None:
     load = f", disk kept busy by {args.disk_load} writer(s)" if args.disk_load else ""
     print(f"## send(): {sends:,} sends x {rounds} interleaved rounds, PostgreSQL{load}\n")
     print(table(["variant", "µs / send (median)", "each round", "above untracked"], rows))
+
+
+def statement_apart(sends: int, rounds: int) -> None:
+    """The sender's statement through psycopg alone, whole and without each part."""
+    import dramatiq
+    import psycopg
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+    from django.utils import timezone
+
+    from taskstate.core import transitions as t
+    from taskstate.core.bounds import server_bounds
+    from taskstate.core.models import Task
+    from taskstate.worker import middleware
+
+    connection = connections["default"]
+    connection.ensure_connection()
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    bounds = [*server_bounds(connection), ("synchronous_commit", "off")]
+
+    def statement(owner: bool = True) -> tuple[str, list[Any]]:
+        # As the middleware makes a sender's change, and write_batch its statement.
+        for_state = {"user_pk": user.pk if owner else None, "description": "bench"}
+        message = dramatiq.Message(
+            queue_name="default",
+            actor_name="bench",
+            args=(),
+            kwargs={"for_state": for_state},
+            options={},
+        )
+        origin = middleware._origin(message, for_state, warn=False)
+        change = t.Change(origin, t.Status.ENQUEUED, t.ENQUEUED_ORDER, {})
+        values = t._batch_values(change, timezone.now())
+        row = t._row(change.origin, values, t._stored_defaults())
+        return t._batch_sql(connection, [row], list(values), ())
+
+    db = connection.settings_dict
+    raw = psycopg.connect(
+        host=db["HOST"],
+        user=db["USER"],
+        dbname=db["NAME"],
+        autocommit=True,
+        cursor_factory=psycopg.ClientCursor,
+    )
+    raw.execute("CREATE TABLE IF NOT EXISTS bench_floor (id serial PRIMARY KEY, v integer)")
+
+    def timed(sql: str, params: list[Any], *, prefix: bool = True, returning: bool = True) -> float:
+        if not returning:
+            sql = sql.split(" RETURNING ")[0]
+        if prefix:
+            sql, params = t._with_bounds(bounds, sql, params)
+        else:
+            sql = f"SET LOCAL synchronous_commit = off; {sql}"
+        started = time.perf_counter()
+        cursor = raw.execute(sql, params)
+        cursor.nextset()
+        if returning:
+            cursor.fetchall()
+        return time.perf_counter() - started
+
+    variants = {
+        "as sent": lambda: timed(*statement()),
+        "without the timeouts prefix": lambda: timed(*statement(), prefix=False),
+        "without RETURNING": lambda: timed(*statement(), returning=False),
+        "without an owner (no foreign key checked)": lambda: timed(*statement(owner=False)),
+        "floor: INSERT of one integer, no index": lambda: timed(
+            "INSERT INTO bench_floor (v) VALUES (%s)", [1], returning=False
+        ),
+    }
+    for run in variants.values():
+        for _ in range(20):
+            run()
+    timings: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            timings[name].append(statistics.median(run() for _ in range(sends)) * 1e6)
+    written = Task.objects.count()
+    assert written == 4 * (20 + rounds * sends), written  # every timed statement wrote its row
+    raw.close()
+    print(f"## The sender's statement apart: {sends:,} x {rounds} rounds, psycopg alone\n")
+    print(
+        table(
+            ["statement", "µs (median)", "each round"],
+            [
+                [name, f"{statistics.median(v):,.0f}", ", ".join(f"{x:,.0f}" for x in v)]
+                for name, v in timings.items()
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":
