@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -164,15 +165,28 @@ def _changes_written_within_the_test() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _writer_lets_go_of_the_test_database(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The background writer's connection is closed before the test database is dropped
-    (this fixture is set up after that one, so torn down before it)."""
+    """Every connection taskstate's threads hold is closed before the test database is
+    dropped (this fixture is set up after that one, so torn down before it): the
+    writer's, the cancel watch's, and those of the threads that read while they send
+    (the event sender, the background thread) or check streams."""
     request.getfixturevalue("django_db_setup")
     yield
     writer.flush(10)
     writer.release()
+    from taskstate.core.background import background
+    from taskstate.core.threads import close_idle_connections
+    from taskstate.web.courier import courier
+    from taskstate.web.streams import registry
     from taskstate.worker.writer import cancels
 
     cancels.close()
+    courier.submit(close_idle_connections)
+    background.submit(close_idle_connections)
+    assert courier.flush(10) and background.flush(10)
+    registry.stop_checks()
+    # And those of threads a test ran and that ended (asyncio.to_thread): unreachable now,
+    # closed when collected.
+    gc.collect()
 
 
 def lifecycle_announced(announced: list[str], expected: list[str]) -> bool:
