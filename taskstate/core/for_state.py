@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, models
@@ -223,12 +224,13 @@ def _object_columns(value: Any, message_id: str, log: Any) -> dict[str, str]:
 def _user_pk(value: Any, message_id: str, log: Any) -> Any:
     if value is None:
         return None
-    pk_field = get_user_model()._meta.pk
-    assert pk_field is not None
-    key = (pk_field, type(value), value) if type(value) in (int, str) else None
+    model = settings.AUTH_USER_MODEL
+    key = (model, type(value), value) if type(value) in (int, str) else None
     known = _valid_pks.get(key, _UNCHECKED) if key is not None else _UNCHECKED
     if known is not _UNCHECKED:
         return known  # checked already (one sender's messages, a group's children)
+    pk_field = get_user_model()._meta.pk
+    assert pk_field is not None
     try:
         pk = _canonical_pk(pk_field, value)
         if isinstance(pk, int):
@@ -252,8 +254,8 @@ def _user_pk(value: Any, message_id: str, log: Any) -> Any:
     return pk
 
 
-#: User pks found valid, by pk field, type and value as given.
-_valid_pks: dict[tuple[Any, type, Any], Any] = {}
+#: User pks found valid, by user model, type and value as given.
+_valid_pks: dict[tuple[str, type, Any], Any] = {}
 _UNCHECKED = object()
 
 _DIGITS = re.compile(r"-?[1-9][0-9]*|0", re.ASCII)
