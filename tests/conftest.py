@@ -4,6 +4,7 @@ import contextlib
 import gc
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,27 @@ def _writer_lets_go_of_the_test_database(request: pytest.FixtureRequest) -> Iter
     # And those of threads a test ran and that ended (asyncio.to_thread): unreachable now,
     # closed when collected.
     gc.collect()
+    with request.getfixturevalue("django_db_blocker").unblock():
+        _end_other_sessions()
+
+
+def _end_other_sessions() -> None:
+    """PostgreSQL: end any other session still on the test database (a thread of a
+    library's pool, say), named in a warning, so the database can be dropped."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT application_name, state, left(query, 60), pg_terminate_backend(pid) "
+            "FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+        ended = cursor.fetchall()
+    connection.close()
+    if ended:
+        warnings.warn(f"sessions left on the test database, ended: {ended}", stacklevel=1)
 
 
 def lifecycle_announced(announced: list[str], expected: list[str]) -> bool:
