@@ -53,6 +53,7 @@ def test_taskstate_that_is_not_a_dict_is_e001(settings, value):
     assert messages[0].level == checks.ERROR
 
 
+@pytest.mark.django_db  # call_command("check"): Django 6.1's JSONField check asks the database
 def test_a_removed_key_is_w005_says_what_replaces_it_and_is_ignored(settings):
     settings.TASKSTATE = {"PUBLISH_WITHOUT_LISTENERS": True, "PROGRESS_INTERVAL": 1}
     messages = check_settings()
