@@ -495,36 +495,25 @@ def run_n(
                 direct=False,
                 gc_log=gc_log,
             )
-            for rate in cfg.ramp:
-                step = publish_phase(
-                    publisher,
-                    clients,
-                    pid,
-                    workdir,
-                    rate,
-                    cfg.step,
-                    cfg.threads,
-                    direct=False,
-                    gc_log=gc_log,
-                )
-                out["ramp"].append(step)
-                if verdict(step[0], step[1]) != "ok":
-                    break
-            for rate in cfg.direct_ramp:
-                step = publish_phase(
-                    publisher,
-                    clients,
-                    pid,
-                    workdir,
-                    rate,
-                    cfg.step,
-                    cfg.threads,
-                    direct=True,
-                    gc_log=gc_log,
-                )
-                out["direct"].append(step)
-                if verdict(step[0], step[1]) != "ok":
-                    break
+            for key, rates, direct in (
+                ("ramp", cfg.ramp, False),
+                ("direct", cfg.direct_ramp, True),
+            ):
+                for rate in rates:
+                    step = publish_phase(
+                        publisher,
+                        clients,
+                        pid,
+                        workdir,
+                        rate,
+                        cfg.step,
+                        cfg.threads,
+                        direct=direct,
+                        gc_log=gc_log,
+                    )
+                    out[key].append(step)
+                    if verdict(step[0], step[1]) != "ok":
+                        break
             out["rss_end_kb"] = rss_kb([pid])
             clients.call({"cmd": "close_streams"}, timeout=60)
         finally:
