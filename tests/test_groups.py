@@ -14,6 +14,7 @@ from django.urls import reverse
 
 import taskstate
 from taskstate.core import conf
+from taskstate.core import states as t
 from taskstate.core.group_refresh import GroupRefresher
 from taskstate.core.groups import Refreshed, refresh_group
 from taskstate.core.models import Kind, Status, Task
@@ -511,3 +512,78 @@ def test_dismiss_finished_takes_each_finished_group_with_its_children_and_no_oth
     # Only the group's row is on the page: its children go with it, unnamed.
     child = Task.objects.filter(parent=finished).first()
     assert child is not None and f'#taskstate-task-{child.pk}"' not in removed
+
+
+# --- sending a group -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [None, 60_000])
+def test_sending_a_group_moves_its_children_on_in_one_statement_and_reads_none_back(
+    broker: dramatiq.Broker, user: Any, count_queries: Any, delay: int | None
+) -> None:
+    from taskstate.core.signals import task_changed
+
+    changed: list[Task] = []
+    tracked = _group_of(50, user.pk, broker=broker)
+    task_changed.connect(lambda sender, task, **kw: changed.append(task), weak=False)
+    try:
+        count_queries.statements = []
+        tracked.run(delay=delay)
+        writes = [s for s in count_queries.statements if not s.lstrip().startswith("SELECT")]
+    finally:
+        task_changed.receivers.clear()
+    # One statement for every child (inside run()'s own transaction), nothing read back;
+    # their status did not change (a waiting child is "enqueued" already): no task_changed.
+    moves = [s for s in writes if "taskstate_task" in s]
+    assert len(moves) == 1 and "RETURNING" not in moves[0].upper(), writes
+    assert changed == []
+    children = Task.objects.filter(parent=tracked.task)
+    expected = ("delayed", t.DELAYED_ORDER) if delay else ("enqueued", t.ENQUEUED_ORDER)
+    assert set(children.values_list("status", "state_order")) == {expected}
+
+
+def test_a_pipeline_s_send_moves_its_first_step_on_and_leaves_the_others_waiting(
+    broker: dramatiq.Broker,
+) -> None:
+    steps = dramatiq.pipeline([tasks.noop.message(), tasks.noop.message(), tasks.noop.message()])
+    tracked = taskstate.track_group(steps).run()
+    rows = Task.objects.filter(parent=tracked.task).order_by("position")
+    assert [r.state_order for r in rows] == [t.ENQUEUED_ORDER, WAITING_ORDER, WAITING_ORDER]
+
+
+def test_a_retryable_group_s_children_keep_their_message_for_a_retry_from_the_start(
+    broker: dramatiq.Broker, user: Any
+) -> None:
+    tracked = _group_of(3, user.pk, broker=broker, retryable=True).run()
+    children = Task.objects.filter(parent=tracked.task)
+    assert all(c.retry_message and c.retry_message["actor_name"] == "noop" for c in children)
+    assert {c.state_order for c in children} == {t.ENQUEUED_ORDER}
+
+
+def test_a_delayed_group_s_children_keep_their_message_for_a_retry(
+    broker: dramatiq.Broker, user: Any
+) -> None:
+    tracked = _group_of(3, user.pk, broker=broker, retryable=True).run(delay=60_000)
+    children = Task.objects.filter(parent=tracked.task)
+    assert {c.status for c in children} == {"delayed"}
+    assert all(c.retry_message and c.retry_message["actor_name"] == "noop" for c in children)
+
+
+def test_a_group_whose_children_cannot_be_shown_queued_is_sent_all_the_same(
+    outbox: Any, caplog: Any
+) -> None:
+    from django.db import OperationalError, connection
+
+    def refuse_the_move(execute: Any, sql: str, *args: Any) -> Any:
+        if sql.startswith('UPDATE "taskstate_task" SET "state_order"'):
+            raise OperationalError("the server went away")
+        return execute(sql, *args)
+
+    tracked = _group_of(3, broker=outbox)
+    with connection.execute_wrapper(refuse_the_move):
+        tracked.run()
+    assert outbox.queues["default"].qsize() == 3
+    assert "were sent but could not be shown as queued" in caplog.text
+    assert set(Task.objects.filter(parent=tracked.task).values_list("state_order", flat=True)) == {
+        WAITING_ORDER
+    }

@@ -259,18 +259,6 @@ def test_sends_in_a_rolled_back_savepoint_or_transaction_write_nothing(broker, u
     ]
 
 
-def test_a_group_s_children_are_written_enqueued_in_one_statement(broker, user, count_queries):
-    import taskstate
-
-    batch = dramatiq.group(actors.noop.message() for _ in range(50))
-    tracked = taskstate.track_group(batch, for_state={"user_pk": user.pk})
-    count_queries.statements = []
-    tracked.run()
-    assert len(count_queries.starting("INSERT")) == 1, count_queries.statements
-    children = Task.objects.filter(parent=tracked.task)
-    assert set(children.values_list("status", flat=True)) == {Status.ENQUEUED}
-
-
 def test_rolled_back_sender_still_gets_a_row_when_the_worker_runs(broker, user):
     with pytest.raises(RuntimeError), transaction.atomic():
         message = actors.noop.send(for_state={"user_pk": user.pk, "description": "orphan"})

@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from taskstate.core.conf import get_settings
+from taskstate.core.for_state import RETRY_OF_OPTION
 from taskstate.core.policy import controlled_by_group
 from taskstate.core.signals import announce
 from taskstate.core.states import RETRYABLE_STATUSES, Kind, Status
@@ -30,9 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["RETRY_OF_OPTION", "RetryRefused", "cancel", "retry"]
 
 logger = logging.getLogger("taskstate")
-
-#: Option on a message sent by a retry: the pk of the task it retries.
-RETRY_OF_OPTION = "taskstate_retry_of"
 
 
 class RetryRefused(Exception):

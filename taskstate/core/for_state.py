@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,9 +21,59 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connection, models
 
-from taskstate.core.values import text_of
+from taskstate.core.conf import get_settings
+from taskstate.core.values import NotStorable, json_value, text_of
 
 logger = logging.getLogger("taskstate")
+
+#: Option on a message sent by a retry: the pk of the task it retries.
+RETRY_OF_OPTION = "taskstate_retry_of"
+#: The message option that carries the sender's active language (``Task.language``).
+LANGUAGE_OPTION = "taskstate_language"
+#: Options of one delivery of a message (Dramatiq's and its brokers'), not of the message.
+_IN_FLIGHT_OPTIONS = frozenset(
+    {"eta", "retries", "traceback", "requeue_timestamp", "redis_message_id", "throws"}
+)
+
+
+def retry_message(message: Any) -> dict[str, Any] | None:
+    """The actor, arguments and options a retry of ``message`` sends again (its
+    ``Task.retry_message``); None, with a warning, when over ``RETRY_MESSAGE_MAX_BYTES``."""
+    options = {
+        key: value
+        for key, value in message.options.items()
+        # Our own: the retry's sender sets its language and the task it retries.
+        if key not in _IN_FLIGHT_OPTIONS and key not in (RETRY_OF_OPTION, LANGUAGE_OPTION)
+    }
+    stored = {
+        "actor_name": message.actor_name,
+        "args": list(message.args),
+        "kwargs": message.kwargs,
+        "options": options,
+    }
+    try:
+        return dict(json_value(stored, get_settings().RETRY_MESSAGE_MAX_BYTES))
+    except NotStorable as exc:
+        logger.warning(
+            "taskstate: message %s is not kept for a retry: %s (RETRY_MESSAGE_MAX_BYTES).",
+            message.message_id,
+            exc,
+        )
+        return None
+
+
+#: The messages a tracked group's ``run()`` is sending in this context and moves the rows
+#: of itself, in one statement (``taskstate.core.grouping``).
+group_sending: ContextVar[frozenset[str]] = ContextVar(
+    "taskstate_group_sending", default=frozenset()
+)
+
+
+def moved_by_its_group(message_id: str) -> bool:
+    """Whether ``message_id``'s row is moved on by the group sending it (``StateMiddleware``
+    then writes nothing for it)."""
+    return message_id in group_sending.get()
+
 
 KNOWN_KEYS = frozenset({"user_pk", "description", "app_name", "model_name", "retryable", "object"})
 _MAX_LENGTHS = {"description": 255, "app_name": 100, "model_name": 100}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
@@ -22,11 +22,18 @@ from dramatiq.common import q_name
 
 from taskstate.core.bounds import bounded
 from taskstate.core.conf import get_settings
-from taskstate.core.for_state import make_encodable, parse_for_state, tracked_for_state
+from taskstate.core.for_state import (
+    RETRY_OF_OPTION,
+    group_sending,
+    make_encodable,
+    parse_for_state,
+    retry_message,
+    tracked_for_state,
+)
 from taskstate.core.groups import Member, create_group
 from taskstate.core.models import Task
 from taskstate.core.signals import announce
-from taskstate.core.states import WAITING_ORDER, Kind, Status
+from taskstate.core.states import ENQUEUED_ORDER, WAITING_ORDER, Kind, Status
 
 C = TypeVar("C", dramatiq.group, dramatiq.pipeline)
 logger = logging.getLogger("taskstate")
@@ -40,6 +47,9 @@ class TrackedGroup(Generic[C]):
     composition: C
     #: The group's row; None when it could not be written (the group then runs untracked).
     task: Task | None
+    #: The messages whose rows ``run()`` moves on itself, all in one statement: every
+    #: message, unless one carries what only its sender's own write stores (a retry's).
+    moved_by_run: frozenset[str] = field(default=frozenset(), repr=False)
 
     def run(self, *, delay: int | None = None) -> TrackedGroup[C]:
         """Run the group or pipeline, as its own ``run()`` would; returns itself.
@@ -57,19 +67,50 @@ class TrackedGroup(Generic[C]):
         return self
 
     def _send(self, delay: int | None) -> None:
-        # In a transaction of its own: the children's rows, each written by StateMiddleware
-        # as its message is sent, go in one statement at its end. No database: sent anyway.
+        # In a transaction of its own: the children's rows move on in one statement at its
+        # end (a retried group's, each written by StateMiddleware as its message is sent,
+        # in one too). No database: sent anyway.
         alias = get_settings().DATABASE
         connection = connections[alias]
         try:
             with bounded(connection):
                 connection.ensure_connection()
         except DatabaseError:
-            together: AbstractContextManager[object] = nullcontext()
+            together: AbstractContextManager[object] | None = None
         else:
             together = transaction.atomic(using=alias)
-        with together:
-            self.composition.run(delay=delay)  # type: ignore[no-untyped-call]
+        # Without a database, each child's own write finds the outage: nothing to move.
+        moving = self.moved_by_run if together is not None else frozenset()
+        with together or nullcontext():
+            token = group_sending.set(moving)
+            try:
+                self.composition.run(delay=delay)  # type: ignore[no-untyped-call]
+            finally:
+                group_sending.reset(token)
+            if moving and self.task is not None and not delay:
+                # A delayed child is shown so already (_show_delayed): nothing to move.
+                _move_on(self.task, connection)
+
+
+def _move_on(task: Task, connection: Any) -> None:
+    """Show the children sent as queued: the group's every child, a pipeline's first step.
+    Their rows say all the senders' own writes would, but that they were sent. Never
+    raises: the messages are sent, and each child's first write from a worker moves it."""
+    children = Task.objects.using(connection.alias).filter(
+        parent_id=task.pk, status=Status.ENQUEUED, state_order=WAITING_ORDER
+    )
+    if task.kind == Kind.PIPELINE:
+        children = children.filter(position=1)
+    try:
+        with bounded(connection), transaction.atomic(using=connection.alias):
+            children.update(state_order=ENQUEUED_ORDER, updated_at=timezone.now())
+    except DatabaseError:
+        logger.error(
+            "taskstate: the children of %s %s were sent but could not be shown as queued.",
+            task.kind,
+            task.pk,
+            exc_info=True,
+        )
 
 
 def track_group(composition: C, for_state: dict[str, Any] | None = None) -> TrackedGroup[C]:
@@ -113,14 +154,29 @@ def _track(
     group_state = encodable["for_state"] or {}
     identity = parse_for_state(group_state, kind.value, warn=True)
 
+    tracked = [_with_for_state(message, group_state) for message in messages]
+    rebuilt: Any
+    if kind == Kind.PIPELINE:
+        # Rebuilt, so that each step's pipe_target is the next step as tracked.
+        rebuilt = dramatiq.pipeline(tracked, broker=composition.broker)
+        to_send = list(rebuilt.messages)
+    else:
+        rebuilt = dramatiq.group(tracked, broker=composition.broker)  # type: ignore[no-untyped-call]
+        rebuilt.completion_callbacks = list(getattr(composition, "completion_callbacks", []))
+        to_send = tracked
     members = [
         Member(
             message_id=message.message_id,
             actor_name=message.actor_name,
             queue_name=q_name(message.queue_name),
-            description=_describe(message, position, len(messages), kind),
+            description=_describe(original, position, len(messages), kind),
+            retry_message=(
+                retry_message(message)
+                if message.kwargs["for_state"].get("retryable") is True
+                else None
+            ),
         )
-        for position, message in enumerate(messages, start=1)
+        for position, (original, message) in enumerate(zip(messages, to_send, strict=True), start=1)
     ]
     try:
         parent = create_group(
@@ -141,15 +197,15 @@ def _track(
             exc_info=True,
         )
         return TrackedGroup(composition, None)
-    tracked = [_with_for_state(message, group_state) for message in messages]
-    if kind == Kind.PIPELINE:
-        # Rebuilt, so that each step's pipe_target is the next step as tracked.
-        rebuilt: Any = dramatiq.pipeline(tracked, broker=composition.broker)
-    else:
-        rebuilt = dramatiq.group(tracked, broker=composition.broker)  # type: ignore[no-untyped-call]
-        rebuilt.completion_callbacks = list(getattr(composition, "completion_callbacks", []))
+    # The rows say all the senders' own writes would, but which task each retries (a
+    # retried group's children): those are written by their own sends.
+    moved_by_run = frozenset(
+        ()
+        if any(RETRY_OF_OPTION in message.options for message in to_send)
+        else (message.message_id for message in to_send)
+    )
     announce(parent)
-    return TrackedGroup(rebuilt, parent)
+    return TrackedGroup(rebuilt, parent, moved_by_run)
 
 
 def _with_for_state(

@@ -7,6 +7,7 @@ throttled per group by ``taskstate.core.group_refresh``. Writes, and tells no on
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -60,6 +61,8 @@ class Member:
     actor_name: str
     queue_name: str
     description: str
+    #: What a retry of it sends again (``for_state`` ``retryable``), else None.
+    retry_message: dict[str, Any] | None = None
 
 
 def create_group(
@@ -111,7 +114,7 @@ def create_group(
 
 
 #: A child's own columns (the rest it shares with its siblings, but ``position``).
-_OWN_COLUMNS = ("message_id", "actor_name", "queue_name", "description")
+_OWN_COLUMNS = ("message_id", "actor_name", "queue_name", "description", "retry_message")
 
 
 def _insert_children(alias: str, members: Sequence[Member], shared: dict[str, object]) -> None:
@@ -121,11 +124,12 @@ def _insert_children(alias: str, members: Sequence[Member], shared: dict[str, ob
     array each, unnested and numbered by the database: nothing is prepared per child);
     elsewhere ``bulk_create``.
     """
-    own = [
+    own: list[list[Any]] = [
         [member.message_id for member in members],
         [clean_text(member.actor_name, 255) for member in members],
         [clean_text(member.queue_name, 255) for member in members],
         [clean_text(member.description, 255) for member in members],
+        [member.retry_message for member in members],
     ]
     connection = connections[alias]
     if connection.vendor != "postgresql":
@@ -154,10 +158,15 @@ def _insert_children(alias: str, members: Sequence[Member], shared: dict[str, ob
         value = shared[name] if name in shared else field.get_default()
         selected.append(f"%s::{field.db_type(connection)}")
         params.append(field.get_db_prep_save(value, connection))
+    # JSON goes as text, each cast on its own: a NULL stays SQL NULL.
+    own[-1] = [None if value is None else json.dumps(value) for value in own[-1]]
     arrays = [f"%s::{Task._meta.get_field(name).db_type(connection)}[]" for name in _OWN_COLUMNS]
+    arrays[-1] = "%s::text[]"
+    own_selected = [f"_own.{q(n)}" for n in _OWN_COLUMNS]
+    own_selected[-1] += "::jsonb"
     sql = (
         f"INSERT INTO {q(Task._meta.db_table)} ({', '.join(q(n) for n in _OWN_COLUMNS)}, "
-        f"{', '.join(columns)}) SELECT {', '.join(f'_own.{q(n)}' for n in _OWN_COLUMNS)}, "
+        f"{', '.join(columns)}) SELECT {', '.join(own_selected)}, "
         f"{', '.join(selected)} FROM unnest({', '.join(arrays)}) WITH ORDINALITY "
         f"AS _own({', '.join(q(n) for n in (*_OWN_COLUMNS, 'position'))})"
     )

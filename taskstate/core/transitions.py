@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import threading
 import weakref
@@ -28,6 +29,7 @@ from django.db.models import (
     DateTimeField,
     F,
     Field,
+    JSONField,
     PositiveIntegerField,
     PositiveSmallIntegerField,
     Q,
@@ -785,17 +787,18 @@ def _batch_sql(
             )
         sql, steps = known
         first = rows[0]
-        # The single values come first in the text, then the arrays.
+        # The single values come first in the text, then the rows as one JSON document.
         params = [
             prepare([first[name]], connection)[0]
             for name, (single, prepare) in zip(names, steps, strict=True)
             if single
         ]
-        params += [
+        columns = [
             prepare([row[name] for row in rows], connection)
             for name, (single, prepare) in zip(names, steps, strict=True)
             if not single
         ]
+        params.append(json.dumps(list(zip(*columns, strict=True)), default=_json_scalar))
         return sql, params
     params = []
     tuples = []
@@ -876,37 +879,43 @@ def _upsert_text(
 def _unnest(
     connection: BaseDatabaseWrapper, names: list[str], shared: Sequence[str]
 ) -> tuple[str, list[_Prepare]]:
-    """PostgreSQL: the rows as one array per column, unnested (``shared`` columns: one
-    value), so the text does not depend on the number of rows and is parsed once; and how
-    each column's array is made."""
-    q = connection.ops.quote_name
+    """PostgreSQL: the rows as one JSON array of arrays (``shared`` columns: one value), so
+    the text does not depend on the number of rows and is parsed once; and how each
+    column's values are made. One JSON document costs the client a tenth of what one
+    array per column costs to quote."""
     links = _links(connection)
     selected = []
-    arrays = []
     prepares: list[_Prepare] = []
+    index = 0
     for name in names:
         field = _field(name)
-        column = f"_rows.{q(name)}"
-        single = name in shared
-        if single:
-            column = f"%s::{field.db_type(connection)}"
         link = links.get(name)
+        db_type = link[1] if link is not None else field.db_type(connection)
+        if name in shared:
+            column = f"%s::{db_type}"
+        elif isinstance(field, JSONField):
+            # A JSON null is no value: SQL NULL, as Django stores None.
+            column = f"NULLIF(_rows.r->{index}, 'null'::jsonb)"
+            index += 1
+        else:
+            column = f"(_rows.r->>{index})::{db_type}"
+            index += 1
         if link is not None:
-            lookup, db_type, prepare_key = link
-            selected.append(lookup.format(column))
-            prepares.append(functools.partial(_keys, prepare_key))
+            selected.append(link[0].format(column))
+            prepares.append(functools.partial(_keys, link[2]))
         else:
             selected.append(column)
-            db_type = field.db_type(connection)
-            prepares.append(functools.partial(_column_values, field))
-        if not single:
-            arrays.append(f"%s::{db_type}[]")
-    unnested = [q(n) for n in names if n not in shared]
-    source = (
-        f"SELECT {', '.join(selected)} FROM unnest({', '.join(arrays)}) "
-        f"AS _rows({', '.join(unnested)})"
-    )
+            prepares.append(functools.partial(_column_values, field, name in shared))
+    source = f"SELECT {', '.join(selected)} FROM jsonb_array_elements(%s::jsonb) AS _rows(r)"
     return source, prepares
+
+
+def _json_scalar(value: Any) -> Any:
+    # What json.dumps cannot write itself: times (ISO 8601, which PostgreSQL reads in any
+    # DateStyle) and keys such as UUIDs.
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
 
 
 def _keys(
@@ -928,8 +937,10 @@ _IN_ARRAY_AS_IS: dict[type, type] = {
 
 
 def _column_values(
-    field: Field[Any, Any], values: list[Any], connection: BaseDatabaseWrapper
+    field: Field[Any, Any], single: bool, values: list[Any], connection: BaseDatabaseWrapper
 ) -> list[Any]:
+    if isinstance(field, JSONField) and not single:
+        return values  # already plain JSON (values.json_value): nested in the document
     as_is = _IN_ARRAY_AS_IS.get(type(field))
     prep = field.get_db_prep_save
     if as_is is None:

@@ -30,8 +30,16 @@ from taskstate.core import conf
 from taskstate.core import transitions as t
 from taskstate.core.background import background, in_event_loop
 from taskstate.core.conf import get_settings
-from taskstate.core.control import RETRY_OF_OPTION
-from taskstate.core.for_state import Origin, make_encodable, parse_for_state, tracked_for_state
+from taskstate.core.for_state import (
+    LANGUAGE_OPTION,
+    RETRY_OF_OPTION,
+    Origin,
+    make_encodable,
+    moved_by_its_group,
+    parse_for_state,
+    retry_message,
+    tracked_for_state,
+)
 from taskstate.core.signals import announce, worker_stopped
 from taskstate.core.states import TERMINAL_ORDER, Status
 from taskstate.core.values import UNPRINTABLE, NotStorable, clean_text, exception_facts, json_value
@@ -87,6 +95,8 @@ class StateMiddleware(Middleware):
         for_state = tracked_for_state(message.kwargs)
         if for_state is None:
             return
+        if moved_by_its_group(message.message_id):
+            return  # its group's run() moves its row on, with its siblings'
         if message.options.get("retries"):
             # A retry's re-enqueue: the worker records it as retrying when it acks.
             self._note_retry_due(message)
@@ -309,10 +319,6 @@ def _origin(message: Any, for_state: dict[str, Any], *, warn: bool) -> Origin:
     )
 
 
-#: The message option that carries the sender's active language (``Task.language``).
-LANGUAGE_OPTION = "taskstate_language"
-
-
 def _due(message: Any) -> datetime | None:
     """When a delayed message is due to run: its ``eta`` option (milliseconds)."""
     eta = message.options.get("eta")
@@ -483,9 +489,6 @@ def _storable_result(result: Any, run: MessageRun) -> Any:
 
 
 #: Options Dramatiq or a broker sets on a message in flight: a retry sends none of them.
-_IN_FLIGHT_OPTIONS = frozenset(
-    {"eta", "retries", "traceback", "requeue_timestamp", "redis_message_id", "throws"}
-)
 # Kept as first written, whichever of the sender's and the worker's writes lands first.
 _CONTROL_KEEP = ("retry_message", "retry_of_id")
 
@@ -497,33 +500,8 @@ def _control_columns(message: Any, origin: Origin) -> dict[str, Any]:
     if isinstance(retry_of, int) and not isinstance(retry_of, bool) and retry_of > 0:
         values["retry_of_id"] = retry_of
     if origin.identity.retryable:
-        values["retry_message"] = _retry_message(message)
+        values["retry_message"] = retry_message(message)
     return values
-
-
-def _retry_message(message: Any) -> dict[str, Any] | None:
-    """The actor, arguments and options a retry sends again; None when over the cap."""
-    options = {
-        key: value
-        for key, value in message.options.items()
-        # Our own: the retry's sender sets its language and the task it retries.
-        if key not in _IN_FLIGHT_OPTIONS and key not in (RETRY_OF_OPTION, LANGUAGE_OPTION)
-    }
-    stored = {
-        "actor_name": message.actor_name,
-        "args": list(message.args),
-        "kwargs": message.kwargs,
-        "options": options,
-    }
-    try:
-        return dict(json_value(stored, get_settings().RETRY_MESSAGE_MAX_BYTES))
-    except NotStorable as exc:
-        logger.warning(
-            "taskstate: message %s is not kept for a retry: %s (RETRY_MESSAGE_MAX_BYTES).",
-            message.message_id,
-            exc,
-        )
-        return None
 
 
 def _is_cancel(exception: BaseException) -> bool:
