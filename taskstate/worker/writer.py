@@ -293,6 +293,7 @@ class Writer(OwnThread):
                     self._urgent += 1
             merged.update(self._pending)
             self._pending = merged
+            self._start()  # whoever wrote the batch, a thread tries it again
             pause = self._pause or FIRST_RETRY_PAUSE
             self._failed_at = time.monotonic()
             self._retry_at = self._failed_at + pause
