@@ -58,8 +58,6 @@ class TrackedGroup(Generic[C]):
         and a rollback sends nothing. ``delay`` (ms) shows the messages as scheduled.
         """
         alias = get_settings().DATABASE
-        if delay and self.task is not None:
-            _show_delayed(self.task, delay)
         if connections[alias].in_atomic_block:
             transaction.on_commit(lambda: self._send(delay), using=alias)
         else:
@@ -87,23 +85,27 @@ class TrackedGroup(Generic[C]):
                 self.composition.run(delay=delay)  # type: ignore[no-untyped-call]
             finally:
                 group_sending.reset(token)
-            if moving and self.task is not None and not delay:
-                # A delayed child is shown so already (_show_delayed): nothing to move.
-                _move_on(self.task, connection)
+            if self.task is not None and (moving or delay):
+                _move_on(self.task, connection, delay)
 
 
-def _move_on(task: Task, connection: Any) -> None:
-    """Show the children sent as queued: the group's every child, a pipeline's first step.
-    Their rows say all the senders' own writes would, but that they were sent. Never
+def _move_on(task: Task, connection: Any, delay: int | None) -> None:
+    """Show the children sent as queued, or scheduled (``delay``, ms): the group's every
+    child, a pipeline's first step. Their rows say all the senders' own writes would, but
+    that they were sent (a delayed one's could not: its order is a waiting row's). Never
     raises: the messages are sent, and each child's first write from a worker moves it."""
     children = Task.objects.using(connection.alias).filter(
         parent_id=task.pk, status=Status.ENQUEUED, state_order=WAITING_ORDER
     )
     if task.kind == Kind.PIPELINE:
         children = children.filter(position=1)
+    now = timezone.now()
+    sent: dict[str, Any] = {"state_order": ENQUEUED_ORDER}
+    if delay:
+        sent = {"status": Status.DELAYED, "due_at": now + timedelta(milliseconds=delay)}
     try:
         with bounded(connection), transaction.atomic(using=connection.alias):
-            children.update(state_order=ENQUEUED_ORDER, updated_at=timezone.now())
+            children.update(**sent, updated_at=now)
     except DatabaseError:
         logger.error(
             "taskstate: the children of %s %s were sent but could not be shown as queued.",
@@ -230,15 +232,3 @@ def _actor_name(kind: Kind, messages: Sequence[dramatiq.Message[Any]]) -> str:
     # What the row's time-left estimate learns from: groups of the same actors alike.
     names = list(dict.fromkeys(message.actor_name for message in messages))
     return f"{kind.value}: " + (" | " if kind == Kind.PIPELINE else ", ").join(names)
-
-
-def _show_delayed(task: Task, delay: int) -> None:
-    # Their own write cannot (a waiting row's order is already the lowest). A pipeline
-    # sends its first step only.
-    children = Task.objects.using(get_settings().DATABASE).filter(
-        parent_id=task.pk, status=Status.ENQUEUED, state_order=WAITING_ORDER
-    )
-    if task.kind == Kind.PIPELINE:
-        children = children.filter(position=1)
-    due = timezone.now() + timedelta(milliseconds=delay)
-    children.update(status=Status.DELAYED, due_at=due, updated_at=timezone.now())
