@@ -177,14 +177,18 @@ def test_a_task_ending_in_a_hidden_tab_notifies_and_counts_in_the_title(browser,
         button.click()
         expect(button).to_have_attribute("aria-pressed", "true")
         assert page.evaluate("window.__permissionRequests") == 1
-        row = start(page, "Build a report")
         # A group notifies as one task: its children, shown live, never on their own.
         batch = start(page, "Batch of 20")
+        # Started last, so it is still running when the tab is hidden (about 6 s), however
+        # loaded the machine; its start reloads the page.
+        row = start(page, "Build a report")
         page.click(f"#{batch} summary")
         expect(page.locator(f"#{batch} li.taskstate-child")).to_have_count(20)
         wait_open(page)
         mark_no_reload(page)
         title = page.title()
+        # The group may end before the tab is hidden on a quick machine: then it notifies not.
+        batch_ran_on = page.locator(f"#{batch}.taskstate-complete").count() == 0
         page.evaluate("window.__setHidden(true)")
         wait_status(page, batch, "done")
         wait_status(page, row, "done")
@@ -195,7 +199,8 @@ def test_a_task_ending_in_a_hidden_tab_notifies_and_counts_in_the_title(browser,
         notes = page.evaluate("window.__notifications")
         # One notification per task that ended while hidden (others of the user's may end too).
         assert [n[:2] for n in notes if n[2] == row] == [["Build a report", "Done"]], notes
-        assert [n[:2] for n in notes if n[2] == batch] == [["Batch of 20", "Done"]], notes
+        expected = [["Batch of 20", "Done"]] if batch_ran_on else []
+        assert [n[:2] for n in notes if n[2] == batch] == expected, notes
         assert not [n for n in notes if n[0].startswith("Batch item")], notes
         # Announced once in the live region.
         announced = page.locator("[data-taskstate-announcer]").text_content()
