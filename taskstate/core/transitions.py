@@ -649,7 +649,7 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
     found: dict[str, Task] = {}
     statements = []
     for (names, kept), indexes in shapes.items():
-        # As many rows per statement as the database takes parameters (PostgreSQL: arrays).
+        # As many rows per statement as the database takes parameters (PostgreSQL: all, in JSON).
         per = (
             len(indexes)
             if connection.vendor == "postgresql"
@@ -793,7 +793,7 @@ def _batch_sql(
                 _pg_statements.clear()  # shapes are few: only a changed schema gets here
             # A column neither the message nor the change sets: one value, not an array.
             shared = [n for n in names if n not in updated and n not in _ORIGIN_COLUMNS]
-            source, prepares = _unnest(connection, names, shared)
+            source, prepares = _json_rows(connection, names, shared)
             known = _pg_statements[key] = (
                 _upsert_text(connection, source, names, updated, keep),
                 [(name in shared, prepare) for name, prepare in zip(names, prepares, strict=True)],
@@ -889,13 +889,13 @@ def _upsert_text(
     return sql
 
 
-def _unnest(
+def _json_rows(
     connection: BaseDatabaseWrapper, names: list[str], shared: Sequence[str]
 ) -> tuple[str, list[_Prepare]]:
     """PostgreSQL: the rows as one JSON array of arrays (``shared`` columns: one value), so
     the text does not depend on the number of rows and is parsed once; and how each
-    column's values are made. One JSON document costs the client a tenth of what one
-    array per column costs to quote."""
+    column's values are made. One document costs the server and the client less than one
+    array per column (``benchmarks/writer_drain.py``)."""
     links = _links(connection)
     selected = []
     prepares: list[_Prepare] = []

@@ -488,7 +488,6 @@ def _storable_result(result: Any, run: MessageRun) -> Any:
         return None
 
 
-#: Options Dramatiq or a broker sets on a message in flight: a retry sends none of them.
 # Kept as first written, whichever of the sender's and the worker's writes lands first.
 _CONTROL_KEEP = ("retry_message", "retry_of_id")
 
