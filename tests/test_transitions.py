@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -152,3 +152,80 @@ def test_every_column_a_message_gives_its_row_varies_between_rows_of_a_batch():
     # A column left out is written from the batch's first row for all of them (PostgreSQL).
     from_origin = t._row(origin(), {}, {})
     assert set(from_origin) == t._ORIGIN_COLUMNS
+
+
+def _deep(depth: int) -> object:
+    value: object = "bottom"
+    for _ in range(depth):
+        value = {"next": value}
+    return value
+
+
+# What workers bring, as the middleware hands it over (text raw, results through json_value).
+HOSTILE_VALUES = [
+    {"progress_message": "lone \ud800 surrogate", "error_message": "NUL \x00 inside"},
+    {"result": {"text": "\udfff half, a\x00b", "line": "\u2028\U0001f600", "n": -0.0}},
+    {"result": _deep(60), "traceback": "x" * 200_000},
+    {"result": [1.5, None, True, "é", {"": []}], "description": "<b>&\"'</b>"},
+    {
+        "finished_at": datetime(
+            2026, 5, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=5, minutes=30))
+        )
+    },
+    {"result": "a plain string", "progress_message": ""},
+]
+
+
+def test_a_batch_stores_hostile_values_exactly_as_rows_written_one_by_one(caplog, count_queries):
+    from django.db import connection
+
+    from taskstate.core.values import json_value
+
+    def change(message_id: str, values: dict[str, object]) -> t.Change:
+        # Every change sets the same columns: one shape, one statement for the batch.
+        values = {
+            "result": None,
+            "progress_message": "done",
+            "error_message": "",
+            "traceback": "",
+            "finished_at": datetime(2026, 1, 2, tzinfo=timezone.utc),
+            **values,
+        }
+        description = values.pop("description", "Export")
+        values["result"] = json_value(values["result"])
+        return t.Change(
+            origin(message_id, description=str(description)),
+            Status.DONE,
+            t.TERMINAL_ORDER,
+            {"attempts": 1, "progress": 100, **values},
+        )
+
+    count_queries.statements = []
+    batch = t.write_batch([change(f"m-batch-{i}", v) for i, v in enumerate(HOSTILE_VALUES)])
+    # Written as one statement: none refused, none sent again one by one.
+    assert all(task is not None for task in batch)
+    assert "writing them one by one" not in caplog.text
+    assert len(count_queries.starting("INSERT")) == 1, count_queries.statements
+    if connection.vendor == "postgresql":
+        assert "jsonb_array_elements" in count_queries.starting("INSERT")[0]
+    for i, values in enumerate(HOSTILE_VALUES):
+        (alone,) = t.write_batch([change(f"m-alone-{i}", values)])
+        assert alone is not None
+    different = {"id", "message_id", "updated_at"}
+    for i in range(len(HOSTILE_VALUES)):
+        together = Task.objects.get(message_id=f"m-batch-{i}")
+        alone_row = Task.objects.get(message_id=f"m-alone-{i}")
+        for field in Task._meta.concrete_fields:
+            if field.attname not in different:
+                assert getattr(together, field.attname) == getattr(alone_row, field.attname), (
+                    i,
+                    field.attname,
+                )
+        # And as read back by the write: what task_changed carries is what is stored.
+        returned = batch[i]
+        assert returned.result == together.result and returned.traceback == together.traceback
+    # No value is SQL NULL in one and JSON null in the other.
+    without = sum(1 for values in HOSTILE_VALUES if "result" not in values)
+    rows = Task.objects.filter(result__isnull=True)
+    assert rows.filter(message_id__startswith="m-batch").count() == without
+    assert rows.filter(message_id__startswith="m-alone").count() == without
