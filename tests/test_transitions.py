@@ -10,6 +10,7 @@ import pytest
 from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
+from taskstate.core.values import MAX_DEPTH
 from tests.support.writes import progress_one, write_one
 
 pytestmark = pytest.mark.django_db
@@ -165,7 +166,7 @@ def _deep(depth: int) -> object:
 HOSTILE_VALUES = [
     {"progress_message": "lone \ud800 surrogate", "error_message": "NUL \x00 inside"},
     {"result": {"text": "\udfff half, a\x00b", "line": "\u2028\U0001f600", "n": -0.0}},
-    {"result": _deep(60), "traceback": "x" * 200_000},
+    {"result": _deep(MAX_DEPTH), "traceback": "x" * 200_000},  # the deepest stored
     {"result": [1.5, None, True, "é", {"": []}], "description": "<b>&\"'</b>"},
     {
         "finished_at": datetime(

@@ -14,8 +14,9 @@ from django.core.serializers.json import DjangoJSONEncoder
 
 logger = logging.getLogger("taskstate")
 
-#: Results nested deeper than this are not stored (MySQL's JSON allows 100 levels).
-MAX_DEPTH = 64
+#: Results nested deeper than this are not stored: MariaDB's JSON check refuses more than
+#: 31 levels of arrays and objects (MySQL's 100), and a value inside counts one more here.
+MAX_DEPTH = 30
 UNPRINTABLE = "<unprintable {}>"
 _ELLIPSIS = "\u2026"
 
