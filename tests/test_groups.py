@@ -525,14 +525,18 @@ def test_sending_a_group_moves_its_children_on_in_one_statement_and_reads_none_b
     from taskstate.core.signals import task_changed
 
     changed: list[Task] = []
+
+    def receiver(sender: Any, task: Task, **kwargs: Any) -> None:
+        changed.append(task)
+
     tracked = _group_of(50, user.pk, broker=broker)
-    task_changed.connect(lambda sender, task, **kw: changed.append(task), weak=False)
+    task_changed.connect(receiver)
     try:
         count_queries.statements = []
         tracked.run(delay=delay)
         writes = [s for s in count_queries.statements if not s.lstrip().startswith("SELECT")]
     finally:
-        task_changed.receivers.clear()
+        task_changed.disconnect(receiver)
     # One statement for every child (inside run()'s own transaction), nothing read back;
     # their status did not change (a waiting child is "enqueued" already): no task_changed.
     moves = [s for s in writes if "taskstate_task" in s]
