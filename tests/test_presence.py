@@ -8,6 +8,8 @@ see tests/integration/test_sse_server.py.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
+from datetime import timezone as tz
 from types import SimpleNamespace
 from typing import Any
 
@@ -78,11 +80,15 @@ def test_a_user_with_no_stream_open_costs_no_render_and_gets_the_rows_once_liste
 
     capture = capture_events(user_channel(user.pk))
     pub.publish_task(task)
-    pub.publish_progress(task.pk, user.pk, 50, "more", 2)
+    written = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=tz.utc)
+    pub.publish_progress(task.pk, user.pk, 50, "more", 2, written)
     events = capture.events()
     assert renders == ["taskstate/_task_row.html", "taskstate/_progress.html"]
     assert [kind for _, kind, _ in events] == ["", ""]
     assert f'id="taskstate-task-{task.pk}"' in events[0][2]
+    micros = int(task.updated_at.timestamp()) * 1_000_000 + task.updated_at.microsecond
+    assert f'data-taskstate-updated="{micros}"' in events[0][2]
+    assert f'data-taskstate-updated="{int(written.timestamp())}678901"' in events[1][2]
 
 
 def test_another_users_stream_does_not_make_mine_rendered(

@@ -324,6 +324,8 @@ def test_progress_is_written_and_announced_with_the_task_and_its_group(
     assert heard[0]["group_pk"] == group_pk
     assert heard[0]["user_pk"] == user.pk
     assert (heard[0]["percent"], heard[0]["message"]) == (50, "m" * 10)
+    # The page tells this bar from an older one of the same attempt by the row's write.
+    assert heard[0]["updated"] == task.updated_at
     assert Task.objects.get(message_id=message_id).status == Status.DONE
 
 

@@ -6,6 +6,7 @@ logged by ``Signal.send_robust``, never raised into a worker or a view.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
@@ -35,8 +36,9 @@ def use_sender(sender: Any) -> None:
 task_committed = Signal()
 
 #: Internal. Sent after a committed progress write, with ``task_pk``, ``user_pk``,
-#: ``percent``, ``message`` (None: unchanged), ``order`` (so a page can refuse a bar older
-#: than its row) and ``group_pk``: keys, not a row, so reporting progress reads nothing.
+#: ``percent``, ``message`` (None: unchanged), ``order`` and ``updated`` (the row's order
+#: key and ``updated_at``, so a page can refuse a bar older than the one it shows) and
+#: ``group_pk``: keys, not a row, so reporting progress reads nothing.
 progress_committed = Signal()
 
 #: Internal. Sent once a worker's actors and acks are done: ``taskstate.shutdown`` then
@@ -60,6 +62,7 @@ def announce_progress(
     percent: int,
     message: str | None,
     order: int | None = None,
+    updated: datetime | None = None,
     group_pk: int | None = None,
 ) -> None:
     progress_committed.send_robust(
@@ -69,6 +72,7 @@ def announce_progress(
         percent=percent,
         message=message,
         order=order,
+        updated=updated,
         group_pk=group_pk,
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
@@ -73,6 +74,7 @@ def on_progress_committed(
     percent: int,
     message: str | None,
     order: int | None = None,
+    updated: datetime | None = None,
     group_pk: int | None = None,
     **kwargs: Any,
 ) -> None:
@@ -80,8 +82,8 @@ def on_progress_committed(
     if group_pk is not None:
         group_refresher.changed(group_pk)
         return
-    publish_progress(task_pk, user_pk, percent, message, order)
-    publish_object_progress(task_pk, percent, message, order)
+    publish_progress(task_pk, user_pk, percent, message, order, updated)
+    publish_object_progress(task_pk, percent, message, order, updated)
 
 
 def publish_task(task: Task) -> None:
@@ -104,32 +106,46 @@ def publish_task(task: Task) -> None:
 
 
 def publish_progress(
-    task_pk: int, user_pk: Any, percent: int, message: str | None, order: int | None = None
+    task_pk: int,
+    user_pk: Any,
+    percent: int,
+    message: str | None,
+    order: int | None = None,
+    updated: datetime | None = None,
 ) -> None:
     """Send a running attempt's bar to its owner, built from what the worker knows.
 
-    ``order`` (the attempt's order key) goes with it, so that a page showing a newer
-    state of the row keeps that (taskstate.js).
+    ``order`` (the attempt's order key) and ``updated`` (when the row was written) go with
+    it, so that a page showing a newer state of the row or bar keeps that (taskstate.js).
     """
     if user_pk is not None:
         channels = own_channels(user_pk)
-        send = _bar(channels, task_pk, percent, message, order)
+        send = _bar(channels, task_pk, percent, message, order, updated)
         courier.submit(send, replaces=("progress", task_pk), channel=channels)
 
 
 def publish_object_progress(
-    task_pk: int, percent: int, message: str | None, order: int | None = None
+    task_pk: int,
+    percent: int,
+    message: str | None,
+    order: int | None = None,
+    updated: datetime | None = None,
 ) -> None:
     """Send a running task's bar to its object's pages too, when this process published
     the task's start (progress is reported where the task runs)."""
     channels = _object_bars.channels(task_pk)
     if channels is not None:
-        send = _bar(channels, task_pk, percent, message, order)
+        send = _bar(channels, task_pk, percent, message, order, updated)
         courier.submit(send, replaces=("object-progress", task_pk), channel=channels)
 
 
 def _bar(
-    channels: tuple[str, str], task_pk: int, percent: int, message: str | None, order: int | None
+    channels: tuple[str, str],
+    task_pk: int,
+    percent: int,
+    message: str | None,
+    order: int | None,
+    updated: datetime | None,
 ) -> Callable[[], None]:
     html, as_json = channels
 
@@ -139,6 +155,7 @@ def _bar(
                 pk=task_pk, status=Status.RUNNING, progress=percent, progress_message=message or ""
             )
             task.state_order = order  # type: ignore[assignment]
+            task.updated_at = updated  # type: ignore[assignment]
             _send(html, render_to_string("taskstate/_progress.html", {"task": task, "oob": True}))
         if listened(as_json):
             payload: ProgressEvent = {

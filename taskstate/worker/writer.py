@@ -275,6 +275,7 @@ class Writer(OwnThread):
                     percent=task.progress,
                     message=task.progress_message,
                     order=task.state_order,
+                    updated=task.updated_at,
                     group_pk=task.parent_id,
                 )
             else:

@@ -110,3 +110,53 @@ def test_a_resync_read_before_a_dismissal_does_not_bring_the_row_back(new_page):
     page.evaluate(RESYNC, [as_read + other])
     expect(page.locator("#taskstate-task-999999")).to_have_count(1)
     assert page.locator(f"#{row}").count() == 0
+
+
+# Makes the shown row a running attempt (order key 15) updated at ``updated`` whose bar
+# shows ``percent``, as the page has it after a progress event.
+SHOW_RUNNING = """([id, updated, percent]) => {
+  const row = document.getElementById(id);
+  for (const element of [row, row.querySelector('.taskstate-progress')]) {
+    element.dataset.taskstateOrder = '15';
+    element.dataset.taskstateUpdated = String(updated);
+  }
+  row.dataset.status = 'running';
+  row.querySelector('progress').setAttribute('aria-valuenow', String(percent));
+}"""
+
+
+def running_copy(page: Any, row_id: str, updated: int, percent: int) -> str:
+    """The row ``row_id`` as a read of the database at ``updated`` renders it: running
+    (order key 15), its bar at ``percent``."""
+    return page.evaluate(
+        """([id, updated, percent]) => {
+          const row = document.getElementById(id).cloneNode(true);
+          for (const element of [row, row.querySelector('.taskstate-progress')]) {
+            element.dataset.taskstateOrder = '15';
+            element.dataset.taskstateUpdated = String(updated);
+          }
+          row.querySelector('progress').setAttribute('aria-valuenow', String(percent));
+          return row.outerHTML;
+        }""",
+        [row_id, updated, percent],
+    )
+
+
+def test_a_resync_read_before_a_progress_event_does_not_move_the_bar_back(new_page):
+    """Every progress report of an attempt shares its order key. The stream-open resync,
+    read before a progress write and answered after its event, carries the same key and an
+    older bar: the bar keeps the newer value (rows and bars also carry when their row was
+    written)."""
+    page = new_page("demo")
+    wait_open(page)
+    row = start(page, "Quick ping")
+    wait_status(page, row, "done")
+    detach_stream(page)
+    written = 1_800_000_000_000_000  # microseconds since the epoch
+    page.evaluate(SHOW_RUNNING, [row, written, 60])
+
+    page.evaluate(RESYNC, [running_copy(page, row, written - 1, 8)])
+    assert page.get_attribute(f"#{row} progress", "aria-valuenow") == "60"
+    # A later write of the same attempt lands (the control: the same path does swap).
+    page.evaluate(RESYNC, [running_copy(page, row, written + 1, 70)])
+    assert page.get_attribute(f"#{row} progress", "aria-valuenow") == "70"

@@ -10,9 +10,11 @@
  *
  * It also keeps the page from going backwards. Rows and progress bars carry their task's
  * order key (data-taskstate-order: each state of a task has a higher one than the state
- * before). Events from the sender and from workers travel different roads and may arrive
- * out of order; before htmx swaps anything, an incoming row or bar older than the one
- * shown is replaced by a copy of the one shown, so the swap leaves it as it is. A row
+ * before) and when their row was written (data-taskstate-updated, microseconds: it tells
+ * apart the progress reports of one attempt, which share a key). Events from the sender
+ * and from workers travel different roads and may arrive out of order; before htmx swaps
+ * anything, an incoming row or bar older than the one shown is replaced by a copy of the
+ * one shown, so the swap leaves it as it is. A row
  * removed from the page (dismissed, here or in another tab) is left out of any later swap:
  * a resync read before the removal would otherwise bring it back.
  *
@@ -142,9 +144,16 @@
       window.setTimeout(function () { restart(stream, pause); }, pause);
     });
   });
-  function orderOf(element) {
-    var value = element.getAttribute("data-taskstate-order");
+  function numberOf(element, name) {
+    var value = element.getAttribute(name);
     return value === null || value === "" ? NaN : Number(value);
+  }
+
+  function isOlder(element, than) {
+    var order = numberOf(element, "data-taskstate-order");
+    var shown = numberOf(than, "data-taskstate-order");
+    if (order !== shown) return order < shown;
+    return numberOf(element, "data-taskstate-updated") < numberOf(than, "data-taskstate-updated");
   }
 
   // Rows this page saw removed (dismissed here or in another tab, deleted). A removed task
@@ -166,7 +175,7 @@
       if (removed.has(element.id)) { element.remove(); return; }
       var shown = document.getElementById(element.id);
       if (!shown || !shown.hasAttribute("data-taskstate-order")) return;
-      if (orderOf(shown) > orderOf(element)) element.replaceWith(shown.cloneNode(true));
+      if (isOlder(element, shown)) element.replaceWith(shown.cloneNode(true));
     });
   }
 

@@ -116,6 +116,8 @@
   function progress(event) {
     var task = shown.get(event.id);
     if (!task || (event.order !== null && task.order > event.order)) return;
+    // A list read under way may carry this attempt's older bar, at the same order.
+    if (arrivedDuringRead) arrivedDuringRead.add(event.id);
     task.progress = event.progress;
     var row = document.getElementById("json-task-" + event.id);
     var box = row && row.querySelector(".taskstate-progress");
