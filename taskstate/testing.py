@@ -191,20 +191,6 @@ def _queued(broker: dramatiq.Broker) -> bool:
     return any(q.unfinished_tasks for q in broker.queues.values())
 
 
-@contextmanager
-def running_worker(
-    broker: dramatiq.Broker | None = None, *, worker_threads: int = 4
-) -> Iterator[SettlingWorker]:
-    """A started :class:`SettlingWorker` on ``broker`` (the configured one by default),
-    stopped on exit."""
-    worker = SettlingWorker(broker or dramatiq.get_broker(), worker_threads=worker_threads)
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-
-
 @dataclass(frozen=True)
 class SentEvent:
     """One event handed to django-eventstream: its channel, type ("" for rows and bars,

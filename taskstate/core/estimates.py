@@ -101,11 +101,6 @@ class Estimator:
         seconds = self.seconds_left(task)
         return "" if seconds is None else describe_seconds(seconds)
 
-    def forget(self) -> None:
-        with self._lock:
-            self._runs.clear()
-            self._actors.clear()
-
     def _raw(
         self, started_at: datetime | None, actor: str, percent: int, now: datetime
     ) -> float | None:

@@ -8,7 +8,6 @@ throttled per group by ``taskstate.core.group_refresh``. Writes, and tells no on
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +39,6 @@ from taskstate.core.states import (
     running_order,
 )
 from taskstate.core.values import clean_text, text_of
-
-logger = logging.getLogger("taskstate")
 
 #: The order key of a group while any of its children has started: every refresh of a
 #: running group may land again (same order wins), none after it ended.

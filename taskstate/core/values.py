@@ -6,13 +6,10 @@ most itself, never the row or the actor's outcome (docs/reliability.md).
 from __future__ import annotations
 
 import json
-import logging
 import math
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-
-logger = logging.getLogger("taskstate")
 
 #: Results nested deeper than this are not stored: MariaDB's JSON check refuses more than
 #: 31 levels of arrays and objects (MySQL's 100), and a value inside counts one more here.

@@ -1,10 +1,9 @@
 """The JSON form of a task, for pages not built with htmx: one source for payloads and schema.
 
-The ``TypedDict`` classes below are the shape. :func:`task_json` builds a :class:`TaskJSON`
-from a row; :func:`json_schema` derives a JSON Schema (draft 2020-12) from the same
-classes, their docstrings and the :class:`Doc` notes on their keys. The schema ships as
-``taskstate/static/taskstate/task.schema.json`` (``scripts/json_schema.py`` writes it; a
-test fails when it differs from what this module generates).
+The ``TypedDict`` classes below are the shape; :func:`task_json` builds a :class:`TaskJSON`
+from a row. ``scripts/json_schema.py`` derives the shipped JSON Schema
+(``taskstate/static/taskstate/task.schema.json``) from the same classes, their docstrings
+and the :class:`Doc` notes on their keys.
 
 Every text comes from :func:`taskstate.core.values.clean_text` (no lone surrogates, no NUL) and
 is cut to a bound, numbers are integers, and the result appears only as its link: a
@@ -14,13 +13,11 @@ larger than a few kilobytes, whatever an actor returned.
 
 from __future__ import annotations
 
-import inspect
 import json
-import types
 import typing
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypedDict, Union
+from typing import Annotated, Any, Literal, TypedDict
 from urllib.parse import urlsplit
 
 from django.urls import reverse
@@ -34,15 +31,12 @@ from taskstate.core.values import clean_text
 if typing.TYPE_CHECKING:
     from taskstate.core.models import Task
 
-#: The schema's ``$id``: where the schema file is served (under ``STATIC_URL``).
-SCHEMA_PATH = "taskstate/task.schema.json"
 #: Longest error message a payload carries (the row's summary shows as much).
 ERROR_MESSAGE_LIMIT = 2000
 #: Longest description, progress message or label a payload carries (their columns').
 TEXT_LIMIT = 255
 #: Longest result link a payload carries (longer ones are not links, as on the row).
 URL_LIMIT = 2048
-DISMISS = "dismiss"
 
 StatusName = Literal[
     "enqueued", "delayed", "running", "retrying", "failed", "done", "skipped", "cancelled"
@@ -187,23 +181,6 @@ class ErrorAnswer(TypedDict):
     error: Annotated[str, Doc("What went wrong, in words.")]
 
 
-#: The classes the schema defines, in the order it lists them; the root is the first.
-SCHEMA_TYPES: tuple[type, ...] = (
-    TaskJSON,
-    Progress,
-    Times,
-    ErrorSummary,
-    Actions,
-    GroupCounts,
-    TaskPage,
-    ProgressEvent,
-    RemovedEvent,
-    ChangedEvent,
-    ActionAnswer,
-    ErrorAnswer,
-)
-
-
 # --- building payloads ----------------------------------------------------------------
 
 
@@ -325,97 +302,3 @@ def iso(value: datetime | None) -> str | None:
 def dumps(payload: Any) -> str:
     """``payload`` as strict JSON text: UTF-8 ready, no NaN (raises ``ValueError``)."""
     return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-# --- the schema ------------------------------------------------------------------------
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of :class:`TaskJSON`, with every other shape under ``$defs``.
-
-    To validate another shape, point the root at it:
-    ``{**schema, "$ref": "#/$defs/TaskPage"}``.
-    """
-    defs: dict[str, Any] = {}
-    for kind in SCHEMA_TYPES:
-        _define(kind, defs)
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_PATH,
-        "title": "dramatiq-taskstate task",
-        "$ref": f"#/$defs/{SCHEMA_TYPES[0].__name__}",
-        "$defs": {kind.__name__: defs[kind.__name__] for kind in SCHEMA_TYPES},
-    }
-
-
-def _define(kind: type, defs: dict[str, Any]) -> dict[str, Any]:
-    name = kind.__name__
-    if name not in defs:
-        defs[name] = {}  # a placeholder while its keys are defined
-        hints = typing.get_type_hints(kind, include_extras=True)
-        required: frozenset[str] = getattr(kind, "__required_keys__", frozenset())
-        defs[name] = {
-            "type": "object",
-            "description": _first_paragraph(kind.__doc__),
-            "properties": {key: _schema_of(hint, defs) for key, hint in hints.items()},
-            "required": [key for key in hints if key in required],
-            "additionalProperties": False,
-        }
-    return {"$ref": f"#/$defs/{name}"}
-
-
-def _schema_of(hint: Any, defs: dict[str, Any]) -> dict[str, Any]:
-    origin = typing.get_origin(hint)
-    if origin is Annotated:
-        base, *notes = typing.get_args(hint)
-        schema = _schema_of(base, defs)
-        for note in notes:
-            if isinstance(note, Doc):
-                schema = _noted(schema, note)
-        return schema
-    if origin is Literal:
-        values = list(typing.get_args(hint))
-        return {"type": "string", "enum": values}
-    if origin in (Union, types.UnionType):
-        options = [_schema_of(arg, defs) for arg in typing.get_args(hint)]
-        if all(set(option) == {"type"} for option in options):
-            return {"type": [option["type"] for option in options]}
-        return {"anyOf": options}
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return {"type": "array", "items": _schema_of(item, defs)}
-    if hint is type(None):
-        return {"type": "null"}
-    if hint is bool:
-        return {"type": "boolean"}
-    if hint is int:
-        return {"type": "integer"}
-    if hint is str:
-        return {"type": "string"}
-    if typing.is_typeddict(hint):
-        return _define(hint, defs)
-    raise TypeError(f"no JSON Schema for {hint!r}")
-
-
-def _noted(schema: dict[str, Any], note: Doc) -> dict[str, Any]:
-    noted = dict(schema)
-    if "$ref" in noted or "anyOf" in noted:
-        # Beside a reference, keywords apply too (2020-12); kept to the description.
-        return {**noted, "description": note.text}
-    noted["description"] = note.text
-    if note.format is not None:
-        noted["format"] = note.format
-    if note.minimum is not None:
-        noted["minimum"] = note.minimum
-    if note.maximum is not None:
-        noted["maximum"] = note.maximum
-    return noted
-
-
-def _first_paragraph(text: str | None) -> str:
-    return " ".join(inspect.cleandoc(text or "").split("\n\n")[0].split())
-
-
-def schema_text() -> str:
-    """The schema file's text, as committed."""
-    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
