@@ -29,8 +29,10 @@ message as the server saw them, all and the worker process alone (it connects as
 database role of its own); the delay from a task's end (``finished_at``, set in the
 worker's hook) to its row's write (``updated_at``, set when the batch is built, just
 before its statement and commit) and to that write's commit (the server's commit
-timestamp of the row's version), p50/p99; then an idle lifecycle (one message at a
-time; the target: at most 3 round trips per lifecycle).
+timestamp of the row's version), p50/p99; the CPU each process used meanwhile (the
+senders, the worker and its busiest threads, PostgreSQL, Redis), which shows where the
+machine's limit is; then an idle lifecycle (one message at a time; the target: at most 3
+round trips per lifecycle).
 
 Server-side counts come from a private, durable PostgreSQL cluster this script starts
 (tests.support.faults.PostgresServer: fsync and synchronous commit on,
@@ -127,6 +129,70 @@ def thread_cpu() -> dict[str, float]:
         role = roles.get(names.get(t.id, ""), "rest")
         used[role] += t.user_time + t.system_time
     return used
+
+
+class ProcessCpu:
+    """CPU seconds of the processes that share the machine in the sustained part: this
+    one (the senders), the worker's (``rundramatiq`` and its children; each thread of
+    them), PostgreSQL's and Redis's. Threads of another process have no names to read:
+    they are listed by CPU, the busiest first."""
+
+    def __init__(self, worker_pid: int) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.worker = psutil.Process(worker_pid)
+        self.start = (time.monotonic(), self._read())
+
+    def _processes(self) -> dict[str, list[Any]]:
+        found: dict[str, list[Any]] = {"senders (this process)": [self.psutil.Process()]}
+        found["worker (rundramatiq and children)"] = [
+            self.worker,
+            *self.worker.children(recursive=True),
+        ]
+        for p in self.psutil.process_iter(["name"]):
+            name = p.info["name"] or ""
+            if name.startswith(("postgres", "postmaster")):
+                found.setdefault("PostgreSQL (every backend)", []).append(p)
+            elif name.startswith("redis-server"):
+                found.setdefault("Redis", []).append(p)
+        return found
+
+    def _read(self) -> dict[Any, float]:
+        used: dict[Any, float] = {}
+        for role, processes in self._processes().items():
+            for p in processes:
+                try:
+                    times = p.cpu_times()
+                    used[(role, p.pid)] = times.user + times.system
+                    if role.startswith("worker"):
+                        for t in p.threads():
+                            used[("thread", p.pid, t.id)] = t.user_time + t.system_time
+                except self.psutil.Error:
+                    continue
+        return used
+
+    def table(self) -> str:
+        began, before = self.start
+        seconds = time.monotonic() - began
+        after = self._read()
+        spent = {key: after[key] - before.get(key, 0.0) for key in after}
+        roles: dict[str, float] = {}
+        for key, value in spent.items():
+            if key[0] != "thread":
+                roles[key[0]] = roles.get(key[0], 0.0) + value
+        rows: list[list[object]] = [
+            [role, f"{used:.1f}", f"{100 * used / seconds:.0f} %"] for role, used in roles.items()
+        ]
+        threads = sorted((v for k, v in spent.items() if k[0] == "thread"), reverse=True)
+        for rank, used in enumerate(threads[:6], 1):
+            rows.append(
+                [f"worker's busiest thread #{rank}", f"{used:.1f}", f"{100 * used / seconds:.0f} %"]
+            )
+        total = sum(roles.values())
+        rows.append(["all of the above", f"{total:.1f}", f"{100 * total / seconds:.0f} %"])
+        header = f"CPU from the first send until every row was done ({seconds:.1f} s)"
+        return table([header, "CPU s", "of one core"], rows)
 
 
 class Sample(NamedTuple):
@@ -813,6 +879,7 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
         lock = threading.Lock()
         server.reset()
         before, worker_before = server.sample(), server.sample(WORKER_ROLE)
+        cpu = ProcessCpu(worker.proc.pid)
         start = time.monotonic()
 
         def send(index: int) -> None:
@@ -834,6 +901,7 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
         send_seconds = time.monotonic() - start
         polls = wait_rows(Task, sent, 600)
         settled = time.monotonic() - start
+        cpu_table = cpu.table()
         after, worker_after = server.sample(), server.sample(WORKER_ROLE)
         server.check(before, after)
         server.collect()
@@ -918,6 +986,9 @@ def sustained(args: argparse.Namespace, server: Server) -> None:
         ],
     ]
     print(table(["measure", "value"], rows))
+    print()
+    print(f"Where the machine's {os.cpu_count()} cores went:\n")
+    print(cpu_table)
     print()
     server.top(
         f"the sustained and idle windows together; {WORKER_ROLE} is the worker process, the "
