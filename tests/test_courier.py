@@ -101,24 +101,6 @@ def test_a_row_supersedes_the_pending_bar_of_its_task(courier, recorder):
     assert recorder.sent == ["bar 8", "row 7"]
 
 
-def test_a_pending_row_is_replaced_by_a_newer_one_of_its_task_never_by_an_older(courier, recorder):
-    """A page keeps only the newest state of a row: while rows wait, only the newest of
-    each task is rendered and sent, in the first one's place."""
-    gate = held(courier)
-    courier.submit(recorder.job("row 7 running"), replaces=("row", 7), order=(15, 1))
-    courier.submit(recorder.job("row 8 running"), replaces=("row", 8), order=(15, 1))
-    courier.submit(recorder.job("row 7 done"), replaces=("row", 7), order=(1_000_000, 2))
-    # The sender's row, announced by its thread after the worker's: it stays out.
-    courier.submit(recorder.job("row 7 enqueued"), replaces=("row", 7), order=(1, 0))
-    gate.opened.set()
-    assert courier.flush()
-    assert recorder.sent == ["row 7 done", "row 8 running"]
-    # Once sent, a row of the task is queued again (the page refuses an older one).
-    courier.submit(recorder.job("row 7 enqueued"), replaces=("row", 7), order=(1, 0))
-    assert courier.flush()
-    assert recorder.sent[-1] == "row 7 enqueued"
-
-
 def test_a_full_queue_drops_new_jobs_and_resets_their_channels_once_drained(
     courier, recorder, monkeypatch, caplog
 ):

@@ -200,37 +200,3 @@ def test_a_change_committed_once_the_stream_is_open_reaches_the_page(user, local
         loop.close()
     assert renders == ["taskstate/_task_row.html"]
     assert f'id="taskstate-task-{task.pk}"' in row and 'data-status="done"' in row
-
-
-def test_while_rows_wait_only_the_newest_state_of_a_task_is_rendered(
-    user, capture_events, renders, local_only
-):
-    """Rows handed to the sender while it is busy: each task's newest state alone is
-    rendered and sent, whichever order they were announced in."""
-    import threading
-
-    from taskstate.web.courier import courier
-
-    capture = capture_events(user_channel(user.pk))
-    task = done_task(user, "m-coalesced")
-    assert shutdown.flush()
-    renders.clear()
-    entered, opened = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        entered.set()
-        opened.wait(10)
-
-    courier.submit(hold)
-    assert entered.wait(5)
-    running = Task.objects.get(pk=task.pk)
-    running.status, running.state_order = Status.RUNNING, t.running_order(1)
-    enqueued = Task.objects.get(pk=task.pk)
-    enqueued.status, enqueued.state_order = Status.ENQUEUED, t.ENQUEUED_ORDER
-    for state in (running, task, enqueued):  # the sender's row announced last
-        pub.publish_task(state)
-    opened.set()
-    assert shutdown.flush()
-    assert renders == ["taskstate/_task_row.html"]
-    rows = [data for _, _, data in capture.events()]
-    assert len(rows) == 2 and 'data-status="done"' in rows[-1]

@@ -1,7 +1,7 @@
 """A background sender, so that publishing never holds up a worker or a request.
 
 The caller only hands a job over; one thread per process renders and sends, in order,
-with progress and rows coalesced per task (the newest waits in the first one's place). Nothing is dropped silently: the channel of a job
+with progress coalesced per task. Nothing is dropped silently: the channel of a job
 dropped (full queue) or failed gets one ``stream-reset`` once the queue drains, retried
 until it goes out (docs/reliability.md).
 """
@@ -16,7 +16,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
 
 from taskstate.core.threads import OwnThread, close_idle_connections
 
@@ -49,7 +48,6 @@ class Courier(OwnThread):
     def _init_state(self) -> None:
         super()._init_state()
         self._jobs: OrderedDict[Hashable, tuple[Callable[[], None], Channels]] = OrderedDict()
-        self._orders: dict[Hashable, Any] = {}  # of pending jobs submitted with an order
         self._lost: dict[str, None] = {}  # insertion-ordered set
         self._busy = False
         self._retry_at = 0.0  # monotonic time before which resets are not tried again
@@ -66,23 +64,16 @@ class Courier(OwnThread):
         replaces: Hashable | None = None,
         supersedes: Hashable | None = None,
         channel: str | Channels | None = None,
-        order: Any = None,
     ) -> None:
         """Queue ``job``, which sends on ``channel`` (reset should it be dropped or fail).
-        ``replaces``: the key of a pending job to swap for this one, unless that one was
-        submitted with a higher ``order`` (then this job is moot); ``supersedes``: the key
-        of a pending job this one makes moot."""
+        ``replaces``: the key of a pending job to swap for this one; ``supersedes``: of one
+        this job makes moot."""
         channels: Channels = (channel,) if isinstance(channel, str) else channel or ()
         with self._cond:
             if supersedes is not None:
                 self._jobs.pop(supersedes, None)
-                self._orders.pop(supersedes, None)
             if replaces is not None and replaces in self._jobs:
-                pending = self._orders.get(replaces)
-                if order is not None and pending is not None and pending > order:
-                    return
                 self._jobs[replaces] = (job, channels)
-                self._orders[replaces] = order
                 return
             if len(self._jobs) >= MAX_PENDING:
                 if not self._dropping:
@@ -97,10 +88,7 @@ class Courier(OwnThread):
                 return
             if len(self._jobs) < MAX_PENDING // 2:
                 self._dropping = False  # drained to half: the next overflow is logged
-            key = replaces if replaces is not None else next(self._order)
-            self._jobs[key] = (job, channels)
-            if order is not None:
-                self._orders[key] = order
+            self._jobs[replaces if replaces is not None else next(self._order)] = (job, channels)
             self._start()
             self._cond.notify()
 
@@ -159,8 +147,7 @@ class Courier(OwnThread):
                 losses = self._losses
                 channels: Channels = ()
                 if self._jobs:
-                    key, (job, channels) = self._jobs.popitem(last=False)
-                    self._orders.pop(key, None)
+                    _, (job, channels) = self._jobs.popitem(last=False)
                 else:
                     channel = next(iter(self._lost))
                     del self._lost[channel]  # an event lost from now on needs a new reset

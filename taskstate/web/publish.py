@@ -102,15 +102,7 @@ def publish_task(task: Task) -> None:
         if listened(as_json):
             _send(as_json, dumps(_in_language(task, lambda: task_json(task))), TASK_EVENT)
 
-    # While rows wait, the newest state of each task is the only one rendered and sent:
-    # a page keeps the newest anyway (taskstate.js).
-    courier.submit(
-        send,
-        replaces=("row", task.pk),
-        supersedes=("progress", task.pk),
-        channel=channels,
-        order=(task.state_order, task.updated_at.timestamp() if task.updated_at else 0.0),
-    )
+    courier.submit(send, supersedes=("progress", task.pk), channel=channels)
 
 
 def publish_progress(
