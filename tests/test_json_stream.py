@@ -64,6 +64,9 @@ def test_every_change_reaches_the_json_channel_as_a_valid_task_event(
     assert orders == sorted(orders)
     bars = [payload for kind, payload in events if kind == "progress"]
     assert all(bar["id"] == task.pk for bar in bars)
+    # Reports of one attempt share its order; when each was written tells them apart.
+    written = [bar["updated"] for bar in bars]
+    assert all(written) and written == sorted(written)
 
 
 def test_the_html_channel_still_carries_html_only(run_all, user, capture_events):

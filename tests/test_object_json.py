@@ -330,7 +330,13 @@ def test_a_running_tasks_progress_reaches_the_objects_json_channel(user, team, c
     running = about(team, owner=user, status=Status.RUNNING)
     publish_object_change(running)  # its start, as the worker announces it
     on_progress_committed(
-        None, task_pk=running.pk, user_pk=user.pk, percent=40, message="half", order=7
+        None,
+        task_pk=running.pk,
+        user_pk=user.pk,
+        percent=40,
+        message="half",
+        order=7,
+        updated=running.updated_at,
     )
     progress = [p for kind, p in json_events(capture.events(), as_json) if kind == "progress"]
     assert progress == [
@@ -339,6 +345,7 @@ def test_a_running_tasks_progress_reaches_the_objects_json_channel(user, team, c
             "status": "running",
             "progress": {"percent": 40, "message": "half"},
             "order": 7,
+            "updated": running.updated_at.isoformat(),
         }
     ]
 

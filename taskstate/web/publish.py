@@ -33,6 +33,7 @@ from taskstate.web.task_json import (
     ProgressEvent,
     RemovedEvent,
     dumps,
+    iso,
     progress_json,
     task_json,
 )
@@ -163,6 +164,7 @@ def _bar(
                 "status": "running",
                 "progress": progress_json(percent, message),
                 "order": order,
+                "updated": iso(updated),
             }
             _send(as_json, dumps(payload), PROGRESS_EVENT)
 

@@ -152,6 +152,14 @@ class ProgressEvent(TypedDict):
     status: Literal["running"]
     progress: Progress
     order: Annotated[int | None, Doc("The attempt's order; ignore the event when lower.")]
+    updated: Annotated[
+        str | None,
+        Doc(
+            "When the row was written (as times.updated); of two with the same order, "
+            "the later wins.",
+            format="date-time",
+        ),
+    ]
 
 
 class RemovedEvent(TypedDict):
