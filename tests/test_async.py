@@ -66,8 +66,8 @@ def test_async_actor_is_tracked_and_its_progress_reaches_the_row(
     settings.TASKSTATE = {**settings.TASKSTATE, "PROGRESS_INTERVAL": 0}
     reported: list[tuple[int, str | None]] = []
 
-    def on_progress(sender, *, percent, message, **kwargs):
-        reported.append((percent, message))
+    def on_progress(sender, *, bar, **kwargs):
+        reported.append((bar.percent, bar.message))
 
     progress_committed.connect(on_progress)
     try:

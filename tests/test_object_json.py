@@ -20,6 +20,7 @@ from django.urls import reverse
 from taskstate import shutdown
 from taskstate.core import conf
 from taskstate.core.models import Status, Task
+from taskstate.core.signals import Bar
 from taskstate.web.channels import (
     TaskstateChannelManager,
     admit,
@@ -329,15 +330,8 @@ def test_a_running_tasks_progress_reaches_the_objects_json_channel(user, team, c
     capture = capture_events(as_json)
     running = about(team, owner=user, status=Status.RUNNING)
     publish_object_change(running)  # its start, as the worker announces it
-    on_progress_committed(
-        None,
-        task_pk=running.pk,
-        user_pk=user.pk,
-        percent=40,
-        message="half",
-        order=7,
-        updated=running.updated_at,
-    )
+    bar = Bar(running.pk, 40, "half", order=7, updated=running.updated_at)
+    on_progress_committed(None, bar=bar, user_pk=user.pk)
     progress = [p for kind, p in json_events(capture.events(), as_json) if kind == "progress"]
     assert progress == [
         {

@@ -20,6 +20,7 @@ from django.urls import reverse
 from taskstate.core import conf
 from taskstate.core.models import Status, Task
 from taskstate.core.policy import VIEW, allowed, may_see_object
+from taskstate.core.signals import Bar
 from taskstate.web import streams
 from taskstate.web.channels import (
     TaskstateChannelManager,
@@ -304,7 +305,7 @@ def test_a_running_tasks_progress_reaches_its_objects_pages(user, team, capture_
     capture = capture_events(channel)
     running = about(team, owner=user, status=Status.RUNNING)
     publish_object_change(running)  # its start, as the worker announces it
-    on_progress_committed(None, task_pk=running.pk, user_pk=user.pk, percent=40, message="half")
+    on_progress_committed(None, bar=Bar(running.pk, 40, "half"), user_pk=user.pk)
     bars = [data for _, kind, data in capture.events() if kind == ""]
     assert any(
         f'id="taskstate-progress-{running.pk}"' in bar and 'aria-valuenow="40"' in bar
@@ -312,7 +313,7 @@ def test_a_running_tasks_progress_reaches_its_objects_pages(user, team, capture_
     )
     finished = about(team, owner=user, status=Status.DONE)
     publish_object_change(finished)
-    on_progress_committed(None, task_pk=finished.pk, user_pk=user.pk, percent=100, message="")
+    on_progress_committed(None, bar=Bar(finished.pk, 100, ""), user_pk=user.pk)
     assert not [d for _, kind, d in capture.events() if kind == "" and str(finished.pk) in d]
 
 

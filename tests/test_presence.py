@@ -20,6 +20,7 @@ from taskstate import shutdown
 from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
+from taskstate.core.signals import Bar
 from taskstate.web import presence
 from taskstate.web import publish as pub
 from taskstate.web.channels import admit, json_channel, user_channel
@@ -74,14 +75,14 @@ def test_a_user_with_no_stream_open_costs_no_render_and_gets_the_rows_once_liste
     task = done_task(user, "m-nobody")
     assert shutdown.flush()
     assert renders == [], "nobody listens: the committed row is not rendered"
-    pub.publish_progress(task.pk, user.pk, 40, "half", 1)
+    pub.publish_progress(Bar(task.pk, 40, "half", 1), user.pk)
     assert shutdown.flush()
     assert renders == [], "nor is a progress bar"
 
     capture = capture_events(user_channel(user.pk))
     pub.publish_task(task)
     written = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=tz.utc)
-    pub.publish_progress(task.pk, user.pk, 50, "more", 2, written)
+    pub.publish_progress(Bar(task.pk, 50, "more", 2, written), user.pk)
     events = capture.events()
     assert renders == ["taskstate/_task_row.html", "taskstate/_progress.html"]
     assert [kind for _, kind, _ in events] == ["", ""]

@@ -16,6 +16,7 @@ from taskstate.core import control
 from taskstate.core.group_refresh import group_refresher
 from taskstate.core.models import Kind, Status, Task
 from taskstate.core.signals import (
+    Bar,
     announce,
     announce_progress,
     progress_committed,
@@ -56,7 +57,7 @@ def test_each_failing_receiver_is_logged_exactly_once_with_its_traceback(user, c
     try:
         with caplog.at_level(logging.DEBUG):
             announce(task, committed=True)
-            announce_progress(task_pk=task.pk, user_pk=user.pk, percent=5, message=None)
+            announce_progress(Bar(task.pk, 5, None), user_pk=user.pk)
     finally:
         task_changed.disconnect(changed_breaks)
         task_committed.disconnect(committed_breaks)

@@ -320,12 +320,13 @@ def test_progress_is_written_and_announced_with_the_task_and_its_group(
         actors.RELEASE.set()
         progress_committed.disconnect(on_progress)
     run_all()
-    assert heard[0]["task_pk"] == task.pk
+    bar = heard[0]["bar"]
+    assert bar.task_pk == task.pk
     assert heard[0]["group_pk"] == group_pk
     assert heard[0]["user_pk"] == user.pk
-    assert (heard[0]["percent"], heard[0]["message"]) == (50, "m" * 10)
+    assert (bar.percent, bar.message) == (50, "m" * 10)
     # The page tells this bar from an older one of the same attempt by the row's write.
-    assert heard[0]["updated"] == task.updated_at
+    assert bar.updated == task.updated_at
     assert Task.objects.get(message_id=message_id).status == Status.DONE
 
 

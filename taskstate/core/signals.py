@@ -6,6 +6,7 @@ logged by ``Signal.send_robust``, never raised into a worker or a view.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +36,23 @@ def use_sender(sender: Any) -> None:
 #: ``task``: what the live page shows is rendered from it.
 task_committed = Signal()
 
-#: Internal. Sent after a committed progress write, with ``task_pk``, ``user_pk``,
-#: ``percent``, ``message`` (None: unchanged), ``order`` and ``updated`` (the row's order
-#: key and ``updated_at``, so a page can refuse a bar older than the one it shows) and
-#: ``group_pk``: keys, not a row, so reporting progress reads nothing.
+#: Internal. Sent after a committed progress write, with ``bar`` (a :class:`Bar`),
+#: ``user_pk`` and ``group_pk``: keys, not a row, so reporting progress reads nothing.
 progress_committed = Signal()
+
+
+@dataclass(frozen=True)
+class Bar:
+    """A committed progress report: the task's percent and message (None: unchanged), and
+    its row's order key and ``updated_at``, so a page can refuse a bar older than the one
+    it shows."""
+
+    task_pk: int
+    percent: int
+    message: str | None
+    order: int | None = None
+    updated: datetime | None = None
+
 
 #: Internal. Sent once a worker's actors and acks are done: ``taskstate.shutdown`` then
 #: writes and sends what is pending.
@@ -55,26 +68,8 @@ def announce(task: Task, *, status_changed: bool = True, committed: bool = False
         _send(task, status_changed)
 
 
-def announce_progress(
-    *,
-    task_pk: int,
-    user_pk: Any,
-    percent: int,
-    message: str | None,
-    order: int | None = None,
-    updated: datetime | None = None,
-    group_pk: int | None = None,
-) -> None:
-    progress_committed.send_robust(
-        _sender,
-        task_pk=task_pk,
-        user_pk=user_pk,
-        percent=percent,
-        message=message,
-        order=order,
-        updated=updated,
-        group_pk=group_pk,
-    )
+def announce_progress(bar: Bar, *, user_pk: Any, group_pk: int | None = None) -> None:
+    progress_committed.send_robust(_sender, bar=bar, user_pk=user_pk, group_pk=group_pk)
 
 
 def _send(task: Task, status_changed: bool) -> None:

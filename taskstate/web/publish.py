@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
@@ -24,6 +23,7 @@ from django.utils import translation
 from taskstate.core.estimates import estimator
 from taskstate.core.group_refresh import group_refresher
 from taskstate.core.models import Task
+from taskstate.core.signals import Bar
 from taskstate.core.states import Status
 from taskstate.web.channels import object_channels, own_channels
 from taskstate.web.courier import courier
@@ -68,23 +68,14 @@ def on_task_committed(sender: Any, *, task: Task, **kwargs: Any) -> None:
 
 
 def on_progress_committed(
-    sender: Any,
-    *,
-    task_pk: int,
-    user_pk: Any,
-    percent: int,
-    message: str | None,
-    order: int | None = None,
-    updated: datetime | None = None,
-    group_pk: int | None = None,
-    **kwargs: Any,
+    sender: Any, *, bar: Bar, user_pk: Any, group_pk: int | None = None, **kwargs: Any
 ) -> None:
     """Receiver of ``progress_committed``; a child's progress refreshes its group."""
     if group_pk is not None:
         group_refresher.changed(group_pk)
         return
-    publish_progress(task_pk, user_pk, percent, message, order, updated)
-    publish_object_progress(task_pk, percent, message, order, updated)
+    publish_progress(bar, user_pk)
+    publish_object_progress(bar)
 
 
 def publish_task(task: Task) -> None:
@@ -106,65 +97,43 @@ def publish_task(task: Task) -> None:
     courier.submit(send, supersedes=("progress", task.pk), channel=channels)
 
 
-def publish_progress(
-    task_pk: int,
-    user_pk: Any,
-    percent: int,
-    message: str | None,
-    order: int | None = None,
-    updated: datetime | None = None,
-) -> None:
-    """Send a running attempt's bar to its owner, built from what the worker knows.
-
-    ``order`` (the attempt's order key) and ``updated`` (when the row was written) go with
-    it, so that a page showing a newer state of the row or bar keeps that (taskstate.js).
-    """
+def publish_progress(bar: Bar, user_pk: Any) -> None:
+    """Send a running attempt's bar to its owner, built from what the worker knows."""
     if user_pk is not None:
         channels = own_channels(user_pk)
-        send = _bar(channels, task_pk, percent, message, order, updated)
-        courier.submit(send, replaces=("progress", task_pk), channel=channels)
+        courier.submit(_bar(channels, bar), replaces=("progress", bar.task_pk), channel=channels)
 
 
-def publish_object_progress(
-    task_pk: int,
-    percent: int,
-    message: str | None,
-    order: int | None = None,
-    updated: datetime | None = None,
-) -> None:
+def publish_object_progress(bar: Bar) -> None:
     """Send a running task's bar to its object's pages too, when this process published
     the task's start (progress is reported where the task runs)."""
-    channels = _object_bars.channels(task_pk)
+    channels = _object_bars.channels(bar.task_pk)
     if channels is not None:
-        send = _bar(channels, task_pk, percent, message, order, updated)
-        courier.submit(send, replaces=("object-progress", task_pk), channel=channels)
+        send = _bar(channels, bar)
+        courier.submit(send, replaces=("object-progress", bar.task_pk), channel=channels)
 
 
-def _bar(
-    channels: tuple[str, str],
-    task_pk: int,
-    percent: int,
-    message: str | None,
-    order: int | None,
-    updated: datetime | None,
-) -> Callable[[], None]:
+def _bar(channels: tuple[str, str], bar: Bar) -> Callable[[], None]:
     html, as_json = channels
 
     def send() -> None:
         if listened(html):
             task = Task(
-                pk=task_pk, status=Status.RUNNING, progress=percent, progress_message=message or ""
+                pk=bar.task_pk,
+                status=Status.RUNNING,
+                progress=bar.percent,
+                progress_message=bar.message or "",
             )
-            task.state_order = order  # type: ignore[assignment]
-            task.updated_at = updated  # type: ignore[assignment]
+            task.state_order = bar.order  # type: ignore[assignment]
+            task.updated_at = bar.updated  # type: ignore[assignment]
             _send(html, render_to_string("taskstate/_progress.html", {"task": task, "oob": True}))
         if listened(as_json):
             payload: ProgressEvent = {
-                "id": task_pk,
+                "id": bar.task_pk,
                 "status": "running",
-                "progress": progress_json(percent, message),
-                "order": order,
-                "updated": iso(updated),
+                "progress": progress_json(bar.percent, bar.message),
+                "order": bar.order,
+                "updated": iso(bar.updated),
             }
             _send(as_json, dumps(payload), PROGRESS_EVENT)
 

@@ -26,7 +26,7 @@ from taskstate.core import conf
 from taskstate.core.background import background, in_event_loop
 from taskstate.core.bounds import client_bound
 from taskstate.core.conf import get_settings
-from taskstate.core.signals import announce, announce_progress
+from taskstate.core.signals import Bar, announce, announce_progress
 from taskstate.core.threads import OwnThread
 from taskstate.core.transitions import (
     Change,
@@ -269,15 +269,10 @@ class Writer(OwnThread):
             if task is None:
                 continue  # refused: the row is further on already
             if change.progress_only:
-                announce_progress(
-                    task_pk=task.pk,
-                    user_pk=task.user_id,
-                    percent=task.progress,
-                    message=task.progress_message,
-                    order=task.state_order,
-                    updated=task.updated_at,
-                    group_pk=task.parent_id,
+                bar = Bar(
+                    task.pk, task.progress, task.progress_message, task.state_order, task.updated_at
                 )
+                announce_progress(bar, user_pk=task.user_id, group_pk=task.parent_id)
             else:
                 announce(task, committed=True)
 
