@@ -1,18 +1,11 @@
-"""pytest fixtures for a project that uses taskstate (registered as the ``taskstate``
-plugin through the ``pytest11`` entry point; ``-p no:taskstate`` turns it off).
+"""pytest fixtures for a project that uses taskstate (the ``taskstate`` plugin, through
+the ``pytest11`` entry point; ``-p no:taskstate`` turns it off): ``taskstate_worker``,
+``taskstate_settle`` and ``taskstate_events`` (docs/testing.md).
 
-Nothing here runs unless a test asks for a fixture: the module imports neither Django nor
-taskstate's models when it is loaded, so projects without Django collect as without it.
-
-- ``taskstate_worker``: a started :class:`taskstate.testing.SettlingWorker` on the
-  configured broker (flushed before and after); ``taskstate_worker.drain()`` runs every
-  queued message and returns once every state is written;
-- ``taskstate_settle``: :func:`taskstate.testing.settle`;
-- ``taskstate_events``: :func:`taskstate.testing.record_events`, closed after the test.
-
-The worker's threads use database connections of their own, so a test that uses it needs
-committed data: pytest-django's ``transactional_db`` (or ``django_db(transaction=True)``);
-under ``db`` the fixture stops the test with a clear error. See docs/testing.md.
+Nothing here runs unless a test asks for a fixture, and loading it imports neither Django
+nor taskstate's models. The worker's threads use connections of their own, so its tests
+need committed data (``transactional_db``); under ``db`` the fixture stops with a clear
+error.
 """
 
 from __future__ import annotations
@@ -29,8 +22,9 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def taskstate_worker(request: pytest.FixtureRequest) -> Iterator[SettlingWorker]:
-    """A Dramatiq worker running the project's actors in this process; its ``join()`` and
-    ``drain()`` return once taskstate has written every state."""
+    """A Dramatiq worker running the project's actors in this process, on the configured
+    broker (emptied before and after); its ``join()`` and ``drain()`` return once
+    taskstate has written every state."""
     import dramatiq
 
     from taskstate.testing import SettlingWorker, require_committed_data, settle

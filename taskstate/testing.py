@@ -1,20 +1,12 @@
-"""What a project's own test suite needs to test its tracked actors and pages.
+"""What a project's own test suite needs to test its tracked actors and pages
+(docs/testing.md).
 
-A worker hook hands its change to a background thread (``taskstate.worker.writer``), a group's
-row is refreshed by another (``taskstate.core.group_refresh``) and events are sent by a third
-(``taskstate.web.courier``). So when ``worker.join()`` returns, the last changes may still be
-on their way to the database: :func:`settle` waits for all three.
-
-- :func:`settle`: every state change handed over so far is written, every group refreshed,
-  every event sent;
-- :class:`SettlingWorker`: a ``dramatiq.Worker`` whose :meth:`~SettlingWorker.join` settles,
-  and :meth:`~SettlingWorker.drain` runs every queued message first;
-- :func:`wait_for_status`: wait for a task to reach a status (running, to cancel it);
-- :func:`record_events`: what a user's page receives, without a browser;
-- :class:`TaskstateTestMixin`: the same for ``unittest`` and Django's ``TransactionTestCase``.
-
-pytest users get fixtures for these from ``taskstate.pytest_plugin`` (docs/testing.md).
-This module imports Django's models only inside its functions.
+Worker hooks hand their changes to the background writer, group rows are refreshed by
+another thread and events sent by a third: when ``worker.join()`` returns, the last
+changes may still be on their way. :func:`settle` waits for all three;
+:class:`SettlingWorker`, :func:`wait_for_status`, :func:`record_events` and
+:class:`TaskstateTestMixin` build on it. This module imports Django's models only inside
+its functions.
 """
 
 from __future__ import annotations
