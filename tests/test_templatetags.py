@@ -203,3 +203,19 @@ def test_no_template_variable_is_missing_where_projects_make_that_loud(user, set
     pieces.append(client.get("/taskstate/list/", HTTP_HX_REQUEST="true").text)
     pieces.append(client.get(f"/taskstate/children/{group.pk}/").text)
     assert not [m for html in pieces for m in re.findall(r"INVALID\([^)]*\)", html)]
+
+
+@pytest.mark.django_db
+def test_a_tasks_bar_carries_when_its_row_was_written_a_groups_does_not(user):
+    """The write time orders the progress reports of one attempt, all written by the one
+    worker running it; a group's row is refreshed from any host, whose clocks may differ."""
+    task = make_task(user=user, status=Status.RUNNING, started_at=ago(5))
+    group = make_task(user=user, status=Status.RUNNING, kind=Kind.GROUP, children_total=2)
+    micros = int(task.updated_at.timestamp()) * 1_000_000 + task.updated_at.microsecond
+    bar = re.search(r'<div id="taskstate-progress-\d+"[^>]*>', render_row(task))
+    assert bar is not None and f'data-taskstate-updated="{micros}"' in bar.group(0)
+    assert "data-taskstate-updated" not in render_row(group)
+    # The row itself carries only its order key: rows are also written by the web
+    # process (a cancel) and the cleanup, on other clocks.
+    row = re.search(r"<li [^>]*>", render_row(task))
+    assert row is not None and "data-taskstate-updated" not in row.group(0)

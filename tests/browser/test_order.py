@@ -112,14 +112,14 @@ def test_a_resync_read_before_a_dismissal_does_not_bring_the_row_back(new_page):
     assert page.locator(f"#{row}").count() == 0
 
 
-# Makes the shown row a running attempt (order key 15) updated at ``updated`` whose bar
+# Makes the shown row a running attempt (order key 15) whose bar, written at ``updated``,
 # shows ``percent``, as the page has it after a progress event.
 SHOW_RUNNING = """([id, updated, percent]) => {
   const row = document.getElementById(id);
-  for (const element of [row, row.querySelector('.taskstate-progress')]) {
-    element.dataset.taskstateOrder = '15';
-    element.dataset.taskstateUpdated = String(updated);
-  }
+  row.dataset.taskstateOrder = '15';
+  const bar = row.querySelector('.taskstate-progress');
+  bar.dataset.taskstateOrder = '15';
+  bar.dataset.taskstateUpdated = String(updated);
   row.dataset.status = 'running';
   row.querySelector('progress').setAttribute('aria-valuenow', String(percent));
 }"""
@@ -131,10 +131,10 @@ def running_copy(page: Any, row_id: str, updated: int, percent: int) -> str:
     return page.evaluate(
         """([id, updated, percent]) => {
           const row = document.getElementById(id).cloneNode(true);
-          for (const element of [row, row.querySelector('.taskstate-progress')]) {
-            element.dataset.taskstateOrder = '15';
-            element.dataset.taskstateUpdated = String(updated);
-          }
+          row.dataset.taskstateOrder = '15';
+          const bar = row.querySelector('.taskstate-progress');
+          bar.dataset.taskstateOrder = '15';
+          bar.dataset.taskstateUpdated = String(updated);
           row.querySelector('progress').setAttribute('aria-valuenow', String(percent));
           return row.outerHTML;
         }""",
@@ -145,8 +145,8 @@ def running_copy(page: Any, row_id: str, updated: int, percent: int) -> str:
 def test_a_resync_read_before_a_progress_event_does_not_move_the_bar_back(new_page):
     """Every progress report of an attempt shares its order key. The stream-open resync,
     read before a progress write and answered after its event, carries the same key and an
-    older bar: the bar keeps the newer value (rows and bars also carry when their row was
-    written)."""
+    older bar: the bar keeps the newer value (a task's bar also carries when its row was
+    written); the row itself, at the same key, lands."""
     page = new_page("demo")
     wait_open(page)
     row = start(page, "Quick ping")
@@ -155,8 +155,9 @@ def test_a_resync_read_before_a_progress_event_does_not_move_the_bar_back(new_pa
     written = 1_800_000_000_000_000  # microseconds since the epoch
     page.evaluate(SHOW_RUNNING, [row, written, 60])
 
-    page.evaluate(RESYNC, [running_copy(page, row, written - 1, 8)])
+    page.evaluate(RESYNC, [running_copy(page, row, written - 1, 8).replace("Quick ping", "READ")])
     assert page.get_attribute(f"#{row} progress", "aria-valuenow") == "60"
+    assert "READ" in page.text_content(f"#{row}")
     # A later write of the same attempt lands (the control: the same path does swap).
     page.evaluate(RESYNC, [running_copy(page, row, written + 1, 70)])
     assert page.get_attribute(f"#{row} progress", "aria-valuenow") == "70"

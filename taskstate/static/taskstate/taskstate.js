@@ -10,11 +10,11 @@
  *
  * It also keeps the page from going backwards. Rows and progress bars carry their task's
  * order key (data-taskstate-order: each state of a task has a higher one than the state
- * before) and when their row was written (data-taskstate-updated, microseconds: it tells
- * apart the progress reports of one attempt, which share a key). Events from the sender
- * and from workers travel different roads and may arrive out of order; before htmx swaps
- * anything, an incoming row or bar older than the one shown is replaced by a copy of the
- * one shown, so the swap leaves it as it is. A row
+ * before); a task's bar also carries when its row was written (data-taskstate-updated,
+ * microseconds), which tells apart the progress reports of one attempt: they share a key.
+ * Events from the sender and from workers travel different roads and may arrive out of
+ * order; before htmx swaps anything, an incoming row or bar older than the one shown is
+ * replaced by a copy of the one shown, so the swap leaves it as it is. A row
  * removed from the page (dismissed, here or in another tab) is left out of any later swap:
  * a resync read before the removal would otherwise bring it back.
  *
