@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Stopped by SIGTERM (kill, timeout), a benchmark unwinds as on Ctrl-C: the finally blocks
+# stop the worker processes and private database clusters it started.
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def django_on_postgres(db_name: str) -> None:

@@ -23,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import _setup  # noqa: F401  (a SIGTERM unwinds: what the benchmark started is stopped)
 import psutil
 
 REPO = Path(__file__).resolve().parents[2]
