@@ -39,10 +39,10 @@ def main() -> None:
     import redis
     from django.conf import settings
 
-    from taskstate import shutdown
     from taskstate.web import courier as courier_module
     from taskstate.web import publish
     from taskstate.web.channels import user_channel
+    from tests.support.drain import flush
 
     if args.smoke:
         courier_module.MAX_PENDING = 1_000
@@ -59,7 +59,7 @@ def main() -> None:
     handed = time.monotonic() - began
     opened.set()
     drained_from = time.monotonic()
-    assert shutdown.flush(120), "the sender did not drain"
+    assert flush(120), "the sender did not drain"
     drained = time.monotonic() - drained_from
 
     received: Counter[tuple[str, str]] = Counter()

@@ -101,8 +101,8 @@ def main() -> None:
     import taskstate
     from taskstate.core import groups
     from taskstate.core.models import Task
-    from taskstate.shutdown import flush
     from taskstate.worker.middleware import StateMiddleware
+    from tests.support.drain import flush
 
     statements = Statements()
 

@@ -87,8 +87,8 @@ def main() -> None:
 
     from taskstate.core import transitions
     from taskstate.core.models import Task
-    from taskstate.shutdown import flush
     from taskstate.worker.middleware import StateMiddleware
+    from tests.support.drain import flush
 
     broker = StubBroker(middleware=[StateMiddleware()])
     broker.emit_after("process_boot")

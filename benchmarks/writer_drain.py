@@ -46,8 +46,8 @@ def main() -> None:
     from taskstate.core import transitions as t
     from taskstate.core.for_state import Origin, TaskIdentity
     from taskstate.core.models import Status, Task
-    from taskstate.shutdown import flush
     from taskstate.worker.writer import writer
+    from tests.support.drain import flush
 
     spent: dict[str, float] = {}
     calls: dict[str, int] = {}

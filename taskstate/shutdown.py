@@ -12,15 +12,6 @@ from taskstate.web.courier import courier
 from taskstate.worker.writer import SHUTDOWN_FLUSH, writer
 
 
-def flush(timeout: float = 5.0) -> bool:
-    """Wait until everything handed over so far is written and its events sent; whether
-    all of it was done within ``timeout`` a step."""
-    written = writer.flush(timeout)
-    refreshed = group_refresher.flush(timeout)
-    done = background.flush(timeout)
-    return courier.flush(timeout) and written and refreshed and done
-
-
 def flush_all(timeout: float = SHUTDOWN_FLUSH) -> None:
     """Write, refresh and send everything pending, each step within ``timeout``."""
     writer.shutdown(timeout)

@@ -360,7 +360,7 @@ class EventCapture:
         import json
         import time
 
-        from taskstate.shutdown import flush
+        from tests.support.drain import flush
 
         flush()
         out: list[tuple[str, str, str]] = []

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from taskstate.core.models import ACTIVE_STATUSES, COMPLETE_STATUSES, Status, Task
+from tests.support.drain import flush
 from tests.support.factories import make_task
 
 pytestmark = pytest.mark.django_db
@@ -385,7 +386,7 @@ def test_retry_selected_retries_a_group_once_and_never_its_children_on_their_own
     )
     old = taskstate.track_group(batch, for_state={"user_pk": user.pk, "retryable": True}).run()
     run_all()
-    taskstate.shutdown.flush()
+    flush()
     # status=failed, select all: the group and its failed child.
     failed = admin_client.get(reverse(CHANGELIST), {"status__exact": "failed"})
     assert listed(failed) == {old.task.pk, Task.objects.get(parent=old.task, status="failed").pk}
@@ -396,7 +397,7 @@ def test_retry_selected_retries_a_group_once_and_never_its_children_on_their_own
         follow=True,
     )
     run_all()
-    taskstate.shutdown.flush()
+    flush()
 
     page = response.content.decode()
     assert "1 task sent again." in page

@@ -18,6 +18,7 @@ from django.urls import reverse
 import taskstate
 from taskstate.core.models import Kind, Status, Task
 from taskstate.worker.writer import writer
+from tests.support.drain import flush
 from tests.support.faults import wait_for
 from tests.support.workers import Sent, stop_worker
 from tests.testapp import tasks as actors
@@ -55,7 +56,7 @@ def join(broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
     else:
         broker.join("default", timeout=30_000)
     worker.join()
-    taskstate.shutdown.flush()
+    flush()
 
 
 def children(group: Task) -> list[Task]:
@@ -94,7 +95,7 @@ def test_cancel_of_a_group_ends_waiting_children_unrun_stops_the_running_one_kee
     tracked = taskstate.track_group(batch, for_state={"user_pk": user.pk}).run()
     wait_started(running_key)
     wait_for(lambda: children(tracked.task)[0].status == Status.DONE, what="the first child")
-    taskstate.shutdown.flush()
+    flush()
 
     count_queries.statements = []
     response = cancel(owner, tracked.task, **HTMX)
@@ -211,7 +212,7 @@ def test_cancel_of_a_pipeline_mid_way_never_sends_the_later_steps(
 
     cancel(owner, tracked.task)
     run_all()
-    taskstate.shutdown.flush()
+    flush()
 
     steps = children(tracked.task)
     assert [s.status for s in steps] == [Status.CANCELLED] * 3
@@ -236,7 +237,7 @@ def test_a_step_that_returns_after_its_cancel_does_not_pipe_on(
 
     cancel(owner, Task.objects.get(pk=tracked.task.pk))
     run_all()
-    taskstate.shutdown.flush()
+    flush()
 
     steps = children(tracked.task)
     # The step's own end landed first; the step after it was never sent.
@@ -271,7 +272,7 @@ def test_a_running_group_shows_cancel_and_a_failed_one_retry(owner, user, worker
 
     tracked.run()
     run_all()
-    taskstate.shutdown.flush()
+    flush()
     page = owner.get(reverse("taskstate:list")).content.decode()
     assert reverse("taskstate:cancel", args=[tracked.task.pk]) not in page
     assert reverse("taskstate:retry", args=[tracked.task.pk]) in page
@@ -297,14 +298,14 @@ def test_retry_of_a_group_resends_only_its_failed_children_as_a_new_group(
     for_state = {"user_pk": user.pk, "description": "Import", "retryable": True}
     old = taskstate.track_group(batch, for_state=for_state).run().task
     run_all()
-    taskstate.shutdown.flush()
+    flush()
     old.refresh_from_db()
     assert (old.status, old.children_failed) == (Status.FAILED, 2)
 
     response = retry(owner, old, **HTMX)
     assert response.status_code == 200
     run_all()
-    taskstate.shutdown.flush()
+    flush()
 
     old.refresh_from_db()
     assert old.seen and all(r.seen for r in children(old))
@@ -340,12 +341,12 @@ def test_retry_of_a_failed_pipeline_resends_from_the_failed_step_with_the_steps_
     )
     old = taskstate.track_group(chain, for_state={"user_pk": user.pk, "retryable": True}).run()
     run_all()
-    taskstate.shutdown.flush()
+    flush()
     assert [s.status for s in children(old.task)] == [Status.DONE, Status.FAILED, Status.SKIPPED]
 
     assert retry(owner, Task.objects.get(pk=old.task.pk)).status_code == 302
     run_all()
-    taskstate.shutdown.flush()
+    flush()
 
     new = Task.objects.get(retry_of=old.task)
     assert (new.kind, new.status, new.children_total) == (Kind.PIPELINE, Status.DONE, 2)
@@ -374,7 +375,7 @@ def test_a_pipeline_step_is_retried_only_with_its_pipeline_and_no_step_runs_twic
     )
     old = taskstate.track_group(chain, for_state={"user_pk": user.pk, "retryable": True}).run()
     run_all()
-    taskstate.shutdown.flush()
+    flush()
     _, check, load = children(old.task)
     assert (check.status, load.is_not_run) == (Status.FAILED, True)
 
@@ -396,7 +397,7 @@ def test_a_pipeline_step_is_retried_only_with_its_pipeline_and_no_step_runs_twic
     # The pipeline's retry is the one new run of the failed work.
     assert retry(owner, Task.objects.get(pk=old.task.pk)).status_code == 302
     run_all()
-    taskstate.shutdown.flush()
+    flush()
     new = Task.objects.get(retry_of=old.task)
     assert (new.status, [s.description for s in children(new)]) == (Status.DONE, ["Check", "Load"])
     assert (actors.RUNS[first], actors.RUNS[second], actors.RUNS[third]) == (1, 2, 1)
@@ -409,7 +410,7 @@ def test_a_failed_child_cannot_be_retried_and_its_group_can(worker, run_all, use
     batch = dramatiq.group(actors.fails_on_first_run.message(new_key(), [1]) for _ in range(2))
     old = taskstate.track_group(batch, for_state={"user_pk": user.pk, "retryable": True}).run()
     run_all()
-    taskstate.shutdown.flush()
+    flush()
     group = Task.objects.get(pk=old.task.pk)
     child = children(group)[0]
     assert child.status == Status.FAILED and child.retry_message is not None
@@ -439,7 +440,7 @@ def test_retry_of_a_group_with_no_retryable_child_is_refused(worker, run_all, ow
     batch = dramatiq.group(actors.fails_on_first_run.message(new_key(), [1]) for _ in range(2))
     old = taskstate.track_group(batch, for_state={"user_pk": user.pk}).run().task
     run_all()
-    taskstate.shutdown.flush()
+    flush()
     old.refresh_from_db()
     assert old.status == Status.FAILED
 
@@ -463,7 +464,7 @@ def test_another_users_cancel_and_retry_of_a_group_are_404(
         for_state={"user_pk": user.pk, "retryable": True},
     ).run()
     run_all()
-    taskstate.shutdown.flush()
+    flush()
     assert Task.objects.get(pk=failed.task.pk).status == Status.FAILED
 
     client.force_login(other_user)

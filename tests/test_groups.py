@@ -21,6 +21,7 @@ from taskstate.core.groups import Refreshed, refresh_group
 from taskstate.core.models import Kind, Status, Task
 from taskstate.core.states import NOT_RUN_ERROR, WAITING_ORDER
 from taskstate.web.channels import user_channel
+from tests.support.drain import flush
 from tests.support.factories import make_task
 from tests.testapp import tasks
 
@@ -145,7 +146,7 @@ def test_a_group_run_by_a_worker_ends_done_with_every_child_counted(
 ) -> None:
     tracked = _group_of(6, user.pk).run()
     run_all()
-    taskstate.shutdown.flush()
+    flush()
 
     parent = Task.objects.get(pk=tracked.task.pk)
     assert parent.status == Status.DONE
@@ -163,7 +164,7 @@ def test_a_pipeline_passes_results_along_and_ends_done(
     tracked = taskstate.track_group(chain, for_state={"user_pk": user.pk, "description": "3"})
     tracked.run()
     run_all()
-    taskstate.shutdown.flush()
+    flush()
 
     parent = Task.objects.get(pk=tracked.task.pk)
     assert (parent.kind, parent.status, parent.children_done) == (Kind.PIPELINE, "done", 3)
@@ -184,7 +185,7 @@ def test_a_failing_middle_step_fails_the_pipeline_naming_it_and_later_steps_read
     )
     tracked = taskstate.track_group(chain, for_state={"user_pk": user.pk}).run()
     run_all()
-    taskstate.shutdown.flush()
+    flush()
 
     parent = Task.objects.get(pk=tracked.task.pk)
     assert parent.status == Status.FAILED

@@ -9,12 +9,12 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.urls import reverse
 from django.utils import timezone
 
-from taskstate import shutdown
 from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
 from taskstate.web.channels import admit, json_channel, user_channel
 from tests.conftest import lifecycle_announced
+from tests.support.drain import flush
 from tests.support.writes import write_one
 from tests.test_task_json import validate
 from tests.testapp import tasks as actors
@@ -80,7 +80,6 @@ def test_the_html_channel_still_carries_html_only(run_all, user, capture_events)
 
 
 def test_dismissed_tasks_are_removed_from_json_pages(user, capture_events):
-    from taskstate.shutdown import flush
     from taskstate.web.publish import publish_removed
 
     flush()
@@ -90,7 +89,6 @@ def test_dismissed_tasks_are_removed_from_json_pages(user, capture_events):
 
 
 def test_a_seen_task_goes_as_a_removal(user, capture_events):
-    from taskstate.shutdown import flush
     from taskstate.web.publish import publish_task
 
     task = write_one(
@@ -121,7 +119,7 @@ def test_nothing_is_built_for_a_json_channel_nobody_listens_to(
     capture_events(user_channel(user.pk))  # an htmx page only
     actors.noop.send(for_state={"user_pk": user.pk})
     run_all()
-    shutdown.flush()
+    flush()
     if hasattr(settings, "EVENTSTREAM_REDIS"):
         assert built, "with Redis every change is sent in both forms"
     else:

@@ -17,7 +17,6 @@ from django.db import connections
 from django.test import AsyncClient
 from django.urls import reverse
 
-from taskstate import shutdown
 from taskstate.core import conf
 from taskstate.core.models import Status, Task
 from taskstate.core.signals import Bar
@@ -32,6 +31,7 @@ from taskstate.web.channels import (
 )
 from taskstate.web.publish import on_progress_committed, publish_object_change
 from tests.conftest import with_perm
+from tests.support.drain import flush
 from tests.test_object_tasks import about, logged_in, render_list, token_of
 from tests.test_task_json import validate
 from tests.testapp import tasks as actors
@@ -361,7 +361,7 @@ def test_nothing_is_sent_on_an_objects_json_channel_nobody_listens_to(
     capture_events(html)  # an htmx page of the object only
     actors.noop.send(for_state={"user_pk": user.pk, "object": team})
     run_all()
-    shutdown.flush()
+    flush()
     assert html in sent
     assert (as_json in sent) == hasattr(settings, "EVENTSTREAM_REDIS")
 

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from taskstate import shutdown
 from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
@@ -24,6 +23,7 @@ from taskstate.core.signals import Bar
 from taskstate.web import presence
 from taskstate.web import publish as pub
 from taskstate.web.channels import admit, json_channel, user_channel
+from tests.support.drain import flush
 from tests.support.writes import write_one
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -73,10 +73,10 @@ def test_a_user_with_no_stream_open_costs_no_render_and_gets_the_rows_once_liste
     user, capture_events, renders, local_only
 ):
     task = done_task(user, "m-nobody")
-    assert shutdown.flush()
+    assert flush()
     assert renders == [], "nobody listens: the committed row is not rendered"
     pub.publish_progress(Bar(task.pk, 40, "half", 1), user.pk)
-    assert shutdown.flush()
+    assert flush()
     assert renders == [], "nor is a progress bar"
 
     capture = capture_events(user_channel(user.pk))
@@ -97,7 +97,7 @@ def test_another_users_stream_does_not_make_mine_rendered(
 ):
     capture_events(user_channel(other_user.pk))
     done_task(user, "m-mine")
-    assert shutdown.flush()
+    assert flush()
     assert renders == []
 
 
@@ -122,7 +122,7 @@ def test_rows_are_rendered_for_everyone_when_streams_may_be_in_other_processes(
     for name, value in setting.items():
         setattr(settings, name, value)
     done_task(user, "m-everyone")
-    assert shutdown.flush()
+    assert flush()
     assert renders == ["taskstate/_task_row.html"]
     # Its JSON form too: a JSON page may be open in another process.
     assert sent == [user_channel(user.pk), json_channel(user.pk)]
@@ -190,7 +190,7 @@ def test_a_change_committed_once_the_stream_is_open_reaches_the_page(user, local
         following = loop.create_task(body.__anext__())
         loop.run_until_complete(asyncio.wait_for(watched.waiting.wait(), 30))  # caught up
         task = done_task(user, "m-after-open")
-        assert shutdown.flush()
+        assert flush()
         row = loop.run_until_complete(asyncio.wait_for(following, 30))
     finally:
         if following is not None and not following.done():

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from taskstate import shutdown
 from taskstate.core import conf
 from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
 from taskstate.web.channels import may_read, user_channel
 from tests.conftest import lifecycle_announced
+from tests.support.drain import flush
 from tests.support.writes import write_one
 from tests.testapp import tasks as actors
 
@@ -121,7 +121,6 @@ def test_tasks_without_user_publish_nothing(run_all, capture_events, user):
 
 
 def test_seen_task_is_removed_from_the_page(user, capture_events):
-    from taskstate.shutdown import flush
     from taskstate.web.publish import publish_task
 
     task = write_one(
@@ -153,12 +152,12 @@ def test_publishing_failure_is_logged_once_and_never_raises(user, monkeypatch, c
     publish._down.clear()
     for _ in range(3):
         publish.publish_removed(user.pk, [1])
-    shutdown.flush()
+    flush()
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1
     monkeypatch.undo()
     publish.publish_removed(user.pk, [1])
-    shutdown.flush()
+    flush()
     assert "works again" in caplog.text
 
 

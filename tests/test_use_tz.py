@@ -12,11 +12,11 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
-from taskstate import shutdown
 from taskstate.core.models import Status, Task
 from taskstate.web.publish import render_row
 from taskstate.web.task_json import task_json
 from taskstate.worker.writer import cancels, writer
+from tests.support.drain import flush
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,7 +29,7 @@ def _reconnect() -> None:
     # connections. Each connection keeps the time zone it was opened with, and each
     # thread's wrapper the zone it worked out (Django resets the test thread's alone):
     # everything is closed and forgotten, so that every thread opens anew.
-    shutdown.flush(10)  # rows rendered while the settings hold
+    flush(10)  # rows rendered while the settings hold
     writer.release()
     cancels.close()
     connections.close_all()

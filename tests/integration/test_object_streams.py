@@ -115,7 +115,7 @@ def test_a_task_about_an_object_reaches_its_viewers_and_no_one_else(
         # so once B's event arrived A's had its chance to cross.
         out = site_b.run(
             "from django.contrib.auth.models import Group; from tests.testapp import tasks; "
-            "from taskstate.shutdown import flush; from taskstate.core.models import Task; "
+            "from tests.support.drain import flush; from taskstate.core.models import Task; "
             f"m = tasks.noop.send(for_state={{'user_pk': {people.owner.pk}, "
             f"'object': Group.objects.get(pk={team})}}); flush(); "
             "import time\n"

@@ -35,9 +35,9 @@ import pytest
 from django.db import connections
 from django.test import Client
 
-from taskstate import shutdown
 from taskstate.core.models import Status, Task
 from taskstate.web.channels import user_channel
+from tests.support.drain import flush
 from tests.support.processes import Process, free_port, start_uvicorn, start_worker
 from tests.support.pushpin import SIG_ISS, PushpinProcess, grip_last, start_pushpin
 from tests.support.sse import Frame, assert_each_hears_only_their_own, session_cookie
@@ -210,7 +210,7 @@ def publishing_to(grip_url: str, settings, monkeypatch) -> Iterator[None]:
         yield
     finally:
         # Let taskstate's courier hand over, and the publisher deliver, what is queued.
-        shutdown.flush()
+        flush()
         django_grip.get_pubcontrol().finish()
 
 

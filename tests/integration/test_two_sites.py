@@ -65,7 +65,7 @@ class Site:
     def send(self, user_pk: int, description: str) -> None:
         """Enqueue a tracked task as this site's code would (its settings, its broker)."""
         self.run(
-            "from tests.testapp import tasks; from taskstate.shutdown import flush; "
+            "from tests.testapp import tasks; from tests.support.drain import flush; "
             f"tasks.noop.send(for_state={{'user_pk': {user_pk}, 'description': {description!r}}}); "
             "flush()"
         )
