@@ -521,19 +521,20 @@ def test_task_asked_to_cancel_and_failed_as_lost_is_kept_for_its_message(retenti
 def test_rows_the_cleanup_deletes_leave_the_pages_of_the_object_they_are_about(
     retention, user, capture_events
 ):
-    from taskstate.web.channels import object_channel, object_json_channel
+    from taskstate.web.channels import object_channels
 
     about = {"object_type": "auth.group", "object_pk": "7"}
     stale = make_task(user=user, status=Status.ENQUEUED, updated_at=ago(600), **about)
     unseen_old = make_task(user=user, finished_at=ago(2000), **about)
-    capture = capture_events(object_channel(**about), object_json_channel(**about))
+    html_channel, json_channel = object_channels(**about)
+    capture = capture_events(html_channel, json_channel)
 
     cleanup()
 
     events = capture.events()
-    html = "".join(data for channel, _, data in events if channel == object_channel(**about))
+    html = "".join(data for channel, _, data in events if channel == html_channel)
     for task in (stale, unseen_old):
         assert f'hx-target="#taskstate-task-{task.pk}" hx-swap="delete"' in html
-    as_json = [data for channel, _, data in events if channel == object_json_channel(**about)]
+    as_json = [data for channel, _, data in events if channel == json_channel]
     removed_ids = {pk for data in as_json for pk in json.loads(data)["ids"]}
     assert removed_ids == {stale.pk, unseen_old.pk}

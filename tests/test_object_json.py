@@ -25,8 +25,7 @@ from taskstate.web.channels import (
     admit,
     json_channel,
     may_read,
-    object_channel,
-    object_json_channel,
+    object_channels,
     user_channel,
 )
 from taskstate.web.publish import on_progress_committed, publish_object_change
@@ -45,9 +44,7 @@ RETRYABLE = {"actor_name": "noop", "args": [], "kwargs": {}}
 
 def channels_of(team: Group) -> tuple[str, str]:
     """The object's HTML channel and its JSON channel."""
-    return object_channel("auth.group", str(team.pk)), object_json_channel(
-        "auth.group", str(team.pk)
-    )
+    return object_channels("auth.group", str(team.pk))
 
 
 def json_events(events: list[tuple[str, str, str]], channel: str) -> list[tuple[str, Any]]:
@@ -290,7 +287,7 @@ def test_a_task_about_no_object_stays_its_owners_alone_in_json(user, controller)
 def test_the_objects_json_channel_sits_beside_its_html_channel(settings, viewer, team):
     html, as_json = channels_of(team)
     assert as_json.startswith(conf.CHANNEL_PREFIX)
-    assert as_json not in (html, object_json_channel("auth.group", str(team.pk + 1)))
+    assert as_json not in (html, object_channels("auth.group", str(team.pk + 1))[1])
     assert as_json not in (user_channel(viewer.pk), json_channel(viewer.pk))
     manager = TaskstateChannelManager()
     assert not manager.can_read_channel(viewer, as_json)  # another door: not admitted
@@ -299,7 +296,7 @@ def test_the_objects_json_channel_sits_beside_its_html_channel(settings, viewer,
     admit(viewer, as_json)
     assert manager.can_read_channel(viewer, as_json)
     settings.TASKSTATE = {**settings.TASKSTATE, "CHANNEL_NAMESPACE": "another-site"}
-    assert object_json_channel("auth.group", str(team.pk)) != as_json
+    assert object_channels("auth.group", str(team.pk))[1] != as_json
     assert not may_read(viewer, as_json)  # this site's reader, the other site's name
 
 

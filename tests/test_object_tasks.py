@@ -26,7 +26,7 @@ from taskstate.web.channels import (
     TaskstateChannelManager,
     admit,
     may_read,
-    object_channel,
+    object_channels,
     object_of_token,
     object_token,
     user_channel,
@@ -271,16 +271,16 @@ def test_a_task_about_no_object_stays_its_owners_alone(user, controller):
 
 
 def test_the_objects_channel_is_the_sites_and_only_the_events_view_opens_it(settings, viewer, team):
-    channel = object_channel("auth.group", str(team.pk))
+    channel = object_channels("auth.group", str(team.pk))[0]
     assert channel.startswith(conf.CHANNEL_PREFIX)
-    assert channel != object_channel("auth.group", str(team.pk + 1))
+    assert channel != object_channels("auth.group", str(team.pk + 1))[0]
     assert channel != user_channel(viewer.pk)
     manager = TaskstateChannelManager()
     assert not manager.can_read_channel(viewer, channel)  # another door: not admitted
     admit(viewer, channel)
     assert manager.can_read_channel(viewer, channel)
     settings.TASKSTATE = {**settings.TASKSTATE, "CHANNEL_NAMESPACE": "another-site"}
-    theirs = object_channel("auth.group", str(team.pk))
+    theirs = object_channels("auth.group", str(team.pk))[0]
     assert theirs != channel
     assert not may_read(viewer, channel)  # this site's reader, the other site's name
 
@@ -288,7 +288,7 @@ def test_the_objects_channel_is_the_sites_and_only_the_events_view_opens_it(sett
 def test_a_change_tells_the_objects_channel_and_the_owners_gets_the_row(
     run_all, user, team, capture_events
 ):
-    channel = object_channel("auth.group", str(team.pk))
+    channel = object_channels("auth.group", str(team.pk))[0]
     capture = capture_events(channel, user_channel(user.pk))
     message = actors.noop.send(for_state={"user_pk": user.pk, "object": team})
     run_all()
@@ -301,7 +301,7 @@ def test_a_change_tells_the_objects_channel_and_the_owners_gets_the_row(
 
 
 def test_a_running_tasks_progress_reaches_its_objects_pages(user, team, capture_events):
-    channel = object_channel("auth.group", str(team.pk))
+    channel = object_channels("auth.group", str(team.pk))[0]
     capture = capture_events(channel)
     running = about(team, owner=user, status=Status.RUNNING)
     publish_object_change(running)  # its start, as the worker announces it
@@ -318,7 +318,7 @@ def test_a_running_tasks_progress_reaches_its_objects_pages(user, team, capture_
 
 
 def test_a_task_about_no_object_tells_no_object_channel(user, team, capture_events):
-    capture = capture_events(object_channel("auth.group", str(team.pk)))
+    capture = capture_events(object_channels("auth.group", str(team.pk))[0])
     publish_object_change(Task.objects.create(message_id="plain", actor_name="a", user=user))
     assert capture.events() == []
 

@@ -522,9 +522,9 @@ def object_events_url(team) -> str:
 
 
 def team_channel(team) -> str:
-    from taskstate.web.channels import object_channel
+    from taskstate.web.channels import object_channels
 
-    return object_channel("auth.group", str(team.pk))
+    return object_channels("auth.group", str(team.pk))[0]
 
 
 def set_view_permission(user, granted: bool) -> None:
@@ -601,11 +601,11 @@ def test_an_objects_next_link_naming_another_channel_is_refused(grip, user, team
 def test_an_objects_json_stream_through_grip_is_held_and_refreshed_on_its_json_channel_only(
     grip, user, other_user, team
 ):
-    from taskstate.web.channels import object_json_channel, object_token
+    from taskstate.web.channels import object_channels, object_token
 
     set_view_permission(user, True)
     url = f"/taskstate/object/{object_token('auth.group', str(team.pk))}/json/events/"
-    json_channel_of_team = object_json_channel("auth.group", str(team.pk))
+    json_channel_of_team = object_channels("auth.group", str(team.pk))[1]
     opened = logged_in(user).get(url, HTTP_GRIP_SIG=grip_sig())
     hold = Hold.of(opened)
     assert f"events-{json_channel_of_team}" in opened["Grip-Channel"]

@@ -66,14 +66,6 @@ def own_channels(user_pk: Any) -> tuple[str, str]:
     return user_channel(user_pk), json_channel(user_pk)
 
 
-def object_channel(object_type: str, object_pk: str) -> str:
-    return object_channels(object_type, object_pk)[0]
-
-
-def object_json_channel(object_type: str, object_pk: str) -> str:
-    return object_channels(object_type, object_pk)[1]
-
-
 def object_channels(object_type: str, object_pk: str) -> tuple[str, str]:
     """The object's channel and its JSON channel: an HMAC of the object (any pk makes a
     valid name, and the name tells nothing of the object)."""

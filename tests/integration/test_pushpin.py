@@ -569,7 +569,7 @@ def test_an_objects_stream_through_pushpin_reaches_a_viewer_until_the_permission
     another user); once the viewer loses the permission, Pushpin's refresh is refused."""
     from django.contrib.auth.models import Group, Permission
 
-    from taskstate.web.channels import object_channel, object_token
+    from taskstate.web.channels import object_channels, object_token
     from taskstate.web.publish import OBJECT_CHANGED_EVENT
     from tests.support.faults import wait_for
 
@@ -583,7 +583,7 @@ def test_an_objects_stream_through_pushpin_reaches_a_viewer_until_the_permission
     stream = streams(f"{stack.url}{path}", user)
     assert stream.status == 200
     stream.wait_for(lambda f: f.event == "stream-open")
-    assert stack.held(object_channel("auth.group", str(team.pk))) == 1
+    assert stack.held(object_channels("auth.group", str(team.pk))[0]) == 1
     message = actors.noop.send(
         for_state={"user_pk": other_user.pk, "description": "team import", "object": team}
     )
@@ -605,7 +605,7 @@ def test_an_objects_json_stream_through_pushpin_gets_its_changes_as_json(
 
     from django.contrib.auth.models import Group, Permission
 
-    from taskstate.web.channels import object_channel, object_json_channel, object_token
+    from taskstate.web.channels import object_channels, object_token
     from tests.support.faults import wait_for
     from tests.test_task_json import validate
 
@@ -616,8 +616,8 @@ def test_an_objects_json_stream_through_pushpin_gets_its_changes_as_json(
     stream = streams(f"{stack.url}{path}", user)
     assert stream.status == 200
     stream.wait_for(lambda f: f.event == "stream-open")
-    assert stack.held(object_json_channel("auth.group", str(team.pk))) == 1
-    html = rf"channel=events-{re.escape(object_channel('auth.group', str(team.pk)))}$"
+    assert stack.held(object_channels("auth.group", str(team.pk))[1]) == 1
+    html = rf"channel=events-{re.escape(object_channels('auth.group', str(team.pk))[0])}$"
     assert not [line for line in stack.lines() if re.search(html, line)]
     message = actors.noop.send(for_state={"user_pk": other_user.pk, "object": team})
     task = wait_for(
