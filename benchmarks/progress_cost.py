@@ -41,6 +41,7 @@ def main() -> None:
     from taskstate.core import transitions
     from taskstate.core.for_state import Origin, TaskIdentity
     from taskstate.core.models import Status, Task
+    from taskstate.core.states import running_order
     from taskstate.worker.tracking import MessageRun, _current
     from taskstate.worker.writer import cancels, writer
 
@@ -51,9 +52,7 @@ def main() -> None:
     origin = Origin(
         "bench-progress", "bench", "default", timezone.now(), TaskIdentity(None, "bench", "", "")
     )
-    running = transitions.Change(
-        origin, Status.RUNNING, transitions.running_order(1), {"attempts": 1}
-    )
+    running = transitions.Change(origin, Status.RUNNING, running_order(1), {"attempts": 1})
     transitions.write_batch([running])
     # The process knows the cancel requests, as after a message's start (CancelWatch).
     cancels.refresh()

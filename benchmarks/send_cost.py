@@ -193,6 +193,7 @@ def statement_apart(sends: int, rounds: int) -> None:
     from taskstate.core import transitions as t
     from taskstate.core.bounds import server_bounds
     from taskstate.core.models import Task
+    from taskstate.core.states import ENQUEUED_ORDER, Status
     from taskstate.worker import middleware
 
     connection = connections["default"]
@@ -211,7 +212,7 @@ def statement_apart(sends: int, rounds: int) -> None:
             options={},
         )
         origin = middleware._origin(message, for_state, warn=False)
-        change = t.Change(origin, t.Status.ENQUEUED, t.ENQUEUED_ORDER, {})
+        change = t.Change(origin, Status.ENQUEUED, ENQUEUED_ORDER, {})
         values = t._batch_values(change, timezone.now())
         row = t._row(change.origin, values, t._stored_defaults())
         return t._batch_sql(connection, [row], list(values), ())

@@ -125,13 +125,8 @@ class Publisher:
             from taskstate.core.for_state import Origin, TaskIdentity
             from taskstate.core.models import Status
             from taskstate.core.signals import announce
-            from taskstate.core.transitions import (
-                ENQUEUED_ORDER,
-                TERMINAL_ORDER,
-                Change,
-                running_order,
-                write_batch,
-            )
+            from taskstate.core.states import ENQUEUED_ORDER, TERMINAL_ORDER, running_order
+            from taskstate.core.transitions import Change, write_batch
             from taskstate.web.channels import user_channel
 
             rng = random.Random(f"{self.token}-{base}-{k}")

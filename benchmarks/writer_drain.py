@@ -46,6 +46,7 @@ def main() -> None:
     from taskstate.core import transitions as t
     from taskstate.core.for_state import Origin, TaskIdentity
     from taskstate.core.models import Status, Task
+    from taskstate.core.states import TERMINAL_ORDER
     from taskstate.worker.writer import writer
     from tests.support.drain import flush
 
@@ -111,7 +112,7 @@ def main() -> None:
                     user_pk=user.pk, description="drain", app_name="", model_name=""
                 ),
             )
-            writer.submit(t.Change(origin, Status.DONE, t.TERMINAL_ORDER, dict(values)))
+            writer.submit(t.Change(origin, Status.DONE, TERMINAL_ORDER, dict(values)))
         spent.clear()
         calls.clear()
         start = time.perf_counter()

@@ -18,10 +18,10 @@ import pytest
 from django.db import connection
 
 from taskstate.core import conf
-from taskstate.core import transitions as t
 from taskstate.core.group_refresh import GroupRefresher
 from taskstate.core.groups import refresh_group
 from taskstate.core.models import Kind, Status, Task
+from taskstate.core.states import ENQUEUED_ORDER
 from tests.support.factories import make_task
 from tests.support.processes import passes_in_forked_child
 from tests.support.writes import progress_one, write_one
@@ -82,7 +82,7 @@ def test_write_waiting_for_a_locked_row_gives_up_and_leaves_the_connection_usabl
 def test_statement_timeout_bounds_our_statement_only(monkeypatch):
     monkeypatch.setattr(conf, "DB_STATEMENT_TIMEOUT", 0.05)
     # The project's own slow query on the same connection is not bound by our setting.
-    write_one(origin(), Status.ENQUEUED, t.ENQUEUED_ORDER, {})
+    write_one(origin(), Status.ENQUEUED, ENQUEUED_ORDER, {})
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_sleep(0.2)")
     assert Task.objects.get().status == Status.ENQUEUED

@@ -19,7 +19,13 @@ from taskstate.core import conf, states
 from taskstate.core import transitions as t
 from taskstate.core.control import RETRY_OF_OPTION
 from taskstate.core.models import Status, Task
-from taskstate.core.states import TERMINAL_ORDER, cancelling_order
+from taskstate.core.states import (
+    DELAYED_ORDER,
+    ENQUEUED_ORDER,
+    TERMINAL_ORDER,
+    cancelling_order,
+    running_order,
+)
 from taskstate.testing import settle
 from taskstate.worker.middleware import StateMiddleware
 from taskstate.worker.writer import cancels
@@ -116,7 +122,7 @@ def test_cancel_before_start_reads_cancelling_then_ends_cancelled_and_the_body_n
 
     assert response.status_code == 200
     task = row(message)
-    assert (task.status, task.state_order) == (Status.ENQUEUED, t.ENQUEUED_ORDER)
+    assert (task.status, task.state_order) == (Status.ENQUEUED, ENQUEUED_ORDER)
     assert task.is_cancelling and task.finished_at is None
     body = response.content.decode()
     assert f'id="taskstate-task-{task.pk}"' in body and "Cancelling" in body
@@ -399,7 +405,7 @@ def _origin(message_id: str, user: Any) -> Any:
 
 def test_a_cancel_after_done_changes_nothing(user):
     origin = _origin("race-done-first", user)
-    write_one(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
+    write_one(origin, Status.ENQUEUED, ENQUEUED_ORDER, {})
     write_one(origin, Status.DONE, TERMINAL_ORDER, {})
     task = Task.objects.get(message_id=origin.message_id)
     assert not t.request_cancel(task.pk)
@@ -413,7 +419,7 @@ def _scheduled_ahead(origin: Any) -> Task:
     from django.utils import timezone
 
     due = timezone.now() + timedelta(hours=1)
-    write_one(origin, Status.DELAYED, t.DELAYED_ORDER, {"due_at": due})
+    write_one(origin, Status.DELAYED, DELAYED_ORDER, {"due_at": due})
     return Task.objects.get(message_id=origin.message_id)
 
 
@@ -422,7 +428,7 @@ def test_done_after_a_cancel_of_a_task_scheduled_ahead_is_refused(user):
     task = _scheduled_ahead(origin)
     assert t.request_cancel(task.pk)
     assert write_one(origin, Status.DONE, TERMINAL_ORDER, {}) is None
-    assert write_one(origin, Status.RUNNING, t.running_order(1), {}) is None
+    assert write_one(origin, Status.RUNNING, running_order(1), {}) is None
     task.refresh_from_db()
     assert task.status == Status.CANCELLED
 
@@ -431,17 +437,17 @@ def test_a_queued_task_is_not_ended_by_its_cancel_request(user):
     # Only the worker knows whether its body started: a request leaves the row queued
     # (asked), and what the worker then writes lands.
     origin = _origin("race-queued", user)
-    write_one(origin, Status.ENQUEUED, t.ENQUEUED_ORDER, {})
+    write_one(origin, Status.ENQUEUED, ENQUEUED_ORDER, {})
     task = Task.objects.get(message_id=origin.message_id)
     assert t.request_cancel(task.pk)
     task.refresh_from_db()
     assert (task.status, task.state_order, task.finished_at) == (
         Status.ENQUEUED,
-        t.ENQUEUED_ORDER,
+        ENQUEUED_ORDER,
         None,
     )
     assert task.is_cancelling
-    written = write_one(origin, Status.RUNNING, t.running_order(1), {})
+    written = write_one(origin, Status.RUNNING, running_order(1), {})
     assert written is not None and written.cancel_requested_at is not None
     assert write_one(origin, Status.DONE, TERMINAL_ORDER, {}) is not None
 
@@ -449,7 +455,7 @@ def test_a_queued_task_is_not_ended_by_its_cancel_request(user):
 def test_done_after_a_cancel_request_of_a_running_task_lands(user):
     # A running task asked to cancel that finishes first: its own end is the first end.
     origin = _origin("race-running", user)
-    write_one(origin, Status.RUNNING, t.running_order(1), {"attempts": 1})
+    write_one(origin, Status.RUNNING, running_order(1), {"attempts": 1})
     task = Task.objects.get(message_id=origin.message_id)
     assert t.request_cancel(task.pk)
     assert not t.request_cancel(task.pk)  # asked once

@@ -16,7 +16,7 @@ from django.db import connection, transaction
 
 from taskstate.core import conf
 from taskstate.core import transitions as t
-from taskstate.core.states import Status
+from taskstate.core.states import TERMINAL_ORDER, Status, retrying_order, running_order
 from taskstate.worker.writer import writer
 from tests.test_transitions import origin
 from tests.testapp import tasks
@@ -76,12 +76,12 @@ def test_the_rows_of_a_transactions_sends_are_written_at_its_commit_without_wait
 
 
 def test_the_writer_waits_for_the_disk_for_a_final_change_only(commits):
-    running = t.Change(origin("m-1"), Status.RUNNING, t.running_order(1), {"attempts": 1})
+    running = t.Change(origin("m-1"), Status.RUNNING, running_order(1), {"attempts": 1})
     assert writer.submit(running)
     assert writer.flush(10)
     assert _read(commits) == [("m-1", "running", "off")]
 
-    done = t.Change(origin("m-1"), Status.DONE, t.TERMINAL_ORDER, {"attempts": 1})
+    done = t.Change(origin("m-1"), Status.DONE, TERMINAL_ORDER, {"attempts": 1})
     assert writer.submit(done, final=True)
     assert writer.flush(10)
     assert _read(commits)[-1] == ("m-1", "done", "on")
@@ -90,13 +90,13 @@ def test_the_writer_waits_for_the_disk_for_a_final_change_only(commits):
 def test_one_setting_holds_for_every_row_of_a_batchs_transaction(commits):
     t.write_batch(
         [
-            t.Change(origin("m-1"), Status.RUNNING, t.running_order(1), {"attempts": 1}),
-            t.Change(origin("m-2"), Status.FAILED, t.TERMINAL_ORDER, {"attempts": 1}),
+            t.Change(origin("m-1"), Status.RUNNING, running_order(1), {"attempts": 1}),
+            t.Change(origin("m-2"), Status.FAILED, TERMINAL_ORDER, {"attempts": 1}),
         ],
         durable=True,
     )
     t.write_batch(
-        [t.Change(origin("m-3"), Status.RUNNING, t.running_order(1), {"attempts": 1})],
+        [t.Change(origin("m-3"), Status.RUNNING, running_order(1), {"attempts": 1})],
         durable=False,
     )
     assert sorted(_read(commits)) == [
@@ -117,8 +117,8 @@ def test_a_final_change_merged_into_the_next_attempts_running_still_waits(commit
     # Attempt 1's retrying (its ack waits) and attempt 2's running meet in the queue: one
     # change, whose order is running's, still written as the final change it holds.
     monkeypatch.setattr(conf, "WRITE_MAX_DELAY", 60)
-    retrying = t.Change(origin("m-1"), Status.RETRYING, t.retrying_order(1), {"attempts": 1})
-    running = t.Change(origin("m-1"), Status.RUNNING, t.running_order(2), {"attempts": 2})
+    retrying = t.Change(origin("m-1"), Status.RETRYING, retrying_order(1), {"attempts": 1})
+    running = t.Change(origin("m-1"), Status.RUNNING, running_order(2), {"attempts": 2})
     assert writer.submit(retrying, final=True)
     assert writer.submit(running)
     assert writer.flush(10)

@@ -198,15 +198,15 @@ _counter = iter(range(10**9))
 def test_fuzzed_for_state_always_gets_a_row(for_state, caplog):
     from django.utils import timezone
 
-    from taskstate.core import transitions
     from taskstate.core.for_state import Origin
+    from taskstate.core.states import ENQUEUED_ORDER
 
     kwargs = {"for_state": for_state}
     make_encodable(kwargs, "fuzz")
     identity = parse_for_state(kwargs["for_state"], "fuzz", warn=False)
     message_id = f"fuzz-{next(_counter)}"
     origin = Origin(message_id, "fuzz", "default", timezone.now(), identity)
-    task = write_one(origin, Status.ENQUEUED, transitions.ENQUEUED_ORDER, {})
+    task = write_one(origin, Status.ENQUEUED, ENQUEUED_ORDER, {})
     assert task is not None, caplog.text
     stored = Task.objects.get(message_id=message_id)
     assert "\x00" not in stored.description

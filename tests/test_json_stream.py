@@ -9,9 +9,9 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.urls import reverse
 from django.utils import timezone
 
-from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
+from taskstate.core.states import TERMINAL_ORDER
 from taskstate.web.channels import admit, json_channel, user_channel
 from tests.conftest import lifecycle_announced
 from tests.support.drain import flush
@@ -96,7 +96,7 @@ def test_a_seen_task_goes_as_a_removal(user, capture_events):
             "m-json-seen", "export", "default", timezone.now(), TaskIdentity(user.pk, "", "", "")
         ),
         Status.DONE,
-        t.TERMINAL_ORDER,
+        TERMINAL_ORDER,
         {},
     )
     assert task is not None

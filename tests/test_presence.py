@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
 from taskstate.core.signals import Bar
+from taskstate.core.states import TERMINAL_ORDER
 from taskstate.web import presence
 from taskstate.web import publish as pub
 from taskstate.web.channels import admit, json_channel, user_channel
@@ -61,7 +61,7 @@ def done_task(user: Any, message_id: str) -> Task:
     task = write_one(
         Origin(message_id, "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
         Status.DONE,
-        t.TERMINAL_ORDER,
+        TERMINAL_ORDER,
         {},
     )
     assert task is not None

@@ -10,9 +10,9 @@ import pytest
 from django.utils import timezone
 
 from taskstate.core import conf
-from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
+from taskstate.core.states import TERMINAL_ORDER
 from taskstate.web.channels import may_read, user_channel
 from tests.conftest import lifecycle_announced
 from tests.support.drain import flush
@@ -126,7 +126,7 @@ def test_seen_task_is_removed_from_the_page(user, capture_events):
     task = write_one(
         Origin("m-seen", "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
         Status.DONE,
-        t.TERMINAL_ORDER,
+        TERMINAL_ORDER,
         {},
     )
     assert task is not None

@@ -19,6 +19,7 @@ from taskstate.core import conf
 from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
+from taskstate.core.states import TERMINAL_ORDER, running_order
 from taskstate.worker.tracking import MessageRun, _current, current_run, held_back, progress, track
 from taskstate.worker.writer import cancels, writer
 
@@ -67,7 +68,7 @@ def task() -> Task:
         message_id=MESSAGE_ID,
         actor_name="export",
         status=Status.RUNNING,
-        state_order=t.running_order(1),
+        state_order=running_order(1),
         attempts=1,
         started_at=timezone.now(),
     )
@@ -221,7 +222,7 @@ def test_long_message_is_cut_to_the_column_length(run):
 
 def test_report_for_another_attempt_changes_nothing(task, clock):
     # The row belongs to a later attempt (a redelivery); this run is a leftover.
-    Task.objects.filter(pk=task.pk).update(attempts=2, progress=5, state_order=t.running_order(2))
+    Task.objects.filter(pk=task.pk).update(attempts=2, progress=5, state_order=running_order(2))
     stale = make_run(interval=0, attempt=1)
     token = _current.set(stale)
     try:
@@ -235,7 +236,7 @@ def test_report_for_another_attempt_changes_nothing(task, clock):
 
 def test_report_after_the_task_finished_changes_nothing(run, task):
     Task.objects.filter(pk=task.pk).update(
-        status=Status.DONE, progress=100, state_order=t.TERMINAL_ORDER
+        status=Status.DONE, progress=100, state_order=TERMINAL_ORDER
     )
     progress(50, message="late")
     assert row() == (100, "")

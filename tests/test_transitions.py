@@ -10,6 +10,7 @@ import pytest
 from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
+from taskstate.core.states import ENQUEUED_ORDER, TERMINAL_ORDER, retrying_order, running_order
 from taskstate.core.values import MAX_DEPTH
 from tests.support.writes import progress_one, write_one
 
@@ -28,9 +29,9 @@ def origin(message_id: str = "m-1", user_pk=None, description: str = "Export") -
 
 # Each step: (status, order, values)
 STEPS = {
-    "enqueued": (Status.ENQUEUED, t.ENQUEUED_ORDER, {}),
-    "running": (Status.RUNNING, t.running_order(1), {"attempts": 1}),
-    "done": (Status.DONE, t.TERMINAL_ORDER, {"progress": 100, "attempts": 1}),
+    "enqueued": (Status.ENQUEUED, ENQUEUED_ORDER, {}),
+    "running": (Status.RUNNING, running_order(1), {"attempts": 1}),
+    "done": (Status.DONE, TERMINAL_ORDER, {"progress": 100, "attempts": 1}),
 }
 
 
@@ -63,7 +64,7 @@ def test_running_after_done_is_refused():
 
 def test_terminal_state_is_final_even_for_another_terminal_write():
     apply("done")
-    assert write_one(origin(), Status.FAILED, t.TERMINAL_ORDER, {}) is None
+    assert write_one(origin(), Status.FAILED, TERMINAL_ORDER, {}) is None
     assert Task.objects.get().status == Status.DONE
 
 
@@ -71,7 +72,7 @@ def test_redelivered_attempt_may_run_again_but_keeps_first_start():
     first = write_one(
         origin(),
         Status.RUNNING,
-        t.running_order(1),
+        running_order(1),
         {"attempts": 1, "started_at": datetime(2029, 1, 1, tzinfo=timezone.utc)},
         keep=("started_at",),
     )
@@ -79,7 +80,7 @@ def test_redelivered_attempt_may_run_again_but_keeps_first_start():
     again = write_one(
         origin(),
         Status.RUNNING,
-        t.running_order(1),
+        running_order(1),
         {"attempts": 1, "started_at": datetime(2030, 1, 1, tzinfo=timezone.utc)},
         keep=("started_at",),
     )
@@ -88,12 +89,12 @@ def test_redelivered_attempt_may_run_again_but_keeps_first_start():
 
 
 def test_retrying_sits_between_two_attempts():
-    write_one(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1})
-    write_one(origin(), Status.RETRYING, t.retrying_order(1), {"error_type": "ValueError"})
+    write_one(origin(), Status.RUNNING, running_order(1), {"attempts": 1})
+    write_one(origin(), Status.RETRYING, retrying_order(1), {"error_type": "ValueError"})
     # A stale "running" of attempt 1 (a duplicate delivery) cannot undo the retry...
-    assert write_one(origin(), Status.RUNNING, t.running_order(1), {"attempts": 1}) is None
+    assert write_one(origin(), Status.RUNNING, running_order(1), {"attempts": 1}) is None
     # ...but attempt 2 starts.
-    task = write_one(origin(), Status.RUNNING, t.running_order(2), {"attempts": 2})
+    task = write_one(origin(), Status.RUNNING, running_order(2), {"attempts": 2})
     assert task is not None and task.status == Status.RUNNING and task.attempts == 2
     assert task.error_type == "ValueError"
 
@@ -140,7 +141,7 @@ def test_a_failed_write_is_logged_and_returns_none(caplog, monkeypatch):
 
 
 def test_a_progress_report_lands_only_on_the_running_attempt():
-    write_one(origin(), Status.RUNNING, t.running_order(2), {"attempts": 2})
+    write_one(origin(), Status.RUNNING, running_order(2), {"attempts": 2})
     assert progress_one(origin(), 1, 50, "old attempt") is None
     assert progress_one(origin(), 2, 60, "now") is not None
     task = Task.objects.get()
@@ -197,7 +198,7 @@ def test_a_batch_stores_hostile_values_exactly_as_rows_written_one_by_one(caplog
         return t.Change(
             origin(message_id, description=str(description)),
             Status.DONE,
-            t.TERMINAL_ORDER,
+            TERMINAL_ORDER,
             {"attempts": 1, "progress": 100, **values},
         )
 

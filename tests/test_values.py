@@ -172,10 +172,11 @@ def test_a_value_the_database_refuses_costs_the_value_not_the_status(user, caplo
     from django.db import connection
 
     from taskstate.core import transitions as t
+    from taskstate.core.states import TERMINAL_ORDER
 
     values = {"result": result, "error_message": "kept?", "progress": 100}
     with caplog.at_level(logging.WARNING, logger="taskstate"):
-        task = write_one(_origin("refused", user.pk), Status.DONE, t.TERMINAL_ORDER, values)
+        task = write_one(_origin("refused", user.pk), Status.DONE, TERMINAL_ORDER, values)
     row = Task.objects.get(message_id="refused")
     assert task is not None and task.pk == row.pk
     assert (row.status, row.progress, row.user_id) == (Status.DONE, 100, user.pk)
@@ -188,9 +189,9 @@ def test_a_value_the_database_refuses_costs_the_value_not_the_status(user, caplo
 
 
 def test_progress_message_with_a_lone_surrogate_is_stored_cleaned(user):
-    from taskstate.core import transitions as t
+    from taskstate.core.states import running_order
 
-    write_one(_origin("progress", user.pk), Status.RUNNING, t.running_order(1), {"attempts": 1})
+    write_one(_origin("progress", user.pk), Status.RUNNING, running_order(1), {"attempts": 1})
     assert progress_one(_origin("progress", user.pk), 1, 40, "bad \udcff") is not None
     row = Task.objects.get(message_id="progress")
     assert (row.progress, row.progress_message) == (40, "bad \ufffd")

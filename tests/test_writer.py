@@ -17,6 +17,7 @@ from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
 from taskstate.core.signals import progress_committed, task_changed
+from taskstate.core.states import ENQUEUED_ORDER, TERMINAL_ORDER, retrying_order, running_order
 from taskstate.worker.writer import writer
 from tests.support.factories import make_task
 from tests.support.faults import wait_for
@@ -44,7 +45,7 @@ def running(message_id: str, attempt: int = 1, **values: Any) -> t.Change:
     return t.Change(
         origin(message_id),
         Status.RUNNING,
-        t.running_order(attempt),
+        running_order(attempt),
         {"attempts": attempt, "started_at": SENT, "progress": 0, **values},
         keep=("started_at",),
     )
@@ -54,7 +55,7 @@ def done(message_id: str, **values: Any) -> t.Change:
     return t.Change(
         origin(message_id),
         Status.DONE,
-        t.TERMINAL_ORDER,
+        TERMINAL_ORDER,
         {"attempts": 1, "progress": 100, "finished_at": SENT, **values},
         keep=("started_at",),
     )
@@ -68,7 +69,7 @@ def inserts(count_queries: Any) -> list[str]:
 
 
 def test_a_batch_of_many_messages_is_one_statement_and_returns_each_row(count_queries):
-    write_one(origin("m-old"), Status.DONE, t.TERMINAL_ORDER, {"attempts": 1})
+    write_one(origin("m-old"), Status.DONE, TERMINAL_ORDER, {"attempts": 1})
     count_queries.statements = []
     changes = [running(f"m-{i}") for i in range(5)] + [running("m-old")]
     rows = t.write_batch(changes)
@@ -107,7 +108,7 @@ def test_rows_of_one_batch_keep_their_own_columns_and_take_every_default(django_
                 language=f"l{i}",
             ),
             Status.ENQUEUED,
-            t.ENQUEUED_ORDER,
+            ENQUEUED_ORDER,
             {},
         )
         for i in range(3)
@@ -153,7 +154,7 @@ def test_batch_rows_carry_the_language_and_the_retry_columns(user):
     change = t.Change(
         origin("m-fr", language="fr", user_pk=user.pk),
         Status.RUNNING,
-        t.running_order(1),
+        running_order(1),
         {
             "attempts": 1,
             "started_at": SENT,
@@ -172,7 +173,7 @@ def test_batch_rows_carry_the_language_and_the_retry_columns(user):
     later = t.Change(
         origin("m-fr", language="fr"),
         Status.DONE,
-        t.TERMINAL_ORDER,
+        TERMINAL_ORDER,
         {"attempts": 1, "retry_message": None, "retry_of_id": None},
         keep=("retry_message", "retry_of_id"),
     )
@@ -192,7 +193,7 @@ def test_a_running_change_keeps_the_error_of_the_attempt_before():
     retrying = t.Change(
         origin("m-err"),
         Status.RETRYING,
-        t.retrying_order(1),
+        retrying_order(1),
         {"attempts": 1, "error_type": "ValueError", "error_message": "no", "traceback": "tb"},
     )
     t.write_batch([retrying])
@@ -232,7 +233,7 @@ def test_changes_of_one_message_merge_into_the_furthest_with_the_first_start():
     later = done("m-1", started_at=datetime(2027, 1, 1, tzinfo=timezone.utc))
     later.notify.append(lambda task, written: told.append("done"))
     merged = first.then(later)
-    assert (merged.status, merged.order) == (Status.DONE, t.TERMINAL_ORDER)
+    assert (merged.status, merged.order) == (Status.DONE, TERMINAL_ORDER)
     assert merged.values["started_at"] == SENT  # kept, as COALESCE keeps it
     assert merged.values["progress"] == 100
 

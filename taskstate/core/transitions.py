@@ -45,43 +45,17 @@ from taskstate.core.bounds import bounded, server_bounds
 from taskstate.core.conf import get_settings
 from taskstate.core.for_state import Origin
 from taskstate.core.states import (
-    ABANDONED_ERROR,
     ACTIVE_STATUSES,
-    DELAYED_ORDER,
-    ENQUEUED_ORDER,
     TERMINAL_ORDER,
     Status,
     cancel_at_once_margin,
     cancelling_order,
-    retrying_order,
     running_order,
 )
 from taskstate.core.values import clean_text, text_of
 
 if TYPE_CHECKING:
     from taskstate.core.models import Task
-
-__all__ = [
-    "ABANDONED_ERROR",
-    "DELAYED_ORDER",
-    "ENQUEUED_ORDER",
-    "TERMINAL_ORDER",
-    "Change",
-    "Origin",
-    "Outage",
-    "Status",
-    "cancel_requested",
-    "cancelling_order",
-    "cancels_since",
-    "database_down",
-    "is_running_order",
-    "request_cancel",
-    "request_group_cancel",
-    "retrying_order",
-    "running_order",
-    "waits_for_disk",
-    "write_batch",
-]
 
 logger = logging.getLogger("taskstate")
 

@@ -41,7 +41,14 @@ from taskstate.core.for_state import (
     tracked_for_state,
 )
 from taskstate.core.signals import announce, worker_stopped
-from taskstate.core.states import TERMINAL_ORDER, Status
+from taskstate.core.states import (
+    DELAYED_ORDER,
+    ENQUEUED_ORDER,
+    TERMINAL_ORDER,
+    Status,
+    retrying_order,
+    running_order,
+)
 from taskstate.core.values import UNPRINTABLE, NotStorable, clean_text, exception_facts, json_value
 from taskstate.worker.tracking import Cancelled, MessageRun, _current, held_back, mark_cancelled
 from taskstate.worker.writer import cancels, writer
@@ -104,10 +111,10 @@ class StateMiddleware(Middleware):
         origin = _origin(message, for_state, warn=True)
         values: dict[str, Any] = _control_columns(message, origin)
         if delay is not None or "eta" in message.options:
-            status, order = Status.DELAYED, t.DELAYED_ORDER
+            status, order = Status.DELAYED, DELAYED_ORDER
             values["due_at"] = _due(message)
         else:
-            status, order = Status.ENQUEUED, t.ENQUEUED_ORDER
+            status, order = Status.ENQUEUED, ENQUEUED_ORDER
         # Not queued for the background writer: a page rendered right after send() shows it.
         _sent(t.Change(origin, status, order, values, keep=_CONTROL_KEEP))
 
@@ -148,7 +155,7 @@ class StateMiddleware(Middleware):
             "progress_message": "",
             **_control_columns(message, run.origin),
         }
-        order, keep = t.running_order(attempt), _KEEP + _CONTROL_KEEP
+        order, keep = running_order(attempt), _KEEP + _CONTROL_KEEP
         change = t.Change(run.origin, Status.RUNNING, order, values, keep=keep)
         # Not waited for: a request committed after the watch's read is a running task's
         # cancel, seen when this row comes back or at the next look.
@@ -180,7 +187,7 @@ class StateMiddleware(Middleware):
             run.finished = True
             values = {**_ended(run), **_NO_ERROR, "progress": 100}
             values["result"] = _storable_result(result, run)
-            _write(run.origin, Status.DONE, t.TERMINAL_ORDER, values)
+            _write(run.origin, Status.DONE, TERMINAL_ORDER, values)
             if "pipe_target" in message.options and cancels.requested(run.origin.message_id):
                 # Asked to cancel and ended before it noticed: the pipeline goes no further
                 # (or, with Pipelines after us, its next step is sent and skipped).
@@ -202,7 +209,7 @@ class StateMiddleware(Middleware):
                 _write_cancelled(run)
                 return
         origin = run.origin if run else _origin(message, for_state, warn=False)
-        _write(origin, Status.SKIPPED, t.TERMINAL_ORDER, _ended(run))
+        _write(origin, Status.SKIPPED, TERMINAL_ORDER, _ended(run))
 
     def before_ack(self, broker: Broker, message: MessageProxy) -> None:
         # After every after_process_message: decide, then hold the ack until committed.
@@ -238,7 +245,7 @@ class StateMiddleware(Middleware):
         if retried:
             values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
             values["due_at"] = due_at
-            _write(run.origin, Status.RETRYING, t.retrying_order(run.attempt), values)
+            _write(run.origin, Status.RETRYING, retrying_order(run.attempt), values)
         else:
             self._fail(run.origin, run, message)
 
@@ -265,7 +272,7 @@ class StateMiddleware(Middleware):
 
     def _fail(self, origin: Origin, run: MessageRun | None, message: MessageProxy) -> None:
         values = {**_error(run.exception if run else None, message), **_ended(run)}
-        _write(origin, Status.FAILED, t.TERMINAL_ORDER, values)
+        _write(origin, Status.FAILED, TERMINAL_ORDER, values)
 
     def after_worker_boot(self, broker: Broker, worker: Worker) -> None:
         writer.stopping(False)

@@ -22,7 +22,7 @@ from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
 from taskstate.core.models import Status, Task
-from taskstate.core.transitions import ABANDONED_ERROR
+from taskstate.core.states import ABANDONED_ERROR
 from taskstate.web import eventstream_repair
 from tests.support.faults import (
     PostgresServer,
