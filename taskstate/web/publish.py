@@ -54,6 +54,10 @@ CHANGED_EVENT = "changed"
 OBJECT_CHANGED_EVENT = "taskstate-changed"
 #: Running tasks about an object whose progress this process may publish.
 _OBJECT_BARS_MAX = 10_000
+#: The object channels of each running task about an object, in this process: its
+#: progress is announced with the task's keys alone. Bounded; the oldest go first.
+_object_bars: dict[int, tuple[str, str]] = {}
+_object_bars_lock = threading.Lock()
 
 
 def on_task_committed(sender: Any, *, task: Task, **kwargs: Any) -> None:
@@ -107,7 +111,7 @@ def publish_progress(bar: Bar, user_pk: Any) -> None:
 def publish_object_progress(bar: Bar) -> None:
     """Send a running task's bar to its object's pages too, when this process published
     the task's start (progress is reported where the task runs)."""
-    channels = _object_bars.channels(bar.task_pk)
+    channels = _object_bars.get(bar.task_pk)
     if channels is not None:
         send = _bar(channels, bar)
         courier.submit(send, replaces=("object-progress", bar.task_pk), channel=channels)
@@ -150,7 +154,7 @@ def publish_object_change(task: Task) -> None:
     if not task.object_type:
         return
     html, as_json = channels = object_channels(task.object_type, task.object_pk)
-    _object_bars.follow(task, channels)
+    _follow_bars(task, channels)
     pk = int(task.pk)
 
     def send() -> None:
@@ -163,30 +167,14 @@ def publish_object_change(task: Task) -> None:
     courier.submit(send, replaces=("object-changed", html), channel=channels)
 
 
-class _ObjectBars:
-    """The object channels of each running task about an object, in this process: its
-    progress is announced with the task's keys alone. Bounded; the oldest go first."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._lock = threading.Lock()
-        self._channels: dict[int, tuple[str, str]] = {}
-
-    def follow(self, task: Task, channels: tuple[str, str]) -> None:
-        with self._lock:
-            if task.status != Status.RUNNING:
-                self._channels.pop(task.pk, None)
-                return
-            self._channels[task.pk] = channels
-            while len(self._channels) > self._limit:
-                del self._channels[next(iter(self._channels))]
-
-    def channels(self, task_pk: int) -> tuple[str, str] | None:
-        with self._lock:
-            return self._channels.get(task_pk)
-
-
-_object_bars = _ObjectBars(_OBJECT_BARS_MAX)
+def _follow_bars(task: Task, channels: tuple[str, str]) -> None:
+    with _object_bars_lock:
+        if task.status != Status.RUNNING:
+            _object_bars.pop(task.pk, None)
+            return
+        _object_bars[task.pk] = channels
+        while len(_object_bars) > _OBJECT_BARS_MAX:
+            del _object_bars[next(iter(_object_bars))]
 
 
 def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:
