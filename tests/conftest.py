@@ -179,12 +179,13 @@ def _writer_lets_go_of_the_test_database(request: pytest.FixtureRequest) -> Iter
     from taskstate.web.courier import courier
     from taskstate.web.streams import registry
     from taskstate.worker.writer import cancels
+    from tests.support.drain import stop_checks
 
     cancels.close()
     courier.submit(close_idle_connections)
     background.submit(close_idle_connections)
     assert courier.flush(10) and background.flush(10)
-    registry.stop_checks()
+    stop_checks(registry)
     # And those of threads a test ran and that ended (asyncio.to_thread): unreachable now,
     # closed when collected.
     gc.collect()

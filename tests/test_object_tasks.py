@@ -33,6 +33,7 @@ from taskstate.web.channels import (
 )
 from taskstate.web.publish import OBJECT_CHANGED_EVENT, on_progress_committed, publish_object_change
 from tests.conftest import with_perm
+from tests.support.drain import stop_checks
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -413,7 +414,7 @@ def test_a_viewer_who_loses_the_permission_stops_receiving_at_the_next_check(
     try:
         closing = asyncio.run(scenario())
     finally:
-        streams.registry.stop_checks()
+        stop_checks(streams.registry)
     assert '"forbidden"' in closing and "may no longer see" in closing
 
 

@@ -22,6 +22,7 @@ from django.test import Client
 
 from taskstate.core import conf
 from taskstate.web.channels import user_channel
+from tests.support.drain import stop_checks
 from tests.support.pushpin import grip_last
 
 pytestmark = pytest.mark.django_db
@@ -348,7 +349,7 @@ def test_the_session_check_keeps_its_database_connection_between_runs(django_use
         assert len(opened) == 2
     finally:
         connection_created.disconnect(count)
-        registry.stop_checks()
+        stop_checks(registry)
 
 
 # Session engines that keep no database table: the stream reference and the session check
@@ -442,7 +443,7 @@ def test_a_session_check_the_database_fails_is_logged_once_and_streams_end_once_
         with caplog.at_level(logging.INFO, logger="taskstate"):
             asyncio.run(scenario())
     finally:
-        registry.stop_checks()
+        stop_checks(registry)
         tables = connection.introspection.table_names()
         if "django_session_away" in tables:
             rename("django_session_away", "django_session")

@@ -391,13 +391,6 @@ class Registry:
         connection from one check to the next."""
         return self._check_executor().submit(_checked, pairs)
 
-    def stop_checks(self) -> None:
-        with self._lock:
-            executor, self._checker = self._checker, None
-        if executor is not None:
-            executor.submit(close_idle_connections).result()
-            executor.shutdown()
-
     async def _watch(self) -> None:
         # A check holds the GIL, and so the event loop serving the streams, while it reads
         # (~100 ms for a thousand sessions): a round of STREAM_CHECK_INTERVAL checks its
