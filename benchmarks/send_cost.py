@@ -24,7 +24,7 @@ commit's flush waits its turn.
 
 ``--statement`` times the sender's statement (built as ``write_batch`` builds it) sent
 through a psycopg connection of its own, with no Django and no Python around it: as
-sent, then without each of its parts (the timeouts prefix, ``RETURNING`` every column,
+sent, then without each of its parts (the timeouts prefix, ``RETURNING`` the key and links,
 the owner, whose foreign key the database checks at commit), and a one-column insert
 into a table with no index beside the primary key: the floor for one round trip and a
 commit on this machine.
@@ -215,7 +215,7 @@ def statement_apart(sends: int, rounds: int) -> None:
         change = t.Change(origin, Status.ENQUEUED, ENQUEUED_ORDER, {})
         values = t._batch_values(change, timezone.now())
         row = t._row(change.origin, values, t._stored_defaults())
-        return t._batch_sql(connection, [row], list(values), ())
+        return t._batch_sql(connection, [row], list(values), (), fresh=True)
 
     db = connection.settings_dict
     raw = psycopg.connect(

@@ -10,7 +10,13 @@ import pytest
 from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
-from taskstate.core.states import ENQUEUED_ORDER, TERMINAL_ORDER, retrying_order, running_order
+from taskstate.core.states import (
+    DELAYED_ORDER,
+    ENQUEUED_ORDER,
+    TERMINAL_ORDER,
+    retrying_order,
+    running_order,
+)
 from taskstate.core.values import MAX_DEPTH
 from tests.support.writes import progress_one, write_one
 
@@ -231,3 +237,66 @@ def test_a_batch_stores_hostile_values_exactly_as_rows_written_one_by_one(caplog
     rows = Task.objects.filter(result__isnull=True)
     assert rows.filter(message_id__startswith="m-batch").count() == without
     assert rows.filter(message_id__startswith="m-alone").count() == without
+
+
+def _sent_origin(message_id: str, user_pk: object, description: str, **identity: str) -> Origin:
+    return Origin(
+        message_id=message_id,
+        actor_name="export \ud800\x00" + "a" * 300,
+        queue_name="default",
+        sent_at=datetime(2026, 1, 1, 8, 30, 0, 123456, tzinfo=timezone.utc),
+        identity=TaskIdentity(
+            user_pk=user_pk, description=description, app_name="", model_name="", **identity
+        ),
+        language="pt-br\x00" + "x" * 40,
+    )
+
+
+def _stored_as_returned(returned: Task | None) -> None:
+    assert returned is not None
+    stored = Task.objects.get(message_id=returned.message_id)
+    for field in Task._meta.concrete_fields:
+        assert getattr(returned, field.attname) == getattr(stored, field.attname), field.attname
+
+
+@pytest.mark.parametrize("together", [1, 4])
+def test_a_senders_row_as_returned_is_the_row_as_stored(django_user_model, together, count_queries):
+    user = django_user_model.objects.create_user("dora")
+    retried = write_one(origin("m-old"), Status.FAILED, TERMINAL_ORDER, {})
+    assert retried is not None
+    origins = [
+        (_sent_origin("m-new-0", user.pk, "Report \udfff<b>&\x00" + "é" * 300), {}),
+        (_sent_origin("m-new-1", 987_654, "no such owner"), {"retry_of_id": 987_654}),
+        (
+            _sent_origin("m-new-2", None, "", object_type="auth.user", object_pk="\ud800"),
+            {"retry_of_id": retried.pk, "retry_message": {"kwargs": {"n": [1, "\u2028"]}}},
+        ),
+        (_sent_origin("m-new-3", str(user.pk), "owner given as text"), {}),
+    ][:together]
+    changes = [
+        t.Change(o, Status.ENQUEUED, ENQUEUED_ORDER, values, keep=("retry_message",))
+        for o, values in origins
+    ]
+    count_queries.statements = []
+    written = t.write_batch(changes, durable=False)
+    # One statement wrote and returned every row: none was read back.
+    assert not count_queries.starting("SELECT"), count_queries.statements
+    for task in written:
+        _stored_as_returned(task)
+
+
+def test_a_senders_write_that_moves_an_existing_row_on_returns_it_as_stored(count_queries):
+    # A row written before the sender's (a scheduled message sent again without delay):
+    # what the statement leaves of it is not what was sent.
+    due = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    o = origin("m-scheduled", description="first")
+    assert write_one(o, Status.DELAYED, DELAYED_ORDER, {"due_at": due}) is not None
+    Task.objects.filter(message_id="m-scheduled").update(seen=True, progress=7)
+    again = origin("m-scheduled", description="second")
+    (moved,) = t.write_batch([t.Change(again, Status.ENQUEUED, ENQUEUED_ORDER, {})])
+    _stored_as_returned(moved)
+    assert moved is not None
+    assert (moved.status, moved.due_at, moved.description) == (Status.ENQUEUED, due, "first")
+    assert (moved.seen, moved.progress) == (True, 7)
+    # The same write again is refused: nothing returned, nothing announced.
+    assert t.write_batch([t.Change(again, Status.ENQUEUED, ENQUEUED_ORDER, {})]) == [None]

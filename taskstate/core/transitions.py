@@ -46,6 +46,7 @@ from taskstate.core.conf import get_settings
 from taskstate.core.for_state import Origin
 from taskstate.core.states import (
     ACTIVE_STATUSES,
+    ENQUEUED_ORDER,
     TERMINAL_ORDER,
     Status,
     cancel_at_once_margin,
@@ -621,6 +622,11 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
         keep = tuple(sorted(c for c in set(change.keep) if c in updated))
         shapes.setdefault((tuple(updated), keep), []).append(index)
     found: dict[str, Task] = {}
+    # Senders' rows, nearly always new: the database returns only what it decides itself,
+    # and a row it inserted is the one sent (building it costs less than reading it back).
+    fresh = connection.vendor == "postgresql" and all(c.order <= ENQUEUED_ORDER for c in changes)
+    sent = {change.origin.message_id: row for change, row in zip(changes, rows, strict=True)}
+    moved: list[str] = []
     statements = []
     for (names, kept), indexes in shapes.items():
         # As many rows per statement as the database takes parameters (PostgreSQL: all, in JSON).
@@ -631,7 +637,7 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
         )
         for start in range(0, len(indexes), per):
             chunk = [rows[i] for i in indexes[start : start + per]]
-            statements.append(_batch_sql(connection, chunk, list(names), kept))
+            statements.append(_batch_sql(connection, chunk, list(names), kept, fresh=fresh))
     came = [change.origin.message_id for change in changes if change.status is Status.CANCELLED]
     if came:
         # A worker's cancel refused by a row cancelled before its message was due: the
@@ -657,19 +663,39 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
             cursor.execute(sql, params)
             if bounds and number == 0 and _is_psycopg3(connection):
                 cursor.nextset()
-            if " RETURNING " in sql:
+            if " RETURNING " in sql and fresh:
+                for message_id, *decided, inserted in cursor.fetchall():
+                    if inserted:
+                        found[message_id] = _built(alias, sent[message_id], decided)
+                    else:
+                        moved.append(message_id)  # an existing row, moved on: read below
+            elif " RETURNING " in sql:
                 read = _row_reader(connection, alias)
                 for row in cursor.fetchall():
                     task = read(row)
                     found[task.message_id] = task
     if not any(" RETURNING " in sql for sql, _ in statements):
-        # MySQL: one read for the batch; only a write that landed set updated_at to ours
-        # (the row count cannot tell a refused write from an insert).
-        ids = [change.origin.message_id for change in changes]
-        for task in _model().objects.using(alias).filter(message_id__in=ids):
+        moved = [change.origin.message_id for change in changes]  # MySQL: every row
+    if moved:
+        # Read back: only a write that landed set updated_at to ours (MySQL's row count
+        # cannot tell a refused write from an insert; a later write may have moved it on).
+        for task in _model().objects.using(alias).filter(message_id__in=moved):
             if task.updated_at == now:
                 found[task.message_id] = task
     return [found.get(change.origin.message_id) for change in changes]
+
+
+#: What the database decides in a sender's row: its key and the links it found.
+_DECIDED = ("id", "user_id", "retry_of_id")
+
+
+def _built(alias: str, row: dict[str, Any], decided: Sequence[Any]) -> Task:
+    """The Task a sender's statement inserted: ``row`` as sent, with what the database
+    decided (``_DECIDED``)."""
+    values = {**row, **dict(zip(_DECIDED, decided, strict=True))}
+    model = _model()
+    attnames = [f.attname for f in model._meta.concrete_fields]
+    return model.from_db(alias, attnames, [values[name] for name in attnames])
 
 
 def _message_came(connection: BaseDatabaseWrapper, message_ids: list[str]) -> tuple[str, list[Any]]:
@@ -754,13 +780,16 @@ def _batch_sql(
     rows: list[dict[str, Any]],
     updated: list[str],
     keep: Sequence[str],
+    *,
+    fresh: bool = False,
 ) -> tuple[str, list[Any]]:
-    """One multi-row upsert of ``rows`` (same columns), guarded row by row."""
+    """One multi-row upsert of ``rows`` (same columns), guarded row by row; ``fresh``: it
+    returns ``message_id``, the ``_DECIDED`` columns and whether the row was inserted."""
     names = list(rows[0])
     if connection.vendor == "postgresql" and len(rows) > 1:
         # Its text depends on the columns alone: built once per shape. A single row goes
         # as VALUES: half the planning and execution on the server.
-        key = (connection.alias, tuple(names), tuple(updated), tuple(keep))
+        key = (connection.alias, tuple(names), tuple(updated), tuple(keep), fresh)
         known = _pg_statements.get(key)
         if known is None:
             if len(_pg_statements) > 256:
@@ -769,7 +798,7 @@ def _batch_sql(
             shared = [n for n in names if n not in updated and n not in _ORIGIN_COLUMNS]
             source, prepares = _json_rows(connection, names, shared)
             known = _pg_statements[key] = (
-                _upsert_text(connection, source, names, updated, keep),
+                _upsert_text(connection, source, names, updated, keep, fresh),
                 [(name in shared, prepare) for name, prepare in zip(names, prepares, strict=True)],
             )
         sql, steps = known
@@ -796,14 +825,16 @@ def _batch_sql(
         params.extend(values)
     source = f"VALUES {', '.join(tuples)}"
     if len(rows) > 1:
-        return _upsert_text(connection, source, names, updated, keep), params
+        return _upsert_text(connection, source, names, updated, keep, fresh), params
     # A single row's text depends on its shape and which links it leaves empty.
-    shape = (connection.alias, source, tuple(names), tuple(updated), tuple(keep))
+    shape = (connection.alias, source, tuple(names), tuple(updated), tuple(keep), fresh)
     text = _values_statements.get(shape)
     if text is None:
         if len(_values_statements) > 256:
             _values_statements.clear()  # shapes are few: only a changed schema gets here
-        text = _values_statements[shape] = _upsert_text(connection, source, names, updated, keep)
+        text = _values_statements[shape] = _upsert_text(
+            connection, source, names, updated, keep, fresh
+        )
     return text, params
 
 
@@ -823,6 +854,7 @@ def _upsert_text(
     names: list[str],
     updated: list[str],
     keep: Sequence[str],
+    fresh: bool = False,
 ) -> str:
     """The upsert of the rows of ``source`` (columns ``names``), guarded row by row."""
     mysql = connection.vendor == "mysql"
@@ -856,9 +888,13 @@ def _upsert_text(
     if mysql:
         return sql + f"ON DUPLICATE KEY UPDATE {', '.join(sets)}"
     sql += f"ON CONFLICT ({q('message_id')}) DO UPDATE SET {', '.join(sets)} WHERE {forwards}"
-    if connection.features.can_return_rows_from_bulk_insert:
+    if fresh:
+        # PostgreSQL leaves xmax 0 in a row it inserted, not in one it updated on conflict.
+        returned = [f"{table}.{q(c)}" for c in ("message_id", *_DECIDED)]
+        sql += " RETURNING " + ", ".join(returned) + f", {table}.xmax = 0"
+    elif connection.features.can_return_rows_from_bulk_insert:
         # Task has no db_column overrides: its column names are its attribute names.
-        returned = (f"{table}.{q(f.attname)}" for f in _model()._meta.concrete_fields)
+        returned = [f"{table}.{q(f.attname)}" for f in _model()._meta.concrete_fields]
         sql += " RETURNING " + ", ".join(returned)
     return sql
 
