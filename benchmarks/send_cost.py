@@ -8,8 +8,10 @@ does. Variants run in turn each round (interleaved), on PostgreSQL, StubBroker, 
 worker; the table shows medians of the rounds, µs per ``send()``. With django-eventstream
 on Redis (the tests' settings) another process may hold the owner's stream, so the
 background sender renders and publishes every row: in a loop of sends that work shares
-the CPU with them. The last variant leaves Redis out, with no page open in the process:
-nothing is rendered, and what is timed is the send's own. The very last hands the row to
+the CPU with them. The next leaves Redis out, with no page open in the process: nothing
+is rendered, and what is timed is the send's own; then the same with the statement
+returning every column and the row read from it, as a worker's statement does (a
+sender's returns only what the database decides). The last hands the row to
 the background writer instead of writing it (what taskstate does not do): the difference
 is what the promise "a page rendered right after ``send()`` shows the task" costs.
 
@@ -50,6 +52,9 @@ HANDED_OVER = "tracked, row handed to the background writer (not kept: what the 
 #: A variant where no stream can listen (no Redis for django-eventstream, no page open in
 #: this process): the background sender renders nothing, so what is left is the send's own.
 QUIET = "tracked, nothing rendered (in-process streams only, none open)"
+#: The same, the statement returning every column and the row read from it (PostgreSQL
+#: returns only what it decides in a sender's row, and the sender builds the rest).
+EVERY_COLUMN = "tracked, nothing rendered, every column returned and read"
 
 
 def disk_load(processes: int, where: Path) -> list[subprocess.Popen[bytes]]:
@@ -87,6 +92,7 @@ def main() -> None:
 
     from taskstate.core import transitions
     from taskstate.core.models import Task
+    from taskstate.core.states import ENQUEUED_ORDER
     from taskstate.worker.middleware import StateMiddleware
     from tests.support.drain import flush
 
@@ -123,6 +129,7 @@ def main() -> None:
         ),
         ("tracked, durable (the commit waits for the disk)", tracked, durable, real_write_sent),
         (QUIET, tracked, real_write_batch, real_write_sent),
+        (EVERY_COLUMN, tracked, real_write_batch, real_write_sent),
         (HANDED_OVER, tracked, real_write_batch, handed_over),
     ]
     from django.conf import settings
@@ -142,7 +149,9 @@ def main() -> None:
             for name, kwargs, write_batch, write_sent in variants:
                 transitions.write_batch = write_batch
                 middleware._write_sent = write_sent
-                if name in (QUIET, HANDED_OVER):
+                # A sender's row is one of order ENQUEUED_ORDER at most: none is, here.
+                transitions.ENQUEUED_ORDER = -1 if name == EVERY_COLUMN else ENQUEUED_ORDER
+                if name in (QUIET, EVERY_COLUMN, HANDED_OVER):
                     if hasattr(settings, "EVENTSTREAM_REDIS"):
                         del settings.EVENTSTREAM_REDIS  # in-process streams only, none open
                 else:
@@ -158,6 +167,7 @@ def main() -> None:
                 # What was timed happened: a row for every tracked send, none otherwise.
                 assert rows == (sends if kwargs else 0), (name, rows)
     finally:
+        transitions.ENQUEUED_ORDER = ENQUEUED_ORDER
         transitions.write_batch = real_write_batch
         middleware._write_sent = real_write_sent
         for loop in loops:
