@@ -26,7 +26,7 @@ commit's flush waits its turn.
 
 ``--statement`` times the sender's statement (built as ``write_batch`` builds it) sent
 through a psycopg connection of its own, with no Django and no Python around it: as
-sent, then without each of its parts (the timeouts prefix, ``RETURNING`` the key and links,
+sent, then without each of its parts (the timeouts prefix, ``RETURNING``,
 the owner, whose foreign key the database checks at commit), and a one-column insert
 into a table with no index beside the primary key: the floor for one round trip and a
 commit on this machine.

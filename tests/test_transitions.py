@@ -259,6 +259,8 @@ def _stored_as_returned(returned: Task | None) -> None:
         assert getattr(returned, field.attname) == getattr(stored, field.attname), field.attname
 
 
+# A sender writes outside any transaction (its own, bounded): as here.
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("together", [1, 4])
 def test_a_senders_row_as_returned_is_the_row_as_stored(django_user_model, together, count_queries):
     user = django_user_model.objects.create_user("dora")
@@ -285,6 +287,7 @@ def test_a_senders_row_as_returned_is_the_row_as_stored(django_user_model, toget
         _stored_as_returned(task)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_senders_write_that_moves_an_existing_row_on_returns_it_as_stored(count_queries):
     # A row written before the sender's (a scheduled message sent again without delay):
     # what the statement leaves of it is not what was sent.
@@ -293,7 +296,10 @@ def test_a_senders_write_that_moves_an_existing_row_on_returns_it_as_stored(coun
     assert write_one(o, Status.DELAYED, DELAYED_ORDER, {"due_at": due}) is not None
     Task.objects.filter(message_id="m-scheduled").update(seen=True, progress=7)
     again = origin("m-scheduled", description="second")
+    count_queries.statements = []
     (moved,) = t.write_batch([t.Change(again, Status.ENQUEUED, ENQUEUED_ORDER, {})])
+    # Returned by the statement itself (bounded with it), not read back after it.
+    assert not count_queries.starting("SELECT"), count_queries.statements
     _stored_as_returned(moved)
     assert moved is not None
     assert (moved.status, moved.due_at, moved.description) == (Status.ENQUEUED, due, "first")
