@@ -263,6 +263,8 @@ def _stored_as_returned(returned: Task | None) -> None:
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("together", [1, 4])
 def test_a_senders_row_as_returned_is_the_row_as_stored(django_user_model, together, count_queries):
+    from django.db import connection
+
     user = django_user_model.objects.create_user("dora")
     retried = write_one(origin("m-old"), Status.FAILED, TERMINAL_ORDER, {})
     assert retried is not None
@@ -281,14 +283,17 @@ def test_a_senders_row_as_returned_is_the_row_as_stored(django_user_model, toget
     ]
     count_queries.statements = []
     written = t.write_batch(changes, durable=False)
-    # One statement wrote and returned every row: none was read back.
-    assert not count_queries.starting("SELECT"), count_queries.statements
+    if connection.vendor != "mysql":  # MySQL reads the rows back
+        # One statement wrote and returned every row: none was read back.
+        assert not count_queries.starting("SELECT"), count_queries.statements
     for task in written:
         _stored_as_returned(task)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_senders_write_that_moves_an_existing_row_on_returns_it_as_stored(count_queries):
+    from django.db import connection
+
     # A row written before the sender's (a scheduled message sent again without delay):
     # what the statement leaves of it is not what was sent.
     due = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -298,8 +303,9 @@ def test_a_senders_write_that_moves_an_existing_row_on_returns_it_as_stored(coun
     again = origin("m-scheduled", description="second")
     count_queries.statements = []
     (moved,) = t.write_batch([t.Change(again, Status.ENQUEUED, ENQUEUED_ORDER, {})])
-    # Returned by the statement itself (bounded with it), not read back after it.
-    assert not count_queries.starting("SELECT"), count_queries.statements
+    if connection.vendor != "mysql":
+        # Returned by the statement itself (bounded with it), not read back after it.
+        assert not count_queries.starting("SELECT"), count_queries.statements
     _stored_as_returned(moved)
     assert moved is not None
     assert (moved.status, moved.due_at, moved.description) == (Status.ENQUEUED, due, "first")
