@@ -116,6 +116,42 @@ def test_a_write_inside_the_caller_s_transaction_never_breaks_it(monkeypatch, dj
     assert Task.objects.get().progress == 40
 
 
+@pytest.mark.postgresql
+def test_a_senders_read_back_of_a_row_it_moved_on_is_bounded_too(monkeypatch):
+    """The sender's statement moved an existing row on (it returns such a row's key only):
+    the row is read back within the write's bounds, so a table locked in between costs
+    ``send()`` the bound, not the lock's time."""
+    from taskstate.core import transitions as t
+    from taskstate.core.states import DELAYED_ORDER
+
+    monkeypatch.setattr(conf, "DB_STATEMENT_TIMEOUT", 0.3)  # cut at 1.3 s
+    assert write_one(origin(), Status.DELAYED, DELAYED_ORDER, {}) is not None
+    locked, release = threading.Event(), threading.Event()
+
+    def lock_the_table() -> None:
+        with psycopg.connect(_dsn()) as other, other.transaction():
+            other.execute("LOCK TABLE taskstate_task IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(60)
+
+    def after_the_upsert(execute: Any, sql: str, *args: Any) -> Any:
+        result = execute(sql, *args)
+        if "INSERT INTO" in sql and not locked.is_set():
+            threading.Thread(target=lock_the_table).start()
+            assert locked.wait(10)
+        return result
+
+    threading.Timer(30, release.set).start()  # whatever happens, the lock ends
+    try:
+        with connection.execute_wrapper(after_the_upsert), pytest.raises(t.Outage):
+            t.write_batch([t.Change(origin(), Status.ENQUEUED, ENQUEUED_ORDER, {})])
+        # Given up while the table was still locked; the write itself had landed.
+        assert locked.is_set() and not release.is_set()
+    finally:
+        release.set()
+    assert Task.objects.get().status == Status.ENQUEUED
+
+
 def test_the_watchdog_shuts_a_socket_whose_peer_never_answers_and_spares_a_disarmed_one():
     import socket
 

@@ -628,6 +628,8 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
     statements = []
     #: Each statement's rows as sent, by message id.
     sent: list[dict[str, dict[str, Any]]] = []
+    #: Rows a statement returned not whole: read back.
+    moved: list[str] = []
     for (names, kept), indexes in shapes.items():
         # As many rows per statement as the database takes parameters (PostgreSQL: all, in JSON).
         per = (
@@ -665,38 +667,38 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
             cursor.execute(sql, params)
             if bounds and number == 0 and _is_psycopg3(connection):
                 cursor.nextset()
-            if " RETURNING " in sql:
+            if " RETURNING " in sql and fresh:
+                for message_id, *decided, inserted in cursor.fetchall():
+                    if inserted:
+                        found[message_id] = _built(alias, sent[number][message_id], decided)
+                    else:
+                        moved.append(message_id)
+            elif " RETURNING " in sql:
                 read = _row_reader(connection, alias)
                 for row in cursor.fetchall():
-                    if not fresh:
-                        task = read(row)
-                    elif row[0]:  # inserted
-                        task = _built(alias, sent[number], row[1:])
-                    else:
-                        task = read(row[1:])
+                    task = read(row)
                     found[task.message_id] = task
-    if not any(" RETURNING " in sql for sql, _ in statements):
-        # MySQL: one read for the batch; only a write that landed set updated_at to ours
-        # (the row count cannot tell a refused write from an insert).
-        ids = [change.origin.message_id for change in changes]
-        for task in _model().objects.using(alias).filter(message_id__in=ids):
-            if task.updated_at == now:
-                found[task.message_id] = task
+        if not any(" RETURNING " in sql for sql, _ in statements):
+            moved = [change.origin.message_id for change in changes]  # MySQL: every row
+        if moved:
+            # Read back within the bounds: only a write that landed set updated_at to ours
+            # (MySQL's row count cannot tell a refused write from an insert).
+            for task in _model().objects.using(alias).filter(message_id__in=moved):
+                if task.updated_at == now:
+                    found[task.message_id] = task
     return [found.get(change.origin.message_id) for change in changes]
 
 
-#: Of a row a sender's statement inserted, what the database returns: its message id, its
-#: key and the links it found (the rest is what was sent).
-_DECIDED = frozenset({"message_id", "id", "user_id", "retry_of_id"})
+#: What the database decides in a sender's row: its key and the links it found.
+_DECIDED = ("id", "user_id", "retry_of_id")
 
 
-def _built(alias: str, sent: dict[str, dict[str, Any]], row: Sequence[Any]) -> Task:
-    """The Task a sender's statement inserted, from ``row`` as returned (every column, only
-    the ``_DECIDED`` ones set) and the row ``sent``."""
+def _built(alias: str, row: dict[str, Any], decided: Sequence[Any]) -> Task:
+    """The Task a sender's statement inserted: ``row`` as sent, with what the database
+    decided (``_DECIDED``)."""
+    values = {**row, **dict(zip(_DECIDED, decided, strict=True))}
     model = _model()
     attnames = [f.attname for f in model._meta.concrete_fields]
-    returned = dict(zip(attnames, row, strict=True))
-    values = {**sent[returned["message_id"]], **{c: returned[c] for c in _DECIDED}}
     return model.from_db(alias, attnames, [values[name] for name in attnames])
 
 
@@ -785,8 +787,8 @@ def _batch_sql(
     *,
     fresh: bool = False,
 ) -> tuple[str, list[Any]]:
-    """One multi-row upsert of ``rows`` (same columns), guarded row by row; ``fresh``: each
-    returned row starts with whether it was inserted (see ``_upsert_text``)."""
+    """One multi-row upsert of ``rows`` (same columns), guarded row by row; ``fresh``: it
+    returns ``message_id``, the ``_DECIDED`` columns and whether the row was inserted."""
     names = list(rows[0])
     if connection.vendor == "postgresql" and len(rows) > 1:
         # Its text depends on the columns alone: built once per shape. A single row goes
@@ -890,18 +892,14 @@ def _upsert_text(
     if mysql:
         return sql + f"ON DUPLICATE KEY UPDATE {', '.join(sets)}"
     sql += f"ON CONFLICT ({q('message_id')}) DO UPDATE SET {', '.join(sets)} WHERE {forwards}"
-    if connection.features.can_return_rows_from_bulk_insert:
+    if fresh:
+        # PostgreSQL leaves xmax 0 in a row it inserted, not in one it updated on conflict.
+        # (Every column, each NULL when inserted, costs the server more than all of them.)
+        returned = [f"{table}.{q(c)}" for c in ("message_id", *_DECIDED)]
+        sql += " RETURNING " + ", ".join(returned) + f", {table}.xmax = 0"
+    elif connection.features.can_return_rows_from_bulk_insert:
         # Task has no db_column overrides: its column names are its attribute names.
-        names_back = [f.attname for f in _model()._meta.concrete_fields]
-        returned = [f"{table}.{q(c)}" for c in names_back]
-        if fresh:
-            # PostgreSQL leaves xmax 0 in a row it inserted, not in one it updated on
-            # conflict: of an inserted row only the _DECIDED columns come back.
-            inserted = f"{table}.xmax = 0"
-            returned = [inserted] + [
-                r if c in _DECIDED else f"CASE WHEN {inserted} THEN NULL ELSE {r} END"
-                for c, r in zip(names_back, returned, strict=True)
-            ]
+        returned = [f"{table}.{q(f.attname)}" for f in _model()._meta.concrete_fields]
         sql += " RETURNING " + ", ".join(returned)
     return sql
 
