@@ -5,7 +5,8 @@ writer while it holds them (``WRITE_MAX_DELAY`` raised for the run), then releas
 ``writer.flush()``: the time until every row is committed and announced, median of the
 rounds, and where it goes: the statements (parameters sent and the server's work), the
 rest of ``write_batch`` (rows built before, models read after) and announcing each row.
-It asserts that every row was written.
+It asserts that every row was written. Two variants, interleaved: the
+statement's times read by psycopg's C loader (as shipped) and by Django's own.
 
     python benchmarks/writer_drain.py                  # 1,000 changes x 5 rounds
     python benchmarks/writer_drain.py --smoke          # 50 x 1, for CI
@@ -88,8 +89,14 @@ def main() -> None:
     conf.WRITE_MAX_DELAY = 3600  # type: ignore[misc]  # held until flushed
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
-    results: list[tuple[float, dict[str, float], int]] = []
-    for number in range(args.rounds + 1):  # the first warms up
+    read_in_c = t._read_times_in_c
+    variants: dict[str, Callable[..., None]] = {
+        "as shipped (timestamptz read by psycopg's C loader)": read_in_c,
+        "timestamptz read by Django's loader": lambda connection, cursor: None,
+    }
+    Round = tuple[float, dict[str, float], int]
+
+    def one_round(tag: str) -> Round:
         Task.objects.all().delete()
         now = datetime.now(timezone.utc)
         values = {
@@ -104,7 +111,7 @@ def main() -> None:
         }
         for i in range(args.messages):
             origin = Origin(
-                message_id=f"drain-{number}-{i}",
+                message_id=f"drain-{tag}-{i}",
                 actor_name="noop",
                 queue_name="default",
                 sent_at=now,
@@ -122,29 +129,49 @@ def main() -> None:
         done = Task.objects.filter(status=Status.DONE).count()
         assert done == args.messages, f"{done} of {args.messages} rows written"
         flush(120)
-        if number:
-            results.append((elapsed, parts, batches))
+        return elapsed, parts, batches
 
-    def median(pick: Callable[[tuple[float, dict[str, float], int]], float]) -> str:
-        return f"{statistics.median(pick(r) for r in results) * 1000:.0f}"
+    results: dict[str, list[Round]] = {name: [] for name in variants}
+    for number in range(args.rounds + 1):  # the first warms up
+        # Interleaved, each round in the other order: drift on the machine falls on both.
+        names = list(variants) if number % 2 else list(reversed(variants))
+        for name in names:
+            t._read_times_in_c = variants[name]  # type: ignore[assignment]
+            measured = one_round(f"{number}-{len(results[name])}-{name[:4]}")
+            if number:
+                results[name].append(measured)
+    t._read_times_in_c = read_in_c  # type: ignore[assignment]
+
+    def median(name: str, pick: Callable[[Round], float]) -> str:
+        return f"{statistics.median(pick(r) for r in results[name]) * 1000:.0f}"
 
     print(
         f"Draining {args.messages:,} final changes (median of {args.rounds}, "
-        f"WRITE_BATCH_SIZE {conf.WRITE_BATCH_SIZE}):\n"
+        f"WRITE_BATCH_SIZE {conf.WRITE_BATCH_SIZE}), ms:\n"
     )
+    rows = []
+    for name in variants:
+        rows.append(
+            [
+                name,
+                median(name, lambda r: r[0]),
+                median(name, lambda r: r[1]["statements"]),
+                median(name, lambda r: r[1]["write_batch"] - r[1]["statements"]),
+                median(name, lambda r: r[1]["announce"]),
+                f"{statistics.median(r[2] for r in results[name]):.0f}",
+            ]
+        )
     print(
         table(
-            ["measure", "ms"],
             [
-                ["all committed and announced", median(lambda r: r[0])],
-                ["statements (parameters sent, server)", median(lambda r: r[1]["statements"])],
-                [
-                    "write_batch, the rest (rows built, models read)",
-                    median(lambda r: r[1]["write_batch"] - r[1]["statements"]),
-                ],
-                ["announcing the rows", median(lambda r: r[1]["announce"])],
-                ["batches (commits)", f"{statistics.median(r[2] for r in results):.0f}"],
+                "variant",
+                "all committed and announced",
+                "statements (parameters sent, server)",
+                "write_batch, the rest (rows built, models read)",
+                "announcing the rows",
+                "batches (commits)",
             ],
+            rows,
         )
     )
 

@@ -291,6 +291,24 @@ def test_a_senders_row_as_returned_is_the_row_as_stored(django_user_model, toget
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_workers_row_as_returned_has_its_times_as_django_reads_them():
+    # The worker's rows come back whole from its statement: every time to the microsecond,
+    # in the zone Django reads them in.
+    o = origin("m-times")
+    started = datetime(2026, 1, 1, 8, 30, 0, 123456, tzinfo=timezone.utc)
+    write_one(o, Status.RUNNING, running_order(1), {"attempts": 1, "started_at": started})
+    finished = started + timedelta(seconds=3, microseconds=7)
+    done = write_one(o, Status.DONE, TERMINAL_ORDER, {"attempts": 1, "finished_at": finished})
+    _stored_as_returned(done)
+    assert done is not None
+    stored = Task.objects.get(message_id="m-times")
+    assert (done.started_at, done.finished_at) == (started, finished)
+    for name in ("created_at", "updated_at", "started_at", "finished_at"):
+        value = getattr(done, name)
+        assert value.tzinfo is getattr(stored, name).tzinfo is timezone.utc, name
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_senders_write_that_moves_an_existing_row_on_returns_it_as_stored(count_queries):
     # A row written before the sender's (a scheduled message sent again without delay):
     # what the statement leaves of it is not what was sent.

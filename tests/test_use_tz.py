@@ -12,11 +12,14 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
+from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
+from taskstate.core.states import running_order
 from taskstate.web.publish import render_row
 from taskstate.web.task_json import task_json
 from taskstate.worker.writer import cancels, writer
 from tests.support.drain import flush
+from tests.support.writes import write_one
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -73,6 +76,22 @@ def test_a_tracked_task_is_written_whole_in_local_time(naive_times, run_all, use
     assert task_json(task)["times"]["finished"] == finished
     # Local times may step back (daylight saving time): the bar carries no write time.
     assert "data-taskstate-updated" not in render_row(task)
+
+
+def test_a_workers_write_returns_naive_local_times(naive_times):
+    # The row as the worker's statement returns it, as Django reads it: no zone attached.
+    now = timezone.now()
+    origin = Origin(
+        message_id="m-naive",
+        actor_name="noop",
+        queue_name="default",
+        sent_at=now,
+        identity=TaskIdentity(user_pk=None, description="", app_name="", model_name=""),
+    )
+    written = write_one(origin, Status.RUNNING, running_order(1), {"started_at": now})
+    assert written is not None
+    assert _near_now(written.updated_at) and _near_now(written.started_at)
+    assert _near_now(written.created_at)
 
 
 def test_a_delayed_message_is_due_in_local_time(naive_times, broker, user):
