@@ -673,6 +673,8 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
     several = len(statements) > 1 or in_caller
     guard = transaction.atomic(using=alias) if several else nullcontext()
     with bounded(connection), guard, connection.cursor() as cursor:
+        if not fresh:
+            _read_times_in_c(connection, cursor)  # the rows returned whole
         options = connection.settings_dict.get("OPTIONS", {})
         bounds = []
         if not in_caller and options.get("server_side_binding") is not True:
@@ -693,7 +695,6 @@ def _batch_once(alias: str, changes: Sequence[Change], durable: bool) -> list[Ta
                     else:
                         moved.append(message_id)
             elif " RETURNING " in sql:
-                _read_times_in_c(connection, cursor)
                 read = _row_reader(connection, alias)
                 for row in cursor.fetchall():
                     task = read(row)
