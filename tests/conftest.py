@@ -415,16 +415,20 @@ SERVICES = os.environ.get("TASKSTATE_TEST_SERVICES") == "1"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # Marked by folder as each test is collected: before ``-m`` selects by mark.
+    parts = Path(str(item.fspath)).parts
+    if "integration" in parts:
+        item.add_marker(pytest.mark.integration)
+    if "browser" in parts:
+        item.add_marker(pytest.mark.browser)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     deselected = []
     kept = []
     for item in items:
-        parts = Path(str(item.fspath)).parts
-        if "integration" in parts:
-            item.add_marker(pytest.mark.integration)
-        if "browser" in parts:
-            item.add_marker(pytest.mark.browser)
         if item.get_closest_marker("integration") and not SERVICES:
             if IN_CI:
                 deselected.append(item)

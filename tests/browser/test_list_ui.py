@@ -77,11 +77,10 @@ def test_the_demo_has_no_accessibility_violations(browser, demo, width):
         running = start(page, "Build a report")
         # A failed group: its error summary sits right under the toggle of its steps.
         pipeline = start(page, "Pipeline with a failing step")
-        # Started last and looked at first: it retries for a few seconds only, and each
-        # start reloads the page, which takes a while on a loaded machine.
+        # Failing, retried a few seconds, then failed: axe sees it in one of those states
+        # first, failed at the end (tests/browser/test_demo.py follows it through them).
         failing = start(page, "Flaky import")
-        wait_status(page, failing, "retrying")
-        # Then the report, while it runs (a few seconds): the ended ones keep their state.
+        # The report, while it runs (a few seconds): the ended ones keep their state.
         expect(page.locator(f"#{running} [role=progressbar]")).to_have_attribute(
             "aria-valuenow", re.compile(r"^[1-9][0-9]?$"), timeout=40_000
         )
