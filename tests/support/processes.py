@@ -65,6 +65,12 @@ class Process:
     def output(self) -> str:
         return "\n".join(self.lines[-200:])
 
+    def forget_output(self) -> None:
+        """Drop what it printed so far: a process shared between tests shows each test
+        only its own lines."""
+        with self._ready:
+            self.lines.clear()
+
     def wait_listening(self, port: int, timeout: float = 60) -> None:
         """Wait until this process accepts connections on ``port`` (a banner printed
         before the server binds is no proof that it listens)."""
