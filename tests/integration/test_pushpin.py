@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -38,7 +39,7 @@ from django.test import Client
 from taskstate.core.models import Status, Task
 from taskstate.web.channels import user_channel
 from tests.support.drain import flush
-from tests.support.processes import Process, free_port, start_uvicorn, start_worker
+from tests.support.processes import Process, Shared, free_port, start_uvicorn, start_worker
 from tests.support.pushpin import SIG_ISS, PushpinProcess, grip_last, start_pushpin
 from tests.support.sse import Frame, assert_each_hears_only_their_own, session_cookie
 from tests.testapp import tasks as actors
@@ -214,25 +215,38 @@ def publishing_to(grip_url: str, settings, monkeypatch) -> Iterator[None]:
         django_grip.get_pubcontrol().finish()
 
 
-@pytest.fixture
-def stack(process_env, broker, settings, monkeypatch) -> Iterator[Stack]:
+@pytest.fixture(scope="module")
+def module_stack(module_env) -> Iterator[tuple[Stack, list[Shared], Shared]]:
+    """Pushpin, its two uvicorn targets and a worker, shared by the module's tests
+    (tests/integration/conftest.py says how)."""
     web_ports = [free_port(), free_port()]
     pushpin, url, grip_url = start_pushpin(web_ports)
-    s = Stack(pushpin=pushpin, url=url, grip_url=grip_url, web_ports=web_ports)
-    env = {**process_env, "TASKSTATE_TEST_GRIP_URL": grip_url}
+    env = {**module_env, "TASKSTATE_TEST_GRIP_URL": grip_url}
+    web = [Shared(partial(start_uvicorn, "tests.asgi:application", env, p)) for p in web_ports]
+    worker = Shared(partial(start_worker, env))
     try:
-        for port in web_ports:
-            s.web.append(start_uvicorn("tests.asgi:application", env, port))
-        s.worker = start_worker(env)
-        with publishing_to(grip_url, settings, monkeypatch):
+        yield Stack(pushpin=pushpin, url=url, grip_url=grip_url, web_ports=web_ports), web, worker
+    finally:
+        worker.stop()
+        for shared in web:
+            shared.stop()
+        pushpin.stop()
+
+
+@pytest.fixture
+def stack(module_stack, process_env, broker, settings, monkeypatch) -> Iterator[Stack]:
+    s, web, worker = module_stack
+    assert s.pushpin.proc.poll() is None, f"pushpin exited:\n{s.pushpin.output()}"
+    s.pushpin.forget_output()
+    s.web = [shared.get() for shared in web]
+    s.worker = worker.get()
+    try:
+        with publishing_to(s.grip_url, settings, monkeypatch):
             yield s
     finally:
-        if s.worker is not None:
-            s.worker.stop()
-        s.stop_web()
-        pushpin.stop()
+        worker.stop_unless_idle(broker)
         # Shown by pytest only when the test failed.
-        for proc in [pushpin, *s.web, *([s.worker] if s.worker else [])]:
+        for proc in [s.pushpin, *s.web, s.worker]:
             print(f"--- {proc.name} ---\n{proc.output()}")
 
 

@@ -12,6 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -157,6 +160,62 @@ def start_uvicorn(app: str, env: dict[str, str], port: int, app_dir: Path = REPO
     )
     server.wait_for_output("Uvicorn running on", timeout=60)
     return server
+
+
+class Shared:
+    """One child process for a module's tests, started when a test first needs it and
+    again when a test stopped it. Each test sees only the output printed since it got
+    the process."""
+
+    def __init__(self, start: Callable[[], Process]) -> None:
+        self._start = start
+        self.process: Process | None = None
+
+    def get(self) -> Process:
+        if self.process is not None and self.process.proc.poll() is not None:
+            self.process.stop()  # joins its output reader
+            self.process = None
+        if self.process is None:
+            self.process = self._start()
+        self.process.forget_output()
+        return self.process
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def stop_unless_idle(self, broker: dramatiq.Broker, wait: float = 5.0) -> None:
+        """At the end of a test, stop this worker if it still holds a message ``wait``
+        seconds on: the message goes back to Redis, where the ``broker`` fixture empties
+        it, and cannot run into the next test."""
+        deadline = time.monotonic() + wait
+        while holds_messages(broker):
+            if time.monotonic() > deadline:
+                self.stop()
+                return
+            time.sleep(0.05)
+
+
+def holds_messages(broker: dramatiq.Broker) -> bool:
+    """Whether a queue of the test's Redis database still has a message, or a worker
+    holds one unacked (running, or delayed until its ETA). An ack set can outlive a
+    worker that was killed, naming messages long gone: only a message whose body is
+    still stored counts."""
+    if not isinstance(broker, RedisBroker):
+        return False
+    client, prefix = broker.client, f"{broker.namespace}:"
+    for key in client.scan_iter(match=f"{prefix}*"):
+        name = key.decode()[len(prefix) :]
+        kind = client.type(key)
+        if kind == b"list" and client.llen(key):
+            return True
+        if kind == b"set" and name.startswith("__acks__."):
+            queue = name.split(".", 2)[2]  # __acks__.<worker id>.<queue>
+            held = client.smembers(key)
+            if held and any(client.hmget(f"{prefix}{queue}.msgs", list(held))):
+                return True
+    return False
 
 
 def passes_in_forked_child(check: Callable[[], bool]) -> bool:
