@@ -13,7 +13,7 @@ from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
 from taskstate.core.states import TERMINAL_ORDER
 from taskstate.web.channels import admit, json_channel, user_channel
-from tests.conftest import lifecycle_announced
+from tests.conftest import lifecycle_announced, without_the_senders
 from tests.support.drain import flush
 from tests.support.writes import write_one
 from tests.test_task_json import validate
@@ -53,20 +53,59 @@ def test_every_change_reaches_the_json_channel_as_a_valid_task_event(
     assert {kind for kind, _ in events} <= {"task", "progress"}
     rows = [payload for kind, payload in events if kind == "task"]
     statuses = [row["status"] for row in rows]
-    statuses = statuses[1:] if statuses[:1] == ["enqueued"] else statuses
-    assert lifecycle_announced(statuses, ["running", "done"])
-    last = rows[-1]
+    assert lifecycle_announced(without_the_senders(statuses), ["running", "done"])
+    # The sender's enqueued may come after the worker's rows: its order is lower.
+    last = max(rows, key=lambda row: row["order"])
+    assert last == [row for row in rows if row["status"] != "enqueued"][-1]
     assert last["id"] == task.pk and last["status"] == "done"
     assert last["description"] == "Report <b>"  # data, not markup: the page escapes it
     assert last["progress"]["percent"] == 100
     assert last["actions"] == {"dismiss": reverse("taskstate:json-seen", args=[task.pk])}
-    orders = [row["order"] for row in rows]
+    orders = [row["order"] for row in rows if row["status"] != "enqueued"]
     assert orders == sorted(orders)
     bars = [payload for kind, payload in events if kind == "progress"]
     assert all(bar["id"] == task.pk for bar in bars)
     # Reports of one attempt share its order; when each was written tells them apart.
     written = [bar["updated"] for bar in bars]
     assert all(written) and written == sorted(written)
+
+
+def test_a_senders_row_announced_after_the_workers_rows_carries_the_lower_order(
+    run_all, worker, user, capture_events, monkeypatch
+):
+    """The sending thread announces its committed enqueued row while the background
+    writer announces the worker's: here the sender is held until the worker's done was
+    announced. Its event comes last, and a client keeping the higher order shows done."""
+    import threading
+
+    from taskstate.worker import middleware, writer
+
+    done_announced = threading.Event()
+
+    def writers_announce(task, **kwargs):
+        writer_announce(task, **kwargs)
+        if task.status == Status.DONE:
+            done_announced.set()
+
+    def senders_announce(task, **kwargs):
+        if task.status == Status.ENQUEUED:
+            worker.resume()  # the row is committed: the worker may take the message now
+            done_announced.wait(30)
+        sender_announce(task, **kwargs)
+
+    writer_announce, sender_announce = writer.announce, middleware.announce
+    monkeypatch.setattr(writer, "announce", writers_announce)
+    monkeypatch.setattr(middleware, "announce", senders_announce)
+    capture = capture_events(json_channel(user.pk))
+    worker.pause()
+    actors.noop.send(for_state={"user_pk": user.pk})
+    run_all()
+    assert done_announced.is_set()
+    rows = [payload for kind, payload in json_events(capture, json_channel(user.pk))]
+    assert [row["status"] for row in rows][-2:] == ["done", "enqueued"]
+    kept = max(rows, key=lambda row: row["order"])
+    assert kept["status"] == "done" and rows[-1]["order"] < kept["order"]
+    assert lifecycle_announced(without_the_senders([row["status"] for row in rows]), ["done"])
 
 
 def test_the_html_channel_still_carries_html_only(run_all, user, capture_events):

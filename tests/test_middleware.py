@@ -14,21 +14,15 @@ from taskstate.core import conf
 from taskstate.core.models import Status, Task
 from taskstate.core.signals import task_changed
 from taskstate.worker.middleware import StateMiddleware
-from tests.conftest import lifecycle_announced
+from tests.conftest import lifecycle_announced, without_the_senders
 from tests.testapp import tasks as actors
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def announced(statuses: list[tuple[str, str]]) -> list[str]:
-    """The statuses announced, without a leading "enqueued".
-
-    The sender writes "enqueued" after the broker has the message, so a quick worker may
-    have written "running" first; the late "enqueued" is then refused (it would move
-    the task backwards) and never announced. Both orders are right.
-    """
-    names = [status for _, status in statuses]
-    return names[1:] if names[:1] == ["enqueued"] else names
+    """The statuses announced, without the sender's "enqueued" (``without_the_senders``)."""
+    return without_the_senders([status for _, status in statuses])
 
 
 @pytest.fixture
