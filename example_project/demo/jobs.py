@@ -1,7 +1,8 @@
 """``django.tasks`` functions beside the actors (Django >= 6 only): Django's ``@task``,
 run by Dramatiq through ``taskstate.backends.DramatiqBackend`` (settings: ``TASKS``).
 
-``demo.tasks`` imports this module on Django 6, so every worker knows their actors.
+The demo app's ``ready()`` imports this module on Django 6, so every worker knows their
+actors.
 """
 
 from __future__ import annotations

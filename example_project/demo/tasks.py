@@ -10,7 +10,6 @@ import random
 import time
 from typing import Any
 
-import django
 import dramatiq
 from django.utils import timezone
 from dramatiq.middleware import CurrentMessage
@@ -122,8 +121,3 @@ def load_orders(orders: int, for_state: dict[str, Any] | None = None) -> dict[st
     for _ in taskstate.track(range(10)):
         pause(random.uniform(0.1, 0.2))
     return {"loaded": orders}
-
-
-if django.VERSION >= (6, 0):
-    # The django.tasks function: importing it declares its actor on this broker.
-    from demo import jobs  # noqa: F401
