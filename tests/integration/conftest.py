@@ -7,7 +7,8 @@ The ``server`` and ``worker_process`` of a module's tests are started once and s
 starting them is most of these tests' cost. A test still gets them as it left them
 only when nothing was left in them: a worker still holding a message when its test ends
 is stopped (its messages go back to Redis, which the ``broker`` fixture empties), and a
-process a test stopped is started again for the next test.
+process a test stopped is started again for the next test. A test that starts a worker
+of its own asks for ``own_processes``, which stops the shared ones first.
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ def server(
 ) -> tuple[Process, str]:
     shared, base = module_server
     return shared.get(), base[0]
+
+
+@pytest.fixture
+def own_processes(module_worker: Shared, module_server: tuple[Shared, list[str]]) -> None:
+    """For a test that starts processes of its own: the module's shared ones are stopped
+    (started again for the next test that asks), so no other worker takes its messages
+    and nothing else holds a connection to the test database."""
+    module_worker.stop()
+    module_server[0].stop()
 
 
 @pytest.fixture

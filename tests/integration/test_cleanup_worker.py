@@ -30,7 +30,13 @@ def owner(client, user):
 
 @override_settings(TASKSTATE={"DELETE_SEEN_AFTER": 100})
 def test_cancelled_scheduled_task_stays_unrun_across_a_cleanup_and_a_worker_restart(
-    process_env: dict[str, str], broker: Any, owner: Any, user: Any, tmp_path: Path, monkeypatch
+    process_env: dict[str, str],
+    broker: Any,
+    own_processes: None,
+    owner: Any,
+    user: Any,
+    tmp_path: Path,
+    monkeypatch,
 ):
     # "Well ahead" made 0.1 s here (the request decides, in this process): the message
     # comes due within the test, after the cleanup and the restart.

@@ -57,7 +57,7 @@ def test_cancel_of_a_delayed_message_on_a_worker_process_skips_it(worker_process
 
 
 @pytest.fixture
-def abort_worker(process_env, broker) -> Iterator[Process]:
+def abort_worker(process_env, broker, own_processes) -> Iterator[Process]:
     """A worker with dramatiq-abort's Abortable; this process sends aborts through it."""
     from tests.testapp.abort import TestAbortable
 

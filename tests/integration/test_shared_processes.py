@@ -29,10 +29,14 @@ def test_a_worker_holding_a_delayed_message_is_stopped_and_an_idle_one_kept(
     assert not holds_messages(broker)
 
 
-def test_an_ack_set_a_killed_worker_left_behind_holds_nothing(broker):
+def test_what_is_left_in_redis_but_no_message_holds_nothing(broker):
+    """An ack set a killed worker left behind, naming a message long gone, and
+    dramatiq-abort's event lists: no message to wait for."""
     stale = f"{broker.namespace}:__acks__.a-worker-killed-long-ago.default"
+    abort = f"{broker.namespace}:aborts:cancel:a-message"
     broker.client.sadd(stale, "a-message-long-gone")
+    broker.client.rpush(abort, "an abort event")
     try:
         assert not holds_messages(broker)
     finally:
-        broker.client.delete(stale)
+        broker.client.delete(stale, abort)

@@ -85,7 +85,7 @@ def start_site(env: dict[str, str]) -> Site:
 
 
 @pytest.fixture
-def two_sites(process_env, broker, user) -> Iterator[tuple[Site, Site]]:
+def two_sites(process_env, broker, own_processes, user) -> Iterator[tuple[Site, Site]]:
     """Site A: the test database and settings. Site B: a copy of that database (so the
     same user and pk exist there), another SECRET_KEY, the next Redis db number."""
     # The copy must be taken while nothing else is connected to the test database.

@@ -94,7 +94,7 @@ def test_many_messages_through_the_worker_process_each_keep_their_own_data(
 
 @pytest.mark.parametrize("kill_after", [0.5])
 def test_killed_worker_leaves_running_and_cleanup_fails_it(
-    process_env, broker, user, settings, kill_after
+    process_env, broker, own_processes, user, settings, kill_after
 ):
     """SIGKILL mid-task: the row stays running until the cleanup's dead-worker rule."""
     from taskstate.cleanup import cleanup

@@ -208,7 +208,9 @@ def holds_messages(broker: dramatiq.Broker) -> bool:
     for key in client.scan_iter(match=f"{prefix}*"):
         name = key.decode()[len(prefix) :]
         kind = client.type(key)
-        if kind == b"list" and client.llen(key):
+        # A queue is a list named after it ("default", "default.DQ"); other lists under
+        # the namespace are not messages (dramatiq-abort's "aborts:..." events).
+        if kind == b"list" and ":" not in name and client.llen(key):
             return True
         if kind == b"set" and name.startswith("__acks__."):
             queue = name.split(".", 2)[2]  # __acks__.<worker id>.<queue>
