@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
@@ -180,13 +181,10 @@ class TaskAdmin(_TaskAdminBase):
         tasks, in_groups = _outside_groups(queryset)
         count = 0
         for task in tasks:
-            if not allowed(request.user, task, RETRY):
-                continue
-            try:
-                control.retry(task)
-            except control.RetryRefused:
-                continue
-            count += 1
+            if allowed(request.user, task, RETRY):
+                with suppress(control.RetryRefused):
+                    control.retry(task)
+                    count += 1
         self.message_user(
             request,
             ngettext("%d task sent again.", "%d tasks sent again.", count) % count,

@@ -17,6 +17,7 @@ import inspect
 import os
 import socket
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
@@ -107,14 +108,8 @@ def owned_by(
         with owned_by(request.user, description="Export"):
             export.enqueue(report_id)
     """
-    for_state: dict[str, Any] = {"user_pk": getattr(user, "pk", user)}
-    for key, value in (
-        ("description", description),
-        ("app_name", app_name),
-        ("model_name", model_name),
-    ):
-        if value:
-            for_state[key] = value
+    named = {"description": description, "app_name": app_name, "model_name": model_name}
+    for_state = {"user_pk": getattr(user, "pk", user), **{k: v for k, v in named.items() if v}}
     token = _owner.set(for_state)
     try:
         yield
@@ -145,8 +140,6 @@ class DramatiqBackend(BaseTaskBackend):
         for queue_name in self.queues:
             if _valid_queue_name(queue_name):
                 broker.declare_queue(queue_name)
-
-    # --- the Task -------------------------------------------------------------------
 
     def validate_task(self, task: Task[..., Any]) -> None:
         super().validate_task(task)
@@ -184,8 +177,6 @@ class DramatiqBackend(BaseTaskBackend):
             )
         return actor
 
-    # --- sender side ----------------------------------------------------------------
-
     def enqueue(
         self, task: Task[_P, _R], args: list[Any], kwargs: dict[str, Any]
     ) -> TaskResult[_P, _R]:
@@ -217,14 +208,13 @@ class DramatiqBackend(BaseTaskBackend):
         message = actor.message_with_options(
             args=tuple(args), kwargs={**kwargs, _FOR_STATE: for_state}, **options
         ).copy(queue_name=task.queue_name)
-        broker = actor.broker
-        broker.declare_queue(task.queue_name)
-        broker.enqueue(message, delay=_delay_ms(task.run_after))
+        actor.broker.declare_queue(task.queue_name)
+        actor.broker.enqueue(message, delay=_delay_ms(task.run_after))
         result: TaskResult[_P, _R] = TaskResult(
             task=task,
             id=message.message_id,
             status=TaskResultStatus.READY,
-            enqueued_at=_sent_at(message.message_timestamp),
+            enqueued_at=datetime.fromtimestamp(message.message_timestamp / 1000, tz=timezone.utc),
             started_at=None,
             finished_at=None,
             last_attempted_at=None,
@@ -237,8 +227,6 @@ class DramatiqBackend(BaseTaskBackend):
         task_enqueued.send(type(self), task_result=result)
         return result
 
-    # --- results --------------------------------------------------------------------
-
     def get_result(self, result_id: str) -> TaskResult[..., Any]:
         from taskstate.core.models import Task as Row
 
@@ -250,8 +238,6 @@ class DramatiqBackend(BaseTaskBackend):
         if row is None:
             raise TaskResultDoesNotExist(result_id)
         return _result_of(row, self.alias)
-
-    # --- checks ---------------------------------------------------------------------
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         messages: list[checks.CheckMessage] = list(super().check(**kwargs))
@@ -358,9 +344,8 @@ def _run(path: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     except BaseException as exc:
         object.__setattr__(result, "finished_at", dj_timezone.now())
         object.__setattr__(result, "status", TaskResultStatus.FAILED)
-        result.errors.append(
-            TaskError(exception_class_path=_class_path(type(exc)), traceback=_tb(exc))
-        )
+        error_path = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        result.errors.append(TaskError(exception_class_path=error_path, traceback=_tb(exc)))
         # Inside the handler, as Django's own backend sends it: its receivers see exc_info.
         task_finished.send(sender=sender, task_result=result)
         raise
@@ -377,11 +362,7 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 def _enqueued_task(task: Task[..., Any], spec: dict[str, Any]) -> Task[..., Any]:
     """The ``Task`` as it was enqueued (``using()`` changes travel in the message)."""
-    changes: dict[str, Any] = {}
-    if isinstance(spec.get("backend"), str):
-        changes["backend"] = spec["backend"]
-    if isinstance(spec.get("queue_name"), str):
-        changes["queue_name"] = spec["queue_name"]
+    changes = {k: spec[k] for k in ("backend", "queue_name") if isinstance(spec.get(k), str)}
     priority = spec.get("priority")
     if isinstance(priority, int) and not isinstance(priority, bool):
         changes["priority"] = priority
@@ -395,9 +376,6 @@ def _enqueued_task(task: Task[..., Any], spec: dict[str, Any]) -> Task[..., Any]
     except Exception:
         # A backend or queue renamed in the settings since it was sent: run it as defined.
         return task
-
-
-# --- reading rows -------------------------------------------------------------------
 
 
 def _result_of(row: Any, alias: str) -> TaskResult[..., Any]:
@@ -456,9 +434,6 @@ def _errors(row: Any) -> list[TaskError]:
     return [TaskError(exception_class_path=end, traceback="")] if end else []
 
 
-# --- small pieces -------------------------------------------------------------------
-
-
 def _valid_queue_name(name: Any) -> bool:
     return (
         isinstance(name, str)
@@ -480,27 +455,16 @@ def _delay_ms(run_after: datetime | None) -> int | None:
     if run_after is None:
         return None
     delay = (run_after - dj_timezone.now()).total_seconds()
-    return max(int(delay * 1000), 0) if delay > 0 else None
+    return int(delay * 1000) if delay > 0 else None
 
 
 def _broker_priority(priority: int, max_priority: int) -> int:
     """Django's -100..100 (higher first) on RabbitMQ's 0..max_priority (higher first)."""
-    span: int = TASK_MAX_PRIORITY - TASK_MIN_PRIORITY
     low: int = TASK_MIN_PRIORITY
-    return round((priority - low) * max_priority / span)
-
-
-def _sent_at(timestamp_ms: int) -> datetime:
-    return datetime.fromtimestamp(timestamp_ms / 1000, tz=timezone.utc)
-
-
-def _class_path(kind: type) -> str:
-    return f"{kind.__module__}.{kind.__qualname__}"
+    return round((priority - low) * max_priority / (TASK_MAX_PRIORITY - low))
 
 
 def _tb(exc: BaseException) -> str:
-    import traceback
-
     try:
         return "".join(traceback.format_exception(exc))
     except Exception:

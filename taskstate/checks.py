@@ -103,10 +103,7 @@ def check_middleware(app_configs: _Configs = None, **kwargs: Any) -> list[CheckM
 def check_event_bus(app_configs: _Configs = None, **kwargs: Any) -> list[CheckMessage]:
     """W002: with workers in other processes, events need a shared bus (Redis or GRIP)."""
     problem = event_bus_problem()
-    if problem is None:
-        return []
-    message, hint = problem
-    return [Warning(message, hint=hint, id=EVENT_BUS_ID)]
+    return [] if problem is None else [Warning(problem[0], hint=problem[1], id=EVENT_BUS_ID)]
 
 
 @register()

@@ -43,12 +43,11 @@ class RedactStreamTokens(logging.Filter):
         elif isinstance(record.args, dict):
             # In place: gunicorn's (and hypercorn's) mapping is a dict subclass whose
             # lookups the format relies on ("-" for an absent header, any case).
-            args = record.args
-            for key, value in list(dict.items(args)):
+            for key, value in list(dict.items(record.args)):
                 if isinstance(value, str):
                     redacted = redact(value)
                     if redacted != value:
-                        args[key] = redacted
+                        record.args[key] = redacted
         return True
 
 

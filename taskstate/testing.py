@@ -150,14 +150,16 @@ class SettlingWorker(dramatiq.Worker):
         then :meth:`join`. ``fail_fast``: a StubBroker raises the first actor error."""
         from dramatiq.brokers.stub import StubBroker
 
+        stub = isinstance(self.broker, StubBroker)
+        options = {"fail_fast": fail_fast} if stub else {}
         for _ in range(100):
-            for queue_name in sorted(_queues(self.broker)):
-                if isinstance(self.broker, StubBroker):
-                    self.broker.join(queue_name, timeout=int(timeout * 1000), fail_fast=fail_fast)
-                else:
-                    self.broker.join(queue_name, timeout=int(timeout * 1000))
+            # A delay queue is joined with its queue.
+            declared = self.broker.get_declared_queues()
+            for queue_name in sorted(q for q in declared if not q.endswith((".DQ", ".XQ"))):
+                self.broker.join(queue_name, timeout=int(timeout * 1000), **options)
             self.join(timeout)
-            if not _queued(self.broker):
+            # Other brokers: broker.join() waited for the queued messages.
+            if not (stub and any(q.unfinished_tasks for q in self.broker.queues.values())):
                 return
         raise NotSettled("taskstate: messages kept arriving while the worker drained")
 
@@ -168,19 +170,6 @@ class SettlingWorker(dramatiq.Worker):
             self.broker.middleware[:] = [
                 m for m in self.broker.middleware if getattr(m, "worker", None) is not self
             ]
-
-
-def _queues(broker: dramatiq.Broker) -> set[str]:
-    # A delay queue is joined with its queue.
-    return {q for q in broker.get_declared_queues() if not q.endswith((".DQ", ".XQ"))}
-
-
-def _queued(broker: dramatiq.Broker) -> bool:
-    from dramatiq.brokers.stub import StubBroker
-
-    if not isinstance(broker, StubBroker):
-        return False  # broker.join() waited for them
-    return any(q.unfinished_tasks for q in broker.queues.values())
 
 
 @dataclass(frozen=True)
@@ -256,6 +245,9 @@ def record_events(*owners: Any) -> Iterator[EventLog]:
     they would be to a browser; every event still goes on to django-eventstream. Nest or
     overlap freely; not for use across processes (a worker process records nothing here).
     """
+    global _upstream
+    import django_eventstream
+
     from taskstate.web import presence
     from taskstate.web.channels import user_channel
 
@@ -264,7 +256,11 @@ def record_events(*owners: Any) -> Iterator[EventLog]:
         for owner in owners
     )
     log = EventLog(channels)
-    _start_recording(log)
+    with _recorders_lock:
+        _recorders.append(log)
+        if _upstream is None:
+            _upstream = django_eventstream.send_event
+            django_eventstream.send_event = _recording_send_event
     presence.hold(channels)
     try:
         yield log
@@ -272,29 +268,11 @@ def record_events(*owners: Any) -> Iterator[EventLog]:
         settle()
     finally:
         presence.release(channels)
-        _stop_recording(log)
-
-
-def _start_recording(log: EventLog) -> None:
-    global _upstream
-    import django_eventstream
-
-    with _recorders_lock:
-        _recorders.append(log)
-        if _upstream is None:
-            _upstream = django_eventstream.send_event
-            django_eventstream.send_event = _recording_send_event
-
-
-def _stop_recording(log: EventLog) -> None:
-    global _upstream
-    import django_eventstream
-
-    with _recorders_lock:
-        _recorders[:] = [r for r in _recorders if r is not log]
-        if not _recorders and _upstream is not None:
-            django_eventstream.send_event = _upstream
-            _upstream = None
+        with _recorders_lock:
+            _recorders[:] = [r for r in _recorders if r is not log]
+            if not _recorders and _upstream is not None:
+                django_eventstream.send_event = _upstream
+                _upstream = None
 
 
 def _recording_send_event(

@@ -96,8 +96,7 @@ def _cancel_group(task: Task) -> Task | None:
     written = refreshed.task if refreshed is not None else rows.filter(pk=task.pk).first()
     if written is None:
         return None
-    changed = refreshed is not None and refreshed.status_changed
-    announce(written, status_changed=changed)
+    announce(written, status_changed=refreshed is not None and refreshed.status_changed)
     if get_settings().HARD_CANCEL_AFTER:
         for child in rows.filter(parent_id=task.pk, status=Status.RUNNING):
             _hard_cancel(child)

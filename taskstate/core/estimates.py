@@ -58,16 +58,15 @@ class Estimator:
         pk = getattr(task, "pk", None)
         if pk is None:
             return
+        started_at = _attempt_start(task)
         with self._lock:
             if task.status in ("running", "retrying", "enqueued", "delayed"):
                 run = self._runs.get(pk)
-                started_at = _attempt_start(task)
                 if run is None or started_at != run.started_at:
                     self._runs[pk] = _Run(task.actor_name, started_at)
                     self._trim(self._runs, MAX_TASKS)
                 return
             self._runs.pop(pk, None)
-            started_at = _attempt_start(task)
             if task.status == "done" and started_at and task.finished_at:
                 seconds = (task.finished_at - started_at).total_seconds()
                 if seconds >= 0:

@@ -70,16 +70,15 @@ class TrackedGroup(Generic[C]):
         # in one too). No database: sent anyway.
         alias = get_settings().DATABASE
         connection = connections[alias]
+        together: AbstractContextManager[object] = transaction.atomic(using=alias)
+        moving = self.moved_by_run
         try:
             with bounded(connection):
                 connection.ensure_connection()
         except DatabaseError:
-            together: AbstractContextManager[object] | None = None
-        else:
-            together = transaction.atomic(using=alias)
-        # Without a database, each child's own write finds the outage: nothing to move.
-        moving = self.moved_by_run if together is not None else frozenset()
-        with together or nullcontext():
+            # Each child's own write finds the outage: nothing to move.
+            together, moving = nullcontext(), frozenset()
+        with together:
             token = group_sending.set(moving)
             try:
                 self.composition.run(delay=delay)  # type: ignore[no-untyped-call]
@@ -201,11 +200,8 @@ def _track(
         return TrackedGroup(composition, None)
     # The rows say all the senders' own writes would, but which task each retries (a
     # retried group's children): those are written by their own sends.
-    moved_by_run = frozenset(
-        ()
-        if any(RETRY_OF_OPTION in message.options for message in to_send)
-        else (message.message_id for message in to_send)
-    )
+    retried = any(RETRY_OF_OPTION in message.options for message in to_send)
+    moved_by_run = frozenset(() if retried else (message.message_id for message in to_send))
     announce(parent)
     return TrackedGroup(rebuilt, parent, moved_by_run)
 
@@ -213,14 +209,12 @@ def _track(
 def _with_for_state(
     message: dramatiq.Message[Any], group_state: dict[str, Any]
 ) -> dramatiq.Message[Any]:
-    own = tracked_for_state(message.kwargs) or {}
-    for_state = {**group_state, **own}
+    for_state = {**group_state, **(tracked_for_state(message.kwargs) or {})}
     return message.copy(kwargs={**(message.kwargs or {}), "for_state": for_state})
 
 
 def _describe(message: dramatiq.Message[Any], position: int, total: int, kind: Kind) -> str:
-    own = tracked_for_state(message.kwargs) or {}
-    description = own.get("description")
+    description = (tracked_for_state(message.kwargs) or {}).get("description")
     if description:
         return str(description)
     if kind == Kind.PIPELINE:

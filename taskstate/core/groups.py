@@ -40,12 +40,6 @@ from taskstate.core.states import (
 )
 from taskstate.core.values import clean_text, text_of
 
-#: The order key of a group while any of its children has started: every refresh of a
-#: running group may land again (same order wins), none after it ended.
-GROUP_RUNNING_ORDER = running_order(1)
-#: The order key of a running group once its owner asked to cancel it
-#: (``taskstate.core.transitions.request_group_cancel`` writes it too).
-GROUP_CANCELLING_ORDER = cancelling_order(1)
 #: Failed children named on the group's row at most.
 NAMED_FAILURES = 3
 
@@ -132,11 +126,7 @@ def _insert_children(alias: str, members: Sequence[Member], shared: dict[str, ob
     if connection.vendor != "postgresql":
         Task.objects.using(alias).bulk_create(
             (
-                Task(
-                    **dict(zip(_OWN_COLUMNS, values, strict=True)),
-                    **shared,
-                    position=position,
-                )
+                Task(**dict(zip(_OWN_COLUMNS, values, strict=True)), **shared, position=position)
                 for position, values in enumerate(zip(*own, strict=True), start=1)
             ),
             batch_size=500,
@@ -226,7 +216,6 @@ def _refresh(pk: int, alias: str) -> Refreshed | None:
             counts = _aggregate(children)  # they count as cancelled now
             ended = counts.ended
     total = counts.total
-    settled = total > 0 and ended >= total
     now = timezone.now()
     values: dict[str, object] = {
         "children_total": total,
@@ -238,16 +227,22 @@ def _refresh(pk: int, alias: str) -> Refreshed | None:
         "updated_at": now,
         "retry_message": None,
     }
-    if settled:
-        status, order = _settled_status(counts), TERMINAL_ORDER
+    if total > 0 and ended >= total:  # settled
+        status, order = Status.DONE, TERMINAL_ORDER
+        if counts.failed:
+            status = Status.FAILED
+        elif counts.cancelled:
+            status = Status.CANCELLED
         values["finished_at"] = counts.finished_at or now
         if status == Status.DONE:
             values["progress"] = 100
         elif counts.retryable:
             values["retry_message"] = {"children": counts.retryable}
     elif counts.started_at is not None:
+        # Attempt 1's key: every refresh of a running group may land again (same order
+        # wins), none after it ended. request_group_cancel writes the cancelling one too.
         status = Status.RUNNING
-        order = GROUP_CANCELLING_ORDER if parent.cancel_requested_at else GROUP_RUNNING_ORDER
+        order = cancelling_order(1) if parent.cancel_requested_at else running_order(1)
     else:
         status, order = Status.ENQUEUED, ENQUEUED_ORDER
     if counts.failed:
@@ -273,14 +268,6 @@ def _asked_long_ago(parent: Task) -> bool:
     return asked is not None and asked < timezone.now() - margin
 
 
-def _settled_status(counts: _Counts) -> Status:
-    if counts.failed:
-        return Status.FAILED
-    if counts.cancelled:
-        return Status.CANCELLED
-    return Status.DONE
-
-
 @dataclass(frozen=True)
 class _Counts:
     total: int
@@ -301,6 +288,7 @@ class _Counts:
 def _aggregate(children: QuerySet[Task]) -> _Counts:
     complete = Q(status__in=COMPLETE_STATUSES)
     not_run = Q(status=Status.SKIPPED, error_type=NOT_RUN_ERROR)
+    waiting = Q(status=Status.ENQUEUED, state_order=WAITING_ORDER)
     result = children.aggregate(
         total=Count("pk"),
         ended=Count("pk", filter=complete),
@@ -308,12 +296,8 @@ def _aggregate(children: QuerySet[Task]) -> _Counts:
         failed=Count("pk", filter=Q(status=Status.FAILED)),
         cancelled=Count("pk", filter=Q(status=Status.CANCELLED)),
         running=Count("pk", filter=Q(status__in=(Status.RUNNING, Status.RETRYING))),
-        queued=Count(
-            "pk",
-            filter=Q(status__in=(Status.ENQUEUED, Status.DELAYED))
-            & ~Q(status=Status.ENQUEUED, state_order=WAITING_ORDER),
-        ),
-        waiting=Count("pk", filter=Q(status=Status.ENQUEUED, state_order=WAITING_ORDER)),
+        queued=Count("pk", filter=Q(status__in=(Status.ENQUEUED, Status.DELAYED)) & ~waiting),
+        waiting=Count("pk", filter=waiting),
         # Each child counts with its own progress; a finished one as whole, a step that
         # never ran as nothing, a cancelled one as far as it got.
         progress=Sum(

@@ -87,10 +87,8 @@ class TaskQuerySet(models.QuerySet["Task"]):
         ``removed`` is told the deleted rows a page may still show.
         """
         cutoff = timezone.now() - timedelta(seconds=max_task_age)
-        if only_if_seen:
-            old = self.completed().filter(seen=True, seen_at__lt=cutoff)
-        else:
-            old = self.completed().filter(finished_at__lt=cutoff)
+        age = {"seen": True, "seen_at__lt": cutoff} if only_if_seen else {"finished_at__lt": cutoff}
+        old = self.completed().filter(**age)
         pending_child = Task.objects.filter(parent_id=OuterRef("pk")).filter(
             models.Q(status__in=ACTIVE_STATUSES) | awaits_its_message()
         )
@@ -161,12 +159,9 @@ class TaskQuerySet(models.QuerySet["Task"]):
         pks = list(self.completed().filter(seen=False).values_list("pk", flat=True))
         if not pks:
             return 0
-        marked = Task.objects.filter(pk__in=pks, seen=False).update(
-            seen=True, seen_at=now, updated_at=now
-        )
-        Task.objects.filter(parent_id__in=pks, seen=False).update(
-            seen=True, seen_at=now, updated_at=now
-        )
+        seen = {"seen": True, "seen_at": now, "updated_at": now}
+        marked = Task.objects.filter(pk__in=pks, seen=False).update(**seen)
+        Task.objects.filter(parent_id__in=pks, seen=False).update(**seen)
         return marked
 
 
@@ -204,12 +199,9 @@ def _delete_in_batches(queryset: TaskQuerySet, removed: Removed | None = None) -
     """Delete in primary-key batches, so a large cleanup never holds one huge lock; each
     through ``queryset`` again, so a row changed since it was read and no longer matching stays."""
     deleted = 0
+    columns = ("pk", "user_id", "seen", "seen_at", "object_type", "object_pk")
     while True:
-        batch = list(
-            queryset.values_list("pk", "user_id", "seen", "seen_at", "object_type", "object_pk")[
-                :_DELETE_BATCH
-            ]
-        )
+        batch = list(queryset.values_list(*columns)[:_DELETE_BATCH])
         if not batch:
             return deleted
         pks = [row[0] for row in batch]
@@ -393,5 +385,4 @@ class Task(models.Model):
         """Time from the first start to the end (or to now while still running)."""
         if self.started_at is None:
             return None
-        end = self.finished_at or timezone.now()
-        return end - self.started_at
+        return (self.finished_at or timezone.now()) - self.started_at

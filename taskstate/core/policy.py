@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.apps import apps
 from django.contrib.auth import get_user_model
@@ -179,5 +179,4 @@ def allowed(user: Any, task: Task, action: str, *, owner: bool = False) -> bool:
 
 @functools.cache
 def _policy(path: str) -> Policy:
-    policy: Policy = import_string(path)
-    return policy
+    return cast(Policy, import_string(path))

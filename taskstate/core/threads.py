@@ -1,6 +1,6 @@
 """The one daemon thread of each of taskstate's background workers (writer, courier,
-background, the database watchdog): started when first needed, again if it died, and afresh in a forked child
-(the parent's lock may be held by a thread the child does not have)."""
+background, the database watchdog): started when first needed, again if it died, and afresh
+in a forked child (the parent's lock may be held by a thread the child does not have)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ class OwnThread:
         _owners.add(self)
 
     def _init_state(self) -> None:
-        """Fresh state: a new lock, no thread."""
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()

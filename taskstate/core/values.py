@@ -15,7 +15,6 @@ from django.core.serializers.json import DjangoJSONEncoder
 #: 31 levels of arrays and objects (MySQL's 100), and a value inside counts one more here.
 MAX_DEPTH = 30
 UNPRINTABLE = "<unprintable {}>"
-_ELLIPSIS = "\u2026"
 
 
 class NotStorable(ValueError):
@@ -33,7 +32,7 @@ def clean_text(value: str, limit: int | None = None) -> str:
     if "\x00" in value:
         value = value.replace("\x00", "")
     if limit is not None and len(value) > limit:
-        value = value[: max(limit - 1, 0)] + _ELLIPSIS if limit else ""
+        value = value[: max(limit - 1, 0)] + "\u2026" if limit else ""
     return value
 
 
@@ -77,9 +76,8 @@ def exception_facts(exception: BaseException, message_limit: int) -> tuple[str, 
         message = None
     if not isinstance(message, str):
         message = UNPRINTABLE.format(_attribute_text(type(exception), "__name__") or "?")
-    return clean_text(type_name(type(exception)), 255), clean_text(
-        str.__str__(message), message_limit
-    )
+    type_text = clean_text(type_name(type(exception)), 255)
+    return type_text, clean_text(str.__str__(message), message_limit)
 
 
 def json_value(value: Any, max_bytes: int | None = None) -> Any:

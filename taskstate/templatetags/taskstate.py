@@ -70,10 +70,9 @@ def _object_list(context: template.Context, obj: Any) -> dict[str, Any]:
     about = _seen_object(obj, user, "taskstate_list")
     if about is None or request is None:
         return data
-    token = object_token(*about)
     return {
         **data,
-        **object_list_context(request, token, *about),
+        **object_list_context(request, object_token(*about), *about),
         "visible": True,
         "object": obj,
         "csrf_token": context.get("csrf_token"),
@@ -87,12 +86,9 @@ def _seen_object(obj: Any, user: Any, tag: str) -> tuple[str, str] | None:
     if not isinstance(obj, models.Model) or obj.pk is None or user is None:
         return None
     reference = object_reference(obj, tag)
-    if reference is None:
+    if reference is None or not may_see_object(user, reference["model"], reference["pk"], obj):
         return None
-    object_type, object_pk = reference["model"], reference["pk"]
-    if not may_see_object(user, object_type, object_pk, obj):
-        return None
-    return object_type, object_pk
+    return reference["model"], reference["pk"]
 
 
 @register.simple_tag(takes_context=True)
@@ -213,9 +209,7 @@ def taskstate_may(context: template.Context, task: Task, action: str) -> bool:
     user = getattr(request, "user", None)
     if action == "dismiss":
         return may_dismiss(user, task)
-    if user is None:
-        return allowed(None, task, action, owner=True)
-    return allowed(user, task, action)
+    return allowed(user, task, action, owner=user is None)
 
 
 @register.simple_tag

@@ -54,12 +54,9 @@ def user_channel(user_pk: Any) -> str:
     return f"{conf.CHANNEL_PREFIX}{site_namespace()}-{user_pk}"
 
 
-#: After the namespace, before the "-" and pk: no primary key names another's channel.
-JSON_MARK = ".json"
-
-
 def json_channel(user_pk: Any) -> str:
-    return f"{conf.CHANNEL_PREFIX}{site_namespace()}{JSON_MARK}-{user_pk}"
+    # ".json" after the namespace, before the "-" and pk: no primary key names another's.
+    return f"{conf.CHANNEL_PREFIX}{site_namespace()}.json-{user_pk}"
 
 
 def own_channels(user_pk: Any) -> tuple[str, str]:
@@ -86,11 +83,7 @@ def object_of_token(token: str) -> tuple[str, str] | None:
         value = signing.Signer(salt=_OBJECT_TOKEN_SALT).unsign_object(token)
     except (signing.BadSignature, ValueError, TypeError):
         return None
-    if (
-        isinstance(value, list)
-        and len(value) == 2
-        and all(isinstance(part, str) and part for part in value)
-    ):
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(p, str) and p for p in value):
         return value[0], value[1]
     return None
 

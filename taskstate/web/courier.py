@@ -145,7 +145,6 @@ class Courier(OwnThread):
                 while not self._jobs and not (self._lost and not self._waiting_to_retry()):
                     self._cond.wait(self._retry_at - time.monotonic() if self._lost else None)
                 losses = self._losses
-                channels: Channels = ()
                 if self._jobs:
                     _, (job, channels) = self._jobs.popitem(last=False)
                 else:

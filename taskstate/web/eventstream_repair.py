@@ -87,8 +87,7 @@ def _add_to_queues(self: Any, channel: str, event: Any) -> None:
                 # storage it would find nothing and throw away what was queued meanwhile.
                 listener.overflow = True
             if items[0].type != RESET:
-                data = json.dumps({"channels": [channel]})
-                items[:] = [Event(channel, RESET, data, id=event.id)]
+                items[:] = [Event(channel, RESET, json.dumps({"channels": [channel]}), id=event.id)]
                 wake.append(listener)
             # else: the queued reset is not sent yet, so it covers this event too
         for listener in wake:
@@ -122,9 +121,7 @@ async def supervise(manager: Any) -> None:
         try:
             await pubsub.subscribe(PUBSUB_CHANNEL)
             await _listen(pubsub, lambda data: _deliver(manager, data), outage.end)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
+        except Exception as error:  # not CancelledError: a BaseException since Python 3.8
             outage.begin(error)
         finally:
             with contextlib.suppress(Exception):
@@ -215,5 +212,4 @@ def _reset_streams(manager: Any) -> None:
     with manager.lock:
         channels = [c for c in manager.listeners_by_channel if c.startswith(conf.CHANNEL_PREFIX)]
     for channel in channels:
-        data = json.dumps({"channels": [channel]})
-        manager.add_to_queues(channel, Event(channel, RESET, data))
+        manager.add_to_queues(channel, Event(channel, RESET, json.dumps({"channels": [channel]})))

@@ -38,8 +38,7 @@ def json_response(payload: object, status: int = 200) -> HttpResponse:
 
 
 def _error(message: str, status: int) -> HttpResponse:
-    answer: ErrorAnswer = {"error": message}
-    return json_response(answer, status)
+    return json_response(ErrorAnswer(error=message), status)
 
 
 def _logged_in(view: View) -> View:
@@ -122,7 +121,7 @@ def seen(request: HttpRequest, pk: int) -> HttpResponse:
     """Dismiss one of the user's finished tasks (a group with its children)."""
     task = Task.objects.for_user(request.user).completed().filter(pk=pk).first()
     if task is None:
-        return _not_found()
+        return _error(gettext("No such task."), 404)
     marked = Task.objects.filter(pk=task.pk).mark_seen()
     # Seen already (in another tab, whose removal went out then): off this page too.
     return _answer(request, None, [task], publish=bool(marked))
@@ -171,10 +170,6 @@ def _controlled(request: HttpRequest, pk: int, action: str) -> Task | HttpRespon
         return controlled_task(request.user, pk, action)
     except Refused as refused:
         return _error(refused.message, refused.status)
-
-
-def _not_found() -> HttpResponse:
-    return _error(gettext("No such task."), 404)
 
 
 def _answer(

@@ -184,13 +184,6 @@ def publish_removed(user_pk: Any, task_pks: Iterable[int]) -> None:
         _remove(own_channels(user_pk), pks)
 
 
-def publish_object_removed(object_type: str, object_pk: str, task_pks: Iterable[int]) -> None:
-    """Remove rows from every page of an object (its owner dismissed them)."""
-    pks = [int(pk) for pk in task_pks]
-    if pks and object_type:
-        _remove(object_channels(object_type, object_pk), pks)
-
-
 def publish_removed_tasks(tasks: Iterable[Task]) -> None:
     """Remove dismissed ``tasks`` from every page that shows them: their owners' and those
     of the objects they are about. Reads ``pk``, ``user_id``, ``object_type`` and
@@ -205,7 +198,7 @@ def publish_removed_tasks(tasks: Iterable[Task]) -> None:
     for user_pk, pks in by_owner.items():
         publish_removed(user_pk, pks)
     for (object_type, object_pk), pks in by_object.items():
-        publish_object_removed(object_type, object_pk, pks)
+        _remove(object_channels(object_type, object_pk), [int(pk) for pk in pks])
 
 
 def _remove(channels: tuple[str, str], pks: list[int]) -> None:

@@ -36,6 +36,7 @@ from django.http import (
     HttpResponseForbidden,
     StreamingHttpResponse,
 )
+from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from taskstate.core import conf
@@ -157,9 +158,8 @@ def add_session_reference(request: HttpRequest) -> None:
     django-eventstream copies into the next link the proxy refreshes through. The
     session key itself never appears in a URL (it would be in access logs)."""
     session = getattr(request, "session", None)
-    if session is None or session.session_key is None or _cookie_sessions():
-        return
-    _refer_to(request, session)
+    if session is not None and session.session_key is not None and not _cookie_sessions():
+        _refer_to(request, session)
 
 
 def _refer_to(request: HttpRequest, session: Any) -> None:
@@ -210,10 +210,8 @@ def add_close_channels(request: HttpRequest) -> None:
 
 def grip_session_channel(session_key: str) -> str:
     # An HMAC: no session key in a channel name.
-    return (
-        "taskstate-session-"
-        + salted_hmac(_SESSION_CHANNEL_SALT, session_key, algorithm="sha256").hexdigest()
-    )
+    digest = salted_hmac(_SESSION_CHANNEL_SALT, session_key, algorithm="sha256")
+    return f"taskstate-session-{digest.hexdigest()}"
 
 
 def grip_user_channel(user_pk: Any) -> str:
@@ -307,8 +305,6 @@ def _load_sessions(keys: set[str]) -> dict[str, dict[str, Any]]:
     store_class = _session_store()
     if not hasattr(store_class, "get_model_class"):
         return {key: data for key in keys if (data := store_class(key).load())}
-    from django.utils import timezone
-
     rows = store_class.get_model_class()._default_manager.filter(
         session_key__in=keys, expire_date__gt=timezone.now()
     )
@@ -514,14 +510,13 @@ registry = Registry()
 
 
 def too_many_streams() -> HttpResponse:
-    response = HttpResponse(
+    return HttpResponse(
         f"Too many open streams for this user (at most {get_settings().STREAMS_PER_USER} "
         "per web process). Close a tab and try again.\n",
         status=429,
         content_type="text/plain",
+        headers={"Retry-After": "30"},
     )
-    response["Retry-After"] = "30"
-    return response
 
 
 def guard(response: StreamingHttpResponse, stream: LocalStream) -> None:

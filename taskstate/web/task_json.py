@@ -195,10 +195,12 @@ class ErrorAnswer(TypedDict):
 def task_json(task: Task, user: Any = None) -> TaskJSON:
     """``task`` as JSON-ready data. ``user``: whom the actions are for (``None``: the
     task's owner, for the owner's stream, which has no request)."""
+    # The status in words, as the row's badge reads (in the active language).
+    label = gettext("Cancelling…") if task.is_cancelling else str(task.get_status_display())
     return {
         "id": task.pk,
         "status": typing.cast(StatusName, str(task.status)),
-        "label": clean_text(status_label(task), TEXT_LIMIT),
+        "label": clean_text(label, TEXT_LIMIT),
         "cancelling": task.is_cancelling,
         "complete": task.status in COMPLETE_STATUSES,
         "order": int(task.state_order or 0),
@@ -220,13 +222,6 @@ def task_json(task: Task, user: Any = None) -> TaskJSON:
         "group": _group(task),
         "retry_of": task.retry_of_id,
     }
-
-
-def status_label(task: Task) -> str:
-    """The status in words, as the row's badge reads (in the active language)."""
-    if task.is_cancelling:
-        return gettext("Cancelling…")
-    return str(task.get_status_display())
 
 
 def progress_json(percent: Any, message: Any) -> Progress:
@@ -259,12 +254,10 @@ def result_url(task: Task) -> str:
     if not isinstance(result, dict) or task.status != Status.DONE:
         return ""
     url = result.get("url")
-    if not isinstance(url, str) or not url or len(url) > URL_LIMIT:
+    if not isinstance(url, str) or not url or len(url) > URL_LIMIT or clean_text(url) != url:
         return ""
     if any(ord(c) <= 0x20 or c == "\\" or ord(c) == 0x7F for c in url):
         return ""  # browsers ignore some of these inside a scheme ("java\tscript:")
-    if clean_text(url) != url:
-        return ""
     parts = urlsplit(url)
     if parts.scheme in ("http", "https") and parts.netloc:
         return url

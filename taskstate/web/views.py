@@ -57,13 +57,11 @@ def events(request: HttpRequest, form: str = "html") -> HttpResponseBase:
     opened with is valid (``taskstate.web.streams``); a stream served here ends with its
     session. The only door to a taskstate channel (``taskstate.web.channels.admit``).
     """
-    refused = streams.refuse_unsigned_grip_parameters(request)
-    if refused is not None:
+    if (refused := streams.refuse_unsigned_grip_parameters(request)) is not None:
         return refused
     refreshing = streams.grip_signed(request) and "es-meta" in request.GET
     if refreshing:
-        refused = streams.check_refresh(request)
-        if refused is not None:
+        if (refused := streams.check_refresh(request)) is not None:
             return refused
     elif not request.user.is_authenticated:
         return HttpResponseForbidden("Log in to follow your tasks.")
@@ -87,10 +85,8 @@ def _serve(
         return held
     if "wsgi.version" in request.META:
         return _cannot_stream(request)
-    session = getattr(request, "session", None)
-    stream = streams.registry.admit(
-        request.user.pk, getattr(session, "session_key", None), still_allowed
-    )
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    stream = streams.registry.admit(request.user.pk, session_key, still_allowed)
     if stream is None:
         return streams.too_many_streams()
     response = _stream(request, channel)
@@ -107,9 +103,8 @@ def _serve(
 def _stream(request: HttpRequest, channel: str) -> HttpResponseBase:
     from django_eventstream.views import events as eventstream_events
 
-    response: HttpResponseBase = eventstream_events(
-        request, channels=[admit(request.user, channel)]
-    )
+    channels = [admit(request.user, channel)]
+    response: HttpResponseBase = eventstream_events(request, channels=channels)
     return response
 
 
@@ -279,16 +274,13 @@ def object_events(request: HttpRequest, token: str, form: str = "html") -> HttpR
     at the session check once the policy no longer lets its user see the object; under
     GRIP the refresh must name this object's channel and is refused (403) then.
     """
-    refused = streams.refuse_unsigned_grip_parameters(request)
-    if refused is not None:
+    if (refused := streams.refuse_unsigned_grip_parameters(request)) is not None:
         return refused
     refreshing = streams.grip_signed(request) and "es-meta" in request.GET
     if refreshing:
-        named = object_of_token(token)
-        if named is None:
+        if (named := object_of_token(token)) is None:
             raise Http404("No such object.")
-        refused = streams.check_refresh(request, _object_channel(named, form))
-        if refused is not None:
+        if (refused := streams.check_refresh(request, _object_channel(named, form))) is not None:
             return refused
     about = _or_refusal(seen_object, request.user, token)
     if isinstance(about, HttpResponse):

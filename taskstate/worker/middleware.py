@@ -148,7 +148,7 @@ class StateMiddleware(Middleware):
             run.started_at = None
             return True
         values = {
-            **_attempt(run),
+            **run.attempt_columns(),
             "finished_at": None,
             "due_at": None,
             "progress": 0,
@@ -243,7 +243,7 @@ class StateMiddleware(Middleware):
         retried = not rejected and message.message_id in self._retry_due
         due_at = self._retry_due.pop(message.message_id, None)
         if retried:
-            values = {**_error(run.exception, message), **held_back(run), **_attempt(run)}
+            values = {**_error(run.exception, message), **held_back(run), **run.attempt_columns()}
             values["due_at"] = due_at
             _write(run.origin, Status.RETRYING, retrying_order(run.attempt), values)
         else:
@@ -447,20 +447,10 @@ def _write_sent(changes: list[t.Change]) -> None:
             announce(task, committed=True)
 
 
-def _attempt(run: MessageRun) -> dict[str, Any]:
-    """The attempt's own facts, sent with every worker write so any order ends right."""
-    return {
-        "attempts": run.attempt,
-        "started_at": run.started_at,
-        "attempt_started_at": run.started_at,
-    }
-
-
 def _ended(run: MessageRun | None) -> dict[str, Any]:
     """What every final change of an attempt carries: its end, its progress and its facts."""
-    if run is None:
-        return {"finished_at": dj_timezone.now()}
-    return {"finished_at": dj_timezone.now(), **held_back(run), **_attempt(run)}
+    ended = {"finished_at": dj_timezone.now()}
+    return ended if run is None else {**ended, **held_back(run), **run.attempt_columns()}
 
 
 _NO_ERROR = {"error_type": "", "error_message": "", "traceback": ""}

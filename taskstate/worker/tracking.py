@@ -55,6 +55,14 @@ class MessageRun:
     # A change of the attempt was refused: the next look reads the row (maybe a cancel).
     read_row: bool = False
 
+    def attempt_columns(self) -> dict[str, Any]:
+        """The attempt's own facts, sent with every worker write so any order ends right."""
+        return {
+            "attempts": self.attempt,
+            "started_at": self.started_at,
+            "attempt_started_at": self.started_at,
+        }
+
 
 class Cancelled(Exception):
     """Raised by :func:`progress` and :func:`track` once the task's owner asked to cancel it.
@@ -165,12 +173,7 @@ def _write(run: MessageRun, value: tuple[int, str | None], now: float) -> None:
     run.next_write_at = now + run.interval
     # Counted as written: the writer writes it, or a later change of the attempt does.
     run.written = value
-    values = {
-        "attempts": run.attempt,
-        "started_at": run.started_at,
-        "attempt_started_at": run.started_at,
-        **_progress_columns(value),
-    }
+    values = {**run.attempt_columns(), **_progress_columns(value)}
     order = running_order(run.attempt)
     keep = ("started_at",)
     change = Change(run.origin, Status.RUNNING, order, values, keep=keep, progress_only=True)

@@ -232,9 +232,8 @@ class Writer(OwnThread):
     def _write(self, batch: list[Change]) -> None:
         # One connection kept across batches, whatever CONN_MAX_AGE says; closed after an
         # outage so the next try connects afresh.
-        durable = any(waits_for_disk(change) for change in batch)
         try:
-            tasks = write_batch(batch, durable=durable)
+            tasks = write_batch(batch, durable=any(waits_for_disk(c) for c in batch))
         except Outage as outage:
             with contextlib.suppress(Exception):
                 connections[get_settings().DATABASE].close()
