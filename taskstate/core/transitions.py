@@ -79,10 +79,10 @@ def _stored_defaults() -> dict[str, Any]:
 @functools.cache
 def _defaults() -> tuple[dict[str, Any], list[Field[Any, Any]]]:
     fields = [f for f in _model()._meta.concrete_fields if not f.primary_key]
-    fixed = {
-        f.attname: _storable(f.attname, f.get_default()) for f in fields if not callable(f.default)
-    }
-    return fixed, [f for f in fields if f.attname not in fixed]
+    # (A field without a default has NOT_PROVIDED, a class, so callable too: made once.)
+    made = [f for f in fields if f.has_default() and callable(f.default)]
+    fixed = {f.attname: _storable(f.attname, f.get_default()) for f in fields if f not in made}
+    return fixed, made
 
 
 # A database that cannot be reached (or timed out): an outage, logged once.
