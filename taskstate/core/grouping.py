@@ -70,15 +70,16 @@ class TrackedGroup(Generic[C]):
         # in one too). No database: sent anyway.
         alias = get_settings().DATABASE
         connection = connections[alias]
-        together: AbstractContextManager[object] = transaction.atomic(using=alias)
-        moving = self.moved_by_run
         try:
             with bounded(connection):
                 connection.ensure_connection()
         except DatabaseError:
-            # Each child's own write finds the outage: nothing to move.
-            together, moving = nullcontext(), frozenset()
-        with together:
+            together: AbstractContextManager[object] | None = None
+        else:
+            together = transaction.atomic(using=alias)
+        # Without a database, each child's own write finds the outage: nothing to move.
+        moving = self.moved_by_run if together is not None else frozenset()
+        with together or nullcontext():
             token = group_sending.set(moving)
             try:
                 self.composition.run(delay=delay)  # type: ignore[no-untyped-call]
