@@ -176,6 +176,35 @@ def test_the_watchdog_shuts_a_socket_whose_peer_never_answers_and_spares_a_disar
             quick.close()
 
 
+def test_an_alarm_due_before_the_ones_pending_still_fires_on_time_and_ended_ones_do_not_pile_up():
+    """The thread is woken only for an alarm due before the ones it waits for (a write of
+    a bound shorter than the last one's, say); alarms of writes that ended are cleared by
+    the next arm, so a process that writes all day keeps a heap of the writes under way."""
+    import socket
+
+    from taskstate.core.bounds import _Watchdog
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # accepts, never answers
+        hung = socket.create_connection(listener.getsockname())
+        quick = socket.create_connection(listener.getsockname())
+        try:
+            watchdog = _Watchdog()
+            for _ in range(1_000):
+                watchdog.disarm(watchdog.arm(quick.fileno(), 60))
+            assert len(watchdog._heap) == 1
+            waiting = watchdog.arm(quick.fileno(), 60)
+            started = time.monotonic()
+            alarm = watchdog.arm(hung.fileno(), 0.2)
+            hung.settimeout(30)
+            assert hung.recv(1) == b""  # cut, not left to wait for the 60-second alarm
+            assert time.monotonic() - started < 10
+            assert watchdog.disarm(alarm) is True
+            assert watchdog.disarm(waiting) is False
+        finally:
+            hung.close()
+            quick.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_has_a_watchdog_of_its_own_that_cuts_its_sockets():
     """Forked while a thread of the parent holds the watchdog's lock (as its thread does

@@ -117,13 +117,20 @@ class _Watchdog(OwnThread):
         super()._init_state()
         self._heap: list[tuple[float, int, _Alarm]] = []
         self._order = itertools.count()
+        #: When the thread next looks at the heap, set before each wait.
+        self._wake_at = math.inf
 
     def arm(self, fd: int, seconds: float) -> _Alarm:
         alarm = _Alarm(time.monotonic() + seconds, fd)
         with self._cond:
+            while self._heap and not self._heap[0][2].armed:
+                heapq.heappop(self._heap)  # writes that ended: cleared here, not by a wake-up
             heapq.heappush(self._heap, (alarm.deadline, next(self._order), alarm))
             self._start()
-            self._cond.notify()
+            # Woken only for an alarm due before it looks anyway: a wake-up per write would
+            # cost each write a switch of threads.
+            if alarm.deadline < self._wake_at:
+                self._cond.notify()
         return alarm
 
     def disarm(self, alarm: _Alarm) -> bool:
@@ -138,6 +145,7 @@ class _Watchdog(OwnThread):
                 while self._heap and not self._heap[0][2].armed:
                     heapq.heappop(self._heap)
                 if not self._heap:
+                    self._wake_at = time.monotonic() + 60
                     self._cond.wait(60)
                     if not self._heap:
                         self._thread = None
@@ -145,6 +153,7 @@ class _Watchdog(OwnThread):
                     continue
                 wait = self._heap[0][0] - time.monotonic()
                 if wait > 0:
+                    self._wake_at = self._heap[0][0]
                     self._cond.wait(wait)
                     continue
                 _, _, alarm = heapq.heappop(self._heap)
