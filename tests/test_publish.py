@@ -148,16 +148,23 @@ def test_publishing_failure_is_logged_once_and_never_raises(user, monkeypatch, c
     def down(*args, **kwargs):
         raise ConnectionError("redis is down")
 
+    from taskstate.web import presence
+    from taskstate.web.channels import own_channels
+
     monkeypatch.setattr(django_eventstream, "send_event", down)
     publish._down.clear()
-    for _ in range(3):
+    presence.hold(own_channels(user.pk))  # a page is open
+    try:
+        for _ in range(3):
+            publish.publish_removed(user.pk, [1])
+        flush()
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1
+        monkeypatch.undo()
         publish.publish_removed(user.pk, [1])
-    flush()
-    errors = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1
-    monkeypatch.undo()
-    publish.publish_removed(user.pk, [1])
-    flush()
+        flush()
+    finally:
+        presence.release(own_channels(user.pk))
     assert "works again" in caplog.text
 
 
@@ -301,3 +308,49 @@ def test_channel_and_mark_hmacs_name_their_algorithm():
         channel = grip_session_channel("a-session-key")
     assert len(namespace) == 12 and len(mark) == 64
     assert len(channel.removeprefix("taskstate-session-")) == 64
+
+
+def test_a_change_nobody_can_receive_is_not_handed_to_the_courier(user, monkeypatch, settings):
+    """Without Redis or GRIP and with no page open in the process, nothing is queued: a
+    stream opened later reads the row. With one open, the row is handed over and sent."""
+    from taskstate.web import presence, publish
+    from taskstate.web.channels import own_channels
+
+    for name in ("EVENTSTREAM_REDIS", "GRIP_URL", "GRIP_PROXIES"):
+        if hasattr(settings, name):
+            delattr(settings, name)
+
+    handed: list[Any] = []
+    real_submit = publish.courier.submit
+
+    def submit(job: Any, **keys: Any) -> None:
+        handed.append(keys["channel"])
+        real_submit(job, **keys)
+
+    monkeypatch.setattr(publish.courier, "submit", submit)
+    task = write_one(
+        Origin(
+            "m-quiet",
+            "export",
+            "default",
+            timezone.now(),
+            TaskIdentity(user_pk=user.pk, description="Export", app_name="", model_name=""),
+        ),
+        Status.DONE,
+        TERMINAL_ORDER,
+        {},
+    )
+    assert task is not None
+    flush()
+    handed.clear()
+    publish.publish_task(task)
+    publish.publish_removed(user.pk, [task.pk])
+    assert handed == []
+    presence.hold(own_channels(user.pk))
+    try:
+        publish.publish_task(task)
+        publish.publish_removed(user.pk, [task.pk])
+        assert handed == [own_channels(user.pk)] * 2
+        flush()
+    finally:
+        presence.release(own_channels(user.pk))

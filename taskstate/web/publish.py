@@ -98,14 +98,14 @@ def publish_task(task: Task) -> None:
         if listened(as_json):
             _send(as_json, dumps(_in_language(task, lambda: task_json(task))), TASK_EVENT)
 
-    courier.submit(send, supersedes=("progress", task.pk), channel=channels)
+    _submit(send, channels, supersedes=("progress", task.pk))
 
 
 def publish_progress(bar: Bar, user_pk: Any) -> None:
     """Send a running attempt's bar to its owner, built from what the worker knows."""
     if user_pk is not None:
         channels = own_channels(user_pk)
-        courier.submit(_bar(channels, bar), replaces=("progress", bar.task_pk), channel=channels)
+        _submit(_bar(channels, bar), channels, replaces=("progress", bar.task_pk))
 
 
 def publish_object_progress(bar: Bar) -> None:
@@ -114,7 +114,7 @@ def publish_object_progress(bar: Bar) -> None:
     channels = _object_bars.get(bar.task_pk)
     if channels is not None:
         send = _bar(channels, bar)
-        courier.submit(send, replaces=("object-progress", bar.task_pk), channel=channels)
+        _submit(send, channels, replaces=("object-progress", bar.task_pk))
 
 
 def _bar(channels: tuple[str, str], bar: Bar) -> Callable[[], None]:
@@ -164,7 +164,7 @@ def publish_object_change(task: Task) -> None:
             payload: ChangedEvent = {"id": pk}
             _send(as_json, dumps(payload), CHANGED_EVENT)
 
-    courier.submit(send, replaces=("object-changed", html), channel=channels)
+    _submit(send, channels, replaces=("object-changed", html))
 
 
 def _follow_bars(task: Task, channels: tuple[str, str]) -> None:
@@ -213,7 +213,15 @@ def _remove(channels: tuple[str, str], pks: list[int]) -> None:
             payload: RemovedEvent = {"ids": pks}
             _send(as_json, dumps(payload), REMOVED_EVENT)
 
-    courier.submit(send, channel=channels)
+    _submit(send, channels)
+
+
+def _submit(send: Callable[[], None], channels: tuple[str, str], **keys: Any) -> None:
+    """Hand ``send`` to the courier unless neither channel can reach a stream now: one
+    opened later reads the database, which has the change (``taskstate.web.presence``).
+    ``send`` asks again for each channel when it runs."""
+    if listened(channels[0]) or listened(channels[1]):
+        courier.submit(send, channel=channels, **keys)
 
 
 def render_row(task: Task) -> str:
