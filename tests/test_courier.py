@@ -101,6 +101,22 @@ def test_a_row_supersedes_the_pending_bar_of_its_task(courier, recorder):
     assert recorder.sent == ["bar 8", "row 7"]
 
 
+def test_a_pending_row_gives_way_to_a_later_state_of_its_task_and_never_to_an_earlier_one(
+    courier, recorder
+):
+    """Rows waiting for the sender are coalesced per task to the highest rank, whichever
+    thread announced first (a sender's ``enqueued`` can come after the worker's ``done``)."""
+    gate = held(courier)
+    courier.submit(recorder.job("row 7 running"), replaces=("row", 7), rank=(20, 1.0))
+    courier.submit(recorder.job("row 8 running"), replaces=("row", 8), rank=(20, 1.0))
+    courier.submit(recorder.job("row 7 done"), replaces=("row", 7), rank=(90, 2.0))
+    courier.submit(recorder.job("row 7 enqueued"), replaces=("row", 7), rank=(10, 0.5))
+    courier.submit(recorder.job("row 8 running, later"), replaces=("row", 8), rank=(20, 1.5))
+    gate.opened.set()
+    assert courier.flush()
+    assert recorder.sent == ["row 7 done", "row 8 running, later"]
+
+
 def test_a_full_queue_drops_new_jobs_and_resets_their_channels_once_drained(
     courier, recorder, monkeypatch, caplog
 ):

@@ -354,3 +354,38 @@ def test_a_change_nobody_can_receive_is_not_handed_to_the_courier(user, monkeypa
         flush()
     finally:
         presence.release(own_channels(user.pk))
+
+
+def test_a_row_announced_late_with_an_earlier_state_never_replaces_the_pending_later_one(
+    user, capture_events
+):
+    """The sender's ``enqueued`` announced after the worker's ``done`` while the courier is
+    busy: the page gets ``done`` once, not ``enqueued``."""
+    import copy
+    import threading
+
+    from taskstate.core.states import ENQUEUED_ORDER
+    from taskstate.web.publish import courier, publish_task
+
+    done = write_one(
+        Origin("m-late", "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
+        Status.DONE,
+        TERMINAL_ORDER,
+        {},
+    )
+    assert done is not None
+    flush()  # the row published by the write itself
+    early = copy.copy(done)
+    early.status, early.state_order = Status.ENQUEUED, ENQUEUED_ORDER
+    capture = capture_events(user_channel(user.pk))
+    entered, opened = threading.Event(), threading.Event()
+    courier.submit(lambda: (entered.set(), opened.wait(10)))
+    assert entered.wait(5)
+    try:
+        publish_task(done)
+        publish_task(early)
+    finally:
+        opened.set()
+    flush()
+    [(_, _, data)] = capture.events()
+    assert 'data-status="done"' in data

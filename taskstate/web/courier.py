@@ -1,7 +1,7 @@
 """A background sender, so that publishing never holds up a worker or a request.
 
 The caller only hands a job over; one thread per process renders and sends, in order,
-with progress coalesced per task. Nothing is dropped silently: the channel of a job
+with each task's waiting progress and rows coalesced to its latest. Nothing is dropped silently: the channel of a job
 dropped (full queue) or failed gets one ``stream-reset`` once the queue drains, retried
 until it goes out (docs/reliability.md).
 """
@@ -16,6 +16,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Any
 
 from taskstate.core.threads import OwnThread, close_idle_connections
 
@@ -47,7 +48,8 @@ class Courier(OwnThread):
 
     def _init_state(self) -> None:
         super()._init_state()
-        self._jobs: OrderedDict[Hashable, tuple[Callable[[], None], Channels]] = OrderedDict()
+        #: Pending jobs by key: each job, its channels and its rank (``submit``).
+        self._jobs: OrderedDict[Hashable, tuple[Callable[[], None], Channels, Any]] = OrderedDict()
         self._lost: dict[str, None] = {}  # insertion-ordered set
         self._busy = False
         self._retry_at = 0.0  # monotonic time before which resets are not tried again
@@ -64,16 +66,20 @@ class Courier(OwnThread):
         replaces: Hashable | None = None,
         supersedes: Hashable | None = None,
         channel: str | Channels | None = None,
+        rank: Any = None,
     ) -> None:
         """Queue ``job``, which sends on ``channel`` (reset should it be dropped or fail).
-        ``replaces``: the key of a pending job to swap for this one; ``supersedes``: of one
-        this job makes moot."""
+        ``replaces``: the key of a pending job to swap for this one, unless that one has
+        the higher ``rank`` (a later state announced first); ``supersedes``: the key of
+        one this job makes moot."""
         channels: Channels = (channel,) if isinstance(channel, str) else channel or ()
         with self._cond:
             if supersedes is not None:
                 self._jobs.pop(supersedes, None)
             if replaces is not None and replaces in self._jobs:
-                self._jobs[replaces] = (job, channels)
+                pending = self._jobs[replaces][2]
+                if rank is None or pending is None or not rank < pending:
+                    self._jobs[replaces] = (job, channels, rank)
                 return
             if len(self._jobs) >= MAX_PENDING:
                 if not self._dropping:
@@ -88,7 +94,8 @@ class Courier(OwnThread):
                 return
             if len(self._jobs) < MAX_PENDING // 2:
                 self._dropping = False  # drained to half: the next overflow is logged
-            self._jobs[replaces if replaces is not None else next(self._order)] = (job, channels)
+            key = replaces if replaces is not None else next(self._order)
+            self._jobs[key] = (job, channels, rank)
             self._start()
             self._cond.notify()
 
@@ -146,7 +153,7 @@ class Courier(OwnThread):
                     self._cond.wait(self._retry_at - time.monotonic() if self._lost else None)
                 losses = self._losses
                 if self._jobs:
-                    _, (job, channels) = self._jobs.popitem(last=False)
+                    _, (job, channels, _) = self._jobs.popitem(last=False)
                 else:
                     channel = next(iter(self._lost))
                     del self._lost[channel]  # an event lost from now on needs a new reset

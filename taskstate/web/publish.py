@@ -98,7 +98,12 @@ def publish_task(task: Task) -> None:
         if listened(as_json):
             _send(as_json, dumps(_in_language(task, lambda: task_json(task))), TASK_EVENT)
 
-    _submit(send, channels, supersedes=("progress", task.pk))
+    # A row of the task still waiting in the courier's queue gives way to this one, unless
+    # it holds the later state (another thread announced it first): under load each
+    # task's latest state is rendered once.
+    updated = task.updated_at.timestamp() if task.updated_at else 0.0
+    rank = (int(task.state_order or 0), updated)
+    _submit(send, channels, supersedes=("progress", task.pk), replaces=("row", task.pk), rank=rank)
 
 
 def publish_progress(bar: Bar, user_pk: Any) -> None:
