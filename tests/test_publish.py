@@ -120,17 +120,23 @@ def test_tasks_without_user_publish_nothing(run_all, capture_events, user):
     assert capture.events() == []
 
 
-def test_seen_task_is_removed_from_the_page(user, capture_events):
-    from taskstate.web.publish import publish_task
-
+def _done(user: Any, message_id: str) -> Task:
+    """A done row of ``user``'s, once what its write published has gone out."""
     task = write_one(
-        Origin("m-seen", "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
+        Origin(message_id, "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
         Status.DONE,
         TERMINAL_ORDER,
         {},
     )
     assert task is not None
-    flush()  # the row published by the write itself
+    flush()
+    return task
+
+
+def test_seen_task_is_removed_from_the_page(user, capture_events):
+    from taskstate.web.publish import publish_task
+
+    task = _done(user, "m-seen")
     capture = capture_events(user_channel(user.pk))
     task.seen = True
     publish_task(task)
@@ -328,20 +334,7 @@ def test_a_change_nobody_can_receive_is_not_handed_to_the_courier(user, monkeypa
         real_submit(job, **keys)
 
     monkeypatch.setattr(publish.courier, "submit", submit)
-    task = write_one(
-        Origin(
-            "m-quiet",
-            "export",
-            "default",
-            timezone.now(),
-            TaskIdentity(user_pk=user.pk, description="Export", app_name="", model_name=""),
-        ),
-        Status.DONE,
-        TERMINAL_ORDER,
-        {},
-    )
-    assert task is not None
-    flush()
+    task = _done(user, "m-quiet")
     handed.clear()
     publish.publish_task(task)
     publish.publish_removed(user.pk, [task.pk])
@@ -367,14 +360,7 @@ def test_a_row_announced_late_with_an_earlier_state_never_replaces_the_pending_l
     from taskstate.core.states import ENQUEUED_ORDER
     from taskstate.web.publish import courier, publish_task
 
-    done = write_one(
-        Origin("m-late", "export", "default", timezone.now(), TaskIdentity(user.pk, "x", "", "")),
-        Status.DONE,
-        TERMINAL_ORDER,
-        {},
-    )
-    assert done is not None
-    flush()  # the row published by the write itself
+    done = _done(user, "m-late")
     early = copy.copy(done)
     early.status, early.state_order = Status.ENQUEUED, ENQUEUED_ORDER
     capture = capture_events(user_channel(user.pk))
