@@ -75,7 +75,9 @@ def test_a_senders_row_announced_after_the_workers_rows_carries_the_lower_order(
 ):
     """The sending thread announces its committed enqueued row while the background
     writer announces the worker's: here the sender is held until the worker's done was
-    announced. Its event comes last, and a client keeping the higher order shows done."""
+    announced. While done still waits in the courier's queue the late row gives way to
+    it; once done went out, the late event comes last, with the lower order. Either way a
+    client keeping the higher order shows done."""
     import threading
 
     from taskstate.worker import middleware, writer
@@ -102,10 +104,12 @@ def test_a_senders_row_announced_after_the_workers_rows_carries_the_lower_order(
     run_all()
     assert done_announced.is_set()
     rows = [payload for kind, payload in json_events(capture, json_channel(user.pk))]
-    assert [row["status"] for row in rows][-2:] == ["done", "enqueued"]
+    statuses = [row["status"] for row in rows]
+    assert statuses[-1:] == ["done"] or statuses[-2:] == ["done", "enqueued"], statuses
     kept = max(rows, key=lambda row: row["order"])
-    assert kept["status"] == "done" and rows[-1]["order"] < kept["order"]
-    assert lifecycle_announced(without_the_senders([row["status"] for row in rows]), ["done"])
+    assert kept["status"] == "done"
+    assert rows[-1] is kept or rows[-1]["order"] < kept["order"]
+    assert lifecycle_announced(without_the_senders(statuses), ["done"])
 
 
 def test_the_html_channel_still_carries_html_only(run_all, user, capture_events):
