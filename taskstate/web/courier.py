@@ -1,9 +1,9 @@
 """A background sender, so that publishing never holds up a worker or a request.
 
 The caller only hands a job over; one thread per process renders and sends, in order,
-with each task's waiting progress and rows coalesced to its latest. Nothing is dropped silently: the channel of a job
-dropped (full queue) or failed gets one ``stream-reset`` once the queue drains, retried
-until it goes out (docs/reliability.md).
+with each task's waiting progress and rows coalesced to its latest. Nothing is dropped
+silently: the channel of a job dropped (full queue) or failed gets one ``stream-reset``
+once the queue drains, retried until it goes out (docs/reliability.md).
 """
 
 from __future__ import annotations
