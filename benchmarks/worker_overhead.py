@@ -5,7 +5,9 @@ Part 1, in process ("cells"): same broker class (StubBroker), same no-op actor, 
 in-process dramatiq Worker with each ``--threads`` count, a new database connection per
 message and persistent connections, taskstate's background writer (whose acks wait for
 the message's final change to commit) and the same with acks not held (the difference
-being what the guarantee "an acked message has its final row" costs). The cells are
+being what the guarantee "an acked message has its final row" costs), and tracked
+messages without an owner, whose rows no page shows (the difference being what
+rendering and publishing each row costs). The cells are
 interleaved: each round runs every (connection mode, threads, variant) cell once, in
 turn, and the tables show each cell's median over the rounds. Per cell: statements as
 the client sent them (every connection of the process, the background writer's thread
@@ -40,7 +42,7 @@ Server-side counts come from a private, durable PostgreSQL cluster this script s
 binaries. Without it (or with ``--shared-db``) everything runs on the shared server at
 127.0.0.1:5432 and only the client-side counts are given, as the output says.
 
-    python benchmarks/worker_overhead.py                       # 500 messages x 3 rounds x 42 cells (1/8/32 threads); 1,000/s x 60 s
+    python benchmarks/worker_overhead.py                       # 500 messages x 3 rounds x 36 cells (1/8/32 threads); 1,000/s x 60 s
     python benchmarks/worker_overhead.py --threads 8           # 8 threads
     python benchmarks/worker_overhead.py --worker-time         # the worker alone (sent while paused)
     python benchmarks/worker_overhead.py --worker-time --start-look-cost  # + starts without their cancel read, and with it built by the ORM
@@ -704,6 +706,14 @@ def cells(args: argparse.Namespace, server: Server) -> None:
     variants: list[tuple[str, type[Any], dict[str, Any], dict[str, Any]]] = [
         ("untracked", StateMiddleware, {}, background),
         ("taskstate background", StateMiddleware, tracked, background),
+        (
+            # No owner, no object: no page shows the rows, so none is rendered or published.
+            # What rendering and publishing cost is the difference to the row above.
+            "taskstate background, no owner (nothing rendered)",
+            StateMiddleware,
+            {"for_state": {"description": "bench"}},
+            background,
+        ),
         (
             "taskstate background, every write durable",
             StateMiddleware,
