@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from taskstate.core import threads
 from taskstate.web import courier as courier_module
 from taskstate.web.courier import Courier
 from tests.support.processes import REPO, child_env, passes_in_forked_child
@@ -169,7 +170,7 @@ def test_a_queue_that_stays_at_its_bound_logs_the_overflow_once(
 def test_a_reset_that_cannot_be_sent_is_tried_again_once_sending_works(
     courier, recorder, monkeypatch
 ):
-    monkeypatch.setattr(courier_module, "FIRST_RETRY_PAUSE", 60.0)
+    monkeypatch.setattr(threads, "FIRST_RETRY_PAUSE", 60.0)
     recorder.reset_fails = 1
     courier.lost("ch-a")
     # Waiting to retry counts as drained: a flush does not wait for Redis to come back.
@@ -182,7 +183,7 @@ def test_a_reset_that_cannot_be_sent_is_tried_again_once_sending_works(
 
 
 def test_a_failed_reset_is_retried_after_a_pause(courier, recorder, monkeypatch):
-    monkeypatch.setattr(courier_module, "FIRST_RETRY_PAUSE", 0.01)
+    monkeypatch.setattr(threads, "FIRST_RETRY_PAUSE", 0.01)
     recorder.reset_fails = 3
     courier.lost("ch-a")
     assert recorder.reset_done.wait(5)
@@ -371,7 +372,7 @@ def test_the_default_reset_is_a_stream_reset_event_on_the_channel(monkeypatch):
 
 
 def test_no_log_noise_while_resets_keep_failing(courier, recorder, monkeypatch, caplog):
-    monkeypatch.setattr(courier_module, "FIRST_RETRY_PAUSE", 60.0)
+    monkeypatch.setattr(threads, "FIRST_RETRY_PAUSE", 60.0)
     recorder.reset_fails = 100
     with caplog.at_level(logging.INFO, logger="taskstate"):
         courier.lost("ch-a")

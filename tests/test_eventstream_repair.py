@@ -22,7 +22,7 @@ import pytest
 from django_eventstream.event import Event
 from django_eventstream.views import MAX_PENDING, Listener, get_listener_manager
 
-from taskstate.core import conf
+from taskstate.core import conf, threads
 from taskstate.web import eventstream_repair as repair
 from taskstate.web.channels import admit, user_channel
 from tests.conftest import current_loop
@@ -305,13 +305,13 @@ def test_an_outage_is_logged_once_and_its_end_resets_our_streams(listen, caplog)
             raise ConnectionError("refused")
         except ConnectionError as error:
             outage.begin(error)
-        pauses.append(outage.next_pause())
+        pauses.append(outage.backoff.next())
     assert pauses == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
     assert caplog.text.count("lost the event pub/sub") == 1
     outage.end()
     assert caplog.text.count("event pub/sub is back") == 1
     assert [i.type for i in ours.channel_items[OURS]] == [repair.RESET]
-    assert outage.next_pause() == repair.FIRST_PAUSE
+    assert outage.backoff.next() == threads.FIRST_RETRY_PAUSE
 
 
 def test_install_leaves_an_unknown_django_eventstream_alone(monkeypatch, caplog):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from taskstate.core import conf
+from taskstate.core import conf, threads
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
 from taskstate.core.states import TERMINAL_ORDER
@@ -239,12 +239,11 @@ def test_a_failed_publish_ends_in_a_stream_reset_once_sending_works(
 ):
     import django_eventstream
 
-    from taskstate.web import courier as courier_module
     from taskstate.web import publish
 
     mine = user_channel(user.pk)
     capture = capture_events(mine)
-    monkeypatch.setattr(courier_module, "FIRST_RETRY_PAUSE", 60.0)
+    monkeypatch.setattr(threads, "FIRST_RETRY_PAUSE", 60.0)
 
     def down(*args, **kwargs):
         raise ConnectionError("redis is down")

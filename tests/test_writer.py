@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 from dramatiq.middleware import Middleware
 
-from taskstate.core import conf
+from taskstate.core import conf, threads
 from taskstate.core import transitions as t
 from taskstate.core.for_state import Origin, TaskIdentity
 from taskstate.core.models import Status, Task
@@ -531,8 +531,8 @@ def test_an_outage_fills_the_queue_to_its_bound_then_merges_and_recovery_writes_
     from taskstate.worker import writer as writer_module
 
     monkeypatch.setattr(writer_module, "MAX_PENDING", 3)
-    monkeypatch.setattr(writer_module, "FIRST_RETRY_PAUSE", 0.05)
-    monkeypatch.setattr(writer_module, "MAX_RETRY_PAUSE", 0.05)
+    monkeypatch.setattr(threads, "FIRST_RETRY_PAUSE", 0.05)
+    monkeypatch.setattr(threads, "MAX_RETRY_PAUSE", 0.05)
     real_write = writer_module.write_batch
     tries: list[int] = []
 
@@ -921,9 +921,7 @@ def test_requests_forgotten_at_the_bound_are_read_back_by_the_next_first_look(mo
 def test_rows_written_one_by_one_before_an_outage_are_announced_not_lost(monkeypatch):
     from django.db import DatabaseError, OperationalError
 
-    from taskstate.worker import writer as writer_module
-
-    monkeypatch.setattr(writer_module, "FIRST_RETRY_PAUSE", 0.05)
+    monkeypatch.setattr(threads, "FIRST_RETRY_PAUSE", 0.05)
     real_once = t._batch_once
     calls: list[int] = []
 

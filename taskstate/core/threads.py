@@ -1,6 +1,7 @@
 """The one daemon thread of each of taskstate's background workers (writer, courier,
 background, the database watchdog): started when first needed, again if it died, and afresh
-in a forked child (the parent's lock may be held by a thread the child does not have)."""
+in a forked child (the parent's lock may be held by a thread the child does not have); and
+the pauses between their tries of work that fails."""
 
 from __future__ import annotations
 
@@ -10,6 +11,26 @@ import threading
 import weakref
 
 from django.db import connections
+
+#: Pauses before work that failed (a write, a send, a subscription) is tried again: the
+#: first, doubling up to the last, and the first again once the work succeeds.
+FIRST_RETRY_PAUSE = 0.5
+MAX_RETRY_PAUSE = 5.0
+
+
+class Backoff:
+    """The pause before the next try of work that keeps failing; :meth:`reset` once it works."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def next(self) -> float:
+        last = self._last
+        self._last = min(last * 2, MAX_RETRY_PAUSE) if last else FIRST_RETRY_PAUSE
+        return self._last
+
+    def reset(self) -> None:
+        self._last = 0.0
 
 
 class OwnThread:

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from taskstate.core.threads import OwnThread, close_idle_connections
+from taskstate.core.threads import Backoff, OwnThread, close_idle_connections
 
 logger = logging.getLogger("taskstate")
 
@@ -26,9 +26,6 @@ logger = logging.getLogger("taskstate")
 MAX_PENDING = 10_000
 #: Channels remembered for a ``stream-reset`` at most (one string each).
 MAX_LOST_CHANNELS = 10_000
-#: Pauses between two attempts to send the resets, growing from the first to the last.
-FIRST_RETRY_PAUSE = 0.5
-MAX_RETRY_PAUSE = 5.0
 RESET = "stream-reset"
 Channels = tuple[str, ...]
 
@@ -53,7 +50,7 @@ class Courier(OwnThread):
         self._lost: dict[str, None] = {}  # insertion-ordered set
         self._busy = False
         self._retry_at = 0.0  # monotonic time before which resets are not tried again
-        self._pause = 0.0  # after the next failed reset; 0: the first pause
+        self._backoff = Backoff()  # between failed resets
         self._order = itertools.count()
         self._dropping = False
         self._forgetting = False
@@ -180,12 +177,10 @@ class Courier(OwnThread):
                 logger.debug("taskstate: cannot send stream-reset yet", exc_info=True)
                 with self._cond:
                     self._remember(channel)
-                    pause = self._pause or FIRST_RETRY_PAUSE
-                    self._retry_at = time.monotonic() + pause
-                    self._pause = min(pause * 2, MAX_RETRY_PAUSE)
+                    self._retry_at = time.monotonic() + self._backoff.next()
                 return
             with self._cond:
-                self._pause = 0.0
+                self._backoff.reset()
                 if not self._lost:
                     self._forgetting = False
 

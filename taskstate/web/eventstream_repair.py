@@ -21,15 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 from taskstate.core import conf
+from taskstate.core.threads import Backoff
 
 logger = logging.getLogger("taskstate")
 
 RESET = "stream-reset"
 #: django-eventstream's pub/sub channel.
 PUBSUB_CHANNEL = "events_channel"
-#: Pauses between two attempts to subscribe, growing from the first to the last.
-FIRST_PAUSE = 0.5
-MAX_PAUSE = 5.0
 #: Seconds without any traffic on the subscription before it is pinged.
 HEALTH_CHECK_INTERVAL = 10.0
 #: Seconds after that ping within which something must arrive, or the connection is
@@ -128,7 +126,7 @@ async def supervise(manager: Any) -> None:
                 await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             with contextlib.suppress(Exception):
                 await client.aclose()
-        await asyncio.sleep(outage.next_pause())
+        await asyncio.sleep(outage.backoff.next())
 
 
 class _Outage:
@@ -137,7 +135,7 @@ class _Outage:
     def __init__(self, manager: Any) -> None:
         self.manager = manager
         self.lost = False
-        self.pause = FIRST_PAUSE
+        self.backoff = Backoff()  # between attempts to subscribe
 
     def begin(self, error: Exception) -> None:
         if not self.lost:
@@ -153,15 +151,11 @@ class _Outage:
 
     def end(self) -> None:
         """Redis confirmed the subscription."""
-        self.pause = FIRST_PAUSE
+        self.backoff.reset()
         if self.lost:
             self.lost = False
             logger.warning("taskstate: event pub/sub is back; open pages resync.")
             _reset_streams(self.manager)
-
-    def next_pause(self) -> float:
-        pause, self.pause = self.pause, min(self.pause * 2, MAX_PAUSE)
-        return pause
 
 
 async def _listen(

@@ -27,7 +27,7 @@ from taskstate.core.background import background, in_event_loop
 from taskstate.core.bounds import client_bound
 from taskstate.core.conf import get_settings
 from taskstate.core.signals import Bar, announce, announce_progress
-from taskstate.core.threads import OwnThread
+from taskstate.core.threads import Backoff, OwnThread
 from taskstate.core.transitions import (
     Change,
     Outage,
@@ -44,9 +44,6 @@ logger = logging.getLogger("taskstate")
 
 #: Messages whose changes may wait; past that a new message's non-final changes are dropped.
 MAX_PENDING = 10_000
-#: Pauses before a batch the database could not take is tried again.
-FIRST_RETRY_PAUSE = 0.5
-MAX_RETRY_PAUSE = 5.0
 #: Seconds a shutdown waits for the queue to drain.
 SHUTDOWN_FLUSH = 5.0
 #: Seconds an ack still waits once the worker stops; then the message is left unacked.
@@ -72,7 +69,7 @@ class Writer(OwnThread):
         self._failed_at = 0.0
         self._flushing = 0
         self._retry_at = 0.0
-        self._pause = 0.0
+        self._backoff = Backoff()  # before a batch the database could not take is tried again
         self._full = False
         self._release = False
 
@@ -251,7 +248,7 @@ class Writer(OwnThread):
             self._put_back(rest)
             return
         with self._cond:
-            self._pause = 0.0
+            self._backoff.reset()
             self._retry_at = 0.0
         self._written(batch, tasks)
         if cancels.age() > conf.CANCEL_CHECK_INTERVAL / 2:
@@ -289,10 +286,8 @@ class Writer(OwnThread):
             merged.update(self._pending)
             self._pending = merged
             self._start()  # whoever wrote the batch, a thread tries it again
-            pause = self._pause or FIRST_RETRY_PAUSE
             self._failed_at = time.monotonic()
-            self._retry_at = self._failed_at + pause
-            self._pause = min(pause * 2, MAX_RETRY_PAUSE)
+            self._retry_at = self._failed_at + self._backoff.next()
 
 
 class CancelWatch:
