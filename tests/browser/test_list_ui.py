@@ -146,6 +146,27 @@ def test_keyboard_focus_is_visible_and_follows_the_rows(new_page):
     assert focused == first_with_button
 
 
+def test_a_row_swapped_for_its_next_state_keeps_the_keyboard_focus(new_page):
+    page = new_page("demo")
+    focused = "document.activeElement.closest('li.taskstate-task')?.id ?? null"
+    for _ in range(3):  # its attempts: running, retrying, running, ... failed
+        row = start(page, "Flaky import")
+        wait_status(page, row, "running")
+        page.locator(f"#{row} form.taskstate-cancel button").focus()
+        status = page.get_attribute(f"#{row}", "data-status")
+        if page.evaluate(focused) == row and status in ("running", "retrying"):
+            break  # else the row moved on before its button was focused: once more
+    assert page.evaluate(focused) == row, "no running row's Cancel could be focused"
+    # The next state arrives as a new copy of the row: the focus moves into it, on the
+    # same control while the row still has one (a failed row has Retry, not Cancel).
+    expect(page.locator(f"#{row}")).not_to_have_attribute("data-status", status, timeout=40_000)
+    assert page.evaluate(focused) == row
+    screenshot(page, "focus-after-row-swap")
+    control = page.evaluate("document.activeElement.closest('form')?.className ?? null")
+    still = page.get_attribute(f"#{row}", "data-status") in ("running", "retrying")
+    assert control == ("taskstate-cancel" if still else "taskstate-retry"), control
+
+
 RECORD_NOTIFICATIONS = """
 window.__notifications = [];
 const Real = window.Notification;

@@ -16,7 +16,8 @@
  * order; before htmx swaps anything, an incoming row or bar older than the one shown is
  * replaced by a copy of the one shown, so the swap leaves it as it is. A row
  * removed from the page (dismissed, here or in another tab) is left out of any later swap:
- * a resync read before the removal would otherwise bring it back.
+ * a resync read before the removal would otherwise bring it back. A row swapped for a
+ * newer copy keeps the keyboard focus on the same control.
  *
  * While a stream is down the list says "Reconnecting…" and marks its rows as possibly out
  * of date (data-taskstate-stale); the resync that follows a new connection clears both.
@@ -184,6 +185,41 @@
     if (!tasks) return;
     tasks.forEach(noteRemoval);
     tasks.forEach(function (task) { keepNewer(task.fragment); });
+  });
+
+  // --- focus ---------------------------------------------------------------------------
+  // A row swapped for its next state would take the keyboard focus away with it (htmx
+  // keeps focus only in innerHTML and outerHTML swaps, and only on an element with an id).
+  // The focus moves to the same control in the new row (its form's class: Cancel, Retry,
+  // Dismiss), else to the control at the same place among the row's controls.
+  var CONTROLS = "button, a[href], summary, input:not([type=hidden])";
+  var focusedControl = null;
+
+  function controlKey(control) {
+    var form = control.closest("form");
+    return (form || control).className;
+  }
+
+  document.addEventListener("htmx:before:swap", function () {
+    var active = document.activeElement;
+    var row = active && active.closest && active.closest("li[id^='taskstate-task-']");
+    focusedControl = row && {
+      row: row.id,
+      key: controlKey(active),
+      index: Array.prototype.indexOf.call(row.querySelectorAll(CONTROLS), active)
+    };
+  });
+  document.addEventListener("htmx:after:swap", function () {
+    var was = focusedControl;
+    focusedControl = null;
+    var active = document.activeElement;
+    if (!was || (active && active !== document.body)) return; // still focused somewhere
+    var row = document.getElementById(was.row);
+    if (!row) return; // removed: dismissed, here or in another tab
+    var controls = Array.prototype.slice.call(row.querySelectorAll(CONTROLS));
+    var same = controls.filter(function (control) { return controlKey(control) === was.key; });
+    var control = same[0] || controls[Math.min(was.index, controls.length - 1)];
+    if (control) control.focus({preventScroll: true});
   });
   // --- times ---------------------------------------------------------------------------
   var UNITS = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400],
