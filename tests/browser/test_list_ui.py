@@ -146,25 +146,43 @@ def test_keyboard_focus_is_visible_and_follows_the_rows(new_page):
     assert focused == first_with_button
 
 
+FOCUS_STATE = """row => {
+    const active = document.activeElement;
+    return {
+        status: document.getElementById(row)?.dataset.status ?? null,
+        row: active.closest('li.taskstate-task')?.id ?? null,
+        form: active.closest('form')?.className ?? null,
+        description: active.matches('.taskstate-description'),
+    };
+}"""
+FOCUS_CANCEL = """row => {
+    const button = document.querySelector('#' + row + ' form.taskstate-cancel button');
+    if (button) button.focus();
+    return Boolean(button) && document.activeElement === button;
+}"""
+
+
 def test_a_row_swapped_for_its_next_state_keeps_the_keyboard_focus(new_page):
     page = new_page("demo")
-    focused = "document.activeElement.closest('li.taskstate-task')?.id ?? null"
-    for _ in range(3):  # its attempts: running, retrying, running, ... failed
-        row = start(page, "Flaky import")
-        wait_status(page, row, "running")
-        page.locator(f"#{row} form.taskstate-cancel button").focus()
-        status = page.get_attribute(f"#{row}", "data-status")
-        if page.evaluate(focused) == row and status in ("running", "retrying"):
-            break  # else the row moved on before its button was focused: once more
-    assert page.evaluate(focused) == row, "no running row's Cancel could be focused"
-    # The next state arrives as a new copy of the row: the focus moves into it, on the
-    # same control while the row still has one (a failed row has Retry, not Cancel).
+    row = start(page, "Flaky import")  # running, retrying, running, ... failed: swaps
+    deadline = time.monotonic() + 30
+    while not page.evaluate(FOCUS_CANCEL, row):
+        assert time.monotonic() < deadline, "no row of the import showed its Cancel button"
+        if page.evaluate(FOCUS_STATE, row)["status"] == "failed":
+            row = start(page, "Flaky import")  # it moved on too fast: once more
+        time.sleep(0.02)
+    status = page.evaluate(FOCUS_STATE, row)["status"]
+    # Each later state arrives as a new copy of the row: the focus moves into it, on
+    # Cancel while the row has one, else on its description, never on another action.
     expect(page.locator(f"#{row}")).not_to_have_attribute("data-status", status, timeout=40_000)
-    assert page.evaluate(focused) == row
+    now = page.evaluate(FOCUS_STATE, row)
+    assert now["row"] == row, now
+    if now["status"] in ("running", "retrying"):
+        assert now["form"] == "taskstate-cancel", now
+    wait_status(page, row, "failed")
     screenshot(page, "focus-after-row-swap")
-    control = page.evaluate("document.activeElement.closest('form')?.className ?? null")
-    still = page.get_attribute(f"#{row}", "data-status") in ("running", "retrying")
-    assert control == ("taskstate-cancel" if still else "taskstate-retry"), control
+    now = page.evaluate(FOCUS_STATE, row)
+    assert now["row"] == row and now["description"], now  # not on Retry or Dismiss
 
 
 RECORD_NOTIFICATIONS = """

@@ -17,7 +17,7 @@
  * replaced by a copy of the one shown, so the swap leaves it as it is. A row
  * removed from the page (dismissed, here or in another tab) is left out of any later swap:
  * a resync read before the removal would otherwise bring it back. A row swapped for a
- * newer copy keeps the keyboard focus on the same control.
+ * newer copy keeps the keyboard focus: on the same control, else on its description.
  *
  * While a stream is down the list says "Reconnecting…" and marks its rows as possibly out
  * of date (data-taskstate-stale); the resync that follows a new connection clears both.
@@ -190,36 +190,51 @@
   // --- focus ---------------------------------------------------------------------------
   // A row swapped for its next state would take the keyboard focus away with it (htmx
   // keeps focus only in innerHTML and outerHTML swaps, and only on an element with an id).
-  // The focus moves to the same control in the new row (its form's class: Cancel, Retry,
-  // Dismiss), else to the control at the same place among the row's controls.
-  var CONTROLS = "button, a[href], summary, input:not([type=hidden])";
+  // The focus moves to the same control in the new row (the same form: Cancel, Retry,
+  // Dismiss; else the same classes or element), never to another action: without one it
+  // goes to the row's description, from which Tab reaches the row's controls.
+  var CONTROLS = "button, a[href], summary, [tabindex]:not([tabindex='-1'])";
+  // A swap ends within milliseconds; an older record (a deleted row's swap ends unheard)
+  // must not pull back a focus the user let go of since.
+  var FOCUS_KEPT_MS = 1000;
   var focusedControl = null;
 
   function controlKey(control) {
-    var form = control.closest("form");
-    return (form || control).className;
+    var owner = control.closest("form") || control;
+    var classes = Array.prototype.filter.call(owner.classList, function (name) {
+      return name.indexOf("htmx-") !== 0; // htmx-request and the like come and go
+    });
+    return classes.join(" ") || owner.tagName;
+  }
+
+  function focusIn(element) {
+    element.focus({preventScroll: true});
+    return document.activeElement === element;
   }
 
   document.addEventListener("htmx:before:swap", function () {
     var active = document.activeElement;
     var row = active && active.closest && active.closest("li[id^='taskstate-task-']");
-    focusedControl = row && {
-      row: row.id,
-      key: controlKey(active),
-      index: Array.prototype.indexOf.call(row.querySelectorAll(CONTROLS), active)
-    };
+    // Kept when the focus is already lost: a swap of another row may come in between.
+    if (row) focusedControl = {row: row.id, key: controlKey(active), at: Date.now()};
   });
   document.addEventListener("htmx:after:swap", function () {
     var was = focusedControl;
-    focusedControl = null;
     var active = document.activeElement;
-    if (!was || (active && active !== document.body)) return; // still focused somewhere
+    if (!was) return;
+    focusedControl = null;
+    if (active && active !== document.body) return; // the swap left the focus where it was
+    if (Date.now() - was.at > FOCUS_KEPT_MS) return;
     var row = document.getElementById(was.row);
     if (!row) return; // removed: dismissed, here or in another tab
-    var controls = Array.prototype.slice.call(row.querySelectorAll(CONTROLS));
-    var same = controls.filter(function (control) { return controlKey(control) === was.key; });
-    var control = same[0] || controls[Math.min(was.index, controls.length - 1)];
-    if (control) control.focus({preventScroll: true});
+    var same = Array.prototype.filter.call(row.querySelectorAll(CONTROLS), function (control) {
+      return controlKey(control) === was.key;
+    });
+    if (same.length && focusIn(same[0])) return;
+    var description = row.querySelector(".taskstate-description");
+    if (!description) return;
+    if (!description.hasAttribute("tabindex")) description.setAttribute("tabindex", "-1");
+    focusIn(description);
   });
   // --- times ---------------------------------------------------------------------------
   var UNITS = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400],
